@@ -1,0 +1,168 @@
+"""The project's HDF5 format: one file per split, written once, read by every run.
+
+    images   uint8 (N, H, W, C), C = 3 (RGB) or 1 (gray); one chunk per image, no compression
+    masks    uint8 (N, H, W), class ids, `ignore_index` (255) = not labeled
+    groups   int32 (N,), optional: the id of the group an image belongs to (ACDC: patient number),
+             so that labeled subsets and splits can be drawn by group
+    attrs    format = "cycleseg", format_version, num_classes, class_names (JSON), palette (JSON list
+             of [r, g, b]), ignore_index, source, preprocessing (JSON)
+
+`write_split` writes atomically (temp file + rename). `read_meta` / `validate` check a file before
+training and raise `DataError` naming the file, the dataset and the index of what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "cycleseg"
+FORMAT_VERSION = 1
+
+
+class DataError(ValueError):
+    """A dataset file or folder that cannot be used, with what and where."""
+
+
+@dataclass
+class Meta:
+    num_classes: int
+    class_names: list
+    palette: list
+    ignore_index: int = 255
+    source: str = ""
+    preprocessing: dict = field(default_factory=dict)
+    # filled in by read_meta
+    path: str = ""
+    count: int = 0
+    height: int = 0
+    width: int = 0
+    channels: int = 3
+
+
+def default_palette(num_classes: int) -> list:
+    """The PASCAL VOC colour map, which gives distinct colours for any number of classes."""
+    pal = []
+    for i in range(num_classes):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal.append([r, g, b])
+    return pal
+
+
+def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups: np.ndarray | None = None) -> None:
+    """Write one split atomically. images (N, H, W, C) or (N, H, W) uint8; masks (N, H, W) uint8."""
+    import h5py
+
+    images = np.asarray(images)
+    masks = np.asarray(masks)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or masks.dtype != np.uint8:
+        raise DataError(f"{path}: images and masks must be uint8, got {images.dtype} and {masks.dtype}")
+    if images.shape[:3] != masks.shape:
+        raise DataError(f"{path}: images {images.shape} and masks {masks.shape} differ in count or size")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            create_datasets(f, len(images), images.shape[1], images.shape[2], images.shape[3], meta,
+                            with_groups=groups is not None)
+            f["images"][...] = images
+            f["masks"][...] = masks
+            if groups is not None:
+                f["groups"][...] = np.asarray(groups, dtype=np.int32)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: bool = False) -> None:
+    """Create the (empty) datasets and attributes of a split in an open h5py file."""
+    f.create_dataset("images", (n, h, w, c), dtype=np.uint8, chunks=(1, h, w, c) if n else None)
+    f.create_dataset("masks", (n, h, w), dtype=np.uint8, chunks=(1, h, w) if n else None)
+    if with_groups:
+        f.create_dataset("groups", (n,), dtype=np.int32)
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["num_classes"] = int(meta.num_classes)
+    f.attrs["class_names"] = json.dumps(list(meta.class_names))
+    f.attrs["palette"] = json.dumps([list(map(int, p)) for p in meta.palette])
+    f.attrs["ignore_index"] = int(meta.ignore_index)
+    f.attrs["source"] = meta.source
+    f.attrs["preprocessing"] = json.dumps(meta.preprocessing)
+
+
+def open_h5(path):
+    """Open a file read-only, turning h5py's errors into DataError naming the file."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def read_meta(path) -> Meta:
+    """Read and check the structure of a split (no pixel data is read)."""
+    with open_h5(path) as f:
+        if f.attrs.get("format") != FORMAT:
+            raise DataError(f"{path}: not a cycleseg file (attribute 'format' is {f.attrs.get('format')!r}); "
+                            f"convert the data with `python -m cycleseg.data convert`")
+        for name in ("images", "masks"):
+            if name not in f:
+                raise DataError(f"{path}: missing dataset '{name}'")
+            if f[name].dtype != np.uint8:
+                raise DataError(f"{path}: dataset '{name}' must be uint8, got {f[name].dtype}")
+        im, ms = f["images"], f["masks"]
+        if im.ndim != 4 or ms.ndim != 3:
+            raise DataError(f"{path}: 'images' must be (N, H, W, C) and 'masks' (N, H, W), "
+                            f"got {im.shape} and {ms.shape}")
+        if im.shape[0] != ms.shape[0]:
+            raise DataError(f"{path}: {im.shape[0]} images but {ms.shape[0]} masks")
+        if im.shape[1:3] != ms.shape[1:3]:
+            raise DataError(f"{path}: images are {im.shape[1]}x{im.shape[2]} but masks are "
+                            f"{ms.shape[1]}x{ms.shape[2]}")
+        if "groups" in f and f["groups"].shape != (im.shape[0],):
+            raise DataError(f"{path}: dataset 'groups' has shape {f['groups'].shape}, expected ({im.shape[0]},)")
+        a = f.attrs
+        k = int(a["num_classes"])
+        if k < 1:
+            raise DataError(f"{path}: num_classes must be >= 1, got {k}")
+        return Meta(num_classes=k, class_names=json.loads(a["class_names"]), palette=json.loads(a["palette"]),
+                    ignore_index=int(a["ignore_index"]), source=str(a["source"]),
+                    preprocessing=json.loads(a["preprocessing"]), path=str(path), count=int(im.shape[0]),
+                    height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
+
+
+def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int = 0) -> None:
+    """Raise DataError at the first mask holding a value >= num_classes that is not ignore_index."""
+    bad = (masks >= num_classes) & (masks != ignore_index)          # (n, H, W)
+    if bad.any():
+        i = int(np.flatnonzero(bad.reshape(len(masks), -1).any(axis=1))[0])
+        v = int(masks[i][bad[i]][0])
+        raise DataError(f"{path}: dataset 'masks', index {offset + i}: value {v} is not a class id "
+                        f"(num_classes={num_classes}) nor the ignore index {ignore_index}")
+
+
+def validate(path, chunk: int = 256) -> Meta:
+    """read_meta plus a scan of every mask value (chunked; seconds for tens of thousands of images)."""
+    meta = read_meta(path)
+    with open_h5(path) as f:
+        ms = f["masks"]
+        for s in range(0, meta.count, chunk):
+            check_masks(path, ms[s:s + chunk], meta.num_classes, meta.ignore_index, offset=s)
+    return meta

@@ -1,0 +1,59 @@
+"""Segmentation metrics from a confusion matrix accumulated on the device (no host sync per batch).
+
+Standard mIoU: IoU_c = TP / (TP + FP + FN) for every class c with a non-empty union, averaged over
+those classes; pixels at ignore_index count nowhere. Also the 2019 code's VOC variant ("miou_no_bg":
+background row and column dropped), named as such, so numbers can be set beside the paper's.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int, ignore_index: int = 255, device="cpu"):
+        self.k, self.ignore_index = num_classes, ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)  # (true, pred)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: (N, H, W) class ids on the matrix's device."""
+        t = target.long().flatten()
+        valid = t != self.ignore_index
+        idx = t[valid] * self.k + pred.long().flatten()[valid]
+        self.mat += torch.bincount(idx, minlength=self.k * self.k).view(self.k, self.k)
+
+    def iou(self) -> torch.Tensor:
+        """(K,) IoU per class, NaN where the class is absent from both prediction and truth."""
+        m = self.mat.double()
+        tp = m.diag()
+        union = m.sum(0) + m.sum(1) - tp
+        return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+    def dice(self) -> torch.Tensor:
+        """(K,) Dice per class (2 TP / (2 TP + FP + FN)), NaN where absent."""
+        m = self.mat.double()
+        tp = m.diag()
+        denom = m.sum(0) + m.sum(1)
+        return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.full_like(tp, float("nan")))
+
+    def summary(self, class_names=None) -> dict:
+        """Plain-Python metrics (this is a host sync: call once per evaluation)."""
+        iou, dice = self.iou().cpu(), self.dice().cpu()
+        names = class_names or [str(i) for i in range(self.k)]
+        total = self.mat.sum().item()
+        return {
+            "miou": _nanmean(iou),
+            "miou_no_bg": _nanmean(iou[1:]) if self.k > 1 else float("nan"),
+            "mdice": _nanmean(dice),
+            "pixel_acc": self.mat.diag().sum().item() / total if total else float("nan"),
+            "iou": {n: _num(v) for n, v in zip(names, iou.tolist())},
+            "dice": {n: _num(v) for n, v in zip(names, dice.tolist())},
+        }
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return x.mean().item() if len(x) else float("nan")
+
+
+def _num(v: float):
+    return None if v != v else round(v, 6)      # NaN -> null in JSON

@@ -1,0 +1,136 @@
+"""Networks of the method (spec: shared/spec/method.md, "Networks").
+
+    G_IS  image -> segmentation logits   ResnetGenerator(in_ch=C, out_ch=K)
+    G_SI  segmentation -> image (tanh)   ResnetGenerator(in_ch=K, out_ch=C, out_act="tanh")
+    D_S   pixel discriminator on K-channel masks (softmax probabilities or one-hot)
+    D_I   pixel discriminator on C-channel images
+
+Every InstanceNorm + ReLU pair is one `NormReLU` module so that the fast path can swap the reference
+op for the fused one (`set_fused_ops`) without touching the architecture.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import reference
+
+
+class NormReLU(nn.Module):
+    """InstanceNorm2d(affine=False) followed by ReLU (relu=True) or alone (relu=False)."""
+
+    def __init__(self, relu: bool = True, eps: float = 1e-5):
+        super().__init__()
+        self.relu, self.eps, self.fused = relu, eps, False
+
+    def forward(self, x):
+        if self.relu and self.fused:
+            from . import ops  # the fused op; imported lazily so the reference path needs no build
+            return ops.instance_norm_relu(x, self.eps)
+        if self.relu:
+            return reference.instance_norm_relu(x, self.eps)
+        return reference.instance_norm(x, self.eps)
+
+    def extra_repr(self):
+        return f"relu={self.relu}, eps={self.eps}, fused={self.fused}"
+
+
+class ResidualBlock(nn.Module):
+    """x + [ReflPad1, conv3x3, IN, ReLU, (Dropout), ReflPad1, conv3x3, IN](x)."""
+
+    def __init__(self, ch: int, dropout: float = 0.0):
+        super().__init__()
+        layers = [nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), NormReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), NormReLU(relu=False)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """The CycleGAN ResNet generator: c7s1-ngf, d(2ngf), d(4ngf), n_blocks x R(4ngf), u(2ngf), u(ngf), c7s1-out.
+
+    Output size equals input size when H and W are divisible by 4. Returns logits (out_act=None)
+    or tanh images (out_act="tanh").
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, ngf: int = 64, n_blocks: int = 9, dropout: float = 0.0,
+                 out_act: str | None = None):
+        super().__init__()
+        if out_act not in (None, "tanh"):
+            raise ValueError(f"out_act must be None or 'tanh', got {out_act!r}")
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), NormReLU()]
+        for mult in (1, 2):                                         # two stride-2 downsamplings
+            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), NormReLU()]
+        layers += [ResidualBlock(ngf * 4, dropout) for _ in range(n_blocks)]
+        for mult in (4, 2):                                         # two stride-2 upsamplings
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
+                                          output_padding=1), NormReLU()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7)]
+        if out_act == "tanh":
+            layers.append(nn.Tanh())
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):                                           # (N, in_ch, H, W) -> (N, out_ch, H, W)
+        return self.model(x)
+
+
+class PixelDiscriminator(nn.Module):
+    """1x1-conv discriminator: one real/fake score per pixel, (N, in_ch, H, W) -> (N, 1, H, W), no sigmoid.
+
+    norm: "instance" (the paper's code), "batch" (the paper's text) or "none".
+    """
+
+    def __init__(self, in_ch: int, ndf: int = 64, norm: str = "instance"):
+        super().__init__()
+        norms = {"instance": lambda c: nn.InstanceNorm2d(c, affine=False),
+                 "batch": lambda c: nn.BatchNorm2d(c), "none": lambda c: nn.Identity()}
+        if norm not in norms:
+            raise ValueError(f"discriminator norm must be one of {sorted(norms)}, got {norm!r}")
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch, ndf, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(ndf, ndf * 2, 1, bias=norm != "batch"), norms[norm](ndf * 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(ndf * 2, 1, 1),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
+    """Conv/convT weights N(0, std), biases 0; BatchNorm weights N(1, std), biases 0."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def set_fused_ops(net: nn.Module, fused: bool) -> nn.Module:
+    """Route every IN + ReLU of `net` through the fused op (True) or the reference op (False)."""
+    for m in net.modules():
+        if isinstance(m, NormReLU):
+            m.fused = fused
+    return net
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def build_networks(in_ch: int, num_classes: int, ngf: int = 64, n_blocks: int = 9, ndf: int = 64,
+                   disc_norm: str = "instance", dropout: float = 0.0, with_cycle: bool = True) -> dict:
+    """The four networks of the method, initialised; with_cycle=False gives G_IS alone (supervised)."""
+    nets = {"G_IS": ResnetGenerator(in_ch, num_classes, ngf, n_blocks, dropout)}
+    if with_cycle:
+        nets["G_SI"] = ResnetGenerator(num_classes, in_ch, ngf, n_blocks, dropout, out_act="tanh")
+        nets["D_S"] = PixelDiscriminator(num_classes, ndf, disc_norm)
+        nets["D_I"] = PixelDiscriminator(in_ch, ndf, disc_norm)
+    return {name: init_weights(net) for name, net in nets.items()}

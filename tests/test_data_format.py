@@ -1,0 +1,105 @@
+import h5py
+import numpy as np
+import pytest
+
+from cycleseg.data.h5format import DataError, Meta, default_palette, read_meta, validate, write_split
+from cycleseg.data.shapes import CLASS_NAMES, builtin_dataset, generate
+from cycleseg.data.stream import ArraySource, Stream, labeled_subset
+
+META = Meta(num_classes=3, class_names=["a", "b", "c"], palette=default_palette(3))
+
+
+def small(tmp_path, n=6, name="s.h5"):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 8, 10, 3), dtype=np.uint8)
+    masks = rng.integers(0, 3, (n, 8, 10), dtype=np.uint8)
+    masks[0, 0, 0] = 255
+    write_split(tmp_path / name, images, masks, META, groups=np.arange(n) // 2)
+    return tmp_path / name, images, masks
+
+
+def test_roundtrip(tmp_path):
+    path, images, masks = small(tmp_path)
+    meta = validate(path)
+    assert (meta.count, meta.height, meta.width, meta.channels, meta.num_classes) == (6, 8, 10, 3, 3)
+    assert meta.class_names == ["a", "b", "c"] and meta.ignore_index == 255
+    src = ArraySource(path)
+    x, y = src.batch(np.array([1, 4]))
+    assert x.shape == (2, 3, 8, 10) and np.array_equal(x.permute(0, 2, 3, 1).numpy(), images[[1, 4]])
+    assert np.array_equal(y.numpy(), masks[[1, 4]]) and list(src.groups) == [0, 0, 1, 1, 2, 2]
+    with h5py.File(path) as f:
+        assert f["images"].chunks == (1, 8, 10, 3) and f["images"].compression is None
+
+
+def test_errors_name_file_dataset_index(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_meta(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(DataError, match="junk.h5: not a readable HDF5"):
+        read_meta(tmp_path / "junk.h5")
+    path, images, masks = small(tmp_path)
+    masks[4, 2, 3] = 7
+    write_split(tmp_path / "bad.h5", images, masks, META)
+    with pytest.raises(DataError, match=r"bad.h5: dataset 'masks', index 4: value 7"):
+        validate(tmp_path / "bad.h5")
+    with h5py.File(tmp_path / "count.h5", "w") as f:
+        f.attrs["format"] = "cycleseg"
+        f["images"] = images
+        f["masks"] = masks[:5]
+    with pytest.raises(DataError, match="6 images but 5 masks"):
+        read_meta(tmp_path / "count.h5")
+    with h5py.File(tmp_path / "dtype.h5", "w") as f:
+        f.attrs["format"] = "cycleseg"
+        f["images"] = images.astype(np.float32)
+        f["masks"] = masks
+    with pytest.raises(DataError, match="'images' must be uint8"):
+        read_meta(tmp_path / "dtype.h5")
+    with pytest.raises(DataError, match="differ in count or size"):
+        write_split(tmp_path / "x.h5", images, masks[:, :4], META)
+
+
+def test_builtin_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
+    a_img, a_mask = generate(5, 32, seed=3, split="train")
+    b_img, b_mask = generate(5, 32, seed=3, split="train")
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
+    assert not np.array_equal(generate(5, 32, seed=4, split="train")[1], a_mask)
+    assert set(np.unique(a_mask)) <= set(range(len(CLASS_NAMES)))
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path))
+    paths = builtin_dataset(32, seed=0)
+    mtime = paths["train"].stat().st_mtime_ns
+    assert builtin_dataset(32, seed=0)["train"].stat().st_mtime_ns == mtime
+    meta = validate(paths["train"])
+    assert meta.count == 1000 and meta.num_classes == 5 and meta.class_names == CLASS_NAMES
+    hist = np.bincount(ArraySource(paths["train"]).masks.ravel(), minlength=5)
+    assert (hist[1:] > 0.01 * hist.sum()).all()                      # every class well represented
+
+
+def test_labeled_subsets_are_nested_and_seeded():
+    subsets = [set(labeled_subset(1000, f, seed=5)) for f in (0.1, 0.2, 0.3, 0.5, 1.0)]
+    assert [len(s) for s in subsets] == [100, 200, 300, 500, 1000]
+    assert all(a < b for a, b in zip(subsets, subsets[1:]))
+    assert set(labeled_subset(1000, 0.1, seed=6)) != subsets[0]
+    groups = np.repeat(np.arange(20), 7)
+    g = labeled_subset(len(groups), 0.25, seed=1, groups=groups)
+    assert len(np.unique(groups[g])) == 5 and len(g) == 35            # whole groups only
+    with pytest.raises(ValueError, match="fraction"):
+        labeled_subset(10, 0.0, seed=0)
+
+
+def test_stream_passes_shards_and_state(tmp_path):
+    path, _, _ = small(tmp_path, n=12)
+    src = ArraySource(path)
+    s = Stream(src, np.arange(12), batch_size=5, seed=1)
+    seen = np.concatenate([s.next_indices() for _ in range(12)])      # 60 indices = 5 passes
+    for p in range(5):
+        assert sorted(seen[12 * p:12 * (p + 1)]) == list(range(12))    # each pass covers everything once
+    assert not np.array_equal(seen[:12], seen[12:24])                   # reshuffled every pass
+    s2 = Stream(src, np.arange(12), batch_size=5, seed=1)
+    s2.next_indices()
+    state = s2.state_dict()
+    s3 = Stream(src, np.arange(12), batch_size=5, seed=1)
+    s3.load_state_dict(state)
+    assert np.array_equal(s3.next_indices(), s2.next_indices())
+    shards = [Stream(src, np.arange(12), 2, seed=1, rank=r, world_size=3) for r in range(3)]
+    parts = [set(np.concatenate([sh.next_indices() for _ in range(2)])) for sh in shards]
+    assert all(len(p) == 4 for p in parts) and set().union(*parts) == set(range(12))

@@ -1,0 +1,136 @@
+"""Each term of the objective against a computation by hand on tiny tensors and networks (fp64)."""
+import dataclasses
+
+import pytest
+import torch
+
+from cycleseg.models import build_networks
+from cycleseg.objective import (Lambdas, discriminator_objective, generator_objective, one_hot,
+                                supervised_objective)
+
+K, IGN = 3, 255
+TERMS = {"gen_img": "gen_img", "cycle_seg": "cycle_seg", "cycle_img": "cycle_img",
+         "disc_seg": "disc_seg", "disc_img": "disc_img"}     # Lambdas field -> term name
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    nets = {k: v.double() for k, v in build_networks(3, K, ngf=4, n_blocks=1, ndf=4).items()}
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    y = torch.randint(0, K, (2, 8, 8))
+    y[0, 0, :3] = IGN
+    xu = torch.rand(3, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    return nets, x, y, xu
+
+
+def hand_ce(logits, y):
+    """Mean over non-ignored pixels of -log softmax(logits)[y], written out."""
+    p = logits.exp() / logits.exp().sum(1, keepdim=True)
+    total, count = 0.0, 0
+    for n in range(y.shape[0]):
+        for i in range(y.shape[1]):
+            for j in range(y.shape[2]):
+                if y[n, i, j] != IGN:
+                    total = total - torch.log(p[n, y[n, i, j], i, j])
+                    count += 1
+    return total / count
+
+
+def hand_one_hot(y):
+    oh = torch.zeros(y.shape[0], K, *y.shape[1:], dtype=torch.float64)
+    for c in range(K):
+        oh[:, c] = (y == c).double()
+    return oh
+
+
+def hand_terms(nets, x, y, xu):
+    g_is, g_si, d_s, d_i = nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"]
+    fake_img = g_si(hand_one_hot(y))
+    s = torch.softmax(g_is(xu), 1)
+    return {
+        "gen_seg": hand_ce(g_is(x), y),
+        "gen_img": ((fake_img - x) ** 2).mean(),
+        "cycle_seg": hand_ce(g_is(fake_img), y),
+        "disc_img": ((d_i(fake_img) - 1) ** 2).mean(),
+        "cycle_img": (g_si(s) - xu).abs().mean(),
+        "disc_seg": ((d_s(s) - 1) ** 2).mean(),
+    }
+
+
+def run(nets, x, y, xu, lambdas=Lambdas()):
+    return generator_objective(nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"], x, y, xu, K, lambdas, IGN)
+
+
+def test_one_hot_zeroes_ignored_pixels(setup):
+    _, _, y, _ = setup
+    oh = one_hot(y, K, IGN, torch.float64)
+    torch.testing.assert_close(oh, hand_one_hot(y))
+    assert (oh[0, :, 0, :3] == 0).all() and (oh.sum(1)[y != IGN] == 1).all()
+
+
+def test_each_term_equals_hand_computation(setup):
+    nets, x, y, xu = setup
+    loss, terms, fakes = run(nets, x, y, xu)
+    hand = hand_terms(nets, x, y, xu)
+    assert set(terms) == set(hand)
+    for name, value in hand.items():
+        torch.testing.assert_close(terms[name], value.detach(), rtol=1e-10, atol=1e-12, msg=name)
+    lam = Lambdas()
+    expect = (hand["gen_seg"] + lam.gen_img * hand["gen_img"] + lam.cycle_seg * hand["cycle_seg"]
+              + lam.cycle_img * hand["cycle_img"] + lam.disc_seg * hand["disc_seg"] + lam.disc_img * hand["disc_img"])
+    torch.testing.assert_close(loss, expect, rtol=1e-10, atol=1e-12)
+    assert not fakes["seg"].requires_grad and not fakes["img"].requires_grad
+    torch.testing.assert_close(fakes["seg"].sum(1), torch.ones(3, 8, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("field", list(TERMS))
+def test_zero_lambda_removes_exactly_that_term(setup, field):
+    nets, x, y, xu = setup
+    full, terms, _ = run(nets, x, y, xu)
+    lam = Lambdas()
+    without, terms0, _ = run(nets, x, y, xu, dataclasses.replace(lam, **{field: 0.0}))
+    assert TERMS[field] not in terms0 and set(terms) - set(terms0) == {TERMS[field]}
+    torch.testing.assert_close(without, full - getattr(lam, field) * terms[TERMS[field]], rtol=1e-10, atol=1e-12)
+
+
+def test_disc_seg_alone_trains_g_is(setup):
+    """The 2019 code fed D_S a detached argmax, so this gradient was zero."""
+    nets, x, y, xu = setup
+    zero = Lambdas(0.0, 0.0, 0.0, 0.0, 0.0)
+    grads = []
+    for lam in (zero, dataclasses.replace(zero, disc_seg=1.0)):
+        nets["G_IS"].zero_grad()
+        run(nets, x, y, xu, lam)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in nets["G_IS"].parameters()]))
+    diff = grads[1] - grads[0]                                      # = d L_disc^S / d theta_G_IS
+    assert diff.abs().max() > 1e-8
+
+
+def test_discriminator_step_leaves_generator_gradients_untouched(setup):
+    nets, x, y, xu = setup
+    loss, _, fakes = run(nets, x, y, xu)
+    loss.backward()
+    before = {n: p.grad.clone() for g in ("G_IS", "G_SI") for n, p in nets[g].named_parameters()}
+    for g in ("D_S", "D_I"):
+        nets[g].zero_grad()
+    d_loss, d_terms = discriminator_objective(nets["D_S"], nets["D_I"], one_hot(y, K, IGN, x.dtype),
+                                              fakes["seg"], xu, fakes["img"])
+    d_loss.backward()
+    after = {n: p.grad for g in ("G_IS", "G_SI") for n, p in nets[g].named_parameters()}
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for g in ("D_S", "D_I") for p in nets[g].parameters())
+    # eq. 4-5 by hand
+    ds, di = nets["D_S"], nets["D_I"]
+    hand_seg = 0.5 * (((ds(hand_one_hot(y)) - 1) ** 2).mean() + (ds(fakes["seg"]) ** 2).mean())
+    hand_img = 0.5 * (((di(xu) - 1) ** 2).mean() + (di(fakes["img"]) ** 2).mean())
+    torch.testing.assert_close(d_terms["d_seg"], hand_seg.detach())
+    torch.testing.assert_close(d_terms["d_img"], hand_img.detach())
+    torch.testing.assert_close(d_loss, hand_seg + hand_img)
+
+
+def test_supervised_objective(setup):
+    nets, x, y, _ = setup
+    loss, terms = supervised_objective(nets["G_IS"], x, y, IGN)
+    torch.testing.assert_close(loss, hand_ce(nets["G_IS"](x), y))
+    assert set(terms) == {"gen_seg"}

@@ -1,0 +1,112 @@
+"""End-to-end runs of python -m cycleseg.train on the built-in dataset, with a tiny model."""
+import json
+
+import pytest
+import torch
+
+from cycleseg.config import Config, parse_args
+from cycleseg.train import main, train
+
+TINY = ["--ngf", "8", "--n-blocks", "1", "--ndf", "8", "--image-size", "32", "--batch-size", "2",
+        "--no-progress", "--device", "cpu", "--preset", "cpu"]
+
+
+def records(out, split="train"):
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def tiny(tmp_path, name, *extra):
+    cfg, _ = parse_args(TINY + ["--out", str(tmp_path / name), *extra])
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["semi", "partial"])
+def test_short_run_losses_finite_and_decreasing(tmp_path, mode):
+    cfg = tiny(tmp_path, mode, "--mode", mode, "--steps", "60", "--log-every", "1", "--eval-every", "60",
+               "--lr", "1e-3")
+    result = train(cfg)
+    rec = records(tmp_path / mode)
+    assert len(rec) == 60
+    for r in rec:
+        assert all(v == v and abs(v) < 1e6 for k, v in r.items() if k not in ("step", "split"))
+    first = sum(r["gen_seg"] for r in rec[:10]) / 10
+    last = sum(r["gen_seg"] for r in rec[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    if mode == "semi":
+        assert {"gen_img", "cycle_seg", "cycle_img", "disc_seg", "disc_img", "d_seg", "d_img"} <= set(rec[0])
+        c_first = sum(r["cycle_img"] for r in rec[:10]) / 10
+        c_last = sum(r["cycle_img"] for r in rec[-10:]) / 10
+        assert c_last < c_first, (c_first, c_last)
+    else:
+        assert set(rec[0]) == {"step", "split", "time", "lr", "gen_seg"}
+    assert 0.0 <= result["miou"] <= 1.0 and len(result["iou"]) == 5
+    out = tmp_path / mode
+    assert (out / "last.pt").exists() and (out / "best.pt").exists() and (out / "config.json").exists()
+    png = out / "samples" / "step0000060.png"
+    assert png.exists()
+    from PIL import Image
+    w, h = Image.open(png).size
+    assert (w, h) == (2 * 32 * (4 if mode == "semi" else 3), 2 * 32 * 4)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_gives_the_same_losses(tmp_path):
+    args = ("--steps", "8", "--log-every", "1", "--eval-every", "100", "--ckpt-every", "100", "--pool-size", "3")
+    train(tiny(tmp_path, "straight", *args))
+    train(tiny(tmp_path, "resumed", *args), until=4)               # "killed" after step 4
+    assert len(records(tmp_path / "resumed")) == 4
+    train(tiny(tmp_path, "resumed", *args, "--resume"))
+    a, b = records(tmp_path / "straight"), records(tmp_path / "resumed")
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k != "time"} == {k: v for k, v in rb.items() if k != "time"}
+    ca, cb = torch.load(tmp_path / "straight" / "last.pt", weights_only=False), \
+        torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    for name in ca["nets"]:
+        for k in ca["nets"][name]:
+            assert torch.equal(ca["nets"][name][k], cb["nets"][name][k]), (name, k)
+
+
+def test_checkpoint_holds_every_state(tmp_path):
+    train(tiny(tmp_path, "c", "--steps", "3", "--eval-every", "3"))
+    ck = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
+    assert ck["step"] == 3 and set(ck["nets"]) == {"G_IS", "G_SI", "D_S", "D_I"}
+    assert set(ck["optimizers"]) == {"G", "D"} and set(ck["schedulers"]) == {"G", "D"}
+    assert set(ck["pools"]) == {"seg", "img"} and len(ck["pools"]["seg"]["images"]) == 6
+    assert ck["streams"]["labeled"] == {"pass": 0, "pos": 6}
+    assert ck["config"]["ngf"] == 8 and "torch" in ck["rng"]
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    argv = TINY + ["--out", str(tmp_path / "r"), "--steps", "2", "--eval-every", "2"]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_dry_run_prints_counts(capsys):
+    assert main(["--dry-run", "--preset", "paper", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    # built-in data: K = 5, so G_IS differs from the paper's K = 21 count only in the last conv
+    assert f"G_IS: {11_434_645 - 64 * 16 * 49 - 16:,}" in out
+    assert f"G_SI: {11_434_627 - 16 * 64 * 49:,}" in out
+    assert '"ngf": 64' in out and '"n_blocks": 9' in out
+
+
+def test_config_defaults_and_errors():
+    cfg = Config(device="cpu").resolved()
+    assert (cfg.preset, cfg.ngf, cfg.beta1, cfg.labeled_fraction) == ("cpu", 16, 0.5, 0.1)
+    assert Config(device="cpu", mode="partial").resolved().beta1 == 0.9
+    assert Config(device="cpu", mode="full", labeled_fraction=0.2).resolved().labeled_fraction == 1.0
+    assert (cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.lambda4, cfg.lambda5) == (1, 0.05, 1, 0.5, 0.5)
+    with pytest.raises(ValueError, match="labeled-fraction"):
+        Config(device="cpu", labeled_fraction=0.0).resolved()
+    c, _ = parse_args(["--lambda2", "0.1", "--labeled-fraction", "0.3"])  # float lambdas (2019 code: int)
+    assert c.lambda2 == 0.1 and c.labeled_fraction == 0.3
+
+
+def test_bad_data_path_is_a_clear_error(tmp_path, capsys):
+    assert main(TINY + ["--out", str(tmp_path / "r"), "--data", str(tmp_path / "nope.h5")]) == 2
+    assert "nope.h5: no such file" in capsys.readouterr().err
