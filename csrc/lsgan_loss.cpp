@@ -1,0 +1,50 @@
+// Least-squares GAN loss on the CPU: mean((d - a)^2), in fixed blocks (deterministic), and its
+// gradient 2 (d - a) g / numel. The discriminator form 0.5 (mean((r - 1)^2) + mean(f^2)) calls both.
+#include "common.h"
+
+namespace cycleseg {
+
+at::Tensor lsgan_loss_fwd(const at::Tensor& input, double target) {
+  TORCH_CHECK(input.numel() > 0, "lsgan_loss: empty score map");
+  TORCH_CHECK(input.device().is_cpu(), "lsgan_loss (C++): CPU tensors only");
+  const auto d = input.contiguous();
+  const int64_t n = d.numel(), nb = (n + kBlock * 64 - 1) / (kBlock * 64);
+  std::vector<double> part(nb, 0.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "lsgan_loss_fwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = d.data_ptr<scalar_t>();
+    const acc_t a = static_cast<acc_t>(target);
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t s = b * kBlock * 64, e = std::min(n, s + kBlock * 64);
+        acc_t acc = 0;
+        for (int64_t i = s; i < e; ++i) {
+          const acc_t v = static_cast<acc_t>(p[i]) - a;
+          acc += v * v;
+        }
+        part[b] = acc;
+      }
+    });
+  });
+  const auto acc_dtype = d.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::scalar_tensor(sum_partials(part) / n, d.options().dtype(acc_dtype)).to(d.scalar_type());
+}
+
+at::Tensor lsgan_loss_bwd(const at::Tensor& grad, const at::Tensor& input, double target) {
+  const auto d = input.contiguous();
+  auto dd = at::empty_like(d);
+  const int64_t n = d.numel();
+  const double scale = 2.0 * grad.item<double>() / n;  // host read of one scalar: fine on the CPU
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "lsgan_loss_bwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = d.data_ptr<scalar_t>();
+    scalar_t* o = dd.data_ptr<scalar_t>();
+    const acc_t a = static_cast<acc_t>(target), s = static_cast<acc_t>(scale);
+    at::parallel_for(0, n, kBlock * 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) o[i] = static_cast<scalar_t>(s * (static_cast<acc_t>(p[i]) - a));
+    });
+  });
+  return dd;
+}
+
+}  // namespace cycleseg

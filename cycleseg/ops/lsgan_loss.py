@@ -1,0 +1,101 @@
+"""cycleseg.ops.lsgan_loss / lsgan_disc_loss: the least-squares GAN losses as custom ops.
+
+lsgan_loss(d, a) = mean((d - a)^2); lsgan_disc_loss(d_real, d_fake) = 0.5 (mean((d_real - 1)^2) +
+mean(d_fake^2)) in one op for the discriminator step. Bytes are negligible; time is launch overhead."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backend import impl
+
+
+@torch.library.custom_op("cycleseg::lsgan_loss", mutates_args=())
+def _fwd(d: Tensor, target: float) -> Tensor:
+    return impl("lsgan_loss", d).lsgan_loss_fwd(d, target)
+
+
+@_fwd.register_fake
+def _(d, target):
+    return d.new_empty(())
+
+
+@torch.library.custom_op("cycleseg::lsgan_loss_backward", mutates_args=())
+def _bwd(grad: Tensor, d: Tensor, target: float) -> Tensor:
+    return impl("lsgan_loss", d).lsgan_loss_bwd(grad, d, target).view_as(d)
+
+
+@_bwd.register_fake
+def _(grad, d, target):
+    return torch.empty_like(d, memory_format=torch.contiguous_format)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.target = inputs[1]
+
+
+def _backward(ctx, grad):
+    (d,) = ctx.saved_tensors
+    return _bwd(grad, d, ctx.target), None
+
+
+_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+@torch.library.custom_op("cycleseg::lsgan_disc_loss", mutates_args=())
+def _disc_fwd(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    k = impl("lsgan_loss", d_real)
+    return 0.5 * (k.lsgan_loss_fwd(d_real, 1.0) + k.lsgan_loss_fwd(d_fake, 0.0))
+
+
+@_disc_fwd.register_fake
+def _(d_real, d_fake):
+    return d_real.new_empty(())
+
+
+@torch.library.custom_op("cycleseg::lsgan_disc_loss_backward", mutates_args=())
+def _disc_bwd(grad: Tensor, d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
+    k = impl("lsgan_loss", d_real)
+    half = 0.5 * grad
+    return k.lsgan_loss_bwd(half, d_real, 1.0).view_as(d_real), k.lsgan_loss_bwd(half, d_fake, 0.0).view_as(d_fake)
+
+
+@_disc_bwd.register_fake
+def _(grad, d_real, d_fake):
+    return (torch.empty_like(d_real, memory_format=torch.contiguous_format),
+            torch.empty_like(d_fake, memory_format=torch.contiguous_format))
+
+
+def _disc_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _disc_backward(ctx, grad):
+    d_real, d_fake = ctx.saved_tensors
+    return _disc_bwd(grad, d_real, d_fake)
+
+
+_disc_fwd.register_autograd(_disc_backward, setup_context=_disc_setup)
+
+
+def _check(name: str, d) -> None:
+    if not isinstance(d, Tensor) or not d.is_floating_point() or d.numel() == 0:
+        raise ValueError(f"{name} expects a non-empty floating tensor of scores, got "
+                         f"{(d.dtype, tuple(d.shape)) if isinstance(d, Tensor) else type(d).__name__}")
+
+
+def lsgan_loss(d: Tensor, target: float) -> Tensor:
+    """mean((d - target)^2) over every element of the score map d."""
+    _check("lsgan_loss", d)
+    return _fwd(d, float(target))
+
+
+def lsgan_disc_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """0.5 * (mean((d_real - 1)^2) + mean(d_fake^2)), the discriminator step's loss."""
+    _check("lsgan_disc_loss (d_real)", d_real)
+    _check("lsgan_disc_loss (d_fake)", d_fake)
+    if d_real.device != d_fake.device or d_real.dtype != d_fake.dtype:
+        raise ValueError(f"lsgan_disc_loss: d_real ({d_real.dtype}, {d_real.device}) and d_fake "
+                         f"({d_fake.dtype}, {d_fake.device}) must share dtype and device")
+    return _disc_fwd(d_real, d_fake)

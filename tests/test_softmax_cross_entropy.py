@@ -1,0 +1,151 @@
+"""The fused softmax cross-entropy against the reference (F.cross_entropy) in fp64, on every backend."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cycleseg import ops
+from cycleseg.ops.softmax_cross_entropy import _fwd
+from ops_helpers import DEVICE, assert_close, backend  # noqa: F401
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def make(n, k, h, w, dtype, ignore_index, frac_ignored, seed=0, weighted=False):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, k, h, w, generator=g, dtype=torch.float64) * 3).to(DEVICE)
+    t = torch.randint(0, k, (n, h, w), generator=g)
+    t[torch.rand(n, h, w, generator=g) < frac_ignored] = ignore_index
+    wt = (torch.rand(k, generator=g, dtype=torch.float64) + 0.5).to(DEVICE) if weighted else None
+    return x.to(dtype), t.to(DEVICE), wt
+
+
+def check(x, t, wt, ignore_index, reduction, upstream_seed=1):
+    """Forward and input gradient of ops vs F.cross_entropy on the fp64 copy of x."""
+    xo = x.detach().clone().requires_grad_()
+    xr = x.detach().double().requires_grad_()
+    out = ops.softmax_cross_entropy(xo, t, wt.to(x.dtype) if wt is not None and x.dtype == torch.float64 else wt,
+                                    ignore_index, reduction)
+    ref = F.cross_entropy(xr, t.long(), wt.double() if wt is not None else None, ignore_index=ignore_index,
+                          reduction=reduction)
+    assert out.dtype == x.dtype and out.shape == ref.shape
+    assert_close(out, ref, x.dtype, "forward")
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
+    g = g.to(DEVICE) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64, device=DEVICE)
+    out.backward(g.to(out.dtype))
+    ref.backward(g)
+    assert xo.grad.dtype == x.dtype and xo.grad.stride() == x.stride()
+    assert_close(xo.grad, xr.grad, x.dtype, "grad")
+
+
+@pytest.mark.parametrize("k", [1, 4, 19, 21, 33])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_reference(backend, k, reduction, dtype):
+    n = 1 + (k % 3)                                                 # N in {1, 2, 3}
+    ignore_index = 255 if k % 2 else -100
+    x, t, wt = make(n, k, 31, 37, dtype, ignore_index, 0.2, seed=k, weighted=(k % 4 == 1))
+    check(x, t, wt, ignore_index, reduction)
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("ignore_index", [-100, 255])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ignored_fractions_fp64(backend, frac, ignore_index, weighted):
+    x, t, wt = make(2, 5, 9, 13, torch.float64, ignore_index, frac, seed=3, weighted=weighted)
+    for reduction in ("mean", "sum", "none"):
+        check(x, t, wt, ignore_index, reduction)
+    if frac == 1.0:                                                  # all ignored: NaN like PyTorch
+        assert torch.isnan(ops.softmax_cross_entropy(x, t, wt, ignore_index, "mean"))
+
+
+@pytest.mark.parametrize("tdtype", [torch.uint8, torch.int32, torch.int64])
+def test_target_dtypes_and_channels_last(backend, tdtype):
+    x, t, wt = make(2, 4, 12, 10, torch.float32, 255, 0.1, seed=5, weighted=True)
+    check(x.contiguous(memory_format=torch.channels_last), t.to(tdtype), wt, 255, "mean")
+
+
+def test_no_grad_and_inputs_untouched(backend):
+    x, t, _ = make(2, 6, 8, 8, torch.float32, 255, 0.2)
+    before = x.clone()
+    with torch.no_grad():
+        out = ops.softmax_cross_entropy(x, t, ignore_index=255)
+    assert torch.equal(x, before)
+    assert_close(out, F.cross_entropy(x.double(), t, ignore_index=255), torch.float32)
+
+
+def test_gradient_written_everywhere(backend):
+    """Every element of the gradient is written, ignored pixels included (zero there)."""
+    x, t, _ = make(2, 5, 7, 11, torch.float32, 255, 0.5, seed=9)
+    loss, lse, denom = _fwd(x, t, None, 255, "mean")
+    from cycleseg.ops.softmax_cross_entropy import _bwd
+    torch.manual_seed(0)
+    for _ in range(3):                                               # fresh allocations, possibly reused NaN memory
+        poison = torch.full_like(x, float("nan"))
+        del poison
+        dx = _bwd(torch.ones((), device=DEVICE), x, t, None, lse, denom, 255, "mean")
+        assert not torch.isnan(dx).any()
+        assert (dx.permute(1, 0, 2, 3)[:, t == 255] == 0).all()
+
+
+def test_out_of_range_targets(backend):
+    x, t, _ = make(1, 4, 5, 6, torch.float32, 255, 0.0)
+    t[0, 2, 3] = 7
+    with pytest.raises(ValueError, match=r"target\[0, 2, 3\] = 7 is not a class id in \[0, 4\)"):
+        ops.softmax_cross_entropy(x, t, ignore_index=255)
+    # Without the eager check (as under torch.compile) the kernel reads nothing out of bounds and
+    # marks the result NaN.
+    ops.set_validation(False)
+    try:
+        assert torch.isnan(ops.softmax_cross_entropy(x, t, ignore_index=255))
+        per_pixel = ops.softmax_cross_entropy(x, t, ignore_index=255, reduction="none")
+        assert torch.isnan(per_pixel[0, 2, 3]) and not torch.isnan(per_pixel).sum() > 1
+    finally:
+        ops.set_validation(True)
+    t[0, 2, 3] = -3
+    with pytest.raises(ValueError, match="-3"):
+        ops.softmax_cross_entropy(x, t.long(), ignore_index=255)
+
+
+def test_shape_and_dtype_errors():
+    x = torch.randn(2, 3, 4, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="target must have shape"):
+        ops.softmax_cross_entropy(x, torch.zeros(2, 4, 3, dtype=torch.long, device=DEVICE))
+    with pytest.raises(TypeError, match="uint8, int32 or int64"):
+        ops.softmax_cross_entropy(x, torch.zeros(2, 4, 4, device=DEVICE))
+    with pytest.raises(ValueError, match=r"\(N, K, H, W\)"):
+        ops.softmax_cross_entropy(x[0], torch.zeros(3, 4, 4, dtype=torch.long, device=DEVICE))
+
+
+def test_gradcheck_cpp():
+    ops.set_cpu_backend("cpp")
+    x, t, wt = make(2, 3, 4, 5, torch.float64, 255, 0.3, seed=2, weighted=True)
+    x = x.cpu().requires_grad_()
+    for reduction in ("mean", "sum", "none"):
+        assert torch.autograd.gradcheck(
+            lambda v: ops.softmax_cross_entropy(v, t.cpu(), wt.cpu(), 255, reduction), (x,))
+
+
+def test_opcheck(backend):
+    x, t, wt = make(2, 4, 6, 5, torch.float32, 255, 0.2, weighted=True)
+    t_all = torch.where(t == 255, torch.zeros_like(t), t)             # valid everywhere for ignore_index -100
+    for args in [(x.requires_grad_(), t, wt, 255, "mean"), (x, t_all, None, -100, "none"),
+                 (x, t.to(torch.uint8), None, 255, "sum")]:
+        torch.library.opcheck(_fwd, args)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compile_fullgraph_equals_eager(backend, reduction):
+    x, t, wt = make(2, 5, 8, 12, torch.float32, 255, 0.2, weighted=True)
+
+    def f(v):
+        out = ops.softmax_cross_entropy(v * 1.5, t, wt, 255, reduction)
+        return out if reduction == "mean" else (out * out).sum()
+
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    le = f(xe)
+    le.backward()
+    torch._dynamo.reset()
+    lc = torch.compile(f, fullgraph=True, backend="aot_eager" if DEVICE == "cpu" else "inductor")(xc)
+    lc.backward()
+    torch.testing.assert_close(lc, le, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-6, atol=1e-6)
