@@ -107,6 +107,7 @@ class Run:
         self.ops = reference
         if cfg.ops == "fused":
             from . import ops
+            ops.set_validation(False)      # masks were checked when the data was loaded: no per-step host sync
             self.ops = ops
 
     # -- one step ---------------------------------------------------------------------------------
