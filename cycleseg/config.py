@@ -14,9 +14,10 @@ import torch
 from .objective import Lambdas
 
 PRESETS = {
-    "paper": dict(ngf=64, n_blocks=9, ndf=64, image_size=128, batch_size=5, steps=20000,
+    "paper": dict(ngf=64, n_blocks=9, ndf=64, image_size=128, batch_size=5, steps=20000, lr=2e-4,
                   eval_every=1000, ckpt_every=1000),
-    "cpu": dict(ngf=16, n_blocks=3, ndf=32, image_size=64, batch_size=4, steps=1000,
+    # Small and short: a higher learning rate and batch 8 make the most of ~1000 steps on two cores.
+    "cpu": dict(ngf=16, n_blocks=3, ndf=32, image_size=64, batch_size=8, steps=1000, lr=1e-3,
                 eval_every=250, ckpt_every=250),
 }
 MODES = ("semi", "partial", "full")
@@ -26,7 +27,7 @@ MODES = ("semi", "partial", "full")
 class Config:
     # what to train
     mode: str = "semi"                  # semi: the CycleGAN objective; partial: G_IS on the labeled subset; full: 100 % labels
-    data: str | None = None             # train split .h5, or a folder holding train.h5 and val.h5; None = built-in shapes
+    data: str | None = None             # train .h5, a folder with train.h5 + val.h5, or an SSL4MIS ACDC folder; None = built-in
     val_data: str | None = None         # val split .h5 (default: val.h5 beside the train split)
     labeled_fraction: float = 0.1       # nested subsets fixed by the seed
     seed: int = 0
@@ -40,8 +41,8 @@ class Config:
     # optimisation
     steps: int | None = None
     batch_size: int | None = None       # labeled images per step, and as many unlabeled
-    image_size: int | None = None       # the built-in dataset's size
-    lr: float = 2e-4
+    image_size: int | None = None       # size of the built-in dataset and of ACDC read from its folder
+    lr: float | None = None             # Adam learning rate (paper: 2e-4)
     beta1: float | None = None          # None: 0.5 for semi (CycleGAN), 0.9 for the supervised baselines
     lambda1: float = Lambdas.gen_img
     lambda2: float = Lambdas.cycle_seg
@@ -49,6 +50,10 @@ class Config:
     lambda4: float = Lambdas.disc_seg
     lambda5: float = Lambdas.disc_img
     pool_size: int = 50
+    # data
+    flip: bool = False                  # random horizontal flips (off in the paper preset)
+    scale_crop: float = 1.0             # > 1: random crops of 1/s of each side, s in [1, scale_crop], resized back
+    prefetch: int = 3                   # batches prepared ahead of the step by the loader thread
     # execution
     device: str = "auto"
     ops: str = "reference"              # reference: eager PyTorch ops; fused: the cycleseg.ops kernels

@@ -16,7 +16,7 @@ def predict(g_is, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(g_is, source, device, batch_size: int = 16, class_names=None) -> dict:
-    """Standard metrics of G_IS over every image of `source` (an ArraySource-like split)."""
+    """Standard metrics of G_IS over every image of `source` (an H5Source)."""
     meta = source.meta
     cm = ConfusionMatrix(meta.num_classes, meta.ignore_index, device)
     was_training = g_is.training

@@ -22,9 +22,10 @@ import torch
 
 from . import checkpoint, reference
 from .config import Config, parse_args
+from .data import acdc
 from .data.h5format import DataError, read_meta
 from .data.shapes import builtin_dataset
-from .data.stream import ArraySource, Stream, labeled_subset, to_input
+from .data.stream import H5Source, Loader, Stream, labeled_subset, to_input
 from .evaluate import evaluate, predict
 from .models import build_networks, count_parameters, set_fused_ops
 from .objective import discriminator_objective, generator_objective, one_hot, supervised_objective
@@ -48,9 +49,15 @@ class LinearDecay:
         return max(0.0, 1.0 - (step - self.start) / max(1, self.steps - self.start))
 
 
+IN_MEMORY_BYTES = 1 << 30       # splits smaller than this are read into memory once
+
+
 def data_paths(cfg: Config) -> dict:
+    """{"train", "val"} HDF5 paths, and "acdc" (the SSL4MIS folder) when --data is one."""
     if cfg.data is None:
         return builtin_dataset(cfg.image_size, seed=0)
+    if acdc.is_ssl4mis(cfg.data):
+        return {**acdc.cached_splits(cfg.data, cfg.image_size), "acdc": Path(cfg.data)}
     data = Path(cfg.data)
     train = data / "train.h5" if data.is_dir() else data
     val = Path(cfg.val_data) if cfg.val_data else train.with_name("val.h5")
@@ -96,12 +103,16 @@ class Run:
             self.pools = {}
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, LinearDecay(cfg.steps))
                            for k, o in self.optimizers.items()}
-        lab = labeled_subset(len(train_src), cfg.labeled_fraction, cfg.seed, train_src.groups)
+        first_groups = meta.source.startswith("ACDC")               # SSL4MIS protocol: the first N patients
+        lab = labeled_subset(len(train_src), cfg.labeled_fraction, cfg.seed, train_src.groups, first_groups)
         unl = np.setdiff1d(np.arange(len(train_src)), lab)
-        self.streams = {"labeled": Stream(train_src, lab, cfg.batch_size, seed=cfg.seed * 1000 + 1)}
+        aug = dict(flip=cfg.flip, scale=(1.0, cfg.scale_crop) if cfg.scale_crop > 1 else None)
+        self.streams = {"labeled": Loader(train_src, Stream(lab, cfg.batch_size, seed=cfg.seed * 1000 + 1),
+                                          device=self.device, prefetch=cfg.prefetch, **aug)}
         if self.semi:                                               # at 100 % labels, every image is also unlabeled
-            self.streams["unlabeled"] = Stream(train_src, unl if len(unl) else lab, cfg.batch_size,
-                                               seed=cfg.seed * 1000 + 2, with_masks=False)
+            self.streams["unlabeled"] = Loader(
+                train_src, Stream(unl if len(unl) else lab, cfg.batch_size, seed=cfg.seed * 1000 + 2),
+                with_masks=False, device=self.device, prefetch=cfg.prefetch, **aug)
         self.num_labeled, self.num_unlabeled = len(lab), len(unl)
         self.step, self.best_miou = 0, float("-inf")
         self.ops = reference
@@ -228,7 +239,8 @@ def train(cfg: Config, until: int | None = None) -> dict:
                               f"or --out to start another")
 
     paths = data_paths(cfg)
-    train_src, val_src = ArraySource(paths["train"]), ArraySource(paths["val"])
+    train_src, val_src = (H5Source(paths[k], in_memory=Path(paths[k]).stat().st_size < IN_MEMORY_BYTES)
+                          for k in ("train", "val"))
     check_same_kind(train_src.meta, val_src.meta)
     run = Run(cfg, train_src.meta, train_src)
     if saved is not None:
@@ -255,9 +267,12 @@ def train(cfg: Config, until: int | None = None) -> dict:
             bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()}, refresh=False)
         if run.step % cfg.eval_every == 0 or run.step == cfg.steps:
             result = evaluate(run.nets["G_IS"], val_src, run.device)
+            if "acdc" in paths:                                     # the ACDC protocol: 3D scores per volume
+                result.update(acdc.evaluate_volumes(run.nets["G_IS"], paths["acdc"], cfg.image_size, run.device))
             append_jsonl(metrics_path, {"step": run.step, "split": "val", **result})
             write_grid(run, val_src, out / "samples" / f"step{run.step:07d}.png")
-            bar.write(f"step {run.step}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}")
+            vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
+            bar.write(f"step {run.step}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
             if result["miou"] > run.best_miou:
                 run.best_miou = result["miou"]
                 checkpoint.save(out / "best.pt", run.state_dict())
@@ -266,6 +281,8 @@ def train(cfg: Config, until: int | None = None) -> dict:
         if until is not None and run.step >= until:
             break
     bar.close()
+    for loader in run.streams.values():
+        loader.close()
     return result
 
 

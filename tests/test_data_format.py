@@ -1,10 +1,11 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from cycleseg.data.h5format import DataError, Meta, default_palette, read_meta, validate, write_split
 from cycleseg.data.shapes import CLASS_NAMES, builtin_dataset, generate
-from cycleseg.data.stream import ArraySource, Stream, labeled_subset
+from cycleseg.data.stream import H5Source, Loader, Stream, labeled_subset
 
 META = Meta(num_classes=3, class_names=["a", "b", "c"], palette=default_palette(3))
 
@@ -23,8 +24,9 @@ def test_roundtrip(tmp_path):
     meta = validate(path)
     assert (meta.count, meta.height, meta.width, meta.channels, meta.num_classes) == (6, 8, 10, 3, 3)
     assert meta.class_names == ["a", "b", "c"] and meta.ignore_index == 255
-    src = ArraySource(path)
-    x, y = src.batch(np.array([1, 4]))
+    src = H5Source(path)
+    x, y = src.batch(np.array([4, 1]))
+    x, y = x.flip(0), y.flip(0)
     assert x.shape == (2, 3, 8, 10) and np.array_equal(x.permute(0, 2, 3, 1).numpy(), images[[1, 4]])
     assert np.array_equal(y.numpy(), masks[[1, 4]]) and list(src.groups) == [0, 0, 1, 1, 2, 2]
     with h5py.File(path) as f:
@@ -56,6 +58,39 @@ def test_errors_name_file_dataset_index(tmp_path):
         read_meta(tmp_path / "dtype.h5")
     with pytest.raises(DataError, match="differ in count or size"):
         write_split(tmp_path / "x.h5", images, masks[:, :4], META)
+    with h5py.File(tmp_path / "names.h5", "w") as f:
+        f.attrs["format"] = "cycleseg"
+        f["image"] = images
+        f["masks"] = masks
+    with pytest.raises(DataError, match="names.h5: missing dataset 'images'"):
+        read_meta(tmp_path / "names.h5")
+    write_split(tmp_path / "empty.h5", images[:0], masks[:0], META)
+    with pytest.raises(DataError, match="empty.h5: holds no images"):
+        read_meta(tmp_path / "empty.h5")
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["images"] = images
+    with pytest.raises(DataError, match="not a cycleseg file"):
+        read_meta(tmp_path / "plain.h5")
+
+
+def test_direct_reads_match_h5py_and_fall_back(tmp_path):
+    """The memory-mapped reads of the project's layout equal h5py's; other layouts go through h5py."""
+    from cycleseg.data.h5format import create_datasets
+    path, images, masks = small(tmp_path, n=9)
+    src = H5Source(path)
+    assert src._direct is not None
+    idx = np.array([8, 0, 3, 4, 2])
+    x, y = src.batch(idx)
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), images[idx]) and np.array_equal(y.numpy(), masks[idx])
+    with h5py.File(tmp_path / "gz.h5", "w") as f:                       # compressed: no direct reads
+        f.attrs.update({"format": "cycleseg", "num_classes": 3, "class_names": '["a","b","c"]',
+                        "palette": "[]", "ignore_index": 255, "source": "", "preprocessing": "{}"})
+        f.create_dataset("images", data=images, compression="gzip", chunks=(1, 8, 10, 3))
+        f.create_dataset("masks", data=masks, compression="gzip", chunks=(1, 8, 10))
+    gz = H5Source(tmp_path / "gz.h5")
+    assert gz._direct is None
+    x2, y2 = gz.batch(idx)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
 def test_builtin_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -70,7 +105,7 @@ def test_builtin_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert builtin_dataset(32, seed=0)["train"].stat().st_mtime_ns == mtime
     meta = validate(paths["train"])
     assert meta.count == 1000 and meta.num_classes == 5 and meta.class_names == CLASS_NAMES
-    hist = np.bincount(ArraySource(paths["train"]).masks.ravel(), minlength=5)
+    hist = np.bincount(H5Source(paths["train"]).batch(np.arange(1000))[1].numpy().ravel(), minlength=5)
     assert (hist[1:] > 0.01 * hist.sum()).all()                      # every class well represented
 
 
@@ -86,20 +121,85 @@ def test_labeled_subsets_are_nested_and_seeded():
         labeled_subset(10, 0.0, seed=0)
 
 
-def test_stream_passes_shards_and_state(tmp_path):
-    path, _, _ = small(tmp_path, n=12)
-    src = ArraySource(path)
-    s = Stream(src, np.arange(12), batch_size=5, seed=1)
+def test_stream_passes_shards_and_state():
+    s = Stream(np.arange(12), batch_size=5, seed=1)
     seen = np.concatenate([s.next_indices() for _ in range(12)])      # 60 indices = 5 passes
     for p in range(5):
         assert sorted(seen[12 * p:12 * (p + 1)]) == list(range(12))    # each pass covers everything once
     assert not np.array_equal(seen[:12], seen[12:24])                   # reshuffled every pass
-    s2 = Stream(src, np.arange(12), batch_size=5, seed=1)
+    s2 = Stream(np.arange(12), batch_size=5, seed=1)
     s2.next_indices()
-    state = s2.state_dict()
-    s3 = Stream(src, np.arange(12), batch_size=5, seed=1)
-    s3.load_state_dict(state)
+    s3 = Stream(np.arange(12), batch_size=5, seed=1)
+    s3.load_state_dict(s2.state_dict())
     assert np.array_equal(s3.next_indices(), s2.next_indices())
-    shards = [Stream(src, np.arange(12), 2, seed=1, rank=r, world_size=3) for r in range(3)]
+    shards = [Stream(np.arange(12), 2, seed=1, rank=r, world_size=3) for r in range(3)]
     parts = [set(np.concatenate([sh.next_indices() for _ in range(2)])) for sh in shards]
     assert all(len(p) == 4 for p in parts) and set().union(*parts) == set(range(12))
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_source_reads_any_index_order(tmp_path, in_memory):
+    path, images, masks = small(tmp_path, n=12)
+    src = H5Source(path, in_memory=in_memory)
+    idx = np.array([7, 3, 4, 5, 11, 0, 1])                            # runs: 3-5, 0-1, and singles, shuffled
+    x, y = src.batch(idx)
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), images[idx])
+    assert np.array_equal(y.numpy(), masks[idx])
+
+
+def test_loader_batches_state_and_resume(tmp_path):
+    path, images, masks = small(tmp_path, n=12)
+    src = H5Source(path)
+    ref = Stream(np.arange(12), 5, seed=2)
+    loader = Loader(src, Stream(np.arange(12), 5, seed=2), prefetch=2)
+    got = [next(loader) for _ in range(4)]
+    for x, y in got[-1:]:
+        idx = [ref.next_indices() for _ in range(4)][-1]
+        assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), images[idx]) and np.array_equal(y.numpy(), masks[idx])
+    state = loader.state_dict()
+    assert state == {"pass": 1, "pos": 8}                              # 4 batches of 5 = 20 = 12 + 8
+    after = [next(loader)[1].clone() for _ in range(3)]
+    loader.close()
+    resumed = Loader(src, Stream(np.arange(12), 5, seed=2), prefetch=2)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, next(resumed)[1]) for a in after)
+    resumed.close()
+
+
+def test_loader_augmentation_is_deterministic_and_consistent(tmp_path):
+    rng = np.random.default_rng(0)
+    images = np.zeros((8, 16, 16, 3), np.uint8)
+    masks = np.zeros((8, 16, 16), np.uint8)
+    images[:, :, :8], masks[:, :, :8] = 200, 1                       # left half class 1
+    write_split(tmp_path / "a.h5", images, masks, META)
+    src = H5Source(tmp_path / "a.h5")
+    runs = []
+    for _ in range(2):
+        ld = Loader(src, Stream(np.arange(8), 8, seed=0), flip=True, scale=(1.0, 1.5), prefetch=1)
+        runs.append(next(ld))
+        ld.close()
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    x, y = runs[0]
+    mismatch = (x[:, 0] > 100) != (y == 1)                              # (B, H, W)
+    assert mismatch.sum(-1).max() <= 1                                  # aligned up to the one blended edge pixel
+    assert (y[:, :, 0] == 0).any() and (y[:, :, 0] == 1).any()         # some flipped, some not
+
+
+def test_loader_errors_reach_the_consumer(tmp_path):
+    path, _, _ = small(tmp_path, n=12)
+    src = H5Source(path)
+    calls = []
+    read = src.read_into
+
+    def failing_read(*args):                                            # the third read fails in the thread
+        calls.append(1)
+        if len(calls) == 3:
+            raise DataError("data.h5: dataset 'images', index 5: unreadable")
+        return read(*args)
+
+    src.read_into = failing_read
+    ld = Loader(src, Stream(np.arange(12), 4, seed=0), prefetch=1)
+    next(ld)
+    with pytest.raises(DataError, match="index 5: unreadable"):
+        for _ in range(10):
+            next(ld)

@@ -36,9 +36,10 @@ def test_short_run_losses_finite_and_decreasing(tmp_path, mode):
     assert last < 0.8 * first, (first, last)
     if mode == "semi":
         assert {"gen_img", "cycle_seg", "cycle_img", "disc_seg", "disc_img", "d_seg", "d_img"} <= set(rec[0])
-        c_first = sum(r["cycle_img"] for r in rec[:10]) / 10
-        c_last = sum(r["cycle_img"] for r in rec[-10:]) / 10
-        assert c_last < c_first, (c_first, c_last)
+        for term, factor in (("cycle_seg", 0.8), ("gen_img", 1.0)):   # adversarial terms need not fall
+            t_first = sum(r[term] for r in rec[:10]) / 10
+            t_last = sum(r[term] for r in rec[-10:]) / 10
+            assert t_last < factor * t_first, (term, t_first, t_last)
     else:
         assert set(rec[0]) == {"step", "split", "time", "lr", "gen_seg"}
     assert 0.0 <= result["miou"] <= 1.0 and len(result["iou"]) == 5
@@ -97,7 +98,8 @@ def test_dry_run_prints_counts(capsys):
 
 def test_config_defaults_and_errors():
     cfg = Config(device="cpu").resolved()
-    assert (cfg.preset, cfg.ngf, cfg.beta1, cfg.labeled_fraction) == ("cpu", 16, 0.5, 0.1)
+    assert (cfg.preset, cfg.ngf, cfg.beta1, cfg.labeled_fraction, cfg.lr) == ("cpu", 16, 0.5, 0.1, 1e-3)
+    assert Config(device="cpu", preset="paper").resolved().lr == 2e-4
     assert Config(device="cpu", mode="partial").resolved().beta1 == 0.9
     assert Config(device="cpu", mode="full", labeled_fraction=0.2).resolved().labeled_fraction == 1.0
     assert (cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.lambda4, cfg.lambda5) == (1, 0.05, 1, 0.5, 0.5)

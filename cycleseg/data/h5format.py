@@ -133,6 +133,8 @@ def read_meta(path) -> Meta:
                             f"got {im.shape} and {ms.shape}")
         if im.shape[0] != ms.shape[0]:
             raise DataError(f"{path}: {im.shape[0]} images but {ms.shape[0]} masks")
+        if im.shape[0] == 0:
+            raise DataError(f"{path}: holds no images")
         if im.shape[1:3] != ms.shape[1:3]:
             raise DataError(f"{path}: images are {im.shape[1]}x{im.shape[2]} but masks are "
                             f"{ms.shape[1]}x{ms.shape[2]}")

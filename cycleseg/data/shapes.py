@@ -19,7 +19,7 @@ import numpy as np
 from .h5format import Meta, default_palette, write_split
 
 CLASS_NAMES = ["background", "disc", "square", "triangle", "ring"]
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 SPLIT_SIZES = {"train": 1000, "val": 200}
 
 
@@ -35,14 +35,14 @@ def _texture(rng, yy, xx, cls=None):
     freq, phase = rng.uniform(1.0, 8.0) / s, rng.uniform(0, 2 * np.pi)
     p = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
     img = c1 * (1 - p[..., None]) + c2 * p[..., None]
-    return img + rng.normal(0, rng.uniform(4, 20), img.shape)
+    return img + rng.normal(0, rng.uniform(3, 12), img.shape)
 
 
 def _shape(rng, cls, yy, xx):
     """Boolean (S, S) mask of one object of class `cls` (or a distractor ellipse for cls == 0)."""
     s = yy.shape[0]
     cy, cx = rng.uniform(0.15 * s, 0.85 * s, 2)
-    r = rng.uniform(0.14, 0.26) * s
+    r = rng.uniform(0.16, 0.28) * s
     a = rng.uniform(0, 2 * np.pi)
     u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)               # rotated coordinates
     v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
@@ -69,7 +69,7 @@ def generate(n: int, size: int, seed: int, split: str):
     for i in range(n):
         img = _texture(rng, yy, xx)
         mask = np.zeros((size, size), np.uint8)
-        classes = list(rng.integers(1, len(CLASS_NAMES), rng.integers(1, 4))) + [0] * int(rng.integers(0, 3))
+        classes = list(rng.integers(1, len(CLASS_NAMES), rng.integers(1, 4))) + [0] * int(rng.integers(0, 2))
         rng.shuffle(classes)
         for cls in classes:                                         # later shapes occlude earlier ones
             m = _shape(rng, cls, yy, xx)

@@ -1,0 +1,92 @@
+"""The HDF5 streams against a plain PIL-decode-from-folder loader over the same images (256x256,
+batch 16, 2 workers each), and the loader's waiting time per training step against the step time."""
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cycleseg.data.convert import convert, folder_items
+from cycleseg.data.stream import H5Source, Loader, Stream
+
+N, SIZE, BATCH, WORKERS, BATCHES = 256, 256, 16, 2, 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    for i in range(N):                                              # photo-like: smooth gradients + noise
+        base = (np.sin(xx / rng.uniform(5, 40)) + np.cos(yy / rng.uniform(5, 40)))[..., None] * 60 + 128
+        img = np.clip(base + rng.normal(0, 12, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / f"{i:04d}.jpg", quality=90)
+        Image.fromarray(((xx // 32 + yy // 32 + i) % 5).astype(np.uint8)).save(root / "masks" / f"{i:04d}.png")
+    items, meta = folder_items(root, 5)
+    convert(items, meta, root / "data.h5", progress=False)
+    return root
+
+
+class FolderLoader:
+    """The baseline: decode JPEG images and PNG masks with PIL, WORKERS threads, stack into a batch."""
+
+    def __init__(self, root):
+        self.images = sorted((root / "images").iterdir())
+        self.masks = [root / "masks" / f"{p.stem}.png" for p in self.images]
+        self.pool = ThreadPoolExecutor(WORKERS)
+        self.stream = Stream(np.arange(len(self.images)), BATCH, seed=0)
+
+    def _load(self, i):
+        return np.asarray(Image.open(self.images[i]).convert("RGB")), np.asarray(Image.open(self.masks[i]))
+
+    def __next__(self):
+        pairs = list(self.pool.map(self._load, self.stream.next_indices()))
+        return (torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2),
+                torch.from_numpy(np.stack([p[1] for p in pairs])))
+
+
+def fetch(loader, n=BATCHES):
+    for _ in range(n):
+        next(loader)
+
+
+@pytest.mark.parametrize("loader", ["pil_folder", "h5_stream"])
+def test_loader_images_per_second(benchmark, data, loader):
+    benchmark.group = f"data loading {SIZE}x{SIZE}, batch {BATCH}, {WORKERS} workers"
+    if loader == "pil_folder":
+        ld = FolderLoader(data)
+    else:                                                           # streamed from disk, not held in memory
+        ld = Loader(H5Source(data / "data.h5", in_memory=False), Stream(np.arange(N), BATCH, seed=0), prefetch=WORKERS)
+    fetch(ld, 2)
+    benchmark.pedantic(fetch, args=(ld,), rounds=5, iterations=1)
+    benchmark.extra_info.update(images=BATCHES * BATCH, bytes=BATCHES * BATCH * SIZE * SIZE * 4)
+    if loader == "h5_stream":
+        ld.close()
+
+
+def test_loader_wait_per_training_step(benchmark, tmp_path, monkeypatch):
+    """The CPU preset's semi step (64x64, batch 8 + 8) with the streams; wait = time next() blocked."""
+    from cycleseg.config import Config
+    from cycleseg.train import Run, data_paths
+
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path))
+    cfg = Config(device="cpu", out=str(tmp_path / "run")).resolved()
+    src = H5Source(data_paths(cfg)["train"], in_memory=False)
+    run = Run(cfg, src.meta, src)
+    for _ in range(3):
+        run.train_step()
+    loaders = list(run.streams.values())
+    waits = [ld.wait_time for ld in loaders]
+    steps = 10
+    t0 = time.perf_counter()
+    benchmark.pedantic(run.train_step, rounds=steps, iterations=1)
+    total = time.perf_counter() - t0
+    wait = sum(ld.wait_time for ld in loaders) - sum(waits)
+    benchmark.group = "loader wait per training step (CPU preset, semi)"
+    benchmark.extra_info.update(step_s=total / steps, loader_wait_s=wait / steps, bytes=0)
+    for ld in loaders:
+        ld.close()

@@ -1,0 +1,86 @@
+"""python -m cycleseg.data: convert datasets to the project's HDF5 format, and inspect files.
+
+    python -m cycleseg.data convert voc VOCdevkit/VOC2012 voc_train.h5 --split train --preset paper
+    python -m cycleseg.data convert cityscapes cityscapes/ cs_val.h5 --split val --size 128 256
+    python -m cycleseg.data convert acdc ACDC/ acdc_train.h5 --split train --size 256 256
+    python -m cycleseg.data convert folder mydata/ mydata.h5 --size 256 256 --keep-aspect
+    python -m cycleseg.data info voc_train.h5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import convert as cv
+from .h5format import DataError, open_h5, validate
+
+
+def info(path) -> str:
+    meta = validate(path)
+    with open_h5(path) as f:
+        hist = np.zeros(256, np.int64)
+        for s in range(0, meta.count, 256):
+            hist += np.bincount(f["masks"][s:s + 256].ravel(), minlength=256)
+        groups = len(np.unique(f["groups"][...])) if "groups" in f else None
+    total = hist.sum()
+    lines = [f"{path}: {meta.count} images {meta.height}x{meta.width}x{meta.channels} uint8, "
+             f"{meta.num_classes} classes, ignore index {meta.ignore_index}",
+             f"source: {meta.source}", f"preprocessing: {json.dumps(meta.preprocessing)}"]
+    if groups is not None:
+        lines.append(f"groups: {groups}")
+    lines.append("class pixels:")
+    lines += [f"  {k:3d} {name:15s} {100 * hist[k] / total:6.2f} %" for k, name in enumerate(meta.class_names)]
+    lines.append(f"  ignored         {100 * hist[meta.ignore_index] / total:6.2f} %")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cycleseg.data", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="convert a dataset to the project's HDF5 format")
+    c.add_argument("kind", choices=["voc", "cityscapes", "acdc", "folder"])
+    c.add_argument("src", type=Path)
+    c.add_argument("out", type=Path)
+    c.add_argument("--split", default=None, help="voc: train|val|train_aug; cityscapes: train|val; acdc: train|val")
+    c.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    c.add_argument("--preset", choices=["paper"], default=None,
+                   help="the paper's sizes: VOC 200x200, Cityscapes 128x256 (aspect ratio distorted)")
+    c.add_argument("--keep-aspect", action="store_true", help="fit inside H x W and pad instead of stretching")
+    c.add_argument("--num-classes", type=int, default=None, help="folder: number of classes (default: from the masks)")
+    c.add_argument("--no-progress", action="store_true")
+    i = sub.add_parser("info", help="print what a converted file holds")
+    i.add_argument("file", type=Path)
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "info":
+            print(info(a.file))
+            return 0
+        split = a.split or "train"
+        if a.kind == "voc":
+            items, meta = cv.voc_items(a.src, split)
+        elif a.kind == "cityscapes":
+            items, meta = cv.cityscapes_items(a.src, split)
+        elif a.kind == "acdc":
+            items, meta = cv.acdc_items(a.src, split)
+        else:
+            items, meta = cv.folder_items(a.src, a.num_classes)
+        size = tuple(a.size) if a.size else (cv.PRESETS.get(a.kind) if a.preset == "paper" else None)
+        summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    total = sum(summary["class_pixels"].values()) + 1e-12
+    print(f"wrote {summary['file']}: {summary['images']} images {summary['size'][0]}x{summary['size'][1]}, "
+          f"ignored {100 * summary['ignored_fraction']:.2f} %")
+    for name, n in summary["class_pixels"].items():
+        print(f"  {name:15s} {100 * n / total:6.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Converters from the layouts users bring to the project's HDF5 format (one file per split).
+
+    voc         VOC 2012: JPEGImages/<id>.jpg + SegmentationClass[Aug]/<id>.png (palette PNG, 255 kept
+                as ignore), ids from ImageSets/Segmentation/<split>.txt; 21 classes
+    cityscapes  leftImg8bit/<split>/<city>/*_leftImg8bit.png + gtFine/<split>/<city>/*_gtFine_labelIds.png,
+                label ids mapped to the 19 train ids, everything else 255
+    acdc        SSL4MIS layout: data/slices/<slice>.h5 (split "train", list train_slices.list) or
+                data/<volume>.h5 (split "val", list val.list; every slice of each volume); float images
+                in [0, 1] stored as uint8 (round(255 x)), patient ids kept in `groups`; 4 classes
+    folder      images/<name>.<ext> + masks/<name>.png (class ids, 255 = ignore), same names
+
+Images are resized bilinearly with antialiasing, masks with nearest neighbour. `size=(H, W)` stretches
+to that size (the paper's presets: VOC 200x200, Cityscapes 128x256); `keep_aspect=True` fits the image
+inside (H, W) and pads (images with 0, masks with 255). size=None keeps each image's size (all must match).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .h5format import DataError, Meta, check_masks, create_datasets, default_palette
+
+VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor"]
+CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+                      "motorcycle", "bicycle"]
+CITYSCAPES_PALETTE = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
+                      [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
+                      [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
+                      [0, 80, 100], [0, 0, 230], [119, 11, 32]]
+# Cityscapes label id -> train id (gtFine_labelIds), everything else -> 255.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+PRESETS = {"voc": (200, 200), "cityscapes": (128, 256)}
+
+
+@dataclass
+class Item:
+    """One image to convert: loaders of the image (H, W[, 3]) and mask (H, W), and its group id."""
+    name: str
+    image: object       # () -> ndarray
+    mask: object        # () -> ndarray uint8
+    group: int = -1
+
+
+# -- resizing -----------------------------------------------------------------------------------------
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size, keep_aspect: bool = False, ignore_index: int = 255):
+    """Resize an image (uint8 (H, W[, 3]) or float32 (H, W)) bilinearly with antialiasing and its mask
+    with nearest neighbour to size = (H, W); keep_aspect fits inside and pads."""
+    from PIL import Image
+
+    if size is None or tuple(image.shape[:2]) == tuple(size):
+        return image, mask
+    h, w = size
+    if keep_aspect:
+        s = min(h / image.shape[0], w / image.shape[1])
+        inner = (max(1, round(image.shape[0] * s)), max(1, round(image.shape[1] * s)))
+    else:
+        inner = (h, w)
+    img = np.asarray(Image.fromarray(image).resize(inner[::-1], Image.BILINEAR))  # PIL antialiases when shrinking
+    msk = np.asarray(Image.fromarray(mask).resize(inner[::-1], Image.NEAREST))
+    if inner == (h, w):
+        return img, msk
+    top, left = (h - inner[0]) // 2, (w - inner[1]) // 2
+    out_img = np.zeros((h, w) + img.shape[2:], img.dtype)
+    out_msk = np.full((h, w), ignore_index, np.uint8)
+    out_img[top:top + inner[0], left:left + inner[1]] = img
+    out_msk[top:top + inner[0], left:left + inner[1]] = msk
+    return out_img, out_msk
+
+
+def to_uint8_image(image: np.ndarray) -> np.ndarray:
+    """uint8 images pass; float images in [0, 1] (ACDC) become round(255 x)."""
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+# -- sources ------------------------------------------------------------------------------------------
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file (the id list of this split)")
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
+    from PIL import Image
+
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            if raw:                                               # palette PNG: keep the indices
+                return np.asarray(im)
+            return np.asarray(im.convert(mode) if mode else im)
+    except OSError as e:
+        raise DataError(f"{path}: not a readable image ({e})") from e
+
+
+def voc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
+    masks_dir = src / "SegmentationClassAug" if split == "train_aug" else src / "SegmentationClass"
+    if not masks_dir.is_dir():
+        raise DataError(f"{masks_dir}: no such folder (expected a VOC2012 tree at {src})")
+    ids = _read_lines(src / "ImageSets" / "Segmentation" / f"{split}.txt")
+    items = [Item(i, (lambda i=i: _pil(src / "JPEGImages" / f"{i}.jpg", "RGB")),
+                  (lambda i=i: _pil(masks_dir / f"{i}.png", raw=True).astype(np.uint8))) for i in ids]
+    meta = Meta(num_classes=21, class_names=VOC_CLASSES, palette=default_palette(21), ignore_index=255,
+                source=f"PASCAL VOC 2012 {split} ({src})")
+    return items, meta
+
+
+def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
+    img_root, lbl_root = src / "leftImg8bit" / split, src / "gtFine" / split
+    for d in (img_root, lbl_root):
+        if not d.is_dir():
+            raise DataError(f"{d}: no such folder (expected a Cityscapes tree at {src})")
+    lut = np.full(256, 255, np.uint8)
+    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+        lut[label_id] = train_id
+    items = []
+    for img in sorted(img_root.glob("*/*_leftImg8bit.png")):
+        stem = img.name[:-len("_leftImg8bit.png")]
+        lbl = lbl_root / img.parent.name / f"{stem}_gtFine_labelIds.png"
+        items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: lut[_pil(p, raw=True)])))
+    if not items:
+        raise DataError(f"{img_root}: no *_leftImg8bit.png images")
+    meta = Meta(num_classes=19, class_names=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE, ignore_index=255,
+                source=f"Cityscapes gtFine {split} ({src})")
+    return items, meta
+
+
+def _h5_array(path: Path, name: str, index=None) -> np.ndarray:
+    import h5py
+
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as f:
+            if name not in f:
+                raise DataError(f"{path}: missing dataset '{name}'")
+            return f[name][...] if index is None else f[name][index]
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
+
+
+def patient_id(name: str) -> int:
+    """'patient012_frame01_slice_3' -> 12."""
+    try:
+        return int(name.split("_")[0].removeprefix("patient"))
+    except ValueError:
+        raise DataError(f"ACDC name {name!r} does not start with patientNNN") from None
+
+
+def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
+    meta = Meta(num_classes=4, class_names=ACDC_CLASSES, palette=default_palette(4), ignore_index=255,
+                source=f"ACDC (SSL4MIS layout) {split} ({src})")
+    if split == "train":
+        names = _read_lines(src / "train_slices.list")
+        items = [Item(n, (lambda n=n: _h5_array(src / "data" / "slices" / f"{n}.h5", "image")),
+                      (lambda n=n: _h5_array(src / "data" / "slices" / f"{n}.h5", "label")), patient_id(n))
+                 for n in names]
+        return items, meta
+    items = []
+    for vol in _read_lines(src / f"{split}.list"):
+        path = src / "data" / f"{vol}.h5"
+        depth = len(_h5_array(path, "label"))
+        items += [Item(f"{vol}_slice_{z + 1}", (lambda p=path, z=z: _h5_array(p, "image", z)),
+                       (lambda p=path, z=z: _h5_array(p, "label", z)), patient_id(vol)) for z in range(depth)]
+    return items, meta
+
+
+def folder_items(src: Path, num_classes: int | None, class_names=None) -> tuple[list[Item], Meta]:
+    img_dir, msk_dir = src / "images", src / "masks"
+    for d in (img_dir, msk_dir):
+        if not d.is_dir():
+            raise DataError(f"{d}: no such folder (expected images/ and masks/ with same-named files)")
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not images:
+        raise DataError(f"{img_dir}: no images ({', '.join(IMAGE_EXTS)})")
+    items = []
+    for p in images:
+        m = msk_dir / f"{p.stem}.png"
+        if not m.exists():
+            raise DataError(f"{m}: no mask for image {p}")
+        items.append(Item(p.stem, (lambda p=p: _pil(p, "RGB")), (lambda m=m: _pil(m, raw=True).astype(np.uint8))))
+    if num_classes is None:                                        # one pass over the masks to count classes
+        top = max(int(v) for it in items for v in np.unique(it.mask()) if v != 255)
+        num_classes = top + 1
+    names = class_names or [str(i) for i in range(num_classes)]
+    meta = Meta(num_classes=num_classes, class_names=names, palette=default_palette(num_classes),
+                ignore_index=255, source=f"image folder ({src})")
+    return items, meta
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True) -> dict:
+    """Write items to `out` (atomically), checking each mask. Returns a summary dict."""
+    import h5py
+    from tqdm import tqdm
+
+    if not items:
+        raise DataError(f"nothing to convert into {out}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    hist = np.zeros(256, np.int64)
+    meta.preprocessing = {"size": list(size) if size else None, "image_resize": "bilinear, antialiased",
+                          "mask_resize": "nearest", "keep_aspect": keep_aspect,
+                          "float_images": "round(255 x) for float images in [0, 1]"}
+    try:
+        with h5py.File(tmp, "w") as f:
+            for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
+                image, mask = to_uint8_image(np.asarray(it.image())), np.asarray(it.mask())
+                if mask.dtype != np.uint8:
+                    if mask.min() < 0 or mask.max() > 255:
+                        raise DataError(f"{it.name}: mask values outside 0..255")
+                    mask = mask.astype(np.uint8)
+                if image.shape[:2] != mask.shape:
+                    raise DataError(f"{it.name}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
+                                    f"{mask.shape[0]}x{mask.shape[1]}")
+                image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)
+                check_masks(it.name, mask[None], meta.num_classes, meta.ignore_index, offset=0)
+                if i == 0:
+                    c = 1 if image.ndim == 2 else image.shape[2]
+                    create_datasets(f, len(items), mask.shape[0], mask.shape[1], c, meta,
+                                    with_groups=any(x.group >= 0 for x in items))
+                    shape = mask.shape
+                elif mask.shape != shape:
+                    raise DataError(f"{it.name}: size {mask.shape} differs from the first image's {shape}; "
+                                    f"pass --size H W to resize every image")
+                f["images"][i] = image.reshape(f["images"].shape[1:])
+                f["masks"][i] = mask
+                if "groups" in f:
+                    f["groups"][i] = it.group
+                hist += np.bincount(mask.ravel(), minlength=256)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    total = int(hist.sum())
+    return {"file": str(out), "images": len(items), "size": list(shape),
+            "class_pixels": {n: int(hist[k]) for k, n in enumerate(meta.class_names)},
+            "ignored_fraction": float(hist[meta.ignore_index]) / total if total else 0.0}

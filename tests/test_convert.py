@@ -1,0 +1,165 @@
+"""Converters on tiny source trees made here, checked pixel for pixel against the sources."""
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from cycleseg.data.__main__ import main as data_main
+from cycleseg.data.convert import CITYSCAPES_TRAIN_IDS, resize_pair
+from cycleseg.data.h5format import DataError, default_palette, validate
+
+RNG = np.random.default_rng(0)
+
+
+def rgb(h, w):
+    return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def save_palette_png(path, mask, k):
+    im = Image.fromarray(mask, mode="P")
+    pal = sum(default_palette(k), []) + [224, 224, 192] * (256 - k)
+    im.putpalette(pal[:768])
+    im.save(path)
+
+
+@pytest.fixture
+def voc(tmp_path):
+    root = tmp_path / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    ids, data = ["2007_000001", "2007_000002", "2007_000003"], {}
+    for i in ids:
+        img, mask = rgb(20, 24), RNG.integers(0, 21, (20, 24), dtype=np.uint8)
+        mask[0, :5] = 255                                             # boundary pixels
+        Image.fromarray(img).save(root / "JPEGImages" / f"{i}.jpg", quality=100)
+        save_palette_png(root / "SegmentationClass" / f"{i}.png", mask, 21)
+        data[i] = (np.asarray(Image.open(root / "JPEGImages" / f"{i}.jpg").convert("RGB")), mask)
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:2]) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text(ids[2] + "\n")
+    return root, data
+
+
+def test_voc_exact_at_native_size(voc, tmp_path):
+    root, data = voc
+    assert data_main(["convert", "voc", str(root), str(tmp_path / "train.h5"), "--split", "train", "--no-progress"]) == 0
+    meta = validate(tmp_path / "train.h5")
+    assert meta.num_classes == 21 and meta.class_names[15] == "person" and meta.count == 2
+    with h5py.File(tmp_path / "train.h5") as f:
+        for k, i in enumerate(["2007_000001", "2007_000002"]):
+            assert np.array_equal(f["images"][k], data[i][0])          # decoded JPEG, unchanged
+            assert np.array_equal(f["masks"][k], data[i][1])           # palette indices, 255 kept
+
+
+def test_voc_resize_nearest_masks(voc, tmp_path):
+    root, data = voc
+    assert data_main(["convert", "voc", str(root), str(tmp_path / "v.h5"), "--split", "val", "--size", "10", "12",
+                      "--no-progress"]) == 0
+    img, mask = data["2007_000003"]
+    with h5py.File(tmp_path / "v.h5") as f:
+        got = f["masks"][0]
+    rows = np.floor((np.arange(10) + 0.5) * 20 / 10).astype(int)      # nearest sample positions
+    cols = np.floor((np.arange(12) + 0.5) * 24 / 12).astype(int)
+    assert np.array_equal(got, mask[np.ix_(rows, cols)])
+
+
+def test_paper_presets_and_keep_aspect():
+    img, mask = rgb(40, 100), np.ones((40, 100), np.uint8)
+    i2, m2 = resize_pair(img, mask, (128, 256))
+    assert i2.shape == (128, 256, 3) and (m2 == 1).all()
+    i3, m3 = resize_pair(img, mask, (100, 100), keep_aspect=True)
+    assert i3.shape == (100, 100, 3) and (m3[:30] == 255).all() and (m3[30:70] == 1).all() and (m3[70:] == 255).all()
+    assert (i3[:30] == 0).all()
+
+
+def test_cityscapes_train_ids(tmp_path):
+    root = tmp_path / "cs"
+    (root / "leftImg8bit/val/aachen").mkdir(parents=True)
+    (root / "gtFine/val/aachen").mkdir(parents=True)
+    ids = RNG.integers(-1, 34, (16, 32)).astype(np.int16)
+    ids[ids < 0] = 0
+    img = rgb(16, 32)
+    Image.fromarray(img).save(root / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png")
+    Image.fromarray(ids.astype(np.uint8)).save(root / "gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png")
+    assert data_main(["convert", "cityscapes", str(root), str(tmp_path / "cs.h5"), "--split", "val", "--no-progress"]) == 0
+    expect = np.full(ids.shape, 255, np.uint8)
+    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+        expect[ids == label_id] = train_id
+    meta = validate(tmp_path / "cs.h5")
+    assert meta.num_classes == 19 and meta.class_names[13] == "car"
+    with h5py.File(tmp_path / "cs.h5") as f:
+        assert np.array_equal(f["masks"][0], expect) and np.array_equal(f["images"][0], img)
+
+
+def make_acdc(root, patients=(1, 2, 3), val_patients=(9,)):
+    (root / "data/slices").mkdir(parents=True)
+    slices, vols = [], []
+    for p in patients:
+        for z in (1, 2):
+            name = f"patient{p:03d}_frame01_slice_{z}"
+            with h5py.File(root / "data/slices" / f"{name}.h5", "w") as f:
+                f.create_dataset("image", data=RNG.random((14, 10)).astype(np.float32), compression="gzip")
+                f.create_dataset("label", data=RNG.integers(0, 4, (14, 10)).astype(np.uint8), compression="gzip")
+            slices.append(name)
+    for p in val_patients:
+        name = f"patient{p:03d}_frame01"
+        with h5py.File(root / "data" / f"{name}.h5", "w") as f:
+            f.create_dataset("image", data=RNG.random((3, 14, 10)).astype(np.float32))
+            f.create_dataset("label", data=RNG.integers(0, 4, (3, 14, 10)).astype(np.uint8))
+        vols.append(name)
+    (root / "train_slices.list").write_text("\n".join(slices) + "\n")
+    (root / "val.list").write_text("\n".join(vols) + "\n")
+    (root / "train.list").write_text("")
+    return slices, vols
+
+
+def test_acdc_slices_and_volumes(tmp_path):
+    root = tmp_path / "ACDC"
+    slices, vols = make_acdc(root)
+    assert data_main(["convert", "acdc", str(root), str(tmp_path / "a.h5"), "--split", "train", "--no-progress"]) == 0
+    assert data_main(["convert", "acdc", str(root), str(tmp_path / "v.h5"), "--split", "val", "--no-progress"]) == 0
+    with h5py.File(tmp_path / "a.h5") as f, h5py.File(root / "data/slices" / f"{slices[3]}.h5") as s:
+        assert f["images"].shape == (6, 14, 10, 1) and list(f["groups"]) == [1, 1, 2, 2, 3, 3]
+        assert np.array_equal(f["images"][3, ..., 0], np.rint(s["image"][...] * 255).astype(np.uint8))
+        assert np.array_equal(f["masks"][3], s["label"][...])
+    with h5py.File(tmp_path / "v.h5") as f, h5py.File(root / "data" / f"{vols[0]}.h5") as v:
+        assert f["masks"].shape == (3, 14, 10) and np.array_equal(f["masks"][...], v["label"][...])
+    assert validate(tmp_path / "a.h5").class_names == ["background", "RV", "Myo", "LV"]
+
+
+def test_folder_and_info(tmp_path, capsys):
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    masks = {}
+    for n in ("a", "b"):
+        Image.fromarray(rgb(8, 8)).save(root / "images" / f"{n}.png")
+        masks[n] = RNG.integers(0, 3, (8, 8), dtype=np.uint8)
+        Image.fromarray(masks[n]).save(root / "masks" / f"{n}.png")
+    assert data_main(["convert", "folder", str(root), str(tmp_path / "f.h5"), "--no-progress"]) == 0
+    assert validate(tmp_path / "f.h5").num_classes == 3
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert np.array_equal(f["masks"][1], masks["b"])
+    capsys.readouterr()
+    assert data_main(["info", str(tmp_path / "f.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "2 images 8x8x3" in out and "3 classes" in out
+
+
+def test_converter_errors(tmp_path, capsys, voc):
+    root, _ = voc
+    assert data_main(["convert", "voc", str(tmp_path / "nowhere"), str(tmp_path / "x.h5"), "--no-progress"]) == 2
+    assert "SegmentationClass: no such folder" in capsys.readouterr().err
+    save_palette_png(root / "SegmentationClass" / "2007_000002.png", np.full((20, 24), 30, np.uint8), 31)
+    assert data_main(["convert", "voc", str(root), str(tmp_path / "x.h5"), "--split", "train", "--no-progress"]) == 2
+    assert "2007_000002: dataset 'masks', index 0: value 30 is not a class id" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()                             # nothing half-written
+    (root / "JPEGImages" / "2007_000001.jpg").unlink()
+    assert data_main(["convert", "voc", str(root), str(tmp_path / "x.h5"), "--split", "train", "--no-progress"]) == 2
+    assert "2007_000001.jpg: no such file" in capsys.readouterr().err
+    folder = tmp_path / "f"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    Image.fromarray(rgb(8, 8)).save(folder / "images" / "a.png")
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(folder / "masks" / "a.png")
+    assert data_main(["convert", "folder", str(folder), str(tmp_path / "y.h5"), "--no-progress"]) == 2
+    assert "image is 8x8 but its mask is 8x9" in capsys.readouterr().err
