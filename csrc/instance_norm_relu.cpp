@@ -79,12 +79,35 @@ at::Tensor instance_norm_relu_bwd(const at::Tensor& grad, const at::Tensor& inpu
         const scalar_t* xq = xp + q * HW;
         const scalar_t* gq = gp + q * HW;
         const acc_t mu = mp[q], r = rp[q];
-        auto xhat = [&](int64_t i) { return (static_cast<acc_t>(xq[i]) - mu) * r; };
-        auto g = [&](int64_t i) { return xhat(i) > 0 ? static_cast<acc_t>(gq[i]) : acc_t(0); };
-        const acc_t a = lane_sum<acc_t>(HW, g) / HW;
-        const acc_t b = lane_sum<acc_t>(HW, [&](int64_t i) { return g(i) * xhat(i); }) / HW;
+        // One pass for both sums, kLanes independent accumulators each (vectorisable).
+        acc_t la[kLanes] = {}, lb[kLanes] = {};
+        int64_t i = 0;
+        for (; i + kLanes <= HW; i += kLanes)
+          for (int j = 0; j < kLanes; ++j) {
+            const acc_t xh = (static_cast<acc_t>(xq[i + j]) - mu) * r;
+            const acc_t g = xh > 0 ? static_cast<acc_t>(gq[i + j]) : acc_t(0);
+            la[j] += g;
+            lb[j] += g * xh;
+          }
+        acc_t a = 0, b = 0;
+        for (; i < HW; ++i) {
+          const acc_t xh = (static_cast<acc_t>(xq[i]) - mu) * r;
+          const acc_t g = xh > 0 ? static_cast<acc_t>(gq[i]) : acc_t(0);
+          a += g;
+          b += g * xh;
+        }
+        for (int j = 0; j < kLanes; ++j) {
+          a += la[j];
+          b += lb[j];
+        }
+        a /= HW;
+        b /= HW;
         scalar_t* dq = dp + q * HW;
-        for (int64_t i = 0; i < HW; ++i) dq[i] = static_cast<scalar_t>(r * (g(i) - a - xhat(i) * b));
+        for (int64_t k = 0; k < HW; ++k) {
+          const acc_t xh = (static_cast<acc_t>(xq[k]) - mu) * r;
+          const acc_t g = xh > 0 ? static_cast<acc_t>(gq[k]) : acc_t(0);
+          dq[k] = static_cast<scalar_t>(r * (g - a - xh * b));
+        }
       }
     });
   });

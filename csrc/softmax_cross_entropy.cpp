@@ -27,7 +27,7 @@ static void xent_fwd_kernel(const scalar_t* x, const target_t* t, const at::opma
         for (int64_t i = 0; i < len; ++i) m[i] = std::max(m[i], static_cast<acc_t>(xb[k * HW + i]));
       for (int64_t i = 0; i < len; ++i) s[i] = 0;
       for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < len; ++i) s[i] += std::exp(static_cast<acc_t>(xb[k * HW + i]) - m[i]);
+        for (int64_t i = 0; i < len; ++i) s[i] += vexp(static_cast<acc_t>(xb[k * HW + i]) - m[i]);
       double bl = 0.0, bw = 0.0;
       for (int64_t i = 0; i < len; ++i) {
         const int64_t p = n * HW + p0 + i;
@@ -81,7 +81,7 @@ static void xent_bwd_kernel(const scalar_t* x, const target_t* t, const at::opma
       scalar_t* db = dx + n * K * HW + p0;
       for (int64_t k = 0; k < K; ++k)
         for (int64_t i = 0; i < len; ++i) {
-          const acc_t sm = std::exp(static_cast<acc_t>(xb[k * HW + i]) - l[i]);
+          const acc_t sm = vexp(static_cast<acc_t>(xb[k * HW + i]) - l[i]);
           db[k * HW + i] = static_cast<scalar_t>(scale[i] * (sm - (tt[i] == k ? acc_t(1) : acc_t(0))));
         }
     }
