@@ -163,3 +163,20 @@ def test_converter_errors(tmp_path, capsys, voc):
     Image.fromarray(np.zeros((8, 9), np.uint8)).save(folder / "masks" / "a.png")
     assert data_main(["convert", "folder", str(folder), str(tmp_path / "y.h5"), "--no-progress"]) == 2
     assert "image is 8x8 but its mask is 8x9" in capsys.readouterr().err
+
+
+def test_converted_voc_tree_trains(voc, tmp_path):
+    """A VOC tree in the standard layout converts and trains with no manual step."""
+    from cycleseg.config import parse_args
+    from cycleseg.train import train
+
+    root, _ = voc
+    for split in ("train", "val"):
+        assert data_main(["convert", "voc", str(root), str(tmp_path / "voc" / f"{split}.h5"), "--split", split,
+                          "--size", "16", "16", "--no-progress"]) == 0
+    cfg, _ = parse_args(["--data", str(tmp_path / "voc"), "--ngf", "4", "--n-blocks", "1", "--ndf", "4",
+                         "--batch-size", "1", "--steps", "2", "--eval-every", "2", "--no-progress",
+                         "--device", "cpu", "--preset", "cpu", "--labeled-fraction", "0.5",
+                         "--out", str(tmp_path / "run")])
+    result = train(cfg)
+    assert len(result["iou"]) == 21 and 0 <= result["miou"] <= 1

@@ -149,3 +149,31 @@ def test_compile_fullgraph_equals_eager(backend, reduction):
     lc.backward()
     torch.testing.assert_close(lc, le, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_out_of_range_target_under_compile_gives_nan(backend):
+    """Under torch.compile the eager value check is skipped: the loss is NaN, nothing raises or misreads."""
+    x, t, _ = make(1, 4, 5, 6, torch.float32, 255, 0.0)
+    t[0, 1, 1] = 9
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, b: ops.softmax_cross_entropy(a, b, ignore_index=255), fullgraph=True,
+                      backend="aot_eager" if DEVICE == "cpu" else "inductor")
+    assert torch.isnan(f(x, t))
+
+
+def test_compile_with_inductor_on_cpu():
+    """The same op inside an Inductor-compiled function (C++ codegen around the opaque custom op)."""
+    ops.set_cpu_backend("cpp")
+    x, t, wt = make(2, 5, 8, 12, torch.float32, 255, 0.2, weighted=True)
+    x = x.cpu()
+
+    def f(v):
+        return ops.softmax_cross_entropy(torch.tanh(v) * 3, t.cpu(), wt.cpu(), 255)
+
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    f(xe).backward()
+    torch._dynamo.reset()
+    lc = torch.compile(f, fullgraph=True)(xc)
+    lc.backward()
+    torch.testing.assert_close(lc, f(x))
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
