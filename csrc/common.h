@@ -36,6 +36,20 @@ inline float vexp(float x) {
 }
 inline double vexp(double x) { return std::exp(x); }
 
+constexpr int kLanes = 16;  // independent accumulators, so that the sums vectorise without -ffast-math
+
+template <typename T, typename F>
+static T lane_sum(int64_t n, F f) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += f(i + j);
+  T s = 0;
+  for (; i < n; ++i) s += f(i);
+  for (int j = 0; j < kLanes; ++j) s += acc[j];
+  return s;
+}
+
 // Deterministic sum of per-block partials, in block order.
 inline double sum_partials(const std::vector<double>& p) {
   double s = 0.0;

@@ -8,20 +8,6 @@
 
 namespace cycleseg {
 
-constexpr int kLanes = 16;  // independent accumulators, so that the sums vectorise without -ffast-math
-
-template <typename T, typename F>
-static T lane_sum(int64_t n, F f) {
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += f(i + j);
-  T s = 0;
-  for (; i < n; ++i) s += f(i);
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
-}
-
 std::vector<at::Tensor> instance_norm_relu_fwd(const at::Tensor& input, double eps) {
   TORCH_CHECK(input.dim() == 4, "instance_norm_relu: expected (N, C, H, W), got ", input.sizes());
   TORCH_CHECK(input.device().is_cpu(), "instance_norm_relu (C++): CPU tensors only");

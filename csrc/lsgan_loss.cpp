@@ -17,12 +17,10 @@ at::Tensor lsgan_loss_fwd(const at::Tensor& input, double target) {
     at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t s = b * kBlock * 64, e = std::min(n, s + kBlock * 64);
-        acc_t acc = 0;
-        for (int64_t i = s; i < e; ++i) {
-          const acc_t v = static_cast<acc_t>(p[i]) - a;
-          acc += v * v;
-        }
-        part[b] = acc;
+        part[b] = lane_sum<acc_t>(e - s, [&](int64_t i) {
+          const acc_t v = static_cast<acc_t>(p[s + i]) - a;
+          return v * v;
+        });
       }
     });
   });
