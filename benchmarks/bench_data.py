@@ -60,7 +60,8 @@ def test_loader_images_per_second(benchmark, data, loader):
     if loader == "pil_folder":
         ld = FolderLoader(data)
     else:                                                           # streamed from disk, not held in memory
-        ld = Loader(H5Source(data / "data.h5", in_memory=False), Stream(np.arange(N), BATCH, seed=0), prefetch=WORKERS)
+        # one reader thread (the PIL baseline gets WORKERS decoding threads)
+        ld = Loader(H5Source(data / "data.h5", in_memory=False), Stream(np.arange(N), BATCH, seed=0), prefetch=3)
     fetch(ld, 2)
     benchmark.pedantic(fetch, args=(ld,), rounds=5, iterations=1)
     benchmark.extra_info.update(images=BATCHES * BATCH, bytes=BATCHES * BATCH * SIZE * SIZE * 4)
@@ -79,6 +80,7 @@ def test_loader_wait_per_training_step(benchmark, tmp_path, monkeypatch):
     run = Run(cfg, src.meta, src)
     for _ in range(3):
         run.train_step()
+    benchmark.group = "loader wait per training step (CPU preset, semi)"
     loaders = list(run.streams.values())
     waits = [ld.wait_time for ld in loaders]
     steps = 10
@@ -86,7 +88,6 @@ def test_loader_wait_per_training_step(benchmark, tmp_path, monkeypatch):
     benchmark.pedantic(run.train_step, rounds=steps, iterations=1)
     total = time.perf_counter() - t0
     wait = sum(ld.wait_time for ld in loaders) - sum(waits)
-    benchmark.group = "loader wait per training step (CPU preset, semi)"
     benchmark.extra_info.update(step_s=total / steps, loader_wait_s=wait / steps, bytes=0)
     for ld in loaders:
         ld.close()

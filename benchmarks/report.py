@@ -15,7 +15,20 @@ def main(argv=None):
     a = p.parse_args(argv)
     data = json.load(open(a.json))
     groups = defaultdict(dict)
+    special = [b for b in data["benchmarks"] if "images" in b["extra_info"] or "step_s" in b["extra_info"]]
+    for b in special:
+        e, med = b["extra_info"], b["stats"]["median"]
+        if "images" in e:
+            print(f"- {b['group']}: {b['name']}: {e['images'] / med:,.0f} images/s (median {med * 1e3:.1f} ms "
+                  f"for {e['images']} images)")
+        else:
+            print(f"- {b['group']}: step {e['step_s'] * 1e3:.0f} ms, of which waiting for data "
+                  f"{e['loader_wait_s'] * 1e3:.2f} ms ({100 * e['loader_wait_s'] / e['step_s']:.2f} %)")
+    if special:
+        print()
     for b in data["benchmarks"]:
+        if b in special:
+            continue
         variant = b["name"].split("[")[1].split("-")[0] if "[" in b["name"] else b["name"]
         groups[b["group"]][variant] = b
     pct = a.copy_gbs is not None

@@ -12,14 +12,13 @@ namespace cycleseg {
 // that partial sums (and so every reduction) do not depend on the number of threads.
 constexpr int64_t kBlock = 256;
 
-// exp for the fp32 accumulation path, written so that loops over it auto-vectorise (std::exp is a
-// scalar call): Cephes' expf, exp(x) = 2^k exp(r), |r| <= ln2 / 2, degree-6 polynomial, ~1-2 ulp.
-// exp(-inf) = 0 and exp(NaN) = NaN as std::exp; arguments below -87 flush to 0 (softmax never needs them).
+// exp for the fp32 accumulation path, branch-free so that loops over it vectorise (std::exp is a scalar
+// call): Cephes' expf, exp(x) = 2^k exp(r), |r| <= ln2 / 2, degree-6 polynomial, ~1-2 ulp.
+// NaN stays NaN (std::max / std::min return their first argument when it is NaN); arguments below -87
+// (exp(-inf) included) give ~1e-38 instead of 0, which a softmax cannot tell apart.
 inline float vexp(float x) {
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float t = xc * 1.44269504088896341f;
-  const int ki = static_cast<int>(t + (t >= 0.f ? 0.5f : -0.5f));     // round to nearest
-  const float k = static_cast<float>(ki);
+  const float xc = std::min(std::max(x, -87.0f), 88.0f);
+  const float k = std::floor(xc * 1.44269504088896341f + 0.5f);
   const float r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
   float y = 1.9875691500e-4f;
   y = y * r + 1.3981999507e-3f;
@@ -28,11 +27,10 @@ inline float vexp(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  int bits = (ki + 127) << 23;
+  const int bits = (static_cast<int>(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  const float e = y * scale;
-  return x < -87.0f ? 0.0f : (x != x ? x : e);
+  return y * scale;
 }
 inline double vexp(double x) { return std::exp(x); }
 

@@ -23,9 +23,8 @@ def _plane_offsets(q, C, i, W, sn, sc, sh, sw):
 def _fwd(x_ptr, y_ptr, mean_ptr, rstd_ptr, C, HW, W, sxn, sxc, sxh, sxw, syn, syc, syh, syw, eps,
          ACC: tl.constexpr, BLOCK: tl.constexpr):
     q = tl.program_id(0)
-    cnt = tl.zeros((), dtype=ACC)
-    mean = tl.zeros((), dtype=ACC)
-    m2 = tl.zeros((), dtype=ACC)
+    zero = tl.sum(tl.zeros([BLOCK], dtype=ACC), axis=0)            # a 0-d accumulator of type ACC
+    cnt, mean, m2 = zero, zero, zero
     for s in range(0, HW, BLOCK):
         i = s + tl.arange(0, BLOCK)
         msk = i < HW
@@ -56,8 +55,8 @@ def _bwd(dy_ptr, x_ptr, mean_ptr, rstd_ptr, dx_ptr, C, HW, W, sgn, sgc, sgh, sgw
     q = tl.program_id(0)
     mean = tl.load(mean_ptr + q)
     rstd = tl.load(rstd_ptr + q)
-    a = tl.zeros((), dtype=ACC)
-    b = tl.zeros((), dtype=ACC)
+    a = tl.sum(tl.zeros([BLOCK], dtype=ACC), axis=0)
+    b = tl.sum(tl.zeros([BLOCK], dtype=ACC), axis=0)
     for s in range(0, HW, BLOCK):
         i = s + tl.arange(0, BLOCK)
         msk = i < HW

@@ -161,7 +161,7 @@ def test_out_of_range_target_under_compile_gives_nan(backend):
     assert torch.isnan(f(x, t))
 
 
-def test_compile_with_inductor_on_cpu():
+def test_compile_with_inductor_cpp():
     """The same op inside an Inductor-compiled function (C++ codegen around the opaque custom op)."""
     ops.set_cpu_backend("cpp")
     x, t, wt = make(2, 5, 8, 12, torch.float32, 255, 0.2, weighted=True)
