@@ -57,7 +57,7 @@ def data_paths(cfg: Config) -> dict:
     if cfg.data is None:
         return builtin_dataset(cfg.image_size, seed=0)
     if acdc.is_ssl4mis(cfg.data):
-        return {**acdc.cached_splits(cfg.data, cfg.image_size), "acdc": Path(cfg.data)}
+        return {**acdc.cached_splits(cfg.data, cfg.image_size, cfg.progress), "acdc": Path(cfg.data)}
     data = Path(cfg.data)
     train = data / "train.h5" if data.is_dir() else data
     val = Path(cfg.val_data) if cfg.val_data else train.with_name("val.h5")

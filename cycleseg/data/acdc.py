@@ -26,7 +26,7 @@ def is_ssl4mis(path) -> bool:
     return p.is_dir() and (p / "train_slices.list").exists() and (p / "data").is_dir()
 
 
-def cached_splits(src, size: int) -> dict:
+def cached_splits(src, size: int, progress: bool = True) -> dict:
     """Paths {"train", "val"} of the converted splits at size x size, converting on first use."""
     src = Path(src).resolve()
     key = hashlib.sha1(str(src).encode()).hexdigest()[:10]
@@ -36,7 +36,7 @@ def cached_splits(src, size: int) -> dict:
         if not path.exists():
             items, meta = cv.acdc_items(src, split)
             meta.preprocessing = {}
-            cv.convert(items, meta, path, (size, size), progress=True)
+            cv.convert(items, meta, path, (size, size), progress=progress)
     return paths
 
 
