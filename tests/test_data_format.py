@@ -64,6 +64,12 @@ def test_errors_name_file_dataset_index(tmp_path):
         f["masks"] = masks
     with pytest.raises(DataError, match="names.h5: missing dataset 'images'"):
         read_meta(tmp_path / "names.h5")
+    with h5py.File(tmp_path / "sizes.h5", "w") as f:
+        f.attrs["format"] = "cycleseg"
+        f["images"] = images
+        f["masks"] = masks[:, :, :9]
+    with pytest.raises(DataError, match="sizes.h5: images are 8x10 but masks are 8x9"):
+        read_meta(tmp_path / "sizes.h5")
     write_split(tmp_path / "empty.h5", images[:0], masks[:0], META)
     with pytest.raises(DataError, match="empty.h5: holds no images"):
         read_meta(tmp_path / "empty.h5")
