@@ -125,6 +125,8 @@ def test_labeled_subsets_are_nested_and_seeded():
     assert len(np.unique(groups[g])) == 5 and len(g) == 35            # whole groups only
     with pytest.raises(ValueError, match="fraction"):
         labeled_subset(10, 0.0, seed=0)
+    with pytest.raises(DataError, match="labeled subset at fraction 0.1 of 0 images is empty"):
+        labeled_subset(0, 0.1, seed=0)
 
 
 def test_stream_passes_shards_and_state():

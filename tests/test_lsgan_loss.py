@@ -71,3 +71,8 @@ def test_compile_fullgraph_equals_eager(backend):
     lc.backward()
     torch.testing.assert_close(lc, le)
     torch.testing.assert_close(ac.grad, ae.grad)
+
+
+def test_device_mismatch_error():
+    with pytest.raises(ValueError, match="share dtype and device"):
+        ops.lsgan_disc_loss(torch.ones(2), torch.ones(2, device="meta"))

@@ -177,3 +177,13 @@ def test_compile_with_inductor_cpp():
     lc.backward()
     torch.testing.assert_close(lc, f(x))
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_class_count_and_device_errors():
+    with pytest.raises(ValueError, match="at least one class"):
+        ops.softmax_cross_entropy(torch.randn(2, 0, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long))
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="target is on meta but logits are on cpu"):
+        ops.softmax_cross_entropy(x, torch.zeros(2, 4, 4, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="weight is on meta"):
+        ops.softmax_cross_entropy(x, torch.zeros(2, 4, 4, dtype=torch.long), weight=torch.ones(3, device="meta"))
