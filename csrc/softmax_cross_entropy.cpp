@@ -115,17 +115,36 @@ static int64_t reduction_code(const std::string& r) {
   return 2;
 }
 
+// The checked, contiguous arguments shared by forward and backward.
+struct XentArgs {
+  at::Tensor x, t;
+  c10::optional<at::Tensor> w;   // class weights in the accumulation type
+  int64_t N, K, HW, reduction;
+  at::ScalarType acc;            // opmath type: double for double inputs, float otherwise
+};
+
+static XentArgs prepare(const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                        const std::string& reduction) {
+  check_inputs(logits, target, weight);
+  XentArgs a;
+  a.x = logits.contiguous();
+  a.t = target.contiguous();
+  a.N = a.x.size(0), a.K = a.x.size(1), a.HW = a.x.size(2) * a.x.size(3);
+  a.reduction = reduction_code(reduction);
+  a.acc = a.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  a.w = weight ? c10::optional<at::Tensor>(weight->to(a.acc).contiguous()) : c10::nullopt;
+  return a;
+}
+
 // Returns (loss, lse, denom): loss is () for mean/sum or (N, H, W) for none.
 std::vector<at::Tensor> softmax_cross_entropy_fwd(const at::Tensor& logits, const at::Tensor& target,
                                                   const c10::optional<at::Tensor>& weight, int64_t ignore_index,
                                                   const std::string& reduction_name) {
-  check_inputs(logits, target, weight);
-  const int64_t reduction = reduction_code(reduction_name);
-  const auto x = logits.contiguous();
-  const auto t = target.contiguous();
-  const int64_t N = x.size(0), K = x.size(1), HW = x.size(2) * x.size(3);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;   // opmath type
-  const auto w = weight ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
+  const XentArgs a = prepare(logits, target, weight, reduction_name);
+  const auto &x = a.x, &t = a.t;
+  const auto& w = a.w;
+  const int64_t N = a.N, K = a.K, HW = a.HW, reduction = a.reduction;
+  const auto acc = a.acc;
   auto loss = at::empty({N, x.size(2), x.size(3)}, x.options().dtype(acc));
   auto lse = at::empty({N, x.size(2), x.size(3)}, x.options().dtype(acc));
   const int64_t nb = N * ((HW + kBlock - 1) / kBlock);
@@ -151,15 +170,13 @@ at::Tensor softmax_cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& l
                                      const c10::optional<at::Tensor>& weight, const at::Tensor& lse,
                                      const at::Tensor& denom, int64_t ignore_index,
                                      const std::string& reduction_name) {
-  check_inputs(logits, target, weight);
-  const int64_t reduction = reduction_code(reduction_name);
-  const auto x = logits.contiguous();
-  const auto t = target.contiguous();
-  const int64_t N = x.size(0), K = x.size(1), HW = x.size(2) * x.size(3);
+  const XentArgs a = prepare(logits, target, weight, reduction_name);
+  const auto &x = a.x, &t = a.t;
+  const auto& w = a.w;
+  const int64_t N = a.N, K = a.K, HW = a.HW;
+  const auto acc = a.acc;
   auto dx = at::empty_like(x);
-  const bool per_pixel = reduction == 0;
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto w = weight ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
+  const bool per_pixel = a.reduction == 0;
   const auto g = per_pixel ? grad.to(acc).contiguous() : grad;
   // Host reads of two scalars: fine on the CPU, where there is no device queue to stall.
   const double g_scalar = per_pixel ? 0.0 : grad.item<double>() / denom.item<double>();

@@ -50,6 +50,16 @@ def _fwd(x_ptr, y_ptr, mean_ptr, rstd_ptr, C, HW, W, sxn, sxc, sxh, sxw, syn, sy
 
 
 @triton.jit
+def _xhat_and_gated_grad(dy_ptr, x_ptr, q, C, i, msk, W, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, mean, rstd,
+                         ACC: tl.constexpr):
+    """x_hat = (x - mean) rstd and g = dy [x_hat > 0] for the elements i of plane q (0 where masked)."""
+    x = tl.load(x_ptr + _plane_offsets(q, C, i, W, sxn, sxc, sxh, sxw), mask=msk, other=0.0).to(ACC)
+    dy = tl.load(dy_ptr + _plane_offsets(q, C, i, W, sgn, sgc, sgh, sgw), mask=msk, other=0.0).to(ACC)
+    xh = (x - mean) * rstd
+    return xh, tl.where(msk & (xh > 0), dy, 0.0)
+
+
+@triton.jit
 def _bwd(dy_ptr, x_ptr, mean_ptr, rstd_ptr, dx_ptr, C, HW, W, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
          sdn, sdc, sdh, sdw, ACC: tl.constexpr, BLOCK: tl.constexpr):
     q = tl.program_id(0)
@@ -60,10 +70,8 @@ def _bwd(dy_ptr, x_ptr, mean_ptr, rstd_ptr, dx_ptr, C, HW, W, sgn, sgc, sgh, sgw
     for s in range(0, HW, BLOCK):
         i = s + tl.arange(0, BLOCK)
         msk = i < HW
-        x = tl.load(x_ptr + _plane_offsets(q, C, i, W, sxn, sxc, sxh, sxw), mask=msk, other=0.0).to(ACC)
-        dy = tl.load(dy_ptr + _plane_offsets(q, C, i, W, sgn, sgc, sgh, sgw), mask=msk, other=0.0).to(ACC)
-        xh = (x - mean) * rstd
-        g = tl.where(msk & (xh > 0), dy, 0.0)
+        xh, g = _xhat_and_gated_grad(dy_ptr, x_ptr, q, C, i, msk, W, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+                                     mean, rstd, ACC)
         a += tl.sum(g, axis=0)
         b += tl.sum(g * xh, axis=0)
     a = a / HW
@@ -71,10 +79,8 @@ def _bwd(dy_ptr, x_ptr, mean_ptr, rstd_ptr, dx_ptr, C, HW, W, sgn, sgc, sgh, sgw
     for s in range(0, HW, BLOCK):
         i = s + tl.arange(0, BLOCK)
         msk = i < HW
-        x = tl.load(x_ptr + _plane_offsets(q, C, i, W, sxn, sxc, sxh, sxw), mask=msk, other=0.0).to(ACC)
-        dy = tl.load(dy_ptr + _plane_offsets(q, C, i, W, sgn, sgc, sgh, sgw), mask=msk, other=0.0).to(ACC)
-        xh = (x - mean) * rstd
-        g = tl.where(xh > 0, dy, 0.0)
+        xh, g = _xhat_and_gated_grad(dy_ptr, x_ptr, q, C, i, msk, W, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+                                     mean, rstd, ACC)
         dx = rstd * (g - a - xh * b)
         tl.store(dx_ptr + _plane_offsets(q, C, i, W, sdn, sdc, sdh, sdw), dx.to(dx_ptr.dtype.element_ty), mask=msk)
 

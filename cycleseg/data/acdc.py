@@ -44,7 +44,7 @@ def _to_input_slices(image: np.ndarray, size: int) -> torch.Tensor:
     """(D, H, W) float in [0, 1] -> (D, 1, size, size) float in [-1, 1], as the converter prepares slices."""
     from PIL import Image
 
-    out = np.stack([np.asarray(Image.fromarray(cv.to_uint8_image(s)).resize((size, size), Image.BILINEAR))
+    out = np.stack([np.asarray(Image.fromarray(cv.float01_to_uint8(s)).resize((size, size), Image.BILINEAR))
                     for s in image])
     return torch.from_numpy(out).unsqueeze(1).float() / 127.5 - 1.0
 

@@ -15,13 +15,13 @@ inside (H, W) and pads (images with 0, masks with 255). size=None keeps each ima
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .h5format import DataError, Meta, check_masks, create_datasets, default_palette
+from ..checkpoint import atomic_path
+from .h5format import DataError, Meta, check_masks, create_datasets, default_palette, open_h5
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -77,7 +77,7 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size, keep_aspect: bool = F
     return out_img, out_msk
 
 
-def to_uint8_image(image: np.ndarray) -> np.ndarray:
+def float01_to_uint8(image: np.ndarray) -> np.ndarray:
     """uint8 images pass; float images in [0, 1] (ACDC) become round(255 x)."""
     if image.dtype == np.uint8:
         return image
@@ -139,17 +139,10 @@ def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
 
 
 def _h5_array(path: Path, name: str, index=None) -> np.ndarray:
-    import h5py
-
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    try:
-        with h5py.File(path, "r") as f:
-            if name not in f:
-                raise DataError(f"{path}: missing dataset '{name}'")
-            return f[name][...] if index is None else f[name][index]
-    except OSError as e:
-        raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
+    with open_h5(path) as f:
+        if name not in f:
+            raise DataError(f"{path}: missing dataset '{name}'")
+        return f[name][...] if index is None else f[name][index]
 
 
 def patient_id(name: str) -> int:
@@ -211,42 +204,35 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
     if not items:
         raise DataError(f"nothing to convert into {out}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     hist = np.zeros(256, np.int64)
     meta.preprocessing = {"size": list(size) if size else None, "image_resize": "bilinear, antialiased",
                           "mask_resize": "nearest", "keep_aspect": keep_aspect,
                           "float_images": "round(255 x) for float images in [0, 1]"}
-    try:
-        with h5py.File(tmp, "w") as f:
-            for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
-                image, mask = to_uint8_image(np.asarray(it.image())), np.asarray(it.mask())
-                if mask.dtype != np.uint8:
-                    if mask.min() < 0 or mask.max() > 255:
-                        raise DataError(f"{it.name}: mask values outside 0..255")
-                    mask = mask.astype(np.uint8)
-                if image.shape[:2] != mask.shape:
-                    raise DataError(f"{it.name}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
-                                    f"{mask.shape[0]}x{mask.shape[1]}")
-                image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)
-                check_masks(it.name, mask[None], meta.num_classes, meta.ignore_index, offset=0)
-                if i == 0:
-                    c = 1 if image.ndim == 2 else image.shape[2]
-                    create_datasets(f, len(items), mask.shape[0], mask.shape[1], c, meta,
-                                    with_groups=any(x.group >= 0 for x in items))
-                    shape = mask.shape
-                elif mask.shape != shape:
-                    raise DataError(f"{it.name}: size {mask.shape} differs from the first image's {shape}; "
-                                    f"pass --size H W to resize every image")
-                f["images"][i] = image.reshape(f["images"].shape[1:])
-                f["masks"][i] = mask
-                if "groups" in f:
-                    f["groups"][i] = it.group
-                hist += np.bincount(mask.ravel(), minlength=256)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
+            image, mask = float01_to_uint8(np.asarray(it.image())), np.asarray(it.mask())
+            if mask.dtype != np.uint8:
+                if mask.min() < 0 or mask.max() > 255:
+                    raise DataError(f"{it.name}: mask values outside 0..255")
+                mask = mask.astype(np.uint8)
+            if image.shape[:2] != mask.shape:
+                raise DataError(f"{it.name}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
+                                f"{mask.shape[0]}x{mask.shape[1]}")
+            image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)
+            check_masks(it.name, mask[None], meta.num_classes, meta.ignore_index, offset=0)
+            if i == 0:
+                c = 1 if image.ndim == 2 else image.shape[2]
+                create_datasets(f, len(items), mask.shape[0], mask.shape[1], c, meta,
+                                with_groups=any(x.group >= 0 for x in items))
+                shape = mask.shape
+            elif mask.shape != shape:
+                raise DataError(f"{it.name}: size {mask.shape} differs from the first image's {shape}; "
+                                f"pass --size H W to resize every image")
+            f["images"][i] = image.reshape(f["images"].shape[1:])
+            f["masks"][i] = mask
+            if "groups" in f:
+                f["groups"][i] = it.group
+            hist += np.bincount(mask.ravel(), minlength=256)
     total = int(hist.sum())
     return {"file": str(out), "images": len(items), "size": list(shape),
             "class_pixels": {n: int(hist[k]) for k, n in enumerate(meta.class_names)},

@@ -13,11 +13,12 @@ training and raise `DataError` naming the file, the dataset and the index of wha
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..checkpoint import atomic_path
 
 FORMAT = "cycleseg"
 FORMAT_VERSION = 1
@@ -70,21 +71,13 @@ def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups:
         raise DataError(f"{path}: images and masks must be uint8, got {images.dtype} and {masks.dtype}")
     if images.shape[:3] != masks.shape:
         raise DataError(f"{path}: images {images.shape} and masks {masks.shape} differ in count or size")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            create_datasets(f, len(images), images.shape[1], images.shape[2], images.shape[3], meta,
-                            with_groups=groups is not None)
-            f["images"][...] = images
-            f["masks"][...] = masks
-            if groups is not None:
-                f["groups"][...] = np.asarray(groups, dtype=np.int32)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        create_datasets(f, len(images), images.shape[1], images.shape[2], images.shape[3], meta,
+                        with_groups=groups is not None)
+        f["images"][...] = images
+        f["masks"][...] = masks
+        if groups is not None:
+            f["groups"][...] = np.asarray(groups, dtype=np.int32)
 
 
 def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: bool = False) -> None:

@@ -45,6 +45,11 @@ def impl(op: str, x: torch.Tensor):
     return extension()
 
 
+def acc_dtype(x: torch.Tensor) -> torch.dtype:
+    """The kernels' accumulation dtype for x: fp64 for fp64 inputs, fp32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def like(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """`out` in the memory format of `ref` (the C++ kernels compute on contiguous NCHW)."""
     if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():

@@ -5,11 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import impl, like
-
-
-def _acc(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from .backend import acc_dtype, impl, like
 
 
 @torch.library.custom_op("cycleseg::instance_norm_relu", mutates_args=())
@@ -21,7 +17,7 @@ def _fwd(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
 @_fwd.register_fake
 def _(x, eps):
     n, c = x.shape[:2]
-    return torch.empty_like(x), x.new_empty((n, c), dtype=_acc(x)), x.new_empty((n, c), dtype=_acc(x))
+    return torch.empty_like(x), x.new_empty((n, c), dtype=acc_dtype(x)), x.new_empty((n, c), dtype=acc_dtype(x))
 
 
 @torch.library.custom_op("cycleseg::instance_norm_relu_backward", mutates_args=())

@@ -16,12 +16,8 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .backend import impl, like
+from .backend import acc_dtype, impl, like
 from .validation import validation_enabled
-
-def _acc(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
 
 @torch.library.custom_op("cycleseg::softmax_cross_entropy", mutates_args=())
 def _fwd(logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
@@ -35,7 +31,7 @@ def _fwd(logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index:
 def _(logits, target, weight, ignore_index, reduction):
     n, _, h, w = logits.shape
     loss = logits.new_empty((n, h, w) if reduction == "none" else ())
-    return loss, logits.new_empty((n, h, w), dtype=_acc(logits)), logits.new_empty((), dtype=_acc(logits))
+    return loss, logits.new_empty((n, h, w), dtype=acc_dtype(logits)), logits.new_empty((), dtype=acc_dtype(logits))
 
 
 @torch.library.custom_op("cycleseg::softmax_cross_entropy_backward", mutates_args=())
