@@ -72,20 +72,29 @@ def test_loader_images_per_second(benchmark, data, loader):
 def test_loader_wait_per_training_step(benchmark, tmp_path, monkeypatch):
     """The CPU preset's semi step (64x64, batch 8 + 8) with the streams; wait = time next() blocked."""
     from cycleseg.config import Config
-    from cycleseg.train import Run, data_paths
+    from cycleseg.data.splits import make_streams, split_paths
+    from cycleseg.models import networks_from_config
+    from cycleseg.steps import STEPS
 
     monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path))
     cfg = Config(device="cpu", out=str(tmp_path / "run")).resolved()
-    src = H5Source(data_paths(cfg)["train"], in_memory=False)
-    run = Run(cfg, src.meta, src)
+    src = H5Source(split_paths(None, image_size=cfg.image_size)["train"], in_memory=False)
+    nets = networks_from_config(cfg, src.meta)
+    step = STEPS["semi"](nets, cfg, src.meta)
+    streams = make_streams(src, cfg.labeled_fraction, cfg.seed, cfg.batch_size, True)
+    loaders = list(streams.loaders.values())
+
+    def train_step():
+        images, masks = next(loaders[0])
+        step({"images": images, "masks": masks, "unlabeled": next(loaders[1])[0]})
+
     for _ in range(3):
-        run.train_step()
+        train_step()
     benchmark.group = "loader wait per training step (CPU preset, semi)"
-    loaders = list(run.streams.values())
     waits = [ld.wait_time for ld in loaders]
     steps = 10
     t0 = time.perf_counter()
-    benchmark.pedantic(run.train_step, rounds=steps, iterations=1)
+    benchmark.pedantic(train_step, rounds=steps, iterations=1)
     total = time.perf_counter() - t0
     wait = sum(ld.wait_time for ld in loaders) - sum(waits)
     benchmark.extra_info.update(step_s=total / steps, loader_wait_s=wait / steps, bytes=0)

@@ -1,29 +1,35 @@
-// Instance norm (affine=False, biased variance) + ReLU on the CPU, one (n, c) plane per task.
+// Instance norm (affine=False, biased variance) + leaky ReLU on the CPU, one (n, c) plane per task.
 //
-// Forward: exact two-pass statistics per plane (mean, then sum of squared deviations), then
-//   y = max(0, (x - mean) * rstd); saves mean and rstd in the accumulation type.
-// Backward: x_hat recomputed from x, g = dy * [x_hat > 0], a = sum(g), b = sum(g * x_hat),
-//   dx = rstd * (g - a / HW - x_hat * b / HW).
+//   y = act((x - mean) rstd),  act(v) = v < 0 ? slope v : v   (slope 0: ReLU, 1: no activation)
+// act is written with `v < 0` so that NaN propagates (std::max(0, NaN) would return 0).
+// Forward: exact two-pass statistics per plane (mean, then sum of squared deviations); saves mean and
+//   rstd in the accumulation type.
+// Backward: x_hat recomputed from x, g = dy act'(x_hat), a = sum(g), b = sum(g x_hat),
+//   dx = rstd (g - a / HW - x_hat b / HW).
+// Outputs are allocated by the caller (cycleseg/ops/alloc.py); tensors are contiguous NCHW.
 #include "common.h"
 
 namespace cycleseg {
 
-std::vector<at::Tensor> instance_norm_relu_fwd(const at::Tensor& input, double eps) {
-  TORCH_CHECK(input.dim() == 4, "instance_norm_relu: expected (N, C, H, W), got ", input.sizes());
-  TORCH_CHECK(input.device().is_cpu(), "instance_norm_relu (C++): CPU tensors only");
-  const auto x = input.contiguous();
+static void check_plane_tensor(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.sizes() == x.sizes(),
+              "instance_norm_relu (C++): ", name, " must be a contiguous CPU tensor of shape ", x.sizes());
+}
+
+void instance_norm_relu_fwd(const at::Tensor& x, double eps, double slope, at::Tensor y, at::Tensor mean,
+                            at::Tensor rstd) {
+  TORCH_CHECK(x.dim() == 4, "instance_norm_relu: expected (N, C, H, W), got ", x.sizes());
+  check_plane_tensor(x, x, "input");
+  check_plane_tensor(y, x, "output");
   const int64_t planes = x.size(0) * x.size(1), HW = x.size(2) * x.size(3);
   TORCH_CHECK(HW > 0, "instance_norm_relu: empty planes");
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto y = at::empty_like(x);
-  auto mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
-  auto rstd = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_fwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     acc_t* mp = mean.data_ptr<acc_t>();
     acc_t* rp = rstd.data_ptr<acc_t>();
+    const acc_t s = static_cast<acc_t>(slope);
     at::parallel_for(0, planes, 1, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const scalar_t* xq = xp + q * HW;
@@ -36,21 +42,22 @@ std::vector<at::Tensor> instance_norm_relu_fwd(const at::Tensor& input, double e
         mp[q] = mu;
         rp[q] = r;
         scalar_t* yq = yp + q * HW;
-        for (int64_t i = 0; i < HW; ++i)
-          yq[i] = static_cast<scalar_t>(std::max(acc_t(0), (static_cast<acc_t>(xq[i]) - mu) * r));
+        for (int64_t i = 0; i < HW; ++i) {
+          const acc_t v = (static_cast<acc_t>(xq[i]) - mu) * r;
+          yq[i] = static_cast<scalar_t>(v < 0 ? v * s : v);
+        }
       }
     });
   });
-  return {y, mean, rstd};
 }
 
-at::Tensor instance_norm_relu_bwd(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& mean,
-                                  const at::Tensor& rstd) {
-  TORCH_CHECK(grad.sizes() == input.sizes(), "instance_norm_relu_backward: grad and input shapes differ");
-  const auto x = input.contiguous();
-  const auto dy = grad.to(x.scalar_type()).contiguous();
+void instance_norm_relu_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                            const at::Tensor& rstd, double slope, at::Tensor dx) {
+  check_plane_tensor(x, x, "input");
+  check_plane_tensor(dy, x, "grad");
+  check_plane_tensor(dx, x, "grad_input");
+  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "instance_norm_relu_backward: grad dtype differs from input");
   const int64_t planes = x.size(0) * x.size(1), HW = x.size(2) * x.size(3);
-  auto dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -60,25 +67,31 @@ at::Tensor instance_norm_relu_bwd(const at::Tensor& grad, const at::Tensor& inpu
     const auto rs = rstd.contiguous();
     const acc_t* mp = m.data_ptr<acc_t>();
     const acc_t* rp = rs.data_ptr<acc_t>();
+    const acc_t s = static_cast<acc_t>(slope);
     at::parallel_for(0, planes, 1, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const scalar_t* xq = xp + q * HW;
         const scalar_t* gq = gp + q * HW;
         const acc_t mu = mp[q], r = rp[q];
+        auto gate = [&](int64_t i, acc_t& xh) {
+          xh = (static_cast<acc_t>(xq[i]) - mu) * r;
+          const acc_t d = static_cast<acc_t>(gq[i]);
+          return xh > 0 ? d : (s != 0 ? d * s : acc_t(0));
+        };
         // One pass for both sums, kLanes independent accumulators each (vectorisable).
         acc_t la[kLanes] = {}, lb[kLanes] = {};
         int64_t i = 0;
         for (; i + kLanes <= HW; i += kLanes)
           for (int j = 0; j < kLanes; ++j) {
-            const acc_t xh = (static_cast<acc_t>(xq[i + j]) - mu) * r;
-            const acc_t g = xh > 0 ? static_cast<acc_t>(gq[i + j]) : acc_t(0);
+            acc_t xh;
+            const acc_t g = gate(i + j, xh);
             la[j] += g;
             lb[j] += g * xh;
           }
         acc_t a = 0, b = 0;
         for (; i < HW; ++i) {
-          const acc_t xh = (static_cast<acc_t>(xq[i]) - mu) * r;
-          const acc_t g = xh > 0 ? static_cast<acc_t>(gq[i]) : acc_t(0);
+          acc_t xh;
+          const acc_t g = gate(i, xh);
           a += g;
           b += g * xh;
         }
@@ -90,14 +103,13 @@ at::Tensor instance_norm_relu_bwd(const at::Tensor& grad, const at::Tensor& inpu
         b /= HW;
         scalar_t* dq = dp + q * HW;
         for (int64_t k = 0; k < HW; ++k) {
-          const acc_t xh = (static_cast<acc_t>(xq[k]) - mu) * r;
-          const acc_t g = xh > 0 ? static_cast<acc_t>(gq[k]) : acc_t(0);
+          acc_t xh;
+          const acc_t g = gate(k, xh);
           dq[k] = static_cast<scalar_t>(r * (g - a - xh * b));
         }
       }
     });
   });
-  return dx;
 }
 
 }  // namespace cycleseg

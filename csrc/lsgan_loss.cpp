@@ -1,13 +1,14 @@
 // Least-squares GAN loss on the CPU: mean((d - a)^2), in fixed blocks (deterministic), and its
-// gradient 2 (d - a) g / numel. The discriminator form 0.5 (mean((r - 1)^2) + mean(f^2)) calls both.
+// gradient 2 c g (d - a) / numel (c = 0.5 in the discriminator form 0.5 (mean((r - 1)^2) + mean(f^2))).
+// Outputs are allocated by the caller (cycleseg/ops/alloc.py).
 #include "common.h"
 
 namespace cycleseg {
 
-at::Tensor lsgan_loss_fwd(const at::Tensor& input, double target) {
-  TORCH_CHECK(input.numel() > 0, "lsgan_loss: empty score map");
-  TORCH_CHECK(input.device().is_cpu(), "lsgan_loss (C++): CPU tensors only");
-  const auto d = input.contiguous();
+// mean((d - target)^2) of a contiguous score map, in double.
+double lsgan_loss_fwd(const at::Tensor& d, double target) {
+  TORCH_CHECK(d.numel() > 0, "lsgan_loss: empty score map");
+  TORCH_CHECK(d.device().is_cpu() && d.is_contiguous(), "lsgan_loss (C++): contiguous CPU tensors only");
   const int64_t n = d.numel(), nb = (n + kBlock * 64 - 1) / (kBlock * 64);
   std::vector<double> part(nb, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "lsgan_loss_fwd", [&] {
@@ -24,15 +25,14 @@ at::Tensor lsgan_loss_fwd(const at::Tensor& input, double target) {
       }
     });
   });
-  const auto acc_dtype = d.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return at::scalar_tensor(sum_partials(part) / n, d.options().dtype(acc_dtype)).to(d.scalar_type());
+  return sum_partials(part) / n;
 }
 
-at::Tensor lsgan_loss_bwd(const at::Tensor& grad, const at::Tensor& input, double target) {
-  const auto d = input.contiguous();
-  auto dd = at::empty_like(d);
+void lsgan_loss_bwd(const at::Tensor& grad, const at::Tensor& d, double target, double coef, at::Tensor dd) {
+  TORCH_CHECK(d.is_contiguous() && dd.is_contiguous() && dd.sizes() == d.sizes(),
+              "lsgan_loss_backward (C++): contiguous tensors of one shape only");
   const int64_t n = d.numel();
-  const double scale = 2.0 * grad.item<double>() / n;  // host read of one scalar: fine on the CPU
+  const double scale = 2.0 * coef * grad.item<double>() / n;  // host read of one scalar: fine on the CPU
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "lsgan_loss_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* p = d.data_ptr<scalar_t>();
@@ -42,7 +42,6 @@ at::Tensor lsgan_loss_bwd(const at::Tensor& grad, const at::Tensor& input, doubl
       for (int64_t i = i0; i < i1; ++i) o[i] = static_cast<scalar_t>(s * (static_cast<acc_t>(p[i]) - a));
     });
   });
-  return dd;
 }
 
 }  // namespace cycleseg

@@ -1,16 +1,17 @@
-// Python bindings of the CPU kernels (loaded by cycleseg/ops/cpu.py, registered as custom ops there).
+// Python bindings of the CPU kernels (loaded by cycleseg/ops/cpu.py, which allocates their outputs).
 #include <torch/extension.h>
 
 namespace cycleseg {
-std::vector<at::Tensor> softmax_cross_entropy_fwd(const at::Tensor&, const at::Tensor&,
-                                                  const c10::optional<at::Tensor>&, int64_t, const std::string&);
-at::Tensor softmax_cross_entropy_bwd(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                     const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
-                                     int64_t, const std::string&);
-std::vector<at::Tensor> instance_norm_relu_fwd(const at::Tensor&, double);
-at::Tensor instance_norm_relu_bwd(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
-at::Tensor lsgan_loss_fwd(const at::Tensor&, double);
-at::Tensor lsgan_loss_bwd(const at::Tensor&, const at::Tensor&, double);
+void softmax_cross_entropy_fwd(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t,
+                               const std::string&, at::Tensor, at::Tensor);
+void softmax_cross_entropy_bwd(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const c10::optional<at::Tensor>&, const at::Tensor&, int64_t, const std::string&,
+                               at::Tensor);
+void instance_norm_relu_fwd(const at::Tensor&, double, double, at::Tensor, at::Tensor, at::Tensor);
+void instance_norm_relu_bwd(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                            at::Tensor);
+double lsgan_loss_fwd(const at::Tensor&, double);
+void lsgan_loss_bwd(const at::Tensor&, const at::Tensor&, double, double, at::Tensor);
 }  // namespace cycleseg
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,49 +1,61 @@
-// Pixelwise softmax cross-entropy on the CPU: (N, K, H, W) logits, (N, H, W) targets.
+// Pixelwise softmax cross-entropy on the CPU: (N, K, H, W) logits (contiguous), (N, H, W) targets.
 //
-// Forward writes the weighted per-pixel loss and the log-sum-exp (fp32 for half inputs) and reduces
-// in fixed blocks. Backward recomputes softmax from the logits and the saved log-sum-exp:
+// Forward, per block of kBlock pixels: max and sum of exp over the classes (the classes of a pixel are
+// HW apart, so each inner loop runs over contiguous pixels and vectorises), then the weighted loss;
+// per-block partial sums reduced in block order (deterministic whatever the thread count). Writes the
+// per-pixel loss only for reduction 'none'; nothing is saved for the backward.
+// Backward recomputes the log-sum-exp per block and writes
 //   dlogits[n, k, p] = g[n, p] * w[t] * (exp(x[n, k, p] - lse[n, p]) - [k == t]),  0 at ignored pixels.
 // A target outside [0, K) that is not ignore_index yields NaN at that pixel (the Python boundary
 // rejects such targets in eager mode; under torch.compile the check is skipped), never a bad read.
+// Outputs are allocated by the caller (cycleseg/ops/alloc.py).
 #include "common.h"
 
 namespace cycleseg {
 
+// lse[i] of the pixels [p0, p0 + len) of one image, xb pointing at class 0 of pixel p0.
+template <typename scalar_t, typename acc_t>
+static void block_lse(const scalar_t* xb, int64_t K, int64_t HW, int64_t len, acc_t* lse) {
+  acc_t m[kBlock], s[kBlock];
+  for (int64_t i = 0; i < len; ++i) m[i] = static_cast<acc_t>(xb[i]);
+  for (int64_t k = 1; k < K; ++k)
+    for (int64_t i = 0; i < len; ++i) {
+      const acc_t v = static_cast<acc_t>(xb[k * HW + i]);
+      m[i] = v > m[i] || v != v ? v : m[i];               // NaN wins, as in PyTorch
+    }
+  for (int64_t i = 0; i < len; ++i) s[i] = 0;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t i = 0; i < len; ++i) s[i] += vexp(static_cast<acc_t>(xb[k * HW + i]) - m[i]);
+  for (int64_t i = 0; i < len; ++i) lse[i] = m[i] + std::log(s[i]);
+}
+
 template <typename scalar_t, typename target_t>
-static void xent_fwd_kernel(const scalar_t* x, const target_t* t, const at::opmath_type<scalar_t>* w, int64_t N, int64_t K,
-                            int64_t HW, int64_t ignore, at::opmath_type<scalar_t>* loss,
-                            at::opmath_type<scalar_t>* lse, std::vector<double>& part_l,
+static void xent_fwd_kernel(const scalar_t* x, const target_t* t, const at::opmath_type<scalar_t>* w, int64_t N,
+                            int64_t K, int64_t HW, int64_t ignore, scalar_t* loss_out, std::vector<double>& part_l,
                             std::vector<double>& part_w) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t blocks_per_n = (HW + kBlock - 1) / kBlock;
   at::parallel_for(0, N * blocks_per_n, 1, [&](int64_t b0, int64_t b1) {
-    acc_t m[kBlock], s[kBlock];
+    acc_t lse[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = b / blocks_per_n, p0 = (b % blocks_per_n) * kBlock;
       const int64_t len = std::min(kBlock, HW - p0);
       const scalar_t* xb = x + n * K * HW + p0;
-      for (int64_t i = 0; i < len; ++i) m[i] = static_cast<acc_t>(xb[i]);
-      for (int64_t k = 1; k < K; ++k)
-        for (int64_t i = 0; i < len; ++i) m[i] = std::max(m[i], static_cast<acc_t>(xb[k * HW + i]));
-      for (int64_t i = 0; i < len; ++i) s[i] = 0;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < len; ++i) s[i] += vexp(static_cast<acc_t>(xb[k * HW + i]) - m[i]);
+      block_lse(xb, K, HW, len, lse);
       double bl = 0.0, bw = 0.0;
       for (int64_t i = 0; i < len; ++i) {
         const int64_t p = n * HW + p0 + i;
-        const acc_t l = m[i] + std::log(s[i]);
-        lse[p] = l;
         const int64_t ti = static_cast<int64_t>(t[p]);
         acc_t li = 0, wi = 0;
         if (ti != ignore) {
           if (ti >= 0 && ti < K) {
             wi = w ? w[ti] : acc_t(1);
-            li = (l - static_cast<acc_t>(xb[ti * HW + i])) * wi;
+            li = (lse[i] - static_cast<acc_t>(xb[ti * HW + i])) * wi;
           } else {
             li = wi = std::numeric_limits<acc_t>::quiet_NaN();
           }
         }
-        loss[p] = li;
+        if (loss_out) loss_out[p] = static_cast<scalar_t>(li);
         bl += li;
         bw += wi;
       }
@@ -55,17 +67,18 @@ static void xent_fwd_kernel(const scalar_t* x, const target_t* t, const at::opma
 
 template <typename scalar_t, typename target_t>
 static void xent_bwd_kernel(const scalar_t* x, const target_t* t, const at::opmath_type<scalar_t>* w,
-                            const at::opmath_type<scalar_t>* lse, const at::opmath_type<scalar_t>* g,
-                            bool g_per_pixel, double g_scalar, int64_t N, int64_t K, int64_t HW,
-                            int64_t ignore, scalar_t* dx) {
+                            const at::opmath_type<scalar_t>* g, bool g_per_pixel, double g_scalar, int64_t N,
+                            int64_t K, int64_t HW, int64_t ignore, scalar_t* dx) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t blocks_per_n = (HW + kBlock - 1) / kBlock;
   at::parallel_for(0, N * blocks_per_n, 1, [&](int64_t b0, int64_t b1) {
-    acc_t scale[kBlock], l[kBlock];
+    acc_t scale[kBlock], lse[kBlock];
     int64_t tt[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = b / blocks_per_n, p0 = (b % blocks_per_n) * kBlock;
       const int64_t len = std::min(kBlock, HW - p0);
+      const scalar_t* xb = x + n * K * HW + p0;
+      block_lse(xb, K, HW, len, lse);
       for (int64_t i = 0; i < len; ++i) {
         const int64_t p = n * HW + p0 + i;
         const int64_t ti = static_cast<int64_t>(t[p]);
@@ -75,13 +88,11 @@ static void xent_bwd_kernel(const scalar_t* x, const target_t* t, const at::opma
                    : ok         ? gp * (w ? w[ti] : acc_t(1))
                                 : std::numeric_limits<acc_t>::quiet_NaN();
         tt[i] = ok ? ti : -1;
-        l[i] = lse[p];
       }
-      const scalar_t* xb = x + n * K * HW + p0;
       scalar_t* db = dx + n * K * HW + p0;
       for (int64_t k = 0; k < K; ++k)
         for (int64_t i = 0; i < len; ++i) {
-          const acc_t sm = vexp(static_cast<acc_t>(xb[k * HW + i]) - l[i]);
+          const acc_t sm = vexp(static_cast<acc_t>(xb[k * HW + i]) - lse[i]);
           db[k * HW + i] = static_cast<scalar_t>(scale[i] * (sm - (tt[i] == k ? acc_t(1) : acc_t(0))));
         }
     }
@@ -98,16 +109,6 @@ static void xent_bwd_kernel(const scalar_t* x, const target_t* t, const at::opma
     }                                                                                   \
   }()
 
-static void check_inputs(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& w) {
-  TORCH_CHECK(x.dim() == 4, "softmax_cross_entropy: logits must be (N, K, H, W), got ", x.sizes());
-  TORCH_CHECK(x.size(1) >= 1, "softmax_cross_entropy: K must be >= 1");
-  TORCH_CHECK(t.dim() == 3 && t.size(0) == x.size(0) && t.size(1) == x.size(2) && t.size(2) == x.size(3),
-              "softmax_cross_entropy: target must be (N, H, W) = ", x.size(0), ", ", x.size(2), ", ", x.size(3),
-              ", got ", t.sizes());
-  TORCH_CHECK(x.device().is_cpu() && t.device().is_cpu(), "softmax_cross_entropy (C++): CPU tensors only");
-  if (w) TORCH_CHECK(w->dim() == 1 && w->size(0) == x.size(1), "softmax_cross_entropy: weight must be (K,)");
-}
-
 static int64_t reduction_code(const std::string& r) {
   if (r == "none") return 0;
   if (r == "mean") return 1;
@@ -115,67 +116,57 @@ static int64_t reduction_code(const std::string& r) {
   return 2;
 }
 
-// The checked, contiguous arguments shared by forward and backward.
+// The checked arguments shared by forward and backward.
 struct XentArgs {
-  at::Tensor x, t;
-  c10::optional<at::Tensor> w;   // class weights in the accumulation type
   int64_t N, K, HW, reduction;
-  at::ScalarType acc;            // opmath type: double for double inputs, float otherwise
+  c10::optional<at::Tensor> w;   // class weights in the accumulation type, contiguous
 };
 
-static XentArgs prepare(const at::Tensor& logits, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+static XentArgs prepare(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& weight,
                         const std::string& reduction) {
-  check_inputs(logits, target, weight);
+  TORCH_CHECK(x.dim() == 4 && x.size(1) >= 1, "softmax_cross_entropy: logits must be (N, K, H, W), got ", x.sizes());
+  TORCH_CHECK(t.dim() == 3 && t.size(0) == x.size(0) && t.size(1) == x.size(2) && t.size(2) == x.size(3),
+              "softmax_cross_entropy: target must be (N, H, W) = ", x.size(0), ", ", x.size(2), ", ", x.size(3),
+              ", got ", t.sizes());
+  TORCH_CHECK(x.device().is_cpu() && t.device().is_cpu() && x.is_contiguous() && t.is_contiguous(),
+              "softmax_cross_entropy (C++): contiguous CPU tensors only");
+  if (weight) TORCH_CHECK(weight->dim() == 1 && weight->size(0) == x.size(1), "softmax_cross_entropy: weight must be (K,)");
   XentArgs a;
-  a.x = logits.contiguous();
-  a.t = target.contiguous();
-  a.N = a.x.size(0), a.K = a.x.size(1), a.HW = a.x.size(2) * a.x.size(3);
+  a.N = x.size(0), a.K = x.size(1), a.HW = x.size(2) * x.size(3);
   a.reduction = reduction_code(reduction);
-  a.acc = a.x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  a.w = weight ? c10::optional<at::Tensor>(weight->to(a.acc).contiguous()) : c10::nullopt;
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  a.w = weight ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
   return a;
 }
 
-// Returns (loss, lse, denom): loss is () for mean/sum or (N, H, W) for none.
-std::vector<at::Tensor> softmax_cross_entropy_fwd(const at::Tensor& logits, const at::Tensor& target,
-                                                  const c10::optional<at::Tensor>& weight, int64_t ignore_index,
-                                                  const std::string& reduction_name) {
-  const XentArgs a = prepare(logits, target, weight, reduction_name);
-  const auto &x = a.x, &t = a.t;
-  const auto& w = a.w;
-  const int64_t N = a.N, K = a.K, HW = a.HW, reduction = a.reduction;
-  const auto acc = a.acc;
-  auto loss = at::empty({N, x.size(2), x.size(3)}, x.options().dtype(acc));
-  auto lse = at::empty({N, x.size(2), x.size(3)}, x.options().dtype(acc));
-  const int64_t nb = N * ((HW + kBlock - 1) / kBlock);
+// Fills out (() for mean / sum, (N, H, W) for none; logits dtype) and denom (the mean's divisor, acc dtype).
+void softmax_cross_entropy_fwd(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& weight,
+                               int64_t ignore_index, const std::string& reduction_name, at::Tensor out,
+                               at::Tensor denom) {
+  const XentArgs a = prepare(x, t, weight, reduction_name);
+  const int64_t nb = a.N * ((a.HW + kBlock - 1) / kBlock);
   std::vector<double> part_l(nb, 0.0), part_w(nb, 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cross_entropy_fwd", [&] {
     CYCLESEG_DISPATCH_TARGET(t, "softmax_cross_entropy", [&] {
       xent_fwd_kernel<scalar_t, target_t>(x.data_ptr<scalar_t>(), t.data_ptr<target_t>(),
-                                          w ? w->data_ptr<at::opmath_type<scalar_t>>() : nullptr, N, K, HW, ignore_index,
-                                          loss.data_ptr<at::opmath_type<scalar_t>>(),
-                                          lse.data_ptr<at::opmath_type<scalar_t>>(), part_l, part_w);
+                                          a.w ? a.w->data_ptr<at::opmath_type<scalar_t>>() : nullptr, a.N, a.K, a.HW,
+                                          ignore_index, a.reduction == 0 ? out.data_ptr<scalar_t>() : nullptr,
+                                          part_l, part_w);
     });
   });
   const double sl = sum_partials(part_l), sw = sum_partials(part_w);
-  auto denom = at::scalar_tensor(reduction == 1 ? sw : 1.0, x.options().dtype(acc));
-  at::Tensor out;
-  if (reduction == 0) out = loss.to(x.scalar_type());
-  else if (reduction == 1) out = at::scalar_tensor(sl / sw, x.options().dtype(acc)).to(x.scalar_type());
-  else out = at::scalar_tensor(sl, x.options().dtype(acc)).to(x.scalar_type());
-  return {out, lse, denom};
+  denom.fill_(a.reduction == 1 ? sw : 1.0);
+  if (a.reduction == 1) out.fill_(sl / sw);
+  else if (a.reduction == 2) out.fill_(sl);
 }
 
-at::Tensor softmax_cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
-                                     const c10::optional<at::Tensor>& weight, const at::Tensor& lse,
-                                     const at::Tensor& denom, int64_t ignore_index,
-                                     const std::string& reduction_name) {
-  const XentArgs a = prepare(logits, target, weight, reduction_name);
-  const auto &x = a.x, &t = a.t;
-  const auto& w = a.w;
-  const int64_t N = a.N, K = a.K, HW = a.HW;
-  const auto acc = a.acc;
-  auto dx = at::empty_like(x);
+// Fills dx (contiguous, logits dtype).
+void softmax_cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& t,
+                               const c10::optional<at::Tensor>& weight, const at::Tensor& denom, int64_t ignore_index,
+                               const std::string& reduction_name, at::Tensor dx) {
+  const XentArgs a = prepare(x, t, weight, reduction_name);
+  TORCH_CHECK(dx.is_contiguous() && dx.sizes() == x.sizes(), "softmax_cross_entropy_backward: bad output buffer");
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const bool per_pixel = a.reduction == 0;
   const auto g = per_pixel ? grad.to(acc).contiguous() : grad;
   // Host reads of two scalars: fine on the CPU, where there is no device queue to stall.
@@ -183,13 +174,11 @@ at::Tensor softmax_cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& l
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cross_entropy_bwd", [&] {
     CYCLESEG_DISPATCH_TARGET(t, "softmax_cross_entropy", [&] {
       xent_bwd_kernel<scalar_t, target_t>(x.data_ptr<scalar_t>(), t.data_ptr<target_t>(),
-                                          w ? w->data_ptr<at::opmath_type<scalar_t>>() : nullptr,
-                                          lse.contiguous().data_ptr<at::opmath_type<scalar_t>>(),
-                                          per_pixel ? g.data_ptr<at::opmath_type<scalar_t>>() : nullptr, per_pixel, g_scalar, N, K,
-                                          HW, ignore_index, dx.data_ptr<scalar_t>());
+                                          a.w ? a.w->data_ptr<at::opmath_type<scalar_t>>() : nullptr,
+                                          per_pixel ? g.data_ptr<at::opmath_type<scalar_t>>() : nullptr, per_pixel,
+                                          g_scalar, a.N, a.K, a.HW, ignore_index, dx.data_ptr<scalar_t>());
     });
   });
-  return dx;
 }
 
 }  // namespace cycleseg

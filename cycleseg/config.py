@@ -21,6 +21,8 @@ PRESETS = {
                 eval_every=250, ckpt_every=250),
 }
 MODES = ("semi", "partial", "full")
+# Fields of the command line that may differ from a checkpoint's config on --resume.
+RUNTIME_FIELDS = ("resume", "device", "progress", "out", "log_every")
 
 
 @dataclass
@@ -30,40 +32,40 @@ class Config:
     data: str | None = None             # train .h5, a folder with train.h5 + val.h5, or an SSL4MIS ACDC folder; None = built-in
     val_data: str | None = None         # val split .h5 (default: val.h5 beside the train split)
     labeled_fraction: float = 0.1       # nested subsets fixed by the seed
-    seed: int = 0
-    preset: str = "auto"                # auto = paper on a GPU, cpu otherwise
+    seed: int = 0                       # seeds the networks' init, the labeled subset, the streams and the pools
+    preset: str = "auto"                # sizes and schedule: paper (the paper's networks) or cpu (small); auto = paper on a GPU, cpu otherwise
     # networks (None: from the preset)
-    ngf: int | None = None
-    n_blocks: int | None = None
-    ndf: int | None = None
-    disc_norm: str = "instance"
+    ngf: int | None = None              # generator width (channels of the first conv; paper 64)
+    n_blocks: int | None = None         # residual blocks per generator (paper 9)
+    ndf: int | None = None              # discriminator width (paper 64)
+    disc_norm: str = "instance"         # the discriminators' norm: instance (the 2019 code), batch (the paper's text) or none
     dropout: float = 0.0                # the paper used none; the 2019 code used 0.5
     # optimisation
-    steps: int | None = None
+    steps: int | None = None            # training steps (one G update and, in semi, one D update each)
     batch_size: int | None = None       # labeled images per step, and as many unlabeled
     image_size: int | None = None       # size of the built-in dataset and of ACDC read from its folder
     lr: float | None = None             # Adam learning rate (paper: 2e-4)
     beta1: float | None = None          # None: 0.5 for semi (CycleGAN), 0.9 for the supervised baselines
-    lambda1: float = Lambdas.gen_img
-    lambda2: float = Lambdas.cycle_seg
-    lambda3: float = Lambdas.cycle_img
-    lambda4: float = Lambdas.disc_seg
-    lambda5: float = Lambdas.disc_img
-    pool_size: int = 50
+    lambda1: float = Lambdas.gen_img    # weight of L_gen^I = MSE(G_SI(y), x)
+    lambda2: float = Lambdas.cycle_seg  # weight of L_cycle^S = CE(G_IS(G_SI(y)), y)
+    lambda3: float = Lambdas.cycle_img  # weight of L_cycle^I = L1(G_SI(softmax G_IS(x')), x')
+    lambda4: float = Lambdas.disc_seg   # weight of L_disc^S: G_IS fools D_S on unlabeled images
+    lambda5: float = Lambdas.disc_img   # weight of L_disc^I: G_SI fools D_I
+    pool_size: int = 50                 # fakes kept in each discriminator's history pool (0: none)
     # data
     flip: bool = False                  # random horizontal flips (off in the paper preset)
     scale_crop: float = 1.0             # > 1: random crops of 1/s of each side, s in [1, scale_crop], resized back
     prefetch: int = 3                   # batches prepared ahead of the step by the loader thread
     # execution
-    device: str = "auto"
+    device: str = "auto"                # cpu, cuda, cuda:N; auto = cuda when there is a GPU
     ops: str = "reference"              # reference: eager PyTorch ops; fused: the cycleseg.ops kernels
     # bookkeeping
     out: str | None = None              # run folder (default runs/<mode>-<pct>pct-seed<seed>)
-    resume: bool = False
-    log_every: int = 10
-    eval_every: int | None = None
-    ckpt_every: int | None = None
-    progress: bool = True
+    resume: bool = False                # continue the run in --out from its last.pt, exactly where it stopped
+    log_every: int = 10                 # steps between training records in metrics.jsonl (each is a host sync)
+    eval_every: int | None = None       # steps between validations (metrics, a picture, best.pt)
+    ckpt_every: int | None = None       # steps between last.pt checkpoints
+    progress: bool = True               # a progress bar with losses, steps/s and ETA
 
     def resolved(self) -> "Config":
         """A copy with the preset, device, betas and run folder filled in, checked."""
@@ -99,18 +101,45 @@ class Config:
         return Lambdas(self.lambda1, self.lambda2, self.lambda3, self.lambda4, self.lambda5)
 
 
+def merge_for_resume(saved: dict, given: Config) -> tuple[Config, list[str]]:
+    """The config a resumed run continues with: the checkpoint's, except the runtime fields given now.
+    Returns (config, names of the checkpoint's fields that differ from what was given)."""
+    names = {f.name for f in fields(Config)}
+    old = Config(**{k: v for k, v in saved.items() if k in names})
+    diff = [f.name for f in fields(Config) if f.name not in RUNTIME_FIELDS and getattr(old, f.name) != getattr(given, f.name)]
+    return dataclasses.replace(old, **{k: getattr(given, k) for k in RUNTIME_FIELDS}), diff
+
+
+def field_help() -> dict:
+    """{field name: its comment in the Config class body}: the one-line help of every --flag."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(Config)
+    except (OSError, TypeError):                                    # no source shipped: no help text
+        return {}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#\s*(.*)$", source, re.M)}
+
+
+CHOICES = {"mode": MODES, "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("instance", "batch", "none"),
+           "ops": ("reference", "fused")}
+
+
 def parse_args(argv=None) -> tuple[Config, bool]:
     """Command line -> (Config, dry_run). Every Config field is a --flag (underscores as dashes)."""
     p = argparse.ArgumentParser(prog="python -m cycleseg.train",
-                                description="Semi-supervised segmentation with a CycleGAN (Mondal et al. 2019).")
+                                description="Semi-supervised segmentation with a CycleGAN (Mondal et al. 2019).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    helps = field_help()
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "")
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
             continue
         typ = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
-        kw = {"choices": MODES} if f.name == "mode" else {}
-        p.add_argument(flag, type=typ, default=f.default, **kw)
+        p.add_argument(flag, type=typ, default=f.default, choices=CHOICES.get(f.name), help=text)
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and each network's parameter count, then exit")
     ns = vars(p.parse_args(argv))

@@ -5,8 +5,9 @@
     D_S   pixel discriminator on K-channel masks (softmax probabilities or one-hot)
     D_I   pixel discriminator on C-channel images
 
-Every InstanceNorm + ReLU pair is one `NormReLU` module so that the fast path can swap the reference
-op for the fused one (`set_fused_ops`) without touching the architecture.
+Every InstanceNorm (+ ReLU) is one `NormReLU` module that calls the ops module it is given (`use_ops`):
+the reference ops (the default), or the fused ones, without touching the architecture.
+`networks_from_config` builds the networks of a run from its config and its data's metadata.
 """
 from __future__ import annotations
 
@@ -17,22 +18,20 @@ from . import reference
 
 
 class NormReLU(nn.Module):
-    """InstanceNorm2d(affine=False) followed by ReLU (relu=True) or alone (relu=False)."""
+    """InstanceNorm2d(affine=False) followed by ReLU (relu=True), by LeakyReLU(negative_slope) when
+    negative_slope is given, or alone (relu=False)."""
 
-    def __init__(self, relu: bool = True, eps: float = 1e-5):
+    def __init__(self, relu: bool = True, eps: float = 1e-5, negative_slope: float = 0.0):
         super().__init__()
-        self.relu, self.eps, self.fused = relu, eps, False
+        self.relu, self.eps, self.negative_slope, self.ops = relu, eps, negative_slope, reference
 
     def forward(self, x):
-        if self.relu and self.fused:
-            from . import ops  # the fused op; imported lazily so the reference path needs no build
-            return ops.instance_norm_relu(x, self.eps)
         if self.relu:
-            return reference.instance_norm_relu(x, self.eps)
-        return reference.instance_norm(x, self.eps)
+            return self.ops.instance_norm_relu(x, self.eps, self.negative_slope)
+        return self.ops.instance_norm(x, self.eps)
 
     def extra_repr(self):
-        return f"relu={self.relu}, eps={self.eps}, fused={self.fused}"
+        return f"relu={self.relu}, eps={self.eps}, negative_slope={self.negative_slope}, ops={self.ops.__name__}"
 
 
 class ResidualBlock(nn.Module):
@@ -81,18 +80,21 @@ class ResnetGenerator(nn.Module):
 class PixelDiscriminator(nn.Module):
     """1x1-conv discriminator: one real/fake score per pixel, (N, in_ch, H, W) -> (N, 1, H, W), no sigmoid.
 
-    norm: "instance" (the paper's code), "batch" (the paper's text) or "none".
+    norm: "instance" (the paper's code), "batch" (the paper's text) or "none". The instance norm and
+    its LeakyReLU are one NormReLU (the fused op on the fast path); the Identity after it keeps the
+    layer indices (and so checkpoints) of the plain IN, LeakyReLU pair.
     """
 
     def __init__(self, in_ch: int, ndf: int = 64, norm: str = "instance"):
         super().__init__()
-        norms = {"instance": lambda c: nn.InstanceNorm2d(c, affine=False),
-                 "batch": lambda c: nn.BatchNorm2d(c), "none": lambda c: nn.Identity()}
+        norms = {"instance": lambda c: [NormReLU(negative_slope=0.2), nn.Identity()],
+                 "batch": lambda c: [nn.BatchNorm2d(c), nn.LeakyReLU(0.2)],
+                 "none": lambda c: [nn.Identity(), nn.LeakyReLU(0.2)]}
         if norm not in norms:
             raise ValueError(f"discriminator norm must be one of {sorted(norms)}, got {norm!r}")
         self.net = nn.Sequential(
             nn.Conv2d(in_ch, ndf, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(ndf, ndf * 2, 1, bias=norm != "batch"), norms[norm](ndf * 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(ndf, ndf * 2, 1, bias=norm != "batch"), *norms[norm](ndf * 2),
             nn.Conv2d(ndf * 2, 1, 1),
         )
 
@@ -113,11 +115,12 @@ def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
     return net
 
 
-def set_fused_ops(net: nn.Module, fused: bool) -> nn.Module:
-    """Route every IN + ReLU of `net` through the fused op (True) or the reference op (False)."""
+def use_ops(net: nn.Module, ops) -> nn.Module:
+    """Route every IN (+ ReLU) of `net` through the ops module `ops`: cycleseg.reference (the default),
+    cycleseg.native (PyTorch's own ops) or cycleseg.ops (the fused kernels)."""
     for m in net.modules():
         if isinstance(m, NormReLU):
-            m.fused = fused
+            m.ops = ops
     return net
 
 
@@ -134,3 +137,14 @@ def build_networks(in_ch: int, num_classes: int, ngf: int = 64, n_blocks: int = 
         nets["D_S"] = PixelDiscriminator(num_classes, ndf, disc_norm)
         nets["D_I"] = PixelDiscriminator(in_ch, ndf, disc_norm)
     return {name: init_weights(net) for name, net in nets.items()}
+
+
+def networks_from_config(cfg, meta, names=("G_IS", "G_SI", "D_S", "D_I")) -> dict:
+    """The networks `names` of a run with config `cfg` (resolved) on data described by `meta`
+    (channels, num_classes), initialised from the current torch seed."""
+    nets = build_networks(meta.channels, meta.num_classes, cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.disc_norm,
+                          cfg.dropout, with_cycle=set(names) != {"G_IS"})
+    unknown = set(names) - set(nets)
+    if unknown:
+        raise ValueError(f"unknown networks {sorted(unknown)}; the method has {sorted(nets)}")
+    return {k: v for k, v in nets.items() if k in names}

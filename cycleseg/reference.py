@@ -4,7 +4,7 @@ Three hot spots of the CycleGAN step, written for clarity, not speed:
 
     softmax_cross_entropy  pixelwise softmax cross-entropy, = F.cross_entropy on (N, K, H, W)
     lsgan_loss             least-squares GAN loss mean((d - a)^2), and its discriminator form
-    instance_norm_relu     relu(instance_norm(x)), affine=False, biased variance
+    instance_norm_relu     leaky_relu(instance_norm(x), slope) (slope 0: relu), affine=False, biased variance
 
 Half-precision inputs are computed in fp32 and the result is cast back to the input dtype, which is
 what the fused kernels do (fp32 accumulation whatever the input dtype).
@@ -96,6 +96,10 @@ def instance_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return ((xf - mean) * torch.rsqrt(var + eps)).to(x.dtype)
 
 
-def instance_norm_relu(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """relu(instance_norm(x)): the IN + ReLU pair that follows most convolutions of the generators."""
-    return torch.relu(instance_norm(x, eps))
+def instance_norm_relu(x: torch.Tensor, eps: float = 1e-5, negative_slope: float = 0.0) -> torch.Tensor:
+    """leaky_relu(instance_norm(x), negative_slope): the IN + ReLU pair that follows most convolutions of
+    the generators (negative_slope 0), and the discriminators' IN + LeakyReLU(0.2)."""
+    y = instance_norm(x, eps)
+    if negative_slope == 0.0:
+        return torch.relu(y)
+    return torch.nn.functional.leaky_relu(y, negative_slope)

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes
+from .data.pixels import to_input, to_uint8
+from .evaluate import eval_mode, predict
+from .fileio import atomic_write_bytes
+from .objective import one_hot
+
+GRID_IMAGES = 4
 
 
 def colorize(mask: np.ndarray, palette, ignore_index: int = 255) -> np.ndarray:
@@ -21,9 +26,26 @@ def colorize(mask: np.ndarray, palette, ignore_index: int = 255) -> np.ndarray:
 
 def to_uint8_image(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) float in [-1, 1] -> (H, W, 3) uint8 (gray images repeated to 3 channels)."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    x = x.permute(1, 2, 0).numpy()
+    x = to_uint8(x).permute(1, 2, 0).numpy()
     return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
+
+
+@torch.no_grad()
+def sample_columns(nets: dict, source, device, count: int = GRID_IMAGES) -> list[list[np.ndarray]]:
+    """The grid's columns for the first `count` images of `source` (an H5Source)."""
+    meta = source.meta
+    images, masks = source.batch(np.arange(min(count, len(source))))
+    x, y = to_input(images, device), masks.to(device)
+    pal, ign = meta.palette, meta.ignore_index
+    with eval_mode(nets["G_IS"]):
+        pred = predict(nets["G_IS"], x).cpu().numpy()
+    cols = [[to_uint8_image(xi) for xi in x], [colorize(m, pal, ign) for m in masks.numpy()],
+            [colorize(p, pal, ign) for p in pred]]
+    if "G_SI" in nets:
+        with eval_mode(nets["G_SI"]):
+            fake = nets["G_SI"](one_hot(y, meta.num_classes, ign, x.dtype))
+        cols.append([to_uint8_image(f) for f in fake])
+    return cols
 
 
 def save_grid(path, columns: list[list[np.ndarray]], scale: int = 2) -> None:

@@ -90,29 +90,7 @@ def test_cityscapes_train_ids(tmp_path):
         assert np.array_equal(f["masks"][0], expect) and np.array_equal(f["images"][0], img)
 
 
-def make_acdc(root, patients=(1, 2, 3), val_patients=(9,)):
-    (root / "data/slices").mkdir(parents=True)
-    slices, vols = [], []
-    for p in patients:
-        for z in (1, 2):
-            name = f"patient{p:03d}_frame01_slice_{z}"
-            with h5py.File(root / "data/slices" / f"{name}.h5", "w") as f:
-                f.create_dataset("image", data=RNG.random((14, 10)).astype(np.float32), compression="gzip")
-                f.create_dataset("label", data=RNG.integers(0, 4, (14, 10)).astype(np.uint8), compression="gzip")
-            slices.append(name)
-    for p in val_patients:
-        name = f"patient{p:03d}_frame01"
-        with h5py.File(root / "data" / f"{name}.h5", "w") as f:
-            f.create_dataset("image", data=RNG.random((3, 14, 10)).astype(np.float32))
-            f.create_dataset("label", data=RNG.integers(0, 4, (3, 14, 10)).astype(np.uint8))
-        vols.append(name)
-    (root / "train_slices.list").write_text("\n".join(slices) + "\n")
-    (root / "val.list").write_text("\n".join(vols) + "\n")
-    (root / "train.list").write_text("")
-    return slices, vols
-
-
-def test_acdc_slices_and_volumes(tmp_path):
+def test_acdc_slices_and_volumes(tmp_path, make_acdc):
     root = tmp_path / "ACDC"
     slices, vols = make_acdc(root)
     assert data_main(["convert", "acdc", str(root), str(tmp_path / "a.h5"), "--split", "train", "--no-progress"]) == 0

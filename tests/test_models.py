@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cycleseg.models import (PixelDiscriminator, ResnetGenerator, build_networks, count_parameters,
-                             init_weights, set_fused_ops, NormReLU)
+                             init_weights, use_ops, NormReLU)
 
 
 def test_paper_parameter_counts():
@@ -51,7 +51,8 @@ def test_norm_relu_matches_torch_modules():
     torch.testing.assert_close(NormReLU(relu=False)(x), torch.nn.InstanceNorm2d(6)(x))
 
 
-def test_set_fused_ops_flags_every_norm():
-    g = set_fused_ops(ResnetGenerator(3, 4, ngf=8, n_blocks=2), True)
-    flags = [m.fused for m in g.modules() if isinstance(m, NormReLU)]
-    assert len(flags) == 3 + 2 * 2 + 2 and all(flags)
+def test_use_ops_routes_every_norm():
+    from cycleseg import ops
+    g = use_ops(ResnetGenerator(3, 4, ngf=8, n_blocks=2), ops)
+    routed = [m.ops is ops for m in g.modules() if isinstance(m, NormReLU)]
+    assert len(routed) == 3 + 2 * 2 + 2 and all(routed)

@@ -1,30 +1,20 @@
 """End-to-end runs of python -m cycleseg.train on the built-in dataset, with a tiny model."""
-import json
-
 import pytest
 import torch
 
 from cycleseg.config import Config, parse_args
+from cycleseg.runfolder import RunFolder
 from cycleseg.train import main, train
-
-TINY = ["--ngf", "8", "--n-blocks", "1", "--ndf", "8", "--image-size", "32", "--batch-size", "2",
-        "--no-progress", "--device", "cpu", "--preset", "cpu"]
 
 
 def records(out, split="train"):
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split]
-
-
-def tiny(tmp_path, name, *extra):
-    cfg, _ = parse_args(TINY + ["--out", str(tmp_path / name), *extra])
-    return cfg
+    return RunFolder(out).records(split)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["semi", "partial"])
-def test_short_run_losses_finite_and_decreasing(tmp_path, mode):
-    cfg = tiny(tmp_path, mode, "--mode", mode, "--steps", "60", "--log-every", "1", "--eval-every", "60",
+def test_short_run_losses_finite_and_decreasing(tmp_path, tiny, mode):
+    cfg = tiny(mode, "--mode", mode, "--steps", "60", "--log-every", "1", "--eval-every", "60",
                "--lr", "1e-3")
     result = train(cfg)
     rec = records(tmp_path / mode)
@@ -53,12 +43,12 @@ def test_short_run_losses_finite_and_decreasing(tmp_path, mode):
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_gives_the_same_losses(tmp_path):
+def test_resume_after_interruption_gives_the_same_losses(tmp_path, tiny):
     args = ("--steps", "8", "--log-every", "1", "--eval-every", "100", "--ckpt-every", "100", "--pool-size", "3")
-    train(tiny(tmp_path, "straight", *args))
-    train(tiny(tmp_path, "resumed", *args), until=4)               # "killed" after step 4
+    train(tiny("straight", *args))
+    train(tiny("resumed", *args), until=4)               # "killed" after step 4
     assert len(records(tmp_path / "resumed")) == 4
-    train(tiny(tmp_path, "resumed", *args, "--resume"))
+    train(tiny("resumed", *args, "--resume"))
     a, b = records(tmp_path / "straight"), records(tmp_path / "resumed")
     assert [r["step"] for r in b] == list(range(1, 9))
     for ra, rb in zip(a, b):
@@ -70,8 +60,8 @@ def test_resume_after_interruption_gives_the_same_losses(tmp_path):
             assert torch.equal(ca["nets"][name][k], cb["nets"][name][k]), (name, k)
 
 
-def test_checkpoint_holds_every_state(tmp_path):
-    train(tiny(tmp_path, "c", "--steps", "3", "--eval-every", "3"))
+def test_checkpoint_holds_every_state(tmp_path, tiny):
+    train(tiny("c", "--steps", "3", "--eval-every", "3"))
     ck = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
     assert ck["step"] == 3 and set(ck["nets"]) == {"G_IS", "G_SI", "D_S", "D_I"}
     assert set(ck["optimizers"]) == {"G", "D"} and set(ck["schedulers"]) == {"G", "D"}
@@ -80,8 +70,8 @@ def test_checkpoint_holds_every_state(tmp_path):
     assert ck["config"]["ngf"] == 8 and "torch" in ck["rng"]
 
 
-def test_existing_run_is_not_overwritten(tmp_path, capsys):
-    argv = TINY + ["--out", str(tmp_path / "r"), "--steps", "2", "--eval-every", "2"]
+def test_existing_run_is_not_overwritten(tiny_argv, capsys):
+    argv = tiny_argv("r", "--steps", "2", "--eval-every", "2")
     assert main(argv) == 0
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -109,21 +99,17 @@ def test_config_defaults_and_errors():
     assert c.lambda2 == 0.1 and c.labeled_fraction == 0.3
 
 
-def test_bad_data_path_is_a_clear_error(tmp_path, capsys):
-    assert main(TINY + ["--out", str(tmp_path / "r"), "--data", str(tmp_path / "nope.h5")]) == 2
+def test_bad_data_path_is_a_clear_error(tmp_path, tiny_argv, capsys):
+    assert main(tiny_argv("r", "--data", str(tmp_path / "nope.h5"))) == 2
     assert "nope.h5: no such file" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_fused_ops_follow_the_reference_step_by_step(tmp_path):
+def test_fused_ops_follow_the_reference_step_by_step(tmp_path, tiny):
     """Short semi runs with the reference ops and with the fused C++ ops log (nearly) the same losses."""
     args = ("--steps", "5", "--log-every", "1", "--eval-every", "5")
-    train(tiny(tmp_path, "ref", *args))
-    try:
-        train(tiny(tmp_path, "fused", *args, "--ops", "fused"))
-    finally:
-        from cycleseg import ops
-        ops.set_validation(True)
+    train(tiny("ref", *args))
+    train(tiny("fused", *args, "--ops", "fused"))
     # Step 1 differs by fp32 rounding only. Adam's first updates are close to lr * sign(grad), so rounding
     # differences in tiny gradients grow to ~1e-4 relative over the next steps (measured); 1e-3 bounds them.
     for a, b in zip(records(tmp_path / "ref"), records(tmp_path / "fused")):

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             items, meta = cv.acdc_items(a.src, split)
         else:
             items, meta = cv.folder_items(a.src, a.num_classes)
-        size = tuple(a.size) if a.size else (cv.PRESETS.get(a.kind) if a.preset == "paper" else None)
+        size = tuple(a.size) if a.size else (cv.SIZE_PRESETS.get(a.kind) if a.preset == "paper" else None)
         summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

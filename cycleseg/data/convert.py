@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_path
-from .h5format import DataError, Meta, check_masks, create_datasets, default_palette, open_h5
+from ..fileio import atomic_path
+from .pixels import float01_to_uint8
+from .h5format import IGNORE_INDEX, DataError, Meta, check_masks, create_datasets, default_palette, open_h5
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -38,7 +39,7 @@ CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21
                         25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-PRESETS = {"voc": (200, 200), "cityscapes": (128, 256)}
+SIZE_PRESETS = {"voc": (200, 200), "cityscapes": (128, 256)}     # the paper's sizes (H, W)
 
 
 @dataclass
@@ -52,7 +53,8 @@ class Item:
 
 # -- resizing -----------------------------------------------------------------------------------------
 
-def resize_pair(image: np.ndarray, mask: np.ndarray, size, keep_aspect: bool = False, ignore_index: int = 255):
+def resize_pair(image: np.ndarray, mask: np.ndarray, size, keep_aspect: bool = False,
+                ignore_index: int = IGNORE_INDEX):
     """Resize an image (uint8 (H, W[, 3]) or float32 (H, W)) bilinearly with antialiasing and its mask
     with nearest neighbour to size = (H, W); keep_aspect fits inside and pads."""
     from PIL import Image
@@ -77,16 +79,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size, keep_aspect: bool = F
     return out_img, out_msk
 
 
-def float01_to_uint8(image: np.ndarray) -> np.ndarray:
-    """uint8 images pass; float images in [0, 1] (ACDC) become round(255 x)."""
-    if image.dtype == np.uint8:
-        return image
-    return np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
 # -- sources ------------------------------------------------------------------------------------------
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(f"{path}: no such file (the id list of this split)")
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
@@ -110,10 +105,10 @@ def voc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     masks_dir = src / "SegmentationClassAug" if split == "train_aug" else src / "SegmentationClass"
     if not masks_dir.is_dir():
         raise DataError(f"{masks_dir}: no such folder (expected a VOC2012 tree at {src})")
-    ids = _read_lines(src / "ImageSets" / "Segmentation" / f"{split}.txt")
+    ids = read_lines(src / "ImageSets" / "Segmentation" / f"{split}.txt")
     items = [Item(i, (lambda i=i: _pil(src / "JPEGImages" / f"{i}.jpg", "RGB")),
                   (lambda i=i: _pil(masks_dir / f"{i}.png", raw=True).astype(np.uint8))) for i in ids]
-    meta = Meta(num_classes=21, class_names=VOC_CLASSES, palette=default_palette(21), ignore_index=255,
+    meta = Meta(num_classes=21, class_names=VOC_CLASSES, palette=default_palette(21), ignore_index=IGNORE_INDEX,
                 source=f"PASCAL VOC 2012 {split} ({src})")
     return items, meta
 
@@ -123,7 +118,7 @@ def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     for d in (img_root, lbl_root):
         if not d.is_dir():
             raise DataError(f"{d}: no such folder (expected a Cityscapes tree at {src})")
-    lut = np.full(256, 255, np.uint8)
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
     for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
         lut[label_id] = train_id
     items = []
@@ -133,12 +128,12 @@ def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
         items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: lut[_pil(p, raw=True)])))
     if not items:
         raise DataError(f"{img_root}: no *_leftImg8bit.png images")
-    meta = Meta(num_classes=19, class_names=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE, ignore_index=255,
+    meta = Meta(num_classes=19, class_names=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE, ignore_index=IGNORE_INDEX,
                 source=f"Cityscapes gtFine {split} ({src})")
     return items, meta
 
 
-def _h5_array(path: Path, name: str, index=None) -> np.ndarray:
+def h5_array(path: Path, name: str, index=None) -> np.ndarray:
     with open_h5(path) as f:
         if name not in f:
             raise DataError(f"{path}: missing dataset '{name}'")
@@ -154,20 +149,20 @@ def patient_id(name: str) -> int:
 
 
 def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
-    meta = Meta(num_classes=4, class_names=ACDC_CLASSES, palette=default_palette(4), ignore_index=255,
-                source=f"ACDC (SSL4MIS layout) {split} ({src})")
+    meta = Meta(num_classes=4, class_names=ACDC_CLASSES, palette=default_palette(4), ignore_index=IGNORE_INDEX,
+                source=f"ACDC (SSL4MIS layout) {split} ({src})", labeled_subset="first_groups")
     if split == "train":
-        names = _read_lines(src / "train_slices.list")
-        items = [Item(n, (lambda n=n: _h5_array(src / "data" / "slices" / f"{n}.h5", "image")),
-                      (lambda n=n: _h5_array(src / "data" / "slices" / f"{n}.h5", "label")), patient_id(n))
+        names = read_lines(src / "train_slices.list")
+        items = [Item(n, (lambda n=n: h5_array(src / "data" / "slices" / f"{n}.h5", "image")),
+                      (lambda n=n: h5_array(src / "data" / "slices" / f"{n}.h5", "label")), patient_id(n))
                  for n in names]
         return items, meta
     items = []
-    for vol in _read_lines(src / f"{split}.list"):
+    for vol in read_lines(src / f"{split}.list"):
         path = src / "data" / f"{vol}.h5"
-        depth = len(_h5_array(path, "label"))
-        items += [Item(f"{vol}_slice_{z + 1}", (lambda p=path, z=z: _h5_array(p, "image", z)),
-                       (lambda p=path, z=z: _h5_array(p, "label", z)), patient_id(vol)) for z in range(depth)]
+        depth = len(h5_array(path, "label"))
+        items += [Item(f"{vol}_slice_{z + 1}", (lambda p=path, z=z: h5_array(p, "image", z)),
+                       (lambda p=path, z=z: h5_array(p, "label", z)), patient_id(vol)) for z in range(depth)]
     return items, meta
 
 
@@ -186,11 +181,11 @@ def folder_items(src: Path, num_classes: int | None, class_names=None) -> tuple[
             raise DataError(f"{m}: no mask for image {p}")
         items.append(Item(p.stem, (lambda p=p: _pil(p, "RGB")), (lambda m=m: _pil(m, raw=True).astype(np.uint8))))
     if num_classes is None:                                        # one pass over the masks to count classes
-        top = max(int(v) for it in items for v in np.unique(it.mask()) if v != 255)
+        top = max(int(v) for it in items for v in np.unique(it.mask()) if v != IGNORE_INDEX)
         num_classes = top + 1
     names = class_names or [str(i) for i in range(num_classes)]
     meta = Meta(num_classes=num_classes, class_names=names, palette=default_palette(num_classes),
-                ignore_index=255, source=f"image folder ({src})")
+                ignore_index=IGNORE_INDEX, source=f"image folder ({src})")
     return items, meta
 
 

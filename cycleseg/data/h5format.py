@@ -5,7 +5,8 @@
     groups   int32 (N,), optional: the id of the group an image belongs to (ACDC: patient number),
              so that labeled subsets and splits can be drawn by group
     attrs    format = "cycleseg", format_version, num_classes, class_names (JSON), palette (JSON list
-             of [r, g, b]), ignore_index, source, preprocessing (JSON)
+             of [r, g, b]), ignore_index, source, preprocessing (JSON), labeled_subset (optional:
+             "random" or "first_groups", how labeled subsets are drawn)
 
 `write_split` writes atomically (temp file + rename). `read_meta` / `validate` check a file before
 training and raise `DataError` naming the file, the dataset and the index of what is wrong.
@@ -18,10 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import atomic_path
+from ..fileio import atomic_path
 
 FORMAT = "cycleseg"
 FORMAT_VERSION = 1
+IGNORE_INDEX = 255          # the ignore index every converter writes
+# How a labeled subset is drawn from a split (attribute `labeled_subset`; absent = "random"):
+#   random        a seeded draw of images, or of groups when the file has `groups`
+#   first_groups  the first groups in file order (the SSL4MIS ACDC protocol: the first N patients)
+SUBSET_RULES = ("random", "first_groups")
 
 
 class DataError(ValueError):
@@ -33,9 +39,10 @@ class Meta:
     num_classes: int
     class_names: list
     palette: list
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
     source: str = ""
     preprocessing: dict = field(default_factory=dict)
+    labeled_subset: str = "random"      # one of SUBSET_RULES
     # filled in by read_meta
     path: str = ""
     count: int = 0
@@ -94,6 +101,7 @@ def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: 
     f.attrs["ignore_index"] = int(meta.ignore_index)
     f.attrs["source"] = meta.source
     f.attrs["preprocessing"] = json.dumps(meta.preprocessing)
+    f.attrs["labeled_subset"] = meta.labeled_subset
 
 
 def open_h5(path):
@@ -137,9 +145,12 @@ def read_meta(path) -> Meta:
         k = int(a["num_classes"])
         if k < 1:
             raise DataError(f"{path}: num_classes must be >= 1, got {k}")
+        rule = str(a.get("labeled_subset", "random"))
+        if rule not in SUBSET_RULES:
+            raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
         return Meta(num_classes=k, class_names=json.loads(a["class_names"]), palette=json.loads(a["palette"]),
                     ignore_index=int(a["ignore_index"]), source=str(a["source"]),
-                    preprocessing=json.loads(a["preprocessing"]), path=str(path), count=int(im.shape[0]),
+                    preprocessing=json.loads(a["preprocessing"]), labeled_subset=rule, path=str(path), count=int(im.shape[0]),
                     height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
 
 

@@ -11,11 +11,9 @@ Generated with numpy in about a second, written once to the project's HDF5 forma
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
+from .cache import cache_dir
 from .h5format import Meta, default_palette, write_split
 
 CLASS_NAMES = ["background", "disc", "square", "triangle", "ring"]
@@ -78,10 +76,6 @@ def generate(n: int, size: int, seed: int, split: str):
         images[i] = np.clip(img, 0, 255).astype(np.uint8)
         masks[i] = mask
     return images, masks
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CYCLESEG_CACHE", Path.home() / ".cache" / "cycleseg"))
 
 
 def builtin_dataset(size: int = 64, seed: int = 0) -> dict:

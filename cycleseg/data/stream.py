@@ -18,6 +18,10 @@ import torch
 
 from .h5format import DataError, check_masks, open_h5, read_meta
 
+# The augmentation of a batch draws from (stream seed, AUGMENT_STREAM, pass, position): its own RNG stream,
+# reproducible on resume, independent of the order draw (which uses (stream seed, pass)).
+AUGMENT_STREAM = 7
+
 
 def chunk_offsets(ds) -> np.ndarray | None:
     """File offsets of the samples of an uncompressed dataset stored one sample per chunk (or contiguous),
@@ -184,7 +188,7 @@ class Stream:
 
 
 def augment(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, flip: bool,
-            scale: tuple[float, float] | None, ignore_index: int = 255) -> None:
+            scale: tuple[float, float] | None) -> None:
     """In place on uint8 buffers: random horizontal flip; random scale-crop (crop 1/s of each side at a
     random place, resize back: images bilinear, masks nearest)."""
     from PIL import Image
@@ -240,8 +244,8 @@ class Loader:
                 img, msk = img_t.numpy(), (msk_t.numpy() if msk_t is not None else None)
                 self.source.read_into(idx, img, msk)
                 if self.flip or self.scale:
-                    rng = np.random.default_rng([self.stream.seed, 7, before["pass"], before["pos"]])
-                    augment(img, msk, rng, self.flip, self.scale, self.source.meta.ignore_index)
+                    rng = np.random.default_rng([self.stream.seed, AUGMENT_STREAM, before["pass"], before["pos"]])
+                    augment(img, msk, rng, self.flip, self.scale)
                 images, masks = img_t.permute(0, 3, 1, 2), msk_t                  # (B, C, H, W), (B, H, W)
                 if side is not None:
                     with torch.cuda.stream(side):
@@ -304,8 +308,3 @@ class Loader:
     def __del__(self):
         self.close()
 
-
-def to_input(images: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [-1, 1] on `device` (the cast happens after the copy: 4x fewer bytes)."""
-    x = images.to(device, non_blocking=True)
-    return x.to(dtype) / 127.5 - 1.0

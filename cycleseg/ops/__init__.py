@@ -3,11 +3,11 @@
 Same names and semantics as cycleseg.reference: CUDA tensors run the Triton kernels (kernels/), CPU
 tensors the C++ kernels (csrc/, compiled on first use).
 """
-from .backend import cpu_backend, set_cpu_backend
-from .instance_norm_relu import instance_norm_relu
+from .backend import cpu_backend, current_cpu_backend
+from .instance_norm_relu import instance_norm, instance_norm_relu
 from .lsgan_loss import lsgan_disc_loss, lsgan_loss
 from .softmax_cross_entropy import softmax_cross_entropy
-from .validation import set_validation
+from .validation import validation
 
-__all__ = ["softmax_cross_entropy", "lsgan_loss", "lsgan_disc_loss", "instance_norm_relu",
-           "set_cpu_backend", "cpu_backend", "set_validation"]
+__all__ = ["softmax_cross_entropy", "lsgan_loss", "lsgan_disc_loss", "instance_norm_relu", "instance_norm",
+           "cpu_backend", "current_cpu_backend", "validation"]

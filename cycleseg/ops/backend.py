@@ -1,57 +1,86 @@
 """Which implementation runs a fused op: Triton for CUDA tensors; for CPU tensors the C++ kernels, or
-the Triton kernels through the interpreter (set_cpu_backend("triton"), needs TRITON_INTERPRET=1 set
-before cycleseg.kernels is imported; the tests use it to run the real kernel logic on the CPU)."""
+the Triton kernels through the interpreter (`with ops.cpu_backend("triton"):`, needs TRITON_INTERPRET=1
+set before cycleseg.kernels is imported; the tests use it to run the real kernel logic on the CPU)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import torch
 
-from .cpu import extension
+from . import cpu
+from .scoped import scoped
 
-_cpu_backend = "cpp"
+_state = {"cpu_backend": "cpp"}
+CPU_BACKENDS = ("cpp", "triton")
 
 
-def set_cpu_backend(name: str) -> None:
-    global _cpu_backend
-    if name not in ("cpp", "triton"):
-        raise ValueError(f"CPU backend must be 'cpp' or 'triton', got {name!r}")
+def cpu_backend(name: str):
+    """Within the block, CPU tensors run the named backend: "cpp" (the default) or "triton" (interpreted)."""
+    if name not in CPU_BACKENDS:
+        raise ValueError(f"CPU backend must be one of {CPU_BACKENDS}, got {name!r}")
     if name == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton kernels run on CPU tensors only under TRITON_INTERPRET=1 "
                            "(set it before importing cycleseg.kernels)")
-    _cpu_backend = name
+    return scoped(_state, "cpu_backend", name)
 
 
-def cpu_backend() -> str:
-    return _cpu_backend
+def current_cpu_backend() -> str:
+    return _state["cpu_backend"]
+
+
+SOURCE_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
+
+
+def _load_source_kernels() -> None:
+    """Register a source checkout's kernels/ folder as cycleseg.kernels (when the package was not
+    installed, e.g. run from the repository root with an editable install that another pip made)."""
+    spec = importlib.util.spec_from_file_location(
+        "cycleseg.kernels", SOURCE_KERNELS / "__init__.py", submodule_search_locations=[str(SOURCE_KERNELS)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cycleseg.kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["cycleseg.kernels"]
+        raise
 
 
 def triton_kernels(op: str):
     """The module of Triton kernels of `op` (kernels/<op>.py), or a clear error without Triton."""
     try:
-        return importlib.import_module(f"cycleseg.kernels.{op}")
+        try:
+            return importlib.import_module(f"cycleseg.kernels.{op}")
+        except ModuleNotFoundError as e:
+            if e.name != "cycleseg.kernels" or not (SOURCE_KERNELS / "__init__.py").exists():
+                raise
+            _load_source_kernels()
+            return importlib.import_module(f"cycleseg.kernels.{op}")
     except ImportError as e:
         raise RuntimeError(f"the fused op {op} needs Triton for CUDA tensors ({e}); pip install triton, "
                            f"or train with --ops reference") from e
 
 
 def impl(op: str, x: torch.Tensor):
-    """The module whose <op>_fwd / <op>_bwd functions run this call (same signatures in both)."""
-    if x.is_cuda or (x.device.type == "cpu" and _cpu_backend == "triton"):
+    """The module whose <op>_fwd / <op>_bwd launchers run this call: kernels/<op>.py (Triton) or
+    cycleseg/ops/cpu.py (C++); same names, arguments and results."""
+    if x.is_cuda or (x.device.type == "cpu" and _state["cpu_backend"] == "triton"):
         return triton_kernels(op)
     if x.device.type != "cpu":
         raise ValueError(f"{op}: no kernel for device {x.device}")
-    return extension()
+    return cpu
+
+
+def device_guard(x: torch.Tensor):
+    """A context that makes x's device the current CUDA device (so Triton launches there, on that
+    device's current stream) for CUDA tensors; nothing for CPU tensors."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
     """The kernels' accumulation dtype for x: fp64 for fp64 inputs, fp32 otherwise."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def like(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """`out` in the memory format of `ref` (the C++ kernels compute on contiguous NCHW)."""
-    if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():
-        return out.contiguous(memory_format=torch.channels_last)
-    return out

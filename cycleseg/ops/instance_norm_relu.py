@@ -1,54 +1,64 @@
-"""cycleseg.ops.instance_norm_relu: fused relu(instance_norm(x)) (affine=False, biased variance) as a
-custom op; forward saves x, mean and rstd (not y, not a mask), backward is its own custom op."""
+"""cycleseg.ops.instance_norm_relu: fused leaky_relu(instance_norm(x), negative_slope) (affine=False,
+biased variance) as a custom op. negative_slope 0 is ReLU (the default), 1 is the plain instance norm
+(`instance_norm`), 0.2 the discriminators' LeakyReLU. The forward saves x, mean and rstd (not y, not a
+mask); the backward is its own custom op."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .backend import acc_dtype, impl, like
+from .backend import acc_dtype, device_guard, impl
 
 
 @torch.library.custom_op("cycleseg::instance_norm_relu", mutates_args=())
-def _fwd(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    y, mean, rstd = impl("instance_norm_relu", x).instance_norm_relu_fwd(x, eps)
-    return like(y, x), mean, rstd
+def _fwd(x: Tensor, eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
+    with device_guard(x):
+        return impl("instance_norm_relu", x).instance_norm_relu_fwd(x, eps, negative_slope)
 
 
 @_fwd.register_fake
-def _(x, eps):
+def _(x, eps, negative_slope):
     n, c = x.shape[:2]
     return torch.empty_like(x), x.new_empty((n, c), dtype=acc_dtype(x)), x.new_empty((n, c), dtype=acc_dtype(x))
 
 
 @torch.library.custom_op("cycleseg::instance_norm_relu_backward", mutates_args=())
-def _bwd(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
-    return like(impl("instance_norm_relu", x).instance_norm_relu_bwd(grad, x, mean, rstd), x)
+def _bwd(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, negative_slope: float) -> Tensor:
+    with device_guard(x):
+        return impl("instance_norm_relu", x).instance_norm_relu_bwd(grad, x, mean, rstd, negative_slope)
 
 
 @_bwd.register_fake
-def _(grad, x, mean, rstd):
+def _(grad, x, mean, rstd, negative_slope):
     return torch.empty_like(x)
 
 
 def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output[1], output[2])
+    ctx.negative_slope = inputs[2]
 
 
 def _backward(ctx, grad_y, grad_mean, grad_rstd):
     x, mean, rstd = ctx.saved_tensors
-    return _bwd(grad_y, x, mean, rstd), None
+    return _bwd(grad_y, x, mean, rstd, ctx.negative_slope), None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def instance_norm_relu(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """Fused relu(F.instance_norm(x, eps=eps)) for a (N, C, H, W) floating tensor."""
+def instance_norm_relu(x: Tensor, eps: float = 1e-5, negative_slope: float = 0.0) -> Tensor:
+    """Fused F.leaky_relu(F.instance_norm(x, eps=eps), negative_slope) for a (N, C, H, W) floating
+    tensor (negative_slope 0: relu)."""
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"instance_norm_relu expects a (N, C, H, W) tensor, got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"instance_norm_relu expects a floating tensor, got {x.dtype}")
-    if x.shape[2] * x.shape[3] == 0 or x.numel() == 0:
+    if x.numel() == 0:
         raise ValueError(f"instance_norm_relu: empty input of shape {tuple(x.shape)}")
-    return _fwd(x, float(eps))[0]
+    return _fwd(x, float(eps), float(negative_slope))[0]
+
+
+def instance_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Fused F.instance_norm(x, eps=eps) (affine=False): the same op with no activation."""
+    return instance_norm_relu(x, eps, negative_slope=1.0)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import impl
+from .backend import device_guard, impl
 
 
 @torch.library.custom_op("cycleseg::lsgan_loss", mutates_args=())
 def _fwd(d: Tensor, target: float) -> Tensor:
-    return impl("lsgan_loss", d).lsgan_loss_fwd(d, target)
+    with device_guard(d):
+        return impl("lsgan_loss", d).lsgan_loss_fwd(d, target)
 
 
 @_fwd.register_fake
@@ -22,12 +23,13 @@ def _(d, target):
 
 @torch.library.custom_op("cycleseg::lsgan_loss_backward", mutates_args=())
 def _bwd(grad: Tensor, d: Tensor, target: float) -> Tensor:
-    return impl("lsgan_loss", d).lsgan_loss_bwd(grad, d, target).view_as(d)
+    with device_guard(d):
+        return impl("lsgan_loss", d).lsgan_loss_bwd(grad, d, target)
 
 
 @_bwd.register_fake
 def _(grad, d, target):
-    return torch.empty_like(d, memory_format=torch.contiguous_format)
+    return torch.empty_like(d)
 
 
 def _setup(ctx, inputs, output):
@@ -45,8 +47,8 @@ _fwd.register_autograd(_backward, setup_context=_setup)
 
 @torch.library.custom_op("cycleseg::lsgan_disc_loss", mutates_args=())
 def _disc_fwd(d_real: Tensor, d_fake: Tensor) -> Tensor:
-    k = impl("lsgan_loss", d_real)
-    return 0.5 * (k.lsgan_loss_fwd(d_real, 1.0) + k.lsgan_loss_fwd(d_fake, 0.0))
+    with device_guard(d_real):
+        return impl("lsgan_loss", d_real).lsgan_disc_loss_fwd(d_real, d_fake)
 
 
 @_disc_fwd.register_fake
@@ -56,15 +58,13 @@ def _(d_real, d_fake):
 
 @torch.library.custom_op("cycleseg::lsgan_disc_loss_backward", mutates_args=())
 def _disc_bwd(grad: Tensor, d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
-    k = impl("lsgan_loss", d_real)
-    half = 0.5 * grad
-    return k.lsgan_loss_bwd(half, d_real, 1.0).view_as(d_real), k.lsgan_loss_bwd(half, d_fake, 0.0).view_as(d_fake)
+    with device_guard(d_real):
+        return impl("lsgan_loss", d_real).lsgan_disc_loss_bwd(grad, d_real, d_fake)
 
 
 @_disc_bwd.register_fake
 def _(grad, d_real, d_fake):
-    return (torch.empty_like(d_real, memory_format=torch.contiguous_format),
-            torch.empty_like(d_fake, memory_format=torch.contiguous_format))
+    return torch.empty_like(d_real), torch.empty_like(d_fake)
 
 
 def _disc_setup(ctx, inputs, output):
@@ -79,22 +79,22 @@ def _disc_backward(ctx, grad):
 _disc_fwd.register_autograd(_disc_backward, setup_context=_disc_setup)
 
 
-def _check(name: str, d) -> None:
+def _scores(name: str, d) -> Tensor:
+    """A score map checked and made contiguous (a no-op for the (N, 1, H, W) maps of a discriminator)."""
     if not isinstance(d, Tensor) or not d.is_floating_point() or d.numel() == 0:
         raise ValueError(f"{name} expects a non-empty floating tensor of scores, got "
                          f"{(d.dtype, tuple(d.shape)) if isinstance(d, Tensor) else type(d).__name__}")
+    return d if d.is_contiguous() else d.contiguous()
 
 
 def lsgan_loss(d: Tensor, target: float) -> Tensor:
     """mean((d - target)^2) over every element of the score map d."""
-    _check("lsgan_loss", d)
-    return _fwd(d, float(target))
+    return _fwd(_scores("lsgan_loss", d), float(target))
 
 
 def lsgan_disc_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """0.5 * (mean((d_real - 1)^2) + mean(d_fake^2)), the discriminator step's loss."""
-    _check("lsgan_disc_loss (d_real)", d_real)
-    _check("lsgan_disc_loss (d_fake)", d_fake)
+    d_real, d_fake = _scores("lsgan_disc_loss (d_real)", d_real), _scores("lsgan_disc_loss (d_fake)", d_fake)
     if d_real.device != d_fake.device or d_real.dtype != d_fake.dtype:
         raise ValueError(f"lsgan_disc_loss: d_real ({d_real.dtype}, {d_real.device}) and d_fake "
                          f"({d_fake.dtype}, {d_fake.device}) must share dtype and device")

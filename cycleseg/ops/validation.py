@@ -1,12 +1,19 @@
-"""Value checks at the public boundary of the fused ops (eager mode only; each is a host sync)."""
-_enabled = True
+"""Value checks at the public boundary of the fused ops (eager mode only; each is a host sync).
+
+On by default; `with ops.validation(False):` turns them off for a block (the training loop does, its
+masks having been checked when the data was loaded) and restores the previous setting after it, so
+nothing leaks into the next run, test or benchmark. Under torch.compile the checks are skipped."""
+from __future__ import annotations
+
+from .scoped import scoped
+
+_state = {"enabled": True}
 
 
-def set_validation(enabled: bool) -> None:
-    """Turn the value checks off, e.g. in a training loop whose data was validated when loaded."""
-    global _enabled
-    _enabled = bool(enabled)
+def validation(enabled: bool):
+    """`with ops.validation(False):` skips the value checks inside the block."""
+    return scoped(_state, "enabled", bool(enabled))
 
 
 def validation_enabled() -> bool:
-    return _enabled
+    return _state["enabled"]

@@ -1,0 +1,39 @@
+"""Atomic writes and the JSON-lines log: a failed or killed write never leaves a partial file."""
+import pytest
+
+from cycleseg import checkpoint
+from cycleseg.fileio import append_jsonl, atomic_write_bytes, read_jsonl
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"step": 1})
+
+    def explode(f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(path, explode)
+    assert checkpoint.load(path) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    checkpoint.save(tmp_path / "a" / "c.pt", {"x": [1, 2]})                 # the folder is created
+    assert checkpoint.load(tmp_path / "a" / "c.pt") == {"x": [1, 2]}
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "none.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="could not be read"):
+        checkpoint.load(tmp_path / "bad.pt")
+
+
+def test_jsonl_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    append_jsonl(path, {"step": 1})
+    append_jsonl(path, {"step": 2})
+    with open(path, "a") as f:
+        f.write('{"step": 3, "lo')                                          # killed mid-write
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    assert read_jsonl(tmp_path / "missing.jsonl") == []

@@ -1,0 +1,47 @@
+"""Every fused op launches under its input's device (Triton launches on the *current* CUDA device and
+stream, so a tensor on cuda:1 while cuda:0 is current would otherwise run on the wrong device)."""
+import pytest
+import torch
+
+from cycleseg import ops
+from cycleseg.ops.backend import device_guard
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FakeCudaTensor:
+    is_cuda = True
+    device = torch.device("cuda", 1)
+
+
+def test_guard_of_a_cuda_tensor_selects_its_device():
+    guard = device_guard(FakeCudaTensor())
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+
+
+def test_every_launch_enters_the_guard(backend, guard_log):
+    x = torch.randn(2, 3, 6, 5, device=DEVICE, requires_grad=True)
+    t = torch.randint(0, 3, (2, 6, 5), device=DEVICE)
+    ops.softmax_cross_entropy(x, t).backward()
+    ops.instance_norm_relu(x).sum().backward()
+    d = torch.randn(2, 1, 4, 4, device=DEVICE, requires_grad=True)
+    ops.lsgan_loss(d, 1.0).backward()
+    ops.lsgan_disc_loss(d, d * 2).backward()
+    assert len(guard_log) == 8 and all(dev == x.device for dev in guard_log)   # 4 forwards, 4 backwards
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs: the input on cuda:1 while cuda:0 is current")
+def test_second_gpu_while_first_is_current():
+    torch.cuda.set_device(0)
+    x = torch.randn(2, 4, 8, 8, device="cuda:1", requires_grad=True)
+    t = torch.randint(0, 4, (2, 8, 8), device="cuda:1")
+    xr = x.detach().double().requires_grad_()
+    y = ops.instance_norm_relu(x)
+    torch.testing.assert_close(y.double(), torch.relu(torch.nn.functional.instance_norm(xr)), rtol=1e-4, atol=1e-4)
+    loss = ops.softmax_cross_entropy(x, t)
+    ref = torch.nn.functional.cross_entropy(xr, t)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(x.grad.double(), xr.grad, rtol=1e-4, atol=1e-6)
+    assert y.device == x.grad.device == torch.device("cuda", 1)
