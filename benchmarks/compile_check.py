@@ -23,9 +23,9 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 def kernels():
     """(name, jit function, {arg: type or constexpr value}) for every kernel, fp32 at training shapes."""
-    from cycleseg.kernels import instance_norm_relu as inr
-    from cycleseg.kernels import lsgan_loss as ls
-    from cycleseg.kernels import softmax_cross_entropy as ce
+    from cycleseg.ops.backend import triton_kernels
+
+    inr, ls, ce = (triton_kernels(op) for op in ("instance_norm_relu", "lsgan_loss", "softmax_cross_entropy"))
 
     f32, i32, u8 = "*fp32", "i32", "*u8"
     acc = {"ACC": "fp32"}

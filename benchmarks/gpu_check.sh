@@ -1,37 +1,72 @@
 #!/usr/bin/env bash
-# GPU check of the fused ops, in one call on a machine with a GPU (torch 2.11 / triton 3.6 image):
-#   1. the op tests on CUDA tensors (Triton kernels against the fp64 reference, opcheck, compile),
-#   2. the device's copy bandwidth,
-#   3. the op benchmarks (reference and fused eager first, then both under torch.compile),
-# then a short table last. Sized to finish well under 8 minutes. Writes under $OUT (or /tmp) if set.
+# The GPU check, sized for the device tool's calls (torch 2.11 / triton 3.6 image, nothing installed):
+#
+#   bash benchmarks/gpu_check.sh ops    # op tests on CUDA tensors, then the op benchmarks      (~3 min)
+#   bash benchmarks/gpu_check.sh step   # the whole-step benchmark, one variant at a time         (~4 min)
+#   bash benchmarks/gpu_check.sh        # both                                                     (~7 min)
+#
+# Every stage has its own time limit and prints its table as soon as it ends; logs, JSON and tables go
+# under $OUT (or /tmp/cycleseg-gpu). Runs from the checkout: no install (cycleseg.kernels is found beside
+# the package), TRITON_INTERPRET unset, imports checked first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/cycleseg-gpu}
 mkdir -p "$out"
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" || exit 1
-# The image has every dependency; install only cycleseg itself (no network: no build isolation).
-pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { cat "$out/install.log"; exit 1; }
-# -k "not cpp": the C++ CPU kernels' gradcheck would spend a minute compiling them here.
-timeout 300 python -m pytest -q -p no:warnings -k "not cpp" tests/test_softmax_cross_entropy.py \
-  tests/test_instance_norm_relu.py tests/test_lsgan_loss.py 2>&1 | tee "$out/gpu_tests.log" | tail -5
-copy=$(python - <<'PY'
-import torch
-x = torch.empty(2 ** 30 // 4, device="cuda"); y = torch.empty_like(x)
-for _ in range(3): y.copy_(x)
-s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-torch.cuda.synchronize(); s.record()
-for _ in range(20): y.copy_(x)
-e.record(); torch.cuda.synchronize()
-print(f"{2 * x.numel() * 4 * 20 / (s.elapsed_time(e) / 1e3) / 1e9:.0f}")
+unset TRITON_INTERPRET
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" CYCLESEG_BENCH_QUICK=1
+what=${1:-all}
+start=$SECONDS
+
+python - <<'PY' || { echo "preflight failed"; exit 1; }
+import torch, triton, pytest, pytest_benchmark
+assert torch.cuda.is_available(), "no CUDA device"
+print(f"torch {torch.__version__}, triton {triton.__version__}, pytest-benchmark {pytest_benchmark.__version__}, "
+      f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
+import cycleseg.ops.backend as b
+for op in ("softmax_cross_entropy", "instance_norm_relu", "lsgan_loss"):
+    b.triton_kernels(op)
 PY
-)
-echo "device copy bandwidth (read + write): $copy GB/s"
-ops="benchmarks/bench_softmax_cross_entropy.py benchmarks/bench_instance_norm_relu.py benchmarks/bench_lsgan_loss.py"
-# Eager variants first (seconds); then the compiled ones (Inductor compiles each: minutes), each its own JSON.
-timeout 150 python -m pytest -q -p no:warnings $ops -k "not compiled" --benchmark-json "$out/gpu_eager.json" \
-  >"$out/gpu_eager.log" 2>&1 || echo "eager op benchmarks did not finish (see gpu_eager.log)"
-timeout 240 python -m pytest -q -p no:warnings $ops -k "compiled" --benchmark-json "$out/gpu_compiled.json" \
-  >"$out/gpu_compiled.log" 2>&1 || echo "compiled op benchmarks did not finish (see gpu_compiled.log)"
-for f in "$out/gpu_eager.json" "$out/gpu_compiled.json"; do
-  [ -f "$f" ] && python benchmarks/report.py "$f" --copy-gbs "$copy" | tee -a "$out/gpu_table.md"
-done
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader | tee "$out/gpu.txt"
+
+stage() {  # stage NAME LIMIT_S COMMAND...: run with a time limit, log to $out/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (limit ${limit}s, ${SECONDS}s elapsed)"
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  tail -3 "$out/$name.log"
+  [ $rc -eq 0 ] || echo "!! $name: exit $rc (see $name.log)"
+}
+
+report() {  # report JSON: print the markdown table and keep it
+  [ -f "$1" ] && python benchmarks/report.py "$1" | tee -a "$out/tables.md"
+}
+
+if [ "$what" = all ] || [ "$what" = ops ]; then
+  # Op tests on CUDA tensors (Triton kernels vs fp64 references, NaN, strides, opcheck, compile); the
+  # C++ ones (gradcheck, Inductor C++) belong to the CPU suite.
+  stage tests 150 python -m pytest -q -n 8 -p no:cacheprovider -k "not cpp" \
+    tests/test_softmax_cross_entropy.py tests/test_instance_norm_relu.py tests/test_lsgan_loss.py tests/test_ops_device.py
+  grep -E "passed|failed|error" "$out/tests.log" | tail -1
+  stage ops 170 python -m pytest -q -p no:cacheprovider benchmarks/bench_softmax_cross_entropy.py \
+    benchmarks/bench_instance_norm_relu.py benchmarks/bench_lsgan_loss.py --benchmark-json "$out/ops.json"
+  report "$out/ops.json"
+fi
+
+if [ "$what" = all ] || [ "$what" = step ]; then
+  # One variant per process and time limit: a slow compile loses one row, not the table.
+  for v in no_fast fast_eager fast pytorch_best; do
+    stage "step_$v" 150 python -m pytest -q -p no:cacheprovider "benchmarks/bench_step.py::test_training_step[$v]" \
+      --benchmark-json "$out/step_$v.json"
+  done
+  python - "$out" <<'PY'
+import json, sys, glob
+out = sys.argv[1]
+merged = {"benchmarks": []}
+for f in sorted(glob.glob(f"{out}/step_*.json")):
+    merged["benchmarks"] += json.load(open(f))["benchmarks"]
+json.dump(merged, open(f"{out}/step.json", "w"))
+PY
+  report "$out/step.json"
+fi
+echo "== done in $((SECONDS - start)) s"

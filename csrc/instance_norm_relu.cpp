@@ -44,11 +44,52 @@ void instance_norm_relu_fwd(const at::Tensor& x, double eps, double slope, at::T
         scalar_t* yq = yp + q * HW;
         for (int64_t i = 0; i < HW; ++i) {
           const acc_t v = (static_cast<acc_t>(xq[i]) - mu) * r;
-          yq[i] = static_cast<scalar_t>(v < 0 ? v * s : v);
+          const acc_t vs = v * s;                                   // unconditional: the select vectorises
+          yq[i] = static_cast<scalar_t>(v < 0 ? vs : v);
         }
       }
     });
   });
+}
+
+// One plane's backward; RELU selects dy or 0 (exact for any dy), otherwise dy or slope * dy. Both
+// selects are between precomputed values, so the loops vectorise.
+template <bool RELU, typename scalar_t, typename acc_t>
+static void plane_bwd(const scalar_t* xq, const scalar_t* gq, scalar_t* dq, int64_t HW, acc_t mu, acc_t r, acc_t s) {
+  auto gate = [&](int64_t i, acc_t& xh) {
+    xh = (static_cast<acc_t>(xq[i]) - mu) * r;
+    const acc_t d = static_cast<acc_t>(gq[i]);
+    const acc_t off = RELU ? acc_t(0) : d * s;
+    return xh > 0 ? d : off;
+  };
+  // One pass for both sums, kLanes independent accumulators each (vectorisable).
+  acc_t la[kLanes] = {}, lb[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= HW; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      acc_t xh;
+      const acc_t g = gate(i + j, xh);
+      la[j] += g;
+      lb[j] += g * xh;
+    }
+  acc_t a = 0, b = 0;
+  for (; i < HW; ++i) {
+    acc_t xh;
+    const acc_t g = gate(i, xh);
+    a += g;
+    b += g * xh;
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    a += la[j];
+    b += lb[j];
+  }
+  a /= HW;
+  b /= HW;
+  for (int64_t k = 0; k < HW; ++k) {
+    acc_t xh;
+    const acc_t g = gate(k, xh);
+    dq[k] = static_cast<scalar_t>(r * (g - a - xh * b));
+  }
 }
 
 void instance_norm_relu_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
@@ -70,43 +111,10 @@ void instance_norm_relu_bwd(const at::Tensor& dy, const at::Tensor& x, const at:
     const acc_t s = static_cast<acc_t>(slope);
     at::parallel_for(0, planes, 1, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
-        const scalar_t* xq = xp + q * HW;
-        const scalar_t* gq = gp + q * HW;
-        const acc_t mu = mp[q], r = rp[q];
-        auto gate = [&](int64_t i, acc_t& xh) {
-          xh = (static_cast<acc_t>(xq[i]) - mu) * r;
-          const acc_t d = static_cast<acc_t>(gq[i]);
-          return xh > 0 ? d : (s != 0 ? d * s : acc_t(0));
-        };
-        // One pass for both sums, kLanes independent accumulators each (vectorisable).
-        acc_t la[kLanes] = {}, lb[kLanes] = {};
-        int64_t i = 0;
-        for (; i + kLanes <= HW; i += kLanes)
-          for (int j = 0; j < kLanes; ++j) {
-            acc_t xh;
-            const acc_t g = gate(i + j, xh);
-            la[j] += g;
-            lb[j] += g * xh;
-          }
-        acc_t a = 0, b = 0;
-        for (; i < HW; ++i) {
-          acc_t xh;
-          const acc_t g = gate(i, xh);
-          a += g;
-          b += g * xh;
-        }
-        for (int j = 0; j < kLanes; ++j) {
-          a += la[j];
-          b += lb[j];
-        }
-        a /= HW;
-        b /= HW;
-        scalar_t* dq = dp + q * HW;
-        for (int64_t k = 0; k < HW; ++k) {
-          acc_t xh;
-          const acc_t g = gate(k, xh);
-          dq[k] = static_cast<scalar_t>(r * (g - a - xh * b));
-        }
+        if (s == 0)
+          plane_bwd<true>(xp + q * HW, gp + q * HW, dp + q * HW, HW, mp[q], rp[q], s);
+        else
+          plane_bwd<false>(xp + q * HW, gp + q * HW, dp + q * HW, HW, mp[q], rp[q], s);
       }
     });
   });

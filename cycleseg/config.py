@@ -58,7 +58,8 @@ class Config:
     prefetch: int = 3                   # batches prepared ahead of the step by the loader thread
     # execution
     device: str = "auto"                # cpu, cuda, cuda:N; auto = cuda when there is a GPU
-    ops: str = "reference"              # reference: eager PyTorch ops; fused: the cycleseg.ops kernels
+    fast: bool = True                   # the fast path (fused kernels, merged calls, and per device bf16, channels_last, compile); --no-fast: PyTorch's own ops, eager fp32
+    compile: str = "auto"               # torch.compile the updates: auto = when the run is long enough to win back the compile time
     # bookkeeping
     out: str | None = None              # run folder (default runs/<mode>-<pct>pct-seed<seed>)
     resume: bool = False                # continue the run in --out from its last.pt, exactly where it stopped
@@ -87,8 +88,8 @@ class Config:
             raise ValueError(f"--labeled-fraction must be in (0, 1], got {c.labeled_fraction}")
         if c.beta1 is None:
             c.beta1 = 0.5 if c.mode == "semi" else 0.9
-        if c.ops not in ("reference", "fused"):
-            raise ValueError(f"ops must be 'reference' or 'fused', got {c.ops!r}")
+        if c.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be auto, on or off, got {c.compile!r}")
         for name in ("steps", "batch_size", "ngf", "n_blocks", "ndf", "log_every", "eval_every", "ckpt_every"):
             if getattr(c, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
@@ -123,7 +124,7 @@ def field_help() -> dict:
 
 
 CHOICES = {"mode": MODES, "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("instance", "batch", "none"),
-           "ops": ("reference", "fused")}
+           "compile": ("auto", "on", "off")}
 
 
 def parse_args(argv=None) -> tuple[Config, bool]:

@@ -57,32 +57,43 @@ def supervised_objective(g_is, x, y, ignore_index: int = 255, ops=reference):
 
 
 def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lambdas: Lambdas = Lambdas(),
-                        ignore_index: int = 255, ops=reference):
+                        ignore_index: int = 255, ops=reference, merge_passes: bool = False):
     """Generator side of the CycleGAN objective.
 
     x (N, C, H, W) in [-1, 1] with masks y (N, H, W); x_unl (M, C, H, W) unlabeled images.
     Returns (loss, terms, fakes): terms maps each computed term's name to its detached value;
     fakes = {"seg": softmax(G_IS(x')), "img": G_SI(y)}, detached, for the discriminators' pools.
+    merge_passes: G_IS reads x, G_SI(y) and x' in one call (the networks' instance norms work per image,
+    so this is the same function as three calls; one larger batch runs faster).
     """
     lam = lambdas
     y1h = one_hot(y, num_classes, ignore_index, x.dtype)              # (N, K, H, W)
     terms = {}
 
-    loss = ops.softmax_cross_entropy(g_is(x), y, ignore_index=ignore_index)
+    if merge_passes:
+        fake_img = g_si(y1h)                                         # (N, C, H, W) G_SI(y)
+        parts = [x, fake_img, x_unl] if lam.cycle_seg else [x, x_unl]
+        logits = g_is(torch.cat(parts)).split([p.shape[0] for p in parts])
+        logits_x, logits_unl = logits[0], logits[-1]                 # (N, K, H, W), (M, K, H, W)
+        logits_cyc = logits[1] if lam.cycle_seg else None
+    else:
+        logits_x = g_is(x)
+        fake_img = g_si(y1h)
+    loss = ops.softmax_cross_entropy(logits_x, y, ignore_index=ignore_index)
     terms["gen_seg"] = loss
 
-    fake_img = g_si(y1h)                                             # (N, C, H, W) G_SI(y)
     if lam.gen_img:
         terms["gen_img"] = F.mse_loss(fake_img, x)
         loss = loss + lam.gen_img * terms["gen_img"]
     if lam.cycle_seg:
-        terms["cycle_seg"] = ops.softmax_cross_entropy(g_is(fake_img), y, ignore_index=ignore_index)
+        logits_cyc = logits_cyc if merge_passes else g_is(fake_img)
+        terms["cycle_seg"] = ops.softmax_cross_entropy(logits_cyc, y, ignore_index=ignore_index)
         loss = loss + lam.cycle_seg * terms["cycle_seg"]
     if lam.disc_img:
         terms["disc_img"] = ops.lsgan_loss(d_i(fake_img), 1.0)
         loss = loss + lam.disc_img * terms["disc_img"]
 
-    fake_seg = torch.softmax(g_is(x_unl), dim=1)                     # (M, K, H, W) s(G_IS(x'))
+    fake_seg = torch.softmax(logits_unl if merge_passes else g_is(x_unl), dim=1)  # (M, K, H, W) s(G_IS(x'))
     if lam.cycle_img:
         terms["cycle_img"] = F.l1_loss(g_si(fake_seg), x_unl)
         loss = loss + lam.cycle_img * terms["cycle_img"]
@@ -94,10 +105,18 @@ def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lam
     return loss, terms, {"seg": fake_seg.detach(), "img": fake_img.detach()}
 
 
-def discriminator_objective(d_s, d_i, real_seg, fake_seg, real_img, fake_img, ops=reference):
+def discriminator_objective(d_s, d_i, real_seg, fake_seg, real_img, fake_img, ops=reference,
+                            merge_passes: bool = False):
     """Least-squares discriminator losses (eq. 4-5), each halved. real_seg: one-hot masks;
     fake_seg / fake_img: detached generator outputs (from the history pools); real_img: unlabeled images.
+    merge_passes: each discriminator scores real and fake in one call (the same function when its norm
+    works per image, as instance norm does; not with batch norm).
     Returns (loss, {"d_seg": ..., "d_img": ...})."""
-    d_seg = ops.lsgan_disc_loss(d_s(real_seg), d_s(fake_seg))
-    d_img = ops.lsgan_disc_loss(d_i(real_img), d_i(fake_img))
+    def scores(d, real, fake):
+        if not merge_passes:
+            return d(real), d(fake)
+        return d(torch.cat([real, fake])).split([real.shape[0], fake.shape[0]])
+
+    d_seg = ops.lsgan_disc_loss(*scores(d_s, real_seg, fake_seg))
+    d_img = ops.lsgan_disc_loss(*scores(d_i, real_img, fake_img))
     return d_seg + d_img, {"d_seg": d_seg.detach(), "d_img": d_img.detach()}

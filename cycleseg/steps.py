@@ -4,20 +4,23 @@ its optimizers, LR schedulers and history pools:
     SupervisedStep   Partial / Full: G_IS alone, cross-entropy on the labeled batch
     CycleGANStep     the method: one generator update, then one discriminator update
 
-    step = STEPS[cfg.mode](nets, cfg, meta, ops)
+    step = STEPS[cfg.mode](nets, cfg, meta, plan)
     terms = step(batch)          # batch: {"images", "masks"[, "unlabeled"]} uint8 on the device
 
-`terms` are detached device tensors (no host sync). A new method is one more class and one more entry
-in STEPS; `networks` says which networks it trains, `streams` which batches it reads.
+`plan` (fastpath.py) says how the step runs: which ops, merged network calls, fused Adam, autocast,
+channels_last, torch.compile of each update's loss (forward and backward). `terms` are detached device
+tensors (no host sync). A new method is one more class and one more entry in STEPS; `networks` says
+which networks it trains, `streams` which batches it reads.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import torch
 
-from . import reference
 from .data.pixels import to_input
+from .fastpath import Plan
 from .objective import discriminator_objective, generator_objective, one_hot, supervised_objective
 from .pool import ImagePool
 
@@ -37,19 +40,41 @@ class LinearDecay:
         return max(0.0, 1.0 - (step - self.start) / max(1, self.steps - self.start))
 
 
-def adam(params, cfg) -> torch.optim.Adam:
-    return torch.optim.Adam(params, cfg.lr, betas=(cfg.beta1, 0.999))
-
-
 class Step:
-    """What every step shares: optimizers with their LR schedules, pools, (de)serialisation."""
+    """What every step shares: the plan's execution choices, optimizers with their LR schedules, pools,
+    (de)serialisation."""
     networks: tuple = ()
     streams: tuple = ("labeled",)
 
-    def __init__(self, nets: dict, cfg, meta, ops=reference):
-        self.nets, self.cfg, self.meta, self.ops = nets, cfg, meta, ops
+    def __init__(self, nets: dict, cfg, meta, plan: Plan = Plan()):
+        self.nets, self.cfg, self.meta, self.plan = nets, cfg, meta, plan
+        self.ops = plan.ops()
+        self.device = next(next(iter(nets.values())).parameters()).device
         self.optimizers: dict = {}
         self.pools: dict = {}
+
+    def adam(self, params) -> torch.optim.Adam:
+        extra = {"fused": True} if self.plan.fused_adam else {}
+        return torch.optim.Adam(params, self.cfg.lr, betas=(self.cfg.beta1, 0.999), **extra)
+
+    def autocast(self):
+        if self.plan.autocast:
+            return torch.autocast(self.device.type, dtype=getattr(torch, self.plan.autocast))
+        return contextlib.nullcontext()
+
+    def compiled(self, fn):
+        """fn compiled as one graph (forward, and its backward through AOTAutograd) when the plan says so."""
+        if not self.plan.compile:
+            return fn
+        return torch.compile(fn, fullgraph=True, dynamic=False, backend=self.plan.compile_backend)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the plan's memory format."""
+        return x.contiguous(memory_format=torch.channels_last) if self.plan.channels_last else x
+
+    def image(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> network input in [-1, 1], in the plan's memory format."""
+        return self.layout(to_input(images))
 
     def _schedule(self) -> None:
         self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, LinearDecay(self.cfg.steps))
@@ -64,7 +89,7 @@ class Step:
 
     def inputs(self, batch: dict):
         """(x (B, C, H, W) float in [-1, 1], y (B, H, W) uint8) of the labeled batch."""
-        return to_input(batch["images"]), batch["masks"]
+        return self.image(batch["images"]), batch["masks"]
 
     def state_dict(self) -> dict:
         return {"optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
@@ -81,14 +106,18 @@ class SupervisedStep(Step):
     """Partial / Full: G_IS trained by cross-entropy on the labeled batch alone."""
     networks = ("G_IS",)
 
-    def __init__(self, nets, cfg, meta, ops=reference):
-        super().__init__(nets, cfg, meta, ops)
-        self.optimizers = {"G": adam(nets["G_IS"].parameters(), cfg)}
+    def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
+        super().__init__(nets, cfg, meta, plan)
+        self.optimizers = {"G": self.adam(nets["G_IS"].parameters())}
         self._schedule()
+        self.loss = self.compiled(self._loss)
+
+    def _loss(self, x, y):
+        with self.autocast():
+            return supervised_objective(self.nets["G_IS"], x, y, self.meta.ignore_index, self.ops)
 
     def __call__(self, batch: dict) -> dict:
-        x, y = self.inputs(batch)
-        loss, terms = supervised_objective(self.nets["G_IS"], x, y, self.meta.ignore_index, self.ops)
+        loss, terms = self.loss(*self.inputs(batch))
         self.optimizers["G"].zero_grad(set_to_none=True)
         loss.backward()
         self.optimizers["G"].step()
@@ -102,25 +131,39 @@ class CycleGANStep(Step):
     networks = ("G_IS", "G_SI", "D_S", "D_I")
     streams = ("labeled", "unlabeled")
 
-    def __init__(self, nets, cfg, meta, ops=reference):
-        super().__init__(nets, cfg, meta, ops)
+    def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
+        super().__init__(nets, cfg, meta, plan)
         chain = itertools.chain
-        self.optimizers = {"G": adam(chain(nets["G_IS"].parameters(), nets["G_SI"].parameters()), cfg),
-                           "D": adam(chain(nets["D_S"].parameters(), nets["D_I"].parameters()), cfg)}
+        self.optimizers = {"G": self.adam(chain(nets["G_IS"].parameters(), nets["G_SI"].parameters())),
+                           "D": self.adam(chain(nets["D_S"].parameters(), nets["D_I"].parameters()))}
         self.pools = {k: ImagePool(cfg.pool_size, cfg.seed + off) for k, off in POOL_SEED_OFFSETS.items()}
         self._schedule()
+        self.generator_loss = self.compiled(self._generator_loss)
+        self.discriminator_loss = self.compiled(self._discriminator_loss)
+
+    def _generator_loss(self, x, y, x_unl):
+        n = self.nets
+        with self.autocast():
+            return generator_objective(n["G_IS"], n["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, self.meta.num_classes,
+                                       self.cfg.lambdas, self.meta.ignore_index, self.ops, self.plan.merge_passes)
+
+    def _discriminator_loss(self, y, fake_seg, x_unl, fake_img):
+        n, k, ign = self.nets, self.meta.num_classes, self.meta.ignore_index
+        merge = self.plan.merge_passes and self.cfg.disc_norm != "batch"   # batch norm mixes real and fake
+        real_seg = one_hot(y, k, ign, x_unl.dtype)
+        with self.autocast():
+            return discriminator_objective(n["D_S"], n["D_I"], real_seg, fake_seg, x_unl, fake_img, self.ops, merge)
 
     def __call__(self, batch: dict) -> dict:
-        n, k, ign = self.nets, self.meta.num_classes, self.meta.ignore_index
+        n = self.nets
         x, y = self.inputs(batch)                                   # (B, C, H, W), (B, H, W)
-        x_unl = to_input(batch["unlabeled"])                        # (B, C, H, W)
+        x_unl = self.image(batch["unlabeled"])                      # (B, C, H, W)
         discriminators = (n["D_S"], n["D_I"])
 
         # 1. generator update, discriminators frozen
         for d in discriminators:
             d.requires_grad_(False)
-        loss_g, terms, fakes = generator_objective(n["G_IS"], n["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, k,
-                                                   self.cfg.lambdas, ign, self.ops)
+        loss_g, terms, fakes = self.generator_loss(x, y, x_unl)
         self.optimizers["G"].zero_grad(set_to_none=True)
         loss_g.backward()
         self.optimizers["G"].step()
@@ -128,9 +171,8 @@ class CycleGANStep(Step):
             d.requires_grad_(True)
 
         # 2. discriminator update: real masks / unlabeled images against pooled fakes
-        loss_d, d_terms = discriminator_objective(
-            n["D_S"], n["D_I"], one_hot(y, k, ign, x.dtype), self.pools["seg"].query(fakes["seg"]),
-            x_unl, self.pools["img"].query(fakes["img"]), self.ops)
+        pooled = {k: self.layout(self.pools[k].query(fakes[k])) for k in ("seg", "img")}
+        loss_d, d_terms = self.discriminator_loss(y, pooled["seg"], x_unl, pooled["img"])
         self.optimizers["D"].zero_grad(set_to_none=True)
         loss_d.backward()
         self.optimizers["D"].step()

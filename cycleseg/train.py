@@ -1,8 +1,9 @@
 """python -m cycleseg.train: semi-supervised (CycleGAN) or supervised training of G_IS.
 
     data     = open_splits(...)                     the split files behind --data (cycleseg.data.splits)
+    plan     = plan_for(cfg, device)                the fast path chosen for this device (fastpath.py)
     nets     = networks_from_config(cfg, meta)      the networks the method trains (models.py)
-    step     = STEPS[cfg.mode](nets, cfg, meta)     one update of the method (steps.py)
+    step     = STEPS[cfg.mode](nets, cfg, meta, plan)  one update of the method (steps.py)
     folder   = RunFolder(cfg.out)                   config, metrics, pictures, checkpoints (runfolder.py)
 
 Every --log-every steps: the loss terms -> metrics.jsonl. Every --eval-every steps: validation metrics
@@ -19,32 +20,31 @@ import time
 
 import torch
 
-from . import reference
 from .config import Config, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import make_streams, open_splits, split_paths
 from .evaluate import evaluate, evaluate_volumes
+from .fastpath import Plan, plan_for
 from .models import count_parameters, networks_from_config, use_ops
 from .runfolder import RunFolder
 from .steps import STEPS
 from .visualize import sample_columns
 
 
-def build(cfg: Config, meta, device):
-    """(networks, step) of a run, on `device`, initialised from cfg.seed."""
+def build(cfg: Config, meta, device, plan: Plan):
+    """(networks, step) of a run, on `device`, initialised from cfg.seed, running as `plan` says."""
     torch.manual_seed(cfg.seed)
     step_cls = STEPS[cfg.mode]
     nets = networks_from_config(cfg, meta, step_cls.networks)
-    ops = reference
-    if cfg.ops == "fused":
-        from . import ops
     for net in nets.values():
-        use_ops(net.to(device), ops)
-    return nets, step_cls(nets, cfg, meta, ops)
+        use_ops(net.to(device), plan.ops())
+        if plan.channels_last:
+            net.to(memory_format=torch.channels_last)
+    return nets, step_cls(nets, cfg, meta, plan)
 
 
 def state_dict(step_no: int, best: float, cfg: Config, nets: dict, step, streams) -> dict:
-    return {"step": step_no, "best_miou": best, "config": dataclasses.asdict(cfg),
+    return {"step": step_no, "best_miou": best, "config": dataclasses.asdict(cfg), "plan": step.plan.state_dict(),
             "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
             "streams": {k: v.state_dict() for k, v in streams.loaders.items()},
             "rng": {"torch": torch.get_rng_state(),
@@ -80,19 +80,20 @@ def train(cfg: Config, until: int | None = None) -> dict:
     device = torch.device(cfg.device)
     data = open_splits(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)
     meta = data.train.meta
-    nets, step = build(cfg, meta, device)
+    plan = Plan.from_state(saved["plan"]) if saved is not None and "plan" in saved else plan_for(cfg, device)
+    nets, step = build(cfg, meta, device, plan)
     streams = make_streams(data.train, cfg.labeled_fraction, cfg.seed, cfg.batch_size, "unlabeled" in step.streams,
                            device, cfg.prefetch, cfg.flip, cfg.scale_crop)
     n, best = load_state_dict(saved, nets, step, streams) if saved is not None else (0, float("-inf"))
     folder.start(cfg, n)
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
-                f"{cfg.steps} steps on {cfg.device}, run folder {folder.path}")
+                f"{cfg.steps} steps on {cfg.device}, run folder {folder.path}\n{plan.describe()}")
 
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=n, disable=not cfg.progress, dynamic_ncols=True, desc=cfg.mode)
     t0, result = time.time(), {}
     with contextlib.ExitStack() as scope:
-        if cfg.ops == "fused":
+        if plan.fused_ops:
             from . import ops
             scope.enter_context(ops.validation(False))          # masks were checked at load: no per-step sync
         scope.callback(streams.close)

@@ -61,7 +61,8 @@ def test_split_planes_any_layout(close, chunks, layout):
         import os
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("Triton kernels run on the CPU only under TRITON_INTERPRET=1")
-    from cycleseg.kernels import instance_norm_relu as k
+    from cycleseg.ops.backend import triton_kernels
+    k = triton_kernels("instance_norm_relu")
 
     base = torch.randn(2, 5, 9, 22, dtype=torch.float64, generator=torch.Generator().manual_seed(chunks)) * 2 + 1
     x = {"nchw": base, "channels_last": base.contiguous(memory_format=torch.channels_last),

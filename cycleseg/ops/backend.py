@@ -62,7 +62,7 @@ def triton_kernels(op: str):
             return importlib.import_module(f"cycleseg.kernels.{op}")
     except ImportError as e:
         raise RuntimeError(f"the fused op {op} needs Triton for CUDA tensors ({e}); pip install triton, "
-                           f"or train with --ops reference") from e
+                           f"or train with --no-fast") from e
 
 
 def impl(op: str, x: torch.Tensor):
