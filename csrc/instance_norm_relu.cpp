@@ -1,66 +1,66 @@
-// Instance norm (affine=False, biased variance) + leaky ReLU on the CPU, one (n, c) plane per task.
+// Instance norm (affine=False, biased variance) + leaky ReLU on the CPU.
 //
 //   y = act((x - mean) rstd),  act(v) = v < 0 ? slope v : v   (slope 0: ReLU, 1: no activation)
-// act is written with `v < 0` so that NaN propagates (std::max(0, NaN) would return 0).
-// Forward: exact two-pass statistics per plane (mean, then sum of squared deviations); saves mean and
-//   rstd in the accumulation type.
+// act is written as a select between precomputed values (`v < 0`), so that NaN propagates
+// (std::max(0, NaN) would return 0) and the loops vectorise.
+// Forward: exact two-pass statistics (mean, then sum of squared deviations); saves mean and rstd in the
+//   accumulation type (fp32 for half inputs, fp64 for fp64).
 // Backward: x_hat recomputed from x, g = dy act'(x_hat), a = sum(g), b = sum(g x_hat),
 //   dx = rstd (g - a / HW - x_hat b / HW).
-// Outputs are allocated by the caller (cycleseg/ops/alloc.py); tensors are contiguous NCHW.
+// Two layouts, no copies: NCHW-contiguous (one (n, c) plane per task, loops over contiguous pixels) and
+// channels_last (one image and a block of kChannels channels per task, loops over pixels with the
+// channels contiguous inside). Reductions run in a fixed order inside a task: results do not depend on
+// the thread count. Outputs are allocated by the caller (cycleseg/ops/alloc.py) in x's layout.
 #include "common.h"
 
 namespace cycleseg {
 
-static void check_plane_tensor(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.sizes() == x.sizes(),
-              "instance_norm_relu (C++): ", name, " must be a contiguous CPU tensor of shape ", x.sizes());
+constexpr int64_t kChannels = 16;  // channels per channels_last task (one or two vector registers wide)
+
+static bool channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-void instance_norm_relu_fwd(const at::Tensor& x, double eps, double slope, at::Tensor y, at::Tensor mean,
-                            at::Tensor rstd) {
-  TORCH_CHECK(x.dim() == 4, "instance_norm_relu: expected (N, C, H, W), got ", x.sizes());
-  check_plane_tensor(x, x, "input");
-  check_plane_tensor(y, x, "output");
-  const int64_t planes = x.size(0) * x.size(1), HW = x.size(2) * x.size(3);
-  TORCH_CHECK(HW > 0, "instance_norm_relu: empty planes");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_fwd", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    acc_t* mp = mean.data_ptr<acc_t>();
-    acc_t* rp = rstd.data_ptr<acc_t>();
-    const acc_t s = static_cast<acc_t>(slope);
-    at::parallel_for(0, planes, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        const scalar_t* xq = xp + q * HW;
-        const acc_t mu = lane_sum<acc_t>(HW, [&](int64_t i) { return static_cast<acc_t>(xq[i]); }) / HW;
-        const acc_t var = lane_sum<acc_t>(HW, [&](int64_t i) {
-          const acc_t d = static_cast<acc_t>(xq[i]) - mu;
-          return d * d;
-        }) / HW;
-        const acc_t r = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
-        mp[q] = mu;
-        rp[q] = r;
-        scalar_t* yq = yp + q * HW;
-        for (int64_t i = 0; i < HW; ++i) {
-          const acc_t v = (static_cast<acc_t>(xq[i]) - mu) * r;
-          const acc_t vs = v * s;                                   // unconditional: the select vectorises
-          yq[i] = static_cast<scalar_t>(v < 0 ? vs : v);
-        }
-      }
-    });
-  });
+static void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.sizes() == x.sizes() && t.strides() == x.strides() &&
+                  (x.is_contiguous() || channels_last(x)),
+              "instance_norm_relu (C++): ", name, " must be a CPU tensor of shape ", x.sizes(),
+              " in the input's layout (NCHW- or channels_last-contiguous)");
 }
 
-// One plane's backward; RELU selects dy or 0 (exact for any dy), otherwise dy or slope * dy. Both
-// selects are between precomputed values, so the loops vectorise.
+template <typename acc_t>
+static inline acc_t act(acc_t v, acc_t s) {
+  const acc_t vs = v * s;  // unconditional: the select vectorises
+  return v < 0 ? vs : v;
+}
+
+// The gate of the backward: RELU selects dy or 0 (exact for any dy), otherwise dy or slope * dy.
+template <bool RELU, typename acc_t>
+static inline acc_t gate(acc_t xh, acc_t d, acc_t s) {
+  const acc_t off = RELU ? acc_t(0) : d * s;
+  return xh > 0 ? d : off;
+}
+
+// -- NCHW: one plane per task ---------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+static void plane_fwd(const scalar_t* xq, scalar_t* yq, int64_t HW, acc_t eps, acc_t s, acc_t* mean, acc_t* rstd) {
+  const acc_t mu = lane_sum<acc_t>(HW, [&](int64_t i) { return static_cast<acc_t>(xq[i]); }) / HW;
+  const acc_t var = lane_sum<acc_t>(HW, [&](int64_t i) {
+    const acc_t d = static_cast<acc_t>(xq[i]) - mu;
+    return d * d;
+  }) / HW;
+  const acc_t r = acc_t(1) / std::sqrt(var + eps);
+  *mean = mu;
+  *rstd = r;
+  for (int64_t i = 0; i < HW; ++i) yq[i] = static_cast<scalar_t>(act((static_cast<acc_t>(xq[i]) - mu) * r, s));
+}
+
 template <bool RELU, typename scalar_t, typename acc_t>
 static void plane_bwd(const scalar_t* xq, const scalar_t* gq, scalar_t* dq, int64_t HW, acc_t mu, acc_t r, acc_t s) {
-  auto gate = [&](int64_t i, acc_t& xh) {
+  auto g_at = [&](int64_t i, acc_t& xh) {
     xh = (static_cast<acc_t>(xq[i]) - mu) * r;
-    const acc_t d = static_cast<acc_t>(gq[i]);
-    const acc_t off = RELU ? acc_t(0) : d * s;
-    return xh > 0 ? d : off;
+    return gate<RELU>(xh, static_cast<acc_t>(gq[i]), s);
   };
   // One pass for both sums, kLanes independent accumulators each (vectorisable).
   acc_t la[kLanes] = {}, lb[kLanes] = {};
@@ -68,14 +68,14 @@ static void plane_bwd(const scalar_t* xq, const scalar_t* gq, scalar_t* dq, int6
   for (; i + kLanes <= HW; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
       acc_t xh;
-      const acc_t g = gate(i + j, xh);
+      const acc_t g = g_at(i + j, xh);
       la[j] += g;
       lb[j] += g * xh;
     }
   acc_t a = 0, b = 0;
   for (; i < HW; ++i) {
     acc_t xh;
-    const acc_t g = gate(i, xh);
+    const acc_t g = g_at(i, xh);
     a += g;
     b += g * xh;
   }
@@ -87,18 +87,115 @@ static void plane_bwd(const scalar_t* xq, const scalar_t* gq, scalar_t* dq, int6
   b /= HW;
   for (int64_t k = 0; k < HW; ++k) {
     acc_t xh;
-    const acc_t g = gate(k, xh);
+    const acc_t g = g_at(k, xh);
     dq[k] = static_cast<scalar_t>(r * (g - a - xh * b));
   }
 }
 
+// -- channels_last: one image and kChannels channels per task ---------------------------------------------
+// xn points at pixel 0, channel c0 of image n; pixels are C apart; cb <= kChannels channels.
+
+// CB > 0: a full block of CB channels known at compile time (the inner loops vectorise fully).
+template <int64_t CB, typename scalar_t, typename acc_t>
+static void slab_fwd(const scalar_t* xn, scalar_t* yn, int64_t HW, int64_t C, int64_t cb_, acc_t eps, acc_t s,
+                     acc_t* mean, acc_t* rstd) {
+  const int64_t cb = CB > 0 ? CB : cb_;
+  acc_t mu[kChannels] = {}, m2[kChannels] = {}, r[kChannels];
+  for (int64_t p = 0; p < HW; ++p)
+    for (int64_t c = 0; c < cb; ++c) mu[c] += static_cast<acc_t>(xn[p * C + c]);
+  for (int64_t c = 0; c < cb; ++c) mu[c] /= HW;
+  for (int64_t p = 0; p < HW; ++p)
+    for (int64_t c = 0; c < cb; ++c) {
+      const acc_t d = static_cast<acc_t>(xn[p * C + c]) - mu[c];
+      m2[c] += d * d;
+    }
+  for (int64_t c = 0; c < cb; ++c) {
+    r[c] = acc_t(1) / std::sqrt(m2[c] / HW + eps);
+    mean[c] = mu[c];
+    rstd[c] = r[c];
+  }
+  for (int64_t p = 0; p < HW; ++p)
+    for (int64_t c = 0; c < cb; ++c)
+      yn[p * C + c] = static_cast<scalar_t>(act((static_cast<acc_t>(xn[p * C + c]) - mu[c]) * r[c], s));
+}
+
+template <bool RELU, int64_t CB, typename scalar_t, typename acc_t>
+static void slab_bwd(const scalar_t* xn, const scalar_t* gn, scalar_t* dn, int64_t HW, int64_t C, int64_t cb_,
+                     const acc_t* mu, const acc_t* r, acc_t s) {
+  const int64_t cb = CB > 0 ? CB : cb_;
+  acc_t a[kChannels] = {}, b[kChannels] = {};
+  for (int64_t p = 0; p < HW; ++p)
+    for (int64_t c = 0; c < cb; ++c) {
+      const acc_t xh = (static_cast<acc_t>(xn[p * C + c]) - mu[c]) * r[c];
+      const acc_t g = gate<RELU>(xh, static_cast<acc_t>(gn[p * C + c]), s);
+      a[c] += g;
+      b[c] += g * xh;
+    }
+  for (int64_t c = 0; c < cb; ++c) {
+    a[c] /= HW;
+    b[c] /= HW;
+  }
+  for (int64_t p = 0; p < HW; ++p)
+    for (int64_t c = 0; c < cb; ++c) {
+      const acc_t xh = (static_cast<acc_t>(xn[p * C + c]) - mu[c]) * r[c];
+      const acc_t g = gate<RELU>(xh, static_cast<acc_t>(gn[p * C + c]), s);
+      dn[p * C + c] = static_cast<scalar_t>(r[c] * (g - a[c] - xh * b[c]));
+    }
+}
+
+// f(offset of the slab's first element, index of its first channel's statistics, its channel count) for
+// each channels_last task (one image, kChannels channels), in parallel.
+template <typename F>
+static void for_each_slab(int64_t N, int64_t C, int64_t HW, F f) {
+  const int64_t blocks = (C + kChannels - 1) / kChannels;
+  at::parallel_for(0, N * blocks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / blocks, c0 = (t % blocks) * kChannels;
+      f(n * HW * C + c0, n * C + c0, std::min(kChannels, C - c0));
+    }
+  });
+}
+
+// -- entry points ---------------------------------------------------------------------------------------
+
+void instance_norm_relu_fwd(const at::Tensor& x, double eps, double slope, at::Tensor y, at::Tensor mean,
+                            at::Tensor rstd) {
+  TORCH_CHECK(x.dim() == 4, "instance_norm_relu: expected (N, C, H, W), got ", x.sizes());
+  check_like(x, x, "input");
+  check_like(y, x, "output");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK(HW > 0, "instance_norm_relu: empty planes");
+  const bool cl = channels_last(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_fwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    acc_t* mp = mean.data_ptr<acc_t>();
+    acc_t* rp = rstd.data_ptr<acc_t>();
+    const acc_t s = static_cast<acc_t>(slope), e = static_cast<acc_t>(eps);
+    if (!cl) {
+      at::parallel_for(0, N * C, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) plane_fwd(xp + q * HW, yp + q * HW, HW, e, s, mp + q, rp + q);
+      });
+      return;
+    }
+    for_each_slab(N, C, HW, [&](int64_t off, int64_t q, int64_t cb) {
+      if (cb == kChannels)
+        slab_fwd<kChannels>(xp + off, yp + off, HW, C, cb, e, s, mp + q, rp + q);
+      else
+        slab_fwd<0>(xp + off, yp + off, HW, C, cb, e, s, mp + q, rp + q);
+    });
+  });
+}
+
 void instance_norm_relu_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
                             const at::Tensor& rstd, double slope, at::Tensor dx) {
-  check_plane_tensor(x, x, "input");
-  check_plane_tensor(dy, x, "grad");
-  check_plane_tensor(dx, x, "grad_input");
+  check_like(x, x, "input");
+  check_like(dy, x, "grad");
+  check_like(dx, x, "grad_input");
   TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "instance_norm_relu_backward: grad dtype differs from input");
-  const int64_t planes = x.size(0) * x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const bool cl = channels_last(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -109,13 +206,26 @@ void instance_norm_relu_bwd(const at::Tensor& dy, const at::Tensor& x, const at:
     const acc_t* mp = m.data_ptr<acc_t>();
     const acc_t* rp = rs.data_ptr<acc_t>();
     const acc_t s = static_cast<acc_t>(slope);
-    at::parallel_for(0, planes, 1, [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        if (s == 0)
-          plane_bwd<true>(xp + q * HW, gp + q * HW, dp + q * HW, HW, mp[q], rp[q], s);
-        else
-          plane_bwd<false>(xp + q * HW, gp + q * HW, dp + q * HW, HW, mp[q], rp[q], s);
-      }
+    if (!cl) {
+      at::parallel_for(0, N * C, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          if (s == 0)
+            plane_bwd<true>(xp + q * HW, gp + q * HW, dp + q * HW, HW, mp[q], rp[q], s);
+          else
+            plane_bwd<false>(xp + q * HW, gp + q * HW, dp + q * HW, HW, mp[q], rp[q], s);
+        }
+      });
+      return;
+    }
+    for_each_slab(N, C, HW, [&](int64_t off, int64_t q, int64_t cb) {
+      if (s == 0 && cb == kChannels)
+        slab_bwd<true, kChannels>(xp + off, gp + off, dp + off, HW, C, cb, mp + q, rp + q, s);
+      else if (s == 0)
+        slab_bwd<true, 0>(xp + off, gp + off, dp + off, HW, C, cb, mp + q, rp + q, s);
+      else if (cb == kChannels)
+        slab_bwd<false, kChannels>(xp + off, gp + off, dp + off, HW, C, cb, mp + q, rp + q, s);
+      else
+        slab_bwd<false, 0>(xp + off, gp + off, dp + off, HW, C, cb, mp + q, rp + q, s);
     });
   });
 }

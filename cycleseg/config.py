@@ -60,6 +60,7 @@ class Config:
     device: str = "auto"                # cpu, cuda, cuda:N; auto = cuda when there is a GPU
     fast: bool = True                   # the fast path (fused kernels, merged calls, and per device bf16, channels_last, compile); --no-fast: PyTorch's own ops, eager fp32
     compile: str = "auto"               # torch.compile the updates: auto = when the run is long enough to win back the compile time
+    precision: str = "auto"             # fast path arithmetic: bf16 autocast (fp32 weights) or fp32; auto = bf16 where the device runs it natively
     # bookkeeping
     out: str | None = None              # run folder (default runs/<mode>-<pct>pct-seed<seed>)
     resume: bool = False                # continue the run in --out from its last.pt, exactly where it stopped
@@ -90,6 +91,8 @@ class Config:
             c.beta1 = 0.5 if c.mode == "semi" else 0.9
         if c.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, got {c.compile!r}")
+        if c.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {c.precision!r}")
         for name in ("steps", "batch_size", "ngf", "n_blocks", "ndf", "log_every", "eval_every", "ckpt_every"):
             if getattr(c, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
@@ -102,11 +105,16 @@ class Config:
         return Lambdas(self.lambda1, self.lambda2, self.lambda3, self.lambda4, self.lambda5)
 
 
+def from_saved(saved: dict) -> Config:
+    """The Config of a checkpoint (fields this version no longer has are dropped; new ones take defaults)."""
+    names = {f.name for f in fields(Config)}
+    return Config(**{k: v for k, v in saved.items() if k in names})
+
+
 def merge_for_resume(saved: dict, given: Config) -> tuple[Config, list[str]]:
     """The config a resumed run continues with: the checkpoint's, except the runtime fields given now.
     Returns (config, names of the checkpoint's fields that differ from what was given)."""
-    names = {f.name for f in fields(Config)}
-    old = Config(**{k: v for k, v in saved.items() if k in names})
+    old = from_saved(saved)
     diff = [f.name for f in fields(Config) if f.name not in RUNTIME_FIELDS and getattr(old, f.name) != getattr(given, f.name)]
     return dataclasses.replace(old, **{k: getattr(given, k) for k in RUNTIME_FIELDS}), diff
 
@@ -124,7 +132,7 @@ def field_help() -> dict:
 
 
 CHOICES = {"mode": MODES, "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("instance", "batch", "none"),
-           "compile": ("auto", "on", "off")}
+           "compile": ("auto", "on", "off"), "precision": ("auto", "fp32", "bf16")}
 
 
 def parse_args(argv=None) -> tuple[Config, bool]:

@@ -36,6 +36,32 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def write_files(folder, files: dict) -> None:
+    """Write {name: bytes} into `folder`, all or nothing: every file is staged in a temporary folder
+    beside it first, then each is renamed into place (a failure before the renames leaves `folder` as it
+    was; each rename is atomic)."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
+    try:
+        for name, data in files.items():
+            p = stage / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        folder.mkdir(exist_ok=True)
+        for name in files:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / name, folder / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def append_jsonl(path, record: dict) -> None:
     """One JSON line appended (a killed run leaves at most a torn last line, dropped on resume)."""
     with open(path, "a") as f:

@@ -57,3 +57,39 @@ def _nanmean(x: torch.Tensor) -> float:
 
 def _num(v: float):
     return None if v != v else round(v, 6)      # NaN -> null in JSON
+
+
+# -- 3D overlap and surface distances of binary volumes (ACDC's per-volume scores) -----------------------
+# As medpy.metric.binary computes them (the SSL4MIS evaluation): surfaces are the voxels that a
+# 6-connected erosion removes (voxels on the volume's edge count), distances in voxels (spacing 1).
+
+def surface_distances(a, b):
+    """Distances from each surface voxel of a to the nearest surface voxel of b (both non-empty bool)."""
+    import numpy as np
+    from scipy import ndimage
+
+    footprint = ndimage.generate_binary_structure(a.ndim, 1)
+    a_border = a ^ ndimage.binary_erosion(a, structure=footprint, iterations=1)
+    b_border = b ^ ndimage.binary_erosion(b, structure=footprint, iterations=1)
+    return ndimage.distance_transform_edt(~b_border)[a_border].astype(np.float64)
+
+
+def binary_scores(pred, truth) -> dict:
+    """Dice, IoU, HD95 and ASD of one structure (bool arrays of one shape).
+
+    Dice and IoU are NaN when the structure is absent from both. HD95 (95th percentile of the symmetric
+    surface distances) and ASD (mean distance from the prediction's surface to the truth's, medpy's asd)
+    are NaN when either is empty: undefined there (SSL4MIS's validation code reports 0 for an empty
+    prediction and its test code stops with an error)."""
+    import numpy as np
+
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    inter, ps, ts = np.logical_and(pred, truth).sum(), pred.sum(), truth.sum()
+    out = {"dice": 2 * inter / (ps + ts) if ps + ts else float("nan"),
+           "iou": inter / (ps + ts - inter) if ps + ts else float("nan"),
+           "hd95": float("nan"), "asd": float("nan")}
+    if ps and ts:
+        d_pt, d_tp = surface_distances(pred, truth), surface_distances(truth, pred)
+        out["hd95"] = float(np.percentile(np.hstack((d_pt, d_tp)), 95))
+        out["asd"] = float(d_pt.mean())
+    return {k: float(v) for k, v in out.items()}

@@ -148,3 +148,44 @@ def networks_from_config(cfg, meta, names=("G_IS", "G_SI", "D_S", "D_I")) -> dic
     if unknown:
         raise ValueError(f"unknown networks {sorted(unknown)}; the method has {sorted(nets)}")
     return {k: v for k, v in nets.items() if k in names}
+
+
+def data_info(meta) -> dict:
+    """What a checkpoint records of the data its networks were built for."""
+    return {"num_classes": meta.num_classes, "channels": meta.channels, "class_names": list(meta.class_names),
+            "palette": [list(p) for p in meta.palette], "ignore_index": meta.ignore_index,
+            "height": meta.height, "width": meta.width}
+
+
+def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
+    """(config, data info, networks with the checkpoint's weights, on the CPU) of a run checkpoint."""
+    from types import SimpleNamespace
+
+    from .checkpoint import CheckpointError
+    from .config import from_saved
+
+    cfg = from_saved(state["config"])
+    g_is = state["nets"]["G_IS"]
+    info = dict(state.get("data") or {})
+    if "num_classes" not in info:                                   # older checkpoints: read the weights
+        info["num_classes"], info["channels"] = _last_conv(g_is).shape[0], g_is["model.1.weight"].shape[1]
+    info.setdefault("class_names", [str(i) for i in range(info["num_classes"])])
+    info.setdefault("palette", None)
+    info.setdefault("ignore_index", 255)
+    meta = SimpleNamespace(channels=info["channels"], num_classes=info["num_classes"])
+    try:
+        nets = networks_from_config(cfg, meta, tuple(state["nets"]))
+        for name, net in nets.items():
+            net.load_state_dict(state["nets"][name])
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: its networks do not match its own config (ngf {cfg.ngf}, {cfg.n_blocks} "
+                              f"blocks, ndf {cfg.ndf}, {info['num_classes']} classes): {e}") from e
+    return cfg, info, nets
+
+
+def _last_conv(g_state: dict):
+    """The weight of a generator's last convolution in its state dict."""
+    import re
+
+    layers = {int(m.group(1)): k for k in g_state if (m := re.fullmatch(r"model\.(\d+)\.weight", k))}
+    return g_state[layers[max(layers)]]

@@ -43,6 +43,19 @@ def tiny(tiny_argv):
     return lambda name, *extra: parse_args(tiny_argv(name, *extra))[0]
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The last.pt of a 3-step semi run of a tiny model on the built-in data at 16x16 (has G_SI)."""
+    from cycleseg.config import parse_args
+    from cycleseg.train import train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "r"
+    cfg, _ = parse_args(["--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "16", "--batch-size", "2",
+                         "--no-progress", "--device", "cpu", "--steps", "3", "--eval-every", "3", "--out", str(out)])
+    train(cfg)
+    return out / "last.pt"
+
+
 @pytest.fixture
 def make_acdc():
     """make_acdc(root, patients, val_patients) writes a tiny SSL4MIS ACDC tree; returns (slices, volumes)."""

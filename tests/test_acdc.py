@@ -23,9 +23,10 @@ def test_volume_scores_by_hand():
     label[0, :2, :2] = 1                                              # 4 voxels of class 1
     pred = np.zeros_like(label)
     pred[0, :2, :1] = 1                                               # 2 of them found
-    dice, iou = volume_scores(pred, label)
-    assert dice[0] == pytest.approx(2 * 2 / (2 + 4)) and iou[0] == pytest.approx(2 / 4)
-    assert np.isnan(dice[1]) and np.isnan(iou[2])                     # absent classes
+    s = volume_scores(pred, label)
+    assert s["dice"][0] == pytest.approx(2 * 2 / (2 + 4)) and s["iou"][0] == pytest.approx(2 / 4)
+    assert np.isnan(s["dice"][1]) and np.isnan(s["iou"][2])           # absent classes
+    assert not np.isnan(s["hd95"][0]) and np.isnan(s["hd95"][1])
 
 
 def counts(path, fraction):

@@ -6,7 +6,7 @@ import torch
 
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
-from cycleseg.fastpath import Plan, plan_for
+from cycleseg.fastpath import Plan, cpu_has_native_bf16, plan_for
 from cycleseg.models import NormReLU, networks_from_config, use_ops
 from cycleseg.steps import STEPS
 
@@ -135,7 +135,10 @@ def test_compiled_step_is_one_graph_per_update():
 def test_plan_per_device_and_choice_of_compile():
     cfg = Config(device="cpu").resolved()
     plan = plan_for(cfg, "cpu")
-    assert plan.fused_ops and plan.merge_passes and plan.fused_adam and not plan.channels_last
+    assert plan.fused_ops and plan.merge_passes and plan.fused_adam and plan.channels_last
+    assert plan.autocast == ("bfloat16" if cpu_has_native_bf16() else None)
+    assert plan_for(dataclasses.replace(cfg, precision="fp32"), "cpu").autocast is None
+    assert plan_for(dataclasses.replace(cfg, precision="bf16"), "cpu").autocast == "bfloat16"
     assert not plan.compile and "1000 steps < 5000" in plan.describe()       # the CPU preset: not worth it
     assert plan_for(dataclasses.replace(cfg, steps=20000), "cpu").compile
     assert plan_for(dataclasses.replace(cfg, compile="on"), "cpu").compile
@@ -164,3 +167,23 @@ def test_resume_keeps_the_plan_and_is_exact(tmp_path, tiny):
     for name in ca["nets"]:
         for k in ca["nets"][name]:
             assert torch.equal(ca["nets"][name][k], cb["nets"][name][k]), (name, k)
+
+
+def test_fast_step_never_reads_a_value_back(monkeypatch):
+    """No host sync inside a fast step: no .item() / .tolist() / bool() of a tensor (on a GPU each would
+    stall the queue; the training loop reads the loss terms once per --log-every steps). (PyTorch's
+    default Adam, in the --no-fast baseline, reads its CPU step counter with .item(): not a device sync.)"""
+    cfg, meta, data = setup()
+    _, step = make_step(cfg, meta, FAST_CPU)
+    from cycleseg import ops
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("host read of a tensor value inside the step")
+
+    with ops.validation(False):
+        step(data[0])                                                 # the first step may set things up
+        for name in ("item", "tolist", "__bool__"):
+            monkeypatch.setattr(torch.Tensor, name, forbidden)
+        terms = step(data[1])
+    monkeypatch.undo()
+    assert all(t.dim() == 0 for t in terms.values())

@@ -2,6 +2,7 @@
 import pytest
 
 from cycleseg import checkpoint
+from cycleseg.checkpoint import CheckpointError
 from cycleseg.fileio import append_jsonl, atomic_write_bytes, read_jsonl
 
 
@@ -25,7 +26,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         checkpoint.load(tmp_path / "none.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="could not be read"):
         checkpoint.load(tmp_path / "bad.pt")
 
 

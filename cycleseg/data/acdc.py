@@ -23,7 +23,7 @@ from .cache import cache_dir
 from .pixels import float01_to_uint8, to_input
 
 CLASSES = cv.ACDC_CLASSES
-CACHE_VERSION = 2           # 2: files carry the labeled_subset attribute
+CACHE_VERSION = 3           # 2: files carry the labeled_subset attribute; 3: and the slices' volumes
 
 
 def is_ssl4mis(path) -> bool:
@@ -31,12 +31,17 @@ def is_ssl4mis(path) -> bool:
     return p.is_dir() and (p / "train_slices.list").exists() and (p / "data").is_dir()
 
 
-def cached_splits(src, size: int, progress: bool = True) -> dict:
-    """Paths {"train", "val"} of the converted splits at size x size, converting on first use."""
+def splits(src) -> list[str]:
+    """The splits an SSL4MIS folder names: train (its slices), and each volume list (val, test) it has."""
+    return ["train"] + [s for s in ("val", "test") if (Path(src) / f"{s}.list").exists()]
+
+
+def cached_splits(src, size: int, progress: bool = True, names=("train", "val")) -> dict:
+    """Paths {split: file} of the converted splits at size x size, converting on first use."""
     src = Path(src).resolve()
     key = hashlib.sha1(str(src).encode()).hexdigest()[:10]
     root = cache_dir() / f"acdc-v{CACHE_VERSION}-{key}-{size}x{size}"
-    paths = {split: root / f"{split}.h5" for split in ("train", "val")}
+    paths = {split: root / f"{split}.h5" for split in names}
     for split, path in paths.items():
         if not path.exists():
             items, meta = cv.acdc_items(src, split)

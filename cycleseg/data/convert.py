@@ -6,7 +6,8 @@
                 label ids mapped to the 19 train ids, everything else 255
     acdc        SSL4MIS layout: data/slices/<slice>.h5 (split "train", list train_slices.list) or
                 data/<volume>.h5 (split "val", list val.list; every slice of each volume); float images
-                in [0, 1] stored as uint8 (round(255 x)), patient ids kept in `groups`; 4 classes
+                in [0, 1] stored as uint8 (round(255 x)), patient ids kept in `groups`, the volume of each
+                slice in `volumes`; 4 classes
     folder      images/<name>.<ext> + masks/<name>.png (class ids, 255 = ignore), same names
 
 Images are resized bilinearly with antialiasing, masks with nearest neighbour. `size=(H, W)` stretches
@@ -44,11 +45,13 @@ SIZE_PRESETS = {"voc": (200, 200), "cityscapes": (128, 256)}     # the paper's s
 
 @dataclass
 class Item:
-    """One image to convert: loaders of the image (H, W[, 3]) and mask (H, W), and its group id."""
+    """One image to convert: loaders of the image (H, W[, 3]) and mask (H, W), its group id, and the
+    name of the 3D volume it is a slice of (ACDC validation / test volumes)."""
     name: str
     image: object       # () -> ndarray
     mask: object        # () -> ndarray uint8
     group: int = -1
+    volume: str | None = None
 
 
 # -- resizing -----------------------------------------------------------------------------------------
@@ -162,7 +165,7 @@ def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
         path = src / "data" / f"{vol}.h5"
         depth = len(h5_array(path, "label"))
         items += [Item(f"{vol}_slice_{z + 1}", (lambda p=path, z=z: h5_array(p, "image", z)),
-                       (lambda p=path, z=z: h5_array(p, "label", z)), patient_id(vol)) for z in range(depth)]
+                       (lambda p=path, z=z: h5_array(p, "label", z)), patient_id(vol), vol) for z in range(depth)]
     return items, meta
 
 
@@ -217,8 +220,9 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
             check_masks(it.name, mask[None], meta.num_classes, meta.ignore_index, offset=0)
             if i == 0:
                 c = 1 if image.ndim == 2 else image.shape[2]
+                volumes = list(dict.fromkeys(x.volume for x in items if x.volume is not None))
                 create_datasets(f, len(items), mask.shape[0], mask.shape[1], c, meta,
-                                with_groups=any(x.group >= 0 for x in items))
+                                with_groups=any(x.group >= 0 for x in items), volume_names=volumes)
                 shape = mask.shape
             elif mask.shape != shape:
                 raise DataError(f"{it.name}: size {mask.shape} differs from the first image's {shape}; "
@@ -227,6 +231,8 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
             f["masks"][i] = mask
             if "groups" in f:
                 f["groups"][i] = it.group
+            if "volumes" in f:
+                f["volumes"][i] = volumes.index(it.volume) if it.volume is not None else -1
             hist += np.bincount(mask.ravel(), minlength=256)
     total = int(hist.sum())
     return {"file": str(out), "images": len(items), "size": list(shape),

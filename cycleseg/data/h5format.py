@@ -4,6 +4,8 @@
     masks    uint8 (N, H, W), class ids, `ignore_index` (255) = not labeled
     groups   int32 (N,), optional: the id of the group an image belongs to (ACDC: patient number),
              so that labeled subsets and splits can be drawn by group
+    volumes  int32 (N,), optional: the index (in the attribute volume_names, JSON) of the 3D volume an
+             image is a slice of (ACDC validation / test), for per-volume scores
     attrs    format = "cycleseg", format_version, num_classes, class_names (JSON), palette (JSON list
              of [r, g, b]), ignore_index, source, preprocessing (JSON), labeled_subset (optional:
              "random" or "first_groups", how labeled subsets are drawn)
@@ -43,6 +45,7 @@ class Meta:
     source: str = ""
     preprocessing: dict = field(default_factory=dict)
     labeled_subset: str = "random"      # one of SUBSET_RULES
+    volume_names: list = field(default_factory=list)   # the 3D volumes of a file with `volumes`
     # filled in by read_meta
     path: str = ""
     count: int = 0
@@ -87,12 +90,16 @@ def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups:
             f["groups"][...] = np.asarray(groups, dtype=np.int32)
 
 
-def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: bool = False) -> None:
+def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: bool = False,
+                    volume_names=()) -> None:
     """Create the (empty) datasets and attributes of a split in an open h5py file."""
     f.create_dataset("images", (n, h, w, c), dtype=np.uint8, chunks=(1, h, w, c) if n else None)
     f.create_dataset("masks", (n, h, w), dtype=np.uint8, chunks=(1, h, w) if n else None)
     if with_groups:
         f.create_dataset("groups", (n,), dtype=np.int32)
+    if volume_names:
+        f.create_dataset("volumes", (n,), dtype=np.int32)
+        f.attrs["volume_names"] = json.dumps(list(volume_names))
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["num_classes"] = int(meta.num_classes)
@@ -139,8 +146,9 @@ def read_meta(path) -> Meta:
         if im.shape[1:3] != ms.shape[1:3]:
             raise DataError(f"{path}: images are {im.shape[1]}x{im.shape[2]} but masks are "
                             f"{ms.shape[1]}x{ms.shape[2]}")
-        if "groups" in f and f["groups"].shape != (im.shape[0],):
-            raise DataError(f"{path}: dataset 'groups' has shape {f['groups'].shape}, expected ({im.shape[0]},)")
+        for extra in ("groups", "volumes"):
+            if extra in f and f[extra].shape != (im.shape[0],):
+                raise DataError(f"{path}: dataset '{extra}' has shape {f[extra].shape}, expected ({im.shape[0]},)")
         a = f.attrs
         k = int(a["num_classes"])
         if k < 1:
@@ -150,7 +158,8 @@ def read_meta(path) -> Meta:
             raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
         return Meta(num_classes=k, class_names=json.loads(a["class_names"]), palette=json.loads(a["palette"]),
                     ignore_index=int(a["ignore_index"]), source=str(a["source"]),
-                    preprocessing=json.loads(a["preprocessing"]), labeled_subset=rule, path=str(path), count=int(im.shape[0]),
+                    preprocessing=json.loads(a["preprocessing"]), labeled_subset=rule,
+                    volume_names=json.loads(a["volume_names"]) if "volume_names" in a else [], path=str(path), count=int(im.shape[0]),
                     height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
 
 

@@ -47,6 +47,33 @@ def split_paths(data, val_data=None, image_size: int = 64, progress: bool = True
     return {"train": train, "val": val}
 
 
+def eval_split(data, split: str, val_data=None, image_size: int = 64, progress: bool = True) -> tuple:
+    """(HDF5 path, SSL4MIS folder or None) of one split to evaluate: `split` of the built-in data, of an
+    SSL4MIS folder (train, val, test: what its lists name), or the <split>.h5 of --data (a folder or the
+    train file beside which the other splits lie; --val-data for val)."""
+    if data is not None and acdc.is_ssl4mis(data):
+        have = acdc.splits(data)
+        if split not in have:
+            raise DataError(f"{data}: no {split} split (it has {', '.join(have)}; the test split needs test.list "
+                            f"and its volumes)")
+        return acdc.cached_splits(data, image_size, progress, names=(split,))[split], Path(data)
+    if data is None:
+        paths = builtin_dataset(image_size, seed=0)
+        if split not in paths:
+            raise DataError(f"the built-in dataset has no {split} split (it has {', '.join(paths)})")
+        return paths[split], None
+    data = Path(data)
+    if split == "val" and val_data:
+        path = Path(val_data)
+    else:
+        path = (data if data.is_dir() else data.parent) / f"{split}.h5"
+        if split == "train" and not data.is_dir():
+            path = data
+    if not path.exists():
+        raise DataError(f"{path}: no such file (the {split} split of {data})")
+    return path, None
+
+
 def check_same_kind(train_meta, val_meta) -> None:
     for attr in ("num_classes", "channels", "ignore_index"):
         a, b = getattr(train_meta, attr), getattr(val_meta, attr)

@@ -58,6 +58,7 @@ class H5Source:
         self._direct = None
         with open_h5(path) as f:
             self.groups = f["groups"][...] if "groups" in f else None
+            self.volumes = f["volumes"][...] if "volumes" in f else None     # slice -> index in meta.volume_names
             if in_memory:
                 self._images, self._masks = f["images"][...], f["masks"][...]
             else:

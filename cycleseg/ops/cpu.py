@@ -106,20 +106,27 @@ def softmax_cross_entropy_bwd(grad, logits, target, weight, denom, ignore_index:
 
 # -- instance_norm_relu -------------------------------------------------------------------------------
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself when NCHW- or channels_last-contiguous (the C++ kernels read both), else an NCHW copy."""
+    return t if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) else t.contiguous()
+
+
 def instance_norm_relu_fwd(x, eps: float, slope: float = 0.0):
-    xc = x.contiguous()
+    xd = _dense(x)
     n, c = x.shape[:2]
-    y = alloc.empty(xc.shape, xc.dtype, xc.device)
+    y = alloc.empty_like(xd)
     mean, rstd = (alloc.empty((n, c), _acc(x), x.device) for _ in range(2))
-    extension().instance_norm_relu_fwd(xc, eps, slope, y, mean, rstd)
-    return _like(y, x), mean, rstd
+    extension().instance_norm_relu_fwd(xd, eps, slope, y, mean, rstd)
+    return y, mean, rstd
 
 
 def instance_norm_relu_bwd(grad, x, mean, rstd, slope: float = 0.0):
-    xc = x.contiguous()
-    dx = alloc.empty(xc.shape, xc.dtype, xc.device)
-    extension().instance_norm_relu_bwd(grad.to(xc.dtype).contiguous(), xc, mean, rstd, slope, dx)
-    return _like(dx, x)
+    xd = _dense(x)
+    cl = not xd.is_contiguous()
+    g = grad.to(xd.dtype).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    dx = alloc.empty_like(xd)
+    extension().instance_norm_relu_bwd(g, xd, mean, rstd, slope, dx)
+    return dx
 
 
 # -- lsgan_loss ---------------------------------------------------------------------------------------

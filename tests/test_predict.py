@@ -1,0 +1,71 @@
+"""python -m cycleseg.predict: masks at each input's size, palette indices = argmax of the logits."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cycleseg.predict import main as predict_main
+
+
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
+
+
+def expected_mask(ckpt, image: np.ndarray) -> np.ndarray:
+    """The prediction computed here, independently of predict.py: resize, network, argmax, resize back."""
+    from cycleseg.checkpoint import load_run
+    from cycleseg.models import networks_from_checkpoint
+
+    _, _, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
+    small = np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR)).astype(np.float32)
+    x = torch.from_numpy(small).permute(2, 0, 1)[None] / 127.5 - 1
+    with torch.no_grad():
+        pred = nets["G_IS"].eval()(x).argmax(1)[0].numpy().astype(np.uint8)
+    return np.asarray(Image.fromarray(pred).resize((image.shape[1], image.shape[0]), Image.NEAREST))
+
+
+def test_masks_at_input_size_with_argmax_indices(checkpoint, tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shapes = {"a": (20, 30), "b": (33, 17)}
+    images = {}
+    for name, (h, w) in shapes.items():
+        images[name] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(images[name]).save(folder / f"{name}.png")
+    gray = rng.integers(0, 256, (12, 40), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "c.png")
+    assert predict_main([str(checkpoint), str(folder), str(tmp_path / "c.png"), "--out", str(tmp_path / "out"),
+                         "--no-progress"]) == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_{kind}.png" for n in "abc"
+                                                           for kind in ("mask", "overlay", "gsi"))
+    images["c"] = np.repeat(gray[..., None], 3, axis=2)                       # converted to RGB, as predict does
+    for name, image in images.items():
+        mask = Image.open(out / f"{name}_mask.png")
+        assert mask.mode == "P" and mask.size == (image.shape[1], image.shape[0])
+        assert np.array_equal(np.asarray(mask), expected_mask(checkpoint, image))
+        assert Image.open(out / f"{name}_overlay.png").size == mask.size == Image.open(out / f"{name}_gsi.png").size
+
+
+def test_hdf5_inputs(checkpoint, tmp_path):
+    from cycleseg.data.splits import split_paths
+    val = split_paths(None, image_size=16)["val"]
+    assert predict_main([str(checkpoint), str(val), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    masks = sorted((tmp_path / "o").glob("*_mask.png"))
+    assert len(masks) == 200 and Image.open(masks[0]).size == (16, 16)
+
+
+def test_errors_leave_the_output_untouched(checkpoint, tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    assert predict_main([str(checkpoint), str(tmp_path / "good.png"), str(tmp_path / "bad.png"),
+                         "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.png: not a readable image" in err and not (tmp_path / "out").exists()
+    assert predict_main([str(checkpoint), str(tmp_path / "missing.png"), "--out", str(tmp_path / "out")]) == 2
+    assert "missing.png: no such file" in capsys.readouterr().err
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert predict_main([str(tmp_path / "list.pt"), str(tmp_path / "good.png"), "--out", str(tmp_path / "out")]) == 2
+    assert "not a cycleseg checkpoint" in capsys.readouterr().err and not (tmp_path / "out").exists()
