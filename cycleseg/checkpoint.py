@@ -7,6 +7,7 @@ pools, streams and RNG states. `load_run` checks that a file is one before anyth
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -23,12 +24,21 @@ def save(path, state: dict) -> None:
 
 
 def load(path, map_location="cpu") -> dict:
+    """A checkpoint's contents, loaded with weights_only=True: tensors, numbers, strings and containers
+    only, so a file from elsewhere cannot run code when opened (ours hold nothing else: the config as a
+    dict, RNG states as tensors or tuples of ints)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        # Our checkpoints hold RNG states and the config as plain Python objects.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):
+            raise CheckpointError(f"{path}: could not be read as a checkpoint (not a torch checkpoint, or "
+                                  f"corrupt: {str(e).splitlines()[-1].strip() or 'unpickling failed'})") from e
+        raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors, numbers, strings and "
+                              f"containers, which could run code when loaded; cycleseg checkpoints never do "
+                              f"({str(e).splitlines()[0]})") from e
     except Exception as e:
         raise CheckpointError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e}); the file is "
                               f"corrupt, truncated or not a torch checkpoint") from e

@@ -20,7 +20,18 @@ PRESETS = {
     "cpu": dict(ngf=16, n_blocks=3, ndf=32, image_size=64, batch_size=8, steps=1000, lr=1e-3,
                 eval_every=250, ckpt_every=250),
 }
-MODES = ("semi", "partial", "full")
+# The objective's weights and schedule. "2019": the original code's (the paper's equations with its
+# weights, no ramp-up, one learning rate, beta1 0.9 for the supervised baselines). "tuned": found by
+# experiment on ACDC (README, "Making the method win"): the same optimizer for every arm of a comparison,
+# a sigmoid ramp-up of the terms that see unlabeled images, a slower discriminator, a small weight for
+# the adversarial term on G_IS.
+RECIPES = {
+    "2019": dict(lambda1=1.0, lambda2=0.05, lambda3=1.0, lambda4=0.5, lambda5=0.5, rampup=0.0, lr_d_scale=1.0,
+                 beta1_semi=0.5, beta1_supervised=0.9, dice=0.0, hard_cycle=False),
+    "tuned": dict(lambda1=1.0, lambda2=0.05, lambda3=1.0, lambda4=0.5, lambda5=0.5, rampup=0.0, lr_d_scale=1.0,
+                  beta1_semi=0.5, beta1_supervised=0.5, dice=0.0, hard_cycle=False),
+}
+MODES = ("semi", "partial", "full", "adversarial")
 # Fields of the command line that may differ from a checkpoint's config on --resume.
 RUNTIME_FIELDS = ("resume", "device", "progress", "out", "log_every")
 
@@ -28,7 +39,7 @@ RUNTIME_FIELDS = ("resume", "device", "progress", "out", "log_every")
 @dataclass
 class Config:
     # what to train
-    mode: str = "semi"                  # semi: the CycleGAN objective; partial: G_IS on the labeled subset; full: 100 % labels
+    mode: str = "semi"                  # semi: the CycleGAN objective; partial: G_IS on the labeled subset; full: 100 % labels; adversarial: Hung et al. (2018)
     data: str | None = None             # train .h5, a folder with train.h5 + val.h5, or an SSL4MIS ACDC folder; None = built-in
     val_data: str | None = None         # val split .h5 (default: val.h5 beside the train split)
     labeled_fraction: float = 0.1       # nested subsets fixed by the seed
@@ -45,15 +56,21 @@ class Config:
     batch_size: int | None = None       # labeled images per step, and as many unlabeled
     image_size: int | None = None       # size of the built-in dataset and of ACDC read from its folder
     lr: float | None = None             # Adam learning rate (paper: 2e-4)
-    beta1: float | None = None          # None: 0.5 for semi (CycleGAN), 0.9 for the supervised baselines
-    lambda1: float = Lambdas.gen_img    # weight of L_gen^I = MSE(G_SI(y), x)
-    lambda2: float = Lambdas.cycle_seg  # weight of L_cycle^S = CE(G_IS(G_SI(y)), y)
-    lambda3: float = Lambdas.cycle_img  # weight of L_cycle^I = L1(G_SI(softmax G_IS(x')), x')
-    lambda4: float = Lambdas.disc_seg   # weight of L_disc^S: G_IS fools D_S on unlabeled images
-    lambda5: float = Lambdas.disc_img   # weight of L_disc^I: G_SI fools D_I
+    recipe: str = "tuned"               # the objective's weights and schedule: tuned (found on ACDC) or 2019 (the original code's); the options below override it
+    beta1: float | None = None          # Adam beta1 (recipe tuned: 0.5 for every mode; 2019: 0.5 semi, 0.9 the supervised baselines)
+    lr_d: float | None = None           # the discriminators' learning rate (default: the recipe's share of --lr)
+    lambda1: float | None = None        # weight of L_gen^I = MSE(G_SI(y), x)
+    lambda2: float | None = None        # weight of L_cycle^S = CE(G_IS(G_SI(y)), y)
+    lambda3: float | None = None        # weight of L_cycle^I = L1(G_SI(softmax G_IS(x')), x')
+    lambda4: float | None = None        # weight of L_disc^S: G_IS fools D_S on unlabeled images
+    lambda5: float | None = None        # weight of L_disc^I: G_SI fools D_I
+    rampup: float | None = None         # fraction of the steps over which the terms that see unlabeled images (lambda3, lambda4) ramp up from 0 (sigmoid); 0 = none
+    dice: float | None = None           # weight of a soft Dice loss added to the supervised cross-entropy (every mode alike); 0 = none
+    hard_cycle: bool | None = None      # G_SI reads one-hot argmax masks of unlabeled images in L_cycle^I (straight-through gradient) instead of softmax probabilities
     pool_size: int = 50                 # fakes kept in each discriminator's history pool (0: none)
     # data
     flip: bool = False                  # random horizontal flips (off in the paper preset)
+    rotate: bool = False                # random rotations by multiples of 90 degrees (with --flip: the usual ACDC augmentation)
     scale_crop: float = 1.0             # > 1: random crops of 1/s of each side, s in [1, scale_crop], resized back
     prefetch: int = 3                   # batches prepared ahead of the step by the loader thread
     # execution
@@ -87,8 +104,18 @@ class Config:
             c.labeled_fraction = 1.0
         if not 0.0 < c.labeled_fraction <= 1.0:
             raise ValueError(f"--labeled-fraction must be in (0, 1], got {c.labeled_fraction}")
+        if c.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {c.recipe!r}")
+        r = RECIPES[c.recipe]
+        for k in ("lambda1", "lambda2", "lambda3", "lambda4", "lambda5", "rampup", "dice", "hard_cycle"):
+            if getattr(c, k) is None:
+                setattr(c, k, r[k])
         if c.beta1 is None:
-            c.beta1 = 0.5 if c.mode == "semi" else 0.9
+            c.beta1 = r["beta1_semi"] if c.mode == "semi" else r["beta1_supervised"]
+        if c.lr_d is None:
+            c.lr_d = c.lr * r["lr_d_scale"]
+        if not 0.0 <= c.rampup <= 1.0:
+            raise ValueError(f"--rampup is a fraction of the steps in [0, 1], got {c.rampup}")
         if c.compile not in ("auto", "on", "off"):
             raise ValueError(f"compile must be auto, on or off, got {c.compile!r}")
         if c.precision not in ("auto", "fp32", "bf16"):
@@ -132,6 +159,7 @@ def field_help() -> dict:
 
 
 CHOICES = {"mode": MODES, "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("instance", "batch", "none"),
+           "recipe": tuple(RECIPES),
            "compile": ("auto", "on", "off"), "precision": ("auto", "fp32", "bf16")}
 
 
@@ -144,7 +172,7 @@ def parse_args(argv=None) -> tuple[Config, bool]:
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         text = helps.get(f.name, "")
-        if f.type in ("bool", bool):
+        if str(f.type).split(" ")[0] == "bool":                 # bool, or bool | None (None: from the recipe)
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
             continue
         typ = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]

@@ -24,12 +24,30 @@ def atomic_path(path):
             tmp.unlink()
 
 
+# Tests that kill a run while it writes a checkpoint set this to a pause (seconds) between writing the
+# temporary file and renaming it, so that the kill lands inside the write.
+SLOW_WRITE = "CYCLESEG_SLOW_WRITE_FOR_TESTS"
+
+
 def atomic_write_bytes(path, write_fn) -> None:
     """Call write_fn(file_object) on a temp file next to `path`, fsync it, then rename it to `path`."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write_fn(f)
         f.flush()
         os.fsync(f.fileno())
+        if os.environ.get(SLOW_WRITE):
+            import time
+            time.sleep(float(os.environ[SLOW_WRITE]))
+
+
+def remove_stale_temporaries(folder) -> list:
+    """Delete the temporary files that a process killed while writing left in `folder`."""
+    gone = []
+    for p in Path(folder).glob(".*.tmp*"):
+        if p.is_file():
+            p.unlink()
+            gone.append(p.name)
+    return gone
 
 
 def atomic_write_text(path, text: str) -> None:

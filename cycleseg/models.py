@@ -102,6 +102,24 @@ class PixelDiscriminator(nn.Module):
         return self.net(x)
 
 
+class FCDiscriminator(nn.Module):
+    """Hung et al. (2018)'s fully convolutional discriminator on K-channel class maps: five 4x4 stride-2
+    convolutions (ndf, 2 ndf, 4 ndf, 8 ndf, 1) with LeakyReLU(0.2), scores upsampled (bilinear) to the
+    input's size: (N, K, H, W) -> (N, 1, H, W) confidence logits."""
+
+    def __init__(self, in_ch: int, ndf: int = 64):
+        super().__init__()
+        layers, ch = [], in_ch
+        for out in (ndf, ndf * 2, ndf * 4, ndf * 8):
+            layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            ch = out
+        layers.append(nn.Conv2d(ch, 1, 4, stride=2, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return nn.functional.interpolate(self.net(x), size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
 def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
     """Conv/convT weights N(0, std), biases 0; BatchNorm weights N(1, std), biases 0."""
     for m in net.modules():
@@ -141,9 +159,12 @@ def build_networks(in_ch: int, num_classes: int, ngf: int = 64, n_blocks: int = 
 
 def networks_from_config(cfg, meta, names=("G_IS", "G_SI", "D_S", "D_I")) -> dict:
     """The networks `names` of a run with config `cfg` (resolved) on data described by `meta`
-    (channels, num_classes), initialised from the current torch seed."""
+    (channels, num_classes), initialised from the current torch seed. "D_H" is Hung et al.'s
+    discriminator (--mode adversarial)."""
     nets = build_networks(meta.channels, meta.num_classes, cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.disc_norm,
-                          cfg.dropout, with_cycle=set(names) != {"G_IS"})
+                          cfg.dropout, with_cycle=bool(set(names) & {"G_SI", "D_S", "D_I"}))
+    if "D_H" in names:
+        nets["D_H"] = init_weights(FCDiscriminator(meta.num_classes, cfg.ndf))
     unknown = set(names) - set(nets)
     if unknown:
         raise ValueError(f"unknown networks {sorted(unknown)}; the method has {sorted(nets)}")

@@ -50,14 +50,41 @@ def one_hot(y: torch.Tensor, num_classes: int, ignore_index: int, dtype=torch.fl
     return (oh * valid.unsqueeze(1)).to(dtype)
 
 
-def supervised_objective(g_is, x, y, ignore_index: int = 255, ops=reference):
-    """The Partial / Full baselines: cross-entropy of G_IS alone. Returns (loss, terms)."""
-    loss = ops.softmax_cross_entropy(g_is(x), y, ignore_index=ignore_index)
+def soft_dice_loss(logits, y, num_classes: int, ignore_index: int = 255, eps: float = 1e-5):
+    """1 - mean over classes of the soft Dice 2 sum(p t) / (sum(p) + sum(t)) of the softmax against the
+    one-hot masks, over the whole batch; ignored pixels count nowhere."""
+    p = torch.softmax(logits.float(), dim=1)                           # (N, K, H, W)
+    t = one_hot(y, num_classes, ignore_index, p.dtype)
+    valid = (y != ignore_index).unsqueeze(1).to(p.dtype)
+    inter = (p * t * valid).sum(dim=(0, 2, 3))
+    total = (p * valid).sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
+    return 1 - ((2 * inter + eps) / (total + eps)).mean()
+
+
+def segmentation_loss(logits, y, num_classes: int, ignore_index: int, ops, dice: float = 0.0):
+    """The supervised loss of G_IS: cross-entropy, plus `dice` x soft Dice when dice > 0."""
+    loss = ops.softmax_cross_entropy(logits, y, ignore_index=ignore_index)
+    if dice:
+        loss = loss + dice * soft_dice_loss(logits, y, num_classes, ignore_index)
+    return loss
+
+
+def straight_through(p: torch.Tensor) -> torch.Tensor:
+    """one_hot(argmax p) in the forward pass, the gradient of p in the backward pass."""
+    hard = F.one_hot(p.argmax(1), p.shape[1]).permute(0, 3, 1, 2).to(p.dtype)
+    return hard + p - p.detach()
+
+
+def supervised_objective(g_is, x, y, ignore_index: int = 255, ops=reference, num_classes: int = 0,
+                         dice: float = 0.0):
+    """The Partial / Full baselines: the supervised loss of G_IS alone. Returns (loss, terms)."""
+    loss = segmentation_loss(g_is(x), y, num_classes, ignore_index, ops, dice)
     return loss, {"gen_seg": loss.detach()}
 
 
 def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lambdas: Lambdas = Lambdas(),
-                        ignore_index: int = 255, ops=reference, merge_passes: bool = False):
+                        ignore_index: int = 255, ops=reference, merge_passes: bool = False, unlabeled_weight=1.0,
+                        dice: float = 0.0, hard_cycle: bool = False):
     """Generator side of the CycleGAN objective.
 
     x (N, C, H, W) in [-1, 1] with masks y (N, H, W); x_unl (M, C, H, W) unlabeled images.
@@ -65,6 +92,10 @@ def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lam
     fakes = {"seg": softmax(G_IS(x')), "img": G_SI(y)}, detached, for the discriminators' pools.
     merge_passes: G_IS reads x, G_SI(y) and x' in one call (the networks' instance norms work per image,
     so this is the same function as three calls; one larger batch runs faster).
+    unlabeled_weight: a factor (float or 0-d tensor) on the terms that see unlabeled images (lambda3,
+    lambda4): the ramp-up. dice: weight of a soft Dice term added to L_gen^S. hard_cycle: G_SI reads
+    the one-hot argmax of G_IS(x') in L_cycle^I, with the softmax's gradient (straight through), so that
+    G_IS cannot pass the image to G_SI in the small print of its probabilities.
     """
     lam = lambdas
     y1h = one_hot(y, num_classes, ignore_index, x.dtype)              # (N, K, H, W)
@@ -79,7 +110,7 @@ def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lam
     else:
         logits_x = g_is(x)
         fake_img = g_si(y1h)
-    loss = ops.softmax_cross_entropy(logits_x, y, ignore_index=ignore_index)
+    loss = segmentation_loss(logits_x, y, num_classes, ignore_index, ops, dice)
     terms["gen_seg"] = loss
 
     if lam.gen_img:
@@ -95,11 +126,12 @@ def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lam
 
     fake_seg = torch.softmax(logits_unl if merge_passes else g_is(x_unl), dim=1)  # (M, K, H, W) s(G_IS(x'))
     if lam.cycle_img:
-        terms["cycle_img"] = F.l1_loss(g_si(fake_seg), x_unl)
-        loss = loss + lam.cycle_img * terms["cycle_img"]
+        seg_in = straight_through(fake_seg) if hard_cycle else fake_seg
+        terms["cycle_img"] = F.l1_loss(g_si(seg_in), x_unl)
+        loss = loss + (lam.cycle_img * unlabeled_weight) * terms["cycle_img"]
     if lam.disc_seg:
         terms["disc_seg"] = ops.lsgan_loss(d_s(fake_seg), 1.0)
-        loss = loss + lam.disc_seg * terms["disc_seg"]
+        loss = loss + (lam.disc_seg * unlabeled_weight) * terms["disc_seg"]
 
     terms = {k: v.detach() for k, v in terms.items()}
     return loss, terms, {"seg": fake_seg.detach(), "img": fake_img.detach()}
@@ -120,3 +152,56 @@ def discriminator_objective(d_s, d_i, real_seg, fake_seg, real_img, fake_img, op
     d_seg = ops.lsgan_disc_loss(*scores(d_s, real_seg, fake_seg))
     d_img = ops.lsgan_disc_loss(*scores(d_i, real_img, fake_img))
     return d_seg + d_img, {"d_seg": d_seg.detach(), "d_img": d_img.detach()}
+
+
+# -- Hung et al. (2018), "Adversarial learning for semi-supervised semantic segmentation" ------------------
+# G_IS's softmax is judged per pixel by a fully convolutional discriminator D (trained to tell it from
+# one-hot ground truth); on unlabeled images G_IS is also trained on its own confident predictions.
+
+def masked_bce(logits, target: float, mask=None):
+    """Mean binary cross-entropy with logits against a constant target, over the pixels of `mask`."""
+    t = torch.full_like(logits, target)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), t.float(), reduction="none")
+    if mask is None:
+        return loss.mean()
+    m = mask.to(loss.dtype).unsqueeze(1)
+    return (loss * m).sum() / m.sum().clamp(min=1)
+
+
+def adversarial_objective(g_is, d, x, y, x_unl, num_classes: int, ignore_index: int, ops=reference,
+                          lambda_adv: float = 0.01, lambda_semi_adv: float = 0.001, lambda_semi: float = 0.1,
+                          mask_threshold: float = 0.2, self_training=0.0, dice: float = 0.0):
+    """Segmentation side of Hung et al.: CE on labeled images + lambda_adv * adversarial term on labeled
+    predictions + lambda_semi_adv * adversarial term on unlabeled ones + lambda_semi * CE against the
+    unlabeled predictions' argmax where D's confidence sigmoid(D) exceeds mask_threshold (switched on by
+    self_training, 0 or 1). Returns (loss, terms, fakes) like generator_objective."""
+    valid = y != ignore_index
+    logits = g_is(x)
+    loss = segmentation_loss(logits, y, num_classes, ignore_index, ops, dice)
+    terms = {"gen_seg": loss}
+    p_l = torch.softmax(logits, dim=1)
+    terms["adv"] = masked_bce(d(p_l), 1.0, valid)
+    logits_u = g_is(x_unl)
+    p_u = torch.softmax(logits_u, dim=1)
+    d_u = d(p_u)
+    terms["semi_adv"] = masked_bce(d_u, 1.0)
+    confident = torch.sigmoid(d_u.float()).squeeze(1) > mask_threshold
+    pseudo = torch.where(confident, p_u.argmax(1), torch.full_like(confident, ignore_index, dtype=torch.long))
+    # a mean over no pixel is NaN: a batch without a confident pixel contributes 0
+    semi = F.cross_entropy(logits_u.float(), pseudo, ignore_index=ignore_index, reduction="sum") / confident.sum().clamp(min=1)
+    terms["semi"] = semi
+    loss = loss + lambda_adv * terms["adv"] + lambda_semi_adv * terms["semi_adv"] + (lambda_semi * self_training) * semi
+    terms = {k: v.detach() for k, v in terms.items()}
+    return loss, terms, {"labeled": p_l.detach(), "unlabeled": p_u.detach()}
+
+
+def adversarial_discriminator_objective(d, real_seg, fake_labeled, fake_unlabeled, valid):
+    """D of Hung et al.: one-hot ground truth (real, 1) against G_IS's softmax on labeled and unlabeled
+    images (fake, 0), each half weighted 1/2; ignored pixels count nowhere."""
+    fake = torch.cat([fake_labeled, fake_unlabeled])
+    fake_mask = torch.cat([valid, torch.ones((fake_unlabeled.shape[0], *valid.shape[1:]), dtype=torch.bool,
+                                             device=valid.device)])
+    d_fake = masked_bce(d(fake), 0.0, fake_mask)
+    d_real = masked_bce(d(real_seg), 1.0, valid)
+    loss = 0.5 * (d_fake + d_real)
+    return loss, {"d_adv": loss.detach()}

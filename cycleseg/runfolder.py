@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import checkpoint
 from .config import Config, merge_for_resume
-from .fileio import append_jsonl, atomic_write_text, read_jsonl
+from .fileio import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries
 
 
 class RunFolder:
@@ -32,7 +33,7 @@ class RunFolder:
     def open(self, cfg: Config) -> tuple[Config, dict | None]:
         """(config to run with, checkpoint state to resume from or None). Refuses to overwrite a run."""
         if cfg.resume and self.last.exists():
-            saved = checkpoint.load(self.last)
+            saved = checkpoint.load_run(self.last)
             cfg, diff = merge_for_resume(saved["config"], cfg)
             if diff:
                 self.note(f"resuming {self.last}: keeping the checkpoint's {', '.join(diff)}")
@@ -49,7 +50,14 @@ class RunFolder:
         from: they will be written again)."""
         if not self.writes:
             return
-        (self.path / "samples").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.path / "samples").mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise OSError(f"cannot write the run folder {self.path}: {e.strerror or e}") from e
+        remove_stale_temporaries(self.path)                          # left by a process killed mid-write
         if self.metrics.exists():
             keep = [r for r in read_jsonl(self.metrics) if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
@@ -63,14 +71,20 @@ class RunFolder:
     def records(self, split: str | None = None) -> list[dict]:
         return [r for r in read_jsonl(self.metrics) if split is None or r["split"] == split]
 
-    def picture(self, step: int, columns) -> None:
+    def picture(self, step: int, columns, titles=None) -> None:
         if self.writes:
             from .visualize import save_grid
-            save_grid(self.path / "samples" / f"step{step:07d}.png", columns)
+            save_grid(self.path / "samples" / f"step{step:07d}.png", columns, titles)
 
     def save(self, state: dict, best: bool = False) -> None:
-        if self.writes:
-            checkpoint.save(self.best if best else self.last, state)
+        if not self.writes:
+            return
+        path = self.best if best else self.last
+        try:
+            checkpoint.save(path, state)
+        except OSError as e:                                       # disk full, folder gone or read-only
+            raise OSError(f"could not write {path} ({e.strerror or e}); the previous {path.name}, if any, is "
+                          f"intact (checkpoints are written to a temporary file and renamed)") from e
 
     def note(self, message: str) -> None:
         if self.writes:

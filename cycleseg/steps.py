@@ -16,16 +16,27 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 
 import torch
 
 from .data.pixels import to_input
 from .fastpath import Plan
-from .objective import discriminator_objective, generator_objective, one_hot, supervised_objective
+from .objective import (adversarial_discriminator_objective, adversarial_objective, discriminator_objective,
+                        generator_objective, one_hot, supervised_objective)
 from .pool import ImagePool
 
 # Each pool's RNG seed is the run seed plus its offset (distinct from the streams' seeds).
 POOL_SEED_OFFSETS = {"seg": 11, "img": 12}
+
+
+def sigmoid_rampup(step: int, length: int) -> float:
+    """exp(-5 (1 - t)^2), t = step / length clipped to [0, 1] (Laine & Aila 2017; SSL4MIS's ramp-up):
+    ~0.007 at the start, 1 from `length` on; 1 throughout when length is 0."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
 class LinearDecay:
@@ -53,9 +64,9 @@ class Step:
         self.optimizers: dict = {}
         self.pools: dict = {}
 
-    def adam(self, params) -> torch.optim.Adam:
+    def adam(self, params, lr: float | None = None) -> torch.optim.Adam:
         extra = {"fused": True} if self.plan.fused_adam else {}
-        return torch.optim.Adam(params, self.cfg.lr, betas=(self.cfg.beta1, 0.999), **extra)
+        return torch.optim.Adam(params, self.cfg.lr if lr is None else lr, betas=(self.cfg.beta1, 0.999), **extra)
 
     def autocast(self):
         if self.plan.autocast:
@@ -101,6 +112,10 @@ class Step:
             for k, obj in getattr(self, group).items():
                 obj.load_state_dict(state[group][k])
 
+    def steps_done(self) -> int:
+        """Updates made so far (the LR schedulers count them, and they are checkpointed)."""
+        return self.schedulers["G"].last_epoch
+
 
 class SupervisedStep(Step):
     """Partial / Full: G_IS trained by cross-entropy on the labeled batch alone."""
@@ -114,7 +129,8 @@ class SupervisedStep(Step):
 
     def _loss(self, x, y):
         with self.autocast():
-            return supervised_objective(self.nets["G_IS"], x, y, self.meta.ignore_index, self.ops)
+            return supervised_objective(self.nets["G_IS"], x, y, self.meta.ignore_index, self.ops,
+                                        self.meta.num_classes, self.cfg.dice)
 
     def __call__(self, batch: dict) -> dict:
         loss, terms = self.loss(*self.inputs(batch))
@@ -135,17 +151,19 @@ class CycleGANStep(Step):
         super().__init__(nets, cfg, meta, plan)
         chain = itertools.chain
         self.optimizers = {"G": self.adam(chain(nets["G_IS"].parameters(), nets["G_SI"].parameters())),
-                           "D": self.adam(chain(nets["D_S"].parameters(), nets["D_I"].parameters()))}
+                           "D": self.adam(chain(nets["D_S"].parameters(), nets["D_I"].parameters()), cfg.lr_d)}
         self.pools = {k: ImagePool(cfg.pool_size, cfg.seed + off) for k, off in POOL_SEED_OFFSETS.items()}
         self._schedule()
+        self.ramp = torch.ones((), device=self.device)
         self.generator_loss = self.compiled(self._generator_loss)
         self.discriminator_loss = self.compiled(self._discriminator_loss)
 
-    def _generator_loss(self, x, y, x_unl):
+    def _generator_loss(self, x, y, x_unl, ramp):
         n = self.nets
         with self.autocast():
             return generator_objective(n["G_IS"], n["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, self.meta.num_classes,
-                                       self.cfg.lambdas, self.meta.ignore_index, self.ops, self.plan.merge_passes)
+                                       self.cfg.lambdas, self.meta.ignore_index, self.ops, self.plan.merge_passes,
+                                       ramp, self.cfg.dice, self.cfg.hard_cycle)
 
     def _discriminator_loss(self, y, fake_seg, x_unl, fake_img):
         n, k, ign = self.nets, self.meta.num_classes, self.meta.ignore_index
@@ -163,7 +181,10 @@ class CycleGANStep(Step):
         # 1. generator update, discriminators frozen
         for d in discriminators:
             d.requires_grad_(False)
-        loss_g, terms, fakes = self.generator_loss(x, y, x_unl)
+        # the ramp-up weight of the unlabeled terms: a device scalar (an input of a compiled step, and filled
+        # in place: no host-to-device copy)
+        self.ramp.fill_(sigmoid_rampup(self.steps_done(), round(self.cfg.rampup * self.cfg.steps)))
+        loss_g, terms, fakes = self.generator_loss(x, y, x_unl, self.ramp)
         self.optimizers["G"].zero_grad(set_to_none=True)
         loss_g.backward()
         self.optimizers["G"].step()
@@ -180,4 +201,59 @@ class CycleGANStep(Step):
         return {**terms, **d_terms}
 
 
-STEPS = {"semi": CycleGANStep, "partial": SupervisedStep, "full": SupervisedStep}
+class AdversarialStep(Step):
+    """Hung et al. (2018), the paper's comparison row: G_IS with a fully convolutional discriminator D_H
+    on its softmax (objective.adversarial_objective), self-training on confident unlabeled pixels from a
+    quarter of the run on (their 5000 of 20000 iterations). Their weights: 0.01 adversarial on labeled,
+    0.001 on unlabeled, 0.1 self-training, confidence threshold 0.2; D_H: Adam, betas (0.9, 0.99), at
+    0.4 x the segmenter's learning rate (their 1e-4 against 2.5e-4). G_IS's optimizer is every arm's."""
+    networks = ("G_IS", "D_H")
+    streams = ("labeled", "unlabeled")
+    SELF_TRAINING_START = 0.25
+
+    def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
+        super().__init__(nets, cfg, meta, plan)
+        self.optimizers = {"G": self.adam(nets["G_IS"].parameters()),
+                           "D": torch.optim.Adam(nets["D_H"].parameters(), 0.4 * cfg.lr, betas=(0.9, 0.99),
+                                                 **({"fused": True} if plan.fused_adam else {}))}
+        self._schedule()
+        self.self_training = torch.zeros((), device=self.device)
+        self.generator_loss = self.compiled(self._generator_loss)
+        self.discriminator_loss = self.compiled(self._discriminator_loss)
+
+    def _generator_loss(self, x, y, x_unl, self_training):
+        with self.autocast():
+            return adversarial_objective(self.nets["G_IS"], self.nets["D_H"], x, y, x_unl, self.meta.num_classes,
+                                         self.meta.ignore_index, self.ops, self_training=self_training,
+                                         dice=self.cfg.dice)
+
+    def _discriminator_loss(self, y, fake_labeled, fake_unlabeled):
+        real = self.layout(one_hot(y, self.meta.num_classes, self.meta.ignore_index, fake_labeled.dtype))
+        with self.autocast():
+            return adversarial_discriminator_objective(self.nets["D_H"], real, fake_labeled, fake_unlabeled,
+                                                       y != self.meta.ignore_index)
+
+    def __call__(self, batch: dict) -> dict:
+        x, y = self.inputs(batch)
+        x_unl = self.image(batch["unlabeled"])
+        d = self.nets["D_H"]
+
+        # 1. segmenter update, D_H frozen
+        d.requires_grad_(False)
+        self.self_training.fill_(float(self.steps_done() >= self.SELF_TRAINING_START * self.cfg.steps))
+        loss, terms, fakes = self.generator_loss(x, y, x_unl, self.self_training)
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers["G"].step()
+        d.requires_grad_(True)
+
+        # 2. D_H update: one-hot ground truth against the segmenter's softmax maps
+        loss_d, d_terms = self.discriminator_loss(y, fakes["labeled"], fakes["unlabeled"])
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.optimizers["D"].step()
+        self._lr_step()
+        return {**terms, **d_terms}
+
+
+STEPS = {"semi": CycleGANStep, "partial": SupervisedStep, "full": SupervisedStep, "adversarial": AdversarialStep}

@@ -24,20 +24,23 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import time
 
 import torch
 
+from .checkpoint import CheckpointError
 from .config import Config, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import make_streams, open_splits, split_paths
 from .evaluate import evaluate, evaluate_volumes
 from .fastpath import Plan, plan_for
+from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from .models import count_parameters, data_info, networks_from_config, use_ops
 from .runfolder import RunFolder
 from .steps import STEPS
-from .visualize import sample_columns
+from .visualize import SAMPLE_TITLES, sample_columns
 
 
 def build(cfg: Config, meta, device, plan: Plan):
@@ -61,13 +64,23 @@ def state_dict(step_no: int, best: float, cfg: Config, nets: dict, step, streams
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
 
 
-def load_state_dict(s: dict, nets: dict, step, streams) -> tuple[int, float]:
-    """Restore a checkpoint into the run's objects; returns (step number, best mIoU)."""
-    for k, net in nets.items():
-        net.load_state_dict(s["nets"][k])
-    step.load_state_dict(s)
-    for k, loader in streams.loaders.items():
-        loader.load_state_dict(s["streams"][k])
+def load_state_dict(s: dict, nets: dict, step, streams, path) -> tuple[int, float]:
+    """Restore a checkpoint into the run's objects; returns (step number, best mIoU). A checkpoint of
+    other data or networks: CheckpointError saying which, before any training."""
+    for what in ("num_classes", "channels"):
+        have, want = s.get("data", {}).get(what), getattr(step.meta, what)
+        if have is not None and have != want:
+            raise CheckpointError(f"{path}: trained on data with {have} {what.replace('_', ' ')}, but "
+                                  f"{step.meta.path} has {want}")
+    try:
+        for k, net in nets.items():
+            net.load_state_dict(s["nets"][k])
+        step.load_state_dict(s)
+        for k, loader in streams.loaders.items():
+            loader.load_state_dict(s["streams"][k])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: does not match this run's networks or optimizers "
+                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
     torch.set_rng_state(s["rng"]["torch"])
     if s["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["rng"]["cuda"])
@@ -93,21 +106,22 @@ def train(cfg: Config, until: int | None = None) -> dict:
     plan = Plan.from_state(saved["plan"]) if saved is not None and "plan" in saved else plan_for(cfg, device)
     nets, step = build(cfg, meta, device, plan)
     streams = make_streams(data.train, cfg.labeled_fraction, cfg.seed, cfg.batch_size, "unlabeled" in step.streams,
-                           device, cfg.prefetch, cfg.flip, cfg.scale_crop)
-    n, best = load_state_dict(saved, nets, step, streams) if saved is not None else (0, float("-inf"))
+                           device, cfg.prefetch, cfg.flip, cfg.scale_crop, rotate=cfg.rotate)
+    n, best = load_state_dict(saved, nets, step, streams, folder.last) if saved is not None else (0, float("-inf"))
     folder.start(cfg, n)
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
                 f"{cfg.steps} steps on {cfg.device}, run folder {folder.path}\n{plan.describe()}")
 
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=n, disable=not cfg.progress, dynamic_ncols=True, desc=cfg.mode)
-    t0, result = time.time(), {}
+    t0, result, guard = time.time(), {}, FiniteGuard()
     with contextlib.ExitStack() as scope:
         if plan.fused_ops:
             from . import ops
             scope.enter_context(ops.validation(False))          # masks were checked at load: no per-step sync
         scope.callback(streams.close)
         scope.callback(bar.close)
+        stop = scope.enter_context(StopSignals())
         while n < cfg.steps:
             images, masks = next(streams.loaders["labeled"])
             batch = {"images": images.to(device, non_blocking=True), "masks": masks.to(device, non_blocking=True)}
@@ -115,22 +129,30 @@ def train(cfg: Config, until: int | None = None) -> dict:
                 batch["unlabeled"] = next(streams.loaders["unlabeled"])[0].to(device, non_blocking=True)
             terms = step(batch)
             n += 1
+            guard.update(terms, n)
             bar.update(1)
             if n % cfg.log_every == 0 or n == cfg.steps:
+                guard.check()
                 vals = {k: v.item() for k, v in terms.items()}    # host sync, once per log_every steps
                 folder.log({"step": n, "split": "train", "time": time.time() - t0, "lr": step.lr(), **vals})
                 bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()}, refresh=False)
             if n % cfg.eval_every == 0 or n == cfg.steps:
                 result = validate(cfg, nets, data, device)
                 folder.log({"step": n, "split": "val", **result})
-                folder.picture(n, sample_columns(nets, data.val, device))
+                folder.picture(n, sample_columns(nets, data.val, device), SAMPLE_TITLES)
                 vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
                 bar.write(f"step {n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
                 if result["miou"] > best:
                     best = result["miou"]
+                    guard.check()
                     folder.save(state_dict(n, best, cfg, nets, step, streams), best=True)
-            if n % cfg.ckpt_every == 0 or n == cfg.steps or n == until:
+            if n % cfg.ckpt_every == 0 or n == cfg.steps or n == until or stop.signum:
+                guard.check()                                       # never checkpoint a diverged model
                 folder.save(state_dict(n, best, cfg, nets, step, streams))
+            if stop.signum:
+                raise Interrupted(stop.signum, n, f"stopped by signal {signal.Signals(stop.signum).name} after step "
+                                  f"{n}; saved {folder.last}. Resume with: python -m cycleseg.train --resume "
+                                  f"--out {folder.path}")
             if until is not None and n >= until:
                 break
     return result
@@ -158,7 +180,10 @@ def main(argv=None) -> int:
             print(describe(cfg, meta, networks_from_config(cfg, meta, STEPS[cfg.mode].networks)))
             return 0
         result = train(cfg)
-    except (DataError, FileExistsError, FileNotFoundError) as e:
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
+    except (DataError, CheckpointError, NonFiniteLoss, FileExistsError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"miou": result.get("miou"), "mdice": result.get("mdice"), "out": cfg.out}))

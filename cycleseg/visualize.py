@@ -30,9 +30,12 @@ def to_uint8_image(x: torch.Tensor) -> np.ndarray:
     return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x
 
 
+SAMPLE_TITLES = ["image", "truth", "prediction", "G_SI(truth)"]
+
+
 @torch.no_grad()
 def sample_columns(nets: dict, source, device, count: int = GRID_IMAGES) -> list[list[np.ndarray]]:
-    """The grid's columns for the first `count` images of `source` (an H5Source)."""
+    """The grid's columns (SAMPLE_TITLES) for the first `count` images of `source` (an H5Source)."""
     meta = source.meta
     images, masks = source.batch(np.arange(min(count, len(source))))
     x, y = to_input(images, device), masks.to(device)
@@ -48,15 +51,28 @@ def sample_columns(nets: dict, source, device, count: int = GRID_IMAGES) -> list
     return cols
 
 
-def save_grid(path, columns: list[list[np.ndarray]], scale: int = 2) -> None:
-    """columns[c][r] is an (H, W, 3) uint8 picture; written atomically as one PNG."""
-    from PIL import Image
+def titled_grid(columns: list[list[np.ndarray]], titles=None, scale: int = 2):
+    """columns[c][r] is an (H, W, 3) uint8 picture -> a PIL image, each column under its title."""
+    from PIL import Image, ImageDraw
 
     rows = [np.concatenate([col[r] for col in columns], axis=1) for r in range(len(columns[0]))]
-    grid = np.concatenate(rows, axis=0)
-    img = Image.fromarray(grid)
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
     if scale != 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    if not titles:
+        return grid
+    band = 16
+    img = Image.new("RGB", (grid.width, grid.height + band), "white")
+    img.paste(grid, (0, band))
+    draw = ImageDraw.Draw(img)
+    col_w = grid.width // len(columns)
+    for i, t in enumerate(titles[:len(columns)]):
+        draw.text((i * col_w + 3, 2), t, fill="black")
+    return img
+
+
+def save_grid(path, columns: list[list[np.ndarray]], titles=None, scale: int = 2) -> None:
+    """The titled grid of `columns`, written atomically as one PNG."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    titled_grid(columns, titles, scale).save(buf, format="PNG")
     atomic_write_bytes(Path(path), lambda f: f.write(buf.getvalue()))

@@ -193,6 +193,19 @@ def test_loader_augmentation_is_deterministic_and_consistent(tmp_path):
     assert (y[:, :, 0] == 0).any() and (y[:, :, 0] == 1).any()         # some flipped, some not
 
 
+def test_rotation_moves_image_and_mask_together(tmp_path):
+    images = np.zeros((16, 8, 8, 3), np.uint8)
+    masks = np.zeros((16, 8, 8), np.uint8)
+    images[:, :2, :4], masks[:, :2, :4] = 255, 2                        # a bar in the top-left corner
+    write_split(tmp_path / "r.h5", images, masks, META)
+    ld = Loader(H5Source(tmp_path / "r.h5"), Stream(np.arange(16), 16, seed=3), rotate=True, prefetch=1)
+    x, y = next(ld)
+    ld.close()
+    assert torch.equal(x[:, 0] == 255, y == 2)                          # exact: rotations need no resampling
+    corners = {tuple(np.argwhere(m.numpy() == 2).mean(0).round().astype(int)) for m in y}
+    assert len(corners) >= 3                                            # several of the four orientations
+
+
 def test_loader_errors_reach_the_consumer(tmp_path):
     path, _, _ = small(tmp_path, n=12)
     src = H5Source(path)

@@ -38,3 +38,21 @@ def test_jsonl_skips_a_torn_last_line(tmp_path):
         f.write('{"step": 3, "lo')                                          # killed mid-write
     assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
     assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+class Payload:
+    """Unpickling this runs code: what a malicious checkpoint would carry."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PAYLOAD_RAN",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import pickle
+    import torch
+    torch.save({"config": {}, "nets": {"G_IS": {}}, "extra": Payload()}, tmp_path / "evil.pt", pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="refused: it holds Python objects"):
+        checkpoint.load(tmp_path / "evil.pt")
+    assert not (tmp_path / "PAYLOAD_RAN").exists()

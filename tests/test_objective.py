@@ -134,3 +134,24 @@ def test_supervised_objective(setup):
     loss, terms = supervised_objective(nets["G_IS"], x, y, IGN)
     torch.testing.assert_close(loss, hand_ce(nets["G_IS"](x), y))
     assert set(terms) == {"gen_seg"}
+
+
+def test_soft_dice_by_hand():
+    from cycleseg.objective import soft_dice_loss
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])                 # (1, 2, 1, 2): two pixels, two classes
+    y = torch.tensor([[[0, 255]]])                                       # the second pixel ignored
+    p0 = torch.softmax(torch.tensor([2.0, 0.0]), 0)                      # the first pixel's probabilities
+    dice0 = (2 * p0[0] + 1e-5) / (p0[0] + 1 + 1e-5)                    # class 0: in the truth
+    dice1 = (0 + 1e-5) / (p0[1] + 1e-5)                                  # class 1: absent, predicted p0[1]
+    expect = 1 - (dice0 + dice1) / 2
+    assert soft_dice_loss(logits, y, 2, 255).item() == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_unlabeled_weight_scales_only_the_unlabeled_terms(setup):
+    nets, x, y, xu = setup
+    loss1, terms, _ = generator_objective(nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"], x, y, xu, K)
+    loss0, _, _ = generator_objective(nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"], x, y, xu, K,
+                                      unlabeled_weight=torch.tensor(0.0))
+    lam = Lambdas()
+    assert (loss1 - loss0).item() == pytest.approx(
+        (lam.cycle_img * terms["cycle_img"] + lam.disc_seg * terms["disc_seg"]).item(), rel=1e-5)

@@ -22,6 +22,7 @@ def test_modes_map_to_steps():
     assert STEPS["semi"] is CycleGANStep and STEPS["partial"] is STEPS["full"] is SupervisedStep
     assert CycleGANStep.networks == ("G_IS", "G_SI", "D_S", "D_I") and SupervisedStep.networks == ("G_IS",)
     assert CycleGANStep.streams == ("labeled", "unlabeled")
+    assert STEPS["adversarial"].networks == ("G_IS", "D_H")
 
 
 def make(mode):
@@ -32,17 +33,18 @@ def make(mode):
     return nets, STEPS[mode](nets, cfg, meta)
 
 
-def batches(n):
+def batches(n, size=8):
     g = torch.Generator().manual_seed(1)
-    return [{"images": torch.randint(0, 256, (2, 1, 8, 8), generator=g, dtype=torch.uint8),
-             "masks": torch.randint(0, 3, (2, 8, 8), generator=g, dtype=torch.uint8),
-             "unlabeled": torch.randint(0, 256, (2, 1, 8, 8), generator=g, dtype=torch.uint8)} for _ in range(n)]
+    return [{"images": torch.randint(0, 256, (2, 1, size, size), generator=g, dtype=torch.uint8),
+             "masks": torch.randint(0, 3, (2, size, size), generator=g, dtype=torch.uint8),
+             "unlabeled": torch.randint(0, 256, (2, 1, size, size), generator=g, dtype=torch.uint8)}
+            for _ in range(n)]
 
 
-@pytest.mark.parametrize("mode", ["semi", "partial"])
+@pytest.mark.parametrize("mode", ["semi", "partial", "adversarial"])
 def test_state_round_trip_continues_exactly(mode):
     nets, step = make(mode)
-    data = batches(6)
+    data = batches(6, 32 if mode == "adversarial" else 8)          # Hung's discriminator halves 5 times
     for b in data[:3]:
         step(b)
     saved_nets = {k: copy.deepcopy(v.state_dict()) for k, v in nets.items()}
@@ -58,3 +60,50 @@ def test_state_round_trip_continues_exactly(mode):
     assert step2.lr() == step.lr() < 1e-3
     if mode == "semi":
         assert set(step.state_dict()["pools"]) == {"seg", "img"}
+
+
+def test_sigmoid_rampup():
+    from cycleseg.steps import sigmoid_rampup
+    assert sigmoid_rampup(0, 100) == pytest.approx(float(torch.exp(torch.tensor(-5.0))))
+    assert sigmoid_rampup(50, 100) == pytest.approx(float(torch.exp(torch.tensor(-1.25))))
+    assert sigmoid_rampup(100, 100) == 1.0 == sigmoid_rampup(500, 100) == sigmoid_rampup(0, 0)
+
+
+def test_rampup_and_discriminator_lr_reach_the_step():
+    cfg = Config(device="cpu", mode="semi", ngf=4, n_blocks=1, ndf=4, steps=8, rampup=0.5, lr=1e-3,
+                 lr_d=1e-4).resolved()
+    meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
+    torch.manual_seed(0)
+    step = STEPS["semi"](networks_from_config(cfg, meta), cfg, meta)
+    assert step.optimizers["D"].param_groups[0]["lr"] == 1e-4 and step.optimizers["G"].param_groups[0]["lr"] == 1e-3
+    weights = []
+    for b in batches(5):
+        step(b)
+        weights.append(step.ramp.item())
+    from cycleseg.steps import sigmoid_rampup
+    assert weights == pytest.approx([sigmoid_rampup(i, 4) for i in range(5)])
+
+
+def test_adversarial_step_terms_and_self_training_start():
+    """Hung et al.'s step: the adversarial terms reach G_IS; self-training starts at a quarter of the run."""
+    cfg = Config(device="cpu", mode="adversarial", ngf=4, n_blocks=1, ndf=4, steps=8, lr=1e-3).resolved()
+    meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
+    torch.manual_seed(0)
+    nets = networks_from_config(cfg, meta, STEPS["adversarial"].networks)
+    step = STEPS["adversarial"](nets, cfg, meta)
+    on = []
+    for b in batches(4, 32):
+        terms = step(b)
+        on.append(step.self_training.item())
+    assert set(terms) == {"gen_seg", "adv", "semi_adv", "semi", "d_adv"}
+    assert on == [0.0, 0.0, 1.0, 1.0]                                # from step 2 of 8
+    assert step.optimizers["D"].param_groups[0]["initial_lr"] == pytest.approx(0.4e-3)
+    from cycleseg.objective import adversarial_objective
+    nets["D_H"].requires_grad_(False)
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    y = torch.randint(0, 3, (2, 32, 32))
+    loss, terms, _ = adversarial_objective(nets["G_IS"], nets["D_H"], x, y, x, 3, 255, lambda_adv=1.0,
+                                           lambda_semi_adv=0.0, lambda_semi=0.0)
+    nets["G_IS"].zero_grad()
+    (loss - terms["gen_seg"]).backward()                              # the adversarial term alone
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["G_IS"].parameters())

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cycleseg.config import Config, parse_args
+from cycleseg.config import RECIPES, Config, parse_args
 from cycleseg.runfolder import RunFolder
 from cycleseg.train import main, train
 
@@ -39,7 +39,7 @@ def test_short_run_losses_finite_and_decreasing(tmp_path, tiny, mode):
     assert png.exists()
     from PIL import Image
     w, h = Image.open(png).size
-    assert (w, h) == (2 * 32 * (4 if mode == "semi" else 3), 2 * 32 * 4)
+    assert (w, h) == (2 * 32 * (4 if mode == "semi" else 3), 2 * 32 * 4 + 16)          # + the title band
 
 
 @pytest.mark.slow
@@ -90,7 +90,9 @@ def test_config_defaults_and_errors():
     cfg = Config(device="cpu").resolved()
     assert (cfg.preset, cfg.ngf, cfg.beta1, cfg.labeled_fraction, cfg.lr) == ("cpu", 16, 0.5, 0.1, 1e-3)
     assert Config(device="cpu", preset="paper").resolved().lr == 2e-4
-    assert Config(device="cpu", mode="partial").resolved().beta1 == 0.9
+    assert Config(device="cpu", mode="partial").resolved().beta1 == 0.5            # the same optimizer for every arm
+    assert Config(device="cpu", mode="partial", recipe="2019").resolved().beta1 == 0.9   # the 2019 code's
+    assert Config(device="cpu", lr=1e-3).resolved().lr_d == 1e-3 * RECIPES["tuned"]["lr_d_scale"]
     assert Config(device="cpu", mode="full", labeled_fraction=0.2).resolved().labeled_fraction == 1.0
     assert (cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.lambda4, cfg.lambda5) == (1, 0.05, 1, 0.5, 0.5)
     with pytest.raises(ValueError, match="labeled-fraction"):
@@ -119,4 +121,4 @@ def test_help_describes_every_flag(capsys):
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         assert flag in out, flag
-    assert "weight of L_disc^S" in out and "(default: 0.5)" in out and "{semi,partial,full}" in out
+    assert "weight of L_disc^S" in out and "(default: 10)" in out and "{semi,partial,full}" in out

@@ -106,13 +106,19 @@ class Streams:
 
 def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size: int, unlabeled: bool,
                  device="cpu", prefetch: int = 3, flip: bool = False, scale_crop: float = 1.0,
-                 rank: int = 0, world_size: int = 1) -> Streams:
+                 rank: int = 0, world_size: int = 1, rotate: bool = False) -> Streams:
     """The labeled stream over the labeled subset (drawn as the file's `labeled_subset` rule says) and,
     when `unlabeled`, the unlabeled stream over the rest (over every image at 100 % labels)."""
     first_groups = train.meta.labeled_subset == "first_groups"
     lab = labeled_subset(len(train), labeled_fraction, seed, train.groups, first_groups)
     unl = np.setdiff1d(np.arange(len(train)), lab)
-    aug = dict(flip=flip, scale=(1.0, scale_crop) if scale_crop > 1 else None, device=device, prefetch=prefetch)
+    if batch_size > len(lab) // world_size:
+        raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({len(lab)} images at "
+                        f"--labeled-fraction {labeled_fraction}"
+                        + (f", {len(lab) // world_size} per process" if world_size > 1 else "")
+                        + "): lower --batch-size or raise --labeled-fraction")
+    aug = dict(flip=flip, scale=(1.0, scale_crop) if scale_crop > 1 else None, rotate=rotate, device=device,
+               prefetch=prefetch)
     shard = dict(rank=rank, world_size=world_size)
     loaders = {"labeled": Loader(train, Stream(lab, batch_size, seed * SEED_STRIDE + LABELED_SEED_OFFSET, **shard),
                                  **aug)}

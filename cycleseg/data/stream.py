@@ -189,13 +189,19 @@ class Stream:
 
 
 def augment(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, flip: bool,
-            scale: tuple[float, float] | None) -> None:
-    """In place on uint8 buffers: random horizontal flip; random scale-crop (crop 1/s of each side at a
-    random place, resize back: images bilinear, masks nearest)."""
+            scale: tuple[float, float] | None, rotate: bool = False) -> None:
+    """In place on uint8 buffers: random rotation by a multiple of 90 degrees (square images); random
+    horizontal flip; random scale-crop (crop 1/s of each side at a random place, resize back: images
+    bilinear, masks nearest)."""
     from PIL import Image
 
     h, w = images.shape[1:3]
     for i in range(len(images)):
+        if rotate and h == w:
+            k = int(rng.integers(0, 4))
+            images[i] = np.rot90(images[i], k)
+            if masks is not None:
+                masks[i] = np.rot90(masks[i], k)
         if flip and rng.random() < 0.5:
             images[i] = images[i, :, ::-1]
             if masks is not None:
@@ -218,10 +224,11 @@ class Loader:
     side stream, when device is CUDA)."""
 
     def __init__(self, source: H5Source, stream: Stream, with_masks: bool = True, device="cpu",
-                 prefetch: int = 3, flip: bool = False, scale: tuple[float, float] | None = None):
+                 prefetch: int = 3, flip: bool = False, scale: tuple[float, float] | None = None,
+                 rotate: bool = False):
         self.source, self.stream, self.with_masks = source, stream, with_masks
         self.device = torch.device(device)
-        self.prefetch, self.flip, self.scale = max(1, prefetch), flip, scale
+        self.prefetch, self.flip, self.scale, self.rotate = max(1, prefetch), flip, scale, rotate
         m, b = source.meta, stream.batch_size
         cuda = self.device.type == "cuda"
         ring = self.prefetch + 2                                    # a buffer is refilled 2+ batches after use
@@ -244,9 +251,9 @@ class Loader:
                 img_t, msk_t = self._images[k], self._masks[k]
                 img, msk = img_t.numpy(), (msk_t.numpy() if msk_t is not None else None)
                 self.source.read_into(idx, img, msk)
-                if self.flip or self.scale:
+                if self.flip or self.scale or self.rotate:
                     rng = np.random.default_rng([self.stream.seed, AUGMENT_STREAM, before["pass"], before["pos"]])
-                    augment(img, msk, rng, self.flip, self.scale)
+                    augment(img, msk, rng, self.flip, self.scale, self.rotate)
                 images, masks = img_t.permute(0, 3, 1, 2), msk_t                  # (B, C, H, W), (B, H, W)
                 if side is not None:
                     with torch.cuda.stream(side):

@@ -1,0 +1,275 @@
+"""python -m cycleseg.experiments: the paper's experiments as one resumable grid, and its table, plot and
+pictures.
+
+    python -m cycleseg.experiments --grid paper --seeds 0 1 2                       # the built-in data
+    python -m cycleseg.experiments --grid comparison --data ../ACDC --fractions 0.1 0.2 --seeds 0 1 2 \\
+        --out runs/acdc-grid -- --image-size 64 --flip --rotate
+
+Grids (every cell once per seed):
+    paper        Full; Partial and semi at 10 / 20 / 30 / 50 %; semi at 20 % with each of lambda2..lambda5
+                 set to 0 (the ablations); Hung et al.'s adversarial baseline at 20 %
+    comparison   Full; Partial and semi at --fractions
+
+Each cell is a training run in <out>/<cell>-seed<s>/ with the same options (those after `--` go to
+every run: budget, size, augmentation, recipe), so the arms differ only in what the cell says. A cell
+whose run finished is not run again; an interrupted one resumes. Selection rule, the same for every
+cell: the last checkpoint, scored by its final validation (never the best-scoring step). Writes
+results.md and results.csv (mean and standard deviation over seeds of the slice mIoU and, on ACDC, the
+per-volume Dice), plot.png (score against labeled fraction, Partial vs semi, error bars: one standard
+deviation) and pictures.png (validation images: image, truth, Partial, semi).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ABLATIONS = {"lambda2": "without L_cycle^S", "lambda3": "without L_cycle^I", "lambda4": "without L_disc^S",
+             "lambda5": "without L_disc^I"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    mode: str
+    fraction: float
+    ablation: str | None = None          # a lambda set to 0
+
+    @property
+    def name(self) -> str:
+        base = f"{self.mode}-{round(100 * self.fraction)}pct"
+        return f"{base}-no-{self.ablation}" if self.ablation else base
+
+    @property
+    def label(self) -> str:
+        names = {"full": "Full", "partial": "Partial", "semi": "Ours (semi)", "adversarial": "Hung et al."}
+        text = names[self.mode]
+        return f"{text}, {ABLATIONS[self.ablation]}" if self.ablation else text
+
+
+def grid_cells(grid: str, fractions) -> list[Cell]:
+    cells = [Cell("full", 1.0)]
+    if grid == "paper":
+        fractions = (0.1, 0.2, 0.3, 0.5)
+    for f in fractions:
+        cells += [Cell("partial", f), Cell("semi", f)]
+    if grid == "paper":
+        cells += [Cell("semi", 0.2, a) for a in ABLATIONS]
+        cells.append(Cell("adversarial", 0.2))
+    return cells
+
+
+def cell_args(cell: Cell, seed: int, out: Path, data, extra) -> list[str]:
+    args = ["--mode", cell.mode, "--labeled-fraction", str(cell.fraction), "--seed", str(seed), "--out",
+            str(out / f"{cell.name}-seed{seed}"), "--no-progress"]
+    if data:
+        args += ["--data", str(data)]
+    if cell.ablation:
+        args += [f"--{cell.ablation}", "0"]
+    return args + list(extra)
+
+
+def final_record(folder: Path, steps: int) -> dict | None:
+    """The validation record at the last step of a finished run, or None."""
+    from .runfolder import RunFolder
+
+    recs = [r for r in RunFolder(folder).records("val") if r["step"] == steps]
+    return recs[-1] if recs and (folder / "last.pt").exists() else None
+
+
+def run_cell(args: list[str]) -> dict:
+    """Train one cell (resuming it if it was interrupted); its final validation record."""
+    from .config import parse_args
+    from .train import train
+
+    cfg, _ = parse_args(args)
+    cfg = cfg.resolved()
+    folder = Path(cfg.out)
+    done = final_record(folder, cfg.steps)
+    if done is not None:
+        return done
+    train(dataclasses.replace(cfg, resume=(folder / "last.pt").exists()))
+    return final_record(folder, cfg.steps)
+
+
+SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice"}
+
+
+def summarize(results: dict) -> list[dict]:
+    """Rows (one per cell): mean and std over seeds of each score present."""
+    rows = []
+    for cell, by_seed in results.items():
+        row = {"cell": cell, "seeds": sorted(by_seed)}
+        for k in SCORES:
+            vals = [r[k] for r in by_seed.values() if r.get(k) is not None]
+            if vals:
+                row[k] = (float(np.mean(vals)), float(np.std(vals)), len(vals))
+        rows.append(row)
+    return rows
+
+
+def table_markdown(rows, header: str) -> str:
+    keys = [k for k in SCORES if any(k in r for r in rows)]
+    lines = [header, "", "| method | labeled | " + " | ".join(SCORES[k] for k in keys) + " | seeds |",
+             "|---|---|" + "---|" * len(keys) + "---|"]
+    for r in rows:
+        c = r["cell"]
+        cols = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" if k in r else "-" for k in keys]
+        lines.append(f"| {c.label} | {round(100 * c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(rows) -> str:
+    out = ["mode,labeled_fraction,ablation,score,mean,std,seeds"]
+    for r in rows:
+        c = r["cell"]
+        for k in SCORES:
+            if k in r:
+                out.append(f"{c.mode},{c.fraction},{c.ablation or ''},{k},{r[k][0]:.6f},{r[k][1]:.6f},{r[k][2]}")
+    return "\n".join(out) + "\n"
+
+
+def plot_png(rows, score: str) -> bytes:
+    """Score against labeled fraction: Partial and semi with one-std error bars, Full as a dashed line."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    series = {m: sorted((r["cell"].fraction, *r[score][:2]) for r in rows
+                        if r["cell"].mode == m and not r["cell"].ablation and score in r)
+              for m in ("partial", "semi")}
+    full = [r[score] for r in rows if r["cell"].mode == "full" and score in r]
+    points = [p for s in series.values() for p in s] + [(1.0, f[0], f[1]) for f in full]
+    if not points:
+        return b""
+    lo = min(m - s for _, m, s in points)
+    hi = max(m + s for _, m, s in points)
+    lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
+    W, H, L, B, T, R = 560, 380, 60, 50, 30, 20
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    xs = sorted({p[0] for p in points})
+    x_of = (lambda f: L + (W - L - R) * (xs.index(f) + 0.5) / len(xs))
+    y_of = (lambda v: H - B - (H - B - T) * (v - lo) / (hi - lo))
+    d.line([(L, T), (L, H - B), (W - R, H - B)], fill="black")
+    for i in range(5):
+        v = lo + (hi - lo) * i / 4
+        d.line([(L - 4, y_of(v)), (L, y_of(v))], fill="black")
+        d.text((5, y_of(v) - 6), f"{v:.3f}", fill="black")
+    for f in xs:
+        d.text((x_of(f) - 12, H - B + 8), f"{round(100 * f)} %", fill="black")
+    d.text((W // 2 - 60, H - 20), "labeled fraction", fill="black")
+    d.text((L, 8), SCORES[score] + " (mean, error bars: 1 std over seeds)", fill="black")
+    colours = {"partial": (200, 60, 40), "semi": (40, 90, 200)}
+    for m, pts in series.items():
+        xy = [(x_of(f), y_of(mu)) for f, mu, _ in pts]
+        if len(xy) > 1:
+            d.line(xy, fill=colours[m], width=2)
+        for (f, mu, sd), (x, y) in zip(pts, xy):
+            d.line([(x, y_of(mu - sd)), (x, y_of(mu + sd))], fill=colours[m])
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[m])
+    for mu, _, _ in full:
+        y = y_of(mu)
+        for x in range(L, W - R, 12):
+            d.line([(x, y), (x + 6, y)], fill=(90, 90, 90))
+    d.text((W - R - 170, T + 4), "Partial", fill=colours["partial"])
+    d.text((W - R - 110, T + 4), "semi", fill=colours["semi"])
+    d.text((W - R - 60, T + 4), "Full", fill=(90, 90, 90))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pictures_png(out: Path, fraction: float, seed: int, count: int = 4) -> bytes:
+    """Validation images: image | truth | Partial | semi (the last checkpoints at `fraction`, one seed)."""
+    import io
+
+    import torch
+
+    from .checkpoint import load_run
+    from .data.splits import eval_split, open_source
+    from .evaluate import eval_mode, predict
+    from .data.pixels import to_input
+    from .models import networks_from_checkpoint
+    from .visualize import colorize, titled_grid, to_uint8_image
+
+    cols, titles = [], ["image", "truth"]
+    source = None
+    for mode, title in (("partial", "Partial"), ("semi", "semi")):
+        ckpt = out / f"{mode}-{round(100 * fraction)}pct-seed{seed}" / "last.pt"
+        if not ckpt.exists():
+            return b""
+        cfg, info, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
+        if source is None:
+            path, _ = eval_split(cfg.data, "val", cfg.val_data, cfg.image_size, False)
+            source = open_source(path)
+            images, masks = source.batch(np.arange(min(count, len(source))))
+            pal, ign = source.meta.palette, source.meta.ignore_index
+            cols += [[to_uint8_image(x) for x in to_input(images)], [colorize(m, pal, ign) for m in masks.numpy()]]
+        with eval_mode(nets["G_IS"]), torch.no_grad():
+            pred = predict(nets["G_IS"], to_input(images)).numpy()
+        cols.append([colorize(p, pal, ign) for p in pred])
+        titles.append(f"{title} {round(100 * fraction)} %")
+    buf = io.BytesIO()
+    titled_grid(cols, titles).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="python -m cycleseg.experiments", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
+    p.add_argument("--data", default=None, help="any --data of the training command (default: the built-in dataset)")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="labeled fractions (comparison grid)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")
+    a = p.parse_args(argv)
+    out = a.out or Path("runs") / f"grid-{a.grid}"
+    cells = grid_cells(a.grid, a.fractions)
+    results: dict = {c: {} for c in cells}
+    total = len(cells) * len(a.seeds)
+    from .checkpoint import CheckpointError
+    from .data.h5format import DataError
+    steps = None
+    try:
+        for i, (seed, cell) in enumerate((s, c) for s in a.seeds for c in cells):
+            args = cell_args(cell, seed, out, a.data, extra)
+            print(f"[{i + 1}/{total}] {cell.name} seed {seed}: {' '.join(args)}", file=sys.stderr)
+            rec = run_cell(args)
+            results[cell][seed] = rec
+            steps = rec["step"]
+            print(f"    mIoU {rec['miou']:.4f}" + (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec
+                                                   else ""), file=sys.stderr)
+    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = summarize(results)
+    from .fileio import write_files
+    header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {a.seeds}, {steps} steps, options "
+              f"`{' '.join(extra) or '(defaults)'}`; the last checkpoint of every run, scored by its final validation.")
+    files = {"results.md": table_markdown(rows, header).encode(), "results.csv": table_csv(rows).encode(),
+             "results.json": json.dumps({c.name: {str(s): r for s, r in v.items()} for c, v in results.items()},
+                                        indent=1).encode()}
+    score = "volume_mdice" if any("volume_mdice" in r for r in rows) else "miou"
+    plot = plot_png(rows, score)
+    if plot:
+        files["plot.png"] = plot
+    fractions = sorted({c.fraction for c in cells if c.mode == "semi" and not c.ablation})
+    pics = pictures_png(out, fractions[0], a.seeds[0]) if fractions else b""
+    if pics:
+        files["pictures.png"] = pics
+    write_files(out, files)
+    print(table_markdown(rows, header))
+    print(f"wrote {', '.join(sorted(files))} in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

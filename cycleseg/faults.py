@@ -1,0 +1,75 @@
+"""What a run does when something goes wrong while it trains.
+
+    FiniteGuard    records, on the device (no host sync), the first step at which each loss term was NaN
+                   or Inf; checked at every log step and before every checkpoint, so a diverged run stops
+                   with the step and the term, and no checkpoint of a diverged model is ever written
+    StopSignals    Ctrl-C (SIGINT) and SIGTERM (a cluster scheduler's notice) ask the loop to stop after
+                   the current step; the loop then saves last.pt and says how to resume
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or Inf."""
+
+
+class Interrupted(RuntimeError):
+    """A stop signal arrived; the run saved its checkpoint. `signum` and `step` say which and when."""
+
+    def __init__(self, signum: int, step: int, message: str):
+        super().__init__(message)
+        self.signum, self.step = signum, step
+
+
+class FiniteGuard:
+    def __init__(self):
+        self.names, self.first = None, None
+
+    def update(self, terms: dict, step: int) -> None:
+        """Note the terms of step `step` (device ops only)."""
+        if self.first is None:
+            self.names = sorted(terms)
+            self.first = torch.full((len(self.names),), -1, dtype=torch.int64, device=terms[self.names[0]].device)
+        values = torch.stack([terms[k].detach().float() for k in self.names])
+        bad = ~torch.isfinite(values) & (self.first < 0)
+        self.first = torch.where(bad, step, self.first)
+
+    def check(self) -> None:
+        """NonFiniteLoss naming the first bad step and its terms (a host sync)."""
+        if self.first is None:
+            return
+        first = self.first.tolist()
+        bad = [(s, k) for s, k in zip(first, self.names) if s >= 0]
+        if bad:
+            step = min(s for s, _ in bad)
+            names = ", ".join(k for s, k in bad if s == step)
+            raise NonFiniteLoss(f"step {step}: the loss term {names} is NaN or infinite; training stopped and no "
+                                f"checkpoint of the diverged model was written (last.pt holds the last good "
+                                f"one). Lower --lr, or check the data.")
+
+
+class StopSignals:
+    """`with StopSignals() as stop:` ... `if stop.signum:` ... (handlers restored on exit; no-op off the
+    main thread, where Python cannot install signal handlers)."""
+
+    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        self.signals, self.signum, self._old = signals, None, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:     # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)

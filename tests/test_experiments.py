@@ -1,0 +1,37 @@
+"""python -m cycleseg.experiments: a tiny comparison grid, its table, plot and pictures, and resuming."""
+import json
+
+from cycleseg.experiments import Cell, grid_cells, main, summarize
+
+TINY = ["--", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "32", "--batch-size", "2",
+        "--device", "cpu", "--preset", "cpu", "--steps", "2", "--eval-every", "2"]
+
+
+def test_grids():
+    paper = grid_cells("paper", None)
+    assert Cell("full", 1.0) in paper and Cell("adversarial", 0.2) in paper
+    assert {c.fraction for c in paper if c.mode == "partial"} == {0.1, 0.2, 0.3, 0.5}
+    assert {c.ablation for c in paper if c.ablation} == {"lambda2", "lambda3", "lambda4", "lambda5"}
+    assert [c.name for c in grid_cells("comparison", [0.1])] == ["full-100pct", "partial-10pct", "semi-10pct"]
+
+
+def test_summary_mean_and_std():
+    rows = summarize({Cell("semi", 0.1): {0: {"miou": 0.5}, 1: {"miou": 0.7}}})
+    mean, std, n = rows[0]["miou"]
+    assert (round(mean, 6), round(std, 6), n) == (0.6, 0.1, 2)
+
+
+def test_comparison_grid_writes_results_and_resumes(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main(["--grid", "comparison", "--fractions", "0.1", "--seeds", "0", "1", "--out", str(out)] + TINY) == 0
+    for f in ("results.md", "results.csv", "results.json", "plot.png", "pictures.png"):
+        assert (out / f).exists(), f
+    table = (out / "results.md").read_text()
+    assert "| Partial | 10 % |" in table and "| Ours (semi) | 10 % |" in table and "| Full | 100 % |" in table
+    assert "± " in table and "the last checkpoint of every run" in table
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) == {"full-100pct", "partial-10pct", "semi-10pct"} and set(res["semi-10pct"]) == {"0", "1"}
+    stamp = (out / "semi-10pct-seed0" / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["--grid", "comparison", "--fractions", "0.1", "--seeds", "0", "1", "--out", str(out)] + TINY) == 0
+    assert (out / "semi-10pct-seed0" / "last.pt").stat().st_mtime_ns == stamp          # finished: not rerun
