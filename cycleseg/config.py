@@ -33,7 +33,7 @@ RECIPES = {
 }
 MODES = ("semi", "partial", "full", "adversarial")
 # Fields of the command line that may differ from a checkpoint's config on --resume.
-RUNTIME_FIELDS = ("resume", "device", "progress", "out", "log_every")
+RUNTIME_FIELDS = ("resume", "device", "progress", "out", "log_every", "stop_after")
 
 
 @dataclass
@@ -81,6 +81,7 @@ class Config:
     # bookkeeping
     out: str | None = None              # run folder (default runs/<mode>-<pct>pct-seed<seed>)
     resume: bool = False                # continue the run in --out from its last.pt, exactly where it stopped
+    stop_after: int | None = None       # stop after this step as if interrupted (last.pt saved; --resume continues): runs in pieces
     log_every: int = 10                 # steps between training records in metrics.jsonl (each is a host sync)
     eval_every: int | None = None       # steps between validations (metrics, a picture, best.pt)
     ckpt_every: int | None = None       # steps between last.pt checkpoints

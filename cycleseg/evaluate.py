@@ -50,21 +50,23 @@ class eval_mode:
         self.net.train(self.was_training)
 
 
-def batches(source, batch_size: int, progress: bool = False, desc: str = "evaluate"):
-    """(indices, images uint8, masks uint8) of every image of an H5Source, in order."""
+def batches(source, batch_size: int, progress: bool = False, desc: str = "evaluate", indices=None):
+    """(indices, images uint8, masks uint8) of the images `indices` (default: all) of an H5Source, in order."""
     from tqdm import tqdm
 
-    for s in tqdm(range(0, len(source), batch_size), desc=desc, disable=not progress, leave=False):
-        idx = np.arange(s, min(s + batch_size, len(source)))
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+    for s in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = indices[s:s + batch_size]
         yield (idx, *source.batch(idx))
 
 
 @torch.no_grad()
-def confusion(g_is, source, device, batch_size: int = 16, progress: bool = False) -> ConfusionMatrix:
+def confusion(g_is, source, device, batch_size: int = 16, progress: bool = False, indices=None) -> ConfusionMatrix:
+    """The confusion matrix of G_IS over the images `indices` (default: all) of `source`."""
     meta = source.meta
     cm = ConfusionMatrix(meta.num_classes, meta.ignore_index, device)
     with eval_mode(g_is):
-        for _, images, masks in batches(source, batch_size, progress):
+        for _, images, masks in batches(source, batch_size, progress, indices=indices):
             cm.update(predict(g_is, to_input(images, device)), masks.to(device))
     return cm
 

@@ -59,6 +59,10 @@ class Step:
 
     def __init__(self, nets: dict, cfg, meta, plan: Plan = Plan()):
         self.nets, self.cfg, self.meta, self.plan = nets, cfg, meta, plan
+        # The networks as each update trains them: the plain modules, or their DistributedDataParallel
+        # wrappers under torchrun (distribute()). A network that an update only reads (frozen) is called
+        # plain, so that its wrapper sees one forward per backward of its own update.
+        self.train_nets = dict(nets)
         self.ops = plan.ops()
         self.device = next(next(iter(nets.values())).parameters()).device
         self.optimizers: dict = {}
@@ -78,6 +82,10 @@ class Step:
         if not self.plan.compile:
             return fn
         return torch.compile(fn, fullgraph=True, dynamic=False, backend=self.plan.compile_backend)
+
+    def distribute(self, wrap) -> None:
+        """Train through wrap(module) (DistributedDataParallel) from now on."""
+        self.train_nets = {k: wrap(v) for k, v in self.nets.items()}
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """x in the plan's memory format."""
@@ -103,14 +111,22 @@ class Step:
         return self.image(batch["images"]), batch["masks"]
 
     def state_dict(self) -> dict:
+        """Optimizers and schedulers (the same on every process of a distributed run)."""
         return {"optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
-                "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
-                "pools": {k: v.state_dict() for k, v in self.pools.items()}}
+                "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        for group in ("optimizers", "schedulers", "pools"):
+        for group in ("optimizers", "schedulers"):
             for k, obj in getattr(self, group).items():
                 obj.load_state_dict(state[group][k])
+
+    def pool_state(self) -> dict:
+        """The history pools (each process of a distributed run has its own)."""
+        return {k: v.state_dict() for k, v in self.pools.items()}
+
+    def load_pool_state(self, state: dict) -> None:
+        for k, pool in self.pools.items():
+            pool.load_state_dict(state[k])
 
     def steps_done(self) -> int:
         """Updates made so far (the LR schedulers count them, and they are checkpointed)."""
@@ -129,7 +145,7 @@ class SupervisedStep(Step):
 
     def _loss(self, x, y):
         with self.autocast():
-            return supervised_objective(self.nets["G_IS"], x, y, self.meta.ignore_index, self.ops,
+            return supervised_objective(self.train_nets["G_IS"], x, y, self.meta.ignore_index, self.ops,
                                         self.meta.num_classes, self.cfg.dice)
 
     def __call__(self, batch: dict) -> dict:
@@ -159,14 +175,14 @@ class CycleGANStep(Step):
         self.discriminator_loss = self.compiled(self._discriminator_loss)
 
     def _generator_loss(self, x, y, x_unl, ramp):
-        n = self.nets
+        n, t = self.nets, self.train_nets                           # discriminators frozen: called plain
         with self.autocast():
-            return generator_objective(n["G_IS"], n["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, self.meta.num_classes,
+            return generator_objective(t["G_IS"], t["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, self.meta.num_classes,
                                        self.cfg.lambdas, self.meta.ignore_index, self.ops, self.plan.merge_passes,
                                        ramp, self.cfg.dice, self.cfg.hard_cycle)
 
     def _discriminator_loss(self, y, fake_seg, x_unl, fake_img):
-        n, k, ign = self.nets, self.meta.num_classes, self.meta.ignore_index
+        n, k, ign = self.train_nets, self.meta.num_classes, self.meta.ignore_index
         merge = self.plan.merge_passes and self.cfg.disc_norm != "batch"   # batch norm mixes real and fake
         real_seg = one_hot(y, k, ign, x_unl.dtype)
         with self.autocast():
@@ -223,14 +239,14 @@ class AdversarialStep(Step):
 
     def _generator_loss(self, x, y, x_unl, self_training):
         with self.autocast():
-            return adversarial_objective(self.nets["G_IS"], self.nets["D_H"], x, y, x_unl, self.meta.num_classes,
+            return adversarial_objective(self.train_nets["G_IS"], self.nets["D_H"], x, y, x_unl, self.meta.num_classes,
                                          self.meta.ignore_index, self.ops, self_training=self_training,
                                          dice=self.cfg.dice)
 
     def _discriminator_loss(self, y, fake_labeled, fake_unlabeled):
         real = self.layout(one_hot(y, self.meta.num_classes, self.meta.ignore_index, fake_labeled.dtype))
         with self.autocast():
-            return adversarial_discriminator_objective(self.nets["D_H"], real, fake_labeled, fake_unlabeled,
+            return adversarial_discriminator_objective(self.train_nets["D_H"], real, fake_labeled, fake_unlabeled,
                                                        y != self.meta.ignore_index)
 
     def __call__(self, batch: dict) -> dict:

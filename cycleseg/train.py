@@ -28,17 +28,20 @@ import signal
 import sys
 import time
 
+import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
 from .config import Config, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import make_streams, open_splits, split_paths
-from .evaluate import evaluate, evaluate_volumes
+from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, wrapper
+from .evaluate import confusion, evaluate_volumes
 from .fastpath import Plan, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
-from .models import count_parameters, data_info, networks_from_config, use_ops
+from .models import count_parameters, networks_from_config, use_ops
 from .runfolder import RunFolder
+from .runstate import load_state_dict, state_dict
 from .steps import STEPS
 from .visualize import SAMPLE_TITLES, sample_columns
 
@@ -55,65 +58,70 @@ def build(cfg: Config, meta, device, plan: Plan):
     return nets, step_cls(nets, cfg, meta, plan)
 
 
-def state_dict(step_no: int, best: float, cfg: Config, nets: dict, step, streams) -> dict:
-    return {"step": step_no, "best_miou": best, "config": dataclasses.asdict(cfg), "plan": step.plan.state_dict(),
-            "data": data_info(step.meta),
-            "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
-            "streams": {k: v.state_dict() for k, v in streams.loaders.items()},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
-
-
-def load_state_dict(s: dict, nets: dict, step, streams, path) -> tuple[int, float]:
-    """Restore a checkpoint into the run's objects; returns (step number, best mIoU). A checkpoint of
-    other data or networks: CheckpointError saying which, before any training."""
-    for what in ("num_classes", "channels"):
-        have, want = s.get("data", {}).get(what), getattr(step.meta, what)
-        if have is not None and have != want:
-            raise CheckpointError(f"{path}: trained on data with {have} {what.replace('_', ' ')}, but "
-                                  f"{step.meta.path} has {want}")
-    try:
-        for k, net in nets.items():
-            net.load_state_dict(s["nets"][k])
-        step.load_state_dict(s)
-        for k, loader in streams.loaders.items():
-            loader.load_state_dict(s["streams"][k])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: does not match this run's networks or optimizers "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
-    torch.set_rng_state(s["rng"]["torch"])
-    if s["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["rng"]["cuda"])
-    return s["step"], s["best_miou"]
-
-
-def validate(cfg, nets, data, device) -> dict:
-    result = evaluate(nets["G_IS"], data.val, device)
+def validate(cfg, nets, data, device, world: World) -> dict:
+    """Slice metrics (each process scores its share, the confusion matrices summed) and, for ACDC, the
+    per-volume scores (rank 0, shared)."""
+    g_is = nets["G_IS"]
+    cm = confusion(g_is, data.val, device, indices=np.arange(world.rank, len(data.val), world.size))
+    all_sum_(cm.mat, world)
+    result = cm.summary(data.val.meta.class_names)
     if data.volumes is not None:                                    # ACDC: 3D scores per volume
-        result.update(evaluate_volumes(nets["G_IS"], data.volumes, cfg.image_size, device))
+        vol = evaluate_volumes(g_is, data.volumes, cfg.image_size, device) if world.rank == 0 else None
+        result.update(broadcast(vol, world))
     return result
 
 
+def fail_for_tests(world: World, n: int) -> None:
+    """CYCLESEG_FAIL_FOR_TESTS=rank:step makes that process fail after that step (the test that a dead
+    process takes a distributed job down)."""
+    spec = os.environ.get("CYCLESEG_FAIL_FOR_TESTS")
+    if spec and tuple(map(int, spec.split(":"))) == (world.rank, n):
+        raise RuntimeError(f"process {world.rank} failed at step {n} (CYCLESEG_FAIL_FOR_TESTS)")
+
+
+def mean_terms(terms: dict, world: World) -> dict:
+    """The loss terms as numbers, averaged over processes (a host sync: once per --log-every steps)."""
+    names = sorted(terms)
+    t = all_sum_(torch.stack([terms[k].detach().float() for k in names]), world) / world.size
+    return dict(zip(names, t.tolist()))
+
+
 def train(cfg: Config, until: int | None = None) -> dict:
-    """Run (or resume) training. `until` stops after that step as if interrupted (checkpoint saved).
-    Returns the last validation metrics."""
+    """Run (or resume) training, in this process or as one process of a torchrun job. `until` (or
+    --stop-after) stops after that step as if interrupted (checkpoint saved). Returns the last
+    validation metrics."""
     cfg = cfg.resolved()
-    folder = RunFolder(cfg.out)
+    until = until if until is not None else cfg.stop_after
+    world, device = setup(cfg.device)
+    try:
+        return run(cfg, until, world, device)
+    finally:
+        teardown(world)
+
+
+def run(cfg: Config, until, world: World, device) -> dict:
+    folder = RunFolder(cfg.out, world.rank)
     cfg, saved = folder.open(cfg)
-    device = torch.device(cfg.device)
-    data = open_splits(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)
+    data = open_splits(cfg.data, cfg.val_data, cfg.image_size, cfg.progress and world.rank == 0)
     meta = data.train.meta
     plan = Plan.from_state(saved["plan"]) if saved is not None and "plan" in saved else plan_for(cfg, device)
     nets, step = build(cfg, meta, device, plan)
+    step.distribute(wrapper(world, device))
     streams = make_streams(data.train, cfg.labeled_fraction, cfg.seed, cfg.batch_size, "unlabeled" in step.streams,
-                           device, cfg.prefetch, cfg.flip, cfg.scale_crop, rotate=cfg.rotate)
-    n, best = load_state_dict(saved, nets, step, streams, folder.last) if saved is not None else (0, float("-inf"))
+                           device, cfg.prefetch, cfg.flip, cfg.scale_crop, world.rank, world.size, cfg.rotate)
+    n, best = (load_state_dict(saved, nets, step, streams, folder.last, world, device) if saved is not None
+               else (0, float("-inf")))
     folder.start(cfg, n)
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
-                f"{cfg.steps} steps on {cfg.device}, run folder {folder.path}\n{plan.describe()}")
+                f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
+                f", run folder {folder.path}\n{plan.describe()}")
+
+    def save(is_best=False):
+        folder.save(state_dict(n, best, cfg, nets, step, streams, world, device), is_best)
 
     from tqdm import tqdm
-    bar = tqdm(total=cfg.steps, initial=n, disable=not cfg.progress, dynamic_ncols=True, desc=cfg.mode)
+    bar = tqdm(total=cfg.steps, initial=n, disable=not cfg.progress or world.rank > 0, dynamic_ncols=True,
+               desc=cfg.mode)
     t0, result, guard = time.time(), {}, FiniteGuard()
     with contextlib.ExitStack() as scope:
         if plan.fused_ops:
@@ -129,29 +137,36 @@ def train(cfg: Config, until: int | None = None) -> dict:
                 batch["unlabeled"] = next(streams.loaders["unlabeled"])[0].to(device, non_blocking=True)
             terms = step(batch)
             n += 1
+            fail_for_tests(world, n)
             guard.update(terms, n)
             bar.update(1)
-            if n % cfg.log_every == 0 or n == cfg.steps:
+            logging = n % cfg.log_every == 0 or n == cfg.steps
+            if logging:
                 guard.check()
-                vals = {k: v.item() for k, v in terms.items()}    # host sync, once per log_every steps
+                vals = mean_terms(terms, world)
                 folder.log({"step": n, "split": "train", "time": time.time() - t0, "lr": step.lr(), **vals})
                 bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()}, refresh=False)
+            # a stop signal counts at log steps, at the same step on every process
+            stopping = logging and any_rank(stop.signum is not None, world)
             if n % cfg.eval_every == 0 or n == cfg.steps:
-                result = validate(cfg, nets, data, device)
+                result = validate(cfg, nets, data, device, world)
                 folder.log({"step": n, "split": "val", **result})
-                folder.picture(n, sample_columns(nets, data.val, device), SAMPLE_TITLES)
+                if world.rank == 0:
+                    folder.picture(n, sample_columns(nets, data.val, device), SAMPLE_TITLES)
                 vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
-                bar.write(f"step {n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
+                if world.rank == 0:
+                    bar.write(f"step {n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
                 if result["miou"] > best:
                     best = result["miou"]
                     guard.check()
-                    folder.save(state_dict(n, best, cfg, nets, step, streams), best=True)
-            if n % cfg.ckpt_every == 0 or n == cfg.steps or n == until or stop.signum:
+                    save(True)
+            if n % cfg.ckpt_every == 0 or n == cfg.steps or n == until or stopping:
                 guard.check()                                       # never checkpoint a diverged model
-                folder.save(state_dict(n, best, cfg, nets, step, streams))
-            if stop.signum:
-                raise Interrupted(stop.signum, n, f"stopped by signal {signal.Signals(stop.signum).name} after step "
-                                  f"{n}; saved {folder.last}. Resume with: python -m cycleseg.train --resume "
+                save()
+            if stopping:
+                signum = stop.signum or signal.SIGTERM
+                raise Interrupted(signum, n, f"stopped by signal {signal.Signals(signum).name} after step {n}; "
+                                  f"saved {folder.last}. Resume with: python -m cycleseg.train --resume "
                                   f"--out {folder.path}")
             if until is not None and n >= until:
                 break
@@ -186,7 +201,8 @@ def main(argv=None) -> int:
     except (DataError, CheckpointError, NonFiniteLoss, FileExistsError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"miou": result.get("miou"), "mdice": result.get("mdice"), "out": cfg.out}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"miou": result.get("miou"), "mdice": result.get("mdice"), "out": cfg.out}))
     return 0
 
 

@@ -49,17 +49,19 @@ def test_state_round_trip_continues_exactly(mode):
         step(b)
     saved_nets = {k: copy.deepcopy(v.state_dict()) for k, v in nets.items()}
     saved = copy.deepcopy(step.state_dict())
+    pools = copy.deepcopy(step.pool_state())
     expect = [step(b) for b in data[3:]]
     nets2, step2 = make(mode)
     for k, v in nets2.items():
         v.load_state_dict(saved_nets[k])
     step2.load_state_dict(saved)
+    step2.load_pool_state(pools)
     got = [step2(b) for b in data[3:]]
     for a, b in zip(expect, got):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert step2.lr() == step.lr() < 1e-3
     if mode == "semi":
-        assert set(step.state_dict()["pools"]) == {"seg", "img"}
+        assert set(step.pool_state()) == {"seg", "img"}
 
 
 def test_sigmoid_rampup():

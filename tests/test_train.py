@@ -62,12 +62,14 @@ def test_resume_after_interruption_gives_the_same_losses(tmp_path, tiny):
 
 def test_checkpoint_holds_every_state(tmp_path, tiny):
     train(tiny("c", "--steps", "3", "--eval-every", "3"))
-    ck = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "c" / "last.pt", weights_only=True)              # tensors, numbers, containers
     assert ck["step"] == 3 and set(ck["nets"]) == {"G_IS", "G_SI", "D_S", "D_I"}
     assert set(ck["optimizers"]) == {"G", "D"} and set(ck["schedulers"]) == {"G", "D"}
-    assert set(ck["pools"]) == {"seg", "img"} and len(ck["pools"]["seg"]["images"]) == 6
-    assert ck["streams"]["labeled"] == {"pass": 0, "pos": 6}
-    assert ck["config"]["ngf"] == 8 and "torch" in ck["rng"]
+    assert ck["world_size"] == 1 and len(ck["ranks"]) == 1
+    mine = ck["ranks"][0]                                                       # the per-process part
+    assert set(mine["pools"]) == {"seg", "img"} and len(mine["pools"]["seg"]["images"]) == 6
+    assert mine["streams"]["labeled"] == {"pass": 0, "pos": 6} and "torch" in mine["rng"]
+    assert ck["config"]["ngf"] == 8 and ck["data"]["num_classes"] == 5 and ck["plan"]["fused_ops"]
 
 
 def test_existing_run_is_not_overwritten(tiny_argv, capsys):
@@ -121,4 +123,4 @@ def test_help_describes_every_flag(capsys):
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         assert flag in out, flag
-    assert "weight of L_disc^S" in out and "(default: 10)" in out and "{semi,partial,full}" in out
+    assert "weight of L_disc^S" in out and "(default: 10)" in out and "{semi,partial,full,adversarial}" in out
