@@ -100,8 +100,8 @@ def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
             if raw:                                               # palette PNG: keep the indices
                 return np.asarray(im)
             return np.asarray(im.convert(mode) if mode else im)
-    except OSError as e:
-        raise DataError(f"{path}: not a readable image ({e})") from e
+    except Exception as e:                                        # PIL raises OSError, SyntaxError, ValueError...
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def voc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
@@ -194,6 +194,24 @@ def folder_items(src: Path, num_classes: int | None, class_names=None) -> tuple[
 
 # -- writing ------------------------------------------------------------------------------------------
 
+def load_pair(it: Item) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (H, W) or (H, W, 1 | 3), mask (H, W)) of an item; DataError naming it if unreadable or of
+    the wrong form."""
+    try:
+        image, mask = np.asarray(it.image()), np.asarray(it.mask())
+    except DataError:
+        raise
+    except Exception as e:                                          # a damaged file: any reader error
+        raise DataError(f"{it.name}: could not be read ({type(e).__name__}: {e})") from e
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)) or mask.ndim != 2:
+        raise DataError(f"{it.name}: image of shape {image.shape} and mask of shape {mask.shape}; expected "
+                        f"(H, W) or (H, W, 3) images and (H, W) masks")
+    if not (np.issubdtype(image.dtype, np.number) and np.issubdtype(mask.dtype, np.integer)):
+        raise DataError(f"{it.name}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
+                        f"integer class ids")
+    return float01_to_uint8(image), mask
+
+
 def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True) -> dict:
     """Write items to `out` (atomically), checking each mask. Returns a summary dict."""
     import h5py
@@ -208,7 +226,7 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
                           "float_images": "round(255 x) for float images in [0, 1]"}
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
-            image, mask = float01_to_uint8(np.asarray(it.image())), np.asarray(it.mask())
+            image, mask = load_pair(it)
             if mask.dtype != np.uint8:
                 if mask.min() < 0 or mask.max() > 255:
                     raise DataError(f"{it.name}: mask values outside 0..255")
@@ -227,6 +245,8 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
             elif mask.shape != shape:
                 raise DataError(f"{it.name}: size {mask.shape} differs from the first image's {shape}; "
                                 f"pass --size H W to resize every image")
+            if (1 if image.ndim == 2 else image.shape[2]) != f["images"].shape[3]:
+                raise DataError(f"{it.name}: {image.shape} has other channels than the first image's")
             f["images"][i] = image.reshape(f["images"].shape[1:])
             f["masks"][i] = mask
             if "groups" in f:

@@ -125,42 +125,86 @@ def open_h5(path):
 
 
 def read_meta(path) -> Meta:
-    """Read and check the structure of a split (no pixel data is read)."""
+    """Read and check the structure of a split (no pixel data is read). Every defect is a DataError."""
     with open_h5(path) as f:
-        if f.attrs.get("format") != FORMAT:
-            raise DataError(f"{path}: not a cycleseg file (attribute 'format' is {f.attrs.get('format')!r}); "
-                            f"convert the data with `python -m cycleseg.data convert`")
-        for name in ("images", "masks"):
-            if name not in f:
-                raise DataError(f"{path}: missing dataset '{name}'")
-            if f[name].dtype != np.uint8:
-                raise DataError(f"{path}: dataset '{name}' must be uint8, got {f[name].dtype}")
-        im, ms = f["images"], f["masks"]
-        if im.ndim != 4 or ms.ndim != 3:
-            raise DataError(f"{path}: 'images' must be (N, H, W, C) and 'masks' (N, H, W), "
-                            f"got {im.shape} and {ms.shape}")
-        if im.shape[0] != ms.shape[0]:
-            raise DataError(f"{path}: {im.shape[0]} images but {ms.shape[0]} masks")
-        if im.shape[0] == 0:
-            raise DataError(f"{path}: holds no images")
-        if im.shape[1:3] != ms.shape[1:3]:
-            raise DataError(f"{path}: images are {im.shape[1]}x{im.shape[2]} but masks are "
-                            f"{ms.shape[1]}x{ms.shape[2]}")
-        for extra in ("groups", "volumes"):
-            if extra in f and f[extra].shape != (im.shape[0],):
-                raise DataError(f"{path}: dataset '{extra}' has shape {f[extra].shape}, expected ({im.shape[0]},)")
-        a = f.attrs
-        k = int(a["num_classes"])
-        if k < 1:
-            raise DataError(f"{path}: num_classes must be >= 1, got {k}")
-        rule = str(a.get("labeled_subset", "random"))
-        if rule not in SUBSET_RULES:
-            raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
-        return Meta(num_classes=k, class_names=json.loads(a["class_names"]), palette=json.loads(a["palette"]),
-                    ignore_index=int(a["ignore_index"]), source=str(a["source"]),
-                    preprocessing=json.loads(a["preprocessing"]), labeled_subset=rule,
-                    volume_names=json.loads(a["volume_names"]) if "volume_names" in a else [], path=str(path), count=int(im.shape[0]),
-                    height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
+        try:
+            return _meta(f, path)
+        except DataError:
+            raise
+        except (KeyError, ValueError, TypeError, OSError, RuntimeError) as e:   # attributes / datasets unreadable
+            raise DataError(f"{path}: malformed cycleseg file ({type(e).__name__}: {e})") from e
+
+
+def stored_completely(ds) -> bool:
+    """Whether every element of a dataset has storage (a file can declare sizes it never wrote)."""
+    n = ds.shape[0]
+    if ds.chunks is None:
+        return ds.id.get_storage_size() >= ds.size * ds.dtype.itemsize
+    per_chunk = int(np.prod([-(-s // c) for s, c in zip(ds.shape, ds.chunks)]))
+    return n == 0 or ds.id.get_num_chunks() >= per_chunk
+
+
+def _attr_json(a, name, path, default=None):
+    if name not in a:
+        if default is not None:
+            return default
+        raise DataError(f"{path}: missing attribute '{name}'")
+    try:
+        return json.loads(a[name])
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: attribute '{name}' is not valid JSON ({e})") from e
+
+
+def _meta(f, path) -> Meta:
+    if f.attrs.get("format") != FORMAT:
+        raise DataError(f"{path}: not a cycleseg file (attribute 'format' is {f.attrs.get('format')!r}); "
+                        f"convert the data with `python -m cycleseg.data convert`")
+    for name in ("images", "masks"):
+        if name not in f:
+            raise DataError(f"{path}: missing dataset '{name}'")
+        if f[name].dtype != np.uint8:
+            raise DataError(f"{path}: dataset '{name}' must be uint8, got {f[name].dtype}")
+    im, ms = f["images"], f["masks"]
+    if im.ndim != 4 or ms.ndim != 3:
+        raise DataError(f"{path}: 'images' must be (N, H, W, C) and 'masks' (N, H, W), "
+                        f"got {im.shape} and {ms.shape}")
+    if im.shape[0] != ms.shape[0]:
+        raise DataError(f"{path}: {im.shape[0]} images but {ms.shape[0]} masks")
+    if im.shape[0] == 0:
+        raise DataError(f"{path}: holds no images")
+    if im.shape[1:3] != ms.shape[1:3]:
+        raise DataError(f"{path}: images are {im.shape[1]}x{im.shape[2]} but masks are "
+                        f"{ms.shape[1]}x{ms.shape[2]}")
+    if im.shape[3] not in (1, 3):
+        raise DataError(f"{path}: images must have 1 or 3 channels, got {im.shape[3]}")
+    for name in ("images", "masks"):
+        if not stored_completely(f[name]):
+            raise DataError(f"{path}: dataset '{name}' declares {f[name].shape[0]} samples but not all were "
+                            f"written (an interrupted or damaged file)")
+    for extra in ("groups", "volumes"):
+        if extra in f and f[extra].shape != (im.shape[0],):
+            raise DataError(f"{path}: dataset '{extra}' has shape {f[extra].shape}, expected ({im.shape[0]},)")
+    a = f.attrs
+    for name in ("num_classes", "ignore_index"):
+        if name not in a:
+            raise DataError(f"{path}: missing attribute '{name}'")
+    try:
+        k, ignore = int(a["num_classes"]), int(a["ignore_index"])
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{path}: attributes num_classes / ignore_index must be integers ({e})") from e
+    if k < 1:
+        raise DataError(f"{path}: num_classes must be >= 1, got {k}")
+    rule = str(a.get("labeled_subset", "random"))
+    if rule not in SUBSET_RULES:
+        raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
+    names, palette = _attr_json(a, "class_names", path), _attr_json(a, "palette", path)
+    if not isinstance(names, list) or len(names) != k or not isinstance(palette, list):
+        raise DataError(f"{path}: class_names must list the {k} classes and palette be a list of colours")
+    palette = palette + default_palette(k)[len(palette):]           # classes without a colour get the default
+    return Meta(num_classes=k, class_names=names, palette=palette, ignore_index=ignore, source=str(a.get("source", "")),
+                preprocessing=_attr_json(a, "preprocessing", path, {}), labeled_subset=rule,
+                volume_names=_attr_json(a, "volume_names", path, []), path=str(path), count=int(im.shape[0]),
+                height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
 
 
 def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int = 0) -> None:
