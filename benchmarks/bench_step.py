@@ -1,10 +1,11 @@
 """The whole training step (semi: one generator update and one discriminator update), fast path against
 the eager baseline, as `python -m cycleseg.train` runs them:
 
-    no_fast        --no-fast: PyTorch's own ops, eager, fp32, NCHW, default Adam (the baseline of every ratio)
-    fast           the default: the plan fastpath.plan_for chooses for this device and run length
-    fast_eager     (GPU) the fast path without torch.compile
-    pytorch_best   (GPU) plain PyTorch made fast: torch.compile + bf16 autocast + channels_last
+    no_fast           --no-fast: PyTorch's own ops, eager, fp32, NCHW, default Adam (the baseline of every ratio)
+    fast              the default: the plan fastpath.plan_for chooses for this device and run length
+    fast_eager        (GPU) the fast path without torch.compile
+    pytorch_compiled  the baseline under torch.compile (peer)
+    pytorch_best      the baseline under torch.compile + bf16 autocast + channels_last (peer)
 
 Sizes: on the CPU the CPU preset (ngf 16, 3 blocks, ndf 32, 64x64, batch 8 + 8, K = 5); on a GPU the
 paper's networks (ngf 64, 9 blocks, ndf 64) at 256x256, batch 8 + 8, K = 21. Batches are random uint8
@@ -30,17 +31,18 @@ from common import DEVICE, device_name, sync
 if DEVICE == "cuda":
     CFG = Config(device="cuda", preset="paper", image_size=256, batch_size=8).resolved()
     K = 21
-    VARIANTS = ["no_fast", "fast", "fast_eager", "pytorch_best"]
+    VARIANTS = ["no_fast", "fast", "fast_eager", "pytorch_compiled", "pytorch_best"]
 else:
     CFG = Config(device="cpu").resolved()
     K = 5
-    VARIANTS = ["no_fast", "fast"]
+    VARIANTS = ["no_fast", "fast", "pytorch_compiled", "pytorch_best"]
 WARMUP, ROUNDS = 3, 10
 
 
 def plan_of(variant: str) -> Plan:
     fast = plan_for(CFG, DEVICE)
     return {"no_fast": Plan(), "fast": fast, "fast_eager": dataclasses.replace(fast, compile=False, why=""),
+            "pytorch_compiled": Plan(compile=True),
             "pytorch_best": Plan(compile=True, autocast="bfloat16", channels_last=True)}[variant]
 
 

@@ -2,8 +2,8 @@
 # The GPU check, sized for the device tool's calls (torch 2.11 / triton 3.6 image, nothing installed):
 #
 #   bash benchmarks/gpu_check.sh ops    # op tests on CUDA tensors, then the op benchmarks      (~3 min)
-#   bash benchmarks/gpu_check.sh step   # the whole-step benchmark, one variant at a time         (~4 min)
-#   bash benchmarks/gpu_check.sh        # both                                                     (~7 min)
+#   bash benchmarks/gpu_check.sh step   # the whole-step benchmark, one variant at a time         (~5 min)
+#   bash benchmarks/gpu_check.sh        # both                                                     (~8 min)
 #
 # Every stage has its own time limit and prints its table as soon as it ends; logs, JSON and tables go
 # under $OUT (or /tmp/cycleseg-gpu). Runs from the checkout: no install (cycleseg.kernels is found beside
@@ -55,7 +55,7 @@ fi
 
 if [ "$what" = all ] || [ "$what" = step ]; then
   # One variant per process and time limit: a slow compile loses one row, not the table.
-  for v in no_fast:45 fast_eager:55 fast:125 pytorch_best:115; do
+  for v in no_fast:45 fast_eager:55 fast:125 pytorch_best:115 pytorch_compiled:100; do
     limit=${v#*:}
     v=${v%:*}
     stage "step_$v" "$limit" python -m pytest -q -p no:cacheprovider "benchmarks/bench_step.py::test_training_step[$v]" \

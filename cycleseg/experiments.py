@@ -6,8 +6,9 @@ pictures.
         --out runs/acdc-grid -- --image-size 64 --flip --rotate
 
 Grids (every cell once per seed):
-    paper        Full; Partial and semi at 10 / 20 / 30 / 50 %; semi at 20 % with each of lambda2..lambda5
-                 set to 0 (the ablations); Hung et al.'s adversarial baseline at 20 %
+    paper        Full; Partial and semi at 10 / 20 / 30 / 50 %; the ablations: semi at 20 % with each of
+                 lambda2..lambda5 switched (set to 0, or, where the recipe has it at 0, to the 2019 code's
+                 weight); Hung et al.'s adversarial baseline at 20 %
     comparison   Full; Partial and semi at --fractions
 
 Each cell is a training run in <out>/<cell>-seed<s>/ with the same options (those after `--` go to
@@ -21,7 +22,6 @@ deviation) and pictures.png (validation images: image, truth, Partial, semi).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -29,36 +29,45 @@ from pathlib import Path
 
 import numpy as np
 
-ABLATIONS = {"lambda2": "without L_cycle^S", "lambda3": "without L_cycle^I", "lambda4": "without L_disc^S",
-             "lambda5": "without L_disc^I"}
+ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
 
 
 @dataclass(frozen=True)
 class Cell:
     mode: str
     fraction: float
-    ablation: str | None = None          # a lambda set to 0
+    ablation: str | None = None          # a lambda switched: off, or on where the recipe leaves it out
+    weight: float = 0.0                  # the ablated lambda's value in this cell
 
     @property
     def name(self) -> str:
         base = f"{self.mode}-{round(100 * self.fraction)}pct"
-        return f"{base}-no-{self.ablation}" if self.ablation else base
+        if not self.ablation:
+            return base
+        return f"{base}-with-{self.ablation}" if self.weight else f"{base}-no-{self.ablation}"
 
     @property
     def label(self) -> str:
         names = {"full": "Full", "partial": "Partial", "semi": "Ours (semi)", "adversarial": "Hung et al."}
         text = names[self.mode]
-        return f"{text}, {ABLATIONS[self.ablation]}" if self.ablation else text
+        if not self.ablation:
+            return text
+        term = ABLATIONS[self.ablation]
+        return f"{text}, with {term} (λ{self.ablation[-1]} = {self.weight:g})" if self.weight else f"{text}, without {term}"
 
 
-def grid_cells(grid: str, fractions) -> list[Cell]:
+def grid_cells(grid: str, fractions, extra=()) -> list[Cell]:
+    """The cells of a grid. Each ablation switches one of lambda2..lambda5 of the semi runs (as the recipe
+    and the options after -- set them): off where it is on, on at the 2019 code's weight where it is off."""
     cells = [Cell("full", 1.0)]
     if grid == "paper":
         fractions = (0.1, 0.2, 0.3, 0.5)
     for f in fractions:
         cells += [Cell("partial", f), Cell("semi", f)]
     if grid == "paper":
-        cells += [Cell("semi", 0.2, a) for a in ABLATIONS]
+        from .config import RECIPES, parse_args
+        semi = parse_args(["--mode", "semi", *extra])[0].resolved()
+        cells += [Cell("semi", 0.2, a, 0.0 if getattr(semi, a) else RECIPES["2019"][a]) for a in ABLATIONS]
         cells.append(Cell("adversarial", 0.2))
     return cells
 
@@ -69,7 +78,7 @@ def cell_args(cell: Cell, seed: int, out: Path, data, extra) -> list[str]:
     if data:
         args += ["--data", str(data)]
     if cell.ablation:
-        args += [f"--{cell.ablation}", "0"]
+        args += [f"--{cell.ablation}", f"{cell.weight:g}"]
     return args + list(extra)
 
 
@@ -82,18 +91,23 @@ def final_record(folder: Path, steps: int) -> dict | None:
 
 
 def run_cell(args: list[str]) -> dict:
-    """Train one cell (resuming it if it was interrupted); its final validation record."""
-    from .config import parse_args
-    from .train import train
+    """Train one cell with `python -m cycleseg.train` in its own process (resuming it if it was
+    interrupted); its final validation record."""
+    import subprocess
 
-    cfg, _ = parse_args(args)
-    cfg = cfg.resolved()
+    from .config import parse_args
+
+    cfg = parse_args(args)[0].resolved()
     folder = Path(cfg.out)
     done = final_record(folder, cfg.steps)
     if done is not None:
         return done
-    train(dataclasses.replace(cfg, resume=(folder / "last.pt").exists()))
-    return final_record(folder, cfg.steps)
+    cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if (folder / "last.pt").exists() else [])
+    code = subprocess.run(cmd).returncode
+    rec = final_record(folder, cfg.steps)
+    if code != 0 or rec is None:
+        raise RuntimeError(f"the run in {folder} failed (exit code {code}): {' '.join(cmd)}")
+    return rec
 
 
 SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice"}
@@ -129,7 +143,7 @@ def table_csv(rows) -> str:
         c = r["cell"]
         for k in SCORES:
             if k in r:
-                out.append(f"{c.mode},{c.fraction},{c.ablation or ''},{k},{r[k][0]:.6f},{r[k][1]:.6f},{r[k][2]}")
+                out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{k},{r[k][0]:.6f},{r[k][1]:.6f},{r[k][2]}")
     return "\n".join(out) + "\n"
 
 
@@ -232,7 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(argv)
     out = a.out or Path("runs") / f"grid-{a.grid}"
-    cells = grid_cells(a.grid, a.fractions)
+    cells = grid_cells(a.grid, a.fractions, extra)
     results: dict = {c: {} for c in cells}
     total = len(cells) * len(a.seeds)
     from .checkpoint import CheckpointError
@@ -247,7 +261,7 @@ def main(argv=None) -> int:
             steps = rec["step"]
             print(f"    mIoU {rec['miou']:.4f}" + (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec
                                                    else ""), file=sys.stderr)
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = summarize(results)

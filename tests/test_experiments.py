@@ -12,6 +12,11 @@ def test_grids():
     assert Cell("full", 1.0) in paper and Cell("adversarial", 0.2) in paper
     assert {c.fraction for c in paper if c.mode == "partial"} == {0.1, 0.2, 0.3, 0.5}
     assert {c.ablation for c in paper if c.ablation} == {"lambda2", "lambda3", "lambda4", "lambda5"}
+    switched = {c.ablation: c for c in paper if c.ablation}          # the tuned recipe leaves L_cycle^I out
+    assert switched["lambda3"].weight == 1.0 and switched["lambda3"].name == "semi-20pct-with-lambda3"
+    assert switched["lambda4"].weight == 0.0 and switched["lambda4"].label == "Ours (semi), without L_disc^S"
+    old = {c.ablation: c for c in grid_cells("paper", None, ["--recipe", "2019"]) if c.ablation}
+    assert all(c.weight == 0.0 for c in old.values())                 # the 2019 weights: every term on
     assert [c.name for c in grid_cells("comparison", [0.1])] == ["full-100pct", "partial-10pct", "semi-10pct"]
 
 

@@ -25,7 +25,7 @@ def test_short_run_losses_finite_and_decreasing(tmp_path, tiny, mode):
     last = sum(r["gen_seg"] for r in rec[-10:]) / 10
     assert last < 0.8 * first, (first, last)
     if mode == "semi":
-        assert {"gen_img", "cycle_seg", "cycle_img", "disc_seg", "disc_img", "d_seg", "d_img"} <= set(rec[0])
+        assert {"gen_img", "cycle_seg", "disc_seg", "disc_img", "d_seg", "d_img"} <= set(rec[0])   # tuned: no cycle_img
         for term, factor in (("cycle_seg", 0.8), ("gen_img", 1.0)):   # adversarial terms need not fall
             t_first = sum(r[term] for r in rec[:10]) / 10
             t_last = sum(r[term] for r in rec[-10:]) / 10
@@ -90,13 +90,16 @@ def test_dry_run_prints_counts(capsys):
 
 def test_config_defaults_and_errors():
     cfg = Config(device="cpu").resolved()
-    assert (cfg.preset, cfg.ngf, cfg.beta1, cfg.labeled_fraction, cfg.lr) == ("cpu", 16, 0.5, 0.1, 1e-3)
+    assert (cfg.preset, cfg.ngf, cfg.beta1, cfg.labeled_fraction, cfg.lr) == ("cpu", 16, 0.9, 0.1, 1e-3)
     assert Config(device="cpu", preset="paper").resolved().lr == 2e-4
-    assert Config(device="cpu", mode="partial").resolved().beta1 == 0.5            # the same optimizer for every arm
-    assert Config(device="cpu", mode="partial", recipe="2019").resolved().beta1 == 0.9   # the 2019 code's
+    assert Config(device="cpu", mode="partial").resolved().beta1 == 0.9 == cfg.beta1    # the same optimizer for every arm
+    assert Config(device="cpu", recipe="2019").resolved().beta1 == 0.5                   # the 2019 code's
     assert Config(device="cpu", lr=1e-3).resolved().lr_d == 1e-3 * RECIPES["tuned"]["lr_d_scale"]
     assert Config(device="cpu", mode="full", labeled_fraction=0.2).resolved().labeled_fraction == 1.0
-    assert (cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.lambda4, cfg.lambda5) == (1, 0.05, 1, 0.5, 0.5)
+    assert (cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.lambda4, cfg.lambda5) == (1, 0.05, 0, 0.01, 0.5)   # tuned
+    old = Config(device="cpu", recipe="2019").resolved()
+    assert (old.lambda1, old.lambda2, old.lambda3, old.lambda4, old.lambda5) == (1, 0.05, 1, 0.5, 0.5)
+    assert Config(device="cpu", lambda3=0.3).resolved().lambda3 == 0.3                  # an option beats the recipe
     with pytest.raises(ValueError, match="labeled-fraction"):
         Config(device="cpu", labeled_fraction=0.0).resolved()
     c, _ = parse_args(["--lambda2", "0.1", "--labeled-fraction", "0.3"])  # float lambdas (2019 code: int)
