@@ -1,6 +1,7 @@
 """Instance norm + ReLU, fused vs F.relu(F.instance_norm(x)) (eager and compiled), at the shapes of the
 paper generator for a batch of 8 at 256x256 on a GPU (NCHW, and channels_last as the GPU fast path runs
-it), and of the CPU preset (8 x 64x64, ngf 16) on the CPU."""
+it), and of the CPU preset (8 x 64x64, ngf 16) on the CPU (NCHW, and channels_last as the CPU fast path runs it
+where the CPU has native bf16)."""
 import pytest
 import torch
 
@@ -13,7 +14,8 @@ if DEVICE == "cuda":
     if not QUICK:
         SHAPES += [(8, 64, 256, 256, "channels_last"), (8, 128, 128, 128, "channels_last")]
 else:
-    SHAPES = [(8, 16, 64, 64, "nchw"), (8, 32, 32, 32, "nchw"), (8, 64, 16, 16, "nchw"), (8, 64, 256, 256, "nchw")]
+    SHAPES = [(8, 16, 64, 64, "nchw"), (8, 32, 32, 32, "nchw"), (8, 64, 16, 16, "nchw"), (8, 64, 256, 256, "nchw"),
+              (8, 16, 64, 64, "channels_last"), (8, 64, 16, 16, "channels_last")]   # the CPU fast path's layout
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"-{s[4]}")

@@ -4,6 +4,8 @@ the eager baseline, as `python -m cycleseg.train` runs them:
     no_fast           --no-fast: PyTorch's own ops, eager, fp32, NCHW, default Adam (the baseline of every ratio)
     fast              the default: the plan fastpath.plan_for chooses for this device and run length
     fast_eager        (GPU) the fast path without torch.compile
+    fast_compiled     (CPU) the fast path with torch.compile (--compile on), which the CPU plan leaves out
+                      of runs under 5000 steps
     pytorch_compiled  the baseline under torch.compile (peer)
     pytorch_best      the baseline under torch.compile + bf16 autocast + channels_last (peer)
 
@@ -35,13 +37,14 @@ if DEVICE == "cuda":
 else:
     CFG = Config(device="cpu").resolved()
     K = 5
-    VARIANTS = ["no_fast", "fast", "pytorch_compiled", "pytorch_best"]
+    VARIANTS = ["no_fast", "fast", "fast_compiled", "pytorch_compiled", "pytorch_best"]
 WARMUP, ROUNDS = 3, 10
 
 
 def plan_of(variant: str) -> Plan:
     fast = plan_for(CFG, DEVICE)
     return {"no_fast": Plan(), "fast": fast, "fast_eager": dataclasses.replace(fast, compile=False, why=""),
+            "fast_compiled": dataclasses.replace(fast, compile=True, why=""),
             "pytorch_compiled": Plan(compile=True),
             "pytorch_best": Plan(compile=True, autocast="bfloat16", channels_last=True)}[variant]
 

@@ -75,7 +75,7 @@ class Config:
     # execution
     device: str = "auto"                # cpu, cuda, cuda:N; auto = cuda when there is a GPU
     fast: bool = True                   # the fast path (fused kernels, merged calls, and per device bf16, channels_last, compile); --no-fast: PyTorch's own ops, eager fp32
-    compile: str = "auto"               # torch.compile the updates: auto = when the run is long enough to win back the compile time
+    compile: str = "auto"               # torch.compile the updates: auto = on a GPU when the run is long enough to win back the compile time (never on the CPU, where it measured slower)
     precision: str = "auto"             # fast path arithmetic: bf16 autocast (fp32 weights) or fp32; auto = bf16 where the device runs it natively
     # bookkeeping
     out: str | None = None              # run folder (default runs/<mode>-<pct>pct-seed<seed>)

@@ -163,7 +163,7 @@ def plot_png(rows, score: str) -> bytes:
     lo = min(m - s for _, m, s in points)
     hi = max(m + s for _, m, s in points)
     lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
-    W, H, L, B, T, R = 560, 380, 60, 50, 30, 20
+    W, H, L, B, T, R = 560, 390, 60, 50, 42, 20
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     xs = sorted({p[0] for p in points})
@@ -190,9 +190,9 @@ def plot_png(rows, score: str) -> bytes:
         y = y_of(mu)
         for x in range(L, W - R, 12):
             d.line([(x, y), (x + 6, y)], fill=(90, 90, 90))
-    d.text((W - R - 170, T + 4), "Partial", fill=colours["partial"])
-    d.text((W - R - 110, T + 4), "semi", fill=colours["semi"])
-    d.text((W - R - 60, T + 4), "Full", fill=(90, 90, 90))
+    d.text((W - R - 170, 22), "Partial", fill=colours["partial"])
+    d.text((W - R - 110, 22), "semi", fill=colours["semi"])
+    d.text((W - R - 60, 22), "Full", fill=(90, 90, 90))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -9,10 +9,11 @@
                        objective with PyTorch's own ops (cycleseg.native), fp32, NCHW, a call per input,
                        the default Adam
 
-torch.compile is chosen when it pays for itself over the run: its compile time (measured: ~2 min for
-the CPU preset on the 2-core CPU machine for a 1.18x faster step) must be won back by the steps to come.
-On a CPU that takes thousands of steps (the CPU preset's 1000 do not); on a GPU a few hundred.
-`--compile on|off` overrides the choice. A resumed run keeps the plan it started with.
+torch.compile is chosen on a GPU when the run is long enough to win back its compile time (a few
+hundred steps). On the CPU it is not chosen: the compiled fast step measured slower than the eager one
+(128 against 113 ms per step at the CPU preset, bf16 channels_last, after 21 s of compiling; the
+2-core CPU machine, 2026-11-27, benchmarks/RESULTS.md). `--compile on|off` overrides the choice. A
+resumed run keeps the plan it started with.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-# Steps from which torch.compile pays for itself (compile time over the time it saves per step).
-COMPILE_MIN_STEPS = {"cpu": 5000, "cuda": 300}
+# Steps from which torch.compile pays for itself (compile time over the time it saves per step); None:
+# never (on the CPU the compiled fast step measured slower).
+COMPILE_MIN_STEPS = {"cpu": None, "cuda": 300}
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,12 @@ class Plan:
 
     def describe(self) -> str:
         if not self.fused_ops:
-            return "eager baseline (--no-fast): PyTorch's own ops, fp32, NCHW"
+            extras = [f"{self.autocast} autocast" if self.autocast else None,
+                      "channels_last" if self.channels_last else None, "torch.compile" if self.compile else None]
+            extras = [e for e in extras if e]
+            if not extras:
+                return "eager baseline (--no-fast): PyTorch's own ops, fp32, NCHW"
+            return "PyTorch's own ops with " + ", ".join(extras)
         parts = ["fused ops", "merged network calls" if self.merge_passes else None,
                  "fused Adam" if self.fused_adam else None, f"{self.autocast} autocast" if self.autocast else None,
                  "channels_last" if self.channels_last else None,
@@ -69,9 +76,10 @@ def plan_for(cfg, device) -> Plan:
     cuda = device.type == "cuda"
     kind = "cuda" if cuda else "cpu"
     if cfg.compile == "auto":
-        compile_ = cfg.steps >= COMPILE_MIN_STEPS[kind]
-        why = (f"{cfg.steps} steps {'>=' if compile_ else '<'} {COMPILE_MIN_STEPS[kind]}, "
-               f"from which compiling pays off on {kind}")
+        least = COMPILE_MIN_STEPS[kind]
+        compile_ = least is not None and cfg.steps >= least
+        why = ("on the cpu the compiled fast step measured no faster; --compile on forces it" if least is None else
+               f"{cfg.steps} steps {'>=' if compile_ else '<'} {least}, from which compiling pays off on {kind}")
     else:
         compile_, why = cfg.compile == "on", f"--compile {cfg.compile}"
     if cfg.precision == "auto":
