@@ -95,3 +95,27 @@ def cpu_has_native_bf16() -> bool:
     CPU machine); without it bf16 is emulated and slower, so the CPU fast path stays fp32."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     return bool(probe and probe())
+
+
+def busy_cpu_note(load: float, threads: int, cores: int) -> str | None:
+    """A hint when other processes keep the CPU busy (load: the 1-minute load average before training).
+    OpenMP's threads then wait for cores: on the 2-core machine with one core taken, a CPU-preset step
+    took 920 ms with 2 threads and 254 ms with 1 (141 / 223 ms on a quiet machine; 2026-11-27). The
+    thread count is not changed for the user: it changes the floating-point results of a run."""
+    free = cores - load                  # a busy process counts ~1; background noise stays well under it
+    if threads <= 1 or free >= threads - 0.9:
+        return None
+    fit = max(1, int(free + 0.1))
+    return (f"note: the CPU is busy (load {load:.1f} on {cores} cores) and training uses {threads} threads; "
+            f"steps can run several times slower. OMP_NUM_THREADS={fit} avoids that (results then differ "
+            f"slightly from a {threads}-thread run).")
+
+
+def cpu_load_note() -> str | None:
+    import os
+    try:
+        load = os.getloadavg()[0]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    except OSError:
+        return None
+    return busy_cpu_note(load, torch.get_num_threads(), cores)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 
 # OpenMP threads that spin while they wait fight the loader thread and any other busy process for the
-# cores: on the 2-core machine, with one core taken by another process, a CPU-preset step took 2.5 s
-# instead of 0.28 s. A short spin (GOMP_SPINCOUNT=10000) costs ~6 % on a quiet machine and keeps the
-# loaded case at 0.77 s (passive waiting: +28 % quiet, 0.59 s loaded; measured 2026-11-27). It must be
-# set before torch loads OpenMP, so it applies to `python -m cycleseg.train`; set it yourself to override.
+# cores. On the 2-core machine with one core taken by another process, the fp32 fast path took 2.5 s per
+# step with libgomp's default spin and 0.77 s with GOMP_SPINCOUNT=10000 (0.28 s quiet); the bf16 path
+# takes 920 / 954 ms busy and 141 / 145 ms quiet either way (README, "A busy CPU"). It must be set
+# before torch loads OpenMP, so it applies to `python -m cycleseg.train`; set it yourself to override.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import contextlib
@@ -37,7 +37,7 @@ from .data.h5format import DataError, read_meta
 from .data.splits import make_streams, open_splits, split_paths
 from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, wrapper
 from .evaluate import confusion, evaluate_volumes
-from .fastpath import Plan, plan_for
+from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from .models import count_parameters, networks_from_config, use_ops
 from .runfolder import RunFolder
@@ -115,6 +115,8 @@ def run(cfg: Config, until, world: World, device) -> dict:
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
                 f", run folder {folder.path}\n{plan.describe()}")
+    if device.type == "cpu" and (busy := cpu_load_note()):
+        folder.note(busy)
 
     def save(is_best=False):
         folder.save(state_dict(n, best, cfg, nets, step, streams, world, device), is_best)

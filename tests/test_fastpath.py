@@ -6,7 +6,7 @@ import torch
 
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
-from cycleseg.fastpath import Plan, cpu_has_native_bf16, plan_for
+from cycleseg.fastpath import Plan, busy_cpu_note, cpu_has_native_bf16, plan_for
 from cycleseg.models import NormReLU, networks_from_config, use_ops
 from cycleseg.steps import STEPS
 
@@ -190,3 +190,13 @@ def test_fast_step_never_reads_a_value_back(monkeypatch):
         terms = step(data[1])
     monkeypatch.undo()
     assert all(t.dim() == 0 for t in terms.values())
+
+
+def test_busy_cpu_note():
+    assert busy_cpu_note(0.1, 2, 2) is None                  # quiet
+    assert busy_cpu_note(0.7, 2, 2) is None                  # background noise, or a run that just ended
+    assert busy_cpu_note(3.0, 1, 2) is None                  # one thread cannot oversubscribe
+    note = busy_cpu_note(1.0, 2, 2)                          # one of two cores taken
+    assert "OMP_NUM_THREADS=1" in note and "load 1.0 on 2 cores" in note
+    assert "OMP_NUM_THREADS=6" in busy_cpu_note(2.0, 8, 8)
+    assert busy_cpu_note(0.5, 4, 8) is None                  # enough free cores
