@@ -4,7 +4,7 @@
                        every LSGAN term; one G_IS call for its three inputs and one call per
                        discriminator for real + fake; fused Adam; channels_last; bf16 autocast (fp32
                        master weights and reductions) on GPUs and on CPUs with native bf16 (AVX512-BF16,
-                       AMX); torch.compile of both updates when the run is long enough
+                       AMX); torch.compile of both updates on a GPU when the run is long enough
     --no-fast          the eager baseline a user would write without this project: the same networks and
                        objective with PyTorch's own ops (cycleseg.native), fp32, NCHW, a call per input,
                        the default Adam
