@@ -202,14 +202,11 @@ def pictures_png(out: Path, fraction: float, seed: int, count: int = 4) -> bytes
     """Validation images: image | truth | Partial | semi (the last checkpoints at `fraction`, one seed)."""
     import io
 
-    import torch
-
     from .checkpoint import load_run
-    from .data.splits import eval_split, open_source
-    from .evaluate import eval_mode, predict
     from .data.pixels import to_input
+    from .data.splits import eval_split, open_source
     from .models import networks_from_checkpoint
-    from .visualize import colorize, titled_grid, to_uint8_image
+    from .visualize import image_truth_columns, prediction_column, titled_grid
 
     cols, titles = [], ["image", "truth"]
     source = None
@@ -222,11 +219,8 @@ def pictures_png(out: Path, fraction: float, seed: int, count: int = 4) -> bytes
             path, _ = eval_split(cfg.data, "val", cfg.val_data, cfg.image_size, False)
             source = open_source(path)
             images, masks = source.batch(np.arange(min(count, len(source))))
-            pal, ign = source.meta.palette, source.meta.ignore_index
-            cols += [[to_uint8_image(x) for x in to_input(images)], [colorize(m, pal, ign) for m in masks.numpy()]]
-        with eval_mode(nets["G_IS"]), torch.no_grad():
-            pred = predict(nets["G_IS"], to_input(images)).numpy()
-        cols.append([colorize(p, pal, ign) for p in pred])
+            cols += image_truth_columns(images, masks, source.meta)
+        cols.append(prediction_column(nets["G_IS"], to_input(images), source.meta))
         titles.append(f"{title} {round(100 * fraction)} %")
     buf = io.BytesIO()
     titled_grid(cols, titles).save(buf, format="PNG")

@@ -19,11 +19,15 @@ from .distributed import World, gather
 from .models import data_info
 
 
+def global_position(local: dict, world: World) -> dict:
+    """A process's stream state as a position in the whole stream (each process reads 1/W of it)."""
+    return {"pass": local["pass"], "pos": local["pos"] * world.size}
+
+
 def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, world: World, device) -> dict | None:
     """The checkpoint (on rank 0; None on the other ranks, which send their part to rank 0)."""
     mine = {"pools": step.pool_state(),
-            "streams": {k: {"pass": v.state_dict()["pass"], "pos": v.state_dict()["pos"] * world.size}
-                        for k, v in streams.loaders.items()},
+            "streams": {k: global_position(v.state_dict(), world) for k, v in streams.loaders.items()},
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
     ranks = gather(mine, world)

@@ -68,9 +68,10 @@ class Step:
         self.optimizers: dict = {}
         self.pools: dict = {}
 
-    def adam(self, params, lr: float | None = None) -> torch.optim.Adam:
+    def adam(self, params, lr: float | None = None, betas: tuple | None = None) -> torch.optim.Adam:
         extra = {"fused": True} if self.plan.fused_adam else {}
-        return torch.optim.Adam(params, self.cfg.lr if lr is None else lr, betas=(self.cfg.beta1, 0.999), **extra)
+        return torch.optim.Adam(params, self.cfg.lr if lr is None else lr, betas=betas or (self.cfg.beta1, 0.999),
+                                **extra)
 
     def autocast(self):
         if self.plan.autocast:
@@ -230,8 +231,7 @@ class AdversarialStep(Step):
     def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
         super().__init__(nets, cfg, meta, plan)
         self.optimizers = {"G": self.adam(nets["G_IS"].parameters()),
-                           "D": torch.optim.Adam(nets["D_H"].parameters(), 0.4 * cfg.lr, betas=(0.9, 0.99),
-                                                 **({"fused": True} if plan.fused_adam else {}))}
+                           "D": self.adam(nets["D_H"].parameters(), 0.4 * cfg.lr, betas=(0.9, 0.99))}
         self._schedule()
         self.self_training = torch.zeros((), device=self.device)
         self.generator_loss = self.compiled(self._generator_loss)

@@ -153,10 +153,9 @@ def run(cfg: Config, until, world: World, device) -> dict:
             if n % cfg.eval_every == 0 or n == cfg.steps:
                 result = validate(cfg, nets, data, device, world)
                 folder.log({"step": n, "split": "val", **result})
-                if world.rank == 0:
+                if world.rank == 0:                                 # pictures and the line: rank 0 only
                     folder.picture(n, sample_columns(nets, data.val, device), SAMPLE_TITLES)
-                vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
-                if world.rank == 0:
+                    vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
                     bar.write(f"step {n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
                 if result["miou"] > best:
                     best = result["miou"]

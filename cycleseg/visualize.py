@@ -33,20 +33,30 @@ def to_uint8_image(x: torch.Tensor) -> np.ndarray:
 SAMPLE_TITLES = ["image", "truth", "prediction", "G_SI(truth)"]
 
 
+def image_truth_columns(images, masks, meta) -> list[list[np.ndarray]]:
+    """The image and ground-truth columns of a grid, from uint8 images (N, H, W, C) and masks (N, H, W)."""
+    return [[to_uint8_image(xi) for xi in to_input(images)],
+            [colorize(m, meta.palette, meta.ignore_index) for m in masks.numpy()]]
+
+
+@torch.no_grad()
+def prediction_column(g_is, x: torch.Tensor, meta) -> list[np.ndarray]:
+    """G_IS's predicted masks of the network inputs x, coloured."""
+    with eval_mode(g_is):
+        pred = predict(g_is, x).cpu().numpy()
+    return [colorize(p, meta.palette, meta.ignore_index) for p in pred]
+
+
 @torch.no_grad()
 def sample_columns(nets: dict, source, device, count: int = GRID_IMAGES) -> list[list[np.ndarray]]:
     """The grid's columns (SAMPLE_TITLES) for the first `count` images of `source` (an H5Source)."""
     meta = source.meta
     images, masks = source.batch(np.arange(min(count, len(source))))
     x, y = to_input(images, device), masks.to(device)
-    pal, ign = meta.palette, meta.ignore_index
-    with eval_mode(nets["G_IS"]):
-        pred = predict(nets["G_IS"], x).cpu().numpy()
-    cols = [[to_uint8_image(xi) for xi in x], [colorize(m, pal, ign) for m in masks.numpy()],
-            [colorize(p, pal, ign) for p in pred]]
+    cols = image_truth_columns(images, masks, meta) + [prediction_column(nets["G_IS"], x, meta)]
     if "G_SI" in nets:
         with eval_mode(nets["G_SI"]):
-            fake = nets["G_SI"](one_hot(y, meta.num_classes, ign, x.dtype))
+            fake = nets["G_SI"](one_hot(y, meta.num_classes, meta.ignore_index, x.dtype))
         cols.append([to_uint8_image(f) for f in fake])
     return cols
 
