@@ -9,10 +9,10 @@ from cycleseg import native, ops
 from common import DEVICE, DTYPES, PASSES, QUICK, VARIANTS, bench, variant_fn
 
 if DEVICE == "cuda":
-    SHAPES = [(8, 64, 256, 256, "nchw"), (8, 128, 128, 128, "nchw"), (8, 256, 64, 64, "nchw"),
-              (8, 256, 64, 64, "channels_last")]
+    SHAPES = [(8, 64, 256, 256, "channels_last"), (8, 128, 128, 128, "channels_last"),
+              (8, 256, 64, 64, "channels_last"), (8, 256, 64, 64, "nchw")]
     if not QUICK:
-        SHAPES += [(8, 64, 256, 256, "channels_last"), (8, 128, 128, 128, "channels_last")]
+        SHAPES += [(8, 64, 256, 256, "nchw"), (8, 128, 128, 128, "nchw")]
 else:
     SHAPES = [(8, 16, 64, 64, "nchw"), (8, 32, 32, 32, "nchw"), (8, 64, 16, 16, "nchw"), (8, 64, 256, 256, "nchw"),
               (8, 16, 64, 64, "channels_last"), (8, 64, 16, 16, "channels_last")]   # the CPU fast path's layout

@@ -6,25 +6,27 @@
 #   bash benchmarks/gpu_check.sh        # both                                                     (~8 min)
 #
 # Every stage has its own time limit and prints its table as soon as it ends; logs, JSON and tables go
-# under $OUT (or /tmp/cycleseg-gpu). Runs from the checkout: no install (cycleseg.kernels is found beside
-# the package), TRITON_INTERPRET unset, imports checked first.
+# under $OUT (or /tmp/cycleseg-gpu). Installs the checkout in place first (pip install -e, no dependencies:
+# the image's torch and Triton stay; cycleseg.kernels resolves to kernels/), TRITON_INTERPRET unset,
+# imports checked first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/cycleseg-gpu}
 mkdir -p "$out"
 unset TRITON_INTERPRET
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" CYCLESEG_BENCH_QUICK=1
+export PYTHONUNBUFFERED=1 CYCLESEG_BENCH_QUICK=1
 what=${1:-all}
 start=$SECONDS
+pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { echo "install failed"; tail "$out/install.log"; exit 1; }
 
 python - <<'PY' || { echo "preflight failed"; exit 1; }
 import torch, triton, pytest, pytest_benchmark
 assert torch.cuda.is_available(), "no CUDA device"
 print(f"torch {torch.__version__}, triton {triton.__version__}, pytest-benchmark {pytest_benchmark.__version__}, "
       f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
-import cycleseg.ops.backend as b
-for op in ("softmax_cross_entropy", "instance_norm_relu", "lsgan_loss"):
-    b.triton_kernels(op)
+from cycleseg.ops import cuda
+for op in cuda.KERNELS:
+    cuda.launcher(op)
 PY
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader | tee "$out/gpu.txt"
 

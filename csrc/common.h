@@ -5,8 +5,36 @@
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace cycleseg {
+
+// The accumulation dtype of every fused op (both backends): fp64 for fp64 inputs, fp32 otherwise.
+inline at::ScalarType acc_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Outputs start NaN-filled while this is on (tests: a kernel must write every element it returns; set
+// through the extension module's set_poison_outputs).
+inline bool& poison_outputs() {
+  static bool on = false;
+  return on;
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  if (poison_outputs()) return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options);
+  return at::empty(sizes, options);
+}
+
+// Same shape and memory format (strides) as x.
+inline at::Tensor new_output_like(const at::Tensor& x) {
+  auto out = at::empty_like(x);
+  return poison_outputs() ? out.fill_(std::numeric_limits<double>::quiet_NaN()) : out;
+}
+
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
 
 // Pixels handled together by one task: long enough to vectorise the inner loops, and a fixed size so
 // that partial sums (and so every reduction) do not depend on the number of threads.

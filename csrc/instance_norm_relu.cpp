@@ -10,16 +10,14 @@
 // Two layouts, no copies: NCHW-contiguous (one (n, c) plane per task, loops over contiguous pixels) and
 // channels_last (one image and a block of kChannels channels per task, loops over pixels with the
 // channels contiguous inside). Reductions run in a fixed order inside a task: results do not depend on
-// the thread count. Outputs are allocated by the caller (cycleseg/ops/alloc.py) in x's layout.
+// the thread count. Registered as the CPU kernels of cycleseg::instance_norm_relu(_backward) (module.cpp).
 #include "common.h"
 
 namespace cycleseg {
 
 constexpr int64_t kChannels = 16;  // channels per channels_last task (one or two vector registers wide)
 
-static bool channels_last(const at::Tensor& t) {
-  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
+static bool channels_last(const at::Tensor& t) { return is_channels_last(t); }
 
 static void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.sizes() == x.sizes() && t.strides() == x.strides() &&
@@ -158,15 +156,23 @@ static void for_each_slab(int64_t N, int64_t C, int64_t HW, F f) {
 
 // -- entry points ---------------------------------------------------------------------------------------
 
-void instance_norm_relu_fwd(const at::Tensor& x, double eps, double slope, at::Tensor y, at::Tensor mean,
-                            at::Tensor rstd) {
-  TORCH_CHECK(x.dim() == 4, "instance_norm_relu: expected (N, C, H, W), got ", x.sizes());
-  check_like(x, x, "input");
-  check_like(y, x, "output");
+// x itself when NCHW- or channels_last-contiguous (the kernels read both), else an NCHW copy.
+static at::Tensor dense(const at::Tensor& x) {
+  return x.is_contiguous() || channels_last(x) ? x : x.contiguous();
+}
+
+// -> (y in x's layout, mean (N, C), rstd (N, C) in the accumulation dtype).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_relu(const at::Tensor& input, double eps, double slope) {
+  TORCH_CHECK(input.dim() == 4, "instance_norm_relu: expected (N, C, H, W), got ", input.sizes());
+  TORCH_CHECK(input.device().is_cpu(), "instance_norm_relu (C++): CPU tensors only");
+  const auto x = dense(input);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   TORCH_CHECK(HW > 0, "instance_norm_relu: empty planes");
+  auto y = new_output_like(x);
+  auto mean = new_output({N, C}, x.options().dtype(acc_type(x)));
+  auto rstd = new_output({N, C}, x.options().dtype(acc_type(x)));
   const bool cl = channels_last(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
@@ -186,17 +192,21 @@ void instance_norm_relu_fwd(const at::Tensor& x, double eps, double slope, at::T
         slab_fwd<0>(xp + off, yp + off, HW, C, cb, e, s, mp + q, rp + q);
     });
   });
+  return {y, mean, rstd};
 }
 
-void instance_norm_relu_bwd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                            const at::Tensor& rstd, double slope, at::Tensor dx) {
-  check_like(x, x, "input");
-  check_like(dy, x, "grad");
-  check_like(dx, x, "grad_input");
-  TORCH_CHECK(dy.scalar_type() == x.scalar_type(), "instance_norm_relu_backward: grad dtype differs from input");
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+// -> dx in the layout of x (as the kernels read it).
+at::Tensor instance_norm_relu_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& mean,
+                                       const at::Tensor& rstd, double slope) {
+  TORCH_CHECK(input.dim() == 4 && grad.sizes() == input.sizes(), "instance_norm_relu_backward: grad of shape ",
+              grad.sizes(), " for an input of shape ", input.sizes());
+  const auto x = dense(input);
   const bool cl = channels_last(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_bwd", [&] {
+  const auto dy = grad.to(x.scalar_type()).contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  check_like(dy, x, "grad");
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto dx = new_output_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_relu_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = dy.data_ptr<scalar_t>();
@@ -228,6 +238,7 @@ void instance_norm_relu_bwd(const at::Tensor& dy, const at::Tensor& x, const at:
         slab_bwd<false, 0>(xp + off, gp + off, dp + off, HW, C, cb, mp + q, rp + q, s);
     });
   });
+  return dx;
 }
 
 }  // namespace cycleseg

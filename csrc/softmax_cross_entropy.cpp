@@ -3,12 +3,12 @@
 // Forward, per block of kBlock pixels: max and sum of exp over the classes (the classes of a pixel are
 // HW apart, so each inner loop runs over contiguous pixels and vectorises), then the weighted loss;
 // per-block partial sums reduced in block order (deterministic whatever the thread count). Writes the
-// per-pixel loss only for reduction 'none'; nothing is saved for the backward.
-// Backward recomputes the log-sum-exp per block and writes
+// per-pixel loss only for reduction 'none'.
+// Writes the log-sum-exp of each pixel (4 bytes) for the backward, which writes
 //   dlogits[n, k, p] = g[n, p] * w[t] * (exp(x[n, k, p] - lse[n, p]) - [k == t]),  0 at ignored pixels.
 // A target outside [0, K) that is not ignore_index yields NaN at that pixel (the Python boundary
 // rejects such targets in eager mode; under torch.compile the check is skipped), never a bad read.
-// Outputs are allocated by the caller (cycleseg/ops/alloc.py).
+// Registered as the CPU kernels of cycleseg::softmax_cross_entropy(_backward) (module.cpp).
 #include "common.h"
 
 namespace cycleseg {
@@ -31,16 +31,16 @@ static void block_lse(const scalar_t* xb, int64_t K, int64_t HW, int64_t len, ac
 
 template <typename scalar_t, typename target_t>
 static void xent_fwd_kernel(const scalar_t* x, const target_t* t, const at::opmath_type<scalar_t>* w, int64_t N,
-                            int64_t K, int64_t HW, int64_t ignore, scalar_t* loss_out, std::vector<double>& part_l,
-                            std::vector<double>& part_w) {
+                            int64_t K, int64_t HW, int64_t ignore, at::opmath_type<scalar_t>* lse_out,
+                            scalar_t* loss_out, std::vector<double>& part_l, std::vector<double>& part_w) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t blocks_per_n = (HW + kBlock - 1) / kBlock;
   at::parallel_for(0, N * blocks_per_n, 1, [&](int64_t b0, int64_t b1) {
-    acc_t lse[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = b / blocks_per_n, p0 = (b % blocks_per_n) * kBlock;
       const int64_t len = std::min(kBlock, HW - p0);
       const scalar_t* xb = x + n * K * HW + p0;
+      acc_t* lse = lse_out + n * HW + p0;
       block_lse(xb, K, HW, len, lse);
       double bl = 0.0, bw = 0.0;
       for (int64_t i = 0; i < len; ++i) {
@@ -67,18 +67,19 @@ static void xent_fwd_kernel(const scalar_t* x, const target_t* t, const at::opma
 
 template <typename scalar_t, typename target_t>
 static void xent_bwd_kernel(const scalar_t* x, const target_t* t, const at::opmath_type<scalar_t>* w,
-                            const at::opmath_type<scalar_t>* g, bool g_per_pixel, double g_scalar, int64_t N,
-                            int64_t K, int64_t HW, int64_t ignore, scalar_t* dx) {
+                            const at::opmath_type<scalar_t>* lse_in, const at::opmath_type<scalar_t>* g,
+                            bool g_per_pixel, double g_scalar, int64_t N, int64_t K, int64_t HW, int64_t ignore,
+                            scalar_t* dx) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t blocks_per_n = (HW + kBlock - 1) / kBlock;
   at::parallel_for(0, N * blocks_per_n, 1, [&](int64_t b0, int64_t b1) {
-    acc_t scale[kBlock], lse[kBlock];
+    acc_t scale[kBlock];
     int64_t tt[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = b / blocks_per_n, p0 = (b % blocks_per_n) * kBlock;
       const int64_t len = std::min(kBlock, HW - p0);
       const scalar_t* xb = x + n * K * HW + p0;
-      block_lse(xb, K, HW, len, lse);
+      const acc_t* lse = lse_in + n * HW + p0;
       for (int64_t i = 0; i < len; ++i) {
         const int64_t p = n * HW + p0 + i;
         const int64_t ti = static_cast<int64_t>(t[p]);
@@ -109,7 +110,7 @@ static void xent_bwd_kernel(const scalar_t* x, const target_t* t, const at::opma
     }                                                                                   \
   }()
 
-static int64_t reduction_code(const std::string& r) {
+static int64_t reduction_code(c10::string_view r) {
   if (r == "none") return 0;
   if (r == "mean") return 1;
   TORCH_CHECK(r == "sum", "softmax_cross_entropy: reduction must be none, mean or sum, got ", r);
@@ -119,38 +120,45 @@ static int64_t reduction_code(const std::string& r) {
 // The checked arguments shared by forward and backward.
 struct XentArgs {
   int64_t N, K, HW, reduction;
-  c10::optional<at::Tensor> w;   // class weights in the accumulation type, contiguous
+  std::optional<at::Tensor> w;   // class weights in the accumulation type, contiguous
 };
 
-static XentArgs prepare(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& weight,
-                        const std::string& reduction) {
+static XentArgs prepare(const at::Tensor& x, const at::Tensor& t, const std::optional<at::Tensor>& weight,
+                        c10::string_view reduction) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) >= 1, "softmax_cross_entropy: logits must be (N, K, H, W), got ", x.sizes());
   TORCH_CHECK(t.dim() == 3 && t.size(0) == x.size(0) && t.size(1) == x.size(2) && t.size(2) == x.size(3),
               "softmax_cross_entropy: target must be (N, H, W) = ", x.size(0), ", ", x.size(2), ", ", x.size(3),
               ", got ", t.sizes());
-  TORCH_CHECK(x.device().is_cpu() && t.device().is_cpu() && x.is_contiguous() && t.is_contiguous(),
-              "softmax_cross_entropy (C++): contiguous CPU tensors only");
+  TORCH_CHECK(x.device().is_cpu() && t.device().is_cpu(), "softmax_cross_entropy (C++): CPU tensors only");
   if (weight) TORCH_CHECK(weight->dim() == 1 && weight->size(0) == x.size(1), "softmax_cross_entropy: weight must be (K,)");
   XentArgs a;
   a.N = x.size(0), a.K = x.size(1), a.HW = x.size(2) * x.size(3);
   a.reduction = reduction_code(reduction);
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  a.w = weight ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
+  a.w = weight ? std::optional<at::Tensor>(weight->to(acc_type(x)).contiguous()) : std::nullopt;
   return a;
 }
 
-// Fills out (() for mean / sum, (N, H, W) for none; logits dtype) and denom (the mean's divisor, acc dtype).
-void softmax_cross_entropy_fwd(const at::Tensor& x, const at::Tensor& t, const c10::optional<at::Tensor>& weight,
-                               int64_t ignore_index, const std::string& reduction_name, at::Tensor out,
-                               at::Tensor denom) {
+// -> (loss: () in the accumulation dtype, or (N, H, W) in the logits' dtype for 'none'; denom: () the mean's
+// divisor; lse: (N, H, W) the log-sum-exp of each pixel, saved for the backward). channels_last logits
+// are read through an NCHW copy.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_cross_entropy(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, c10::string_view reduction_name) {
+  const auto x = logits.contiguous();
+  const auto t = target.contiguous();
   const XentArgs a = prepare(x, t, weight, reduction_name);
+  const auto acc = x.options().dtype(acc_type(x));
+  auto lse = new_output({a.N, x.size(2), x.size(3)}, acc);
+  auto out = a.reduction == 0 ? new_output({a.N, x.size(2), x.size(3)}, x.options()) : new_output({}, acc);
+  auto denom = new_output({}, acc);
   const int64_t nb = a.N * ((a.HW + kBlock - 1) / kBlock);
   std::vector<double> part_l(nb, 0.0), part_w(nb, 0.0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cross_entropy_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cross_entropy", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     CYCLESEG_DISPATCH_TARGET(t, "softmax_cross_entropy", [&] {
       xent_fwd_kernel<scalar_t, target_t>(x.data_ptr<scalar_t>(), t.data_ptr<target_t>(),
-                                          a.w ? a.w->data_ptr<at::opmath_type<scalar_t>>() : nullptr, a.N, a.K, a.HW,
-                                          ignore_index, a.reduction == 0 ? out.data_ptr<scalar_t>() : nullptr,
+                                          a.w ? a.w->data_ptr<acc_t>() : nullptr, a.N, a.K, a.HW, ignore_index,
+                                          lse.data_ptr<acc_t>(), a.reduction == 0 ? out.data_ptr<scalar_t>() : nullptr,
                                           part_l, part_w);
     });
   });
@@ -158,27 +166,33 @@ void softmax_cross_entropy_fwd(const at::Tensor& x, const at::Tensor& t, const c
   denom.fill_(a.reduction == 1 ? sw : 1.0);
   if (a.reduction == 1) out.fill_(sl / sw);
   else if (a.reduction == 2) out.fill_(sl);
+  return {out, denom, lse};
 }
 
-// Fills dx (contiguous, logits dtype).
-void softmax_cross_entropy_bwd(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& t,
-                               const c10::optional<at::Tensor>& weight, const at::Tensor& denom, int64_t ignore_index,
-                               const std::string& reduction_name, at::Tensor dx) {
+// -> the gradient of the logits, in their dtype and memory format.
+at::Tensor softmax_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& target,
+                                          const std::optional<at::Tensor>& weight, const at::Tensor& denom,
+                                          const at::Tensor& lse, int64_t ignore_index, c10::string_view reduction_name) {
+  const auto x = logits.contiguous();
+  const auto t = target.contiguous();
   const XentArgs a = prepare(x, t, weight, reduction_name);
-  TORCH_CHECK(dx.is_contiguous() && dx.sizes() == x.sizes(), "softmax_cross_entropy_backward: bad output buffer");
-  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(x);
   const bool per_pixel = a.reduction == 0;
   const auto g = per_pixel ? grad.to(acc).contiguous() : grad;
+  const auto l = lse.to(acc).contiguous();
   // Host reads of two scalars: fine on the CPU, where there is no device queue to stall.
   const double g_scalar = per_pixel ? 0.0 : grad.item<double>() / denom.item<double>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cross_entropy_bwd", [&] {
+  auto dx = new_output(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "softmax_cross_entropy_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     CYCLESEG_DISPATCH_TARGET(t, "softmax_cross_entropy", [&] {
       xent_bwd_kernel<scalar_t, target_t>(x.data_ptr<scalar_t>(), t.data_ptr<target_t>(),
-                                          a.w ? a.w->data_ptr<at::opmath_type<scalar_t>>() : nullptr,
-                                          per_pixel ? g.data_ptr<at::opmath_type<scalar_t>>() : nullptr, per_pixel,
-                                          g_scalar, a.N, a.K, a.HW, ignore_index, dx.data_ptr<scalar_t>());
+                                          a.w ? a.w->data_ptr<acc_t>() : nullptr, l.data_ptr<acc_t>(),
+                                          per_pixel ? g.data_ptr<acc_t>() : nullptr, per_pixel, g_scalar, a.N, a.K,
+                                          a.HW, ignore_index, dx.data_ptr<scalar_t>());
     });
   });
+  return is_channels_last(logits) ? dx.contiguous(at::MemoryFormat::ChannelsLast) : dx;
 }
 
 }  // namespace cycleseg

@@ -4,28 +4,33 @@
 
 `act` is written with `where(v < 0, ...)` so that NaN propagates (tl.maximum drops NaN on the GPU).
 Backward recomputes x_hat from the saved mean and rstd: g = dy * act'(x_hat), a = mean(g),
-b = mean(g x_hat), dx = rstd (g - a - x_hat b). Statistics in fp32 (fp64 for fp64 inputs).
+b = mean(g x_hat), dx = rstd (g - a - x_hat b). Statistics in fp32 (fp64 for fp64 inputs). Every
+kernel indexes by strides, so any layout works; the launcher picks block shapes for the one x has.
 
-Two designs, chosen by the launcher:
-  plane   NCHW-contiguous planes of up to PLANE_MAX elements: one program per (n, c) plane holds the
-          whole plane in registers, exact two-pass statistics, so forward reads x once and writes y
-          (2 passes) and backward reads x and dy once and writes dx (3 passes): the floor
-  tiles   any layout (channels_last, strided) and larger planes: a program handles BLOCK_C channels of
-          one image over a chunk of the plane's pixels, in [BLOCK_R, BLOCK_C] tiles coalesced along
-          whichever axis is contiguous; per-chunk statistics (Chan's merge, no E[x^2] - E[x]^2
-          cancellation) are merged in a fixed order by a second kernel that re-reads its chunk and
-          writes the output: 3 + 5 passes (the re-reads hit L2 when a chunk fits). Planes are split
-          into chunks so that small N*C still fills the device; merges are deterministic, no atomics.
+Two designs (tensor passes: the floor is 5, forward reads x and writes y, backward reads x and dy and
+writes dx):
+  plane   the whole plane of BLOCK_C channels of one image in one program's registers: exact two-pass
+          statistics from registers; 2 passes forward, 3 backward, the floor. In channels_last BLOCK_C
+          spans one 32-byte sector per pixel (16 bf16 / 8 fp32 channels), so planes of up to 1024
+          (bf16) / 2048 (fp32) pixels fit; in NCHW planes of up to 16384 pixels.
+  tiles   larger planes: programs of BLOCK_C channels over a chunk of pixels, [BLOCK_R, BLOCK_C] tiles
+          coalesced along the contiguous axis, per-thread partial sums reduced once per program, enough
+          chunks for PROGRAMS_PER_SM programs per SM. Statistics are sums of x - pivot and (x - pivot)^2
+          (pivot: the channel's first pixel), additive across chunks and free of the cancellation of
+          E[x^2] - E[x]^2 on offset inputs; a second kernel sums them in chunk order (deterministic) and
+          re-reads its chunk: 3 passes forward, 5 backward, 8 against the floor's 5 (1.6x) since each
+          re-read crosses a launch. A plane of coalesced channels does not fit on chip at 64x64 and up
+          (4096 pixels x 16 bf16 channels = 128 KB, more than a program's share of registers).
 """
-import torch
 import triton
 import triton.language as tl
 
-from cycleseg.ops import alloc
+from .common import acc_dtype, empty, empty_like, flat_pixels, next_pow2, sm_count, tl_dtype
 
-from .common import acc_dtype, flat_pixels, next_pow2, sm_count
-
-PLANE_MAX = 16384
+PLANE_MAX = 16384       # elements of a plane program (32 per thread with 16 warps)
+TILE = 256              # elements of a tiles program's [BLOCK_R, BLOCK_C] tile (2 per thread with 4 warps)
+SECTOR = 32             # bytes: the smallest full memory transaction, the channels_last plane's width
+PROGRAMS_PER_SM = 8
 
 
 @triton.jit
@@ -47,146 +52,145 @@ def _gate(dy, xh, SLOPE: tl.constexpr):
     return tl.where(xh > 0, dy, dy * SLOPE)
 
 
-# -- plane: one NCHW plane per program, held in registers ------------------------------------------
+@triton.jit
+def _offsets(n, p, c, W, sn, sc, sh, sw, FLAT: tl.constexpr):
+    """int64 offsets (P, C) of pixels p (P,) and channels c (C,) of image n."""
+    if FLAT:
+        pix = p.to(tl.int64) * sw
+    else:
+        pix = (p // W).to(tl.int64) * sh + (p % W).to(tl.int64) * sw
+    return n.to(tl.int64) * sn + pix[:, None] + c.to(tl.int64)[None, :] * sc
+
 
 @triton.jit
-def _plane(HW, BLOCK: tl.constexpr):
-    """(plane q of this program, element offsets of the plane, mask)."""
-    q = tl.program_id(0)
-    i = tl.arange(0, BLOCK)
-    return q, q.to(tl.int64) * HW + i, i < HW
+def _channels(C, BLOCK_C: tl.constexpr):
+    """(image n, channels c of this program, their mask, index of their statistics)."""
+    n = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return n, c, c < C, n.to(tl.int64) * C + c
 
 
 @triton.jit
-def _plane_fwd(x_ptr, y_ptr, mean_ptr, rstd_ptr, HW, eps, SLOPE: tl.constexpr, ACC: tl.constexpr,
-               BLOCK: tl.constexpr):
-    q, off, msk = _plane(HW, BLOCK)
-    x = tl.load(x_ptr + off, mask=msk, other=0.0).to(ACC)
+def _xh_and_gate(dy_ptr, x_ptr, n, p, c, m, W, mean, rstd, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+                 SLOPE: tl.constexpr, FLAT_G: tl.constexpr, FLAT_X: tl.constexpr, ACC: tl.constexpr):
+    """(x_hat, g = dy act'(x_hat)) of the tile of pixels p and channels c (g is 0 where m is false)."""
+    x = tl.load(x_ptr + _offsets(n, p, c, W, sxn, sxc, sxh, sxw, FLAT_X), mask=m, other=0.0).to(ACC)
+    dy = tl.load(dy_ptr + _offsets(n, p, c, W, sgn, sgc, sgh, sgw, FLAT_G), mask=m, other=0.0).to(ACC)
+    xh = (x - mean[None, :]) * rstd[None, :]
+    return xh, tl.where(m, _gate(dy, xh, SLOPE), 0.0)
+
+
+# -- plane: the whole plane of BLOCK_C channels in registers -----------------------------------------
+
+@triton.jit
+def _plane_fwd(x_ptr, y_ptr, mean_ptr, rstd_ptr, C, HW, W, eps, sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+               SLOPE: tl.constexpr, FLAT_X: tl.constexpr, FLAT_Y: tl.constexpr, ACC: tl.constexpr,
+               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    n, c, cmask, stat = _channels(C, BLOCK_C)
+    p = tl.arange(0, BLOCK_P)
+    m = (p < HW)[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + _offsets(n, p, c, W, sxn, sxc, sxh, sxw, FLAT_X), mask=m, other=0.0).to(ACC)  # (P, C)
     mean = tl.sum(x, axis=0) / HW
-    d = tl.where(msk, x - mean, 0.0)
+    d = tl.where(m, x - mean[None, :], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / HW + eps)
-    tl.store(y_ptr + off, _act(d * rstd, SLOPE).to(y_ptr.dtype.element_ty), mask=msk)
-    tl.store(mean_ptr + q, mean)
-    tl.store(rstd_ptr + q, rstd)
+    y = _act(d * rstd[None, :], SLOPE)
+    tl.store(y_ptr + _offsets(n, p, c, W, syn, syc, syh, syw, FLAT_Y), y.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(mean_ptr + stat, mean, mask=cmask)
+    tl.store(rstd_ptr + stat, rstd, mask=cmask)
 
 
 @triton.jit
-def _plane_bwd(dy_ptr, x_ptr, mean_ptr, rstd_ptr, dx_ptr, HW, SLOPE: tl.constexpr, ACC: tl.constexpr,
-               BLOCK: tl.constexpr):
-    q, off, msk = _plane(HW, BLOCK)
-    mean = tl.load(mean_ptr + q)
-    rstd = tl.load(rstd_ptr + q)
-    xh = (tl.load(x_ptr + off, mask=msk, other=0.0).to(ACC) - mean) * rstd
-    g = tl.where(msk, _gate(tl.load(dy_ptr + off, mask=msk, other=0.0).to(ACC), xh, SLOPE), 0.0)
+def _plane_bwd(dy_ptr, x_ptr, mean_ptr, rstd_ptr, dx_ptr, C, HW, W, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+               sdn, sdc, sdh, sdw, SLOPE: tl.constexpr, FLAT_G: tl.constexpr, FLAT_X: tl.constexpr,
+               FLAT_D: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    n, c, cmask, stat = _channels(C, BLOCK_C)
+    mean = tl.load(mean_ptr + stat, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + stat, mask=cmask, other=0.0)
+    p = tl.arange(0, BLOCK_P)
+    m = (p < HW)[:, None] & cmask[None, :]
+    xh, g = _xh_and_gate(dy_ptr, x_ptr, n, p, c, m, W, mean, rstd, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+                         SLOPE, FLAT_G, FLAT_X, ACC)
     a = tl.sum(g, axis=0) / HW
     b = tl.sum(g * xh, axis=0) / HW
-    tl.store(dx_ptr + off, (rstd * (g - a - xh * b)).to(dx_ptr.dtype.element_ty), mask=msk)
+    dx = rstd[None, :] * (g - a[None, :] - xh * b[None, :])
+    tl.store(dx_ptr + _offsets(n, p, c, W, sdn, sdc, sdh, sdw, FLAT_D), dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
-# -- tiles: any layout, planes split into chunks ----------------------------------------------------
+# -- tiles: planes split into chunks, two passes -------------------------------------------------------
 
 @triton.jit
-def _tile_offsets(n, c, r, W, sn, sc, sh, sw, FLAT: tl.constexpr):
-    """Offsets (R, C) of pixels r (R,) and channels c (C,) of image n."""
-    if FLAT:
-        pix = r.to(tl.int64) * sw
-    else:
-        pix = (r // W).to(tl.int64) * sh + (r % W).to(tl.int64) * sw
-    return n.to(tl.int64) * sn + c.to(tl.int64)[None, :] * sc + pix[:, None]
+def _chunk(HW, chunk):
+    """(index, first pixel, end) of this program's chunk."""
+    s = tl.program_id(2)
+    return s, s * chunk, tl.minimum(s * chunk + chunk, HW)
+
+
+@triton.jit
+def _part(n, s, S, C, c):
+    """Offsets of the two partial sums of chunk s of image n, channels c, in part (N, S, 2, C)."""
+    return ((n * S + s) * 2).to(tl.int64) * C + c
+
+
+@triton.jit
+def _pivot(x_ptr, n, c, cmask, sn, sc, ACC: tl.constexpr):
+    """The first pixel of each channel: the shift of the statistics' sums."""
+    return tl.load(x_ptr + n.to(tl.int64) * sn + c.to(tl.int64) * sc, mask=cmask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _sum_chunks(part_ptr, n, c, cmask, C, S, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(sum of the first partials, sum of the second) of channels c over the S chunks, in chunk order."""
+    u = tl.zeros([BLOCK_C], ACC)
+    v = tl.zeros([BLOCK_C], ACC)
+    for j in range(0, S):
+        off = _part(n, j, S, C, c)
+        u += tl.load(part_ptr + off, mask=cmask, other=0.0)
+        v += tl.load(part_ptr + off + C, mask=cmask, other=0.0)
+    return u, v
 
 
 @triton.jit
 def _tiles_stats(x_ptr, part_ptr, C, HW, W, chunk, S, sn, sc, sh, sw, FLAT: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per chunk s of image n: (mean, M2) of each channel over the chunk's pixels -> part[n, s, :, c]."""
-    n, cb, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    start = s * chunk
-    end = tl.minimum(start + chunk, HW)
-    cnt = tl.sum(tl.zeros([BLOCK_C], ACC), axis=0)                   # 0-d accumulator of type ACC
-    mean = tl.zeros([BLOCK_C], ACC)
-    m2 = tl.zeros([BLOCK_C], ACC)
+    """Per chunk: sum(x - pivot) and sum((x - pivot)^2) of each channel -> part[n, s, :, c]."""
+    n, c, cmask, _ = _channels(C, BLOCK_C)
+    s, start, end = _chunk(HW, chunk)
+    pivot = _pivot(x_ptr, n, c, cmask, sn, sc, ACC)
+    s1 = tl.zeros([BLOCK_R, BLOCK_C], ACC)                          # per-thread partial sums
+    s2 = tl.zeros([BLOCK_R, BLOCK_C], ACC)
     for r0 in range(start, end, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        rmask = r < end
-        m = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + _tile_offsets(n, c, r, W, sn, sc, sh, sw, FLAT), mask=m, other=0.0).to(ACC)
-        nb = tl.sum(rmask.to(ACC), axis=0)
-        mb = tl.sum(x, axis=0) / nb                                  # (C,)
-        d = tl.where(m, x - mb[None, :], 0.0)
-        m2b = tl.sum(d * d, axis=0)
-        tot = cnt + nb
-        delta = mb - mean
-        mean = mean + delta * (nb / tot)
-        m2 = m2 + m2b + delta * delta * (cnt * nb / tot)
-        cnt = tot
-    off = ((n * S + s) * 2).to(tl.int64) * C + c
-    tl.store(part_ptr + off, mean, mask=cmask)
-    tl.store(part_ptr + off + C, m2, mask=cmask)
-
-
-@triton.jit
-def _merge_stats(part_ptr, n, c, cmask, C, HW, chunk, S, eps, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(mean, rstd) of channels c of image n from the S chunk statistics, merged in chunk order."""
-    cnt = tl.sum(tl.zeros([BLOCK_C], ACC), axis=0)
-    mean = tl.zeros([BLOCK_C], ACC)
-    m2 = tl.zeros([BLOCK_C], ACC)
-    for s in range(0, S):
-        off = ((n * S + s) * 2).to(tl.int64) * C + c
-        mb = tl.load(part_ptr + off, mask=cmask, other=0.0)
-        m2b = tl.load(part_ptr + off + C, mask=cmask, other=0.0)
-        nb = (tl.minimum(chunk, HW - s * chunk)).to(ACC)
-        tot = cnt + nb
-        delta = mb - mean
-        mean = mean + delta * (nb / tot)
-        m2 = m2 + m2b + delta * delta * (cnt * nb / tot)
-        cnt = tot
-    return mean, 1.0 / tl.sqrt(m2 / HW + eps)
+        m = (r < end)[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + _offsets(n, r, c, W, sn, sc, sh, sw, FLAT), mask=m, other=0.0).to(ACC)
+        v = tl.where(m, x - pivot[None, :], 0.0)
+        s1 += v
+        s2 += v * v
+    off = _part(n, s, S, C, c)
+    tl.store(part_ptr + off, tl.sum(s1, axis=0), mask=cmask)
+    tl.store(part_ptr + off + C, tl.sum(s2, axis=0), mask=cmask)
 
 
 @triton.jit
 def _tiles_fwd(x_ptr, y_ptr, part_ptr, mean_ptr, rstd_ptr, C, HW, W, chunk, S, eps, sxn, sxc, sxh, sxw,
                syn, syc, syh, syw, SLOPE: tl.constexpr, FLAT_X: tl.constexpr, FLAT_Y: tl.constexpr,
                ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    n, cb, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    mean, rstd = _merge_stats(part_ptr, n, c, cmask, C, HW, chunk, S, eps, ACC, BLOCK_C)
+    n, c, cmask, stat = _channels(C, BLOCK_C)
+    s, start, end = _chunk(HW, chunk)
+    s1, s2 = _sum_chunks(part_ptr, n, c, cmask, C, S, ACC, BLOCK_C)
+    shift = s1 / HW
+    var = s2 / HW - shift * shift
+    var = tl.where(var < 0, 0.0, var)                               # rounding; NaN stays NaN
+    mean = _pivot(x_ptr, n, c, cmask, sxn, sxc, ACC) + shift
+    rstd = 1.0 / tl.sqrt(var + eps)
     if s == 0:
-        tl.store(mean_ptr + n.to(tl.int64) * C + c, mean, mask=cmask)
-        tl.store(rstd_ptr + n.to(tl.int64) * C + c, rstd, mask=cmask)
-    start = s * chunk
-    end = tl.minimum(start + chunk, HW)
+        tl.store(mean_ptr + stat, mean, mask=cmask)
+        tl.store(rstd_ptr + stat, rstd, mask=cmask)
     for r0 in range(start, end, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
         m = (r < end)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + _tile_offsets(n, c, r, W, sxn, sxc, sxh, sxw, FLAT_X), mask=m, other=0.0).to(ACC)
+        x = tl.load(x_ptr + _offsets(n, r, c, W, sxn, sxc, sxh, sxw, FLAT_X), mask=m, other=0.0).to(ACC)
         y = _act((x - mean[None, :]) * rstd[None, :], SLOPE)
-        tl.store(y_ptr + _tile_offsets(n, c, r, W, syn, syc, syh, syw, FLAT_Y), y.to(y_ptr.dtype.element_ty),
-                 mask=m)
-
-
-@triton.jit
-def _tile_program(mean_ptr, rstd_ptr, C, BLOCK_C: tl.constexpr):
-    """(image n, chunk s, channels c, their mask, their saved mean and rstd) of a backward program."""
-    n, cb, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
-    mean = tl.load(mean_ptr + n.to(tl.int64) * C + c, mask=cmask, other=0.0)
-    rstd = tl.load(rstd_ptr + n.to(tl.int64) * C + c, mask=cmask, other=0.0)
-    return n, s, c, cmask, mean, rstd
-
-
-@triton.jit
-def _tile_xh_and_gate(dy_ptr, x_ptr, n, c, cmask, r, end, W, mean, rstd, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
-                      SLOPE: tl.constexpr, FLAT_G: tl.constexpr, FLAT_X: tl.constexpr, ACC: tl.constexpr):
-    """(mask, x_hat, g = dy act'(x_hat)) of the tile of pixels r and channels c (g is 0 where masked)."""
-    m = (r < end)[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + _tile_offsets(n, c, r, W, sxn, sxc, sxh, sxw, FLAT_X), mask=m, other=0.0).to(ACC)
-    dy = tl.load(dy_ptr + _tile_offsets(n, c, r, W, sgn, sgc, sgh, sgw, FLAT_G), mask=m, other=0.0).to(ACC)
-    xh = (x - mean[None, :]) * rstd[None, :]
-    return m, xh, tl.where(m, _gate(dy, xh, SLOPE), 0.0)
+        tl.store(y_ptr + _offsets(n, r, c, W, syn, syc, syh, syw, FLAT_Y), y.to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -194,18 +198,22 @@ def _tiles_bwd_sums(dy_ptr, x_ptr, mean_ptr, rstd_ptr, part_ptr, C, HW, W, chunk
                     sxn, sxc, sxh, sxw, SLOPE: tl.constexpr, FLAT_G: tl.constexpr, FLAT_X: tl.constexpr,
                     ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per chunk: sum(g) and sum(g x_hat) of each channel -> part[n, s, :, c]."""
-    n, s, c, cmask, mean, rstd = _tile_program(mean_ptr, rstd_ptr, C, BLOCK_C)
-    a = tl.zeros([BLOCK_C], ACC)
-    b = tl.zeros([BLOCK_C], ACC)
-    end = tl.minimum(s * chunk + chunk, HW)
-    for r0 in range(s * chunk, end, BLOCK_R):
-        _, xh, g = _tile_xh_and_gate(dy_ptr, x_ptr, n, c, cmask, r0 + tl.arange(0, BLOCK_R), end, W, mean, rstd,
-                                     sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, SLOPE, FLAT_G, FLAT_X, ACC)
-        a += tl.sum(g, axis=0)
-        b += tl.sum(g * xh, axis=0)
-    off = ((n * S + s) * 2).to(tl.int64) * C + c
-    tl.store(part_ptr + off, a, mask=cmask)
-    tl.store(part_ptr + off + C, b, mask=cmask)
+    n, c, cmask, stat = _channels(C, BLOCK_C)
+    s, start, end = _chunk(HW, chunk)
+    mean = tl.load(mean_ptr + stat, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + stat, mask=cmask, other=0.0)
+    a = tl.zeros([BLOCK_R, BLOCK_C], ACC)                           # per-thread partial sums
+    b = tl.zeros([BLOCK_R, BLOCK_C], ACC)
+    for r0 in range(start, end, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        m = (r < end)[:, None] & cmask[None, :]
+        xh, g = _xh_and_gate(dy_ptr, x_ptr, n, r, c, m, W, mean, rstd, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+                             SLOPE, FLAT_G, FLAT_X, ACC)
+        a += g
+        b += g * xh
+    off = _part(n, s, S, C, c)
+    tl.store(part_ptr + off, tl.sum(a, axis=0), mask=cmask)
+    tl.store(part_ptr + off + C, tl.sum(b, axis=0), mask=cmask)
 
 
 @triton.jit
@@ -213,97 +221,101 @@ def _tiles_bwd(dy_ptr, x_ptr, mean_ptr, rstd_ptr, part_ptr, dx_ptr, C, HW, W, ch
                sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, SLOPE: tl.constexpr, FLAT_G: tl.constexpr,
                FLAT_X: tl.constexpr, FLAT_D: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
                BLOCK_C: tl.constexpr):
-    n, s, c, cmask, mean, rstd = _tile_program(mean_ptr, rstd_ptr, C, BLOCK_C)
-    a = tl.zeros([BLOCK_C], ACC)
-    b = tl.zeros([BLOCK_C], ACC)
-    for j in range(0, S):                                            # chunk sums, in chunk order
-        off = ((n * S + j) * 2).to(tl.int64) * C + c
-        a += tl.load(part_ptr + off, mask=cmask, other=0.0)
-        b += tl.load(part_ptr + off + C, mask=cmask, other=0.0)
+    n, c, cmask, stat = _channels(C, BLOCK_C)
+    s, start, end = _chunk(HW, chunk)
+    mean = tl.load(mean_ptr + stat, mask=cmask, other=0.0)
+    rstd = tl.load(rstd_ptr + stat, mask=cmask, other=0.0)
+    a, b = _sum_chunks(part_ptr, n, c, cmask, C, S, ACC, BLOCK_C)
     a = a / HW
     b = b / HW
-    end = tl.minimum(s * chunk + chunk, HW)
-    for r0 in range(s * chunk, end, BLOCK_R):
+    for r0 in range(start, end, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        m, xh, g = _tile_xh_and_gate(dy_ptr, x_ptr, n, c, cmask, r, end, W, mean, rstd,
-                                     sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, SLOPE, FLAT_G, FLAT_X, ACC)
+        m = (r < end)[:, None] & cmask[None, :]
+        xh, g = _xh_and_gate(dy_ptr, x_ptr, n, r, c, m, W, mean, rstd, sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+                             SLOPE, FLAT_G, FLAT_X, ACC)
         dx = rstd[None, :] * (g - a[None, :] - xh * b[None, :])
-        tl.store(dx_ptr + _tile_offsets(n, c, r, W, sdn, sdc, sdh, sdw, FLAT_D), dx.to(dx_ptr.dtype.element_ty),
-                 mask=m)
+        tl.store(dx_ptr + _offsets(n, r, c, W, sdn, sdc, sdh, sdw, FLAT_D), dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
 # -- launchers ---------------------------------------------------------------------------------------
 
-def _nchw(t: torch.Tensor) -> bool:
-    return t.is_contiguous()
+def _channels_contiguous(x) -> bool:
+    return x.stride(1) == 1 and x.shape[1] > 1
 
 
-def use_plane(x: torch.Tensor, *others) -> bool:
-    h, w = x.shape[2:]
-    return h * w <= PLANE_MAX and all(_nchw(t) for t in (x, *others))
+def plane_blocks(x):
+    """(BLOCK_P, BLOCK_C) of the plane design for x, or None when its planes do not fit."""
+    n, c, h, w = x.shape
+    hwp = next_pow2(h * w)
+    if _channels_contiguous(x):                                      # one sector of channels per pixel
+        bc = min(next_pow2(c), max(1, SECTOR // x.element_size()))
+    else:                                                            # small planes: several per program
+        bc = min(next_pow2(c), max(1, 1024 // hwp))
+    return (hwp, bc) if hwp * bc <= PLANE_MAX else None
 
 
-def _plane_warps(block: int) -> int:
-    return max(1, min(16, block // 512))                             # ~16 elements per thread
-
-
-def _tiles(x: torch.Tensor, chunks: int | None = None):
-    """(BLOCK_R, BLOCK_C, chunk, S, grid) of the tiles design for x."""
+def tiles(x, chunks: int | None = None):
+    """(BLOCK_R, BLOCK_C, chunk, S, grid) of the tiles design for x; `chunks` forces a chunk count."""
     n, c, h, w = x.shape
     hw = h * w
-    if x.stride(1) == 1 and c > 1:                                   # channels contiguous (channels_last)
-        block_c = min(64, next_pow2(c))
-        block_r = max(16, 2048 // block_c)
-    else:                                                            # pixels contiguous (NCHW) or strided
-        block_c = min(8, next_pow2(c))
-        block_r = max(16, 2048 // block_c)
-    c_blocks = triton.cdiv(c, block_c)
-    if chunks is None:                                               # enough programs for ~4 per SM
-        chunks = triton.cdiv(4 * sm_count(x.device), n * c_blocks)
-    chunks = max(1, min(chunks, triton.cdiv(hw, block_r)))
-    chunk = triton.cdiv(triton.cdiv(hw, chunks), block_r) * block_r  # a whole number of row tiles
+    bc = min(next_pow2(c), 64 if _channels_contiguous(x) else 4)
+    br = max(4, TILE // bc)
+    c_blocks = triton.cdiv(c, bc)
+    if chunks is None:
+        chunks = triton.cdiv(PROGRAMS_PER_SM * sm_count(x.device), n * c_blocks)
+    chunks = max(1, min(chunks, triton.cdiv(hw, br)))
+    chunk = triton.cdiv(triton.cdiv(hw, chunks), br) * br           # a whole number of row tiles
     s = triton.cdiv(hw, chunk)
-    return block_r, block_c, chunk, s, (n, c_blocks, s)
+    return br, bc, chunk, s, (n, c_blocks, s)
+
+
+def _plane_warps(elements: int) -> int:
+    return max(1, min(16, elements // 1024))                        # ~32 elements per thread
+
+
+def _flat(t):
+    h, w = t.shape[2:]
+    return flat_pixels(h, w, t.stride(2), t.stride(3))
 
 
 def instance_norm_relu_fwd(x, eps: float, slope: float = 0.0, chunks: int | None = None):
     """-> (y like x, mean (N, C), rstd (N, C)); `chunks` forces the tiles design with that many chunks."""
     n, c, h, w = x.shape
-    acc, acc_tl = acc_dtype(x)
-    y = alloc.empty_like(x)
-    mean = alloc.empty((n, c), acc, x.device)
-    rstd = alloc.empty((n, c), acc, x.device)
-    if chunks is None and use_plane(x, y):
-        block = max(16, next_pow2(h * w))
-        _plane_fwd[(n * c,)](x, y, mean, rstd, h * w, eps, SLOPE=float(slope), ACC=acc_tl, BLOCK=block,
-                             num_warps=_plane_warps(block))
-        return y, mean, rstd
-    br, bc, chunk, s, grid = _tiles(x, chunks)
-    part = alloc.empty((n, s, 2, c), acc, x.device)
+    acc = acc_dtype(x.dtype)
+    y = empty_like(x)
+    mean, rstd = empty((n, c), acc, x.device), empty((n, c), acc, x.device)
     sx, sy = x.stride(), y.stride()
-    _tiles_stats[grid](x, part, c, h * w, w, chunk, s, *sx, FLAT=flat_pixels(h, w, sx[2], sx[3]), ACC=acc_tl,
-                       BLOCK_R=br, BLOCK_C=bc)
-    _tiles_fwd[grid](x, y, part, mean, rstd, c, h * w, w, chunk, s, eps, *sx, *sy, SLOPE=float(slope),
-                     FLAT_X=flat_pixels(h, w, sx[2], sx[3]), FLAT_Y=flat_pixels(h, w, sy[2], sy[3]), ACC=acc_tl,
-                     BLOCK_R=br, BLOCK_C=bc)
+    common = dict(SLOPE=float(slope), FLAT_X=_flat(x), FLAT_Y=_flat(y), ACC=tl_dtype(acc))
+    plane = plane_blocks(x) if chunks is None else None
+    if plane:
+        bp, bc = plane
+        _plane_fwd[(n, triton.cdiv(c, bc))](x, y, mean, rstd, c, h * w, w, eps, *sx, *sy, **common, BLOCK_P=bp,
+                                            BLOCK_C=bc, num_warps=_plane_warps(bp * bc))
+        return y, mean, rstd
+    br, bc, chunk, s, grid = tiles(x, chunks)
+    part = empty((n, s, 2, c), acc, x.device)
+    _tiles_stats[grid](x, part, c, h * w, w, chunk, s, *sx, FLAT=common["FLAT_X"], ACC=common["ACC"], BLOCK_R=br,
+                       BLOCK_C=bc)
+    _tiles_fwd[grid](x, y, part, mean, rstd, c, h * w, w, chunk, s, eps, *sx, *sy, **common, BLOCK_R=br, BLOCK_C=bc)
     return y, mean, rstd
 
 
 def instance_norm_relu_bwd(grad, x, mean, rstd, slope: float = 0.0, chunks: int | None = None):
     n, c, h, w = x.shape
-    acc, acc_tl = acc_dtype(x)
-    dx = alloc.empty_like(x)
-    if chunks is None and use_plane(x, grad, dx):
-        block = max(16, next_pow2(h * w))
-        _plane_bwd[(n * c,)](grad, x, mean, rstd, dx, h * w, SLOPE=float(slope), ACC=acc_tl, BLOCK=block,
-                             num_warps=_plane_warps(block))
-        return dx
-    br, bc, chunk, s, grid = _tiles(x, chunks)
-    part = alloc.empty((n, s, 2, c), acc, x.device)
+    dx = empty_like(x)
     sg, sx, sd = grad.stride(), x.stride(), dx.stride()
-    fg, fx, fd = (flat_pixels(h, w, st[2], st[3]) for st in (sg, sx, sd))
-    _tiles_bwd_sums[grid](grad, x, mean, rstd, part, c, h * w, w, chunk, s, *sg, *sx, SLOPE=float(slope),
-                          FLAT_G=fg, FLAT_X=fx, ACC=acc_tl, BLOCK_R=br, BLOCK_C=bc)
-    _tiles_bwd[grid](grad, x, mean, rstd, part, dx, c, h * w, w, chunk, s, *sg, *sx, *sd, SLOPE=float(slope),
-                     FLAT_G=fg, FLAT_X=fx, FLAT_D=fd, ACC=acc_tl, BLOCK_R=br, BLOCK_C=bc)
+    common = dict(SLOPE=float(slope), FLAT_G=_flat(grad), FLAT_X=_flat(x), ACC=tl_dtype(acc_dtype(x.dtype)))
+    plane = plane_blocks(x) if chunks is None else None
+    if plane:
+        bp, bc = plane
+        _plane_bwd[(n, triton.cdiv(c, bc))](grad, x, mean, rstd, dx, c, h * w, w, *sg, *sx, *sd, **common,
+                                            FLAT_D=_flat(dx), BLOCK_P=bp, BLOCK_C=bc,
+                                            num_warps=_plane_warps(bp * bc))
+        return dx
+    br, bc, chunk, s, grid = tiles(x, chunks)
+    part = empty((n, s, 2, c), mean.dtype, x.device)
+    _tiles_bwd_sums[grid](grad, x, mean, rstd, part, c, h * w, w, chunk, s, *sg, *sx, **common, BLOCK_R=br,
+                          BLOCK_C=bc)
+    _tiles_bwd[grid](grad, x, mean, rstd, part, dx, c, h * w, w, chunk, s, *sg, *sx, *sd, **common, FLAT_D=_flat(dx),
+                     BLOCK_R=br, BLOCK_C=bc)
     return dx

@@ -4,7 +4,6 @@ import torch
 import torch.nn.functional as F
 
 from cycleseg import ops
-from cycleseg.ops import alloc
 from cycleseg.ops.instance_norm_relu import _bwd, _fwd
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,8 +60,7 @@ def test_split_planes_any_layout(close, chunks, layout):
         import os
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("Triton kernels run on the CPU only under TRITON_INTERPRET=1")
-    from cycleseg.ops.backend import triton_kernels
-    k = triton_kernels("instance_norm_relu")
+    import cycleseg.kernels.instance_norm_relu as k
 
     base = torch.randn(2, 5, 9, 22, dtype=torch.float64, generator=torch.Generator().manual_seed(chunks)) * 2 + 1
     x = {"nchw": base, "channels_last": base.contiguous(memory_format=torch.channels_last),
@@ -99,10 +97,10 @@ def test_constant_planes(backend, close):
 
 @pytest.mark.parametrize("shape", [(2, 3, 9, 10), (1, 2, 150, 130)])
 def test_every_output_element_written(backend, shape):
-    """Outputs start NaN-filled (alloc.poisoned): y, mean, rstd and dx are written everywhere
+    """Outputs start NaN-filled (ops.poisoned): y, mean, rstd and dx are written everywhere
     (the second shape's planes take the tiles design on Triton)."""
     x = torch.randn(shape, device=DEVICE)
-    with alloc.poisoned():
+    with ops.poisoned():
         with torch.no_grad():
             y = ops.instance_norm_relu(x)
         y, mean, rstd = _fwd(x, 1e-5, 0.2)

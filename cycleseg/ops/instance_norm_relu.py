@@ -1,34 +1,27 @@
 """cycleseg.ops.instance_norm_relu: fused leaky_relu(instance_norm(x), negative_slope) (affine=False,
-biased variance) as a custom op. negative_slope 0 is ReLU (the default), 1 is the plain instance norm
-(`instance_norm`), 0.2 the discriminators' LeakyReLU. The forward saves x, mean and rstd (not y, not a
-mask); the backward is its own custom op."""
+biased variance). negative_slope 0 is ReLU (the default), 1 is the plain instance norm
+(`instance_norm`), 0.2 the discriminators' LeakyReLU. The forward op returns y, mean and rstd; autograd
+saves x, mean and rstd (not y, not a mask) for the backward op."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .backend import acc_dtype, device_guard, impl
+from ..kernels.common import acc_dtype
+from .library import op
+
+_fwd = op("instance_norm_relu")
+_bwd = op("instance_norm_relu_backward")
 
 
-@torch.library.custom_op("cycleseg::instance_norm_relu", mutates_args=())
-def _fwd(x: Tensor, eps: float, negative_slope: float) -> tuple[Tensor, Tensor, Tensor]:
-    with device_guard(x):
-        return impl("instance_norm_relu", x).instance_norm_relu_fwd(x, eps, negative_slope)
-
-
-@_fwd.register_fake
+@torch.library.register_fake("cycleseg::instance_norm_relu")
 def _(x, eps, negative_slope):
     n, c = x.shape[:2]
-    return torch.empty_like(x), x.new_empty((n, c), dtype=acc_dtype(x)), x.new_empty((n, c), dtype=acc_dtype(x))
+    acc = acc_dtype(x.dtype)
+    return torch.empty_like(x), x.new_empty((n, c), dtype=acc), x.new_empty((n, c), dtype=acc)
 
 
-@torch.library.custom_op("cycleseg::instance_norm_relu_backward", mutates_args=())
-def _bwd(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, negative_slope: float) -> Tensor:
-    with device_guard(x):
-        return impl("instance_norm_relu", x).instance_norm_relu_bwd(grad, x, mean, rstd, negative_slope)
-
-
-@_bwd.register_fake
+@torch.library.register_fake("cycleseg::instance_norm_relu_backward")
 def _(grad, x, mean, rstd, negative_slope):
     return torch.empty_like(x)
 
@@ -43,7 +36,7 @@ def _backward(ctx, grad_y, grad_mean, grad_rstd):
     return _bwd(grad_y, x, mean, rstd, ctx.negative_slope), None, None
 
 
-_fwd.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("cycleseg::instance_norm_relu", _backward, setup_context=_setup_context)
 
 
 def instance_norm_relu(x: Tensor, eps: float = 1e-5, negative_slope: float = 0.0) -> Tensor:

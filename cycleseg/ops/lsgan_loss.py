@@ -1,35 +1,40 @@
-"""cycleseg.ops.lsgan_loss / lsgan_disc_loss: the least-squares GAN losses as custom ops.
+"""cycleseg.ops.lsgan_loss / lsgan_disc_loss: the least-squares GAN losses.
 
 lsgan_loss(d, a) = mean((d - a)^2); lsgan_disc_loss(d_real, d_fake) = 0.5 (mean((d_real - 1)^2) +
-mean(d_fake^2)) in one op for the discriminator step. Bytes are negligible; time is launch overhead."""
+mean(d_fake^2)) in one op for the discriminator step. The loss is in the accumulation dtype (fp32 for
+bf16 scores, as F.mse_loss under autocast). Bytes are negligible; time is launch overhead."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .backend import device_guard, impl
+from ..kernels.common import acc_dtype
+from .library import op
+
+_fwd = op("lsgan_loss")
+_bwd = op("lsgan_loss_backward")
+_disc_fwd = op("lsgan_disc_loss")
+_disc_bwd = op("lsgan_disc_loss_backward")
 
 
-@torch.library.custom_op("cycleseg::lsgan_loss", mutates_args=())
-def _fwd(d: Tensor, target: float) -> Tensor:
-    with device_guard(d):
-        return impl("lsgan_loss", d).lsgan_loss_fwd(d, target)
-
-
-@_fwd.register_fake
+@torch.library.register_fake("cycleseg::lsgan_loss")
 def _(d, target):
-    return d.new_empty(())
+    return d.new_empty((), dtype=acc_dtype(d.dtype))
 
 
-@torch.library.custom_op("cycleseg::lsgan_loss_backward", mutates_args=())
-def _bwd(grad: Tensor, d: Tensor, target: float) -> Tensor:
-    with device_guard(d):
-        return impl("lsgan_loss", d).lsgan_loss_bwd(grad, d, target)
-
-
-@_bwd.register_fake
+@torch.library.register_fake("cycleseg::lsgan_loss_backward")
 def _(grad, d, target):
     return torch.empty_like(d)
+
+
+@torch.library.register_fake("cycleseg::lsgan_disc_loss")
+def _(d_real, d_fake):
+    return d_real.new_empty((), dtype=acc_dtype(d_real.dtype))
+
+
+@torch.library.register_fake("cycleseg::lsgan_disc_loss_backward")
+def _(grad, d_real, d_fake):
+    return torch.empty_like(d_real), torch.empty_like(d_fake)
 
 
 def _setup(ctx, inputs, output):
@@ -42,31 +47,6 @@ def _backward(ctx, grad):
     return _bwd(grad, d, ctx.target), None
 
 
-_fwd.register_autograd(_backward, setup_context=_setup)
-
-
-@torch.library.custom_op("cycleseg::lsgan_disc_loss", mutates_args=())
-def _disc_fwd(d_real: Tensor, d_fake: Tensor) -> Tensor:
-    with device_guard(d_real):
-        return impl("lsgan_loss", d_real).lsgan_disc_loss_fwd(d_real, d_fake)
-
-
-@_disc_fwd.register_fake
-def _(d_real, d_fake):
-    return d_real.new_empty(())
-
-
-@torch.library.custom_op("cycleseg::lsgan_disc_loss_backward", mutates_args=())
-def _disc_bwd(grad: Tensor, d_real: Tensor, d_fake: Tensor) -> tuple[Tensor, Tensor]:
-    with device_guard(d_real):
-        return impl("lsgan_loss", d_real).lsgan_disc_loss_bwd(grad, d_real, d_fake)
-
-
-@_disc_bwd.register_fake
-def _(grad, d_real, d_fake):
-    return torch.empty_like(d_real), torch.empty_like(d_fake)
-
-
 def _disc_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
@@ -76,7 +56,8 @@ def _disc_backward(ctx, grad):
     return _disc_bwd(grad, d_real, d_fake)
 
 
-_disc_fwd.register_autograd(_disc_backward, setup_context=_disc_setup)
+torch.library.register_autograd("cycleseg::lsgan_loss", _backward, setup_context=_setup)
+torch.library.register_autograd("cycleseg::lsgan_disc_loss", _disc_backward, setup_context=_disc_setup)
 
 
 def _scores(name: str, d) -> Tensor:
