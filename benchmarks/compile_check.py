@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")          # Triton's default (3.9 warns it will change)
     if a.worker:
         return worker(json.loads(Path(a.records).read_text()), a.arch, a.jobs)
     if a.records:

@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_check.sh        # both                                                     (~8 min)
 #
 # Every stage has its own time limit and prints its table as soon as it ends; logs, JSON and tables go
-# under $OUT (or /tmp/cycleseg-gpu). Installs the checkout in place first (pip install -e, no dependencies:
+# under $OUT (or /tmp/cycleseg-gpu). Installs the checkout in place first (python -m pip install -e, the
+# Python that runs the tests; no dependencies:
 # the image's torch and Triton stay; cycleseg.kernels resolves to kernels/), TRITON_INTERPRET unset,
 # imports checked first.
 set -uo pipefail
@@ -17,7 +18,7 @@ unset TRITON_INTERPRET
 export PYTHONUNBUFFERED=1 CYCLESEG_BENCH_QUICK=1
 what=${1:-all}
 start=$SECONDS
-pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { echo "install failed"; tail "$out/install.log"; exit 1; }
+python -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { echo "install failed"; tail "$out/install.log"; exit 1; }
 
 python - <<'PY' || { echo "preflight failed"; exit 1; }
 import torch, triton, pytest, pytest_benchmark

@@ -56,7 +56,7 @@ def table(precision: str, gbs: float) -> list[str]:
         row[1] += floor
         row[2] += design
         row[3] |= kernels[call["call"]]
-    out = [f"Semi step at the anchor ({rec.calls[0]['where']}), {precision}, channels_last; predicted at "
+    out = [f"The {rec.calls[0]['where']}, {precision}, channels_last; predicted at "
            f"{gbs:,.0f} GB/s copy bandwidth.", "",
            "| op | pass | shape | calls | kernels | floor MB | design MB | design / floor | predicted us (design) | "
            "predicted us (floor) | measured us |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -3,7 +3,8 @@
 //   y = act((x - mean) rstd),  act(v) = v < 0 ? slope v : v   (slope 0: ReLU, 1: no activation)
 // act is written as a select between precomputed values (`v < 0`), so that NaN propagates
 // (std::max(0, NaN) would return 0) and the loops vectorise.
-// Forward: exact two-pass statistics (mean, then sum of squared deviations); saves mean and rstd in the
+// Forward: exact two-pass statistics (mean as pivot + mean(x - pivot), pivot the plane's first value, then
+//   the sum of squared deviations); saves mean and rstd in the
 //   accumulation type (fp32 for half inputs, fp64 for fp64).
 // Backward: x_hat recomputed from x, g = dy act'(x_hat), a = sum(g), b = sum(g x_hat),
 //   dx = rstd (g - a / HW - x_hat b / HW).
@@ -43,7 +44,8 @@ static inline acc_t gate(acc_t xh, acc_t d, acc_t s) {
 
 template <typename scalar_t, typename acc_t>
 static void plane_fwd(const scalar_t* xq, scalar_t* yq, int64_t HW, acc_t eps, acc_t s, acc_t* mean, acc_t* rstd) {
-  const acc_t mu = lane_sum<acc_t>(HW, [&](int64_t i) { return static_cast<acc_t>(xq[i]); }) / HW;
+  const acc_t pivot = static_cast<acc_t>(xq[0]);  // sums of x - pivot: exact on offset inputs
+  const acc_t mu = pivot + lane_sum<acc_t>(HW, [&](int64_t i) { return static_cast<acc_t>(xq[i]) - pivot; }) / HW;
   const acc_t var = lane_sum<acc_t>(HW, [&](int64_t i) {
     const acc_t d = static_cast<acc_t>(xq[i]) - mu;
     return d * d;
@@ -98,10 +100,11 @@ template <int64_t CB, typename scalar_t, typename acc_t>
 static void slab_fwd(const scalar_t* xn, scalar_t* yn, int64_t HW, int64_t C, int64_t cb_, acc_t eps, acc_t s,
                      acc_t* mean, acc_t* rstd) {
   const int64_t cb = CB > 0 ? CB : cb_;
-  acc_t mu[kChannels] = {}, m2[kChannels] = {}, r[kChannels];
+  acc_t mu[kChannels] = {}, m2[kChannels] = {}, r[kChannels], pivot[kChannels] = {};
+  for (int64_t c = 0; c < cb; ++c) pivot[c] = static_cast<acc_t>(xn[c]);  // sums of x - pivot (offset inputs)
   for (int64_t p = 0; p < HW; ++p)
-    for (int64_t c = 0; c < cb; ++c) mu[c] += static_cast<acc_t>(xn[p * C + c]);
-  for (int64_t c = 0; c < cb; ++c) mu[c] /= HW;
+    for (int64_t c = 0; c < cb; ++c) mu[c] += static_cast<acc_t>(xn[p * C + c]) - pivot[c];
+  for (int64_t c = 0; c < cb; ++c) mu[c] = pivot[c] + mu[c] / HW;
   for (int64_t p = 0; p < HW; ++p)
     for (int64_t c = 0; c < cb; ++c) {
       const acc_t d = static_cast<acc_t>(xn[p * C + c]) - mu[c];

@@ -90,8 +90,11 @@ def _plane_fwd(x_ptr, y_ptr, mean_ptr, rstd_ptr, C, HW, W, eps, sxn, sxc, sxh, s
     p = tl.arange(0, BLOCK_P)
     m = (p < HW)[:, None] & cmask[None, :]
     x = tl.load(x_ptr + _offsets(n, p, c, W, sxn, sxc, sxh, sxw, FLAT_X), mask=m, other=0.0).to(ACC)  # (P, C)
-    mean = tl.sum(x, axis=0) / HW
-    d = tl.where(m, x - mean[None, :], 0.0)
+    pivot = tl.sum(tl.where(p[:, None] == 0, x, 0.0), axis=0)      # the first pixel: sums of x - pivot are
+    d = tl.where(m, x - pivot[None, :], 0.0)                         # exact on offset inputs in any order
+    shift = tl.sum(d, axis=0) / HW
+    d = tl.where(m, d - shift[None, :], 0.0)
+    mean = pivot + shift
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0) / HW + eps)
     y = _act(d * rstd[None, :], SLOPE)
     tl.store(y_ptr + _offsets(n, p, c, W, syn, syc, syh, syw, FLAT_Y), y.to(y_ptr.dtype.element_ty), mask=m)

@@ -15,7 +15,7 @@ import triton.language as tl
 from .common import acc_dtype, counter, empty, empty_like, tl_dtype
 from .reduction import last_program, sum_partials
 
-BLOCK = 4096
+BLOCK = 1024            # scores per program (8 per thread with 4 warps)
 FINAL_BLOCK = 256
 
 

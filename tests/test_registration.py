@@ -1,0 +1,56 @@
+"""The fused ops are registered the way PyTorch extensions are: schemas once, the C++ kernels as the
+dispatcher's CPU kernels (registered from C++), the Triton launchers as its CUDA kernels; the losses
+come back in fp32 under bf16 autocast."""
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cycleseg import ops
+from cycleseg.ops import cpu
+from cycleseg.ops.library import SCHEMAS
+
+
+def kernels_of(name: str) -> dict:
+    """{dispatch key: where its kernel was registered} from the dispatcher's own table."""
+    dump = torch._C._dispatch_dump(f"cycleseg::{name}")
+    return dict(re.findall(r"^(\w+(?:\[alias\])?): registered at (\S+)", dump, re.M))
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_cpu_kernel_from_cpp_and_cuda_kernel_from_triton(name):
+    cpu.extension()
+    table = kernels_of(name)
+    assert table["CPU"].startswith(str(cpu.CSRC / "module.cpp")), table
+    assert "ops/library.py" in table["CUDA"], table                  # the Python (Triton) kernel
+    assert "Meta" in table, table                                    # the fake implementation
+    assert ("Autograd[alias]" in table) != name.endswith("_backward"), table   # autograd on the forward ops
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the Triton kernels run on CPU tensors only "
+                    "through the interpreter")
+def test_the_interpreter_backend_is_scoped_to_its_block():
+    x = torch.randn(1, 3, 4, 4)
+    with ops.cpu_backend("triton"):
+        assert "library.py" not in kernels_of("instance_norm_relu")["CPU"]
+        inside = ops.instance_norm_relu(x)
+    assert kernels_of("instance_norm_relu")["CPU"].startswith(str(cpu.CSRC / "module.cpp"))
+    torch.testing.assert_close(inside, ops.instance_norm_relu(x), rtol=1e-5, atol=1e-5)
+
+
+def test_losses_in_fp32_under_bf16_autocast():
+    """As F.cross_entropy and F.mse_loss, which autocast runs in fp32."""
+    conv = torch.nn.Conv2d(3, 4, 1)
+    x = torch.randn(2, 3, 8, 8)
+    t = torch.randint(0, 4, (2, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(x)
+        assert logits.dtype == torch.bfloat16
+        ce = ops.softmax_cross_entropy(logits, t)
+        ls = ops.lsgan_loss(logits[:, :1], 1.0)
+        disc = ops.lsgan_disc_loss(logits[:, :1], logits[:, 1:2])
+        assert ce.dtype == ls.dtype == disc.dtype == F.cross_entropy(logits, t).dtype == torch.float32
+    (ce + ls + disc).backward()
+    assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
