@@ -125,7 +125,8 @@ def _fake_batch(b: int, s: int, k: int):
 def capture_step(rec: _Recorder, mode: str, precision: str, layout: str, size) -> None:
     """One training step of `mode` with the GPU plan, in fake tensors."""
     name, fields, k = size
-    cfg = Config(mode=mode, device="cuda", precision=precision, compile="off", **fields).resolved()
+    # the config is resolved for this (GPU-less) machine; the plan is the one a CUDA device gets
+    cfg = Config(mode=mode, device="cpu", precision=precision, compile="off", **fields).resolved()
     plan = plan_for(cfg, "cuda")
     plan = dataclasses.replace(plan, channels_last=layout == "channels_last")
     meta = Meta(num_classes=k, class_names=[str(i) for i in range(k)], palette=[[0, 0, 0]] * k, channels=3)

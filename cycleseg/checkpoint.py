@@ -7,6 +7,7 @@ pools, streams and RNG states. `load_run` checks that a file is one before anyth
 """
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -20,7 +21,10 @@ class CheckpointError(ValueError):
 
 
 def save(path, state: dict) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    try:
+        atomic_write_bytes(path, lambda f: torch.save(state, f))
+    except RuntimeError as e:                       # torch.save reports a failed write (a full disk) this way
+        raise OSError(f"the write failed: {str(e).splitlines()[0].strip()}; is the disk full?") from e
 
 
 def load(path, map_location="cpu") -> dict:
@@ -45,11 +49,48 @@ def load(path, map_location="cpu") -> dict:
 
 
 def load_run(path, map_location="cpu") -> dict:
-    """A cycleseg run checkpoint (last.pt / best.pt), checked for the parts every reader needs."""
+    """A cycleseg run checkpoint (last.pt / best.pt), checked for the parts every reader needs: a
+    hand-edited or foreign file is a CheckpointError saying what is wrong, never a traceback later."""
     state = load(path, map_location)
     if not isinstance(state, dict) or not {"config", "nets"} <= set(state):
-        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a cycleseg checkpoint (expected 'config' and 'nets', found {found})")
-    if "G_IS" not in state["nets"]:
-        raise CheckpointError(f"{path}: not a cycleseg checkpoint (no G_IS among its networks {sorted(state['nets'])})")
+    check_run(state, path)
     return state
+
+
+def _fail(path, what: str):
+    raise CheckpointError(f"{path}: not a usable cycleseg checkpoint: {what}")
+
+
+def check_run(state: dict, path) -> None:
+    """CheckpointError unless `state` has the shape of a run checkpoint and a valid config."""
+    from .config import UsageError, check_image_side, from_saved
+
+    nets, cfg = state["nets"], state["config"]
+    if not isinstance(nets, dict) or not nets or not all(isinstance(v, dict) for v in nets.values()):
+        _fail(path, f"'nets' must map network names to state dicts, got {type(nets).__name__}")
+    if "G_IS" not in nets:
+        _fail(path, f"no G_IS among its networks {sorted(map(str, nets))}")
+    for name, sd in nets.items():
+        if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            _fail(path, f"the state dict of {name} must hold tensors")
+    if not isinstance(cfg, dict):
+        _fail(path, f"'config' must be a dict, got {type(cfg).__name__}")
+    step = state.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        _fail(path, f"'step' must be a whole number >= 0, got {step!r}")
+    data = state.get("data", {})
+    if not isinstance(data, dict):
+        _fail(path, f"'data' must be a dict, got {type(data).__name__}")
+    k, c = data.get("num_classes", 1), data.get("channels", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or c not in (1, 3):
+        _fail(path, f"its data has {k!r} classes and {c!r} channels (expected >= 1 classes, 1 or 3 channels)")
+    try:
+        config = dataclasses.replace(from_saved(cfg), device="cpu", resume=False, out=str(Path(path).parent))
+        resolved = config.resolved()
+        for side in (data.get("height"), data.get("width")):
+            if side is not None:
+                check_image_side(side, resolved.mode, f"its data's image size {side}")
+    except (UsageError, TypeError, ValueError) as e:
+        _fail(path, f"its config is not valid ({e})")

@@ -1,5 +1,6 @@
 """What the commands that read a checkpoint share (cycleseg.evaluate, cycleseg.predict): their common
-options, the device, and the exit code 2 with a one-line message for a bad checkpoint or bad data."""
+options, the device, and the exit code 2 with a one-line message for a bad option, checkpoint, input or
+output folder."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +9,28 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError
+from .config import check_device
+from .data.h5format import DataError
+from .usage import Parser, UsageError, fail
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
 
 def checkpoint_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="a run's last.pt or best.pt")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when there is a GPU")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -21,16 +38,21 @@ def checkpoint_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(check_device(name))
+
+
+def refuse_existing(paths, overwrite: bool, what: str) -> None:
+    """UsageError naming the outputs that exist already, unless overwrite."""
+    found = [str(p) for p in paths if Path(p).exists()]
+    if found and not overwrite:
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise UsageError(f"{found[0]}{more} exist already ({what}); pass --overwrite to replace them, or "
+                         f"choose another --out")
 
 
 def run_or_exit(fn, args) -> tuple[int, object]:
     """(0, fn(args)), or (2, None) after printing the message of a known failure."""
-    from .checkpoint import CheckpointError
-    from .data.h5format import DataError
-
     try:
         return 0, fn(args)
-    except (CheckpointError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2, None
+    except (CheckpointError, DataError, UsageError, OSError) as e:     # OSError: a read-only or full folder
+        return fail(e), None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .objective import Lambdas
+from .usage import Parser, UsageError
 
 PRESETS = {
     "paper": dict(ngf=64, n_blocks=9, ndf=64, image_size=128, batch_size=5, steps=20000, lr=2e-4,
@@ -31,8 +32,24 @@ RECIPES = {
                   beta1_semi=0.9, beta1_supervised=0.9, dice=0.0, hard_cycle=False),
 }
 MODES = ("semi", "partial", "full", "adversarial")
-# Fields of the command line that may differ from a checkpoint's config on --resume.
-RUNTIME_FIELDS = ("resume", "device", "progress", "out", "log_every", "stop_after")
+# On --resume: fields that describe this process, not the run (always taken from the command line).
+RUNTIME_FIELDS = ("resume", "device", "progress", "out", "stop_after", "prefetch")
+# Fields a resumed run may change when given on the command line (the schedule is re-derived from them).
+RESUME_CHANGEABLE = ("lr", "lr_d", "steps", "log_every", "eval_every", "ckpt_every")
+# Why every other field is kept by a resumed run.
+RESUME_KEPT = {
+    "the networks' shapes (the checkpoint's weights)": ("ngf", "n_blocks", "ndf", "disc_norm", "dropout", "preset"),
+    "the data and its streams (positions in them are checkpointed)": (
+        "data", "val_data", "labeled_fraction", "image_size", "batch_size", "flip", "rotate", "scale_crop"),
+    "the method and its objective": ("mode", "recipe", "beta1", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5",
+                                     "rampup", "dice", "hard_cycle", "pool_size"),
+    "the seed (the run's identity)": ("seed",),
+    "the plan it started with (numerics)": ("fast", "compile", "precision"),
+}
+MIN_SIDE = {"adversarial": 32}      # Hung's discriminator halves 5 times; the generators need >= 8 (reflect pads)
+MAX_SIDE = 4096                     # larger images: 16+ GB a batch, and a checkpoint typo could ask for petabytes
+
+
 
 
 @dataclass
@@ -94,18 +111,18 @@ class Config:
         if c.preset == "auto":
             c.preset = "paper" if c.device.startswith("cuda") else "cpu"
         if c.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)} or 'auto', got {c.preset!r}")
+            raise UsageError(f"preset must be one of {sorted(PRESETS)} or 'auto', got {c.preset!r}")
         for k, v in PRESETS[c.preset].items():
             if getattr(c, k) is None:
                 setattr(c, k, v)
         if c.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {c.mode!r}")
+            raise UsageError(f"mode must be one of {MODES}, got {c.mode!r}")
         if c.mode == "full":
             c.labeled_fraction = 1.0
         if not 0.0 < c.labeled_fraction <= 1.0:
-            raise ValueError(f"--labeled-fraction must be in (0, 1], got {c.labeled_fraction}")
+            raise UsageError(f"--labeled-fraction must be in (0, 1], got {c.labeled_fraction}")
         if c.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {c.recipe!r}")
+            raise UsageError(f"recipe must be one of {sorted(RECIPES)}, got {c.recipe!r}")
         r = RECIPES[c.recipe]
         for k in ("lambda1", "lambda2", "lambda3", "lambda4", "lambda5", "rampup", "dice", "hard_cycle"):
             if getattr(c, k) is None:
@@ -115,14 +132,30 @@ class Config:
         if c.lr_d is None:
             c.lr_d = c.lr * r["lr_d_scale"]
         if not 0.0 <= c.rampup <= 1.0:
-            raise ValueError(f"--rampup is a fraction of the steps in [0, 1], got {c.rampup}")
+            raise UsageError(f"--rampup is a fraction of the steps in [0, 1], got {c.rampup}")
         if c.compile not in ("auto", "on", "off"):
-            raise ValueError(f"compile must be auto, on or off, got {c.compile!r}")
+            raise UsageError(f"compile must be auto, on or off, got {c.compile!r}")
         if c.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {c.precision!r}")
-        for name in ("steps", "batch_size", "ngf", "n_blocks", "ndf", "log_every", "eval_every", "ckpt_every"):
+            raise UsageError(f"precision must be auto, fp32 or bf16, got {c.precision!r}")
+        for name in ("steps", "batch_size", "ngf", "n_blocks", "ndf", "log_every", "eval_every", "ckpt_every",
+                     "prefetch"):
             if getattr(c, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+        check_image_side(c.image_size, c.mode, f"--image-size {c.image_size}")
+        for name in ("lr", "lr_d"):
+            if not getattr(c, name) > 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(c, name)}")
+        checks = (("beta1", 0.0 <= c.beta1 < 1.0, "in [0, 1)"), ("dropout", 0.0 <= c.dropout < 1.0, "in [0, 1)"),
+                  ("pool_size", c.pool_size >= 0, ">= 0"), ("scale_crop", c.scale_crop >= 1.0, ">= 1"))
+        for name, ok, want in checks:
+            if not ok:
+                raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(c, name)}")
+        for name in ("lambda1", "lambda2", "lambda3", "lambda4", "lambda5", "dice"):
+            if getattr(c, name) < 0:
+                raise UsageError(f"--{name} must be >= 0, got {getattr(c, name)}")
+        if c.stop_after is not None and c.stop_after < 1:
+            raise UsageError(f"--stop-after must be >= 1, got {c.stop_after}")
+        c.device = check_device(c.device)
         if c.out is None:
             c.out = f"runs/{c.mode}-{round(100 * c.labeled_fraction)}pct-seed{c.seed}"
         return c
@@ -138,12 +171,34 @@ def from_saved(saved: dict) -> Config:
     return Config(**{k: v for k, v in saved.items() if k in names})
 
 
-def merge_for_resume(saved: dict, given: Config) -> tuple[Config, list[str]]:
-    """The config a resumed run continues with: the checkpoint's, except the runtime fields given now.
-    Returns (config, names of the checkpoint's fields that differ from what was given)."""
+class ResumeError(UsageError):
+    """A resumed run asked to change what it cannot."""
+
+
+def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[str]]:
+    """The config a resumed run continues with, and notes of what changed: the checkpoint's config, the
+    runtime fields of this command line, and the RESUME_CHANGEABLE fields given explicitly (a new --lr
+    without --lr-d scales the discriminators' rate alike). An explicit value of any other field that
+    differs from the checkpoint's raises ResumeError saying why it is kept."""
     old = from_saved(saved)
-    diff = [f.name for f in fields(Config) if f.name not in RUNTIME_FIELDS and getattr(old, f.name) != getattr(given, f.name)]
-    return dataclasses.replace(old, **{k: getattr(given, k) for k in RUNTIME_FIELDS}), diff
+    kept = {name: why for why, names in RESUME_KEPT.items() for name in names}
+    updates = {k: getattr(given, k) for k in RUNTIME_FIELDS}
+    notes = []
+    for name in sorted(explicit):
+        new, was = getattr(given, name), getattr(old, name)
+        if name in RUNTIME_FIELDS or new == was or new is None:
+            continue
+        if name in RESUME_CHANGEABLE:
+            updates[name] = new
+            notes.append(f"--{name.replace('_', '-')} {new} (was {was})")
+            continue
+        why = kept.get(name, "what the run started with")
+        raise ResumeError(f"--{name.replace('_', '-')} {new} differs from the checkpoint's {was}: a resumed run keeps "
+                          f"{why}; drop the option to continue the run, or start a new run with another --out")
+    if "lr" in updates and "lr_d" not in updates and old.lr and old.lr_d:
+        updates["lr_d"] = old.lr_d * updates["lr"] / old.lr
+        notes.append(f"--lr-d {updates['lr_d']:g} (was {old.lr_d:g}: scaled with --lr)")
+    return dataclasses.replace(old, **updates), notes
 
 
 def field_help() -> dict:
@@ -163,22 +218,65 @@ CHOICES = {"mode": MODES, "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("i
            "compile": ("auto", "on", "off"), "precision": ("auto", "fp32", "bf16")}
 
 
-def parse_args(argv=None) -> tuple[Config, bool]:
-    """Command line -> (Config, dry_run). Every Config field is a --flag (underscores as dashes)."""
-    p = argparse.ArgumentParser(prog="python -m cycleseg.train",
+def _parser(explicit_only: bool = False) -> argparse.ArgumentParser:
+    """The command line; explicit_only: no defaults, so that the result holds what was given."""
+    p = Parser(prog="python -m cycleseg.train",
                                 description="Semi-supervised segmentation with a CycleGAN (Mondal et al. 2019).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                argument_default=argparse.SUPPRESS if explicit_only else None)
     helps = field_help()
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         text = helps.get(f.name, "")
+        default = argparse.SUPPRESS if explicit_only else f.default
         if str(f.type).split(" ")[0] == "bool":                 # bool, or bool | None (None: from the recipe)
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
             continue
         typ = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
-        p.add_argument(flag, type=typ, default=f.default, choices=CHOICES.get(f.name), help=text)
-    p.add_argument("--dry-run", action="store_true",
+        p.add_argument(flag, type=typ, default=default, choices=CHOICES.get(f.name), help=text)
+    p.add_argument("--dry-run", action="store_true", default=False,
                    help="print the resolved config and each network's parameter count, then exit")
-    ns = vars(p.parse_args(argv))
+    return p
+
+
+def parse_args(argv=None) -> tuple[Config, bool]:
+    """Command line -> (Config, dry_run). Every Config field is a --flag (underscores as dashes)."""
+    ns = vars(_parser().parse_args(argv))
     dry = ns.pop("dry_run")
     return Config(**ns), dry
+
+
+def given_fields(argv=None) -> set[str]:
+    """The Config fields given explicitly on a command line (what a resumed run is asked to change)."""
+    ns = vars(_parser(explicit_only=True).parse_args(argv))
+    return set(ns) - {"dry_run"}
+
+
+def check_image_side(side: int, mode: str, what: str) -> None:
+    """UsageError (starting with `what`) unless the networks of `mode` can read images `side` pixels wide: a multiple of 4 (the
+    generators halve twice and double back) of at least 8 (32 for Hung et al.'s discriminator)."""
+    least = MIN_SIDE.get(mode, 8)
+    if not isinstance(side, int) or side > MAX_SIDE:
+        raise UsageError(f"{what}: at most {MAX_SIDE} pixels")
+    if side < least or side % 4:
+        raise UsageError(f"{what}: the networks need a multiple of 4 of at least {least} (the generators "
+                         f"halve the image twice and double it back" + ("; Hung et al.'s discriminator halves it five "
+                                                                        "times)" if least > 8 else ")"))
+
+
+def check_device(name: str) -> str:
+    """`name` if this machine has that device; ValueError saying what it has otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {name}: not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: this machine has no CUDA GPU that torch can use "
+                             f"(torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name}: cycleseg trains on cpu or cuda")
+    return name

@@ -11,7 +11,8 @@ From a folder the slices are resized to the training size and the prediction bac
 native size (nearest); a converted file is scored at its own resolution.
 
 The command writes report.json, confusion.csv and confusion.png (and volumes.csv for ACDC) into --out
-(default: eval-<split>-<checkpoint name> beside the checkpoint), all or nothing, and prints a table.
+(default: eval-<split>-<checkpoint name>[-<data name>] beside the checkpoint), all or nothing, and prints
+a table. An earlier evaluation there is not replaced unless --overwrite.
 """
 from __future__ import annotations
 
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
 
 def run(a) -> tuple[dict, dict]:
     from .checkpoint import load_run
-    from .cli import device_of
+    from .cli import device_of, refuse_existing
+    from .config import UsageError, check_image_side
     from .data.h5format import DataError
     from .data.splits import eval_split, open_source
     from .fileio import write_files
@@ -265,6 +267,11 @@ def run(a) -> tuple[dict, dict]:
     for what, have, want in (("classes", meta.num_classes, info["num_classes"]), ("channels", meta.channels, info["channels"])):
         if have != want:
             raise DataError(f"{path}: {have} {what}, but the checkpoint {a.checkpoint} was trained with {want}")
+    try:
+        for side in (meta.height, meta.width):
+            check_image_side(side, "partial", f"images {meta.height}x{meta.width}")
+    except UsageError as e:
+        raise DataError(f"{path}: {e}") from None
     g_is = nets["G_IS"].to(device)
     cm = confusion(g_is, source, device, a.batch_size, not a.no_progress)
     summary = cm.summary(meta.class_names)
@@ -279,7 +286,7 @@ def run(a) -> tuple[dict, dict]:
             vols = file_volumes(g_is, source, device, a.batch_size, not a.no_progress)
             where = f"the file's resolution ({meta.height}x{meta.width})"
         report["volumes"] = {**summarize_volumes(vols, meta.class_names[1:]), "resolution": where}
-    out = a.out or a.checkpoint.parent / f"eval-{a.split}-{a.checkpoint.stem}"
+    out = a.out or a.checkpoint.parent / default_folder(a, Path(data) if a.data is not None else None)
     report["out"] = str(out)
     mat = cm.mat.cpu().numpy()
     names = list(meta.class_names)
@@ -294,8 +301,15 @@ def run(a) -> tuple[dict, dict]:
                 rows.append(f"{v['volume']},{st}," + ",".join("" if v[k][st] is None else str(v[k][st])
                                                                for k in STRUCTURE_SCORES))
         files["volumes.csv"] = ("\n".join(rows) + "\n").encode()
+    refuse_existing([out / name for name in files], a.overwrite, "an earlier evaluation")
     write_files(out, files)
     return report, files
+
+
+def default_folder(a, data: Path | None) -> str:
+    """eval-<split>-<checkpoint name>, and -<data name> when --data is not the run's own."""
+    tag = "" if data is None else "-" + (data.name if data.is_dir() else data.stem)
+    return f"eval-{a.split}-{a.checkpoint.stem}{tag}"
 
 
 if __name__ == "__main__":

@@ -22,12 +22,19 @@ deviation) and pictures.png (validation images: image, truth, Partial, semi).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .checkpoint import CheckpointError, load_run
+from .config import RUNTIME_FIELDS, from_saved, given_fields, parse_args
+from .data.h5format import DataError
+from .fileio import write_files
+from .usage import Parser, UsageError, fail
 
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
 
@@ -72,14 +79,43 @@ def grid_cells(grid: str, fractions, extra=()) -> list[Cell]:
     return cells
 
 
+# Options a cell sets itself: after `--` they would make every cell the same run.
+CELL_OWNED = ("mode", "labeled_fraction", "seed", "out", "data", "resume", "stop_after")
+
+
+def check_extra(extra) -> None:
+    """UsageError for options after `--` that a cell owns or that no run accepts."""
+    owned = sorted(given_fields(extra) & set(CELL_OWNED))
+    if owned:
+        flags = ", ".join("--" + k.replace("_", "-") for k in owned)
+        raise UsageError(f"{flags} after -- would be the same for every cell; the grid sets them per cell "
+                         f"(--data and --out are options of the grid itself, before --)")
+    parse_args(["--mode", "semi", *extra])[0].resolved()
+
+
 def cell_args(cell: Cell, seed: int, out: Path, data, extra) -> list[str]:
-    args = ["--mode", cell.mode, "--labeled-fraction", str(cell.fraction), "--seed", str(seed), "--out",
-            str(out / f"{cell.name}-seed{seed}"), "--no-progress"]
+    """The training command line of a cell: the shared options, then what the cell sets (which wins)."""
+    args = list(extra) + ["--mode", cell.mode, "--labeled-fraction", str(cell.fraction), "--seed", str(seed),
+                          "--out", str(out / f"{cell.name}-seed{seed}"), "--no-progress"]
     if data:
         args += ["--data", str(data)]
     if cell.ablation:
         args += [f"--{cell.ablation}", f"{cell.weight:g}"]
-    return args + list(extra)
+    return args
+
+
+def check_cell_folder(cfg, folder: Path) -> None:
+    """CheckpointError when the folder holds a run of another configuration than the cell's."""
+    last = folder / "last.pt"
+    if not last.exists():
+        return
+    saved = from_saved(load_run(last)["config"])
+    diff = [f.name for f in dataclasses.fields(cfg) if f.name not in RUNTIME_FIELDS
+            and getattr(saved, f.name) != getattr(cfg, f.name)]
+    if diff:
+        shown = ", ".join(f"{k} {getattr(saved, k)!r} where the cell has {getattr(cfg, k)!r}" for k in diff[:3])
+        raise CheckpointError(f"{last}: a run of another configuration than this cell's ({shown}); move it away "
+                              f"or give the grid another --out")
 
 
 def final_record(folder: Path, steps: int) -> dict | None:
@@ -95,10 +131,9 @@ def run_cell(args: list[str]) -> dict:
     interrupted); its final validation record."""
     import subprocess
 
-    from .config import parse_args
-
     cfg = parse_args(args)[0].resolved()
     folder = Path(cfg.out)
+    check_cell_folder(cfg, folder)
     done = final_record(folder, cfg.steps)
     if done is not None:
         return done
@@ -231,7 +266,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="python -m cycleseg.experiments", description=__doc__,
+    p = Parser(prog="python -m cycleseg.experiments", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
     p.add_argument("--data", default=None, help="any --data of the training command (default: the built-in dataset)")
@@ -240,14 +275,21 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(argv)
     out = a.out or Path("runs") / f"grid-{a.grid}"
-    cells = grid_cells(a.grid, a.fractions, extra)
+    seeds = list(dict.fromkeys(a.seeds))                            # a seed given twice is one run
+    try:
+        check_extra(extra)
+        cells = grid_cells(a.grid, a.fractions, extra)
+        for seed, cell in ((s, c) for s in seeds for c in cells):   # before any cell runs
+            args = cell_args(cell, seed, out, a.data, extra)
+            cfg = parse_args(args)[0].resolved()
+            check_cell_folder(cfg, Path(cfg.out))
+    except (UsageError, CheckpointError) as e:
+        return fail(e)
     results: dict = {c: {} for c in cells}
-    total = len(cells) * len(a.seeds)
-    from .checkpoint import CheckpointError
-    from .data.h5format import DataError
+    total = len(cells) * len(seeds)
     steps = None
     try:
-        for i, (seed, cell) in enumerate((s, c) for s in a.seeds for c in cells):
+        for i, (seed, cell) in enumerate((s, c) for s in seeds for c in cells):
             args = cell_args(cell, seed, out, a.data, extra)
             print(f"[{i + 1}/{total}] {cell.name} seed {seed}: {' '.join(args)}", file=sys.stderr)
             rec = run_cell(args)
@@ -255,12 +297,20 @@ def main(argv=None) -> int:
             steps = rec["step"]
             print(f"    mIoU {rec['miou']:.4f}" + (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec
                                                    else ""), file=sys.stderr)
-    except (DataError, CheckpointError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rows = summarize(results)
-    from .fileio import write_files
-    header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {a.seeds}, {steps} steps, options "
+        rows = summarize(results)
+        files = report_files(a, out, cells, seeds, results, rows, steps, extra)
+        write_files(out, files)
+    except (DataError, CheckpointError, UsageError, RuntimeError, OSError) as e:
+        return fail(e)
+    header = files["results.md"].decode().splitlines()[0]
+    print(table_markdown(rows, header))
+    print(f"wrote {', '.join(sorted(files))} in {out}")
+    return 0
+
+
+def report_files(a, out: Path, cells, seeds, results, rows, steps, extra) -> dict:
+    """{name: bytes} of the grid's table, CSV, JSON, plot and pictures."""
+    header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps} steps, options "
               f"`{' '.join(extra) or '(defaults)'}`; the last checkpoint of every run, scored by its final validation.")
     files = {"results.md": table_markdown(rows, header).encode(), "results.csv": table_csv(rows).encode(),
              "results.json": json.dumps({c.name: {str(s): r for s, r in v.items()} for c, v in results.items()},
@@ -270,13 +320,10 @@ def main(argv=None) -> int:
     if plot:
         files["plot.png"] = plot
     fractions = sorted({c.fraction for c in cells if c.mode == "semi" and not c.ablation})
-    pics = pictures_png(out, fractions[0], a.seeds[0]) if fractions else b""
+    pics = pictures_png(out, fractions[0], seeds[0]) if fractions else b""
     if pics:
         files["pictures.png"] = pics
-    write_files(out, files)
-    print(table_markdown(rows, header))
-    print(f"wrote {', '.join(sorted(files))} in {out}")
-    return 0
+    return files
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@
                    or Inf; checked at every log step and before every checkpoint, so a diverged run stops
                    with the step and the term, and no checkpoint of a diverged model is ever written
     StopSignals    Ctrl-C (SIGINT) and SIGTERM (a cluster scheduler's notice) ask the loop to stop after
-                   the current step; the loop then saves last.pt and says how to resume
+                   the current step (under torchrun: at the next log step, on every process); the loop
+                   then saves last.pt and says how to resume
 """
 from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 import torch
 
@@ -39,8 +41,9 @@ class FiniteGuard:
         bad = ~torch.isfinite(values) & (self.first < 0)
         self.first = torch.where(bad, step, self.first)
 
-    def check(self) -> None:
-        """NonFiniteLoss naming the first bad step and its terms (a host sync)."""
+    def check(self, last=None) -> None:
+        """NonFiniteLoss naming the first bad step and its terms, and how to go on from the checkpoint
+        `last` (a path) if there is one (a host sync)."""
         if self.first is None:
             return
         first = self.first.tolist()
@@ -48,9 +51,13 @@ class FiniteGuard:
         if bad:
             step = min(s for s, _ in bad)
             names = ", ".join(k for s, k in bad if s == step)
+            if last is not None and Path(last).exists():
+                how = (f"{last} holds the last good state: continue from it with a lower rate, e.g. "
+                       f"--resume --lr <half the current one> (a resumed run may change --lr and --steps)")
+            else:
+                how = "no checkpoint was written before it: start again with a lower --lr (in another --out)"
             raise NonFiniteLoss(f"step {step}: the loss term {names} is NaN or infinite; training stopped and no "
-                                f"checkpoint of the diverged model was written (last.pt holds the last good "
-                                f"one). Lower --lr, or check the data.")
+                                f"checkpoint of the diverged model was written. {how}, or check the data.")
 
 
 class StopSignals:

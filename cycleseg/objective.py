@@ -61,9 +61,17 @@ def soft_dice_loss(logits, y, num_classes: int, ignore_index: int = 255, eps: fl
     return 1 - ((2 * inter + eps) / (total + eps)).mean()
 
 
+def cross_entropy(logits, y, ignore_index: int, ops):
+    """Mean cross-entropy over the batch's labeled pixels; 0 for a batch without any (unannotated images:
+    the op's mean, like F.cross_entropy's, is NaN there). The same value and gradient as the op's 'mean'
+    otherwise (sum / count: the division the op's mean makes), and no host sync."""
+    labeled = (y != ignore_index).sum()
+    return ops.softmax_cross_entropy(logits, y, ignore_index=ignore_index, reduction="sum") / labeled.clamp(min=1)
+
+
 def segmentation_loss(logits, y, num_classes: int, ignore_index: int, ops, dice: float = 0.0):
     """The supervised loss of G_IS: cross-entropy, plus `dice` x soft Dice when dice > 0."""
-    loss = ops.softmax_cross_entropy(logits, y, ignore_index=ignore_index)
+    loss = cross_entropy(logits, y, ignore_index, ops)
     if dice:
         loss = loss + dice * soft_dice_loss(logits, y, num_classes, ignore_index)
     return loss
@@ -118,7 +126,7 @@ def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lam
         loss = loss + lam.gen_img * terms["gen_img"]
     if lam.cycle_seg:
         logits_cyc = logits_cyc if merge_passes else g_is(fake_img)
-        terms["cycle_seg"] = ops.softmax_cross_entropy(logits_cyc, y, ignore_index=ignore_index)
+        terms["cycle_seg"] = cross_entropy(logits_cyc, y, ignore_index, ops)
         loss = loss + lam.cycle_seg * terms["cycle_seg"]
     if lam.disc_img:
         terms["disc_img"] = ops.lsgan_loss(d_i(fake_img), 1.0)

@@ -10,7 +10,7 @@ INPUTS are image files, folders of images, or HDF5 files of the project's format
 Images are resized (bilinear) to the size the networks were trained at and converted to the
 checkpoint's channels (RGB or gray). Inference runs in batches, on the GPU when there is one. Every
 input is checked before anything is written, and the outputs appear all at once: a failure leaves the
-output folder as it was.
+output folder as it was. Files of an earlier prediction in --out are not replaced unless --overwrite.
 """
 from __future__ import annotations
 
@@ -31,6 +31,20 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 class Input:
     name: str           # output name stem
     load: object        # () -> uint8 (H, W, C) at the image's own size
+    source: str = ""    # the file it comes from
+
+
+def load(item: Input) -> np.ndarray:
+    """The image of an input; DataError naming its file when it cannot be decoded (e.g. a truncated JPEG,
+    which passes PIL's header check)."""
+    from .data.h5format import DataError
+
+    try:
+        return item.load()
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{item.source}: could not be read ({type(e).__name__}: {e}); nothing was written") from e
 
 
 def collect(paths, channels: int) -> list[Input]:
@@ -42,12 +56,12 @@ def collect(paths, channels: int) -> list[Input]:
     mode = "RGB" if channels == 3 else "L"
     items, seen = [], set()
 
-    def add(stem: str, load):
+    def add(stem: str, load, source):
         name, k = stem, 1
         while name in seen:                                          # same stem from two folders
             name, k = f"{stem}_{k}", k + 1
         seen.add(name)
-        items.append(Input(name, load))
+        items.append(Input(name, load, str(source)))
 
     def image(p: Path):
         try:
@@ -56,10 +70,10 @@ def collect(paths, channels: int) -> list[Input]:
         except Exception as e:
             raise DataError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
 
-        def load(p=p):
+        def read(p=p):
             with Image.open(p) as im:
                 return np.asarray(im.convert(mode)).reshape(im.height, im.width, channels)
-        add(p.stem, load)
+        add(p.stem, read, p)
 
     for raw in paths:
         p = Path(raw)
@@ -74,10 +88,10 @@ def collect(paths, channels: int) -> list[Input]:
             if meta.channels != channels:
                 raise DataError(f"{p}: {meta.channels}-channel images, but the checkpoint takes {channels}")
             for i in range(meta.count):
-                def load(p=p, i=i):
+                def read(p=p, i=i):
                     with open_h5(p) as f:
                         return f["images"][i]
-                add(f"{p.stem}_{i:05d}", load)
+                add(f"{p.stem}_{i:05d}", read, f"{p}[{i}]")
         elif p.exists():
             image(p)
         else:
@@ -104,8 +118,9 @@ def run(a) -> dict:
     from tqdm import tqdm
 
     from .checkpoint import load_run
-    from .cli import device_of
+    from .cli import device_of, refuse_existing
     from .data.h5format import default_palette
+    from .usage import UsageError
     from .evaluate import eval_mode
     from .fileio import write_files
     from .models import networks_from_checkpoint
@@ -118,13 +133,18 @@ def run(a) -> dict:
     h, w = info.get("height") or cfg.image_size, info.get("width") or cfg.image_size
     palette = info.get("palette") or default_palette(k)
     items = collect(a.inputs, c)
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise UsageError(f"--out {a.out} is a file, not a folder")
+    suffixes = ("mask", "overlay") + (("gsi",) if "G_SI" in nets else ())
+    refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes], a.overwrite,
+                    "from an earlier prediction")
     for net in nets.values():
         net.to(device)
     files = {}
     with eval_mode(nets["G_IS"]), eval_mode(nets.get("G_SI", nets["G_IS"])):
         for s in tqdm(range(0, len(items), a.batch_size), desc="predict", disable=a.no_progress):
             chunk = items[s:s + a.batch_size]
-            originals = [it.load() for it in chunk]
+            originals = [load(it) for it in chunk]
             resized = np.stack([np.asarray(Image.fromarray(o.squeeze(-1) if c == 1 else o).resize((w, h), Image.BILINEAR))
                                 .reshape(h, w, c) for o in originals])
             x = to_input(torch.from_numpy(resized).permute(0, 3, 1, 2), device)     # (B, C, h, w)

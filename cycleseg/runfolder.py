@@ -5,9 +5,13 @@
     samples/         stepNNNNNNN.png pictures of validation images
     last.pt          everything needed to resume exactly; best.pt: the best validation mIoU so far
 
-The resume policy lives here too: a folder that holds a run is never overwritten; `--resume` continues
-from last.pt with the checkpoint's config (runtime fields such as --device excepted). Every file is
-written atomically. Off rank 0 (distributed runs) every write is a no-op: only rank 0 owns the folder.
+The resume policy lives here too: a folder that holds a run (any of the files above) is never trained
+into again without --resume, and --resume needs its last.pt; the resumed run keeps the checkpoint's
+config except the runtime fields and what config.RESUME_CHANGEABLE allows (said on the terminal), and
+refuses any other change with the reason. While a run trains its folder is locked (an advisory lock on
+the folder, released by the system when the process ends however it ends): a second training into it
+stops before touching anything. Every file is written atomically. Off rank 0 (distributed runs) every
+write is a no-op: only rank 0 owns the folder.
 """
 from __future__ import annotations
 
@@ -17,9 +21,15 @@ import os
 import sys
 from pathlib import Path
 
+try:
+    import fcntl                                                    # advisory locks (Linux, macOS)
+except ImportError:                                                 # Windows: folders are not locked
+    fcntl = None
+
 from . import checkpoint
-from .config import Config, merge_for_resume
+from .config import Config, resume_config
 from .fileio import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries
+from .usage import UsageError
 
 
 class RunFolder:
@@ -30,19 +40,62 @@ class RunFolder:
         self.metrics = self.path / "metrics.jsonl"
 
     # -- the resume policy --------------------------------------------------------------------------
-    def open(self, cfg: Config) -> tuple[Config, dict | None]:
-        """(config to run with, checkpoint state to resume from or None). Refuses to overwrite a run."""
+    def held(self) -> list[str]:
+        """The files of a run this folder holds (config.json, metrics.jsonl, checkpoints, pictures)."""
+        names = [n for n in ("config.json", "metrics.jsonl", "last.pt", "best.pt") if (self.path / n).exists()]
+        if any((self.path / "samples").glob("*.png")):
+            names.append("samples/")
+        return names
+
+    def lock(self) -> None:
+        """Hold the folder for this process (created if missing); FileExistsError if another holds it."""
+        if not self.writes or fcntl is None:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file, not a folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot write the run folder {self.path}: {e.strerror or e}") from e
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UsageError(f"{self.path} is in use by another training process; wait for it to end, or "
+                             f"train into another --out") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)                                            # closing the descriptor releases the lock
+            self._lock_fd = None
+
+    def open(self, cfg: Config, given=()) -> tuple[Config, dict | None]:
+        """(config to run with, checkpoint state to resume from or None), after locking the folder.
+        `given`: the fields given explicitly (what a resume is asked to change). Refuses to train into a
+        folder that holds a run without --resume, and to resume a run that has results (best.pt) but no
+        last.pt; --resume restarts a run killed before its first checkpoint."""
+        self.lock()
+        held = self.held()
         if cfg.resume and self.last.exists():
             saved = checkpoint.load_run(self.last)
-            cfg, diff = merge_for_resume(saved["config"], cfg)
-            if diff:
-                self.note(f"resuming {self.last}: keeping the checkpoint's {', '.join(diff)}")
+            cfg, changes = resume_config(saved["config"], cfg, given)
+            if changes:
+                self.note(f"resuming {self.last} with " + ", ".join(changes))
             return cfg, saved
-        if cfg.resume:
-            self.note(f"--resume: no checkpoint at {self.last}, starting a new run")
-        elif self.last.exists():
-            raise FileExistsError(f"{self.path} already holds a run (last.pt); pass --resume to continue it "
-                                  f"or --out to start another")
+        if self.best.exists() and not self.last.exists():          # results, but nothing to resume from
+            raise UsageError(f"{self.path} holds a run ({', '.join(held)}) but no last.pt to resume from; "
+                             f"nothing was changed. Train into another --out")
+        if held and cfg.resume and not self.last.exists():         # killed before its first checkpoint
+            self.note(f"--resume: {self.path} holds a run stopped before its first checkpoint; starting it again "
+                      f"from step 0 (its records are rewritten)")
+        elif held:
+            raise UsageError(f"{self.path} already holds a run ({', '.join(held)}); pass --resume to continue "
+                             f"it, or --out to start another")
+        elif cfg.resume:
+            self.note(f"--resume: no run in {self.path} yet, starting a new one")
         return cfg, None
 
     def start(self, cfg: Config, step: int) -> None:

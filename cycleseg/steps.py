@@ -56,6 +56,7 @@ class Step:
     (de)serialisation."""
     networks: tuple = ()
     streams: tuple = ("labeled",)
+    lr_fields = {"G": "lr"}         # the config field each optimizer's learning rate follows
 
     def __init__(self, nets: dict, cfg, meta, plan: Plan = Plan()):
         self.nets, self.cfg, self.meta, self.plan = nets, cfg, meta, plan
@@ -129,6 +130,18 @@ class Step:
         for k, pool in self.pools.items():
             pool.load_state_dict(state[k])
 
+    def reschedule(self, steps: int, lr_scale: dict) -> None:
+        """A resumed run's new --steps and learning rates ({optimizer: factor on its rate}), from now on:
+        the linear decay is redrawn over `steps` (the checkpoint restored the old one) and each rate is
+        set for the current step."""
+        for k, sched in self.schedulers.items():
+            sched.base_lrs = [b * lr_scale.get(k, 1.0) for b in sched.base_lrs]
+            sched.lr_lambdas = [LinearDecay(steps) for _ in sched.lr_lambdas]
+            for group, base, decay in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["initial_lr"] = base
+                group["lr"] = base * decay(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
     def steps_done(self) -> int:
         """Updates made so far (the LR schedulers count them, and they are checkpointed)."""
         return self.schedulers["G"].last_epoch
@@ -163,6 +176,7 @@ class CycleGANStep(Step):
     D_I updated on real data and pooled fakes."""
     networks = ("G_IS", "G_SI", "D_S", "D_I")
     streams = ("labeled", "unlabeled")
+    lr_fields = {"G": "lr", "D": "lr_d"}
 
     def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
         super().__init__(nets, cfg, meta, plan)
@@ -226,6 +240,7 @@ class AdversarialStep(Step):
     0.4 x the segmenter's learning rate (their 1e-4 against 2.5e-4). G_IS's optimizer is every arm's."""
     networks = ("G_IS", "D_H")
     streams = ("labeled", "unlabeled")
+    lr_fields = {"G": "lr", "D": "lr"}                          # D_H runs at 0.4 x --lr
     SELF_TRAINING_START = 0.25
 
     def __init__(self, nets, cfg, meta, plan: Plan = Plan()):

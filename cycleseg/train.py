@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
-from .config import Config, parse_args
+from .config import Config, check_image_side, from_saved, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import make_streams, open_splits, split_paths
 from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, wrapper
@@ -43,6 +43,7 @@ from .models import count_parameters, networks_from_config, use_ops
 from .runfolder import RunFolder
 from .runstate import load_state_dict, state_dict
 from .steps import STEPS
+from .usage import UsageError, fail
 from .visualize import SAMPLE_TITLES, sample_columns
 
 
@@ -86,24 +87,35 @@ def mean_terms(terms: dict, world: World) -> dict:
     return dict(zip(names, t.tolist()))
 
 
-def train(cfg: Config, until: int | None = None) -> dict:
+def train(cfg: Config, until: int | None = None, given=None) -> dict:
     """Run (or resume) training, in this process or as one process of a torchrun job. `until` (or
-    --stop-after) stops after that step as if interrupted (checkpoint saved). Returns the last
-    validation metrics."""
+    --stop-after) stops after that step as if interrupted (checkpoint saved). `given`: the fields set
+    explicitly (what --resume is asked to change; default: those that differ from Config's defaults).
+    Returns the last validation metrics."""
+    if given is None:
+        given = {f.name for f in dataclasses.fields(Config) if getattr(cfg, f.name) != getattr(Config(), f.name)}
     cfg = cfg.resolved()
     until = until if until is not None else cfg.stop_after
     world, device = setup(cfg.device)
+    folder = RunFolder(cfg.out, world.rank)
     try:
-        return run(cfg, until, world, device)
+        with StopSignals() as stop:                                 # from the start: a signal during set-up too
+            return run(cfg, until, world, device, folder, given, stop)
     finally:
+        folder.unlock()
         teardown(world)
 
 
-def run(cfg: Config, until, world: World, device) -> dict:
-    folder = RunFolder(cfg.out, world.rank)
-    cfg, saved = folder.open(cfg)
+def run(cfg: Config, until, world: World, device, folder: RunFolder, given, stop: StopSignals) -> dict:
+    cfg, saved = folder.open(cfg, given)
     data = open_splits(cfg.data, cfg.val_data, cfg.image_size, cfg.progress and world.rank == 0)
     meta = data.train.meta
+    for split in (data.train.meta, data.val.meta):
+        try:
+            for side in (split.height, split.width):
+                check_image_side(side, cfg.mode, f"images {split.height}x{split.width}")
+        except UsageError as e:
+            raise DataError(f"{split.path}: {e}; convert the data at another size (--size H W)") from None
     plan = Plan.from_state(saved["plan"]) if saved is not None and "plan" in saved else plan_for(cfg, device)
     nets, step = build(cfg, meta, device, plan)
     step.distribute(wrapper(world, device))
@@ -111,6 +123,10 @@ def run(cfg: Config, until, world: World, device) -> dict:
                            device, cfg.prefetch, cfg.flip, cfg.scale_crop, world.rank, world.size, cfg.rotate)
     n, best = (load_state_dict(saved, nets, step, streams, folder.last, world, device) if saved is not None
                else (0, float("-inf")))
+    if saved is not None:                                           # --steps / --lr changed on resume
+        old = from_saved(saved["config"])
+        if (cfg.steps, cfg.lr, cfg.lr_d) != (old.steps, old.lr, old.lr_d):
+            step.reschedule(cfg.steps, {k: getattr(cfg, f) / getattr(old, f) for k, f in step.lr_fields.items()})
     folder.start(cfg, n)
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
@@ -131,7 +147,6 @@ def run(cfg: Config, until, world: World, device) -> dict:
             scope.enter_context(ops.validation(False))          # masks were checked at load: no per-step sync
         scope.callback(streams.close)
         scope.callback(bar.close)
-        stop = scope.enter_context(StopSignals())
         while n < cfg.steps:
             images, masks = next(streams.loaders["labeled"])
             batch = {"images": images.to(device, non_blocking=True), "masks": masks.to(device, non_blocking=True)}
@@ -144,12 +159,12 @@ def run(cfg: Config, until, world: World, device) -> dict:
             bar.update(1)
             logging = n % cfg.log_every == 0 or n == cfg.steps
             if logging:
-                guard.check()
+                guard.check(folder.last)
                 vals = mean_terms(terms, world)
                 folder.log({"step": n, "split": "train", "time": time.time() - t0, "lr": step.lr(), **vals})
                 bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()}, refresh=False)
-            # a stop signal counts at log steps, at the same step on every process
-            stopping = logging and any_rank(stop.signum is not None, world)
+            # a stop signal: after this step on one process; under torchrun at a log step, the same on every process
+            stopping = (logging and any_rank(stop.signum is not None, world)) if world.active else stop.signum is not None
             if n % cfg.eval_every == 0 or n == cfg.steps:
                 result = validate(cfg, nets, data, device, world)
                 folder.log({"step": n, "split": "val", **result})
@@ -159,10 +174,10 @@ def run(cfg: Config, until, world: World, device) -> dict:
                     bar.write(f"step {n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
                 if result["miou"] > best:
                     best = result["miou"]
-                    guard.check()
+                    guard.check(folder.last)
                     save(True)
             if n % cfg.ckpt_every == 0 or n == cfg.steps or n == until or stopping:
-                guard.check()                                       # never checkpoint a diverged model
+                guard.check(folder.last)                            # never checkpoint a diverged model
                 save()
             if stopping:
                 signum = stop.signum or signal.SIGTERM
@@ -184,24 +199,23 @@ def describe(cfg: Config, meta, nets: dict) -> str:
 
 def main(argv=None) -> int:
     cfg, dry_run = parse_args(argv)
+    given = given_fields(argv)
     try:
         cfg = cfg.resolved()
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UsageError as e:
+        return fail(e)
     try:
         if dry_run:
             meta = read_meta(split_paths(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)["train"])
             torch.manual_seed(cfg.seed)
             print(describe(cfg, meta, networks_from_config(cfg, meta, STEPS[cfg.mode].networks)))
             return 0
-        result = train(cfg)
+        result = train(cfg, given=given)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
-    except (DataError, CheckpointError, NonFiniteLoss, FileExistsError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (DataError, CheckpointError, NonFiniteLoss, UsageError, OSError) as e:
+        return fail(e)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"miou": result.get("miou"), "mdice": result.get("mdice"), "out": cfg.out}))
     return 0

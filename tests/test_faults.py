@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cycleseg.checkpoint import CheckpointError
+from cycleseg.config import Config
 from cycleseg.data.h5format import DataError
 from cycleseg.faults import NonFiniteLoss
 from cycleseg.runfolder import RunFolder
@@ -53,7 +54,7 @@ def test_checkpoint_of_other_networks_or_data_is_refused_before_training(tiny, t
     bad = dict(good, config=dict(good["config"], ngf=2 * good["config"]["ngf"]))   # other widths than its weights
     torch.save(bad, last)
     with pytest.raises(CheckpointError, match="does not match this run's networks"):
-        train(tiny("r", "--steps", "4", "--eval-every", "4", "--resume"))
+        train(Config(out=str(tmp_path / "r"), resume=True, device="cpu", progress=False))
     (tmp_path / "r" / "last.pt").write_bytes(b"PK\x03\x04 half a zip")
     with pytest.raises(CheckpointError, match="could not be read"):
         train(tiny("r", "--steps", "4", "--eval-every", "4", "--resume"))
@@ -133,7 +134,7 @@ def test_kill_9_anywhere_then_resume_gives_the_same_run(tmp_path):
     out = tmp_path / "killed"
     slow = {"CYCLESEG_SLOW_WRITE_FOR_TESTS": "0.3"}
     for kill_at in ("writing", "writing", "between"):
-        p = run_cli(out, *args, *(["--resume"] if (out / "last.pt").exists() else []), env=slow)
+        p = run_cli(out, *args, *(["--resume"] if out.exists() else []), env=slow)
         if kill_at == "writing":                                    # a temporary checkpoint file exists
             wait_for(lambda: any(".last.pt.tmp" in f.name for f in out.glob(".*")) if out.exists() else False)
         else:
@@ -151,3 +152,99 @@ def test_kill_9_anywhere_then_resume_gives_the_same_run(tmp_path):
             assert torch.equal(a["nets"][name][k], b["nets"][name][k]), (name, k)
     assert not [f for f in out.iterdir() if ".tmp" in f.name]
     assert json.loads((out / "config.json").read_text())["steps"] == 12
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_unannotated_images_train_without_nan(tmp_path, fast):
+    """Most training images without a labeled pixel (all 255): batches made only of such images
+    contribute no supervised loss (0, not NaN); training runs to the end with finite losses."""
+    import numpy as np
+
+    from cycleseg.data.h5format import Meta, write_split
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    masks = rng.integers(0, 3, (12, 16, 16), dtype=np.uint8)
+    masks[2:] = 255                                                 # 10 of 12 images unannotated
+    meta = Meta(num_classes=3, class_names=list("abc"), palette=[[0, 0, 0]] * 3)
+    write_split(tmp_path / "train.h5", images, masks, meta)
+    write_split(tmp_path / "val.h5", images[:2], masks[:2], meta)
+    args = TINY_ARGS + ["--data", str(tmp_path / "train.h5"), "--labeled-fraction", "1", "--steps", "12",
+                        "--log-every", "1", "--eval-every", "12", "--out", str(tmp_path / "r")]
+    assert main(args + ([] if fast else ["--no-fast"])) == 0
+    records = RunFolder(tmp_path / "r").records("train")
+    assert len(records) == 12 and all(np.isfinite(r["gen_seg"]) for r in records)
+    assert any(r["gen_seg"] == 0.0 for r in records)               # batches of unannotated images only
+
+
+def test_resume_may_change_lr_and_steps_and_says_so(tiny, tmp_path, capsys):
+    """--resume --lr 1e-4 --steps 8 continues the run with that rate and a decay redrawn over 8 steps."""
+    train(tiny("r", "--mode", "partial", "--steps", "4", "--eval-every", "100", "--lr", "1e-3"), until=2)
+    capsys.readouterr()
+    import cycleseg.train as tr
+
+    seen = {}
+    real = tr.build
+
+    def spy(*a, **k):
+        nets, step = real(*a, **k)
+        seen["step"] = step
+        return nets, step
+
+    tr.build = spy
+    try:
+        train(tiny("r", "--mode", "partial", "--steps", "8", "--eval-every", "100", "--lr", "1e-4", "--resume"),
+              until=3)
+    finally:
+        tr.build = real
+    err = capsys.readouterr().err
+    assert "resuming" in err and "--lr 0.0001 (was 0.001)" in err and "--steps 8 (was 4)" in err
+    sched = seen["step"].schedulers["G"]
+    assert sched.base_lrs == [pytest.approx(1e-4)] and sched.lr_lambdas[0].steps == 8
+    # after step 3 of 8: constant for 2 steps, then linear to 0 at step 8
+    assert seen["step"].optimizers["G"].param_groups[0]["lr"] == pytest.approx(1e-4 * (1 - (3 - 2) / (8 - 2)))
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert ck["config"]["lr"] == 1e-4 and ck["config"]["steps"] == 8 and ck["step"] == 3
+
+
+def test_divergence_advice_follows_the_checkpoints(tiny, monkeypatch):
+    import cycleseg.steps as steps
+
+    real = steps.supervised_objective
+
+    def diverge_at(n):
+        calls = []
+
+        def poisoned(*a, **k):
+            loss, terms = real(*a, **k)
+            calls.append(1)
+            if len(calls) >= n:
+                loss = loss * float("nan")
+                terms = {"gen_seg": loss.detach()}
+            return loss, terms
+        return poisoned
+
+    monkeypatch.setattr(steps, "supervised_objective", diverge_at(1))
+    with pytest.raises(NonFiniteLoss, match="no checkpoint was written before it: start again with a lower --lr"):
+        train(tiny("early", "--mode", "partial", "--steps", "8", "--log-every", "2", "--ckpt-every", "4",
+                   "--eval-every", "100"))
+    monkeypatch.setattr(steps, "supervised_objective", diverge_at(6))
+    with pytest.raises(NonFiniteLoss, match=r"last.pt holds the last good state: .*--resume --lr"):
+        train(tiny("late", "--mode", "partial", "--steps", "8", "--log-every", "2", "--ckpt-every", "4",
+                   "--eval-every", "100"))
+
+
+@pytest.mark.slow
+def test_sigterm_stops_after_the_current_step(tmp_path):
+    """One process: the signal is acted on after the step it arrives in, not at the next log step."""
+    out = tmp_path / "t"
+    far = "100000"                                                  # no log, evaluation or checkpoint step in reach
+    p = run_cli(out, "--steps", far, "--log-every", far, "--eval-every", far, "--ckpt-every", far)
+    wait_for(lambda: (out / "config.json").exists())
+    time.sleep(2)
+    p.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    step = torch.load(out / "last.pt", weights_only=True)["step"]
+    assert 1 <= step < 100000 and f"after step {step}" in err and time.time() - t0 < 30

@@ -155,3 +155,30 @@ def test_unlabeled_weight_scales_only_the_unlabeled_terms(setup):
     lam = Lambdas()
     assert (loss1 - loss0).item() == pytest.approx(
         (lam.cycle_img * terms["cycle_img"] + lam.disc_seg * terms["disc_seg"]).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("ops_name", ["reference", "ops"])
+def test_a_batch_without_a_labeled_pixel_contributes_no_loss(ops_name):
+    """Unannotated images (every pixel 255): the supervised loss is 0 with a zero gradient, not the NaN of
+    a mean over no pixel; with labeled pixels it is the op's mean, bit for bit (sum / count is the
+    division the mean makes)."""
+    import importlib
+
+    from cycleseg.objective import cross_entropy
+
+    ops = importlib.import_module(f"cycleseg.{ops_name}")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 6, 5, generator=g, requires_grad=True)
+    y = torch.randint(0, 4, (3, 6, 5), generator=g)
+    y[1] = 255                                                      # one unannotated image
+    mean = ops.softmax_cross_entropy(x, y, ignore_index=255)
+    ours = cross_entropy(x, y, 255, ops)
+    assert torch.equal(ours, mean)
+    (g_mean,) = torch.autograd.grad(mean, x)
+    (g_ours,) = torch.autograd.grad(ours, x)
+    assert torch.equal(g_mean, g_ours)
+    none = torch.full_like(y, 255)
+    assert torch.isnan(ops.softmax_cross_entropy(x, none, ignore_index=255))   # the op keeps PyTorch's semantics
+    empty = cross_entropy(x, none, 255, ops)
+    (g_empty,) = torch.autograd.grad(empty, x)
+    assert empty.item() == 0.0 and torch.equal(g_empty, torch.zeros_like(x))

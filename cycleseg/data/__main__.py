@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..usage import Parser, fail
 from . import convert as cv
 from .h5format import DataError, open_h5, validate
 
@@ -38,8 +39,22 @@ def info(path) -> str:
     return "\n".join(lines)
 
 
+def parse_mapping(pairs) -> dict:
+    """["200=255", "7=1"] -> {200: 255, 7: 1}; DataError for anything else."""
+    out = {}
+    for pair in pairs:
+        try:
+            v, c = (int(x) for x in pair.split("="))
+        except ValueError:
+            raise DataError(f"--map {pair}: expected V=C with whole numbers (mask value V becomes class C)") from None
+        if not (0 <= v < 1 << 16 and 0 <= c <= 255):
+            raise DataError(f"--map {pair}: V must be a mask value (0..65535) and C a class id or 255 (ignore)")
+        out[v] = c
+    return out
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cycleseg.data", description=__doc__,
+    p = Parser(prog="python -m cycleseg.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="convert a dataset to the project's HDF5 format")
@@ -52,6 +67,10 @@ def main(argv=None) -> int:
                    help="the paper's sizes: VOC 200x200, Cityscapes 128x256 (aspect ratio distorted)")
     c.add_argument("--keep-aspect", action="store_true", help="fit inside H x W and pad instead of stretching")
     c.add_argument("--num-classes", type=int, default=None, help="folder: number of classes (default: from the masks)")
+    c.add_argument("--map", action="append", default=[], metavar="V=C",
+                   help="map mask value V to class C (or to 255: ignore) before anything else; repeatable")
+    c.add_argument("--intensity", choices=["strict", "minmax"], default="strict",
+                   help="strict: images must be uint8 or floats in [0, 1]; minmax: rescale each image from its range")
     c.add_argument("--no-progress", action="store_true")
     i = sub.add_parser("info", help="print what a converted file holds")
     i.add_argument("file", type=Path)
@@ -61,6 +80,9 @@ def main(argv=None) -> int:
             print(info(a.file))
             return 0
         split = a.split or "train"
+        mapping = parse_mapping(a.map)
+        if a.num_classes is not None and a.num_classes < 1:
+            raise DataError(f"--num-classes must be >= 1, got {a.num_classes}")
         if a.kind == "voc":
             items, meta = cv.voc_items(a.src, split)
         elif a.kind == "cityscapes":
@@ -68,12 +90,14 @@ def main(argv=None) -> int:
         elif a.kind == "acdc":
             items, meta = cv.acdc_items(a.src, split)
         else:
-            items, meta = cv.folder_items(a.src, a.num_classes)
+            items, meta = cv.folder_items(a.src, a.num_classes, mapping=mapping)
         size = tuple(a.size) if a.size else (cv.SIZE_PRESETS.get(a.kind) if a.preset == "paper" else None)
-        summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        if size is not None and min(size) < 1:
+            raise DataError(f"--size must be positive, got {size[0]} {size[1]}")
+        summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress,
+                             intensity=a.intensity, mapping=mapping)
+    except (DataError, OSError) as e:                               # OSError: a read-only or full output folder
+        return fail(e)
     total = sum(summary["class_pixels"].values()) + 1e-12
     print(f"wrote {summary['file']}: {summary['images']} images {summary['size'][0]}x{summary['size'][1]}, "
           f"ignored {100 * summary['ignored_fraction']:.2f} %")

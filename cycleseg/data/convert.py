@@ -13,6 +13,11 @@
 Images are resized bilinearly with antialiasing, masks with nearest neighbour. `size=(H, W)` stretches
 to that size (the paper's presets: VOC 200x200, Cityscapes 128x256); `keep_aspect=True` fits the image
 inside (H, W) and pads (images with 0, masks with 255). size=None keeps each image's size (all must match).
+
+Nothing is corrupted without a word: images must be uint8 or floats in [0, 1] (else refused with their
+range; `intensity="minmax"` rescales each image), masks must hold ids that fit in 0..255 (a 16-bit mask
+is refused rather than wrapped) and, when the class count is inferred, ids 0..K-1 with no gaps (one stray
+value would otherwise make a file of 200 classes); `mapping` ({V: C}, --map V=C) maps mask values first.
 """
 from __future__ import annotations
 
@@ -104,6 +109,87 @@ def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")          # PIL modes that convert("RGB") would saturate
+
+
+def _pil_image(path: Path) -> np.ndarray:
+    """An RGB uint8 image; a 16-bit, 32-bit or float image as its raw values (checked by load_pair)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        high = im.mode in HIGH_BIT_MODES
+    return _pil(path, raw=True) if high else _pil(path, "RGB")
+
+
+def count_classes(items: list[Item], mapping=None) -> int:
+    """K from the masks' values (after `mapping`): they must be 0..K-1 (and 255 = ignore). DataError saying
+    which values are missing or stray, in which files and how many pixels, and what to pass instead."""
+    hist, where = np.zeros(1 << 16, np.int64), {}
+    for it in items:
+        m = apply_mapping(mask_values(it.name, np.asarray(it.mask())), mapping)
+        values, counts = np.unique(m, return_counts=True)
+        hist[values] += counts
+        for v in values:
+            where.setdefault(int(v), it.name)
+    present = [int(v) for v in np.flatnonzero(hist) if v != IGNORE_INDEX]
+    if not present:
+        raise DataError(f"every mask is all {IGNORE_INDEX} (ignore): no class ids to learn from; check the masks, "
+                        f"or map their values with --map V=C")
+    k = max(present) + 1
+    missing = sorted(set(range(k)) - set(present))
+    if missing:
+        stray = [v for v in present if v > missing[0]]
+        shown = ", ".join(f"{v} ({hist[v]} pixels, e.g. {where[v]})" for v in stray[:3])
+        raise DataError(f"the masks hold class ids {present[:12]}{'...' if len(present) > 12 else ''}: "
+                        f"{', '.join(map(str, missing[:5]))} never appear below {shown}, so counting classes from "
+                        f"the largest id would make {k} classes. Pass --num-classes K (larger ids are then refused), "
+                        f"or --map V=C to map a value to a class or to {IGNORE_INDEX} (ignore)")
+    return k
+
+
+def mask_values(name: str, mask: np.ndarray) -> np.ndarray:
+    """The mask as uint8; DataError naming the file, the value and the pixel count when a value does not fit
+    (a 16-bit mask with ids above 255 would otherwise wrap around)."""
+    if mask.dtype == np.uint8:
+        return mask
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"{name}: mask dtype {mask.dtype}; expected integer class ids")
+    bad = (mask < 0) | (mask > 255)
+    if bad.any():
+        v = int(mask[bad].max() if (mask > 255).any() else mask[bad].min())
+        raise DataError(f"{name}: mask value {v} ({int(bad.sum())} pixels outside 0..255) in a {mask.dtype} mask: "
+                        f"class ids are 0..254 and {IGNORE_INDEX} = ignore; remap the masks, or --map V=C")
+    return mask.astype(np.uint8)
+
+
+def apply_mapping(mask: np.ndarray, mapping) -> np.ndarray:
+    """The mask with each value V of {V: C} replaced by C (--map V=C)."""
+    if not mapping:
+        return mask
+    out = mask.copy()
+    for v, c in mapping.items():
+        out[mask == v] = c
+    return out
+
+
+def image_values(name: str, image: np.ndarray, intensity: str = "strict") -> np.ndarray:
+    """The image as uint8. strict: uint8 passes, floats must be finite and in [0, 1] (stored as round(255 x));
+    anything else is refused with its range. minmax: each image rescaled from its own min..max to 0..255."""
+    if image.dtype == np.uint8:
+        return image
+    finite = np.isfinite(image) if np.issubdtype(image.dtype, np.floating) else np.ones(image.shape, bool)
+    if not finite.all():
+        raise DataError(f"{name}: {int((~finite).sum())} NaN or infinite pixel values; fix the image")
+    lo, hi = float(image.min()), float(image.max())
+    if intensity == "minmax":
+        scaled = (image.astype(np.float64) - lo) / (hi - lo) if hi > lo else np.zeros(image.shape)
+        return np.rint(scaled * 255.0).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return float01_to_uint8(image)
+    raise DataError(f"{name}: {image.dtype} image with values {lo:g}..{hi:g}; expected uint8, or floats in [0, 1] "
+                    f"(stored as round(255 x)). Pass --intensity minmax to rescale each image from its own range")
+
+
 def voc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     masks_dir = src / "SegmentationClassAug" if split == "train_aug" else src / "SegmentationClass"
     if not masks_dir.is_dir():
@@ -169,7 +255,7 @@ def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     return items, meta
 
 
-def folder_items(src: Path, num_classes: int | None, class_names=None) -> tuple[list[Item], Meta]:
+def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=None) -> tuple[list[Item], Meta]:
     img_dir, msk_dir = src / "images", src / "masks"
     for d in (img_dir, msk_dir):
         if not d.is_dir():
@@ -182,10 +268,9 @@ def folder_items(src: Path, num_classes: int | None, class_names=None) -> tuple[
         m = msk_dir / f"{p.stem}.png"
         if not m.exists():
             raise DataError(f"{m}: no mask for image {p}")
-        items.append(Item(p.stem, (lambda p=p: _pil(p, "RGB")), (lambda m=m: _pil(m, raw=True).astype(np.uint8))))
+        items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil(m, raw=True))))
     if num_classes is None:                                        # one pass over the masks to count classes
-        top = max(int(v) for it in items for v in np.unique(it.mask()) if v != IGNORE_INDEX)
-        num_classes = top + 1
+        num_classes = count_classes(items, mapping)
     names = class_names or [str(i) for i in range(num_classes)]
     meta = Meta(num_classes=num_classes, class_names=names, palette=default_palette(num_classes),
                 ignore_index=IGNORE_INDEX, source=f"image folder ({src})")
@@ -194,9 +279,9 @@ def folder_items(src: Path, num_classes: int | None, class_names=None) -> tuple[
 
 # -- writing ------------------------------------------------------------------------------------------
 
-def load_pair(it: Item) -> tuple[np.ndarray, np.ndarray]:
-    """(image uint8 (H, W) or (H, W, 1 | 3), mask (H, W)) of an item; DataError naming it if unreadable or of
-    the wrong form."""
+def load_pair(it: Item, intensity: str = "strict", mapping=None) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (H, W) or (H, W, 1 | 3), mask uint8 (H, W)) of an item; DataError naming it if unreadable,
+    of the wrong form, or with values that do not fit (see image_values, mask_values)."""
     try:
         image, mask = np.asarray(it.image()), np.asarray(it.mask())
     except DataError:
@@ -209,11 +294,13 @@ def load_pair(it: Item) -> tuple[np.ndarray, np.ndarray]:
     if not (np.issubdtype(image.dtype, np.number) and np.issubdtype(mask.dtype, np.integer)):
         raise DataError(f"{it.name}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
                         f"integer class ids")
-    return float01_to_uint8(image), mask
+    return image_values(it.name, image, intensity), apply_mapping(mask_values(it.name, mask), mapping)
 
 
-def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True) -> dict:
-    """Write items to `out` (atomically), checking each mask. Returns a summary dict."""
+def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True,
+            intensity: str = "strict", mapping=None) -> dict:
+    """Write items to `out` (atomically), checking each image and mask (intensity, mapping: load_pair).
+    Returns a summary dict."""
     import h5py
     from tqdm import tqdm
 
@@ -223,14 +310,12 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
     hist = np.zeros(256, np.int64)
     meta.preprocessing = {"size": list(size) if size else None, "image_resize": "bilinear, antialiased",
                           "mask_resize": "nearest", "keep_aspect": keep_aspect,
-                          "float_images": "round(255 x) for float images in [0, 1]"}
+                          "intensity": "round(255 x) for float images in [0, 1]" if intensity == "strict"
+                          else "each image rescaled from its min..max to 0..255",
+                          "mask_mapping": {str(k): int(v) for k, v in (mapping or {}).items()}}
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
-            image, mask = load_pair(it)
-            if mask.dtype != np.uint8:
-                if mask.min() < 0 or mask.max() > 255:
-                    raise DataError(f"{it.name}: mask values outside 0..255")
-                mask = mask.astype(np.uint8)
+            image, mask = load_pair(it, intensity, mapping)
             if image.shape[:2] != mask.shape:
                 raise DataError(f"{it.name}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
                                 f"{mask.shape[0]}x{mask.shape[1]}")

@@ -1,0 +1,39 @@
+"""How every command reports a usage mistake: one line, `error: ...`, exit status 2, nothing written.
+A leaf module (imports nothing of the package), so every command and the data package can use it."""
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """An option (or a checkpoint's config) with a value that cannot be used, said in one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (`error: ...; see <prog> --help`) instead of usage + error."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def message(e: BaseException) -> str:
+    """One line for an error a user can act on: its message on one line; an OS error as what could not be
+    written and why (a read-only or full folder, a file where a folder should be)."""
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        where = Path(e.filename) if e.filename else None
+        if e.errno in (errno.EEXIST, errno.ENOTDIR) and where is not None:
+            blocking = next((p for p in (where, *where.parents) if p.is_file()), None)
+            if blocking is not None:
+                return f"cannot write {where}: {blocking} is a file, not a folder"
+        return f"cannot write {where}: {e.strerror}" if where else f"cannot write: {e.strerror}"
+    return " ".join(str(e).split())
+
+
+def fail(e: BaseException) -> int:
+    """Print `error: <message(e)>` on stderr; the exit status 2."""
+    print(f"error: {message(e)}", file=sys.stderr)
+    return 2

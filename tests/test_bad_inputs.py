@@ -1,0 +1,378 @@
+"""Every user error of every command: one line (`error: ...`) naming what was wrong, exit status 2, and
+nothing written or replaced. One table per command; each row is a mistake a user made (or a hostile
+file), found by probing the commands."""
+import fcntl
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cycleseg.data.__main__ import main as data_main
+from cycleseg.data.h5format import Meta, write_split
+from cycleseg.evaluate import main as evaluate_main
+from cycleseg.experiments import main as experiments_main
+from cycleseg.predict import main as predict_main
+from cycleseg.train import main as train_main
+
+TINY = ["--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "16", "--batch-size", "2", "--no-progress",
+        "--device", "cpu", "--preset", "cpu", "--steps", "2", "--eval-every", "2"]
+
+
+def snapshot(root):
+    """{relative path: bytes} of every file below root (what 'nothing written or replaced' compares)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def one_line_error(main, argv, capsys, match: str, root):
+    """main(argv) exits 2 with exactly one line on stderr, `error: ...` containing `match`; nothing under
+    root changed."""
+    before = snapshot(root)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:                                         # argparse errors exit from inside main
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0], err
+    assert snapshot(root) == before, "a file was written or replaced"
+    return err[0]
+
+
+def tiny_split(path, side, n=6, k=3, channels=3):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, side, side, channels), dtype=np.uint8)
+    masks = rng.integers(0, k, (n, side, side), dtype=np.uint8)
+    write_split(path, images, masks, Meta(num_classes=k, class_names=[str(i) for i in range(k)],
+                                         palette=[[0, 0, 0]] * k))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny semi run on the built-in data (last.pt, best.pt, metrics, samples)."""
+    out = tmp_path_factory.mktemp("runs") / "done"
+    assert train_main(TINY + ["--out", str(out)]) == 0
+    return out
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+TRAIN_OPTIONS = [
+    (["--image-size", "30"], "--image-size 30: the networks need a multiple of 4"),
+    (["--image-size", "10000000"], "at most 4096"),
+    (["--mode", "adversarial", "--image-size", "16"], "at least 32"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--lr-d", "0"], "--lr-d must be > 0"),
+    (["--pool-size", "-1"], "--pool-size must be >= 0"),
+    (["--dropout", "2"], "--dropout must be in [0, 1)"),
+    (["--beta1", "1.5"], "--beta1 must be in [0, 1)"),
+    (["--labeled-fraction", "0"], "--labeled-fraction must be in (0, 1]"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--stop-after", "0"], "--stop-after must be >= 1"),
+    (["--lambda2", "-0.5"], "--lambda2 must be >= 0"),
+    (["--device", "bogus"], "--device bogus: not a device"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--lr", "abc"], "invalid float value: 'abc'"),
+    (["--mode", "fullest"], "invalid choice: 'fullest'"),
+]
+
+
+@pytest.mark.parametrize("extra, match", TRAIN_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_training_options(tmp_path, capsys, extra, match):
+    one_line_error(train_main, TINY + ["--out", tmp_path / "r"] + extra, capsys, match, tmp_path)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("side", [1, 4, 30])
+def test_training_data_the_networks_cannot_read(tmp_path, capsys, side):
+    tiny_split(tmp_path / "train.h5", side)
+    tiny_split(tmp_path / "val.h5", side)
+    one_line_error(train_main, TINY + ["--data", tmp_path / "train.h5", "--out", tmp_path / "r"], capsys,
+                   f"images {side}x{side}: the networks need a multiple of 4", tmp_path)
+
+
+def test_a_folder_holding_a_run_is_never_trained_into(finished_run, capsys):
+    one_line_error(train_main, TINY + ["--out", finished_run], capsys, "already holds a run", finished_run)
+    (finished_run / "last.pt").rename(finished_run / "moved.pt")    # results (best.pt) but nothing to resume
+    try:
+        for resume in ([], ["--resume"]):
+            one_line_error(train_main, TINY + ["--out", finished_run, *resume], capsys,
+                           "holds a run (config.json, metrics.jsonl, best.pt, samples/) but no last.pt", finished_run)
+    finally:
+        (finished_run / "moved.pt").rename(finished_run / "last.pt")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--batch-size", "4"], "--batch-size 4 differs from the checkpoint's 2: a resumed run keeps the data"),
+    (["--ngf", "8"], "--ngf 8 differs from the checkpoint's 4: a resumed run keeps the networks' shapes"),
+    (["--mode", "partial"], "--mode partial differs from the checkpoint's semi"),
+    (["--seed", "3"], "keeps the seed"),
+])
+def test_a_resume_refuses_what_it_cannot_change(finished_run, capsys, extra, match):
+    one_line_error(train_main, TINY + ["--out", finished_run, "--resume", *extra], capsys, match, finished_run)
+
+
+def test_a_folder_in_use_by_another_training_is_refused(finished_run, capsys):
+    fd = os.open(finished_run, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)                  # what a running training holds
+    try:
+        one_line_error(train_main, TINY + ["--out", finished_run, "--resume", "--steps", "4"], capsys,
+                       "is in use by another training process", finished_run)
+    finally:
+        os.close(fd)
+
+
+def test_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("not a folder")
+    one_line_error(train_main, TINY + ["--out", tmp_path / "f"], capsys, "is a file, not a folder", tmp_path)
+
+
+# -- evaluate and predict --------------------------------------------------------------------------------
+
+def edited(ckpt, tmp_path, name, edit):
+    """A copy of a checkpoint with `edit(state)` applied (a hand-edited or hostile file)."""
+    state = torch.load(ckpt, weights_only=True)
+    edit(state)
+    path = tmp_path / f"{name}.pt"
+    torch.save(state, path)
+    return path
+
+
+def _set(key, value):
+    return lambda s: s.__setitem__(key, value)
+
+
+def _config(**kv):
+    return lambda s: s["config"].update(kv)
+
+
+CHECKPOINT_EDITS = {
+    "config not a dict": (_set("config", [1, 2]), "'config' must be a dict"),
+    "nets an int": (_set("nets", 3), "'nets' must map network names to state dicts"),
+    "nets without G_IS": (lambda s: s["nets"].pop("G_IS"), "no G_IS among its networks"),
+    "G_IS not a state dict": (lambda s: s["nets"].__setitem__("G_IS", {"w": 1}), "must hold tensors"),
+    "step a string": (_set("step", "ten"), "'step' must be a whole number"),
+    "step negative": (_set("step", -4), "'step' must be a whole number"),
+    "unknown mode": (_config(mode="fancy"), "mode must be one of"),
+    "negative ngf": (_config(ngf=-8), "--ngf must be >= 1"),
+    "zero n_blocks": (_config(n_blocks=0), "--n-blocks must be >= 1"),
+    "ngf a string": (_config(ngf="8"), "its config is not valid"),
+    "unknown recipe": (_config(recipe="secret"), "recipe must be one of"),
+    "unknown preset": (_config(preset="huge"), "preset must be one of"),
+    "huge image size": (_config(image_size=10 ** 7), "at most 4096"),
+    "odd image size": (_config(image_size=30), "multiple of 4"),
+    "negative lr": (_config(lr=-1.0), "--lr must be > 0"),
+    "classes a string": (lambda s: s["data"].__setitem__("num_classes", "five"), "classes"),
+    "two channels": (lambda s: s["data"].__setitem__("channels", 2), "2 channels"),
+    "data 1x1": (lambda s: s["data"].update(height=1, width=1), "its data's image size 1"),
+    "weights of other shapes": (lambda s: s["nets"]["G_IS"].__setitem__("model.1.weight", torch.zeros(2, 2)),
+                                "its networks do not match its own config"),
+    "a weight missing": (lambda s: s["nets"]["G_IS"].pop("model.1.weight"), "its networks do not match"),
+    "not a checkpoint": (lambda s: None, "could not be read"),
+    "a list": (lambda s: None, "not a cycleseg checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_EDITS))
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_hand_edited_checkpoints(tiny_checkpoint, tmp_path, capsys, case, command):
+    edit, match = CHECKPOINT_EDITS[case]
+    path = edited(tiny_checkpoint, tmp_path, "edited", edit)
+    if case == "not a checkpoint":
+        path.write_bytes(b"PK\x03\x04 half a zip")
+    elif case == "a list":
+        torch.save([1, 2, 3], path)
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    argv = ([path, "--out", tmp_path / "o", "--no-progress"] if command == "evaluate"
+            else [path, image, "--out", tmp_path / "o", "--no-progress"])
+    one_line_error(evaluate_main if command == "evaluate" else predict_main, argv, capsys, match, tmp_path)
+
+
+@pytest.mark.parametrize("option, match", [(["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+                                           (["--batch-size", "-3"], "must be >= 1, got -3"),
+                                           (["--device", "bogus"], "--device bogus: not a device")])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_checkpoint_command_options(tiny_checkpoint, tmp_path, capsys, option, match, command):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    args = [tiny_checkpoint, "--out", tmp_path / "o", "--no-progress", *option]
+    if command == "predict":
+        args.insert(1, image)
+    one_line_error(evaluate_main if command == "evaluate" else predict_main, args, capsys, match, tmp_path)
+
+
+def test_evaluate_never_replaces_an_earlier_report(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert evaluate_main([str(tiny_checkpoint), "--out", str(out), "--no-progress"]) == 0
+    one_line_error(evaluate_main, [tiny_checkpoint, "--out", out, "--no-progress"], capsys,
+                   "exist already (an earlier evaluation); pass --overwrite", tmp_path)
+    assert evaluate_main([str(tiny_checkpoint), "--out", str(out), "--no-progress", "--overwrite"]) == 0
+
+
+def test_evaluate_on_other_data_gets_its_own_folder(tiny_checkpoint, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "run" / "last.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_checkpoint, ckpt)
+    assert evaluate_main([str(ckpt), "--no-progress"]) == 0
+    data = tmp_path / "other"
+    data.mkdir()
+    tiny_split(data / "val.h5", 16, k=5)
+    assert evaluate_main([str(ckpt), "--data", str(data), "--no-progress"]) == 0
+    assert sorted(p.name for p in ckpt.parent.glob("eval-*")) == ["eval-val-last", "eval-val-last-other"]
+
+
+def test_evaluate_data_of_another_size_the_networks_cannot_read(tiny_checkpoint, tmp_path, capsys):
+    data = tmp_path / "small"
+    data.mkdir()
+    tiny_split(data / "val.h5", 4, k=5)
+    one_line_error(evaluate_main, [tiny_checkpoint, "--data", data, "--out", tmp_path / "o", "--no-progress"], capsys,
+                   "images 4x4: the networks need a multiple of 4 of at least 8", tmp_path)
+
+
+def test_predict_never_replaces_outputs_and_names_an_unreadable_image(tiny_checkpoint, tmp_path, capsys):
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(images / "a.png")
+    out = tmp_path / "out"
+    assert predict_main([str(tiny_checkpoint), str(images), "--out", str(out), "--no-progress"]) == 0
+    one_line_error(predict_main, [tiny_checkpoint, images, "--out", out, "--no-progress"], capsys,
+                   "a_mask.png and 2 more exist already", tmp_path)
+    assert predict_main([str(tiny_checkpoint), str(images), "--out", str(out), "--no-progress", "--overwrite"]) == 0
+    full = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(full).save(images / "b.jpg", quality=95)
+    data = (images / "b.jpg").read_bytes()
+    (images / "b.jpg").write_bytes(data[:len(data) // 2])            # truncated: the header still reads
+    one_line_error(predict_main, [tiny_checkpoint, images, "--out", tmp_path / "new", "--no-progress"], capsys,
+                   "b.jpg: could not be read", tmp_path)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "convert"])
+def test_an_output_folder_that_cannot_be_written(tiny_checkpoint, tmp_path, capsys, command):
+    """The output's parent is a file (the same error as a read-only folder, and one root cannot bypass)."""
+    (tmp_path / "blocked").write_text("a file")
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    target = tmp_path / "blocked" / "out"
+    if command == "convert":
+        src = tmp_path / "src"
+        for d in ("images", "masks"):
+            (src / d).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "images" / "a.png")
+        Image.fromarray(np.eye(8, dtype=np.uint8)).save(src / "masks" / "a.png")
+        main, argv = data_main, ["convert", "folder", src, target / "x.h5", "--no-progress"]
+    elif command == "evaluate":
+        main, argv = evaluate_main, [tiny_checkpoint, "--out", target, "--no-progress"]
+    else:
+        main, argv = predict_main, [tiny_checkpoint, image, "--out", target, "--no-progress"]
+    one_line_error(main, argv, capsys, "cannot write", tmp_path)
+
+
+# -- data convert ---------------------------------------------------------------------------------------
+
+def folder_tree(root, masks, images=None):
+    for d in ("images", "masks"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(masks):
+        img = images[i] if images is not None else np.zeros(m.shape + (3,), np.uint8)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(m).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_convert_folder_refuses_what_would_corrupt_the_masks(tmp_path, capsys):
+    base = np.zeros((8, 8), np.uint8)
+    wide = base.astype(np.uint16)
+    wide[0, :3] = 300                                              # a 16-bit mask with ids above 255
+    one_line_error(data_main, ["convert", "folder", folder_tree(tmp_path / "a", [wide]), tmp_path / "a.h5",
+                               "--no-progress"], capsys, "mask value 300 (3 pixels outside 0..255)", tmp_path)
+    stray = base.copy()
+    stray[1, 1] = 200                                              # one stray value
+    ones = np.ones((8, 8), np.uint8)
+    msg = one_line_error(data_main, ["convert", "folder", folder_tree(tmp_path / "b", [ones, stray]),
+                                     tmp_path / "b.h5", "--no-progress"], capsys, "never appear below 200", tmp_path)
+    assert "1 pixels, e.g. 1" in msg and "--num-classes" in msg and "--map" in msg
+    one_line_error(data_main, ["convert", "folder", folder_tree(tmp_path / "c", [np.full((8, 8), 255, np.uint8)]),
+                               tmp_path / "c.h5", "--no-progress"], capsys, "every mask is all 255", tmp_path)
+    # ... or converted as the user asks
+    assert data_main(["convert", "folder", str(tmp_path / "b"), str(tmp_path / "b.h5"), "--map", "200=255",
+                      "--no-progress"]) == 0
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert f.attrs["num_classes"] == 2 and f["masks"][1][1, 1] == 255
+
+
+def acdc_tree(root, image):
+    (root / "data" / "slices").mkdir(parents=True)
+    with h5py.File(root / "data" / "slices" / "patient001_frame01_slice_1.h5", "w") as f:
+        f["image"] = image
+        f["label"] = np.zeros(image.shape, np.uint8)
+    (root / "train_slices.list").write_text("patient001_frame01_slice_1\n")
+    return root
+
+
+@pytest.mark.parametrize("image, match", [
+    (np.full((8, 8), 900, np.int16), "int16 image with values 900..900"),
+    (np.linspace(-2.0, 600.0, 64, dtype=np.float32).reshape(8, 8), "float32 image with values -2..600"),
+    (np.where(np.eye(8) > 0, np.nan, 0.5).astype(np.float32), "8 NaN or infinite pixel values"),
+])
+def test_convert_acdc_refuses_images_it_would_saturate(tmp_path, capsys, image, match):
+    src = acdc_tree(tmp_path / "acdc", image)
+    one_line_error(data_main, ["convert", "acdc", src, tmp_path / "a.h5", "--no-progress"], capsys, match, tmp_path)
+
+
+def test_convert_acdc_rescales_when_asked(tmp_path):
+    image = np.linspace(-2.0, 600.0, 64, dtype=np.float32).reshape(8, 8)
+    src = acdc_tree(tmp_path / "acdc", image)
+    assert data_main(["convert", "acdc", str(src), str(tmp_path / "a.h5"), "--intensity", "minmax",
+                      "--no-progress"]) == 0
+    with h5py.File(tmp_path / "a.h5") as f:
+        stored = f["images"][0, ..., 0]
+    assert stored.min() == 0 and stored.max() == 255
+    np.testing.assert_array_equal(stored, np.rint((image - image.min()) / (image.max() - image.min()) * 255))
+
+
+@pytest.mark.parametrize("argv, match", [(["--map", "7"], "--map 7: expected V=C"),
+                                         (["--map", "1=300"], "C a class id or 255"),
+                                         (["--num-classes", "0"], "--num-classes must be >= 1"),
+                                         (["--size", "0", "8"], "--size must be positive")])
+def test_convert_options(tmp_path, capsys, argv, match):
+    src = folder_tree(tmp_path / "f", [np.eye(8, dtype=np.uint8)])
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "o.h5", "--no-progress", *argv], capsys, match,
+                   tmp_path)
+
+
+# -- experiments ----------------------------------------------------------------------------------------
+
+GRID = ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0"]
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--out", "g/same"], "--out after -- would be the same for every cell"),
+    (["--seed", "5"], "--seed after --"),
+    (["--mode", "semi"], "--mode after --"),
+    (["--labeled-fraction", "0.5"], "--labeled-fraction after --"),
+    (["--data", "x.h5"], "--data after --"),
+    (["--resume"], "--resume after --"),
+    (["--image-size", "30"], "--image-size 30: the networks need"),
+])
+def test_grid_options_a_cell_owns(tmp_path, capsys, extra, match):
+    one_line_error(experiments_main, GRID + ["--out", tmp_path / "g", "--", *TINY[:-4], *extra], capsys, match,
+                   tmp_path)
+    assert not (tmp_path / "g").exists()
+
+
+def test_grid_refuses_a_cell_folder_of_another_configuration(tmp_path, capsys):
+    grid = tmp_path / "g"
+    cell = grid / "full-100pct-seed0"
+    assert train_main(TINY + ["--mode", "full", "--seed", "0", "--out", str(cell), "--steps", "4",
+                              "--eval-every", "4"]) == 0
+    one_line_error(experiments_main, GRID + ["--out", grid, "--", *TINY], capsys,
+                   "a run of another configuration than this cell's (steps 4 where the cell has 2", tmp_path)
+    (cell / "last.pt").write_bytes(b"garbage")                       # a finished cell whose checkpoint is damaged
+    one_line_error(experiments_main, GRID + ["--out", grid, "--", *TINY], capsys, "could not be read", tmp_path)
