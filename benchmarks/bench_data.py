@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from cycleseg.data.convert import convert, folder_items
-from cycleseg.data.stream import H5Source, Loader, Stream
+from cycleseg.data.loader import Loader
+from cycleseg.data.order import BatchOrder
+from cycleseg.data.source import H5Source
 
 N, SIZE, BATCH, WORKERS, BATCHES = 256, 256, 16, 2, 16
 
@@ -38,13 +40,13 @@ class FolderLoader:
         self.images = sorted((root / "images").iterdir())
         self.masks = [root / "masks" / f"{p.stem}.png" for p in self.images]
         self.pool = ThreadPoolExecutor(WORKERS)
-        self.stream = Stream(np.arange(len(self.images)), BATCH, seed=0)
+        self.order = BatchOrder(np.arange(len(self.images)), BATCH, seed=0)
 
     def _load(self, i):
         return np.asarray(Image.open(self.images[i]).convert("RGB")), np.asarray(Image.open(self.masks[i]))
 
     def __next__(self):
-        pairs = list(self.pool.map(self._load, self.stream.next_indices()))
+        pairs = list(self.pool.map(self._load, self.order.next_indices()))
         return (torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2),
                 torch.from_numpy(np.stack([p[1] for p in pairs])))
 
@@ -61,7 +63,7 @@ def test_loader_images_per_second(benchmark, data, loader):
         ld = FolderLoader(data)
     else:                                                           # streamed from disk, not held in memory
         # one reader thread (the PIL baseline gets WORKERS decoding threads)
-        ld = Loader(H5Source(data / "data.h5", in_memory=False), Stream(np.arange(N), BATCH, seed=0), prefetch=3)
+        ld = Loader(H5Source(data / "data.h5", in_memory=False), BatchOrder(np.arange(N), BATCH, seed=0), prefetch=3)
     fetch(ld, 2)
     benchmark.pedantic(fetch, args=(ld,), rounds=5, iterations=1)
     benchmark.extra_info.update(images=BATCHES * BATCH, bytes=BATCHES * BATCH * SIZE * SIZE * 4)
@@ -72,15 +74,17 @@ def test_loader_images_per_second(benchmark, data, loader):
 def test_loader_wait_per_training_step(benchmark, tmp_path, monkeypatch):
     """The CPU preset's semi step (64x64, batch 8 + 8) with the streams; wait = time next() blocked."""
     from cycleseg.config import Config
-    from cycleseg.data.splits import make_streams, split_paths
+    from cycleseg.data.splits import split_paths
+    from cycleseg.data.streams import make_streams
     from cycleseg.models import networks_from_config
-    from cycleseg.steps import STEPS
+    from cycleseg.assemble import make_step
+    from cycleseg.fastpath import Plan
 
     monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path))
     cfg = Config(device="cpu", out=str(tmp_path / "run")).resolved()
     src = H5Source(split_paths(None, image_size=cfg.image_size)["train"], in_memory=False)
     nets = networks_from_config(cfg, src.meta)
-    step = STEPS["semi"](nets, cfg, src.meta)
+    step = make_step(cfg, nets, src.meta, Plan())
     streams = make_streams(src, cfg.labeled_fraction, cfg.seed, cfg.batch_size, True)
     loaders = list(streams.loaders.values())
 

@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from cycleseg import ops
+from cycleseg.assemble import make_step
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import Plan, plan_for
 from cycleseg.models import networks_from_config, use_ops
-from cycleseg.steps import STEPS
 from common import DEVICE, device_name, sync
 
 if DEVICE == "cuda":
@@ -71,7 +71,7 @@ def test_training_step(benchmark, variant):
         use_ops(net.to(DEVICE), plan.ops())
         if plan.channels_last:
             net.to(memory_format=torch.channels_last)
-    step = STEPS["semi"](nets, CFG, meta, plan)
+    step = make_step(CFG, nets, meta, plan)
     data = batches()
     it = iter(range(10 ** 9))
 

@@ -25,6 +25,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cycleseg import kernels, ops
+from cycleseg.assemble import make_step
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import plan_for
@@ -136,7 +137,7 @@ def capture_step(rec: _Recorder, mode: str, precision: str, layout: str, size) -
             nets = {n: v.to(memory_format=torch.channels_last) for n, v in nets.items()}
     with FakeTensorMode(allow_non_fake_inputs=True):
         nets = {n: use_ops(v.to_empty(device="cpu"), plan.ops()) for n, v in nets.items()}
-        step = STEPS[mode](nets, cfg, meta, plan)
+        step = make_step(cfg, nets, meta, plan)
         where = f"{mode} step, {name} {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size}, K = {k}"
         with _ToLaunchers(rec, where), ops.validation(False):
             step(_fake_batch(cfg.batch_size, cfg.image_size, k))

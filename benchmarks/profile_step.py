@@ -45,7 +45,7 @@ def profile(variant: str, steps: int) -> tuple[dict, float]:
     from cycleseg import ops
     from cycleseg.data.h5format import Meta
     from cycleseg.models import networks_from_config, use_ops
-    from cycleseg.steps import STEPS
+    from cycleseg.assemble import make_step
 
     plan = bs.plan_of(variant)
     meta = Meta(num_classes=bs.K, class_names=[str(i) for i in range(bs.K)], palette=[[0, 0, 0]] * bs.K, channels=3)
@@ -55,7 +55,7 @@ def profile(variant: str, steps: int) -> tuple[dict, float]:
         use_ops(net.to(DEVICE), plan.ops())
         if plan.channels_last:
             net.to(memory_format=torch.channels_last)
-    step = STEPS["semi"](nets, bs.CFG, meta, plan)
+    step = make_step(bs.CFG, nets, meta, plan)
     data = bs.batches()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with ops.validation(False):

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from .fileio import atomic_write_bytes
+from .usage import UsageError
+from .config import check_image_side, from_saved
 
 
 class CheckpointError(ValueError):
@@ -65,8 +67,6 @@ def _fail(path, what: str):
 
 def check_run(state: dict, path) -> None:
     """CheckpointError unless `state` has the shape of a run checkpoint and a valid config."""
-    from .config import UsageError, check_image_side, from_saved
-
     nets, cfg = state["nets"], state["config"]
     if not isinstance(nets, dict) or not nets or not all(isinstance(v, dict) for v in nets.values()):
         _fail(path, f"'nets' must map network names to state dicts, got {type(nets).__name__}")

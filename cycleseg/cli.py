@@ -4,7 +4,6 @@ output folder."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch

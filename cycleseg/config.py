@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, fields
 
 import torch
@@ -42,7 +44,9 @@ RESUME_KEPT = {
     "the data and its streams (positions in them are checkpointed)": (
         "data", "val_data", "labeled_fraction", "image_size", "batch_size", "flip", "rotate", "scale_crop"),
     "the method and its objective": ("mode", "recipe", "beta1", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5",
-                                     "rampup", "dice", "hard_cycle", "pool_size"),
+                                     "rampup", "dice", "hard_cycle", "pool_size", "adv_lambda", "adv_semi_lambda",
+                                     "adv_self_training", "adv_threshold", "adv_start", "adv_lr_d_scale",
+                                     "adv_beta1_d", "adv_beta2_d"),
     "the seed (the run's identity)": ("seed",),
     "the plan it started with (numerics)": ("fast", "compile", "precision"),
 }
@@ -84,6 +88,15 @@ class Config:
     dice: float | None = None           # weight of a soft Dice loss added to the supervised cross-entropy (every mode alike); 0 = none
     hard_cycle: bool | None = None      # G_SI reads one-hot argmax masks of unlabeled images in L_cycle^I (straight-through gradient) instead of softmax probabilities
     pool_size: int = 50                 # fakes kept in each discriminator's history pool (0: none)
+    # Hung et al. (--mode adversarial): their published weights and schedule
+    adv_lambda: float = 0.01            # adversarial: weight of the adversarial term on labeled predictions
+    adv_semi_lambda: float = 0.001      # adversarial: weight of the adversarial term on unlabeled predictions
+    adv_self_training: float = 0.1      # adversarial: weight of self-training on confident unlabeled pixels
+    adv_threshold: float = 0.2          # adversarial: D's confidence above which an unlabeled pixel is a pseudo-label
+    adv_start: float = 0.25             # adversarial: fraction of the run after which self-training starts (their 5000 of 20000)
+    adv_lr_d_scale: float = 0.4         # adversarial: D's learning rate as a share of --lr (their 1e-4 against 2.5e-4)
+    adv_beta1_d: float = 0.9            # adversarial: D's Adam beta1
+    adv_beta2_d: float = 0.99           # adversarial: D's Adam beta2
     # data
     flip: bool = False                  # random horizontal flips (off in the paper preset)
     rotate: bool = False                # random rotations by multiples of 90 degrees (with --flip: the usual ACDC augmentation)
@@ -203,9 +216,6 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
 
 def field_help() -> dict:
     """{field name: its comment in the Config class body}: the one-line help of every --flag."""
-    import inspect
-    import re
-
     try:
         source = inspect.getsource(Config)
     except (OSError, TypeError):                                    # no source shipped: no help text

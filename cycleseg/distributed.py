@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -61,7 +62,6 @@ def teardown(world: World) -> None:
 
 def wrapper(world: World, device: torch.device):
     """module -> DistributedDataParallel(module) (static graph: a network may run twice in one update)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     if not world.active:
         return lambda m: m

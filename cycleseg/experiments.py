@@ -24,16 +24,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import figures, report
 from .checkpoint import CheckpointError, load_run
-from .config import RUNTIME_FIELDS, from_saved, given_fields, parse_args
+from .config import RECIPES, RUNTIME_FIELDS, from_saved, given_fields, parse_args
 from .data.h5format import DataError
+from .data.pixels import to_input
+from .data.source import open_source
+from .data.splits import split_path
+from .evaluate import eval_mode, predict
 from .fileio import write_files
+from .models import networks_from_checkpoint
+from .runfolder import RunFolder
 from .usage import Parser, UsageError, fail
 
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
@@ -60,7 +68,9 @@ class Cell:
         if not self.ablation:
             return text
         term = ABLATIONS[self.ablation]
-        return f"{text}, with {term} (λ{self.ablation[-1]} = {self.weight:g})" if self.weight else f"{text}, without {term}"
+        if self.weight:
+            return f"{text}, with {term} (λ{self.ablation[-1]} = {self.weight:g})"
+        return f"{text}, without {term}"
 
 
 def grid_cells(grid: str, fractions, extra=()) -> list[Cell]:
@@ -72,7 +82,6 @@ def grid_cells(grid: str, fractions, extra=()) -> list[Cell]:
     for f in fractions:
         cells += [Cell("partial", f), Cell("semi", f)]
     if grid == "paper":
-        from .config import RECIPES, parse_args
         semi = parse_args(["--mode", "semi", *extra])[0].resolved()
         cells += [Cell("semi", 0.2, a, 0.0 if getattr(semi, a) else RECIPES["2019"][a]) for a in ABLATIONS]
         cells.append(Cell("adversarial", 0.2))
@@ -120,8 +129,6 @@ def check_cell_folder(cfg, folder: Path) -> None:
 
 def final_record(folder: Path, steps: int) -> dict | None:
     """The validation record at the last step of a finished run, or None."""
-    from .runfolder import RunFolder
-
     recs = [r for r in RunFolder(folder).records("val") if r["step"] == steps]
     return recs[-1] if recs and (folder / "last.pt").exists() else None
 
@@ -129,8 +136,6 @@ def final_record(folder: Path, steps: int) -> dict | None:
 def run_cell(args: list[str]) -> dict:
     """Train one cell with `python -m cycleseg.train` in its own process (resuming it if it was
     interrupted); its final validation record."""
-    import subprocess
-
     cfg = parse_args(args)[0].resolved()
     folder = Path(cfg.out)
     check_cell_folder(cfg, folder)
@@ -145,15 +150,12 @@ def run_cell(args: list[str]) -> dict:
     return rec
 
 
-SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice"}
-
-
 def summarize(results: dict) -> list[dict]:
     """Rows (one per cell): mean and std over seeds of each score present."""
     rows = []
     for cell, by_seed in results.items():
         row = {"cell": cell, "seeds": sorted(by_seed)}
-        for k in SCORES:
+        for k in report.GRID_SCORES:
             vals = [r[k] for r in by_seed.values() if r.get(k) is not None]
             if vals:
                 row[k] = (float(np.mean(vals)), float(np.std(vals)), len(vals))
@@ -161,105 +163,29 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
-def table_markdown(rows, header: str) -> str:
-    keys = [k for k in SCORES if any(k in r for r in rows)]
-    lines = [header, "", "| method | labeled | " + " | ".join(SCORES[k] for k in keys) + " | seeds |",
-             "|---|---|" + "---|" * len(keys) + "---|"]
-    for r in rows:
-        c = r["cell"]
-        cols = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" if k in r else "-" for k in keys]
-        lines.append(f"| {c.label} | {round(100 * c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def table_csv(rows) -> str:
-    out = ["mode,labeled_fraction,ablation,score,mean,std,seeds"]
-    for r in rows:
-        c = r["cell"]
-        for k in SCORES:
-            if k in r:
-                out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{k},{r[k][0]:.6f},{r[k][1]:.6f},{r[k][2]}")
-    return "\n".join(out) + "\n"
-
-
-def plot_png(rows, score: str) -> bytes:
-    """Score against labeled fraction: Partial and semi with one-std error bars, Full as a dashed line."""
-    import io
-
-    from PIL import Image, ImageDraw
-
+def fraction_series(rows, score: str) -> tuple[dict, list]:
+    """({"partial" | "semi": [(fraction, mean, std)]}, Full's [(mean, std)]) of the summarized rows."""
     series = {m: sorted((r["cell"].fraction, *r[score][:2]) for r in rows
                         if r["cell"].mode == m and not r["cell"].ablation and score in r)
               for m in ("partial", "semi")}
-    full = [r[score] for r in rows if r["cell"].mode == "full" and score in r]
-    points = [p for s in series.values() for p in s] + [(1.0, f[0], f[1]) for f in full]
-    if not points:
-        return b""
-    lo = min(m - s for _, m, s in points)
-    hi = max(m + s for _, m, s in points)
-    lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
-    W, H, L, B, T, R = 560, 390, 60, 50, 42, 20
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    xs = sorted({p[0] for p in points})
-    x_of = (lambda f: L + (W - L - R) * (xs.index(f) + 0.5) / len(xs))
-    y_of = (lambda v: H - B - (H - B - T) * (v - lo) / (hi - lo))
-    d.line([(L, T), (L, H - B), (W - R, H - B)], fill="black")
-    for i in range(5):
-        v = lo + (hi - lo) * i / 4
-        d.line([(L - 4, y_of(v)), (L, y_of(v))], fill="black")
-        d.text((5, y_of(v) - 6), f"{v:.3f}", fill="black")
-    for f in xs:
-        d.text((x_of(f) - 12, H - B + 8), f"{round(100 * f)} %", fill="black")
-    d.text((W // 2 - 60, H - 20), "labeled fraction", fill="black")
-    d.text((L, 8), SCORES[score] + " (mean, error bars: 1 std over seeds)", fill="black")
-    colours = {"partial": (200, 60, 40), "semi": (40, 90, 200)}
-    for m, pts in series.items():
-        xy = [(x_of(f), y_of(mu)) for f, mu, _ in pts]
-        if len(xy) > 1:
-            d.line(xy, fill=colours[m], width=2)
-        for (f, mu, sd), (x, y) in zip(pts, xy):
-            d.line([(x, y_of(mu - sd)), (x, y_of(mu + sd))], fill=colours[m])
-            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colours[m])
-    for mu, _, _ in full:
-        y = y_of(mu)
-        for x in range(L, W - R, 12):
-            d.line([(x, y), (x + 6, y)], fill=(90, 90, 90))
-    d.text((W - R - 170, 22), "Partial", fill=colours["partial"])
-    d.text((W - R - 110, 22), "semi", fill=colours["semi"])
-    d.text((W - R - 60, 22), "Full", fill=(90, 90, 90))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return series, [r[score][:2] for r in rows if r["cell"].mode == "full" and score in r]
 
 
-def pictures_png(out: Path, fraction: float, seed: int, count: int = 4) -> bytes:
-    """Validation images: image | truth | Partial | semi (the last checkpoints at `fraction`, one seed)."""
-    import io
-
-    from .checkpoint import load_run
-    from .data.pixels import to_input
-    from .data.splits import eval_split, open_source
-    from .models import networks_from_checkpoint
-    from .visualize import image_truth_columns, prediction_column, titled_grid
-
-    cols, titles = [], ["image", "truth"]
-    source = None
+def pictures(out: Path, fraction: float, seed: int, count: int = 4):
+    """Validation images: image | truth | Partial | semi (the last checkpoints at `fraction`, one seed), or
+    None when a cell is missing."""
+    predictions, source = {}, None
     for mode, title in (("partial", "Partial"), ("semi", "semi")):
         ckpt = out / f"{mode}-{round(100 * fraction)}pct-seed{seed}" / "last.pt"
         if not ckpt.exists():
-            return b""
-        cfg, info, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
+            return None
+        cfg, _, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
         if source is None:
-            path, _ = eval_split(cfg.data, "val", cfg.val_data, cfg.image_size, False)
-            source = open_source(path)
+            source = open_source(split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)[0])
             images, masks = source.batch(np.arange(min(count, len(source))))
-            cols += image_truth_columns(images, masks, source.meta)
-        cols.append(prediction_column(nets["G_IS"], to_input(images), source.meta))
-        titles.append(f"{title} {round(100 * fraction)} %")
-    buf = io.BytesIO()
-    titled_grid(cols, titles).save(buf, format="PNG")
-    return buf.getvalue()
+        with eval_mode(nets["G_IS"]):
+            predictions[f"{title} {round(100 * fraction)} %"] = predict(nets["G_IS"], to_input(images)).numpy()
+    return figures.comparison_grid(images.permute(0, 2, 3, 1).numpy(), masks.numpy(), predictions, source.meta)
 
 
 def main(argv=None) -> int:
@@ -302,8 +228,7 @@ def main(argv=None) -> int:
         write_files(out, files)
     except (DataError, CheckpointError, UsageError, RuntimeError, OSError) as e:
         return fail(e)
-    header = files["results.md"].decode().splitlines()[0]
-    print(table_markdown(rows, header))
+    print(files["results.md"].decode())
     print(f"wrote {', '.join(sorted(files))} in {out}")
     return 0
 
@@ -312,17 +237,18 @@ def report_files(a, out: Path, cells, seeds, results, rows, steps, extra) -> dic
     """{name: bytes} of the grid's table, CSV, JSON, plot and pictures."""
     header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps} steps, options "
               f"`{' '.join(extra) or '(defaults)'}`; the last checkpoint of every run, scored by its final validation.")
-    files = {"results.md": table_markdown(rows, header).encode(), "results.csv": table_csv(rows).encode(),
+    files = {"results.md": report.grid_markdown(rows, header).encode(), "results.csv": report.grid_csv(rows).encode(),
              "results.json": json.dumps({c.name: {str(s): r for s, r in v.items()} for c, v in results.items()},
                                         indent=1).encode()}
     score = "volume_mdice" if any("volume_mdice" in r for r in rows) else "miou"
-    plot = plot_png(rows, score)
-    if plot:
-        files["plot.png"] = plot
+    plot = figures.fraction_plot(*fraction_series(rows, score),
+                                 report.GRID_SCORES[score] + " (mean, error bars: 1 std over seeds)")
+    if plot is not None:
+        files["plot.png"] = figures.png(plot)
     fractions = sorted({c.fraction for c in cells if c.mode == "semi" and not c.ablation})
-    pics = pictures_png(out, fractions[0], seeds[0]) if fractions else b""
-    if pics:
-        files["pictures.png"] = pics
+    pics = pictures(out, fractions[0], seeds[0]) if fractions else None
+    if pics is not None:
+        files["pictures.png"] = figures.png(pics)
     return files
 
 

@@ -11,16 +11,18 @@
 
 torch.compile is chosen on a GPU when the run is long enough to win back its compile time (a few
 hundred steps). On the CPU it is not chosen: the compiled fast step measured slower than the eager one
-(128 against 113 ms per step at the CPU preset, bf16 channels_last, after 21 s of compiling; the
-2-core CPU machine, 2026-11-27, benchmarks/RESULTS.md). `--compile on|off` overrides the choice. A
-resumed run keeps the plan it started with.
+(benchmarks/RESULTS.md). `--compile on|off` overrides the choice. A resumed run keeps the plan it
+started with.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
+
+from . import native, ops
 
 # Steps from which torch.compile pays for itself (compile time over the time it saves per step); None:
 # never (on the CPU the compiled fast step measured slower).
@@ -39,11 +41,8 @@ class Plan:
     why: str = ""
 
     def ops(self):
-        if self.fused_ops:
-            from . import ops
-            return ops
-        from . import native
-        return native
+        """The ops module the networks and objective call: cycleseg.ops (fused) or cycleseg.native."""
+        return ops if self.fused_ops else native
 
     def describe(self) -> str:
         if not self.fused_ops:
@@ -91,17 +90,17 @@ def plan_for(cfg, device) -> Plan:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 (or AMX): bf16 convolutions run 3-4x faster than fp32 there (measured on the project's
-    CPU machine); without it bf16 is emulated and slower, so the CPU fast path stays fp32."""
+    """AVX512-BF16 (or AMX): bf16 convolutions run several times faster than fp32 there
+    (benchmarks/RESULTS.md); without it bf16 is emulated and slower, so the CPU fast path stays fp32."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     return bool(probe and probe())
 
 
 def busy_cpu_note(load: float, threads: int, cores: int) -> str | None:
     """A hint when other processes keep the CPU busy (load: the 1-minute load average before training).
-    OpenMP's threads then wait for cores: on the 2-core machine with one core taken, a CPU-preset step
-    took 920 ms with 2 threads and 254 ms with 1 (141 / 223 ms on a quiet machine; 2026-11-27). The
-    thread count is not changed for the user: it changes the floating-point results of a run."""
+    OpenMP's threads then wait for cores that another process holds, and a step runs several times
+    slower than with fewer threads (benchmarks/RESULTS.md). The thread count is not changed for the
+    user: it changes the floating-point results of a run."""
     free = cores - load                  # a busy process counts ~1; background noise stays well under it
     if threads <= 1 or free >= threads - 0.9:
         return None
@@ -112,7 +111,6 @@ def busy_cpu_note(load: float, threads: int, cores: int) -> str | None:
 
 
 def cpu_load_note() -> str | None:
-    import os
     try:
         load = os.getloadavg()[0]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

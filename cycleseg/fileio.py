@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -24,20 +26,12 @@ def atomic_path(path):
             tmp.unlink()
 
 
-# Tests that kill a run while it writes a checkpoint set this to a pause (seconds) between writing the
-# temporary file and renaming it, so that the kill lands inside the write.
-SLOW_WRITE = "CYCLESEG_SLOW_WRITE_FOR_TESTS"
-
-
 def atomic_write_bytes(path, write_fn) -> None:
     """Call write_fn(file_object) on a temp file next to `path`, fsync it, then rename it to `path`."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write_fn(f)
         f.flush()
         os.fsync(f.fileno())
-        if os.environ.get(SLOW_WRITE):
-            import time
-            time.sleep(float(os.environ[SLOW_WRITE]))
 
 
 def remove_stale_temporaries(folder) -> list:
@@ -58,9 +52,6 @@ def write_files(folder, files: dict) -> None:
     """Write {name: bytes} into `folder`, all or nothing: every file is staged in a temporary folder
     beside it first, then each is renamed into place (a failure before the renames leaves `folder` as it
     was; each rename is atomic)."""
-    import shutil
-    import tempfile
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))

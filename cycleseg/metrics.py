@@ -6,7 +6,9 @@ background row and column dropped), named as such, so numbers can be set beside 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 
 class ConfusionMatrix:
@@ -65,9 +67,6 @@ def _num(v: float):
 
 def surface_distances(a, b):
     """Distances from each surface voxel of a to the nearest surface voxel of b (both non-empty bool)."""
-    import numpy as np
-    from scipy import ndimage
-
     footprint = ndimage.generate_binary_structure(a.ndim, 1)
     a_border = a ^ ndimage.binary_erosion(a, structure=footprint, iterations=1)
     b_border = b ^ ndimage.binary_erosion(b, structure=footprint, iterations=1)
@@ -81,8 +80,6 @@ def binary_scores(pred, truth) -> dict:
     surface distances) and ASD (mean distance from the prediction's surface to the truth's, medpy's asd)
     are NaN when either is empty: undefined there (SSL4MIS's validation code reports 0 for an empty
     prediction and its test code stops with an error)."""
-    import numpy as np
-
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     inter, ps, ts = np.logical_and(pred, truth).sum(), pred.sum(), truth.sum()
     out = {"dice": 2 * inter / (ps + ts) if ps + ts else float("nan"),

@@ -1,4 +1,5 @@
-"""Networks of the method (spec: shared/spec/method.md, "Networks").
+"""Networks of the method: the CycleGAN ResNet generators and pixel discriminators of Mondal et al.
+(2019), and Hung et al.'s (2018) fully convolutional discriminator.
 
     G_IS  image -> segmentation logits   ResnetGenerator(in_ch=C, out_ch=K)
     G_SI  segmentation -> image (tanh)   ResnetGenerator(in_ch=K, out_ch=C, out_act="tanh")
@@ -11,10 +12,14 @@ the reference ops (the default), or the fused ones, without touching the archite
 """
 from __future__ import annotations
 
-import torch
+import re
+from types import SimpleNamespace
+
 from torch import nn
 
 from . import reference
+from .checkpoint import CheckpointError
+from .config import from_saved
 
 
 class NormReLU(nn.Module):
@@ -180,11 +185,6 @@ def data_info(meta) -> dict:
 
 def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
     """(config, data info, networks with the checkpoint's weights, on the CPU) of a run checkpoint."""
-    from types import SimpleNamespace
-
-    from .checkpoint import CheckpointError
-    from .config import from_saved
-
     cfg = from_saved(state["config"])
     g_is = state["nets"]["G_IS"]
     info = dict(state.get("data") or {})
@@ -206,7 +206,5 @@ def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
 
 def _last_conv(g_state: dict):
     """The weight of a generator's last convolution in its state dict."""
-    import re
-
     layers = {int(m.group(1)): k for k in g_state if (m := re.fullmatch(r"model\.(\d+)\.weight", k))}
     return g_state[layers[max(layers)]]

@@ -34,12 +34,44 @@ from . import reference
 
 @dataclass(frozen=True)
 class Lambdas:
-    """Weights of the generator terms (defaults: the 2019 code's)."""
-    gen_img: float = 1.0      # lambda1, L_gen^I
-    cycle_seg: float = 0.05   # lambda2, L_cycle^S
-    cycle_img: float = 1.0    # lambda3, L_cycle^I
-    disc_seg: float = 0.5     # lambda4, L_disc^S
-    disc_img: float = 0.5     # lambda5, L_disc^I
+    """Weights of the generator terms (their defaults live in config.RECIPES)."""
+    gen_img: float            # lambda1, L_gen^I
+    cycle_seg: float          # lambda2, L_cycle^S
+    cycle_img: float          # lambda3, L_cycle^I
+    disc_seg: float           # lambda4, L_disc^S
+    disc_img: float           # lambda5, L_disc^I
+
+
+@dataclass(frozen=True)
+class HungWeights:
+    """Hung et al.'s segmenter objective (their defaults live in config.Config, adv_*)."""
+    adv: float                # the adversarial term on labeled predictions
+    semi_adv: float           # the adversarial term on unlabeled predictions
+    self_training: float      # CE against the confident unlabeled predictions' argmax
+    threshold: float          # D's confidence sigmoid(D) above which a pixel is a pseudo-label
+
+
+class Passes:
+    """A network on several inputs, `outputs[i]` = net(inputs[i]): one call on their concatenation when
+    `merged` (the same function for networks whose norms work per image, and faster on every device),
+    else one call per input on first use, so that the objective's networks run in the order it reads
+    their outputs."""
+
+    def __init__(self, net, inputs: list, merged: bool):
+        self.net, self.inputs = net, inputs
+        self.outputs = (list(net(torch.cat(inputs)).split([x.shape[0] for x in inputs])) if merged
+                        else [None] * len(inputs))
+
+    def __getitem__(self, i: int):
+        if self.outputs[i] is None:
+            self.outputs[i] = self.net(self.inputs[i])
+        return self.outputs[i]
+
+
+def run_net(net, inputs: list, merged: bool) -> list:
+    """net applied to each of `inputs` (Passes), all computed now."""
+    passes = Passes(net, inputs, merged)
+    return [passes[i] for i in range(len(inputs))]
 
 
 def one_hot(y: torch.Tensor, num_classes: int, ignore_index: int, dtype=torch.float32) -> torch.Tensor:
@@ -90,49 +122,38 @@ def supervised_objective(g_is, x, y, ignore_index: int = 255, ops=reference, num
     return loss, {"gen_seg": loss.detach()}
 
 
-def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lambdas: Lambdas = Lambdas(),
-                        ignore_index: int = 255, ops=reference, merge_passes: bool = False, unlabeled_weight=1.0,
-                        dice: float = 0.0, hard_cycle: bool = False):
+def generator_objective(g_is, g_si, d_s, d_i, x, y, x_unl, num_classes: int, lambdas: Lambdas, ignore_index: int = 255,
+                        ops=reference, merge_passes: bool = False, unlabeled_weight=1.0, dice: float = 0.0,
+                        hard_cycle: bool = False):
     """Generator side of the CycleGAN objective.
 
     x (N, C, H, W) in [-1, 1] with masks y (N, H, W); x_unl (M, C, H, W) unlabeled images.
     Returns (loss, terms, fakes): terms maps each computed term's name to its detached value;
     fakes = {"seg": softmax(G_IS(x')), "img": G_SI(y)}, detached, for the discriminators' pools.
-    merge_passes: G_IS reads x, G_SI(y) and x' in one call (the networks' instance norms work per image,
-    so this is the same function as three calls; one larger batch runs faster).
-    unlabeled_weight: a factor (float or 0-d tensor) on the terms that see unlabeled images (lambda3,
-    lambda4): the ramp-up. dice: weight of a soft Dice term added to L_gen^S. hard_cycle: G_SI reads
-    the one-hot argmax of G_IS(x') in L_cycle^I, with the softmax's gradient (straight through), so that
-    G_IS cannot pass the image to G_SI in the small print of its probabilities.
+    merge_passes: G_IS reads x, G_SI(y) and x' in one call (run_net). unlabeled_weight: a factor (float
+    or 0-d tensor) on the terms that see unlabeled images (lambda3, lambda4): the ramp-up. dice: weight
+    of a soft Dice term added to L_gen^S. hard_cycle: G_SI reads the one-hot argmax of G_IS(x') in
+    L_cycle^I, with the softmax's gradient (straight through), so that G_IS cannot pass the image to G_SI
+    in the small print of its probabilities.
     """
     lam = lambdas
     y1h = one_hot(y, num_classes, ignore_index, x.dtype)              # (N, K, H, W)
-    terms = {}
-
-    if merge_passes:
-        fake_img = g_si(y1h)                                         # (N, C, H, W) G_SI(y)
-        parts = [x, fake_img, x_unl] if lam.cycle_seg else [x, x_unl]
-        logits = g_is(torch.cat(parts)).split([p.shape[0] for p in parts])
-        logits_x, logits_unl = logits[0], logits[-1]                 # (N, K, H, W), (M, K, H, W)
-        logits_cyc = logits[1] if lam.cycle_seg else None
-    else:
-        logits_x = g_is(x)
-        fake_img = g_si(y1h)
-    loss = segmentation_loss(logits_x, y, num_classes, ignore_index, ops, dice)
-    terms["gen_seg"] = loss
+    fake_img = g_si(y1h)                                              # (N, C, H, W) G_SI(y)
+    logits = Passes(g_is, [x, fake_img, x_unl] if lam.cycle_seg else [x, x_unl], merge_passes)
+    loss = segmentation_loss(logits[0], y, num_classes, ignore_index, ops, dice)   # logits (N, K, H, W)
+    terms = {"gen_seg": loss}
 
     if lam.gen_img:
         terms["gen_img"] = F.mse_loss(fake_img, x)
         loss = loss + lam.gen_img * terms["gen_img"]
     if lam.cycle_seg:
-        logits_cyc = logits_cyc if merge_passes else g_is(fake_img)
-        terms["cycle_seg"] = cross_entropy(logits_cyc, y, ignore_index, ops)
+        terms["cycle_seg"] = cross_entropy(logits[1], y, ignore_index, ops)
         loss = loss + lam.cycle_seg * terms["cycle_seg"]
     if lam.disc_img:
         terms["disc_img"] = ops.lsgan_loss(d_i(fake_img), 1.0)
         loss = loss + lam.disc_img * terms["disc_img"]
 
-    fake_seg = torch.softmax(logits_unl if merge_passes else g_is(x_unl), dim=1)  # (M, K, H, W) s(G_IS(x'))
+    fake_seg = torch.softmax(logits[-1], dim=1)                       # (M, K, H, W) s(G_IS(x'))
     if lam.cycle_img:
         seg_in = straight_through(fake_seg) if hard_cycle else fake_seg
         terms["cycle_img"] = F.l1_loss(g_si(seg_in), x_unl)
@@ -152,13 +173,8 @@ def discriminator_objective(d_s, d_i, real_seg, fake_seg, real_img, fake_img, op
     merge_passes: each discriminator scores real and fake in one call (the same function when its norm
     works per image, as instance norm does; not with batch norm).
     Returns (loss, {"d_seg": ..., "d_img": ...})."""
-    def scores(d, real, fake):
-        if not merge_passes:
-            return d(real), d(fake)
-        return d(torch.cat([real, fake])).split([real.shape[0], fake.shape[0]])
-
-    d_seg = ops.lsgan_disc_loss(*scores(d_s, real_seg, fake_seg))
-    d_img = ops.lsgan_disc_loss(*scores(d_i, real_img, fake_img))
+    d_seg = ops.lsgan_disc_loss(*run_net(d_s, [real_seg, fake_seg], merge_passes))
+    d_img = ops.lsgan_disc_loss(*run_net(d_i, [real_img, fake_img], merge_passes))
     return d_seg + d_img, {"d_seg": d_seg.detach(), "d_img": d_img.detach()}
 
 
@@ -176,13 +192,12 @@ def masked_bce(logits, target: float, mask=None):
     return (loss * m).sum() / m.sum().clamp(min=1)
 
 
-def adversarial_objective(g_is, d, x, y, x_unl, num_classes: int, ignore_index: int, ops=reference,
-                          lambda_adv: float = 0.01, lambda_semi_adv: float = 0.001, lambda_semi: float = 0.1,
-                          mask_threshold: float = 0.2, self_training=0.0, dice: float = 0.0):
-    """Segmentation side of Hung et al.: CE on labeled images + lambda_adv * adversarial term on labeled
-    predictions + lambda_semi_adv * adversarial term on unlabeled ones + lambda_semi * CE against the
-    unlabeled predictions' argmax where D's confidence sigmoid(D) exceeds mask_threshold (switched on by
-    self_training, 0 or 1). Returns (loss, terms, fakes) like generator_objective."""
+def adversarial_objective(g_is, d, x, y, x_unl, num_classes: int, ignore_index: int, weights: HungWeights,
+                          ops=reference, self_training=0.0, dice: float = 0.0):
+    """Segmentation side of Hung et al.: CE on labeled images + weights.adv * adversarial term on labeled
+    predictions + weights.semi_adv * adversarial term on unlabeled ones + weights.self_training * CE
+    against the unlabeled predictions' argmax where D's confidence sigmoid(D) exceeds weights.threshold
+    (switched on by self_training, 0 or 1). Returns (loss, terms, fakes) like generator_objective."""
     valid = y != ignore_index
     logits = g_is(x)
     loss = segmentation_loss(logits, y, num_classes, ignore_index, ops, dice)
@@ -193,12 +208,14 @@ def adversarial_objective(g_is, d, x, y, x_unl, num_classes: int, ignore_index: 
     p_u = torch.softmax(logits_u, dim=1)
     d_u = d(p_u)
     terms["semi_adv"] = masked_bce(d_u, 1.0)
-    confident = torch.sigmoid(d_u.float()).squeeze(1) > mask_threshold
+    confident = torch.sigmoid(d_u.float()).squeeze(1) > weights.threshold
     pseudo = torch.where(confident, p_u.argmax(1), torch.full_like(confident, ignore_index, dtype=torch.long))
     # a mean over no pixel is NaN: a batch without a confident pixel contributes 0
-    semi = F.cross_entropy(logits_u.float(), pseudo, ignore_index=ignore_index, reduction="sum") / confident.sum().clamp(min=1)
+    semi = (F.cross_entropy(logits_u.float(), pseudo, ignore_index=ignore_index, reduction="sum")
+            / confident.sum().clamp(min=1))
     terms["semi"] = semi
-    loss = loss + lambda_adv * terms["adv"] + lambda_semi_adv * terms["semi_adv"] + (lambda_semi * self_training) * semi
+    loss = (loss + weights.adv * terms["adv"] + weights.semi_adv * terms["semi_adv"]
+            + (weights.self_training * self_training) * semi)
     terms = {k: v.detach() for k, v in terms.items()}
     return loss, terms, {"labeled": p_l.detach(), "unlabeled": p_u.detach()}
 

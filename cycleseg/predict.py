@@ -14,15 +14,25 @@ output folder as it was. Files of an earlier prediction in --out are not replace
 """
 from __future__ import annotations
 
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
+from . import figures
+from .checkpoint import load_run
+from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
+from .data.h5format import DataError, default_palette, open_h5, read_meta
 from .data.pixels import to_input, to_uint8
+from .evaluate import eval_mode
+from .fileio import write_files
+from .models import networks_from_checkpoint
+from .objective import one_hot
+from .usage import UsageError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -37,8 +47,6 @@ class Input:
 def load(item: Input) -> np.ndarray:
     """The image of an input; DataError naming its file when it cannot be decoded (e.g. a truncated JPEG,
     which passes PIL's header check)."""
-    from .data.h5format import DataError
-
     try:
         return item.load()
     except DataError:
@@ -49,10 +57,6 @@ def load(item: Input) -> np.ndarray:
 
 def collect(paths, channels: int) -> list[Input]:
     """Every image of the inputs, checked readable; DataError naming the first that is not."""
-    from PIL import Image
-
-    from .data.h5format import DataError, open_h5, read_meta
-
     mode = "RGB" if channels == 3 else "L"
     items, seen = [], set()
 
@@ -99,76 +103,70 @@ def collect(paths, channels: int) -> list[Input]:
     return items
 
 
-def png(array: np.ndarray, palette=None) -> bytes:
-    from PIL import Image
+class CheckpointModel:
+    """G_IS (and G_SI when the run has it) of a checkpoint, on a device: uint8 batches in, class ids and
+    G_SI's images out."""
 
-    img = Image.fromarray(array)
-    if palette is not None:
-        img = img.convert("P") if img.mode != "P" else img
-        flat = [c for rgb in palette for c in rgb]
-        img.putpalette(flat + [0] * (768 - len(flat)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    def __init__(self, path, device):
+        state = load_run(path)
+        cfg, info, nets = networks_from_checkpoint(state, path)
+        self.nets = {k: v.to(device).eval() for k, v in nets.items()}
+        self.device, self.has_gsi = device, "G_SI" in nets
+        self.num_classes, self.channels = info["num_classes"], info["channels"]
+        self.size = (info.get("height") or cfg.image_size, info.get("width") or cfg.image_size)   # (h, w)
+        self.palette = info.get("palette") or default_palette(self.num_classes)
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray):
+        """uint8 (B, h, w, C) at the training size -> (class ids (B, h, w), G_SI's uint8 (B, h, w, C) or None)."""
+        x = to_input(torch.from_numpy(images).permute(0, 3, 1, 2), self.device)         # (B, C, h, w)
+        with eval_mode(self.nets["G_IS"]):
+            pred = self.nets["G_IS"](x).argmax(1)                                      # (B, h, w)
+        fake = None
+        if self.has_gsi:
+            with eval_mode(self.nets["G_SI"]):
+                fake = to_uint8(self.nets["G_SI"](one_hot(pred, self.num_classes, -1, x.dtype))).permute(0, 2, 3, 1)
+        return pred.cpu().numpy(), (fake.numpy() if fake is not None else None)
 
 
-@torch.no_grad()
+def resize(image: np.ndarray, size, resample) -> np.ndarray:
+    """(H, W, C) or (H, W) uint8 -> the same at size (h, w)."""
+    squeeze = image.ndim == 3 and image.shape[2] == 1
+    out = np.asarray(Image.fromarray(image[..., 0] if squeeze else image).resize(size[::-1], resample))
+    return out[..., None] if squeeze else out
+
+
+def outputs(model, item: Input, original: np.ndarray, pred: np.ndarray, fake) -> dict:
+    """{file name: bytes} of one image: its mask (palette PNG), overlay and G_SI image at its own size."""
+    size = original.shape[:2]
+    mask = resize(pred.astype(np.uint8), size, Image.NEAREST)
+    files = {f"{item.name}_mask.png": figures.palette_png(mask, model.palette),
+             f"{item.name}_overlay.png": figures.png(figures.overlay(figures.rgb(original), mask, model.palette))}
+    if fake is not None:
+        files[f"{item.name}_gsi.png"] = figures.png(Image.fromarray(figures.rgb(resize(fake, size, Image.BILINEAR))))
+    return files
+
+
 def run(a) -> dict:
-    from PIL import Image
-    from tqdm import tqdm
-
-    from .checkpoint import load_run
-    from .cli import device_of, refuse_existing
-    from .data.h5format import default_palette
-    from .usage import UsageError
-    from .evaluate import eval_mode
-    from .fileio import write_files
-    from .models import networks_from_checkpoint
-    from .objective import one_hot
-
-    state = load_run(a.checkpoint)
-    cfg, info, nets = networks_from_checkpoint(state, a.checkpoint)
-    device = device_of(a.device)
-    k, c = info["num_classes"], info["channels"]
-    h, w = info.get("height") or cfg.image_size, info.get("width") or cfg.image_size
-    palette = info.get("palette") or default_palette(k)
-    items = collect(a.inputs, c)
+    model = CheckpointModel(a.checkpoint, device_of(a.device))
+    items = collect(a.inputs, model.channels)
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise UsageError(f"--out {a.out} is a file, not a folder")
-    suffixes = ("mask", "overlay") + (("gsi",) if "G_SI" in nets else ())
+    suffixes = ("mask", "overlay") + (("gsi",) if model.has_gsi else ())
     refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes], a.overwrite,
                     "from an earlier prediction")
-    for net in nets.values():
-        net.to(device)
     files = {}
-    with eval_mode(nets["G_IS"]), eval_mode(nets.get("G_SI", nets["G_IS"])):
-        for s in tqdm(range(0, len(items), a.batch_size), desc="predict", disable=a.no_progress):
-            chunk = items[s:s + a.batch_size]
-            originals = [load(it) for it in chunk]
-            resized = np.stack([np.asarray(Image.fromarray(o.squeeze(-1) if c == 1 else o).resize((w, h), Image.BILINEAR))
-                                .reshape(h, w, c) for o in originals])
-            x = to_input(torch.from_numpy(resized).permute(0, 3, 1, 2), device)     # (B, C, h, w)
-            logits = nets["G_IS"](x)                                                 # (B, K, h, w)
-            pred = logits.argmax(1)
-            fake = nets["G_SI"](one_hot(pred, k, -1, x.dtype)) if "G_SI" in nets else None
-            for j, (it, orig) in enumerate(zip(chunk, originals)):
-                size = (orig.shape[1], orig.shape[0])
-                mask = np.asarray(Image.fromarray(pred[j].cpu().numpy().astype(np.uint8)).resize(size, Image.NEAREST))
-                files[f"{it.name}_mask.png"] = png(mask, palette)
-                rgb = np.repeat(orig, 3, axis=2) if c == 1 else orig
-                colours = np.asarray(palette, np.uint8)[mask]
-                files[f"{it.name}_overlay.png"] = png((0.55 * rgb + 0.45 * colours).astype(np.uint8))
-                if fake is not None:
-                    g = to_uint8(fake[j]).permute(1, 2, 0).numpy()
-                    g = np.asarray(Image.fromarray(g.squeeze(-1) if c == 1 else g).resize(size, Image.BILINEAR))
-                    files[f"{it.name}_gsi.png"] = png(g)
+    for s in tqdm(range(0, len(items), a.batch_size), desc="predict", disable=a.no_progress):
+        chunk = items[s:s + a.batch_size]
+        originals = [load(it) for it in chunk]
+        pred, fake = model(np.stack([resize(o, model.size, Image.BILINEAR) for o in originals]))
+        for j, (it, orig) in enumerate(zip(chunk, originals)):
+            files.update(outputs(model, it, orig, pred[j], fake[j] if fake is not None else None))
     write_files(a.out, files)
     return {"images": len(items), "files": len(files), "out": str(a.out)}
 
 
 def main(argv=None) -> int:
-    from .cli import checkpoint_parser, run_or_exit
-
     p = checkpoint_parser("python -m cycleseg.predict", __doc__)
     p.add_argument("inputs", nargs="+", help="image files, folders of images, or .h5 files")
     p.add_argument("--out", type=Path, required=True, help="output folder")

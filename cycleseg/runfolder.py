@@ -1,4 +1,4 @@
-"""The folder of one run, and the one place that writes into it:
+"""The folder of one run, and the one place that writes a run's training files into it:
 
     config.json      the resolved config
     metrics.jsonl    one JSON line per log step and per evaluation
@@ -11,7 +11,8 @@ config except the runtime fields and what config.RESUME_CHANGEABLE allows (said 
 refuses any other change with the reason. While a run trains its folder is locked (an advisory lock on
 the folder, released by the system when the process ends however it ends): a second training into it
 stops before touching anything. Every file is written atomically. Off rank 0 (distributed runs) every
-write is a no-op: only rank 0 owns the folder.
+write is a no-op: only rank 0 owns the folder. (`python -m cycleseg.evaluate` writes its reports into
+eval-*/ folders beside a checkpoint; nothing else writes here.)
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ try:
 except ImportError:                                                 # Windows: folders are not locked
     fcntl = None
 
-from . import checkpoint
+from . import checkpoint, figures
 from .config import Config, resume_config
-from .fileio import append_jsonl, atomic_write_text, read_jsonl, remove_stale_temporaries
+from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, remove_stale_temporaries
 from .usage import UsageError
 
 
@@ -124,10 +125,11 @@ class RunFolder:
     def records(self, split: str | None = None) -> list[dict]:
         return [r for r in read_jsonl(self.metrics) if split is None or r["split"] == split]
 
-    def picture(self, step: int, columns, titles=None) -> None:
+    def picture(self, step: int, image) -> None:
+        """samples/stepNNNNNNN.png, a PIL image, written atomically."""
         if self.writes:
-            from .visualize import save_grid
-            save_grid(self.path / "samples" / f"step{step:07d}.png", columns, titles)
+            data = figures.png(image)
+            atomic_write_bytes(self.path / "samples" / f"step{step:07d}.png", lambda f: f.write(data))
 
     def save(self, state: dict, best: bool = False) -> None:
         if not self.writes:

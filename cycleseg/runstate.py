@@ -24,7 +24,7 @@ def global_position(local: dict, world: World) -> dict:
     return {"pass": local["pass"], "pos": local["pos"] * world.size}
 
 
-def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, world: World, device) -> dict | None:
+def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, meta, world: World, device) -> dict | None:
     """The checkpoint (on rank 0; None on the other ranks, which send their part to rank 0)."""
     mine = {"pools": step.pool_state(),
             "streams": {k: global_position(v.state_dict(), world) for k, v in streams.loaders.items()},
@@ -34,18 +34,18 @@ def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, world:
     if world.rank != 0:
         return None
     return {"step": step_no, "best_miou": best, "config": dataclasses.asdict(cfg), "plan": step.plan.state_dict(),
-            "data": data_info(step.meta), "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
+            "data": data_info(meta), "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
             "world_size": world.size, "ranks": ranks}
 
 
-def load_state_dict(s: dict, nets: dict, step, streams, path, world: World, device) -> tuple[int, float]:
+def load_state_dict(s: dict, nets: dict, step, streams, meta, path, world: World, device) -> tuple[int, float]:
     """Restore a checkpoint into this process's objects; returns (step number, best mIoU). A checkpoint of
     other data or networks: CheckpointError saying which, before any training."""
     for what in ("num_classes", "channels"):
-        have, want = s.get("data", {}).get(what), getattr(step.meta, what)
+        have, want = s.get("data", {}).get(what), getattr(meta, what)
         if have is not None and have != want:
             raise CheckpointError(f"{path}: trained on data with {have} {what.replace('_', ' ')}, but "
-                                  f"{step.meta.path} has {want}")
+                                  f"{meta.path} has {want}")
     mine = s["ranks"][world.rank] if world.rank < len(s["ranks"]) else None
     try:
         for k, net in nets.items():

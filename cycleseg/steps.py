@@ -1,10 +1,10 @@
-"""One training step per method, each a small object built from the networks and the config that owns
-its optimizers, LR schedulers and history pools:
+"""One training step per method, each a small object that owns its optimizers, LR schedules and history
+pools, built from explicit arguments (the entry point, assemble.py, reads them from the config):
 
     SupervisedStep   Partial / Full: G_IS alone, cross-entropy on the labeled batch
     CycleGANStep     the method: one generator update, then one discriminator update
+    AdversarialStep  Hung et al. (2018): G_IS against a discriminator on its softmax
 
-    step = STEPS[cfg.mode](nets, cfg, meta, plan)
     terms = step(batch)          # batch: {"images", "masks"[, "unlabeled"]} uint8 on the device
 
 `plan` (fastpath.py) says how the step runs: which ops, merged network calls, fused Adam, autocast,
@@ -17,17 +17,28 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .data.pixels import to_input
 from .fastpath import Plan
-from .objective import (adversarial_discriminator_objective, adversarial_objective, discriminator_objective,
-                        generator_objective, one_hot, supervised_objective)
+from .objective import (HungWeights, Lambdas, adversarial_discriminator_objective, adversarial_objective,
+                        discriminator_objective, generator_objective, one_hot, supervised_objective)
 from .pool import ImagePool
 
 # Each pool's RNG seed is the run seed plus its offset (distinct from the streams' seeds).
 POOL_SEED_OFFSETS = {"seg": 11, "img": 12}
+
+
+@dataclass(frozen=True)
+class Optim:
+    """How a step's optimizers run: Adam with betas (beta1, 0.999) at `lr` (the discriminators at `lr_d`),
+    constant for the first quarter of `steps`, then linear to 0."""
+    lr: float
+    lr_d: float
+    beta1: float
+    steps: int
 
 
 def sigmoid_rampup(step: int, length: int) -> float:
@@ -52,27 +63,57 @@ class LinearDecay:
 
 
 class Step:
-    """What every step shares: the plan's execution choices, optimizers with their LR schedules, pools,
-    (de)serialisation."""
+    """What every step shares: the plan's execution choices, optimizers (built by the `optimizers_for`
+    hook) with their LR schedules, the update of one optimizer, freezing, (de)serialisation."""
     networks: tuple = ()
     streams: tuple = ("labeled",)
-    lr_fields = {"G": "lr"}         # the config field each optimizer's learning rate follows
 
-    def __init__(self, nets: dict, cfg, meta, plan: Plan = Plan()):
-        self.nets, self.cfg, self.meta, self.plan = nets, cfg, meta, plan
+    def __init__(self, nets: dict, plan: Plan, optim: Optim, num_classes: int, ignore_index: int,
+                 dice: float = 0.0):
+        self.nets, self.plan, self.optim = nets, plan, optim
+        self.num_classes, self.ignore_index, self.dice = num_classes, ignore_index, dice
         # The networks as each update trains them: the plain modules, or their DistributedDataParallel
         # wrappers under torchrun (distribute()). A network that an update only reads (frozen) is called
         # plain, so that its wrapper sees one forward per backward of its own update.
         self.train_nets = dict(nets)
         self.ops = plan.ops()
         self.device = next(next(iter(nets.values())).parameters()).device
-        self.optimizers: dict = {}
         self.pools: dict = {}
+        self.optimizers = self.optimizers_for(self.learning_rates(optim))
+        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, LinearDecay(optim.steps))
+                           for k, o in self.optimizers.items()}
 
-    def adam(self, params, lr: float | None = None, betas: tuple | None = None) -> torch.optim.Adam:
+    # -- the hooks of a method ------------------------------------------------------------------------
+    def learning_rates(self, optim: Optim) -> dict:
+        """{optimizer name: its base learning rate} under `optim`."""
+        return {"G": optim.lr}
+
+    def optimizers_for(self, lrs: dict) -> dict:
+        """{optimizer name: optimizer} at the base rates `lrs`."""
+        return {"G": self.adam(self.nets["G_IS"].parameters(), lrs["G"])}
+
+    # -- what the methods share -----------------------------------------------------------------------
+    def adam(self, params, lr: float, betas: tuple | None = None) -> torch.optim.Adam:
         extra = {"fused": True} if self.plan.fused_adam else {}
-        return torch.optim.Adam(params, self.cfg.lr if lr is None else lr, betas=betas or (self.cfg.beta1, 0.999),
-                                **extra)
+        return torch.optim.Adam(params, lr, betas=betas or (self.optim.beta1, 0.999), **extra)
+
+    def _update(self, name: str, loss: torch.Tensor) -> None:
+        """One step of optimizer `name` on the gradient of `loss`."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    @contextlib.contextmanager
+    def frozen(self, *nets):
+        """The networks take no gradient inside the block (an update that only reads them)."""
+        for net in nets:
+            net.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for net in nets:
+                net.requires_grad_(True)
 
     def autocast(self):
         if self.plan.autocast:
@@ -97,10 +138,11 @@ class Step:
         """uint8 (B, C, H, W) -> network input in [-1, 1], in the plan's memory format."""
         return self.layout(to_input(images))
 
-    def _schedule(self) -> None:
-        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, LinearDecay(self.cfg.steps))
-                           for k, o in self.optimizers.items()}
+    def inputs(self, batch: dict):
+        """(x (B, C, H, W) float in [-1, 1], y (B, H, W) uint8) of the labeled batch."""
+        return self.image(batch["images"]), batch["masks"]
 
+    # -- schedules and state --------------------------------------------------------------------------
     def _lr_step(self) -> None:
         for s in self.schedulers.values():
             s.step()
@@ -108,9 +150,22 @@ class Step:
     def lr(self) -> float:
         return self.schedulers["G"].get_last_lr()[0]
 
-    def inputs(self, batch: dict):
-        """(x (B, C, H, W) float in [-1, 1], y (B, H, W) uint8) of the labeled batch."""
-        return self.image(batch["images"]), batch["masks"]
+    def steps_done(self) -> int:
+        """Updates made so far (the LR schedulers count them, and they are checkpointed)."""
+        return self.schedulers["G"].last_epoch
+
+    def reschedule(self, optim: Optim) -> None:
+        """A resumed run's new --steps and learning rates, from now on: the linear decay is redrawn over
+        optim.steps (the checkpoint restored the old one) and each rate set for the current step."""
+        self.optim = optim
+        lrs = self.learning_rates(optim)
+        for k, sched in self.schedulers.items():
+            sched.base_lrs = [lrs[k] for _ in sched.base_lrs]
+            sched.lr_lambdas = [LinearDecay(optim.steps) for _ in sched.lr_lambdas]
+            for group, base, decay in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["initial_lr"] = base
+                group["lr"] = base * decay(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
     def state_dict(self) -> dict:
         """Optimizers and schedulers (the same on every process of a distributed run)."""
@@ -130,43 +185,23 @@ class Step:
         for k, pool in self.pools.items():
             pool.load_state_dict(state[k])
 
-    def reschedule(self, steps: int, lr_scale: dict) -> None:
-        """A resumed run's new --steps and learning rates ({optimizer: factor on its rate}), from now on:
-        the linear decay is redrawn over `steps` (the checkpoint restored the old one) and each rate is
-        set for the current step."""
-        for k, sched in self.schedulers.items():
-            sched.base_lrs = [b * lr_scale.get(k, 1.0) for b in sched.base_lrs]
-            sched.lr_lambdas = [LinearDecay(steps) for _ in sched.lr_lambdas]
-            for group, base, decay in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-                group["initial_lr"] = base
-                group["lr"] = base * decay(sched.last_epoch)
-            sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
-
-    def steps_done(self) -> int:
-        """Updates made so far (the LR schedulers count them, and they are checkpointed)."""
-        return self.schedulers["G"].last_epoch
-
 
 class SupervisedStep(Step):
     """Partial / Full: G_IS trained by cross-entropy on the labeled batch alone."""
     networks = ("G_IS",)
 
-    def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
-        super().__init__(nets, cfg, meta, plan)
-        self.optimizers = {"G": self.adam(nets["G_IS"].parameters())}
-        self._schedule()
+    def __init__(self, nets, plan: Plan, optim: Optim, num_classes: int, ignore_index: int, dice: float = 0.0):
+        super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
         self.loss = self.compiled(self._loss)
 
     def _loss(self, x, y):
         with self.autocast():
-            return supervised_objective(self.train_nets["G_IS"], x, y, self.meta.ignore_index, self.ops,
-                                        self.meta.num_classes, self.cfg.dice)
+            return supervised_objective(self.train_nets["G_IS"], x, y, self.ignore_index, self.ops,
+                                        self.num_classes, self.dice)
 
     def __call__(self, batch: dict) -> dict:
         loss, terms = self.loss(*self.inputs(batch))
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers["G"].step()
+        self._update("G", loss)
         self._lr_step()
         return terms
 
@@ -176,113 +211,117 @@ class CycleGANStep(Step):
     D_I updated on real data and pooled fakes."""
     networks = ("G_IS", "G_SI", "D_S", "D_I")
     streams = ("labeled", "unlabeled")
-    lr_fields = {"G": "lr", "D": "lr_d"}
 
-    def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
-        super().__init__(nets, cfg, meta, plan)
-        chain = itertools.chain
-        self.optimizers = {"G": self.adam(chain(nets["G_IS"].parameters(), nets["G_SI"].parameters())),
-                           "D": self.adam(chain(nets["D_S"].parameters(), nets["D_I"].parameters()), cfg.lr_d)}
-        self.pools = {k: ImagePool(cfg.pool_size, cfg.seed + off) for k, off in POOL_SEED_OFFSETS.items()}
-        self._schedule()
+    def __init__(self, nets, plan: Plan, optim: Optim, num_classes: int, ignore_index: int, lambdas: Lambdas,
+                 pool_size: int, seed: int, rampup_steps: int = 0, dice: float = 0.0, hard_cycle: bool = False,
+                 merge_discriminators: bool = True):
+        super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
+        self.lambdas, self.hard_cycle, self.rampup_steps = lambdas, hard_cycle, rampup_steps
+        # batch norm in a discriminator mixes real and fake images: one call each then
+        self.merge_discriminators = plan.merge_passes and merge_discriminators
+        self.pools = {k: ImagePool(pool_size, seed + off) for k, off in POOL_SEED_OFFSETS.items()}
         self.ramp = torch.ones((), device=self.device)
         self.generator_loss = self.compiled(self._generator_loss)
         self.discriminator_loss = self.compiled(self._discriminator_loss)
 
+    def learning_rates(self, optim: Optim) -> dict:
+        return {"G": optim.lr, "D": optim.lr_d}
+
+    def optimizers_for(self, lrs: dict) -> dict:
+        n, chain = self.nets, itertools.chain
+        return {"G": self.adam(chain(n["G_IS"].parameters(), n["G_SI"].parameters()), lrs["G"]),
+                "D": self.adam(chain(n["D_S"].parameters(), n["D_I"].parameters()), lrs["D"])}
+
     def _generator_loss(self, x, y, x_unl, ramp):
         n, t = self.nets, self.train_nets                           # discriminators frozen: called plain
         with self.autocast():
-            return generator_objective(t["G_IS"], t["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, self.meta.num_classes,
-                                       self.cfg.lambdas, self.meta.ignore_index, self.ops, self.plan.merge_passes,
-                                       ramp, self.cfg.dice, self.cfg.hard_cycle)
+            return generator_objective(t["G_IS"], t["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, self.num_classes,
+                                       self.lambdas, self.ignore_index, self.ops, self.plan.merge_passes, ramp,
+                                       self.dice, self.hard_cycle)
 
     def _discriminator_loss(self, y, fake_seg, x_unl, fake_img):
-        n, k, ign = self.train_nets, self.meta.num_classes, self.meta.ignore_index
-        merge = self.plan.merge_passes and self.cfg.disc_norm != "batch"   # batch norm mixes real and fake
-        real_seg = one_hot(y, k, ign, x_unl.dtype)
+        n = self.train_nets
+        real_seg = one_hot(y, self.num_classes, self.ignore_index, x_unl.dtype)
         with self.autocast():
-            return discriminator_objective(n["D_S"], n["D_I"], real_seg, fake_seg, x_unl, fake_img, self.ops, merge)
+            return discriminator_objective(n["D_S"], n["D_I"], real_seg, fake_seg, x_unl, fake_img, self.ops,
+                                           self.merge_discriminators)
 
     def __call__(self, batch: dict) -> dict:
         n = self.nets
         x, y = self.inputs(batch)                                   # (B, C, H, W), (B, H, W)
         x_unl = self.image(batch["unlabeled"])                      # (B, C, H, W)
-        discriminators = (n["D_S"], n["D_I"])
 
-        # 1. generator update, discriminators frozen
-        for d in discriminators:
-            d.requires_grad_(False)
-        # the ramp-up weight of the unlabeled terms: a device scalar (an input of a compiled step, and filled
-        # in place: no host-to-device copy)
-        self.ramp.fill_(sigmoid_rampup(self.steps_done(), round(self.cfg.rampup * self.cfg.steps)))
-        loss_g, terms, fakes = self.generator_loss(x, y, x_unl, self.ramp)
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.optimizers["G"].step()
-        for d in discriminators:
-            d.requires_grad_(True)
+        # 1. generator update, discriminators frozen. The ramp-up weight of the unlabeled terms is a device
+        # scalar (an input of a compiled step, filled in place: no host-to-device copy)
+        with self.frozen(n["D_S"], n["D_I"]):
+            self.ramp.fill_(sigmoid_rampup(self.steps_done(), self.rampup_steps))
+            loss_g, terms, fakes = self.generator_loss(x, y, x_unl, self.ramp)
+            self._update("G", loss_g)
 
         # 2. discriminator update: real masks / unlabeled images against pooled fakes
         pooled = {k: self.layout(self.pools[k].query(fakes[k])) for k in ("seg", "img")}
         loss_d, d_terms = self.discriminator_loss(y, pooled["seg"], x_unl, pooled["img"])
-        self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.optimizers["D"].step()
+        self._update("D", loss_d)
         self._lr_step()
         return {**terms, **d_terms}
 
 
+@dataclass(frozen=True)
+class Hung:
+    """Hung et al.'s settings beside their objective's weights: when self-training starts (a fraction of
+    the run) and D_H's Adam (its rate as a share of the segmenter's, its betas)."""
+    weights: HungWeights
+    start: float
+    lr_d_scale: float
+    betas_d: tuple
+
+
 class AdversarialStep(Step):
     """Hung et al. (2018), the paper's comparison row: G_IS with a fully convolutional discriminator D_H
-    on its softmax (objective.adversarial_objective), self-training on confident unlabeled pixels from a
-    quarter of the run on (their 5000 of 20000 iterations). Their weights: 0.01 adversarial on labeled,
-    0.001 on unlabeled, 0.1 self-training, confidence threshold 0.2; D_H: Adam, betas (0.9, 0.99), at
-    0.4 x the segmenter's learning rate (their 1e-4 against 2.5e-4). G_IS's optimizer is every arm's."""
+    on its softmax (objective.adversarial_objective), self-training on confident unlabeled pixels from
+    `hung.start` of the run on. G_IS's optimizer is every arm's."""
     networks = ("G_IS", "D_H")
     streams = ("labeled", "unlabeled")
-    lr_fields = {"G": "lr", "D": "lr"}                          # D_H runs at 0.4 x --lr
-    SELF_TRAINING_START = 0.25
 
-    def __init__(self, nets, cfg, meta, plan: Plan = Plan()):
-        super().__init__(nets, cfg, meta, plan)
-        self.optimizers = {"G": self.adam(nets["G_IS"].parameters()),
-                           "D": self.adam(nets["D_H"].parameters(), 0.4 * cfg.lr, betas=(0.9, 0.99))}
-        self._schedule()
+    def __init__(self, nets, plan: Plan, optim: Optim, num_classes: int, ignore_index: int, hung: Hung,
+                 dice: float = 0.0):
+        self.hung = hung                                            # read by the optimizer hooks
+        super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
         self.self_training = torch.zeros((), device=self.device)
         self.generator_loss = self.compiled(self._generator_loss)
         self.discriminator_loss = self.compiled(self._discriminator_loss)
 
+    def learning_rates(self, optim: Optim) -> dict:
+        return {"G": optim.lr, "D": self.hung.lr_d_scale * optim.lr}
+
+    def optimizers_for(self, lrs: dict) -> dict:
+        return {"G": self.adam(self.nets["G_IS"].parameters(), lrs["G"]),
+                "D": self.adam(self.nets["D_H"].parameters(), lrs["D"], betas=self.hung.betas_d)}
+
     def _generator_loss(self, x, y, x_unl, self_training):
         with self.autocast():
-            return adversarial_objective(self.train_nets["G_IS"], self.nets["D_H"], x, y, x_unl, self.meta.num_classes,
-                                         self.meta.ignore_index, self.ops, self_training=self_training,
-                                         dice=self.cfg.dice)
+            return adversarial_objective(self.train_nets["G_IS"], self.nets["D_H"], x, y, x_unl, self.num_classes,
+                                         self.ignore_index, self.hung.weights, self.ops, self_training, self.dice)
 
     def _discriminator_loss(self, y, fake_labeled, fake_unlabeled):
-        real = self.layout(one_hot(y, self.meta.num_classes, self.meta.ignore_index, fake_labeled.dtype))
+        real = self.layout(one_hot(y, self.num_classes, self.ignore_index, fake_labeled.dtype))
         with self.autocast():
             return adversarial_discriminator_objective(self.train_nets["D_H"], real, fake_labeled, fake_unlabeled,
-                                                       y != self.meta.ignore_index)
+                                                       y != self.ignore_index)
 
     def __call__(self, batch: dict) -> dict:
         x, y = self.inputs(batch)
         x_unl = self.image(batch["unlabeled"])
-        d = self.nets["D_H"]
 
         # 1. segmenter update, D_H frozen
-        d.requires_grad_(False)
-        self.self_training.fill_(float(self.steps_done() >= self.SELF_TRAINING_START * self.cfg.steps))
-        loss, terms, fakes = self.generator_loss(x, y, x_unl, self.self_training)
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers["G"].step()
-        d.requires_grad_(True)
+        with self.frozen(self.nets["D_H"]):
+            self.self_training.fill_(float(self.steps_done() >= self.hung.start * self.optim.steps))
+            loss, terms, fakes = self.generator_loss(x, y, x_unl, self.self_training)
+            self._update("G", loss)
 
         # 2. D_H update: one-hot ground truth against the segmenter's softmax maps
         loss_d, d_terms = self.discriminator_loss(y, fakes["labeled"], fakes["unlabeled"])
-        self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.optimizers["D"].step()
+        self._update("D", loss_d)
         self._lr_step()
         return {**terms, **d_terms}
 

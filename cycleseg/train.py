@@ -1,10 +1,10 @@
 """python -m cycleseg.train: semi-supervised (CycleGAN) or supervised training of G_IS.
 
-    data     = open_splits(...)                     the split files behind --data (cycleseg.data.splits)
-    plan     = plan_for(cfg, device)                the fast path chosen for this device (fastpath.py)
-    nets     = networks_from_config(cfg, meta)      the networks the method trains (models.py)
-    step     = STEPS[cfg.mode](nets, cfg, meta, plan)  one update of the method (steps.py)
     folder   = RunFolder(cfg.out)                   config, metrics, pictures, checkpoints (runfolder.py)
+    data     = open_splits(...)                     the split files behind --data (data/splits.py)
+    plan     = plan_for(cfg, device)                the fast path chosen for this device (fastpath.py)
+    nets, step = build(cfg, meta, device, plan)     the networks and the method's step (assemble.py, steps.py)
+    streams  = make_streams(...)                    the labeled and unlabeled batches (data/streams.py)
 
 Every --log-every steps: the loss terms -> metrics.jsonl. Every --eval-every steps: validation metrics
 (and ACDC per-volume scores) -> metrics.jsonl, a picture -> samples/, best.pt when mIoU improves.
@@ -12,72 +12,68 @@ Every --ckpt-every steps: last.pt (everything needed to resume exactly).
 """
 from __future__ import annotations
 
-import os
-
-# OpenMP threads that spin while they wait fight the loader thread and any other busy process for the
-# cores. On the 2-core machine with one core taken by another process, the fp32 fast path took 2.5 s per
-# step with libgomp's default spin and 0.77 s with GOMP_SPINCOUNT=10000 (0.28 s quiet); the bf16 path
-# takes 920 / 954 ms busy and 141 / 145 ms quiet either way (README, "A busy CPU"). It must be set
-# before torch loads OpenMP, so it applies to `python -m cycleseg.train`; set it yourself to override.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from . import figures, ops
+from .assemble import build, optim_of
 from .checkpoint import CheckpointError
 from .config import Config, check_image_side, from_saved, given_fields, parse_args
 from .data.h5format import DataError, read_meta
-from .data.splits import make_streams, open_splits, split_paths
+from .data.splits import Splits, open_splits, split_paths
+from .data.streams import Streams, make_streams
 from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, wrapper
-from .evaluate import confusion, evaluate_volumes
+from .evaluate import confusion, evaluate_volumes, samples
 from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
-from .models import count_parameters, networks_from_config, use_ops
+from .models import count_parameters, networks_from_config
 from .runfolder import RunFolder
 from .runstate import load_state_dict, state_dict
 from .steps import STEPS
 from .usage import UsageError, fail
-from .visualize import SAMPLE_TITLES, sample_columns
 
 
-def build(cfg: Config, meta, device, plan: Plan):
-    """(networks, step) of a run, on `device`, initialised from cfg.seed, running as `plan` says."""
-    torch.manual_seed(cfg.seed)
-    step_cls = STEPS[cfg.mode]
-    nets = networks_from_config(cfg, meta, step_cls.networks)
-    for net in nets.values():
-        use_ops(net.to(device), plan.ops())
-        if plan.channels_last:
-            net.to(memory_format=torch.channels_last)
-    return nets, step_cls(nets, cfg, meta, plan)
+@dataclass
+class Run:
+    """What a training run holds while it trains."""
+    cfg: Config
+    world: World
+    device: torch.device
+    folder: RunFolder
+    data: Splits
+    plan: Plan
+    nets: dict
+    step: object
+    streams: Streams
+    n: int = 0                      # steps done
+    best: float = float("-inf")     # the best validation mIoU so far
+
+    def save(self, is_best: bool = False) -> None:
+        self.folder.save(state_dict(self.n, self.best, self.cfg, self.nets, self.step, self.streams,
+                                    self.data.train.meta, self.world, self.device), is_best)
 
 
-def validate(cfg, nets, data, device, world: World) -> dict:
+def validate(run: Run) -> dict:
     """Slice metrics (each process scores its share, the confusion matrices summed) and, for ACDC, the
     per-volume scores (rank 0, shared)."""
-    g_is = nets["G_IS"]
-    cm = confusion(g_is, data.val, device, indices=np.arange(world.rank, len(data.val), world.size))
+    g_is, val, world = run.nets["G_IS"], run.data.val, run.world
+    cm = confusion(g_is, val, run.device, indices=np.arange(world.rank, len(val), world.size))
     all_sum_(cm.mat, world)
-    result = cm.summary(data.val.meta.class_names)
-    if data.volumes is not None:                                    # ACDC: 3D scores per volume
-        vol = evaluate_volumes(g_is, data.volumes, cfg.image_size, device) if world.rank == 0 else None
+    result = cm.summary(val.meta.class_names)
+    if run.data.volumes is not None:                                # ACDC: 3D scores per volume
+        vol = evaluate_volumes(g_is, run.data.volumes, run.cfg.image_size, run.device) if world.rank == 0 else None
         result.update(broadcast(vol, world))
     return result
-
-
-def fail_for_tests(world: World, n: int) -> None:
-    """CYCLESEG_FAIL_FOR_TESTS=rank:step makes that process fail after that step (the test that a dead
-    process takes a distributed job down)."""
-    spec = os.environ.get("CYCLESEG_FAIL_FOR_TESTS")
-    if spec and tuple(map(int, spec.split(":"))) == (world.rank, n):
-        raise RuntimeError(f"process {world.rank} failed at step {n} (CYCLESEG_FAIL_FOR_TESTS)")
 
 
 def mean_terms(terms: dict, world: World) -> dict:
@@ -100,16 +96,16 @@ def train(cfg: Config, until: int | None = None, given=None) -> dict:
     folder = RunFolder(cfg.out, world.rank)
     try:
         with StopSignals() as stop:                                 # from the start: a signal during set-up too
-            return run(cfg, until, world, device, folder, given, stop)
+            return loop(prepare(cfg, world, device, folder, given), until, stop)
     finally:
         folder.unlock()
         teardown(world)
 
 
-def run(cfg: Config, until, world: World, device, folder: RunFolder, given, stop: StopSignals) -> dict:
+def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
+    """The run of `cfg` in `folder`: a new one, or the one its last.pt continues."""
     cfg, saved = folder.open(cfg, given)
     data = open_splits(cfg.data, cfg.val_data, cfg.image_size, cfg.progress and world.rank == 0)
-    meta = data.train.meta
     for split in (data.train.meta, data.val.meta):
         try:
             for side in (split.height, split.width):
@@ -117,74 +113,85 @@ def run(cfg: Config, until, world: World, device, folder: RunFolder, given, stop
         except UsageError as e:
             raise DataError(f"{split.path}: {e}; convert the data at another size (--size H W)") from None
     plan = Plan.from_state(saved["plan"]) if saved is not None and "plan" in saved else plan_for(cfg, device)
-    nets, step = build(cfg, meta, device, plan)
+    nets, step = build(cfg, data.train.meta, device, plan)
     step.distribute(wrapper(world, device))
     streams = make_streams(data.train, cfg.labeled_fraction, cfg.seed, cfg.batch_size, "unlabeled" in step.streams,
                            device, cfg.prefetch, cfg.flip, cfg.scale_crop, world.rank, world.size, cfg.rotate)
-    n, best = (load_state_dict(saved, nets, step, streams, folder.last, world, device) if saved is not None
-               else (0, float("-inf")))
-    if saved is not None:                                           # --steps / --lr changed on resume
-        old = from_saved(saved["config"])
-        if (cfg.steps, cfg.lr, cfg.lr_d) != (old.steps, old.lr, old.lr_d):
-            step.reschedule(cfg.steps, {k: getattr(cfg, f) / getattr(old, f) for k, f in step.lr_fields.items()})
-    folder.start(cfg, n)
+    run = Run(cfg, world, device, folder, data, plan, nets, step, streams)
+    if saved is not None:
+        run.n, run.best = load_state_dict(saved, nets, step, streams, data.train.meta, folder.last, world, device)
+        if optim_of(cfg) != optim_of(from_saved(saved["config"])):
+            step.reschedule(optim_of(cfg))                          # --steps / --lr changed on resume
+    folder.start(cfg, run.n)
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
                 f", run folder {folder.path}\n{plan.describe()}")
     if device.type == "cpu" and (busy := cpu_load_note()):
         folder.note(busy)
+    return run
 
-    def save(is_best=False):
-        folder.save(state_dict(n, best, cfg, nets, step, streams, world, device), is_best)
 
-    from tqdm import tqdm
-    bar = tqdm(total=cfg.steps, initial=n, disable=not cfg.progress or world.rank > 0, dynamic_ncols=True,
+def next_batch(run: Run) -> dict:
+    loaders, device = run.streams.loaders, run.device
+    images, masks = next(loaders["labeled"])
+    batch = {"images": images.to(device, non_blocking=True), "masks": masks.to(device, non_blocking=True)}
+    if "unlabeled" in loaders:
+        batch["unlabeled"] = next(loaders["unlabeled"])[0].to(device, non_blocking=True)
+    return batch
+
+
+def evaluation(run: Run, guard: FiniteGuard, bar) -> dict:
+    """Validate, log, draw the samples (rank 0) and keep best.pt."""
+    result = validate(run)
+    run.folder.log({"step": run.n, "split": "val", **result})
+    if run.world.rank == 0:                                         # pictures and the line: rank 0 only
+        run.folder.picture(run.n, figures.sample_grid(samples(run.nets, run.data.val, run.device),
+                                                      run.data.val.meta))
+        vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
+        bar.write(f"step {run.n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
+    if result["miou"] > run.best:
+        run.best = result["miou"]
+        guard.check(run.folder.last)
+        run.save(is_best=True)
+    return result
+
+
+def loop(run: Run, until, stop: StopSignals) -> dict:
+    """Train until cfg.steps (or `until`, or a stop signal), logging, evaluating and checkpointing."""
+    cfg, folder, world = run.cfg, run.folder, run.world
+    bar = tqdm(total=cfg.steps, initial=run.n, disable=not cfg.progress or world.rank > 0, dynamic_ncols=True,
                desc=cfg.mode)
     t0, result, guard = time.time(), {}, FiniteGuard()
     with contextlib.ExitStack() as scope:
-        if plan.fused_ops:
-            from . import ops
-            scope.enter_context(ops.validation(False))          # masks were checked at load: no per-step sync
-        scope.callback(streams.close)
+        if run.plan.fused_ops:
+            scope.enter_context(ops.validation(False))              # masks were checked at load: no per-step sync
+        scope.callback(run.streams.close)
         scope.callback(bar.close)
-        while n < cfg.steps:
-            images, masks = next(streams.loaders["labeled"])
-            batch = {"images": images.to(device, non_blocking=True), "masks": masks.to(device, non_blocking=True)}
-            if "unlabeled" in streams.loaders:
-                batch["unlabeled"] = next(streams.loaders["unlabeled"])[0].to(device, non_blocking=True)
-            terms = step(batch)
-            n += 1
-            fail_for_tests(world, n)
-            guard.update(terms, n)
+        while run.n < cfg.steps:
+            terms = run.step(next_batch(run))
+            run.n += 1
+            guard.update(terms, run.n)
             bar.update(1)
-            logging = n % cfg.log_every == 0 or n == cfg.steps
+            logging = run.n % cfg.log_every == 0 or run.n == cfg.steps
             if logging:
                 guard.check(folder.last)
                 vals = mean_terms(terms, world)
-                folder.log({"step": n, "split": "train", "time": time.time() - t0, "lr": step.lr(), **vals})
+                folder.log({"step": run.n, "split": "train", "time": time.time() - t0, "lr": run.step.lr(), **vals})
                 bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()}, refresh=False)
             # a stop signal: after this step on one process; under torchrun at a log step, the same on every process
-            stopping = (logging and any_rank(stop.signum is not None, world)) if world.active else stop.signum is not None
-            if n % cfg.eval_every == 0 or n == cfg.steps:
-                result = validate(cfg, nets, data, device, world)
-                folder.log({"step": n, "split": "val", **result})
-                if world.rank == 0:                                 # pictures and the line: rank 0 only
-                    folder.picture(n, sample_columns(nets, data.val, device), SAMPLE_TITLES)
-                    vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
-                    bar.write(f"step {n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
-                if result["miou"] > best:
-                    best = result["miou"]
-                    guard.check(folder.last)
-                    save(True)
-            if n % cfg.ckpt_every == 0 or n == cfg.steps or n == until or stopping:
+            asked = stop.signum is not None
+            stopping = (logging and any_rank(asked, world)) if world.active else asked
+            if run.n % cfg.eval_every == 0 or run.n == cfg.steps:
+                result = evaluation(run, guard, bar)
+            if run.n % cfg.ckpt_every == 0 or run.n == cfg.steps or run.n == until or stopping:
                 guard.check(folder.last)                            # never checkpoint a diverged model
-                save()
+                run.save()
             if stopping:
                 signum = stop.signum or signal.SIGTERM
-                raise Interrupted(signum, n, f"stopped by signal {signal.Signals(signum).name} after step {n}; "
+                raise Interrupted(signum, run.n, f"stopped by signal {signal.Signals(signum).name} after step {run.n}; "
                                   f"saved {folder.last}. Resume with: python -m cycleseg.train --resume "
                                   f"--out {folder.path}")
-            if until is not None and n >= until:
+            if until is not None and run.n >= until:
                 break
     return result
 

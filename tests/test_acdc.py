@@ -7,8 +7,8 @@ import torch
 
 from cycleseg.config import parse_args
 from cycleseg.data.acdc import cached_splits
-from cycleseg.data.splits import make_streams
-from cycleseg.data.stream import H5Source
+from cycleseg.data.streams import make_streams
+from cycleseg.data.source import H5Source
 from cycleseg.evaluate import volume_scores
 from cycleseg.runfolder import RunFolder
 from cycleseg.train import train
@@ -53,7 +53,7 @@ def test_protocol_first_patients_and_volume_metrics(tmp_path, monkeypatch, make_
     train_h5 = cached_splits(root, 16)["train"]
     assert H5Source(train_h5).meta.labeled_subset == "first_groups"
     assert counts(train_h5, 0.3) == (6, 14)
-    lab = make_streams(H5Source(train_h5), 0.3, 0, 2, False).loaders["labeled"].stream.indices
+    lab = make_streams(H5Source(train_h5), 0.3, 0, 2, False).loaders["labeled"].order.indices
     assert list(H5Source(train_h5).groups[lab]) == [1, 1, 2, 2, 3, 3]
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from cycleseg.data.__main__ import main as data_main
 from cycleseg.data.convert import CITYSCAPES_TRAIN_IDS, resize_pair
-from cycleseg.data.h5format import DataError, default_palette, validate
+from cycleseg.data.h5format import default_palette, validate
 
 RNG = np.random.default_rng(0)
 

@@ -5,7 +5,10 @@ import torch
 
 from cycleseg.data.h5format import DataError, Meta, default_palette, read_meta, validate, write_split
 from cycleseg.data.shapes import CLASS_NAMES, builtin_dataset, generate
-from cycleseg.data.stream import H5Source, Loader, Stream, labeled_subset
+from cycleseg.data.loader import Loader
+from cycleseg.data.order import BatchOrder
+from cycleseg.data.source import H5Source
+from cycleseg.data.subset import labeled_subset
 
 META = Meta(num_classes=3, class_names=["a", "b", "c"], palette=default_palette(3))
 
@@ -81,7 +84,6 @@ def test_errors_name_file_dataset_index(tmp_path):
 
 def test_direct_reads_match_h5py_and_fall_back(tmp_path):
     """The memory-mapped reads of the project's layout equal h5py's; other layouts go through h5py."""
-    from cycleseg.data.h5format import create_datasets
     path, images, masks = small(tmp_path, n=9)
     src = H5Source(path)
     assert src._direct is not None
@@ -130,17 +132,17 @@ def test_labeled_subsets_are_nested_and_seeded():
 
 
 def test_stream_passes_shards_and_state():
-    s = Stream(np.arange(12), batch_size=5, seed=1)
+    s = BatchOrder(np.arange(12), batch_size=5, seed=1)
     seen = np.concatenate([s.next_indices() for _ in range(12)])      # 60 indices = 5 passes
     for p in range(5):
         assert sorted(seen[12 * p:12 * (p + 1)]) == list(range(12))    # each pass covers everything once
     assert not np.array_equal(seen[:12], seen[12:24])                   # reshuffled every pass
-    s2 = Stream(np.arange(12), batch_size=5, seed=1)
+    s2 = BatchOrder(np.arange(12), batch_size=5, seed=1)
     s2.next_indices()
-    s3 = Stream(np.arange(12), batch_size=5, seed=1)
+    s3 = BatchOrder(np.arange(12), batch_size=5, seed=1)
     s3.load_state_dict(s2.state_dict())
     assert np.array_equal(s3.next_indices(), s2.next_indices())
-    shards = [Stream(np.arange(12), 2, seed=1, rank=r, world_size=3) for r in range(3)]
+    shards = [BatchOrder(np.arange(12), 2, seed=1, rank=r, world_size=3) for r in range(3)]
     parts = [set(np.concatenate([sh.next_indices() for _ in range(2)])) for sh in shards]
     assert all(len(p) == 4 for p in parts) and set().union(*parts) == set(range(12))
 
@@ -158,8 +160,8 @@ def test_source_reads_any_index_order(tmp_path, in_memory):
 def test_loader_batches_state_and_resume(tmp_path):
     path, images, masks = small(tmp_path, n=12)
     src = H5Source(path)
-    ref = Stream(np.arange(12), 5, seed=2)
-    loader = Loader(src, Stream(np.arange(12), 5, seed=2), prefetch=2)
+    ref = BatchOrder(np.arange(12), 5, seed=2)
+    loader = Loader(src, BatchOrder(np.arange(12), 5, seed=2), prefetch=2)
     got = [next(loader) for _ in range(4)]
     for x, y in got[-1:]:
         idx = [ref.next_indices() for _ in range(4)][-1]
@@ -168,14 +170,13 @@ def test_loader_batches_state_and_resume(tmp_path):
     assert state == {"pass": 1, "pos": 8}                              # 4 batches of 5 = 20 = 12 + 8
     after = [next(loader)[1].clone() for _ in range(3)]
     loader.close()
-    resumed = Loader(src, Stream(np.arange(12), 5, seed=2), prefetch=2)
+    resumed = Loader(src, BatchOrder(np.arange(12), 5, seed=2), prefetch=2)
     resumed.load_state_dict(state)
     assert all(torch.equal(a, next(resumed)[1]) for a in after)
     resumed.close()
 
 
 def test_loader_augmentation_is_deterministic_and_consistent(tmp_path):
-    rng = np.random.default_rng(0)
     images = np.zeros((8, 16, 16, 3), np.uint8)
     masks = np.zeros((8, 16, 16), np.uint8)
     images[:, :, :8], masks[:, :, :8] = 200, 1                       # left half class 1
@@ -183,7 +184,7 @@ def test_loader_augmentation_is_deterministic_and_consistent(tmp_path):
     src = H5Source(tmp_path / "a.h5")
     runs = []
     for _ in range(2):
-        ld = Loader(src, Stream(np.arange(8), 8, seed=0), flip=True, scale=(1.0, 1.5), prefetch=1)
+        ld = Loader(src, BatchOrder(np.arange(8), 8, seed=0), flip=True, scale=(1.0, 1.5), prefetch=1)
         runs.append(next(ld))
         ld.close()
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
@@ -198,7 +199,7 @@ def test_rotation_moves_image_and_mask_together(tmp_path):
     masks = np.zeros((16, 8, 8), np.uint8)
     images[:, :2, :4], masks[:, :2, :4] = 255, 2                        # a bar in the top-left corner
     write_split(tmp_path / "r.h5", images, masks, META)
-    ld = Loader(H5Source(tmp_path / "r.h5"), Stream(np.arange(16), 16, seed=3), rotate=True, prefetch=1)
+    ld = Loader(H5Source(tmp_path / "r.h5"), BatchOrder(np.arange(16), 16, seed=3), rotate=True, prefetch=1)
     x, y = next(ld)
     ld.close()
     assert torch.equal(x[:, 0] == 255, y == 2)                          # exact: rotations need no resampling
@@ -219,7 +220,7 @@ def test_loader_errors_reach_the_consumer(tmp_path):
         return read(*args)
 
     src.read_into = failing_read
-    ld = Loader(src, Stream(np.arange(12), 4, seed=0), prefetch=1)
+    ld = Loader(src, BatchOrder(np.arange(12), 4, seed=0), prefetch=1)
     next(ld)
     with pytest.raises(DataError, match="index 5: unreadable"):
         for _ in range(10):

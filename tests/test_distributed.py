@@ -14,12 +14,16 @@ TINY = ["--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "16", "--
 pytestmark = pytest.mark.slow
 
 
+FAULTY = os.path.join(os.path.dirname(__file__), "faulty_train.py")     # the training command with a fault
+
+
 def launch(out, procs, *extra, env=None, timeout=300):
+    entry = [FAULTY] if env and "FAIL_AT" in env else ["-m", "cycleseg.train"]
     if procs == 1:
-        cmd = [sys.executable, "-m", "cycleseg.train"]
+        cmd = [sys.executable, *entry]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
-               "-m", "cycleseg.train"]
+               *entry]
     return subprocess.run(cmd + TINY + ["--out", str(out), *extra], env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
@@ -77,7 +81,7 @@ def test_checkpoints_move_between_process_counts(tmp_path):
 
 
 def test_a_failing_process_ends_the_job(tmp_path):
-    r = launch(tmp_path / "f", 2, "--steps", "50", "--batch-size", "2", env={"CYCLESEG_FAIL_FOR_TESTS": "1:3"},
+    r = launch(tmp_path / "f", 2, "--steps", "50", "--batch-size", "2", env={"FAIL_AT": "1:3"},
                timeout=180)
     assert r.returncode != 0
     assert "process 1 failed at step 3" in r.stderr

@@ -8,6 +8,7 @@ from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import Plan, busy_cpu_note, cpu_has_native_bf16, plan_for
 from cycleseg.models import NormReLU, networks_from_config, use_ops
+from cycleseg.assemble import make_step as step_for
 from cycleseg.steps import STEPS
 
 FAST_CPU = Plan(fused_ops=True, merge_passes=True, fused_adam=True)
@@ -29,7 +30,7 @@ def make_step(cfg, meta, plan):
     nets = networks_from_config(cfg, meta, STEPS[cfg.mode].networks)
     for net in nets.values():
         use_ops(net, plan.ops())
-    return nets, STEPS[cfg.mode](nets, cfg, meta, plan)
+    return nets, step_for(cfg, nets, meta, plan)
 
 
 def inert(nets, name: str) -> bool:

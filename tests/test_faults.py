@@ -12,7 +12,6 @@ import torch
 
 from cycleseg.checkpoint import CheckpointError
 from cycleseg.config import Config
-from cycleseg.data.h5format import DataError
 from cycleseg.faults import NonFiniteLoss
 from cycleseg.runfolder import RunFolder
 from cycleseg.train import main, train
@@ -86,15 +85,17 @@ def test_unwritable_folder_and_impossible_batch_are_clear_errors(tiny_argv, tmp_
 
 def test_tiny_fraction_still_selects_images():
     import numpy as np
-    from cycleseg.data.stream import labeled_subset
+    from cycleseg.data.subset import labeled_subset
     assert len(labeled_subset(1000, 0.0001, seed=0)) == 1
     groups = np.repeat(np.arange(70), 3)
     assert len(labeled_subset(len(groups), 0.001, 0, groups, first_groups=True)) == 3
 
 
 def run_cli(out, *extra, env=None):
-    """The training command in a subprocess (the real entry point: signals, exit codes, files)."""
-    cmd = [sys.executable, "-m", "cycleseg.train", *TINY_ARGS, "--out", str(out), *extra]
+    """The training command in a subprocess (the real entry point: signals, exit codes, files); with a
+    fault injected (tests/faulty_train.py) when env asks for one."""
+    entry = [os.path.join(os.path.dirname(__file__), "faulty_train.py")] if env else ["-m", "cycleseg.train"]
+    cmd = [sys.executable, *entry, *TINY_ARGS, "--out", str(out), *extra]
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -132,7 +133,7 @@ def test_kill_9_anywhere_then_resume_gives_the_same_run(tmp_path):
     straight = tmp_path / "straight"
     assert run_cli(straight, *args).wait(timeout=300) == 0
     out = tmp_path / "killed"
-    slow = {"CYCLESEG_SLOW_WRITE_FOR_TESTS": "0.3"}
+    slow = {"SLOW_WRITE": "0.3"}
     for kill_at in ("writing", "writing", "between"):
         p = run_cli(out, *args, *(["--resume"] if out.exists() else []), env=slow)
         if kill_at == "writing":                                    # a temporary checkpoint file exists

@@ -15,7 +15,7 @@ from PIL import Image
 from cycleseg.checkpoint import CheckpointError, load_run
 from cycleseg.data.convert import acdc_items, convert, folder_items
 from cycleseg.data.h5format import DataError, Meta, default_palette, validate, write_split
-from cycleseg.data.stream import H5Source
+from cycleseg.data.source import H5Source
 
 CASES = {"h5": 0, "convert": 0, "checkpoint": 0}
 META = Meta(num_classes=3, class_names=["a", "b", "c"], palette=default_palette(3))

@@ -4,9 +4,12 @@ import dataclasses
 import pytest
 import torch
 
+from cycleseg.config import RECIPES
 from cycleseg.models import build_networks
 from cycleseg.objective import (Lambdas, discriminator_objective, generator_objective, one_hot,
                                 supervised_objective)
+
+LAMBDAS_2019 = Lambdas(*(RECIPES["2019"][f"lambda{i}"] for i in range(1, 6)))  # every term on
 
 K, IGN = 3, 255
 TERMS = {"gen_img": "gen_img", "cycle_seg": "cycle_seg", "cycle_img": "cycle_img",
@@ -58,7 +61,7 @@ def hand_terms(nets, x, y, xu):
     }
 
 
-def run(nets, x, y, xu, lambdas=Lambdas()):
+def run(nets, x, y, xu, lambdas=LAMBDAS_2019):
     return generator_objective(nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"], x, y, xu, K, lambdas, IGN)
 
 
@@ -76,7 +79,7 @@ def test_each_term_equals_hand_computation(setup):
     assert set(terms) == set(hand)
     for name, value in hand.items():
         torch.testing.assert_close(terms[name], value.detach(), rtol=1e-10, atol=1e-12, msg=name)
-    lam = Lambdas()
+    lam = LAMBDAS_2019
     expect = (hand["gen_seg"] + lam.gen_img * hand["gen_img"] + lam.cycle_seg * hand["cycle_seg"]
               + lam.cycle_img * hand["cycle_img"] + lam.disc_seg * hand["disc_seg"] + lam.disc_img * hand["disc_img"])
     torch.testing.assert_close(loss, expect, rtol=1e-10, atol=1e-12)
@@ -88,7 +91,7 @@ def test_each_term_equals_hand_computation(setup):
 def test_zero_lambda_removes_exactly_that_term(setup, field):
     nets, x, y, xu = setup
     full, terms, _ = run(nets, x, y, xu)
-    lam = Lambdas()
+    lam = LAMBDAS_2019
     without, terms0, _ = run(nets, x, y, xu, dataclasses.replace(lam, **{field: 0.0}))
     assert TERMS[field] not in terms0 and set(terms) - set(terms0) == {TERMS[field]}
     torch.testing.assert_close(without, full - getattr(lam, field) * terms[TERMS[field]], rtol=1e-10, atol=1e-12)
@@ -149,10 +152,11 @@ def test_soft_dice_by_hand():
 
 def test_unlabeled_weight_scales_only_the_unlabeled_terms(setup):
     nets, x, y, xu = setup
-    loss1, terms, _ = generator_objective(nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"], x, y, xu, K)
+    loss1, terms, _ = generator_objective(nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"], x, y, xu, K,
+                                          LAMBDAS_2019)
     loss0, _, _ = generator_objective(nets["G_IS"], nets["G_SI"], nets["D_S"], nets["D_I"], x, y, xu, K,
-                                      unlabeled_weight=torch.tensor(0.0))
-    lam = Lambdas()
+                                      LAMBDAS_2019, unlabeled_weight=torch.tensor(0.0))
+    lam = LAMBDAS_2019
     assert (loss1 - loss0).item() == pytest.approx(
         (lam.cycle_img * terms["cycle_img"] + lam.disc_seg * terms["disc_seg"]).item(), rel=1e-5)
 

@@ -7,6 +7,9 @@ import torch
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
 from cycleseg.models import networks_from_config
+from cycleseg.assemble import make_step
+from cycleseg.fastpath import Plan
+from cycleseg.objective import HungWeights
 from cycleseg.steps import STEPS, CycleGANStep, LinearDecay, SupervisedStep
 
 
@@ -30,7 +33,7 @@ def make(mode):
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
     nets = networks_from_config(cfg, meta, STEPS[mode].networks)
-    return nets, STEPS[mode](nets, cfg, meta)
+    return nets, make_step(cfg, nets, meta, Plan())
 
 
 def batches(n, size=8):
@@ -76,7 +79,7 @@ def test_rampup_and_discriminator_lr_reach_the_step():
                  lr_d=1e-4).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
-    step = STEPS["semi"](networks_from_config(cfg, meta), cfg, meta)
+    step = make_step(cfg, networks_from_config(cfg, meta), meta, Plan())
     assert step.optimizers["D"].param_groups[0]["lr"] == 1e-4 and step.optimizers["G"].param_groups[0]["lr"] == 1e-3
     weights = []
     for b in batches(5):
@@ -92,7 +95,7 @@ def test_adversarial_step_terms_and_self_training_start():
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
     nets = networks_from_config(cfg, meta, STEPS["adversarial"].networks)
-    step = STEPS["adversarial"](nets, cfg, meta)
+    step = make_step(cfg, nets, meta, Plan())
     on = []
     for b in batches(4, 32):
         terms = step(b)
@@ -104,8 +107,8 @@ def test_adversarial_step_terms_and_self_training_start():
     nets["D_H"].requires_grad_(False)
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     y = torch.randint(0, 3, (2, 32, 32))
-    loss, terms, _ = adversarial_objective(nets["G_IS"], nets["D_H"], x, y, x, 3, 255, lambda_adv=1.0,
-                                           lambda_semi_adv=0.0, lambda_semi=0.0)
+    loss, terms, _ = adversarial_objective(nets["G_IS"], nets["D_H"], x, y, x, 3, 255,
+                                           HungWeights(adv=1.0, semi_adv=0.0, self_training=0.0, threshold=0.2))
     nets["G_IS"].zero_grad()
     (loss - terms["gen_seg"]).backward()                              # the adversarial term alone
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["G_IS"].parameters())

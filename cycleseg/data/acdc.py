@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from . import convert as cv
 from .cache import cache_dir
@@ -62,8 +63,6 @@ def read_volume(src, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 def slices_to_input(image: np.ndarray, size: int) -> torch.Tensor:
     """(D, H, W) float in [0, 1] -> (D, 1, size, size) network input, prepared as the converter does."""
-    from PIL import Image
-
     u8 = np.stack([np.asarray(Image.fromarray(float01_to_uint8(s)).resize((size, size), Image.BILINEAR))
                    for s in image])
     return to_input(torch.from_numpy(u8).unsqueeze(1))
@@ -71,7 +70,5 @@ def slices_to_input(image: np.ndarray, size: int) -> torch.Tensor:
 
 def resize_back(pred: np.ndarray, shape) -> np.ndarray:
     """(D, h, w) class ids -> (D, H, W) by nearest neighbour (shape = (H, W))."""
-    from PIL import Image
-
     return np.stack([np.asarray(Image.fromarray(p.astype(np.uint8)).resize(shape[::-1], Image.NEAREST))
                      for p in pred])

@@ -24,7 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from ..fileio import atomic_path
 from .pixels import float01_to_uint8
@@ -65,8 +68,6 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size, keep_aspect: bool = F
                 ignore_index: int = IGNORE_INDEX):
     """Resize an image (uint8 (H, W[, 3]) or float32 (H, W)) bilinearly with antialiasing and its mask
     with nearest neighbour to size = (H, W); keep_aspect fits inside and pads."""
-    from PIL import Image
-
     if size is None or tuple(image.shape[:2]) == tuple(size):
         return image, mask
     h, w = size
@@ -96,8 +97,6 @@ def read_lines(path: Path) -> list[str]:
 
 
 def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
-    from PIL import Image
-
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
@@ -114,8 +113,6 @@ HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")          # PIL modes that 
 
 def _pil_image(path: Path) -> np.ndarray:
     """An RGB uint8 image; a 16-bit, 32-bit or float image as its raw values (checked by load_pair)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         high = im.mode in HIGH_BIT_MODES
     return _pil(path, raw=True) if high else _pil(path, "RGB")
@@ -301,9 +298,6 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
             intensity: str = "strict", mapping=None) -> dict:
     """Write items to `out` (atomically), checking each image and mask (intensity, mapping: load_pair).
     Returns a summary dict."""
-    import h5py
-    from tqdm import tqdm
-
     if not items:
         raise DataError(f"nothing to convert into {out}")
     out = Path(out)

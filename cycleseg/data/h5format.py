@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ..fileio import atomic_path
@@ -71,8 +72,6 @@ def default_palette(num_classes: int) -> list:
 
 def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups: np.ndarray | None = None) -> None:
     """Write one split atomically. images (N, H, W, C) or (N, H, W) uint8; masks (N, H, W) uint8."""
-    import h5py
-
     images = np.asarray(images)
     masks = np.asarray(masks)
     if images.ndim == 3:
@@ -113,8 +112,6 @@ def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: 
 
 def open_h5(path):
     """Open a file read-only, turning h5py's errors into DataError naming the file."""
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")

@@ -1,0 +1,53 @@
+"""The two streams of a run: the labeled stream over the labeled subset and the unlabeled stream over the
+rest of the training split, each a Loader over its own BatchOrder."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .h5format import DataError
+from .loader import Loader
+from .order import BatchOrder
+from .source import H5Source
+from .subset import labeled_subset
+
+# Each stream's seed is (run seed) * SEED_STRIDE + its offset, so the streams of one run never share a seed.
+SEED_STRIDE = 1000
+LABELED_SEED_OFFSET, UNLABELED_SEED_OFFSET = 1, 2
+
+
+@dataclass
+class Streams:
+    loaders: dict                   # "labeled" and, when asked for, "unlabeled": Loader
+    num_labeled: int
+    num_unlabeled: int
+
+    def close(self) -> None:
+        for loader in self.loaders.values():
+            loader.close()
+
+
+def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size: int, unlabeled: bool,
+                 device="cpu", prefetch: int = 3, flip: bool = False, scale_crop: float = 1.0,
+                 rank: int = 0, world_size: int = 1, rotate: bool = False) -> Streams:
+    """The labeled stream over the labeled subset (drawn as the file's `labeled_subset` rule says) and,
+    when `unlabeled`, the unlabeled stream over the rest (over every image at 100 % labels)."""
+    first_groups = train.meta.labeled_subset == "first_groups"
+    lab = labeled_subset(len(train), labeled_fraction, seed, train.groups, first_groups)
+    unl = np.setdiff1d(np.arange(len(train)), lab)
+    if batch_size > len(lab) // world_size:
+        raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({len(lab)} images at "
+                        f"--labeled-fraction {labeled_fraction}"
+                        + (f", {len(lab) // world_size} per process" if world_size > 1 else "")
+                        + "): lower --batch-size or raise --labeled-fraction")
+    aug = dict(flip=flip, scale=(1.0, scale_crop) if scale_crop > 1 else None, rotate=rotate, device=device,
+               prefetch=prefetch)
+    shard = dict(rank=rank, world_size=world_size)
+    loaders = {"labeled": Loader(train, BatchOrder(lab, batch_size, seed * SEED_STRIDE + LABELED_SEED_OFFSET,
+                                                   **shard), **aug)}
+    if unlabeled:
+        loaders["unlabeled"] = Loader(
+            train, BatchOrder(unl if len(unl) else lab, batch_size, seed * SEED_STRIDE + UNLABELED_SEED_OFFSET,
+                              **shard), with_masks=False, **aug)
+    return Streams(loaders, len(lab), len(unl))

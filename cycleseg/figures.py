@@ -1,0 +1,175 @@
+"""Every picture the package draws, from numbers and arrays it is given (nothing here runs a network):
+
+    sample_grid         a run's validation samples: image | truth | prediction | G_SI(truth)
+    comparison_grid     the experiments' pictures: image | truth | one column per method
+    confusion_heatmap   evaluate's confusion matrix, rows normalised
+    fraction_plot       the experiments' score against labeled fraction
+Each returns a PIL image; `png` turns one into bytes.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SAMPLE_TITLES = ["image", "truth", "prediction", "G_SI(truth)"]
+COLOURS = {"partial": (200, 60, 40), "semi": (40, 90, 200), "full": (90, 90, 90)}
+
+
+def png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def palette_png(mask: np.ndarray, palette) -> bytes:
+    """(H, W) class ids as a palette PNG (palette index = class id)."""
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [c for colour in palette for c in colour]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    return png(img)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette, alpha: float = 0.45) -> Image.Image:
+    """The (H, W, 3) uint8 image with the classes' colours blended over it."""
+    colours = np.asarray(palette, np.uint8)[mask]
+    return Image.fromarray(((1 - alpha) * image + alpha * colours).astype(np.uint8))
+
+
+def colorize(mask: np.ndarray, palette, ignore_index: int = 255) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours; ignored pixels white."""
+    pal = np.zeros((256, 3), np.uint8)
+    pal[:len(palette)] = np.asarray(palette, np.uint8)
+    pal[ignore_index] = 255
+    return pal[mask]
+
+
+def rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 -> (H, W, 3) (gray repeated)."""
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def titled_grid(columns: list[list[np.ndarray]], titles=None, scale: int = 2) -> Image.Image:
+    """columns[c][r] is an (H, W, 3) uint8 picture -> one image, each column under its title."""
+    rows = [np.concatenate([col[r] for col in columns], axis=1) for r in range(len(columns[0]))]
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    if scale != 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    if not titles:
+        return grid
+    band = 16
+    img = Image.new("RGB", (grid.width, grid.height + band), "white")
+    img.paste(grid, (0, band))
+    draw = ImageDraw.Draw(img)
+    col_w = grid.width // len(columns)
+    for i, t in enumerate(titles[:len(columns)]):
+        draw.text((i * col_w + 3, 2), t, fill="black")
+    return img
+
+
+def image_truth_columns(images: np.ndarray, masks: np.ndarray, meta) -> list[list[np.ndarray]]:
+    """The image and ground-truth columns from uint8 images (N, H, W, C) and masks (N, H, W)."""
+    return [[rgb(im) for im in images], [colorize(m, meta.palette, meta.ignore_index) for m in masks]]
+
+
+def sample_grid(samples: dict, meta) -> Image.Image:
+    """evaluate.samples(...) as a grid under SAMPLE_TITLES (G_SI's column when the model has G_SI)."""
+    cols = image_truth_columns(samples["images"], samples["masks"], meta)
+    cols.append([colorize(p, meta.palette, meta.ignore_index) for p in samples["predictions"]])
+    if samples.get("gsi") is not None:
+        cols.append([rgb(g) for g in samples["gsi"]])
+    return titled_grid(cols, SAMPLE_TITLES)
+
+
+def comparison_grid(images: np.ndarray, masks: np.ndarray, predictions: dict, meta) -> Image.Image:
+    """image | truth | one column of predicted masks per method ({title: (N, H, W) class ids})."""
+    cols = image_truth_columns(images, masks, meta)
+    cols += [[colorize(p, meta.palette, meta.ignore_index) for p in preds] for preds in predictions.values()]
+    return titled_grid(cols, ["image", "truth", *predictions])
+
+
+def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
+    """A heat map of the confusion matrix, rows = truth normalised to 1, with class names and %."""
+    k = len(names)
+    cell, left = 44, max(60, 7 * max(len(n) for n in names) + 10)
+    top = left
+    img = Image.new("RGB", (max(left + k * cell + 10, 440), top + k * cell + 30), "white")
+    draw = ImageDraw.Draw(img)
+    rows = mat.sum(axis=1, keepdims=True)
+    frac = np.divide(mat, rows, out=np.zeros(mat.shape, dtype=np.float64), where=rows > 0)
+    for i in range(k):
+        draw.text((5, top + i * cell + cell // 2 - 5), names[i], fill="black")
+        label = Image.new("RGB", (top - 5, 12), "white")
+        ImageDraw.Draw(label).text((0, 0), names[i], fill="black")
+        img.paste(label.rotate(90, expand=True), (left + i * cell + cell // 2 - 6, 5))
+        for j in range(k):
+            f = frac[i, j]
+            shade = int(255 * (1 - f))
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
+            draw.text((x0 + 6, y0 + cell // 2 - 5), f"{100 * f:.0f}%", fill="white" if f > 0.5 else "black")
+    draw.text((left, top + k * cell + 8), "rows: truth (each sums to 100 %), columns: prediction", fill="black")
+    return img
+
+
+class Axes:
+    """A plot frame: data coordinates (x positions given as categories or numbers, y in [lo, hi]) to
+    pixels, with the axes, ticks and labels drawn."""
+
+    W, H, L, B, T, R = 560, 390, 60, 50, 42, 20
+
+    def __init__(self, lo: float, hi: float, title: str, xlabel: str):
+        self.lo, self.hi = lo, hi
+        self.img = Image.new("RGB", (self.W, self.H), "white")
+        self.draw = ImageDraw.Draw(self.img)
+        d = self.draw
+        d.line([(self.L, self.T), (self.L, self.H - self.B), (self.W - self.R, self.H - self.B)], fill="black")
+        for i in range(5):
+            v = lo + (hi - lo) * i / 4
+            d.line([(self.L - 4, self.y(v)), (self.L, self.y(v))], fill="black")
+            d.text((5, self.y(v) - 6), f"{v:.3f}", fill="black")
+        d.text((self.W // 2 - 60, self.H - 20), xlabel, fill="black")
+        d.text((self.L, 8), title, fill="black")
+
+    def y(self, v: float) -> float:
+        return self.H - self.B - (self.H - self.B - self.T) * (v - self.lo) / (self.hi - self.lo)
+
+    def x(self, i: float, n: int) -> float:
+        """The pixel of position i of n evenly spaced categories."""
+        return self.L + (self.W - self.L - self.R) * (i + 0.5) / n
+
+    def legend(self, entries: dict) -> None:
+        """{label: colour} in a row above the plot, right-aligned."""
+        x = self.W - self.R
+        for label, colour in reversed(list(entries.items())):
+            x -= 7 * len(label) + 16
+            self.draw.text((x, 22), label, fill=colour)
+
+
+def fraction_plot(series: dict, full: list, title: str) -> Image.Image | None:
+    """Score against labeled fraction: {method: [(fraction, mean, std)]} with one-std error bars, and
+    Full's [(mean, std)] as dashed lines; None when there is nothing to plot."""
+    points = [p for s in series.values() for p in s] + [(1.0, f[0], f[1]) for f in full]
+    if not points:
+        return None
+    lo = min(m - s for _, m, s in points)
+    hi = max(m + s for _, m, s in points)
+    lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
+    ax = Axes(lo, hi, title, "labeled fraction")
+    xs = sorted({p[0] for p in points})
+    for f in xs:
+        ax.draw.text((ax.x(xs.index(f), len(xs)) - 12, ax.H - ax.B + 8), f"{round(100 * f)} %", fill="black")
+    for m, pts in series.items():
+        colour = COLOURS.get(m, (0, 0, 0))
+        xy = [(ax.x(xs.index(f), len(xs)), ax.y(mu)) for f, mu, _ in pts]
+        if len(xy) > 1:
+            ax.draw.line(xy, fill=colour, width=2)
+        for (f, mu, sd), (x, y) in zip(pts, xy):
+            ax.draw.line([(x, ax.y(mu - sd)), (x, ax.y(mu + sd))], fill=colour)
+            ax.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    for mu, _ in full:
+        for x in range(ax.L, ax.W - ax.R, 12):
+            ax.draw.line([(x, ax.y(mu)), (x + 6, ax.y(mu))], fill=COLOURS["full"])
+    ax.legend({"Partial": COLOURS["partial"], "semi": COLOURS["semi"], "Full": COLOURS["full"]})
+    return ax.img

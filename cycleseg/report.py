@@ -1,0 +1,78 @@
+"""Every table the package writes, as text, from results it is given (nothing here computes a score):
+
+    evaluation_table    evaluate's terminal report: slice metrics, per class, per volume
+    confusion_csv       the confusion matrix with class names
+    volumes_csv         per-volume scores of each structure
+    grid_markdown       the experiments' table: mean ± std over seeds per cell
+    grid_csv            the same, one line per cell and score
+"""
+from __future__ import annotations
+
+STRUCTURE_SCORES = ("dice", "iou", "hd95", "asd")
+GRID_SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice"}
+
+
+def _fmt(v) -> str:
+    return "NaN" if v is None else f"{v:.4f}"
+
+
+def evaluation_table(r: dict) -> str:
+    s = r["slices"]
+    lines = [f"{r['checkpoint']} (step {r['step']}) on {r['data']}, split {r['split']}: {r['images']} images",
+             f"mIoU {s['miou']:.4f} (standard: all classes, ignored pixels excluded)   mDice {s['mdice']:.4f}   "
+             f"pixel accuracy {s['pixel_acc']:.4f}",
+             f"mIoU without background (the 2019 code's variant, for comparison with the paper) {s['miou_no_bg']:.4f}",
+             "", f"{'class':20s} {'IoU':>7s} {'Dice':>7s}"]
+    lines += [f"{name:20s} {_fmt(s['iou'][name]):>7s} {_fmt(s['dice'][name]):>7s}" for name in s["iou"]]
+    if r["absent_classes"]:
+        lines.append("absent from both prediction and truth (NaN, left out of the means): "
+                     + ", ".join(r["absent_classes"]))
+    v = r.get("volumes")
+    if v:
+        lines += ["", f"per volume: {v['count']} volumes, {v['resolution']}; HD95 and ASD in voxels",
+                  f"{'structure':20s} {'Dice':>7s} {'IoU':>7s} {'HD95':>7s} {'ASD':>7s}"]
+        for st, sc in v["per_structure"].items():
+            lines.append(f"{st:20s} " + " ".join(f"{_fmt(sc[k]):>7s}" for k in STRUCTURE_SCORES))
+        lines.append(f"{'mean':20s} " + " ".join(f"{_fmt(v['mean'][k]):>7s}" for k in STRUCTURE_SCORES))
+        und = {k: n for k, n in v["undefined"].items() if n}
+        if und:
+            lines.append("undefined (a structure empty in prediction or truth; left out of the means): " +
+                         ", ".join(f"{k} {n}" for k, n in und.items()))
+    return "\n".join(lines)
+
+
+def confusion_csv(mat, names) -> str:
+    return "truth \\ prediction," + ",".join(names) + "\n" + "".join(
+        f"{names[i]}," + ",".join(str(int(v)) for v in mat[i]) + "\n" for i in range(len(names)))
+
+
+def volumes_csv(per_volume: list, structures) -> str:
+    rows = ["volume,structure," + ",".join(STRUCTURE_SCORES)]
+    for v in per_volume:
+        for st in structures:
+            rows.append(f"{v['volume']},{st}," + ",".join("" if v[k][st] is None else str(v[k][st])
+                                                          for k in STRUCTURE_SCORES))
+    return "\n".join(rows) + "\n"
+
+
+def grid_markdown(rows, header: str) -> str:
+    """rows: experiments.summarize's (one per cell: its Cell and (mean, std, n) per score)."""
+    keys = [k for k in GRID_SCORES if any(k in r for r in rows)]
+    lines = [header, "", "| method | labeled | " + " | ".join(GRID_SCORES[k] for k in keys) + " | seeds |",
+             "|---|---|" + "---|" * len(keys) + "---|"]
+    for r in rows:
+        c = r["cell"]
+        cols = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" if k in r else "-" for k in keys]
+        lines.append(f"| {c.label} | {round(100 * c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def grid_csv(rows) -> str:
+    out = ["mode,labeled_fraction,ablation,score,mean,std,seeds"]
+    for r in rows:
+        c = r["cell"]
+        for k in GRID_SCORES:
+            if k in r:
+                out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{k},{r[k][0]:.6f},{r[k][1]:.6f},"
+                           f"{r[k][2]}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,102 @@
+"""The house rules, checked on the source: imports at module level (or commented why not) and no import
+cycle in the package, no function over 60 lines, drawing in figures.py only, steps without the config."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "cycleseg"
+
+
+def modules():
+    """{dotted name: (path, source lines, AST)} of every module of the package."""
+    out = {}
+    for p in sorted(PACKAGE.rglob("*.py")):
+        rel = p.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        text = p.read_text()
+        out[name] = (p, text.splitlines(), ast.parse(text))
+    return out
+
+
+def resolve(module: str, node: ast.ImportFrom) -> list[str]:
+    """The package modules an `import` / `from ... import` statement of `module` names."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.startswith("cycleseg")]
+    base = module.split(".")
+    is_package = (PACKAGE / Path(*base[1:]) / "__init__.py").exists() if len(base) > 1 else True
+    parts = base if is_package else base[:-1]
+    if node.level:
+        parts = parts[:len(parts) - node.level + 1]
+        target = ".".join(parts + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    if not target.startswith("cycleseg"):
+        return []
+    names = [f"{target}.{a.name}" for a in node.names]
+    return [n if (ROOT / Path(*n.split("."))).with_suffix(".py").exists() or (ROOT / Path(*n.split("."))).is_dir()
+            else target for n in names]
+
+
+def test_module_level_imports_have_no_cycle():
+    mods = modules()
+    graph = {m: set() for m in mods}
+    for m, (_, _, tree) in mods.items():
+        for node in tree.body:                                      # module level only
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                graph[m] |= {t for t in resolve(m, node) if t in graph and t != m}
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for t in sorted(graph[m]):
+            if state.get(t) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(t):] + [t]))
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_imports_inside_functions_say_why():
+    for m, (path, lines, tree) in modules().items():
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in (n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))):
+                here, above = lines[node.lineno - 1], lines[node.lineno - 2]
+                assert "#" in here or above.strip().startswith("#"), f"{path}:{node.lineno}: {here.strip()}"
+
+
+def test_no_function_over_60_lines():
+    for m, (path, _, tree) in modules().items():
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            assert fn.end_lineno - fn.lineno + 1 <= 60, f"{path}:{fn.lineno} {fn.name}"
+
+
+def test_only_figures_draws_and_figures_computes_nothing():
+    for m, (path, lines, tree) in modules().items():
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "PIL"
+                    for a in n.names}
+        if m != "cycleseg.figures":
+            assert "ImageDraw" not in imported, f"{path} draws"
+    _, lines, _ = modules()["cycleseg.figures"]
+    assert not any(ln.startswith(("import torch", "from torch", "from .models", "from .evaluate")) for ln in lines)
+
+
+def test_steps_take_no_config():
+    """No name, argument or attribute `cfg` / `config` in steps.py: steps take explicit arguments."""
+    _, _, tree = modules()["cycleseg.steps"]
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args + n.kwonlyargs}
+    names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not names & {"cfg", "config", "Config"}
+
+
+def test_the_checker_sees_the_import_graph():
+    """The cycle check reads real edges (a check that saw none could not fail)."""
+    mods = modules()
+    _, _, tree = mods["cycleseg.train"]
+    targets = {t for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+               for t in resolve("cycleseg.train", node)}
+    assert {"cycleseg.assemble", "cycleseg.steps", "cycleseg.data.streams", "cycleseg.figures"} <= targets
