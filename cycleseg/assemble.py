@@ -8,7 +8,7 @@ import torch
 from .fastpath import Plan
 from .models import networks_from_config, use_ops
 from .objective import HungWeights
-from .steps import STEPS, AdversarialStep, CycleGANStep, Hung, Optim, SupervisedStep
+from .steps import STEPS, AdversarialStep, CycleGANStep, FixMatchStep, Hung, MeanTeacherStep, Optim, SupervisedStep
 
 
 def optim_of(cfg) -> Optim:
@@ -25,6 +25,11 @@ def make_step(cfg, nets: dict, meta, plan: Plan):
         return CycleGANStep(nets, **common, lambdas=cfg.lambdas, pool_size=cfg.pool_size, seed=cfg.seed,
                             rampup_steps=round(cfg.rampup * cfg.steps), hard_cycle=cfg.hard_cycle,
                             merge_discriminators=cfg.disc_norm != "batch")
+    if STEPS[cfg.mode] is MeanTeacherStep:
+        return MeanTeacherStep(nets, **common, consistency=cfg.mt_consistency, ema_decay=cfg.mt_ema, noise=cfg.mt_noise,
+                               rampup_steps=round(cfg.mt_rampup * cfg.steps), start_steps=round(cfg.mt_start * cfg.steps))
+    if STEPS[cfg.mode] is FixMatchStep:
+        return FixMatchStep(nets, **common, threshold=cfg.fm_threshold, weight=cfg.fm_weight, cutmix=cfg.fm_cutmix)
     weights = HungWeights(adv=cfg.adv_lambda, semi_adv=cfg.adv_semi_lambda, self_training=cfg.adv_self_training,
                           threshold=cfg.adv_threshold)
     hung = Hung(weights, start=cfg.adv_start, lr_d_scale=cfg.adv_lr_d_scale, betas_d=(cfg.adv_beta1_d, cfg.adv_beta2_d))

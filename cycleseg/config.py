@@ -33,7 +33,7 @@ RECIPES = {
     "tuned": dict(lambda1=1.0, lambda2=0.05, lambda3=0.0, lambda4=0.01, lambda5=0.5, rampup=0.0, lr_d_scale=1.0,
                   beta1_semi=0.9, beta1_supervised=0.9, dice=0.0, hard_cycle=False),
 }
-MODES = ("semi", "partial", "full", "adversarial")
+MODES = ("semi", "partial", "full", "adversarial", "meanteacher", "fixmatch")
 # On --resume: fields that describe this process, not the run (always taken from the command line).
 RUNTIME_FIELDS = ("resume", "device", "progress", "out", "stop_after", "prefetch")
 # Fields a resumed run may change when given on the command line (the schedule is re-derived from them).
@@ -46,7 +46,8 @@ RESUME_KEPT = {
     "the method and its objective": ("mode", "recipe", "beta1", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5",
                                      "rampup", "dice", "hard_cycle", "pool_size", "adv_lambda", "adv_semi_lambda",
                                      "adv_self_training", "adv_threshold", "adv_start", "adv_lr_d_scale",
-                                     "adv_beta1_d", "adv_beta2_d"),
+                                     "adv_beta1_d", "adv_beta2_d", "mt_consistency", "mt_ema", "mt_noise",
+                                     "mt_rampup", "mt_start", "fm_threshold", "fm_weight", "fm_cutmix"),
     "the seed (the run's identity)": ("seed",),
     "the plan it started with (numerics)": ("fast", "compile", "precision"),
 }
@@ -59,7 +60,7 @@ MAX_SIDE = 4096                     # larger images: 16+ GB a batch, and a check
 @dataclass
 class Config:
     # what to train
-    mode: str = "semi"                  # semi: the CycleGAN objective; partial: G_IS on the labeled subset; full: 100 % labels; adversarial: Hung et al. (2018)
+    mode: str = "semi"                  # semi: the CycleGAN objective; partial: G_IS on the labeled subset; full: 100 % labels; adversarial: Hung et al. (2018); meanteacher; fixmatch
     data: str | None = None             # train .h5, a folder with train.h5 + val.h5, or an SSL4MIS ACDC folder; None = built-in
     val_data: str | None = None         # val split .h5 (default: val.h5 beside the train split)
     labeled_fraction: float = 0.1       # nested subsets fixed by the seed
@@ -97,6 +98,16 @@ class Config:
     adv_lr_d_scale: float = 0.4         # adversarial: D's learning rate as a share of --lr (their 1e-4 against 2.5e-4)
     adv_beta1_d: float = 0.9            # adversarial: D's Adam beta1
     adv_beta2_d: float = 0.99           # adversarial: D's Adam beta2
+    # Mean Teacher (--mode meanteacher), SSL4MIS's train_mean_teacher_2D.py
+    mt_consistency: float = 0.1         # meanteacher: weight of the consistency term (reached at the end of the ramp-up)
+    mt_ema: float = 0.99                # meanteacher: EMA decay of the teacher
+    mt_noise: float = 0.2               # meanteacher: std of the teacher's input noise on images in [-1, 1] (SSL4MIS's 0.1 on [0, 1]), clipped at twice it
+    mt_rampup: float = 1.0              # meanteacher: fraction of the run over which the weight ramps up (sigmoid; SSL4MIS: the whole run)
+    mt_start: float = 0.033             # meanteacher: fraction of the run without the consistency term (SSL4MIS: 1000 of 30000 iterations)
+    # weak-to-strong consistency (--mode fixmatch), UniMatch's FixMatch baseline
+    fm_threshold: float = 0.95          # fixmatch: confidence above which a weak-view prediction is a pseudo-label
+    fm_weight: float = 1.0              # fixmatch: weight of the strong-view term (UniMatch halves both terms: the same ratio)
+    fm_cutmix: float = 0.5              # fixmatch: probability of a CutMix box in each strong view
     # data
     flip: bool = False                  # random horizontal flips (off in the paper preset)
     rotate: bool = False                # random rotations by multiples of 90 degrees (with --flip: the usual ACDC augmentation)
@@ -144,30 +155,7 @@ class Config:
             c.beta1 = r["beta1_semi"] if c.mode == "semi" else r["beta1_supervised"]
         if c.lr_d is None:
             c.lr_d = c.lr * r["lr_d_scale"]
-        if not 0.0 <= c.rampup <= 1.0:
-            raise UsageError(f"--rampup is a fraction of the steps in [0, 1], got {c.rampup}")
-        if c.compile not in ("auto", "on", "off"):
-            raise UsageError(f"compile must be auto, on or off, got {c.compile!r}")
-        if c.precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(f"precision must be auto, fp32 or bf16, got {c.precision!r}")
-        for name in ("steps", "batch_size", "ngf", "n_blocks", "ndf", "log_every", "eval_every", "ckpt_every",
-                     "prefetch"):
-            if getattr(c, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
-        check_image_side(c.image_size, c.mode, f"--image-size {c.image_size}")
-        for name in ("lr", "lr_d"):
-            if not getattr(c, name) > 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(c, name)}")
-        checks = (("beta1", 0.0 <= c.beta1 < 1.0, "in [0, 1)"), ("dropout", 0.0 <= c.dropout < 1.0, "in [0, 1)"),
-                  ("pool_size", c.pool_size >= 0, ">= 0"), ("scale_crop", c.scale_crop >= 1.0, ">= 1"))
-        for name, ok, want in checks:
-            if not ok:
-                raise UsageError(f"--{name.replace('_', '-')} must be {want}, got {getattr(c, name)}")
-        for name in ("lambda1", "lambda2", "lambda3", "lambda4", "lambda5", "dice"):
-            if getattr(c, name) < 0:
-                raise UsageError(f"--{name} must be >= 0, got {getattr(c, name)}")
-        if c.stop_after is not None and c.stop_after < 1:
-            raise UsageError(f"--stop-after must be >= 1, got {c.stop_after}")
+        check_values(c)
         c.device = check_device(c.device)
         if c.out is None:
             c.out = f"runs/{c.mode}-{round(100 * c.labeled_fraction)}pct-seed{c.seed}"
@@ -176,6 +164,43 @@ class Config:
     @property
     def lambdas(self) -> Lambdas:
         return Lambdas(self.lambda1, self.lambda2, self.lambda3, self.lambda4, self.lambda5)
+
+
+FRACTIONS = ("rampup", "mt_ema", "fm_threshold", "fm_cutmix", "mt_rampup", "mt_start", "adv_start")
+NON_NEGATIVE = ("pool_size", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5", "dice", "mt_consistency", "mt_noise",
+                "fm_weight", "adv_lambda", "adv_semi_lambda", "adv_self_training")
+AT_LEAST_ONE = ("steps", "batch_size", "ngf", "n_blocks", "ndf", "log_every", "eval_every", "ckpt_every", "prefetch")
+
+
+def check_values(c: Config) -> None:
+    """UsageError naming the first field of a resolved config whose value cannot be used."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    if c.compile not in ("auto", "on", "off"):
+        raise UsageError(f"compile must be auto, on or off, got {c.compile!r}")
+    if c.precision not in ("auto", "fp32", "bf16"):
+        raise UsageError(f"precision must be auto, fp32 or bf16, got {c.precision!r}")
+    for name in AT_LEAST_ONE:
+        if getattr(c, name) < 1:
+            raise UsageError(f"{flag(name)} must be >= 1, got {getattr(c, name)}")
+    check_image_side(c.image_size, c.mode, f"--image-size {c.image_size}")
+    for name in ("lr", "lr_d"):
+        if not getattr(c, name) > 0:
+            raise UsageError(f"{flag(name)} must be > 0, got {getattr(c, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(c, name) < 0:
+            raise UsageError(f"{flag(name)} must be >= 0, got {getattr(c, name)}")
+    for name in FRACTIONS:
+        if not 0.0 <= getattr(c, name) <= 1.0:
+            raise UsageError(f"{flag(name)} must be in [0, 1], got {getattr(c, name)}")
+    for name, value in (("beta1", c.beta1), ("dropout", c.dropout)):
+        if not 0.0 <= value < 1.0:
+            raise UsageError(f"{flag(name)} must be in [0, 1), got {value}")
+    if c.scale_crop < 1.0:
+        raise UsageError(f"--scale-crop must be >= 1, got {c.scale_crop}")
+    if c.stop_after is not None and c.stop_after < 1:
+        raise UsageError(f"--stop-after must be >= 1, got {c.stop_after}")
 
 
 def from_saved(saved: dict) -> Config:

@@ -9,15 +9,17 @@ Grids (every cell once per seed):
     paper        Full; Partial and semi at 10 / 20 / 30 / 50 %; the ablations: semi at 20 % with each of
                  lambda2..lambda5 switched (set to 0, or, where the recipe has it at 0, to the 2019 code's
                  weight); Hung et al.'s adversarial baseline at 20 %
-    comparison   Full; Partial and semi at --fractions
+    comparison   Full; --methods (default: partial semi; also meanteacher, fixmatch, adversarial) at
+                 --fractions
 
 Each cell is a training run in <out>/<cell>-seed<s>/ with the same options (those after `--` go to
 every run: budget, size, augmentation, recipe), so the arms differ only in what the cell says. A cell
 whose run finished is not run again; an interrupted one resumes. Selection rule, the same for every
 cell: the last checkpoint, scored by its final validation (never the best-scoring step). Writes
 results.md and results.csv (mean and standard deviation over seeds of the slice mIoU and, on ACDC, the
-per-volume Dice), plot.png (score against labeled fraction, Partial vs semi, error bars: one standard
-deviation) and pictures.png (validation images: image, truth, Partial, semi).
+per-volume Dice), plot.png (score against labeled fraction, one line per method, error bars: one
+standard deviation), time.png (each method's validation score against its training time at the smallest
+fraction) and pictures.png (validation images: image, truth, Partial, semi).
 """
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ class Cell:
 
     @property
     def label(self) -> str:
-        names = {"full": "Full", "partial": "Partial", "semi": "Ours (semi)", "adversarial": "Hung et al."}
+        names = {"full": "Full", "partial": "Partial", "semi": "Ours (semi)", "adversarial": "Hung et al.",
+                 "meanteacher": "Mean Teacher", "fixmatch": "FixMatch (weak-to-strong)"}
         text = names[self.mode]
         if not self.ablation:
             return text
@@ -73,14 +76,16 @@ class Cell:
         return f"{text}, without {term}"
 
 
-def grid_cells(grid: str, fractions, extra=()) -> list[Cell]:
-    """The cells of a grid. Each ablation switches one of lambda2..lambda5 of the semi runs (as the recipe
-    and the options after -- set them): off where it is on, on at the 2019 code's weight where it is off."""
+def grid_cells(grid: str, fractions, extra=(), methods=("partial", "semi")) -> list[Cell]:
+    """The cells of a grid: Full, then each of `methods` at each labeled fraction (the paper grid: Partial
+    and semi at 10 / 20 / 30 / 50 %, the ablations and Hung et al.). Each ablation switches one of
+    lambda2..lambda5 of the semi runs (as the recipe and the options after -- set them): off where it is
+    on, on at the 2019 code's weight where it is off."""
     cells = [Cell("full", 1.0)]
     if grid == "paper":
-        fractions = (0.1, 0.2, 0.3, 0.5)
+        fractions, methods = (0.1, 0.2, 0.3, 0.5), ("partial", "semi")
     for f in fractions:
-        cells += [Cell("partial", f), Cell("semi", f)]
+        cells += [Cell(m, f) for m in methods]
     if grid == "paper":
         semi = parse_args(["--mode", "semi", *extra])[0].resolved()
         cells += [Cell("semi", 0.2, a, 0.0 if getattr(semi, a) else RECIPES["2019"][a]) for a in ABLATIONS]
@@ -88,6 +93,7 @@ def grid_cells(grid: str, fractions, extra=()) -> list[Cell]:
     return cells
 
 
+METHODS = ("partial", "semi", "meanteacher", "fixmatch", "adversarial")
 # Options a cell sets itself: after `--` they would make every cell the same run.
 CELL_OWNED = ("mode", "labeled_fraction", "seed", "out", "data", "resume", "stop_after")
 
@@ -164,11 +170,30 @@ def summarize(results: dict) -> list[dict]:
 
 
 def fraction_series(rows, score: str) -> tuple[dict, list]:
-    """({"partial" | "semi": [(fraction, mean, std)]}, Full's [(mean, std)]) of the summarized rows."""
+    """({method: [(fraction, mean, std)]}, Full's [(mean, std)]) of the summarized rows."""
+    modes = dict.fromkeys(r["cell"].mode for r in rows if r["cell"].mode != "full" and not r["cell"].ablation)
     series = {m: sorted((r["cell"].fraction, *r[score][:2]) for r in rows
-                        if r["cell"].mode == m and not r["cell"].ablation and score in r)
-              for m in ("partial", "semi")}
-    return series, [r[score][:2] for r in rows if r["cell"].mode == "full" and score in r]
+                        if r["cell"].mode == m and not r["cell"].ablation and score in r) for m in modes}
+    return {m: pts for m, pts in series.items() if pts}, [r[score][:2] for r in rows
+                                                         if r["cell"].mode == "full" and score in r]
+
+
+def time_series(out: Path, cells, seeds, score: str, fraction: float) -> dict:
+    """{method label: [(training seconds, score)]}: each validation of the cells at `fraction` (and Full),
+    averaged over seeds step by step (the time spent training, evaluations left out)."""
+    series = {}
+    for cell in cells:
+        if cell.ablation or cell.fraction not in (fraction, 1.0):
+            continue
+        runs = [[r for r in RunFolder(out / f"{cell.name}-seed{s}").records("val") if score in r] for s in seeds]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        series[f"{cell.label} ({round(100 * cell.fraction)} %)"] = [
+            (float(np.mean([r[i].get("train_time", r[i].get("time", 0.0)) for r in runs])),
+             float(np.mean([r[i][score] for r in runs]))) for i in range(n)]
+    return series
 
 
 def pictures(out: Path, fraction: float, seed: int, count: int = 4):
@@ -197,6 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
     p.add_argument("--data", default=None, help="any --data of the training command (default: the built-in dataset)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="labeled fractions (comparison grid)")
+    p.add_argument("--methods", nargs="+", default=["partial", "semi"], choices=METHODS,
+                   help="the methods of the comparison grid, each at every fraction (Full always runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(argv)
@@ -204,7 +231,7 @@ def main(argv=None) -> int:
     seeds = list(dict.fromkeys(a.seeds))                            # a seed given twice is one run
     try:
         check_extra(extra)
-        cells = grid_cells(a.grid, a.fractions, extra)
+        cells = grid_cells(a.grid, a.fractions, extra, a.methods)
         for seed, cell in ((s, c) for s in seeds for c in cells):   # before any cell runs
             args = cell_args(cell, seed, out, a.data, extra)
             cfg = parse_args(args)[0].resolved()
@@ -245,6 +272,11 @@ def report_files(a, out: Path, cells, seeds, results, rows, steps, extra) -> dic
                                  report.GRID_SCORES[score] + " (mean, error bars: 1 std over seeds)")
     if plot is not None:
         files["plot.png"] = figures.png(plot)
+    first = min((c.fraction for c in cells if c.mode != "full" and not c.ablation), default=None)
+    timed = time_series(out, cells, seeds, score, first) if first is not None else {}
+    if timed:
+        files["time.png"] = figures.png(figures.time_plot(
+            timed, f"validation {report.GRID_SCORES[score]} against training time (mean over seeds)"))
     fractions = sorted({c.fraction for c in cells if c.mode == "semi" and not c.ablation})
     pics = pictures(out, fractions[0], seeds[0]) if fractions else None
     if pics is not None:

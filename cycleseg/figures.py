@@ -14,7 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SAMPLE_TITLES = ["image", "truth", "prediction", "G_SI(truth)"]
-COLOURS = {"partial": (200, 60, 40), "semi": (40, 90, 200), "full": (90, 90, 90)}
+COLOURS = {"partial": (200, 60, 40), "semi": (40, 90, 200), "full": (90, 90, 90), "meanteacher": (30, 150, 60),
+           "fixmatch": (150, 60, 170), "adversarial": (200, 140, 20)}
+LABELS = {"partial": "Partial", "semi": "Ours (semi)", "meanteacher": "Mean Teacher", "fixmatch": "FixMatch",
+          "adversarial": "Hung et al."}
 
 
 def png(image: Image.Image) -> bytes:
@@ -171,5 +174,32 @@ def fraction_plot(series: dict, full: list, title: str) -> Image.Image | None:
     for mu, _ in full:
         for x in range(ax.L, ax.W - ax.R, 12):
             ax.draw.line([(x, ax.y(mu)), (x + 6, ax.y(mu))], fill=COLOURS["full"])
-    ax.legend({"Partial": COLOURS["partial"], "semi": COLOURS["semi"], "Full": COLOURS["full"]})
+    ax.legend({**{LABELS.get(m, m): COLOURS.get(m, (0, 0, 0)) for m in series}, "Full": COLOURS["full"]})
+    return ax.img
+
+
+def time_plot(series: dict, title: str) -> Image.Image:
+    """{label: [(seconds, score)]}, one line per label, against a linear time axis."""
+    points = [p for pts in series.values() for p in pts]
+    lo, hi = min(v for _, v in points), max(v for _, v in points)
+    lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
+    tmax = max(t for t, _ in points) or 1.0
+    ax = Axes(lo, hi, title, "training time, s")
+    span = ax.W - ax.L - ax.R
+    for i in range(5):
+        t = tmax * i / 4
+        ax.draw.text((ax.L + span * i / 4 - 10, ax.H - ax.B + 8), f"{t:.0f}" if tmax >= 20 else f"{t:.1f}",
+                     fill="black")
+    palette = list(COLOURS.values())
+    legend = {}
+    for k, (label, pts) in enumerate(series.items()):
+        mode = next((m for m, name in {**LABELS, "full": "Full"}.items() if label.startswith(name)), None)
+        colour = COLOURS.get(mode, palette[k % len(palette)])
+        xy = [(ax.L + span * t / tmax, ax.y(v)) for t, v in pts]
+        if len(xy) > 1:
+            ax.draw.line(xy, fill=colour, width=2)
+        for x, y in xy:
+            ax.draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        legend[label.rsplit(" (", 1)[0]] = colour
+    ax.legend(legend)
     return ax.img

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
+from .views import partner
 
 
 @dataclass(frozen=True)
@@ -230,3 +231,39 @@ def adversarial_discriminator_objective(d, real_seg, fake_labeled, fake_unlabele
     d_real = masked_bce(d(real_seg), 1.0, valid)
     loss = 0.5 * (d_fake + d_real)
     return loss, {"d_adv": loss.detach()}
+
+
+# -- Mean Teacher (Tarvainen & Valpola 2017, as SSL4MIS trains it on ACDC) and weak-to-strong consistency
+# (FixMatch, Sohn et al. 2020, as UniMatch's segmentation baseline): the field's baselines on G_IS alone ----
+
+def mean_teacher_objective(student, teacher, x, y, x_unl, noise, num_classes: int, ignore_index: int,
+                           weight, ops=reference, merge_passes: bool = False, dice: float = 0.0):
+    """The supervised loss of the student plus `weight` x the mean squared difference between the
+    student's softmax on the unlabeled images and the teacher's on the same images with `noise` added
+    (SSL4MIS: train_mean_teacher_2D.py). The teacher (an EMA of the student) takes no gradient.
+    Returns (loss, terms)."""
+    logits = Passes(student, [x, x_unl], merge_passes)
+    sup = segmentation_loss(logits[0], y, num_classes, ignore_index, ops, dice)
+    with torch.no_grad():
+        target = torch.softmax(teacher(x_unl + noise).float(), dim=1)
+    consistency = ((torch.softmax(logits[1].float(), dim=1) - target) ** 2).mean()
+    return sup + weight * consistency, {"gen_seg": sup.detach(), "consistency": consistency.detach()}
+
+
+def fixmatch_objective(g_is, x, y, x_weak, x_strong, box, num_classes: int, ignore_index: int, threshold: float,
+                       weight: float, ops=reference, merge_passes: bool = False, dice: float = 0.0):
+    """The supervised loss plus `weight` x the cross-entropy of G_IS on the strong views against the
+    argmax of its own (detached) prediction on the weak views, where that prediction's confidence is at
+    least `threshold`; inside each CutMix `box` the pseudo-labels are the partner image's (views.py).
+    Averaged over every unlabeled pixel, confident or not (UniMatch's fixmatch.py). Returns (loss, terms)."""
+    logits = Passes(g_is, [x, x_weak, x_strong], merge_passes)
+    sup = segmentation_loss(logits[0], y, num_classes, ignore_index, ops, dice)
+    with torch.no_grad():
+        conf, pseudo = torch.softmax(logits[1].detach().float(), dim=1).max(dim=1)          # (M, H, W)
+        conf = torch.where(box, partner(conf), conf)
+        pseudo = torch.where(box, partner(pseudo), pseudo)
+        confident = conf >= threshold
+        pseudo = torch.where(confident, pseudo, torch.full_like(pseudo, ignore_index))
+    unl = ops.softmax_cross_entropy(logits[2], pseudo, ignore_index=ignore_index, reduction="sum") / pseudo.numel()
+    return sup + weight * unl, {"gen_seg": sup.detach(), "consistency": unl.detach(),
+                                "confident": confident.float().mean()}

@@ -4,6 +4,8 @@ pools, built from explicit arguments (the entry point, assemble.py, reads them f
     SupervisedStep   Partial / Full: G_IS alone, cross-entropy on the labeled batch
     CycleGANStep     the method: one generator update, then one discriminator update
     AdversarialStep  Hung et al. (2018): G_IS against a discriminator on its softmax
+    MeanTeacherStep  Mean Teacher (Tarvainen & Valpola 2017), as SSL4MIS trains it
+    FixMatchStep     weak-to-strong consistency (FixMatch, Sohn et al. 2020), as UniMatch's baseline
 
     terms = step(batch)          # batch: {"images", "masks"[, "unlabeled"]} uint8 on the device
 
@@ -15,6 +17,7 @@ which networks it trains, `streams` which batches it reads.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 from dataclasses import dataclass
@@ -24,8 +27,10 @@ import torch
 from .data.pixels import to_input
 from .fastpath import Plan
 from .objective import (HungWeights, Lambdas, adversarial_discriminator_objective, adversarial_objective,
-                        discriminator_objective, generator_objective, one_hot, supervised_objective)
+                        discriminator_objective, fixmatch_objective, generator_objective, mean_teacher_objective,
+                        one_hot, supervised_objective)
 from .pool import ImagePool
+from .views import strong_view
 
 # Each pool's RNG seed is the run seed plus its offset (distinct from the streams' seeds).
 POOL_SEED_OFFSETS = {"seg": 11, "img": 12}
@@ -326,4 +331,85 @@ class AdversarialStep(Step):
         return {**terms, **d_terms}
 
 
-STEPS = {"semi": CycleGANStep, "partial": SupervisedStep, "full": SupervisedStep, "adversarial": AdversarialStep}
+class MeanTeacherStep(Step):
+    """Mean Teacher: G_IS (the student) learns from the labeled batch and from agreeing with an EMA of
+    itself (the teacher) on noisy unlabeled images (objective.mean_teacher_objective). As SSL4MIS's
+    train_mean_teacher_2D.py: noise N(0, 0.1) clipped to +-0.2 (on images in [0, 1]; x2 on ours in
+    [-1, 1]), weight 0.1 x a sigmoid ramp-up over `rampup_steps`, none before `start_steps`, EMA decay
+    min(1 - 1 / (t + 1), 0.99). The teacher is part of the step's state (checkpointed)."""
+    networks = ("G_IS",)
+    streams = ("labeled", "unlabeled")
+
+    def __init__(self, nets, plan: Plan, optim: Optim, num_classes: int, ignore_index: int, consistency: float,
+                 ema_decay: float, noise: float, rampup_steps: int, start_steps: int, dice: float = 0.0):
+        super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
+        self.consistency, self.ema_decay, self.noise = consistency, ema_decay, noise
+        self.rampup_steps, self.start_steps = rampup_steps, start_steps
+        ops_modules = {id(m.ops): m.ops for m in nets["G_IS"].modules() if hasattr(m, "ops")}   # shared, not copied
+        self.teacher = copy.deepcopy(nets["G_IS"], memo=ops_modules).requires_grad_(False)
+        self.weight = torch.zeros((), device=self.device)
+        self.loss = self.compiled(self._loss)
+
+    def _loss(self, x, y, x_unl, noise, weight):
+        with self.autocast():
+            return mean_teacher_objective(self.train_nets["G_IS"], self.teacher, x, y, x_unl, noise, self.num_classes,
+                                          self.ignore_index, weight, self.ops, self.plan.merge_passes, self.dice)
+
+    @torch.no_grad()
+    def _ema(self) -> None:
+        alpha = min(1 - 1 / (self.steps_done() + 1), self.ema_decay)   # the true average while it is better
+        teacher, student = list(self.teacher.parameters()), list(self.nets["G_IS"].parameters())
+        torch._foreach_mul_(teacher, alpha)
+        torch._foreach_add_(teacher, student, alpha=1 - alpha)
+
+    def __call__(self, batch: dict) -> dict:
+        x, y = self.inputs(batch)
+        x_unl = self.image(batch["unlabeled"])
+        noise = (torch.randn_like(x_unl) * self.noise).clamp(-2 * self.noise, 2 * self.noise)
+        t = self.steps_done()
+        self.weight.fill_(self.consistency * sigmoid_rampup(t, self.rampup_steps) if t >= self.start_steps else 0.0)
+        loss, terms = self.loss(x, y, x_unl, noise, self.weight)
+        self._update("G", loss)
+        self._ema()
+        self._lr_step()
+        return terms
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.teacher.load_state_dict(state["teacher"])
+
+
+class FixMatchStep(Step):
+    """Weak-to-strong consistency: G_IS's confident predictions on the unlabeled batch (the weak view)
+    supervise it on a strongly perturbed, CutMixed view of the same images (views.strong_view;
+    objective.fixmatch_objective); UniMatch's FixMatch baseline, confidence threshold 0.95."""
+    networks = ("G_IS",)
+    streams = ("labeled", "unlabeled")
+
+    def __init__(self, nets, plan: Plan, optim: Optim, num_classes: int, ignore_index: int, threshold: float,
+                 weight: float, cutmix: float, dice: float = 0.0):
+        super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
+        self.threshold, self.weight, self.cutmix = threshold, weight, cutmix
+        self.loss = self.compiled(self._loss)
+
+    def _loss(self, x, y, x_weak, x_strong, box):
+        with self.autocast():
+            return fixmatch_objective(self.train_nets["G_IS"], x, y, x_weak, x_strong, box, self.num_classes,
+                                      self.ignore_index, self.threshold, self.weight, self.ops,
+                                      self.plan.merge_passes, self.dice)
+
+    def __call__(self, batch: dict) -> dict:
+        x, y = self.inputs(batch)
+        x_weak = self.image(batch["unlabeled"])
+        x_strong, box = strong_view(x_weak, self.cutmix)
+        loss, terms = self.loss(x, y, x_weak, self.layout(x_strong), box)
+        self._update("G", loss)
+        self._lr_step()
+        return terms
+
+
+STEPS = {"semi": CycleGANStep, "partial": SupervisedStep, "full": SupervisedStep, "adversarial": AdversarialStep,
+         "meanteacher": MeanTeacherStep, "fixmatch": FixMatchStep}

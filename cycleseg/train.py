@@ -140,10 +140,13 @@ def next_batch(run: Run) -> dict:
     return batch
 
 
-def evaluation(run: Run, guard: FiniteGuard, bar) -> dict:
-    """Validate, log, draw the samples (rank 0) and keep best.pt."""
+def evaluation(run: Run, guard: FiniteGuard, bar, clock: dict) -> dict:
+    """Validate, log (with the time since the start, and the part of it spent training), draw the samples
+    (rank 0) and keep best.pt."""
+    start = time.time()
     result = validate(run)
-    run.folder.log({"step": run.n, "split": "val", **result})
+    times = {"time": start - clock["t0"], "train_time": start - clock["t0"] - clock["evaluating"]}
+    run.folder.log({"step": run.n, "split": "val", **times, **result})
     if run.world.rank == 0:                                         # pictures and the line: rank 0 only
         run.folder.picture(run.n, figures.sample_grid(samples(run.nets, run.data.val, run.device),
                                                       run.data.val.meta))
@@ -153,6 +156,7 @@ def evaluation(run: Run, guard: FiniteGuard, bar) -> dict:
         run.best = result["miou"]
         guard.check(run.folder.last)
         run.save(is_best=True)
+    clock["evaluating"] += time.time() - start
     return result
 
 
@@ -161,7 +165,7 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
     cfg, folder, world = run.cfg, run.folder, run.world
     bar = tqdm(total=cfg.steps, initial=run.n, disable=not cfg.progress or world.rank > 0, dynamic_ncols=True,
                desc=cfg.mode)
-    t0, result, guard = time.time(), {}, FiniteGuard()
+    clock, result, guard = {"t0": time.time(), "evaluating": 0.0}, {}, FiniteGuard()
     with contextlib.ExitStack() as scope:
         if run.plan.fused_ops:
             scope.enter_context(ops.validation(False))              # masks were checked at load: no per-step sync
@@ -176,13 +180,14 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
             if logging:
                 guard.check(folder.last)
                 vals = mean_terms(terms, world)
-                folder.log({"step": run.n, "split": "train", "time": time.time() - t0, "lr": run.step.lr(), **vals})
+                folder.log({"step": run.n, "split": "train", "time": time.time() - clock["t0"], "lr": run.step.lr(),
+                            **vals})
                 bar.set_postfix({k: f"{v:.3f}" for k, v in vals.items()}, refresh=False)
             # a stop signal: after this step on one process; under torchrun at a log step, the same on every process
             asked = stop.signum is not None
             stopping = (logging and any_rank(asked, world)) if world.active else asked
             if run.n % cfg.eval_every == 0 or run.n == cfg.steps:
-                result = evaluation(run, guard, bar)
+                result = evaluation(run, guard, bar, clock)
             if run.n % cfg.ckpt_every == 0 or run.n == cfg.steps or run.n == until or stopping:
                 guard.check(folder.last)                            # never checkpoint a diverged model
                 run.save()

@@ -126,4 +126,5 @@ def test_help_describes_every_flag(capsys):
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         assert flag in out, flag
-    assert "weight of L_disc^S" in out and "(default: 10)" in out and "{semi,partial,full,adversarial}" in out
+    assert "weight of L_disc^S" in out and "(default: 10)" in out
+    assert "{semi,partial,full,adversarial,meanteacher,fixmatch}" in out
