@@ -24,9 +24,9 @@ def positive_int(text: str) -> int:
     return v
 
 
-def checkpoint_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+def checkpoint_parser(prog: str, doc: str, what: str = "a run's last.pt or best.pt") -> argparse.ArgumentParser:
     p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="a run's last.pt or best.pt")
+    p.add_argument("checkpoint", type=Path, help=what)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when there is a GPU")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (default: refuse)")

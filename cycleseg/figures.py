@@ -1,14 +1,17 @@
 """Every picture the package draws, from numbers and arrays it is given (nothing here runs a network):
 
-    sample_grid         a run's validation samples: image | truth | prediction | G_SI(truth)
-    comparison_grid     the experiments' pictures: image | truth | one column per method
+    sample_grid         a run's validation samples: image | truth | prediction | G_SI(truth), with a legend
+    comparison_grid     the experiments' pictures: image | truth | one column per method, with a legend
     confusion_heatmap   evaluate's confusion matrix, rows normalised
     fraction_plot       the experiments' score against labeled fraction
+    time_plot           the experiments' validation score against training time
+    curves              a run's (or several runs') loss terms, learning rate and validation scores by step
 Each returns a PIL image; `png` turns one into bytes.
 """
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -76,20 +79,50 @@ def image_truth_columns(images: np.ndarray, masks: np.ndarray, meta) -> list[lis
     return [[rgb(im) for im in images], [colorize(m, meta.palette, meta.ignore_index) for m in masks]]
 
 
+GSI_NOTE = "G_SI(truth): the paper's transposed convolutions leave a checkerboard pattern"
+
+
+def with_legend(grid: Image.Image, meta, note: str = "") -> Image.Image:
+    """The picture with a row of the classes' colours and names (and a note) below it."""
+    names, palette = list(meta.class_names), meta.palette
+    x, rows, width = 4, [[]], max(grid.width, 200)
+    for name, colour in zip(names, palette):
+        w = 16 + 7 * len(name) + 10
+        if x + w > width and rows[-1]:
+            rows.append([])
+            x = 4
+        rows[-1].append((x, name, tuple(colour)))
+        x += w
+    notes = textwrap.wrap(note, max(20, width // 7)) if note else []
+    band = 16 * len(rows) + 14 * len(notes) + 4
+    img = Image.new("RGB", (width, grid.height + band), "white")
+    img.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(img)
+    for r, row in enumerate(rows):
+        y = grid.height + 4 + 16 * r
+        for x, name, colour in row:
+            draw.rectangle([x, y, x + 11, y + 11], fill=colour, outline=(120, 120, 120))
+            draw.text((x + 15, y), name, fill="black")
+    for i, line in enumerate(notes):
+        draw.text((4, grid.height + 4 + 16 * len(rows) + 14 * i), line, fill=(90, 90, 90))
+    return img
+
+
 def sample_grid(samples: dict, meta) -> Image.Image:
-    """evaluate.samples(...) as a grid under SAMPLE_TITLES (G_SI's column when the model has G_SI)."""
+    """evaluate.samples(...) as a grid under SAMPLE_TITLES (G_SI's column when the model has G_SI), with
+    the classes' legend."""
     cols = image_truth_columns(samples["images"], samples["masks"], meta)
     cols.append([colorize(p, meta.palette, meta.ignore_index) for p in samples["predictions"]])
     if samples.get("gsi") is not None:
         cols.append([rgb(g) for g in samples["gsi"]])
-    return titled_grid(cols, SAMPLE_TITLES)
+    return with_legend(titled_grid(cols, SAMPLE_TITLES), meta, GSI_NOTE if samples.get("gsi") is not None else "")
 
 
 def comparison_grid(images: np.ndarray, masks: np.ndarray, predictions: dict, meta) -> Image.Image:
     """image | truth | one column of predicted masks per method ({title: (N, H, W) class ids})."""
     cols = image_truth_columns(images, masks, meta)
     cols += [[colorize(p, meta.palette, meta.ignore_index) for p in preds] for preds in predictions.values()]
-    return titled_grid(cols, ["image", "truth", *predictions])
+    return with_legend(titled_grid(cols, ["image", "truth", *predictions]), meta)
 
 
 def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
@@ -203,3 +236,58 @@ def time_plot(series: dict, title: str) -> Image.Image:
         legend[label.rsplit(" (", 1)[0]] = colour
     ax.legend(legend)
     return ax.img
+
+
+RUN_COLOURS = [(40, 90, 200), (200, 60, 40), (30, 150, 60), (150, 60, 170), (200, 140, 20), (90, 90, 90)]
+PANEL = (300, 170)                  # one panel of the curves, in pixels
+
+
+def _panel(draw, x0: int, y0: int, title: str, series: dict) -> None:
+    """One small plot at (x0, y0): {run: [(step, value)]} as lines, axes scaled to the data."""
+    w, h = PANEL
+    left, top, bottom, right = 46, 16, 18, 8
+    pts = [v for line in series.values() for v in line if v[1] == v[1]]     # NaN left out
+    draw.text((x0 + left, y0 + 2), title, fill="black")
+    draw.line([(x0 + left, y0 + top), (x0 + left, y0 + h - bottom), (x0 + w - right, y0 + h - bottom)], fill="black")
+    if not pts:
+        return
+    xmax = max(x for x, _ in pts) or 1
+    lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5 * (abs(lo) + 1e-3), hi + 0.5 * (abs(hi) + 1e-3)
+    for v in (lo, hi):
+        y = y0 + h - bottom - (h - top - bottom) * (v - lo) / (hi - lo)
+        draw.text((x0 + 2, y - 6), f"{v:.3g}", fill="black")
+    draw.text((x0 + w - right - 40, y0 + h - bottom + 4), f"{xmax:g}", fill="black")
+    for k, line in enumerate(series.values()):
+        xy = [(x0 + left + (w - left - right) * x / xmax, y0 + h - bottom - (h - top - bottom) * (v - lo) / (hi - lo))
+              for x, v in line if v == v]
+        if len(xy) > 1:
+            draw.line(xy, fill=RUN_COLOURS[k % len(RUN_COLOURS)], width=1)
+        elif xy:
+            x, y = xy[0]
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=RUN_COLOURS[k % len(RUN_COLOURS)])
+
+
+def curves(runs: dict, columns: int = 3) -> Image.Image:
+    """{run name: its metrics.jsonl records}: a panel per training term (and lr) and per validation score,
+    by step, one line per run."""
+    panels: dict = {}
+    for run, records in runs.items():
+        for r in records:
+            keys = [k for k, v in r.items() if isinstance(v, (int, float)) and k not in ("step", "time", "train_time")]
+            for k in keys:
+                title = k if r["split"] == "train" else f"val {k}"
+                panels.setdefault(title, {}).setdefault(run, []).append((r["step"], float(r[k])))
+    titles = sorted(panels, key=lambda t: (t.startswith("val"), t == "lr", t))
+    rows = max(1, -(-len(titles) // columns))
+    legend = 18 if len(runs) > 1 else 0
+    img = Image.new("RGB", (PANEL[0] * columns, PANEL[1] * rows + legend), "white")
+    draw = ImageDraw.Draw(img)
+    for i, title in enumerate(titles):
+        _panel(draw, PANEL[0] * (i % columns), legend + PANEL[1] * (i // columns), title, panels[title])
+    x = 4
+    for k, run in enumerate(runs if legend else ()):
+        draw.text((x, 3), run, fill=RUN_COLOURS[k % len(RUN_COLOURS)])
+        x += 7 * len(run) + 16
+    return img

@@ -62,31 +62,32 @@ def _num(v: float):
 
 
 # -- 3D overlap and surface distances of binary volumes (ACDC's per-volume scores) -----------------------
-# As medpy.metric.binary computes them (the SSL4MIS evaluation): surfaces are the voxels that a
-# 6-connected erosion removes (voxels on the volume's edge count), distances in voxels (spacing 1).
+# As medpy.metric.binary computes them (the SSL4MIS evaluation; tests/test_metrics_medpy.py compares):
+# surfaces are the voxels that a 6-connected erosion removes (voxels on the volume's edge count),
+# distances in voxels, or in the units of `spacing` (one length per axis) when given.
 
-def surface_distances(a, b):
+def surface_distances(a, b, spacing=None):
     """Distances from each surface voxel of a to the nearest surface voxel of b (both non-empty bool)."""
     footprint = ndimage.generate_binary_structure(a.ndim, 1)
     a_border = a ^ ndimage.binary_erosion(a, structure=footprint, iterations=1)
     b_border = b ^ ndimage.binary_erosion(b, structure=footprint, iterations=1)
-    return ndimage.distance_transform_edt(~b_border)[a_border].astype(np.float64)
+    return ndimage.distance_transform_edt(~b_border, sampling=spacing)[a_border].astype(np.float64)
 
 
-def binary_scores(pred, truth) -> dict:
-    """Dice, IoU, HD95 and ASD of one structure (bool arrays of one shape).
+def binary_scores(pred, truth, spacing=None) -> dict:
+    """Dice, IoU, HD95 and ASD of one structure (bool arrays of one shape; spacing: voxel sizes per axis).
 
-    Dice and IoU are NaN when the structure is absent from both. HD95 (95th percentile of the symmetric
-    surface distances) and ASD (mean distance from the prediction's surface to the truth's, medpy's asd)
-    are NaN when either is empty: undefined there (SSL4MIS's validation code reports 0 for an empty
-    prediction and its test code stops with an error)."""
+    Where both are non-empty: medpy's dc, jc, hd95 and asd. Empty cases: Dice and IoU are NaN when the
+    structure is absent from both (medpy: Dice NaN too, IoU 1) and 0 when it is in only one; HD95 and
+    ASD are NaN when either is empty (undefined: medpy raises; SSL4MIS's validation code reports 0 for an
+    empty prediction). NaN scores are left out of the means and counted."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     inter, ps, ts = np.logical_and(pred, truth).sum(), pred.sum(), truth.sum()
     out = {"dice": 2 * inter / (ps + ts) if ps + ts else float("nan"),
            "iou": inter / (ps + ts - inter) if ps + ts else float("nan"),
            "hd95": float("nan"), "asd": float("nan")}
     if ps and ts:
-        d_pt, d_tp = surface_distances(pred, truth), surface_distances(truth, pred)
+        d_pt, d_tp = surface_distances(pred, truth, spacing), surface_distances(truth, pred, spacing)
         out["hd95"] = float(np.percentile(np.hstack((d_pt, d_tp)), 95))
         out["asd"] = float(d_pt.mean())
     return {k: float(v) for k, v in out.items()}

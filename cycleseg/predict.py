@@ -1,5 +1,8 @@
 """python -m cycleseg.predict CHECKPOINT INPUTS... --out DIR: masks for your own images.
 
+CHECKPOINT is a run's last.pt / best.pt, or a model exported with python -m cycleseg.export (.onnx, run
+by onnxruntime: the masks and overlays, no G_SI image).
+
 INPUTS are image files, folders of images, or HDF5 files of the project's format. For each image
 `<name>` the output folder gets
     <name>_mask.png      the predicted classes as a palette PNG at the image's own size (palette index =
@@ -14,6 +17,7 @@ output folder as it was. Files of an earlier prediction in --out are not replace
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +133,38 @@ class CheckpointModel:
         return pred.cpu().numpy(), (fake.numpy() if fake is not None else None)
 
 
+class OnnxModel:
+    """An exported G_IS (python -m cycleseg.export) run by onnxruntime; what it expects from its metadata."""
+
+    has_gsi = False
+
+    def __init__(self, path):
+        try:
+            # onnxruntime is optional (the `export` extra): needed only to predict from an ONNX file
+            import onnxruntime
+        except ImportError:
+            raise UsageError(f"{path}: predicting from an ONNX model needs onnxruntime: pip install onnxruntime "
+                             f"(or pip install 'cycleseg[export]')") from None
+        if not Path(path).exists():
+            raise DataError(f"{path}: no such file")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        meta = {k.removeprefix("cycleseg."): json.loads(v) for k, v in props.items() if k.startswith("cycleseg.")}
+        if not {"channels", "num_classes", "image_size", "palette"} <= set(meta):
+            raise DataError(f"{path}: an ONNX model without cycleseg's metadata; export checkpoints with "
+                            f"python -m cycleseg.export")
+        self.channels, self.num_classes, self.palette = meta["channels"], meta["num_classes"], meta["palette"]
+        self.size = tuple(meta["image_size"])
+
+    def __call__(self, images: np.ndarray):
+        x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        return logits.argmax(1), None
+
+
 def resize(image: np.ndarray, size, resample) -> np.ndarray:
     """(H, W, C) or (H, W) uint8 -> the same at size (h, w)."""
     squeeze = image.ndim == 3 and image.shape[2] == 1
@@ -148,7 +184,8 @@ def outputs(model, item: Input, original: np.ndarray, pred: np.ndarray, fake) ->
 
 
 def run(a) -> dict:
-    model = CheckpointModel(a.checkpoint, device_of(a.device))
+    onnx = a.checkpoint.suffix.lower() == ".onnx"
+    model = OnnxModel(a.checkpoint) if onnx else CheckpointModel(a.checkpoint, device_of(a.device))
     items = collect(a.inputs, model.channels)
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise UsageError(f"--out {a.out} is a file, not a folder")
@@ -167,7 +204,7 @@ def run(a) -> dict:
 
 
 def main(argv=None) -> int:
-    p = checkpoint_parser("python -m cycleseg.predict", __doc__)
+    p = checkpoint_parser("python -m cycleseg.predict", __doc__, "a run's last.pt or best.pt, or an exported .onnx")
     p.add_argument("inputs", nargs="+", help="image files, folders of images, or .h5 files")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     code, result = run_or_exit(run, p.parse_args(argv))

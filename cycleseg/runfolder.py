@@ -2,6 +2,7 @@
 
     config.json      the resolved config
     metrics.jsonl    one JSON line per log step and per evaluation
+    curves.png       the loss terms, learning rate and validation scores by step (rewritten at each evaluation)
     samples/         stepNNNNNNN.png pictures of validation images
     last.pt          everything needed to resume exactly; best.pt: the best validation mIoU so far
 
@@ -124,6 +125,12 @@ class RunFolder:
 
     def records(self, split: str | None = None) -> list[dict]:
         return [r for r in read_jsonl(self.metrics) if split is None or r["split"] == split]
+
+    def curves(self) -> None:
+        """curves.png from metrics.jsonl (figures.curves), rewritten atomically."""
+        if self.writes:
+            data = figures.png(figures.curves({self.path.name: self.records()}))
+            atomic_write_bytes(self.path / "curves.png", lambda f: f.write(data))
 
     def picture(self, step: int, image) -> None:
         """samples/stepNNNNNNN.png, a PIL image, written atomically."""

@@ -1,0 +1,115 @@
+"""python -m cycleseg.export CHECKPOINT [--out DIR] [--formats onnx pt2]: G_IS for deployment.
+
+Writes <name>.onnx (opset 18, through torch.onnx's exporter) and <name>.pt2 (a torch.export program)
+beside the checkpoint (or into --out). Both take images as float (N, C, H, W) in [-1, 1] (uint8 u as
+u / 127.5 - 1) of any batch size and any height and width that are multiples of 4, and return class
+logits (N, K, H, W); argmax over K is the mask. The network is exported with PyTorch's own ops
+(cycleseg.native), so no cycleseg:: op is in either graph and neither needs cycleseg to run. What the
+model expects is in each file's metadata (ONNX metadata_props; the .pt2's extra file cycleseg.json):
+
+    channels, input ("float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1"), image_size (the training
+    size, height and width), num_classes, class_names, palette, ignore_index, checkpoint, step
+
+`python -m cycleseg.predict model.onnx images/ --out masks/` runs an exported model (onnxruntime).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import native
+from .checkpoint import load_run
+from .cli import refuse_existing, run_or_exit
+from .data.h5format import default_palette
+from .fileio import atomic_path, atomic_write_bytes
+from .models import networks_from_checkpoint, use_ops
+from .usage import Parser, UsageError
+
+FORMATS = ("onnx", "pt2")
+OPSET = 18
+INPUT = "float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1; H and W multiples of 4"
+
+
+def metadata(state: dict, cfg, info: dict, path) -> dict:
+    k = info["num_classes"]
+    return {"channels": info["channels"], "input": INPUT,
+            "image_size": [info.get("height") or cfg.image_size, info.get("width") or cfg.image_size],
+            "num_classes": k, "class_names": list(info.get("class_names") or map(str, range(k))),
+            "palette": info.get("palette") or default_palette(k), "ignore_index": info.get("ignore_index", 255),
+            "checkpoint": str(path), "step": state.get("step"), "mode": cfg.mode, "output": "logits (N, K, H, W)"}
+
+
+def exportable(path):
+    """(G_IS with PyTorch's own ops, in eval mode, on the CPU; its metadata; an example input)."""
+    state = load_run(path)
+    cfg, info, nets = networks_from_checkpoint(state, path)
+    g_is = use_ops(nets["G_IS"], native).eval()
+    h, w = info.get("height") or cfg.image_size, info.get("width") or cfg.image_size
+    example = torch.zeros(2, info["channels"], h, w)
+    return g_is, metadata(state, cfg, info, path), example
+
+
+def dynamic_shapes():
+    """Any batch, and heights and widths that are multiples of 4 (the generator halves twice)."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    h4, w4 = torch.export.Dim("h4", min=2, max=4096), torch.export.Dim("w4", min=2, max=4096)
+    return {"x": {0: batch, 2: 4 * h4, 3: 4 * w4}}
+
+
+def export_pt2(g_is, meta: dict, example, out: Path) -> None:
+    program = torch.export.export(g_is, (example,), dynamic_shapes=dynamic_shapes())
+    buf = io.BytesIO()
+    torch.export.save(program, buf, extra_files={"cycleseg.json": json.dumps(meta)})
+    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
+
+
+def export_onnx(g_is, meta: dict, example, out: Path) -> None:
+    try:
+        # onnx is an optional dependency (the `export` extra): imported when an ONNX file is asked for
+        import onnx
+    except ImportError as e:
+        raise UsageError(f"writing ONNX needs the onnx and onnxscript packages ({e.name} is missing): "
+                         f"pip install 'cycleseg[export]', or --formats pt2") from None
+    with atomic_path(out) as tmp:
+        torch.onnx.export(g_is, (example,), str(tmp), input_names=["x"], output_names=["logits"],
+                          dynamic_shapes=dynamic_shapes(), opset_version=OPSET, dynamo=True, verbose=False)
+        model = onnx.load(str(tmp))
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = f"cycleseg.{key}", json.dumps(value)
+        onnx.save(model, str(tmp))
+
+
+def run(a) -> list[Path]:
+    if not a.formats or set(a.formats) - set(FORMATS):
+        raise UsageError(f"--formats must name some of {', '.join(FORMATS)}")
+    g_is, meta, example = exportable(a.checkpoint)
+    out = a.out or a.checkpoint.parent
+    paths = [out / f"{a.checkpoint.stem}.{fmt}" for fmt in a.formats]
+    refuse_existing(paths, a.overwrite, "an earlier export")
+    for fmt, path in zip(a.formats, paths):
+        (export_onnx if fmt == "onnx" else export_pt2)(g_is, meta, example, path)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = Parser(prog="python -m cycleseg.export", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the checkpoint's)")
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), help="onnx and / or pt2")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier exports")
+    code, paths = run_or_exit(run, p.parse_args(argv))
+    if code:
+        return code
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""python -m cycleseg.plot RUN [RUN ...] [--out curves.png]: the curves of one or several runs.
+
+Each run folder's metrics.jsonl drawn as figures.curves draws it: a panel per loss term, the learning
+rate and each validation score, by step, one line per run. A single run's curves are also in its folder
+(curves.png, rewritten at each evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import figures
+from .cli import refuse_existing
+from .fileio import atomic_write_bytes
+from .runfolder import RunFolder
+from .usage import Parser, UsageError, fail
+
+
+def run(a) -> Path:
+    runs = {}
+    for folder in a.runs:
+        if not (folder / "metrics.jsonl").exists():
+            raise UsageError(f"{folder}: no metrics.jsonl (not a run folder)")
+        runs[folder.name if folder.name not in runs else str(folder)] = RunFolder(folder).records()
+    out = a.out or (a.runs[0] / "curves.png" if len(a.runs) == 1 else Path("curves.png"))
+    refuse_existing([out], a.overwrite or (len(a.runs) == 1 and a.out is None), "an earlier plot")
+    data = figures.png(figures.curves(runs))
+    atomic_write_bytes(out, lambda f: f.write(data))
+    return out
+
+
+def main(argv=None) -> int:
+    p = Parser(prog="python -m cycleseg.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", type=Path, nargs="+", help="run folders")
+    p.add_argument("--out", type=Path, default=None, help="the PNG (default: curves.png in the run, or here)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    try:
+        out = run(p.parse_args(argv))
+    except (UsageError, OSError) as e:
+        return fail(e)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""python -m cycleseg.export: G_IS as ONNX and as a torch.export program that give the checkpoint's
+predictions (onnxruntime and torch.export.load against the eager G_IS, on real ACDC validation images),
+at any batch and size, with the preprocessing in their metadata and no cycleseg:: op in their graphs;
+predict runs from the .onnx."""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from PIL import Image
+
+from cycleseg.checkpoint import load_run
+from cycleseg.data.acdc import cached_splits
+from cycleseg.data.pixels import to_input
+from cycleseg.data.source import H5Source
+from cycleseg.export import main as export_main
+from cycleseg.models import networks_from_checkpoint
+from cycleseg.predict import main as predict_main
+from cycleseg.train import main as train_main
+
+REAL_ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC"
+pytestmark = pytest.mark.skipif(not REAL_ACDC.exists(), reason="the real ACDC copy lives in ../shared/data/ACDC")
+
+
+@pytest.fixture(scope="module")
+def acdc_checkpoint(tmp_path_factory):
+    """G_IS of the CPU preset trained for 60 steps on real ACDC at 32x32 (confident, non-trivial masks)."""
+    out = tmp_path_factory.mktemp("acdc") / "run"
+    assert train_main(["--mode", "partial", "--data", str(REAL_ACDC), "--image-size", "32", "--steps", "60",
+                       "--eval-every", "60", "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    return out / "last.pt"
+
+
+def validation_images(size=32, count=64) -> torch.Tensor:
+    """Real ACDC validation slices (the converted val split), as network inputs."""
+    src = H5Source(cached_splits(REAL_ACDC, size, progress=False, names=("val",))["val"])
+    step = max(1, len(src) // count)
+    images, _ = src.batch(np.arange(0, len(src), step)[:count])
+    return to_input(images)
+
+
+def eager_logits(ckpt, x):
+    _, _, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
+    with torch.no_grad():
+        return nets["G_IS"].eval()(x)
+
+
+def compare(got: np.ndarray, want: torch.Tensor):
+    want = want.numpy()
+    diff = np.abs(got - want).max() / np.abs(want).max()
+    agree = (got.argmax(1) == want.argmax(1)).mean()
+    return diff, agree
+
+
+def test_onnx_and_pt2_give_the_checkpoints_predictions(acdc_checkpoint, tmp_path):
+    assert export_main([str(acdc_checkpoint), "--out", str(tmp_path)]) == 0
+    x = validation_images()
+    want = eager_logits(acdc_checkpoint, x)
+    session = onnxruntime.InferenceSession(str(tmp_path / "last.onnx"), providers=["CPUExecutionProvider"])
+    diff, agree = compare(session.run(None, {"x": x.numpy()})[0], want)
+    assert diff < 1e-5 and agree >= 0.999, (diff, agree)
+    extra = {"cycleseg.json": ""}
+    program = torch.export.load(str(tmp_path / "last.pt2"), extra_files=extra)
+    with torch.no_grad():
+        diff, agree = compare(program.module()(x).numpy(), want)
+    assert diff < 1e-5 and agree >= 0.999, (diff, agree)
+    meta = json.loads(extra["cycleseg.json"])
+    assert meta["channels"] == 1 and meta["num_classes"] == 4 and meta["image_size"] == [32, 32]
+    assert meta["class_names"] == ["background", "RV", "Myo", "LV"] and "[-1, 1]" in meta["input"]
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "last.onnx")).metadata_props}
+    assert props["cycleseg.palette"] == meta["palette"] and props["cycleseg.num_classes"] == 4
+
+
+def test_exports_take_any_batch_and_size_and_hold_no_cycleseg_op(acdc_checkpoint, tmp_path):
+    assert export_main([str(acdc_checkpoint), "--out", str(tmp_path)]) == 0
+    model = onnx.load(str(tmp_path / "last.onnx"))
+    assert model.opset_import[0].version >= 17
+    assert not [n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")]
+    program = torch.export.load(str(tmp_path / "last.pt2"))
+    assert not [n for n in program.graph.nodes if "cycleseg" in str(n.target)]
+    session = onnxruntime.InferenceSession(str(tmp_path / "last.onnx"), providers=["CPUExecutionProvider"])
+    for shape in ((1, 1, 48, 40), (5, 1, 64, 64)):
+        x = torch.rand(shape) * 2 - 1
+        want = eager_logits(acdc_checkpoint, x)
+        diff, _ = compare(session.run(None, {"x": x.numpy()})[0], want)
+        with torch.no_grad():
+            diff_pt2, _ = compare(program.module()(x).numpy(), want)
+        assert diff < 1e-5 and diff_pt2 < 1e-5 and want.shape[2:] == shape[2:], (shape, diff, diff_pt2)
+
+
+def test_the_papers_networks_round_trip(tmp_path):
+    """ResNet-9 generators of ngf 64 (the paper's), freshly initialised, exported and run."""
+    from cycleseg.config import Config
+    from cycleseg.data.h5format import Meta
+    from cycleseg.models import data_info, networks_from_config
+
+    cfg = Config(device="cpu", preset="paper", mode="partial", image_size=64).resolved()
+    meta = Meta(num_classes=4, class_names=["background", "RV", "Myo", "LV"], palette=[[0, 0, 0]] * 4, channels=1,
+                height=64, width=64)
+    torch.manual_seed(0)
+    nets = networks_from_config(cfg, meta, ("G_IS",))
+    ckpt = tmp_path / "paper.pt"
+    torch.save({"config": vars(cfg), "nets": {"G_IS": nets["G_IS"].state_dict()}, "data": data_info(meta),
+                "step": 0}, ckpt)
+    assert export_main([str(ckpt), "--out", str(tmp_path)]) == 0
+    x = validation_images(size=64, count=8)
+    want = eager_logits(ckpt, x)
+    session = onnxruntime.InferenceSession(str(tmp_path / "paper.onnx"), providers=["CPUExecutionProvider"])
+    diff, agree = compare(session.run(None, {"x": x.numpy()})[0], want)
+    assert diff < 1e-4 and agree >= 0.999, (diff, agree)
+    with torch.no_grad():
+        diff, agree = compare(torch.export.load(str(tmp_path / "paper.pt2")).module()(x).numpy(), want)
+    assert diff < 1e-4 and agree >= 0.999, (diff, agree)
+
+
+def test_predict_from_the_onnx_file_gives_the_checkpoints_masks(acdc_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    src = H5Source(cached_splits(REAL_ACDC, 32, progress=False, names=("val",))["val"])
+    for i, idx in enumerate((3, 40, 80)):
+        img = src.batch([idx])[0][0, 0].numpy()
+        Image.fromarray(np.asarray(Image.fromarray(img).resize((45, 38)))).save(images / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (30, 50), dtype=np.uint8)).save(images / "noise.png")
+    assert export_main([str(acdc_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
+    for model, out in ((acdc_checkpoint, "from_ckpt"), (tmp_path / "last.onnx", "from_onnx")):
+        assert predict_main([str(model), str(images), "--out", str(tmp_path / out), "--no-progress"]) == 0
+    for name in ("0", "1", "2", "noise"):
+        a = np.asarray(Image.open(tmp_path / "from_ckpt" / f"{name}_mask.png"))
+        b = np.asarray(Image.open(tmp_path / "from_onnx" / f"{name}_mask.png"))
+        assert (a == b).mean() >= 0.999 and Image.open(tmp_path / "from_onnx" / f"{name}_mask.png").mode == "P"
+    assert not (tmp_path / "from_onnx" / "0_gsi.png").exists()
+
+
+def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, monkeypatch):
+    from test_bad_inputs import one_line_error
+
+    assert export_main([str(acdc_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
+    one_line_error(export_main, [acdc_checkpoint, "--out", tmp_path, "--formats", "onnx"], capsys,
+                   "exist already (an earlier export)", tmp_path)
+    one_line_error(export_main, [acdc_checkpoint, "--out", tmp_path, "--formats", "tflite"], capsys,
+                   "--formats must name some of onnx, pt2", tmp_path)
+    one_line_error(export_main, [tmp_path / "none.pt", "--out", tmp_path], capsys, "no checkpoint at", tmp_path)
+    bare = onnx.load(str(tmp_path / "last.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")
+    one_line_error(predict_main, [tmp_path / "bare.onnx", tmp_path / "a.png", "--out", tmp_path / "o"], capsys,
+                   "without cycleseg's metadata", tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)   # as if it were not installed
+    one_line_error(predict_main, [tmp_path / "last.onnx", tmp_path / "a.png", "--out", tmp_path / "o"], capsys,
+                   "needs onnxruntime: pip install onnxruntime", tmp_path)
