@@ -6,7 +6,7 @@ Ops: one row per op, shape, dtype and pass: the median time of PyTorch's op (eag
 torch.compile, and of the fused op; the fused op's GB/s at the floor's bytes and its % of the device's
 copy bandwidth (measured in the same run); the fused op's speed-up over eager and over compiled.
 Steps: one row per variant: ms per step, images per second, peak memory, speed-up over --no-fast.
-Data: images per second of each loader, and the loader's share of a training step.
+Data: per image size, each loader's images per second alone and the memory it adds, and feeding the\ntraining step: ms per step, the time waiting for data, the peak memory.
 """
 import argparse
 import json
@@ -69,6 +69,36 @@ def steps_table(rows) -> list[str]:
     return out
 
 
+def data_table(rows) -> list[str]:
+    """One table per image size: each loader alone (images/s, memory it adds) and feeding the step."""
+    by = defaultdict(dict)
+    for b in rows:
+        e = b["extra_info"]
+        by[e["size"]].setdefault(e["loader"], {})["alone" if "images" in e else "step"] = (e, b["stats"]["median"])
+    out = []
+    for size, loaders in sorted(by.items()):
+        rate = {n: v["alone"][0]["images"] / v["alone"][1] for n, v in loaders.items() if "alone" in v}
+        best = max((n for n in rate if n != "streams"), key=rate.get, default=None)
+        e0 = next(iter(next(iter(loaders.values())).values()))[0]
+        out += [f"{size}x{size}, batch {e0['batch']}, {e0['cores']} cores:", "",
+                "| loader | images/s alone | memory it adds (PSS MiB) | ms per step | waiting for data, ms | "
+                "waiting, % of step | peak PSS feeding the step, MiB |", "|---|---|---|---|---|---|---|"]
+        for name, v in loaders.items():
+            row = f"| {name} |"
+            row += f" {rate[name]:,.0f} | {v['alone'][0]['added_pss_mib']:.0f} |" if "alone" in v else " - | - |"
+            if "step" in v:
+                e = v["step"][0]
+                row += (f" {e['step_s'] * 1e3:.0f} | {e['loader_wait_s'] * 1e3:.2f} | "
+                        f"{100 * e['loader_wait_s'] / e['step_s']:.2f} % | {e['peak_pss_mib']:.0f} |")
+            else:
+                row += " - | - | - | - |"
+            out.append(row)
+        if best and "streams" in rate:
+            out += ["", f"The streams: {rate['streams'] / rate[best]:.2f}x the images/s of the best DataLoader "
+                        f"configuration ({best}).", ""]
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("json")
@@ -79,15 +109,7 @@ def main(argv=None):
     for b in bench:
         e = b["extra_info"]
         kinds["data" if "images" in e or "step_s" in e else "step" if "step_ms" in e else "op"].append(b)
-    lines = []
-    for b in kinds["data"]:
-        e, med = b["extra_info"], b["stats"]["median"]
-        if "images" in e:
-            lines.append(f"- {b['group']}: {b['name']}: {e['images'] / med:,.0f} images/s (median {med * 1e3:.1f} ms "
-                         f"for {e['images']} images)")
-        else:
-            lines.append(f"- {b['group']}: step {e['step_s'] * 1e3:.0f} ms, of which waiting for data "
-                         f"{e['loader_wait_s'] * 1e3:.2f} ms ({100 * e['loader_wait_s'] / e['step_s']:.2f} %)")
+    lines = data_table(kinds["data"]) if kinds["data"] else []
     if kinds["op"]:
         lines += ([""] if lines else []) + ops_table(kinds["op"])
     if kinds["step"]:

@@ -29,7 +29,8 @@ def make_step(cfg, nets: dict, meta, plan: Plan):
         return MeanTeacherStep(nets, **common, consistency=cfg.mt_consistency, ema_decay=cfg.mt_ema, noise=cfg.mt_noise,
                                rampup_steps=round(cfg.mt_rampup * cfg.steps), start_steps=round(cfg.mt_start * cfg.steps))
     if STEPS[cfg.mode] is FixMatchStep:
-        return FixMatchStep(nets, **common, threshold=cfg.fm_threshold, weight=cfg.fm_weight, cutmix=cfg.fm_cutmix)
+        return FixMatchStep(nets, **common, threshold=cfg.fm_threshold, weight=cfg.fm_weight, cutmix=cfg.fm_cutmix,
+                            unlabeled_loss=cfg.fm_loss)
     weights = HungWeights(adv=cfg.adv_lambda, semi_adv=cfg.adv_semi_lambda, self_training=cfg.adv_self_training,
                           threshold=cfg.adv_threshold)
     hung = Hung(weights, start=cfg.adv_start, lr_d_scale=cfg.adv_lr_d_scale, betas_d=(cfg.adv_beta1_d, cfg.adv_beta2_d))

@@ -47,7 +47,7 @@ RESUME_KEPT = {
                                      "rampup", "dice", "hard_cycle", "pool_size", "adv_lambda", "adv_semi_lambda",
                                      "adv_self_training", "adv_threshold", "adv_start", "adv_lr_d_scale",
                                      "adv_beta1_d", "adv_beta2_d", "mt_consistency", "mt_ema", "mt_noise",
-                                     "mt_rampup", "mt_start", "fm_threshold", "fm_weight", "fm_cutmix"),
+                                     "mt_rampup", "mt_start", "fm_threshold", "fm_weight", "fm_cutmix", "fm_loss"),
     "the seed (the run's identity)": ("seed",),
     "the plan it started with (numerics)": ("fast", "compile", "precision"),
 }
@@ -61,7 +61,7 @@ MAX_SIDE = 4096                     # larger images: 16+ GB a batch, and a check
 class Config:
     # what to train
     mode: str = "semi"                  # semi: the CycleGAN objective; partial: G_IS on the labeled subset; full: 100 % labels; adversarial: Hung et al. (2018); meanteacher; fixmatch
-    data: str | None = None             # train .h5, a folder with train.h5 + val.h5, or an SSL4MIS ACDC folder; None = built-in
+    data: str | None = None             # train .h5, a folder with train.h5 + val.h5, an SSL4MIS ACDC folder, "shapes"; None = the phantoms
     val_data: str | None = None         # val split .h5 (default: val.h5 beside the train split)
     labeled_fraction: float = 0.1       # nested subsets fixed by the seed
     seed: int = 0                       # seeds the networks' init, the labeled subset, the streams and the pools
@@ -108,6 +108,7 @@ class Config:
     fm_threshold: float = 0.95          # fixmatch: confidence above which a weak-view prediction is a pseudo-label
     fm_weight: float = 1.0              # fixmatch: weight of the strong-view term (UniMatch halves both terms: the same ratio)
     fm_cutmix: float = 0.5              # fixmatch: probability of a CutMix box in each strong view
+    fm_loss: str = "dice"               # fixmatch: the strong-view term: dice (UniMatch's medical recipe, ACDC) or ce (its natural-image one)
     # data
     flip: bool = False                  # random horizontal flips (off in the paper preset)
     rotate: bool = False                # random rotations by multiples of 90 degrees (with --flip: the usual ACDC augmentation)
@@ -249,7 +250,7 @@ def field_help() -> dict:
 
 
 CHOICES = {"mode": MODES, "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("instance", "batch", "none"),
-           "recipe": tuple(RECIPES),
+           "recipe": tuple(RECIPES), "fm_loss": ("dice", "ce"),
            "compile": ("auto", "on", "off"), "precision": ("auto", "fp32", "bf16")}
 
 

@@ -83,10 +83,12 @@ def confusion(g_is, source, device, batch_size: int = 16, progress: bool = False
 
 @torch.no_grad()
 def samples(nets: dict, source, device, count: int = 4) -> dict:
-    """The first `count` images of `source` with their truth, G_IS's prediction and (when the model has
-    G_SI) G_SI's image of the truth, as uint8 arrays (figures.sample_grid draws them)."""
+    """`count` images spread evenly over `source` (its first and last included) with their truth, G_IS's
+    prediction and (when the model has G_SI) G_SI's image of the truth, as uint8 arrays (figures.sample_grid
+    draws them)."""
     meta = source.meta
-    images, masks = source.batch(np.arange(min(count, len(source))))     # (N, C, H, W), (N, H, W)
+    idx = np.unique(np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(np.int64))
+    images, masks = source.batch(idx)                                   # (N, C, H, W), (N, H, W)
     x, y = to_input(images, device), masks.to(device)
     with eval_mode(nets["G_IS"]):
         pred = predict(nets["G_IS"], x).cpu().numpy()

@@ -251,11 +251,14 @@ def mean_teacher_objective(student, teacher, x, y, x_unl, noise, num_classes: in
 
 
 def fixmatch_objective(g_is, x, y, x_weak, x_strong, box, num_classes: int, ignore_index: int, threshold: float,
-                       weight: float, ops=reference, merge_passes: bool = False, dice: float = 0.0):
-    """The supervised loss plus `weight` x the cross-entropy of G_IS on the strong views against the
-    argmax of its own (detached) prediction on the weak views, where that prediction's confidence is at
-    least `threshold`; inside each CutMix `box` the pseudo-labels are the partner image's (views.py).
-    Averaged over every unlabeled pixel, confident or not (UniMatch's fixmatch.py). Returns (loss, terms)."""
+                       weight: float, ops=reference, merge_passes: bool = False, dice: float = 0.0,
+                       unlabeled_loss: str = "dice"):
+    """The supervised loss plus `weight` x a loss of G_IS on the strong views against the argmax of its own
+    (detached) prediction on the weak views, counted where that prediction's confidence is at least
+    `threshold`; inside each CutMix `box` the pseudo-labels are the partner image's (views.py). The loss:
+    "dice", the soft Dice over the confident pixels (UniMatch's medical/unimatch.py, its ACDC recipe), or
+    "ce", the cross-entropy averaged over every unlabeled pixel, confident or not (its fixmatch.py for
+    natural images). Returns (loss, terms)."""
     logits = Passes(g_is, [x, x_weak, x_strong], merge_passes)
     sup = segmentation_loss(logits[0], y, num_classes, ignore_index, ops, dice)
     with torch.no_grad():
@@ -264,6 +267,9 @@ def fixmatch_objective(g_is, x, y, x_weak, x_strong, box, num_classes: int, igno
         pseudo = torch.where(box, partner(pseudo), pseudo)
         confident = conf >= threshold
         pseudo = torch.where(confident, pseudo, torch.full_like(pseudo, ignore_index))
-    unl = ops.softmax_cross_entropy(logits[2], pseudo, ignore_index=ignore_index, reduction="sum") / pseudo.numel()
+    if unlabeled_loss == "dice":
+        unl = soft_dice_loss(logits[2], pseudo, num_classes, ignore_index)
+    else:
+        unl = ops.softmax_cross_entropy(logits[2], pseudo, ignore_index=ignore_index, reduction="sum") / pseudo.numel()
     return sup + weight * unl, {"gen_seg": sup.detach(), "consistency": unl.detach(),
                                 "confident": confident.float().mean()}

@@ -385,21 +385,22 @@ class MeanTeacherStep(Step):
 class FixMatchStep(Step):
     """Weak-to-strong consistency: G_IS's confident predictions on the unlabeled batch (the weak view)
     supervise it on a strongly perturbed, CutMixed view of the same images (views.strong_view;
-    objective.fixmatch_objective); UniMatch's FixMatch baseline, confidence threshold 0.95."""
+    objective.fixmatch_objective); UniMatch's FixMatch baseline, confidence threshold 0.95, the strong-view
+    term a soft Dice (its ACDC recipe) or a cross-entropy (its natural-image one)."""
     networks = ("G_IS",)
     streams = ("labeled", "unlabeled")
 
     def __init__(self, nets, plan: Plan, optim: Optim, num_classes: int, ignore_index: int, threshold: float,
-                 weight: float, cutmix: float, dice: float = 0.0):
+                 weight: float, cutmix: float, unlabeled_loss: str = "dice", dice: float = 0.0):
         super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
-        self.threshold, self.weight, self.cutmix = threshold, weight, cutmix
+        self.threshold, self.weight, self.cutmix, self.unlabeled_loss = threshold, weight, cutmix, unlabeled_loss
         self.loss = self.compiled(self._loss)
 
     def _loss(self, x, y, x_weak, x_strong, box):
         with self.autocast():
             return fixmatch_objective(self.train_nets["G_IS"], x, y, x_weak, x_strong, box, self.num_classes,
                                       self.ignore_index, self.threshold, self.weight, self.ops,
-                                      self.plan.merge_passes, self.dice)
+                                      self.plan.merge_passes, self.dice, self.unlabeled_loss)
 
     def __call__(self, batch: dict) -> dict:
         x, y = self.inputs(batch)

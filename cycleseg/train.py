@@ -199,7 +199,21 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
                                   f"--out {folder.path}")
             if until is not None and run.n >= until:
                 break
+    if run.n >= cfg.steps and result:
+        folder.note(finished(run, result, time.time() - clock["t0"]))
     return result
+
+
+def finished(run: Run, result: dict, seconds: float) -> str:
+    """The closing lines: the scores and where the picture, the curves and the checkpoints are."""
+    p = run.folder.path
+    scores = f"val mIoU {result['miou']:.4f}, mDice {result['mdice']:.4f}" + (
+        f", volume Dice {result['volume_mdice']:.4f}" if result.get("volume_mdice") is not None else "")
+    return (f"done: {run.n} steps in {seconds / 60:.1f} min; {scores}\n"
+            f"  picture: {p / 'samples' / f'step{run.n:07d}.png'}  (image, truth, prediction"
+            f"{', G_SI(truth)' if 'G_SI' in run.nets else ''})\n"
+            f"  curves:  {p / 'curves.png'}\n"
+            f"  model:   {p / 'best.pt'}  (python -m cycleseg.evaluate / predict / export)")
 
 
 def describe(cfg: Config, meta, nets: dict) -> str:

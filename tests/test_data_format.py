@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cycleseg.data.h5format import DataError, Meta, default_palette, read_meta, validate, write_split
-from cycleseg.data.shapes import CLASS_NAMES, builtin_dataset, generate
+from cycleseg.data.shapes import CLASS_NAMES, generate, shapes_dataset
 from cycleseg.data.loader import Loader
 from cycleseg.data.order import BatchOrder
 from cycleseg.data.source import H5Source
@@ -101,16 +101,16 @@ def test_direct_reads_match_h5py_and_fall_back(tmp_path):
     assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
-def test_builtin_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
+def test_shapes_dataset_is_deterministic_and_cached(tmp_path, monkeypatch):
     a_img, a_mask = generate(5, 32, seed=3, split="train")
     b_img, b_mask = generate(5, 32, seed=3, split="train")
     assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
     assert not np.array_equal(generate(5, 32, seed=4, split="train")[1], a_mask)
     assert set(np.unique(a_mask)) <= set(range(len(CLASS_NAMES)))
     monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path))
-    paths = builtin_dataset(32, seed=0)
+    paths = shapes_dataset(32, seed=0)
     mtime = paths["train"].stat().st_mtime_ns
-    assert builtin_dataset(32, seed=0)["train"].stat().st_mtime_ns == mtime
+    assert shapes_dataset(32, seed=0)["train"].stat().st_mtime_ns == mtime
     meta = validate(paths["train"])
     assert meta.count == 1000 and meta.num_classes == 5 and meta.class_names == CLASS_NAMES
     hist = np.bincount(H5Source(paths["train"]).batch(np.arange(1000))[1].numpy().ravel(), minlength=5)

@@ -102,7 +102,7 @@ def test_evaluate_writes_a_consistent_report(run_dir, capsys):
     lines = (out / "confusion.csv").read_text().splitlines()
     names = lines[0].split(",")[1:]
     mat = np.array([[int(v) for v in ln.split(",")[1:]] for ln in lines[1:]])
-    assert names == ["background", "disc", "square", "triangle", "ring"] and mat.sum() == 200 * 16 * 16
+    assert names == ["background", "RV", "Myo", "LV"] and mat.sum() == 200 * 16 * 16
     for c, name in enumerate(names):                                          # the report from the matrix
         union = mat[c].sum() + mat[:, c].sum() - mat[c, c]
         expect = mat[c, c] / union if union else None
@@ -142,7 +142,7 @@ def test_evaluate_acdc_volumes_and_missing_split(tmp_path, monkeypatch, make_acd
     assert not (tmp_path / "e3").exists()
 
 
-def test_evaluate_errors_name_the_file_and_write_nothing(run_dir, tmp_path, make_acdc, monkeypatch, capsys):
+def test_evaluate_errors_name_the_file_and_write_nothing(run_dir, tmp_path, monkeypatch, capsys):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 100)
     for ckpt, message in ((tmp_path / "other.pt", "not a cycleseg checkpoint"),
@@ -152,8 +152,7 @@ def test_evaluate_errors_name_the_file_and_write_nothing(run_dir, tmp_path, make
         err = capsys.readouterr().err
         assert message in err and str(ckpt) in err
     monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
-    make_acdc(tmp_path / "ACDC")                                             # 4 classes, gray images
-    assert evaluate_main([str(run_dir / "last.pt"), "--data", str(tmp_path / "ACDC"), "--out",
+    assert evaluate_main([str(run_dir / "last.pt"), "--data", "shapes", "--out",   # 5 classes, RGB
                           str(tmp_path / "out")]) == 2
-    assert "4 classes, but the checkpoint" in capsys.readouterr().err
+    assert "5 classes, but the checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

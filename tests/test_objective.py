@@ -186,3 +186,71 @@ def test_a_batch_without_a_labeled_pixel_contributes_no_loss(ops_name):
     empty = cross_entropy(x, none, 255, ops)
     (g_empty,) = torch.autograd.grad(empty, x)
     assert empty.item() == 0.0 and torch.equal(g_empty, torch.zeros_like(x))
+
+
+def test_mean_teacher_objective_by_hand(setup):
+    from cycleseg.objective import mean_teacher_objective
+    nets, x, y, xu = setup
+    torch.manual_seed(1)
+    teacher = {k: v.double() for k, v in build_networks(3, K, ngf=4, n_blocks=1, ndf=4).items()}["G_IS"]
+    noise = torch.randn_like(xu) * 0.2
+    loss, terms = mean_teacher_objective(nets["G_IS"], teacher, x, y, xu, noise, K, IGN, 0.3)
+    cons = ((torch.softmax(nets["G_IS"](xu), 1) - torch.softmax(teacher(xu + noise), 1)) ** 2).mean()
+    assert terms["consistency"].item() == pytest.approx(cons.item(), rel=1e-6)           # softmaxes in fp32
+    assert loss.item() == pytest.approx(hand_ce(nets["G_IS"](x), y).item() + 0.3 * cons.item(), rel=1e-6)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())                 # the teacher takes no gradient
+
+
+class Lookup(torch.nn.Module):
+    """A 'network' returning fixed logits for each of its known inputs (by first pixel value)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, x):
+        return torch.cat([self.table[round(float(v), 6)] for v in x[:, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("loss_name", ["dice", "ce"])
+def test_fixmatch_objective_by_hand(loss_name):
+    """Pseudo-labels are the weak view's argmax where its softmax max >= the threshold, the partner's
+    inside each CutMix box; the strong view's loss: soft Dice over confident pixels, or cross-entropy
+    summed over them and divided by every unlabeled pixel."""
+    from cycleseg.objective import fixmatch_objective
+    torch.manual_seed(2)
+    x, xw, xs = (torch.full((n, 1, 4, 4), v, dtype=torch.float64) for n, v in ((1, 0.1), (2, 0.2), (2, 0.3)))
+    xw[1], xs[1] = 0.25, 0.35
+    logits = {0.1: torch.randn(1, K, 4, 4, dtype=torch.float64), 0.2: torch.randn(1, K, 4, 4, dtype=torch.float64) * 4,
+              0.25: torch.randn(1, K, 4, 4, dtype=torch.float64) * 4,
+              0.3: torch.randn(1, K, 4, 4, dtype=torch.float64, requires_grad=True),
+              0.35: torch.randn(1, K, 4, 4, dtype=torch.float64, requires_grad=True)}
+    y = torch.randint(0, K, (1, 4, 4))
+    box = torch.zeros(2, 4, 4, dtype=torch.bool)
+    box[0, 1:3, 1:4] = True
+    loss, terms = fixmatch_objective(Lookup(logits), x, y, xw, xs, box, K, IGN, 0.9, 0.5, unlabeled_loss=loss_name)
+    weak = torch.cat([logits[0.2], logits[0.25]])
+    conf, arg = torch.softmax(weak, 1).max(1)
+    pseudo = arg.clone()
+    pseudo[0][box[0]], conf0 = arg[1][box[0]], conf.clone()
+    conf0[0][box[0]] = conf[1][box[0]]
+    keep = conf0 >= 0.9
+    assert 0 < keep.sum() < keep.numel()
+    strong = torch.cat([logits[0.3], logits[0.35]])
+    if loss_name == "ce":
+        logp = torch.log_softmax(strong, 1).gather(1, pseudo[:, None])[:, 0]
+        unl = -(logp * keep).sum() / keep.numel()
+    else:
+        p = torch.softmax(strong, 1)
+        dices = []
+        for c in range(K):
+            t = ((pseudo == c) & keep).double()
+            inter, total = (p[:, c] * t).sum(), (p[:, c] * keep).sum() + t.sum()
+            dices.append((2 * inter + 1e-5) / (total + 1e-5))
+        unl = 1 - sum(dices) / K
+    assert terms["confident"].item() == pytest.approx(keep.double().mean().item())
+    assert terms["consistency"].item() == pytest.approx(unl.item(), rel=1e-6)     # the Dice runs in fp32
+    assert loss.item() == pytest.approx(hand_ce(logits[0.1], y).item() + 0.5 * unl.item(), rel=1e-6)
+    loss.backward()
+    assert logits[0.3].grad is not None and logits[0.2].grad is None           # the weak view is detached

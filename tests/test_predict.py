@@ -7,9 +7,25 @@ from PIL import Image
 from cycleseg.predict import main as predict_main
 
 
-@pytest.fixture
-def checkpoint(tiny_checkpoint):
-    return tiny_checkpoint
+@pytest.fixture(scope="module", params=["phantom", "shapes"])
+def data(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data, tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint of the built-in phantoms (gray images), or of the shapes (RGB)."""
+    if data == "phantom":
+        return tiny_checkpoint
+    from cycleseg.config import parse_args
+    from cycleseg.train import train
+
+    out = tmp_path_factory.mktemp("tiny-shapes") / "r"
+    cfg, _ = parse_args(["--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "16", "--batch-size", "2",
+                         "--no-progress", "--device", "cpu", "--steps", "3", "--eval-every", "3", "--out", str(out),
+                         "--data", "shapes"])
+    train(cfg)
+    return out / "last.pt"
 
 
 def expected_mask(ckpt, image: np.ndarray) -> np.ndarray:
@@ -17,8 +33,9 @@ def expected_mask(ckpt, image: np.ndarray) -> np.ndarray:
     from cycleseg.checkpoint import load_run
     from cycleseg.models import networks_from_checkpoint
 
-    _, _, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
-    small = np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR)).astype(np.float32)
+    _, info, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
+    im = Image.fromarray(image).convert("RGB" if info["channels"] == 3 else "L")   # the checkpoint's channels
+    small = np.asarray(im.resize((16, 16), Image.BILINEAR)).astype(np.float32).reshape(16, 16, info["channels"])
     x = torch.from_numpy(small).permute(2, 0, 1)[None] / 127.5 - 1
     with torch.no_grad():
         pred = nets["G_IS"].eval()(x).argmax(1)[0].numpy().astype(np.uint8)
@@ -41,7 +58,7 @@ def test_masks_at_input_size_with_argmax_indices(checkpoint, tmp_path):
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_{kind}.png" for n in "abc"
                                                            for kind in ("mask", "overlay", "gsi"))
-    images["c"] = np.repeat(gray[..., None], 3, axis=2)                       # converted to RGB, as predict does
+    images["c"] = gray
     for name, image in images.items():
         mask = Image.open(out / f"{name}_mask.png")
         assert mask.mode == "P" and mask.size == (image.shape[1], image.shape[0])
@@ -49,9 +66,9 @@ def test_masks_at_input_size_with_argmax_indices(checkpoint, tmp_path):
         assert Image.open(out / f"{name}_overlay.png").size == mask.size == Image.open(out / f"{name}_gsi.png").size
 
 
-def test_hdf5_inputs(checkpoint, tmp_path):
+def test_hdf5_inputs(checkpoint, data, tmp_path):
     from cycleseg.data.splits import split_paths
-    val = split_paths(None, image_size=16)["val"]
+    val = split_paths(data, image_size=16)["val"]
     assert predict_main([str(checkpoint), str(val), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     masks = sorted((tmp_path / "o").glob("*_mask.png"))
     assert len(masks) == 200 and Image.open(masks[0]).size == (16, 16)

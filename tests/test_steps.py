@@ -44,7 +44,7 @@ def batches(n, size=8):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize("mode", ["semi", "partial", "adversarial"])
+@pytest.mark.parametrize("mode", ["semi", "partial", "adversarial", "meanteacher", "fixmatch"])
 def test_state_round_trip_continues_exactly(mode):
     nets, step = make(mode)
     data = batches(6, 32 if mode == "adversarial" else 8)          # Hung's discriminator halves 5 times
@@ -53,12 +53,14 @@ def test_state_round_trip_continues_exactly(mode):
     saved_nets = {k: copy.deepcopy(v.state_dict()) for k, v in nets.items()}
     saved = copy.deepcopy(step.state_dict())
     pools = copy.deepcopy(step.pool_state())
+    rng = torch.get_rng_state()                                     # Mean Teacher's noise, FixMatch's views
     expect = [step(b) for b in data[3:]]
     nets2, step2 = make(mode)
     for k, v in nets2.items():
         v.load_state_dict(saved_nets[k])
     step2.load_state_dict(saved)
     step2.load_pool_state(pools)
+    torch.set_rng_state(rng)
     got = [step2(b) for b in data[3:]]
     for a, b in zip(expect, got):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -112,3 +114,22 @@ def test_adversarial_step_terms_and_self_training_start():
     nets["G_IS"].zero_grad()
     (loss - terms["gen_seg"]).backward()                              # the adversarial term alone
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["G_IS"].parameters())
+
+
+def test_mean_teacher_teacher_is_an_ema_and_the_term_starts_late():
+    from cycleseg.steps import MeanTeacherStep
+    cfg = Config(device="cpu", mode="meanteacher", ngf=4, n_blocks=1, ndf=4, steps=8, mt_start=0.25).resolved()
+    meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
+    torch.manual_seed(0)
+    nets = networks_from_config(cfg, meta, MeanTeacherStep.networks)
+    step = make_step(cfg, nets, meta, Plan())
+    weights = []
+    for t, b in enumerate(batches(4)):
+        teacher = [p.clone() for p in step.teacher.parameters()]
+        terms = step(b)
+        weights.append(float(step.weight))
+        alpha = min(1 - 1 / (t + 1), cfg.mt_ema)                   # t updates before this one
+        for old, new, student in zip(teacher, step.teacher.parameters(), nets["G_IS"].parameters()):
+            assert torch.allclose(new, alpha * old + (1 - alpha) * student, atol=1e-7)
+        assert set(terms) == {"gen_seg", "consistency"}
+    assert weights[:2] == [0.0, 0.0] and 0 < weights[2] < weights[3] < cfg.mt_consistency   # start at 25 %: 2 of 8

@@ -3,7 +3,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
+
+from .h5format import Meta, default_palette, write_split
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CYCLESEG_CACHE", Path.home() / ".cache" / "cycleseg"))
+
+
+def generated_splits(name: str, version: int, seed: int, size: int, class_names: list, splits,
+                     make: Callable) -> dict:
+    """Paths {split: file} of a generated dataset at size x size, written on first use into
+    `<cache>/<name>-v<version>-seed<seed>-<size>px/`: make(split) -> (images, masks[, groups])."""
+    if size < 8 or size % 4:
+        raise ValueError(f"the built-in dataset needs an image size divisible by 4 and >= 8, got {size}")
+    root = cache_dir() / f"{name}-v{version}-seed{seed}-{size}px"
+    meta = Meta(num_classes=len(class_names), class_names=list(class_names), palette=default_palette(len(class_names)),
+                ignore_index=255, source=f"cycleseg built-in {name} v{version}, seed {seed}",
+                preprocessing={"size": [size, size]})
+    paths = {split: root / f"{split}.h5" for split in splits}
+    for split, path in paths.items():
+        if not path.exists():
+            images, masks, *groups = make(split)
+            write_split(path, images, masks, meta, groups[0] if groups else None)
+    return paths

@@ -1,4 +1,4 @@
-"""The built-in dataset: textured shapes on textured backgrounds, generated from a seed.
+"""The built-in shapes dataset (`--data shapes`): textured shapes on textured backgrounds, from a seed.
 
 Five classes: background, disc, square, triangle, ring. Every region (background, objects and
 background-class distractors) gets a texture from one family (two random colours mixed by an oriented
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cache import cache_dir
-from .h5format import Meta, default_palette, write_split
+from .cache import generated_splits
 
 CLASS_NAMES = ["background", "disc", "square", "triangle", "ring"]
 GENERATOR_VERSION = 4
@@ -78,17 +77,7 @@ def generate(n: int, size: int, seed: int, split: str):
     return images, masks
 
 
-def builtin_dataset(size: int = 64, seed: int = 0) -> dict:
-    """Paths {"train": ..., "val": ...} of the built-in dataset at `size`, generated on first use."""
-    if size < 8 or size % 4:
-        raise ValueError(f"the built-in dataset needs an image size divisible by 4 and >= 8, got {size}")
-    root = cache_dir() / f"shapes-v{GENERATOR_VERSION}-seed{seed}-{size}px"
-    paths = {split: root / f"{split}.h5" for split in SPLIT_SIZES}
-    meta = Meta(num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES, palette=default_palette(len(CLASS_NAMES)),
-                ignore_index=255, source=f"cycleseg built-in shapes v{GENERATOR_VERSION}, seed {seed}",
-                preprocessing={"size": [size, size]})
-    for split, path in paths.items():
-        if not path.exists():
-            images, masks = generate(SPLIT_SIZES[split], size, seed, split)
-            write_split(path, images, masks, meta)
-    return paths
+def shapes_dataset(size: int = 64, seed: int = 0) -> dict:
+    """Paths {"train": ..., "val": ...} of the shapes dataset at `size`, generated on first use."""
+    return generated_splits("shapes", GENERATOR_VERSION, seed, size, CLASS_NAMES, SPLIT_SIZES,
+                            lambda split: generate(SPLIT_SIZES[split], size, seed, split))

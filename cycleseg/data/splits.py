@@ -1,6 +1,7 @@
 """The split files behind --data, found by one resolver and opened as sources.
 
-    --data omitted          the built-in dataset (generated into the cache on first use)
+    --data omitted          the built-in cardiac phantoms (generated into the cache on first use)
+    --data shapes           the built-in shapes (--data phantom names the default)
     --data ACDC/            an SSL4MIS folder: its splits converted once into the cache; its volumes scored
     --data file.h5          a train split; its other splits beside it (val.h5, test.h5), or --val-data
     --data folder/          a folder with train.h5, val.h5 (and test.h5)
@@ -12,8 +13,11 @@ from pathlib import Path
 
 from . import acdc
 from .h5format import DataError
-from .shapes import builtin_dataset
+from .phantom import phantom_dataset
+from .shapes import shapes_dataset
 from .source import H5Source, open_source
+
+BUILTIN = {"phantom": phantom_dataset, "shapes": shapes_dataset}     # generated; --data NAME (default phantom)
 
 
 @dataclass
@@ -27,8 +31,8 @@ def split_path(data, split: str, val_data=None, image_size: int = 64, progress: 
     """(HDF5 path of `split`, SSL4MIS folder or None): `split` of the built-in data, of an SSL4MIS folder
     (train, val, test: what its lists name), or of --data (a folder, or the train file beside which the
     other splits lie; --val-data for val). DataError naming what is missing."""
-    if data is None:
-        paths = builtin_dataset(image_size, seed=0)
+    if data is None or (data in BUILTIN and not Path(data).exists()):
+        paths = BUILTIN[data or "phantom"](image_size, seed=0)
         if split not in paths:
             raise DataError(f"the built-in dataset has no {split} split (it has {', '.join(paths)})")
         return paths[split], None
