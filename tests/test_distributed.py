@@ -53,10 +53,12 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fast):
     assert vb[-1]["miou"] == pytest.approx(va[-1]["miou"], abs=2e-2 if fast == "--fast" else 1e-6)
     if fast == "--no-fast":
         ca, cb = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("one", "two"))
-        for name in ca["nets"]:                                      # biases: see test_fastpath (inert ones
-            for k, v in ca["nets"][name].items():                     # before an instance norm move by noise)
+        # biases: see test_fastpath (inert ones before an instance norm move by noise). Weights to 1e-4:
+        # Adam turns a gradient near 0, whose reduction order differs, into a step of up to lr (1e-3)
+        for name in ca["nets"]:
+            for k, v in ca["nets"][name].items():
                 if k.endswith("weight"):
-                    torch.testing.assert_close(cb["nets"][name][k], v, rtol=1e-3, atol=1e-5)
+                    torch.testing.assert_close(cb["nets"][name][k], v, rtol=1e-3, atol=1e-4)
         assert cb["world_size"] == 2 and len(cb["ranks"]) == 2
     assert r2.stdout.count('"miou"') == 1                            # only rank 0 prints and writes
 
