@@ -2,18 +2,22 @@
 # The GPU check, sized for the device tool's calls (torch 2.11 / triton 3.6 image, nothing installed):
 #
 #   bash benchmarks/gpu_check.sh ops    # op tests on CUDA tensors, then the op benchmarks      (~3 min)
+#   bash benchmarks/gpu_check.sh train  # python -m cycleseg.train on the GPU, 300 steps            (~1 min)
 #   bash benchmarks/gpu_check.sh step   # the whole-step benchmark, one variant at a time         (~5 min)
-#   bash benchmarks/gpu_check.sh        # both                                                     (~8 min)
+#   bash benchmarks/gpu_check.sh        # all three (on an H200: 469 s, 2026-11-29)
 #
-# Every stage has its own time limit and prints its table as soon as it ends; logs, JSON and tables go
-# under $OUT (or /tmp/cycleseg-gpu). Installs the checkout in place first (python -m pip install -e, the
-# Python that runs the tests; no dependencies:
-# the image's torch and Triton stay; cycleseg.kernels resolves to kernels/), TRITON_INTERPRET unset,
-# imports checked first.
+# Every stage has its own time limit and prints its table as soon as it ends. Installs the checkout in
+# place first (python -m pip install -e with the Python that runs the tests, no dependencies: the
+# image's torch and Triton stay; cycleseg.kernels resolves to kernels/), TRITON_INTERPRET unset, imports
+# checked first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/cycleseg-gpu}
-mkdir -p "$out"
+# Logs and JSON are written to a work folder and packed into $OUT/gpu-check.tgz (with tables.md beside
+# it) after every stage: the device tool returns at most 8 files, and a stage killed later loses nothing.
+final=${OUT:-/tmp/cycleseg-gpu-out}
+out=/tmp/cycleseg-gpu
+mkdir -p "$out" "$final"
+pack() { tar czf "$final/gpu-check.tgz" -C "$out" . 2>/dev/null; cp "$out"/tables.md "$out"/train_samples.png "$final"/ 2>/dev/null; true; }
 unset TRITON_INTERPRET
 export PYTHONUNBUFFERED=1 CYCLESEG_BENCH_QUICK=1
 what=${1:-all}
@@ -39,6 +43,7 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run with a time limit, log to $out/N
   local rc=$?
   tail -3 "$out/$name.log"
   [ $rc -eq 0 ] || echo "!! $name: exit $rc (see $name.log)"
+  pack
 }
 
 report() {  # report JSON: print the markdown table and keep it
@@ -54,6 +59,17 @@ if [ "$what" = all ] || [ "$what" = ops ]; then
   stage ops 130 python -m pytest -q -p no:cacheprovider benchmarks/bench_softmax_cross_entropy.py \
     benchmarks/bench_instance_norm_relu.py benchmarks/bench_lsgan_loss.py --benchmark-json "$out/ops.json"
   report "$out/ops.json"
+fi
+
+if [ "$what" = all ] || [ "$what" = train ]; then
+  # The real command end to end on the GPU: built-in phantoms, the paper preset's networks, fast path,
+  # 300 steps with two validations, checkpoints and pictures (the run folder stays in /tmp).
+  rm -rf /tmp/cycleseg-gpu-run
+  stage train 110 python -m cycleseg.train --device cuda --steps 300 --eval-every 150 --no-progress \
+    --out /tmp/cycleseg-gpu-run
+  grep -h '"val' /tmp/cycleseg-gpu-run/metrics.jsonl 2>/dev/null | tail -2 | tee -a "$out/train.log"
+  last=$(ls /tmp/cycleseg-gpu-run/samples/*.png 2>/dev/null | tail -1)
+  [ -n "$last" ] && cp "$last" "$out/train_samples.png"
 fi
 
 if [ "$what" = all ] || [ "$what" = step ]; then
@@ -74,4 +90,5 @@ json.dump(merged, open(f"{out}/step.json", "w"))
 PY
   report "$out/step.json"
 fi
+pack
 echo "== done in $((SECONDS - start)) s"

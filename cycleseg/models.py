@@ -82,6 +82,22 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution. With one input channel (grayscale images into D_I) it is a broadcast product
+    and is computed as one: a one-channel tensor's channel stride is arbitrary, cuDNN picks a
+    convolution's output layout from it, and a compiled graph, which does not track that stride, would
+    expect the other layout (the GPU check found this; tests/test_fastpath.py keeps it out)."""
+
+    def __init__(self, in_ch: int, out_ch: int, bias: bool = True):
+        super().__init__(in_ch, out_ch, 1, bias=bias)
+
+    def forward(self, x):
+        if self.in_channels != 1:
+            return super().forward(x)
+        y = x * self.weight.view(1, -1, 1, 1)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+
+
 class PixelDiscriminator(nn.Module):
     """1x1-conv discriminator: one real/fake score per pixel, (N, in_ch, H, W) -> (N, 1, H, W), no sigmoid.
 
@@ -98,9 +114,9 @@ class PixelDiscriminator(nn.Module):
         if norm not in norms:
             raise ValueError(f"discriminator norm must be one of {sorted(norms)}, got {norm!r}")
         self.net = nn.Sequential(
-            nn.Conv2d(in_ch, ndf, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(ndf, ndf * 2, 1, bias=norm != "batch"), *norms[norm](ndf * 2),
-            nn.Conv2d(ndf * 2, 1, 1),
+            Conv1x1(in_ch, ndf), nn.LeakyReLU(0.2),
+            Conv1x1(ndf, ndf * 2, bias=norm != "batch"), *norms[norm](ndf * 2),
+            Conv1x1(ndf * 2, 1),
         )
 
     def forward(self, x):

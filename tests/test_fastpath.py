@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+from cycleseg import ops
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import Plan, busy_cpu_note, cpu_has_native_bf16, plan_for
@@ -132,6 +133,49 @@ def test_compiled_step_is_one_graph_per_update():
         a, c = eager(b), comp(b)
         for k in a:
             assert c[k].item() == pytest.approx(a[k].item(), rel=1e-5, abs=1e-7), k
+
+
+def test_one_channel_convolutions_read_tensors_the_compiler_lays_out():
+    """A one-channel tensor's channel stride is arbitrary: cuDNN picks a convolution's output layout from
+    it (when the weight does not fix one), and torch.compile, which does not track that stride, can
+    expect the other layout: on grayscale data the compiled GPU step failed so at D_I's first 1x1
+    convolution of G_SI's output. In the compiled graphs of the GPU plan's step (forward and backward),
+    every convolution that reads one channel reads a reflection padding, a tensor the compiler lays out
+    itself (D_I's first layer is a broadcast product, models.Conv1x1)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    aten = torch.ops.aten
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    cfg, meta, _ = setup()
+    meta = dataclasses.replace(meta, channels=1)
+    g = torch.Generator().manual_seed(2)
+    batch = {"images": torch.randint(0, 256, (2, 1, 16, 16), generator=g, dtype=torch.uint8),
+             "masks": torch.randint(0, 5, (2, 16, 16), generator=g, dtype=torch.uint8),
+             "unlabeled": torch.randint(0, 256, (2, 1, 16, 16), generator=g, dtype=torch.uint8)}
+    plan = dataclasses.replace(FAST_CPU, channels_last=True, autocast="bfloat16", compile=True,
+                               compile_backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))
+    torch._dynamo.reset()
+    nets, step = make_step(cfg, meta, plan)
+    for net in nets.values():
+        net.to(memory_format=torch.channels_last)
+    step(batch)
+    assert len(graphs) == 4                                         # G and D updates, forward and backward
+    seen = 0
+    for gm in graphs:
+        for node in gm.graph.nodes:
+            if node.target is not aten.convolution.default or node.args[0].meta["val"].shape[1] != 1:
+                continue
+            src = node.args[0]
+            while src.target in (aten._to_copy.default, torch.ops.prims.convert_element_type.default):
+                src = src.args[0]                                   # autocast's cast to bf16
+            assert src.target is aten.reflection_pad2d.default, f"{node.name} reads {src.name}"
+            seen += 1
+    assert seen >= 1                                                # G_IS's first convolution
 
 
 def test_plan_per_device_and_choice_of_compile():
