@@ -30,7 +30,7 @@ def make_step(cfg, nets: dict, meta, plan: Plan):
                                rampup_steps=round(cfg.mt_rampup * cfg.steps), start_steps=round(cfg.mt_start * cfg.steps))
     if STEPS[cfg.mode] is FixMatchStep:
         return FixMatchStep(nets, **common, threshold=cfg.fm_threshold, weight=cfg.fm_weight, cutmix=cfg.fm_cutmix,
-                            unlabeled_loss=cfg.fm_loss)
+                            unlabeled_loss=cfg.fm_loss, rampup_steps=round(cfg.fm_rampup * cfg.steps))
     weights = HungWeights(adv=cfg.adv_lambda, semi_adv=cfg.adv_semi_lambda, self_training=cfg.adv_self_training,
                           threshold=cfg.adv_threshold)
     hung = Hung(weights, start=cfg.adv_start, lr_d_scale=cfg.adv_lr_d_scale, betas_d=(cfg.adv_beta1_d, cfg.adv_beta2_d))

@@ -47,7 +47,8 @@ RESUME_KEPT = {
                                      "rampup", "dice", "hard_cycle", "pool_size", "adv_lambda", "adv_semi_lambda",
                                      "adv_self_training", "adv_threshold", "adv_start", "adv_lr_d_scale",
                                      "adv_beta1_d", "adv_beta2_d", "mt_consistency", "mt_ema", "mt_noise",
-                                     "mt_rampup", "mt_start", "fm_threshold", "fm_weight", "fm_cutmix", "fm_loss"),
+                                     "mt_rampup", "mt_start", "fm_threshold", "fm_weight", "fm_cutmix", "fm_loss",
+                                     "fm_rampup"),
     "the seed (the run's identity)": ("seed",),
     "the plan it started with (numerics)": ("fast", "compile", "precision"),
 }
@@ -109,6 +110,7 @@ class Config:
     fm_weight: float = 1.0              # fixmatch: weight of the strong-view term (UniMatch halves both terms: the same ratio)
     fm_cutmix: float = 0.5              # fixmatch: probability of a CutMix box in each strong view
     fm_loss: str = "dice"               # fixmatch: the strong-view term: dice (UniMatch's medical recipe, ACDC) or ce (its natural-image one)
+    fm_rampup: float = 0.0              # fixmatch: fraction of the run over which the strong-view weight ramps up (sigmoid, as Mean Teacher's); UniMatch: 0
     # data
     flip: bool = False                  # random horizontal flips (off in the paper preset)
     rotate: bool = False                # random rotations by multiples of 90 degrees (with --flip: the usual ACDC augmentation)
@@ -167,7 +169,7 @@ class Config:
         return Lambdas(self.lambda1, self.lambda2, self.lambda3, self.lambda4, self.lambda5)
 
 
-FRACTIONS = ("rampup", "mt_ema", "fm_threshold", "fm_cutmix", "mt_rampup", "mt_start", "adv_start")
+FRACTIONS = ("rampup", "mt_ema", "fm_threshold", "fm_cutmix", "fm_rampup", "mt_rampup", "mt_start", "adv_start")
 NON_NEGATIVE = ("pool_size", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5", "dice", "mt_consistency", "mt_noise",
                 "fm_weight", "adv_lambda", "adv_semi_lambda", "adv_self_training")
 AT_LEAST_ONE = ("steps", "batch_size", "ngf", "n_blocks", "ndf", "log_every", "eval_every", "ckpt_every", "prefetch")

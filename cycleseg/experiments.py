@@ -157,14 +157,14 @@ def run_cell(args: list[str]) -> dict:
 
 
 def summarize(results: dict) -> list[dict]:
-    """Rows (one per cell): mean and std over seeds of each score present."""
+    """Rows (one per cell): mean and sample standard deviation (ddof 1) over seeds of each score present."""
     rows = []
     for cell, by_seed in results.items():
         row = {"cell": cell, "seeds": sorted(by_seed)}
         for k in report.GRID_SCORES:
             vals = [r[k] for r in by_seed.values() if r.get(k) is not None]
             if vals:
-                row[k] = (float(np.mean(vals)), float(np.std(vals)), len(vals))
+                row[k] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals))
         rows.append(row)
     return rows
 

@@ -251,7 +251,7 @@ def mean_teacher_objective(student, teacher, x, y, x_unl, noise, num_classes: in
 
 
 def fixmatch_objective(g_is, x, y, x_weak, x_strong, box, num_classes: int, ignore_index: int, threshold: float,
-                       weight: float, ops=reference, merge_passes: bool = False, dice: float = 0.0,
+                       weight, ops=reference, merge_passes: bool = False, dice: float = 0.0,
                        unlabeled_loss: str = "dice"):
     """The supervised loss plus `weight` x a loss of G_IS on the strong views against the argmax of its own
     (detached) prediction on the weak views, counted where that prediction's confidence is at least

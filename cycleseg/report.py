@@ -3,7 +3,7 @@
     evaluation_table    evaluate's terminal report: slice metrics, per class, per volume
     confusion_csv       the confusion matrix with class names
     volumes_csv         per-volume scores of each structure
-    grid_markdown       the experiments' table: mean ± std over seeds per cell
+    grid_markdown       the experiments' table: mean ± sample std (ddof 1) over seeds per cell
     grid_csv            the same, one line per cell and score
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def volumes_csv(per_volume: list, structures) -> str:
 
 
 def grid_markdown(rows, header: str) -> str:
-    """rows: experiments.summarize's (one per cell: its Cell and (mean, std, n) per score)."""
+    """rows: experiments.summarize's (one per cell: its Cell and (mean, sample std, n) per score)."""
     keys = [k for k in GRID_SCORES if any(k in r for r in rows)]
     lines = [header, "", "| method | labeled | " + " | ".join(GRID_SCORES[k] for k in keys) + " | seeds |",
              "|---|---|" + "---|" * len(keys) + "---|"]

@@ -386,27 +386,31 @@ class FixMatchStep(Step):
     """Weak-to-strong consistency: G_IS's confident predictions on the unlabeled batch (the weak view)
     supervise it on a strongly perturbed, CutMixed view of the same images (views.strong_view;
     objective.fixmatch_objective); UniMatch's FixMatch baseline, confidence threshold 0.95, the strong-view
-    term a soft Dice (its ACDC recipe) or a cross-entropy (its natural-image one)."""
+    term a soft Dice (its ACDC recipe) or a cross-entropy (its natural-image one), at full weight from the
+    first step (UniMatch) or ramped up over `rampup_steps` (sigmoid, as Mean Teacher's)."""
     networks = ("G_IS",)
     streams = ("labeled", "unlabeled")
 
     def __init__(self, nets, plan: Plan, optim: Optim, num_classes: int, ignore_index: int, threshold: float,
-                 weight: float, cutmix: float, unlabeled_loss: str = "dice", dice: float = 0.0):
+                 weight: float, cutmix: float, unlabeled_loss: str = "dice", dice: float = 0.0, rampup_steps: int = 0):
         super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
-        self.threshold, self.weight, self.cutmix, self.unlabeled_loss = threshold, weight, cutmix, unlabeled_loss
+        self.threshold, self.cutmix, self.unlabeled_loss = threshold, cutmix, unlabeled_loss
+        self.full_weight, self.rampup_steps = weight, rampup_steps
+        self.weight = torch.zeros((), device=self.device)            # a step input, filled in place
         self.loss = self.compiled(self._loss)
 
-    def _loss(self, x, y, x_weak, x_strong, box):
+    def _loss(self, x, y, x_weak, x_strong, box, weight):
         with self.autocast():
             return fixmatch_objective(self.train_nets["G_IS"], x, y, x_weak, x_strong, box, self.num_classes,
-                                      self.ignore_index, self.threshold, self.weight, self.ops,
+                                      self.ignore_index, self.threshold, weight, self.ops,
                                       self.plan.merge_passes, self.dice, self.unlabeled_loss)
 
     def __call__(self, batch: dict) -> dict:
         x, y = self.inputs(batch)
         x_weak = self.image(batch["unlabeled"])
         x_strong, box = strong_view(x_weak, self.cutmix)
-        loss, terms = self.loss(x, y, x_weak, self.layout(x_strong), box)
+        self.weight.fill_(self.full_weight * sigmoid_rampup(self.steps_done(), self.rampup_steps))
+        loss, terms = self.loss(x, y, x_weak, self.layout(x_strong), box, self.weight)
         self._update("G", loss)
         self._lr_step()
         return terms

@@ -116,6 +116,23 @@ def test_adversarial_step_terms_and_self_training_start():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["G_IS"].parameters())
 
 
+@pytest.mark.parametrize("rampup", [0.0, 0.5])
+def test_fixmatch_weight_ramps_up_when_asked(rampup):
+    """--fm-rampup 0 (UniMatch): the strong-view term at full weight from the first step; otherwise the
+    sigmoid ramp-up of Mean Teacher over that fraction of the run."""
+    from cycleseg.steps import FixMatchStep, sigmoid_rampup
+    cfg = Config(device="cpu", mode="fixmatch", ngf=4, n_blocks=1, steps=8, fm_weight=0.5, fm_rampup=rampup).resolved()
+    meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
+    torch.manual_seed(0)
+    step = make_step(cfg, networks_from_config(cfg, meta, FixMatchStep.networks), meta, Plan())
+    weights = []
+    for b in batches(5):
+        step(b)
+        weights.append(float(step.weight))
+    assert weights == pytest.approx([0.5 * sigmoid_rampup(i, round(rampup * 8)) for i in range(5)])
+    assert (weights[0] == 0.5) == (rampup == 0)
+
+
 def test_mean_teacher_teacher_is_an_ema_and_the_term_starts_late():
     from cycleseg.steps import MeanTeacherStep
     cfg = Config(device="cpu", mode="meanteacher", ngf=4, n_blocks=1, ndf=4, steps=8, mt_start=0.25).resolved()
