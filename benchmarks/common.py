@@ -6,7 +6,9 @@ Variants of every op, always against PyTorch's own op (cycleseg.native), never t
     fused      cycleseg's fused op (Triton on CUDA, C++ on the CPU)
 
 Time: on CUDA, CUDA events through triton.testing.do_bench (L2 flushed between repetitions, >= 50
-repetitions, median); on the CPU, the median of host-timed repetitions. Inputs and the upstream
+repetitions, median), which includes the host's dispatch when it is slower than the device (small ops);
+and the device time alone, by replaying a CUDA graph of 10 calls (`graph_ms`; None where a call cannot
+be captured); on the CPU, the median of host-timed repetitions. Inputs and the upstream
 gradient are allocated outside the timed region. GB/s counts the floor's bytes (each input read once,
 each output written once); "% copy" divides it by the same device's copy bandwidth, measured in the
 same session (bytes read + written by a large tensor copy).
@@ -69,6 +71,40 @@ def median_ms(fn, reps: int = 50) -> float:
     return statistics.median(times)
 
 
+def graph_ms(fn, calls: int = 10, replays: int = 20) -> float | None:
+    """Device time of one fn() on CUDA with the host out of the way: `calls` calls captured in one CUDA
+    graph (after warm-up on a side stream, as capture requires), the graph replayed `replays` times
+    between events, the median per call. Inputs stay in L2 between calls where they fit (60 MB on an
+    H200). None on the CPU, or where fn cannot be captured (a host sync inside it)."""
+    if DEVICE != "cuda":
+        return None
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / calls)
+        return statistics.median(times)
+    except Exception:                                               # noqa: BLE001 -- not capturable: no figure
+        torch.cuda.synchronize()
+        return None
+
+
 @functools.lru_cache(maxsize=None)
 def copy_bandwidth_gbs() -> float:
     """The device's copy bandwidth, GB/s counting bytes read plus bytes written (a 1 GiB copy on CUDA,
@@ -101,4 +137,4 @@ def bench(benchmark, fn, inputs: list, pass_: str, bytes_floor: int):
     ms = median_ms(run)
     benchmark.pedantic(lambda: (run(), sync()), rounds=3, iterations=1)  # the harness's own (host) record
     benchmark.extra_info.update(device=device_name(), median_ms=ms, bytes=bytes_floor,
-                                copy_gbs=copy_bandwidth_gbs(), torch=torch.__version__)
+                                copy_gbs=copy_bandwidth_gbs(), torch=torch.__version__, graph_ms=graph_ms(run))

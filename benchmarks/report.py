@@ -40,6 +40,22 @@ def ops_table(rows) -> list[str]:
         else:
             row += " - | - | - | - |"
         out.append(row)
+    graphed = {g: {k: v[k].get("graph_ms") for k in ("eager", "compiled", "fused") if k in v} for g, v in groups.items()}
+    if any(t for g in graphed.values() for t in g.values()):
+        out += ["", "Device time alone (CUDA graph replay of 10 calls; `-`: the call could not be captured):", "",
+                "| op, shape, dtype, pass | eager ms | compiled ms | fused ms | fused GB/s | % of copy | fused vs eager |"
+                " fused vs compiled |", "|---|---|---|---|---|---|---|---|"]
+        for group in sorted(graphed):
+            t, f = graphed[group], groups[group].get("fused", {})
+            cell = (lambda x: f"{x:.3f}" if x else "-")
+            row = f"| {group} | {cell(t.get('eager'))} | {cell(t.get('compiled'))} | {cell(t.get('fused'))} |"
+            if t.get("fused"):
+                gbs = f["bytes"] / (t["fused"] / 1e3) / 1e9
+                row += f" {gbs:,.0f} | {100 * gbs / f['copy_gbs']:.0f} % |"
+                row += "".join(f" {t[b] / t['fused']:.2f}x |" if t.get(b) else " - |" for b in ("eager", "compiled"))
+            else:
+                row += " - | - | - | - |"
+            out.append(row)
     return out
 
 
