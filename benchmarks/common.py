@@ -61,7 +61,12 @@ def median_ms(fn, reps: int = 50) -> float:
     if DEVICE == "cuda":
         import triton.testing
         return float(triton.testing.do_bench(fn, warmup=25, rep=max(100, reps), return_mode="median"))
-    for _ in range(2):
+    return host_ms(fn, reps)
+
+
+def host_ms(fn, reps: int = 50, warmup: int = 2) -> float:
+    """Median host time of fn() in ms over `reps` calls after `warmup` calls."""
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):

@@ -5,25 +5,17 @@ work is microseconds: what a call costs in Python, autograd and the dispatcher. 
     python benchmarks/host_overhead.py [out.json]
 """
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from cycleseg import ops
+from common import host_ms
 
 
-def med_us(fn, reps=2000):
-    for _ in range(50):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e6
+def med_us(fn):
+    return host_ms(fn, reps=2000, warmup=50) * 1e3
 
 
 torch.manual_seed(0)
