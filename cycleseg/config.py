@@ -100,14 +100,14 @@ class Config:
     adv_beta1_d: float = 0.9            # adversarial: D's Adam beta1
     adv_beta2_d: float = 0.99           # adversarial: D's Adam beta2
     # Mean Teacher (--mode meanteacher), SSL4MIS's train_mean_teacher_2D.py
-    mt_consistency: float = 0.1         # meanteacher: weight of the consistency term (reached at the end of the ramp-up)
+    mt_consistency: float = 0.1         # meanteacher: weight of the consistency term at the end of the ramp-up (SSL4MIS's 0.1 against its (CE + Dice) / 2: --dice 1 --mt-consistency 0.2)
     mt_ema: float = 0.99                # meanteacher: EMA decay of the teacher
     mt_noise: float = 0.2               # meanteacher: std of the teacher's input noise on images in [-1, 1] (SSL4MIS's 0.1 on [0, 1]), clipped at twice it
     mt_rampup: float = 1.0              # meanteacher: fraction of the run over which the weight ramps up (sigmoid; SSL4MIS: the whole run)
     mt_start: float = 0.033             # meanteacher: fraction of the run without the consistency term (SSL4MIS: 1000 of 30000 iterations)
     # weak-to-strong consistency (--mode fixmatch), UniMatch's FixMatch baseline
     fm_threshold: float = 0.95          # fixmatch: confidence above which a weak-view prediction is a pseudo-label
-    fm_weight: float = 1.0              # fixmatch: weight of the strong-view term (UniMatch halves both terms: the same ratio)
+    fm_weight: float = 1.0              # fixmatch: weight of the strong-view term (UniMatch's ACDC ratio to its (CE + Dice) / 2 supervised term: --dice 1 --fm-weight 2)
     fm_cutmix: float = 0.5              # fixmatch: probability of a CutMix box in each strong view
     fm_loss: str = "dice"               # fixmatch: the strong-view term: dice (UniMatch's medical recipe, ACDC) or ce (its natural-image one)
     fm_rampup: float = 0.0              # fixmatch: fraction of the run over which the strong-view weight ramps up (sigmoid, as Mean Teacher's); UniMatch: 0
