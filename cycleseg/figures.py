@@ -183,19 +183,21 @@ class Axes:
             self.draw.text((x, 22), label, fill=colour)
 
 
-def fraction_plot(series: dict, full: list, title: str) -> Image.Image | None:
-    """Score against labeled fraction: {method: [(fraction, mean, std)]} with one-std error bars, and
-    Full's [(mean, std)] as dashed lines; None when there is nothing to plot."""
+def fraction_plot(series: dict, full: list, title: str, xlabel: str = "labeled fraction",
+                  tick=lambda f: f"{round(100 * f)} %") -> Image.Image | None:
+    """Score against labeled fraction (or any x named by `xlabel`, ticks written by `tick`):
+    {method: [(x, mean, std)]} with one-std error bars, and Full's [(mean, std)] as dashed lines; None
+    when there is nothing to plot."""
     points = [p for s in series.values() for p in s] + [(1.0, f[0], f[1]) for f in full]
     if not points:
         return None
     lo = min(m - s for _, m, s in points)
     hi = max(m + s for _, m, s in points)
     lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
-    ax = Axes(lo, hi, title, "labeled fraction")
+    ax = Axes(lo, hi, title, xlabel)
     xs = sorted({p[0] for p in points})
     for f in xs:
-        ax.draw.text((ax.x(xs.index(f), len(xs)) - 12, ax.H - ax.B + 8), f"{round(100 * f)} %", fill="black")
+        ax.draw.text((ax.x(xs.index(f), len(xs)) - 12, ax.H - ax.B + 8), tick(f), fill="black")
     for m, pts in series.items():
         colour = COLOURS.get(m, (0, 0, 0))
         xy = [(ax.x(xs.index(f), len(xs)), ax.y(mu)) for f, mu, _ in pts]
