@@ -16,8 +16,8 @@ Each cell is a training run in <out>/<cell>-seed<s>/ with the same options (thos
 every run: budget, size, augmentation, recipe), so the arms differ only in what the cell says. A cell
 whose run finished is not run again; an interrupted one resumes. Selection rule, the same for every
 cell: the last checkpoint, scored by its final validation (never the best-scoring step). Writes
-results.md and results.csv (mean and standard deviation over seeds of the slice mIoU and, on ACDC, the
-per-volume Dice), plot.png (score against labeled fraction, one line per method, error bars: one
+results.md and results.csv (mean and sample standard deviation over seeds of the slice mIoU and, on
+ACDC, the per-volume Dice), seeds.csv (every run's scores), plot.png (score against labeled fraction, one line per method, error bars: one
 standard deviation), time.png (each method's validation score against its training time at the smallest
 fraction) and pictures.png (validation images: image, truth, Partial, semi).
 """
@@ -265,6 +265,7 @@ def report_files(a, out: Path, cells, seeds, results, rows, steps, extra) -> dic
     header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps} steps, options "
               f"`{' '.join(extra) or '(defaults)'}`; the last checkpoint of every run, scored by its final validation.")
     files = {"results.md": report.grid_markdown(rows, header).encode(), "results.csv": report.grid_csv(rows).encode(),
+             "seeds.csv": report.seeds_csv(results).encode(),
              "results.json": json.dumps({c.name: {str(s): r for s, r in v.items()} for c, v in results.items()},
                                         indent=1).encode()}
     score = "volume_mdice" if any("volume_mdice" in r for r in rows) else "miou"

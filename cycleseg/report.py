@@ -67,6 +67,16 @@ def grid_markdown(rows, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_csv(results: dict) -> str:
+    """Every run's final scores, a line per cell and seed: results is {Cell: {seed: final record}}."""
+    out = ["mode,labeled_fraction,ablation,seed," + ",".join(GRID_SCORES)]
+    for c, by_seed in results.items():
+        for seed, r in sorted(by_seed.items()):
+            scores = ",".join(f"{r[k]:.6f}" if r.get(k) is not None else "" for k in GRID_SCORES)
+            out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{seed},{scores}")
+    return "\n".join(out) + "\n"
+
+
 def grid_csv(rows) -> str:
     out = ["mode,labeled_fraction,ablation,score,mean,std,seeds"]
     for r in rows:

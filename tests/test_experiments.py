@@ -1,6 +1,8 @@
 """python -m cycleseg.experiments: a tiny comparison grid, its table, plot and pictures, and resuming."""
 import json
 
+import pytest
+
 from cycleseg.experiments import Cell, grid_cells, main, summarize
 
 TINY = ["--", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "32", "--batch-size", "2",
@@ -31,8 +33,13 @@ def test_summary_mean_and_std():
 def test_comparison_grid_writes_results_and_resumes(tmp_path, capsys):
     out = tmp_path / "grid"
     assert main(["--grid", "comparison", "--fractions", "0.1", "--seeds", "0", "1", "--out", str(out)] + TINY) == 0
-    for f in ("results.md", "results.csv", "results.json", "plot.png", "pictures.png"):
+    for f in ("results.md", "results.csv", "seeds.csv", "results.json", "plot.png", "pictures.png"):
         assert (out / f).exists(), f
+    res = json.loads((out / "results.json").read_text())
+    seeds = (out / "seeds.csv").read_text().splitlines()
+    assert seeds[0] == "mode,labeled_fraction,ablation,seed,miou,volume_mdice" and len(seeds) == 1 + 3 * 2
+    mode, frac, _, seed, miou, _ = seeds[-1].split(",")
+    assert float(miou) == pytest.approx(res[f"{mode}-{round(100 * float(frac))}pct"][seed]["miou"], abs=1e-6)
     table = (out / "results.md").read_text()
     assert "| Partial | 10 % |" in table and "| Ours (semi) | 10 % |" in table and "| Full | 100 % |" in table
     assert "± " in table and "the last checkpoint of every run" in table
