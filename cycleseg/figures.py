@@ -209,7 +209,7 @@ def fraction_plot(series: dict, full: list, title: str, xlabel: str = "labeled f
     for mu, _ in full:
         for x in range(ax.L, ax.W - ax.R, 12):
             ax.draw.line([(x, ax.y(mu)), (x + 6, ax.y(mu))], fill=COLOURS["full"])
-    ax.legend({**{LABELS.get(m, m): COLOURS.get(m, (0, 0, 0)) for m in series}, "Full": COLOURS["full"]})
+    ax.legend({**{LABELS.get(m, m): COLOURS.get(m, (0, 0, 0)) for m in series}, **({"Full": COLOURS["full"]} if full else {})})
     return ax.img
 
 
