@@ -17,9 +17,10 @@ every run: budget, size, augmentation, recipe), so the arms differ only in what 
 whose run finished is not run again; an interrupted one resumes. Selection rule, the same for every
 cell: the last checkpoint, scored by its final validation (never the best-scoring step). Writes
 results.md and results.csv (mean and sample standard deviation over seeds of the slice mIoU and, on
-ACDC, the per-volume Dice), seeds.csv (every run's scores), plot.png (score against labeled fraction, one line per method, error bars: one
-standard deviation), time.png (each method's validation score against its training time at the smallest
-fraction) and pictures.png (validation images: image, truth, Partial, semi).
+ACDC, the per-volume Dice), seeds.csv (every run's scores), plot.png (score against labeled fraction,
+one line per method, error bars: one standard deviation), time.png (each method's validation score
+against its training time at the smallest fraction) and pictures.png (validation images: image, truth,
+Partial, semi).
 """
 from __future__ import annotations
 

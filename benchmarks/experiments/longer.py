@@ -11,18 +11,18 @@ import sys
 from pathlib import Path
 
 from cycleseg import figures
+from cycleseg.experiments import final_record
 
 ARMS = {"partial": "Partial", "semi": "semi", "meanteacher": "Mean Teacher"}
 
 
 def final(folder: Path):
     """(volume Dice, training seconds, steps) of a finished run, or None."""
-    if not (folder / "last.pt").exists():
+    if not (folder / "config.json").exists():
         return None
     steps = json.loads((folder / "config.json").read_text())["steps"]
-    recs = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    val = [r for r in recs if r.get("split") == "val" and r["step"] == steps]
-    return (val[-1]["volume_mdice"], val[-1]["train_time"], steps) if val else None
+    rec = final_record(folder, steps)
+    return (rec["volume_mdice"], rec["train_time"], steps) if rec else None
 
 
 def main(grids) -> None:
