@@ -20,6 +20,7 @@ import argparse
 import importlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import subprocess
@@ -38,7 +39,7 @@ def cached_triton(version: str) -> Path:
     if not (target / "triton" / "__init__.py").exists():
         print(f"fetching triton=={version} into {target}", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                        f"triton=={version}"], check=True)
+                        f"triton=={version}"], check=True, timeout=600)
     return target
 
 
@@ -87,7 +88,7 @@ def _ptxas(ptx: str, arch: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "k.ptx").write_text(ptx)
         out = subprocess.run([str(ptxas), f"-arch=sm_{arch}a", "-v", str(Path(d) / "k.ptx"), "-o",
-                              str(Path(d) / "k.cubin")], capture_output=True, text=True)
+                              str(Path(d) / "k.cubin")], capture_output=True, text=True, timeout=300)
     text = out.stderr + out.stdout
     found = {k: re.search(p, text) for k, p in (("regs", r"Used (\d+) registers"),
                                                    ("spill_stores", r"(\d+) bytes spill stores"),
@@ -140,7 +141,9 @@ def worker(records: list[dict], arch: int, jobs: int) -> int:
         groups.setdefault(key, []).append(r)
     firsts = [g[0] for g in groups.values()]
     failed = spilled = 0
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawned workers: a fork of this process (torch and Triton loaded, their threads possibly holding
+    # locks) can deadlock in the child
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for r, res, n in zip(firsts, pool.map(compile_record, firsts, [arch] * len(firsts)),
                              (len(g) for g in groups.values())):
             name = r["kernel"].split(":")[1]

@@ -29,6 +29,16 @@ def cpp_kernels():
         extension()
 
 
+@pytest.fixture(autouse=True)
+def reap_subprocesses():
+    """Kill the process group of every subprocess a test started (tests/procs.py), ended or not."""
+    import procs
+
+    yield
+    while procs.LIVE:
+        procs.LIVE.pop().kill()
+
+
 @pytest.fixture
 def tiny_argv(tmp_path):
     """tiny_argv(name, *flags) -> the command line of a tiny CPU run in tmp_path/name."""

@@ -4,21 +4,21 @@ gate does fail on a kernel that only a launch's specialisation breaks."""
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import procs
+
 ROOT = Path(__file__).resolve().parents[1]
 GATE = ROOT / "benchmarks" / "compile_check.py"
 
 
-def run_gate(*args, env=None, timeout=1500):
+def run_gate(*args, env=None, timeout=900):
     env = {**os.environ, **(env or {})}
     env.pop("TRITON_INTERPRET", None)
-    return subprocess.run([sys.executable, str(GATE), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    return procs.run([sys.executable, GATE, *args], timeout, env=env, cwd=ROOT)
 
 
 @pytest.mark.slow

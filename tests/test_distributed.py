@@ -1,12 +1,12 @@
 """torchrun on the CPU (gloo, 2 processes): the same training as one process with the global batch,
 checkpoints that move between process counts, and a failing process that ends the job."""
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
+import procs
 from cycleseg.runfolder import RunFolder
 
 TINY = ["--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "16", "--no-progress", "--device", "cpu",
@@ -17,15 +17,14 @@ pytestmark = pytest.mark.slow
 FAULTY = os.path.join(os.path.dirname(__file__), "faulty_train.py")     # the training command with a fault
 
 
-def launch(out, procs, *extra, env=None, timeout=300):
+def launch(out, nproc, *extra, env=None, timeout=300):
     entry = [FAULTY] if env and "FAIL_AT" in env else ["-m", "cycleseg.train"]
-    if procs == 1:
+    if nproc == 1:
         cmd = [sys.executable, *entry]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}",
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                *entry]
-    return subprocess.run(cmd + TINY + ["--out", str(out), *extra], env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return procs.run(cmd + TINY + ["--out", out, *extra], timeout, env={**os.environ, **(env or {})})
 
 
 def terms(out):

@@ -3,13 +3,13 @@ unwritable folders, impossible batch sizes. Each ends in a clear message and los
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import torch
 
+import procs
 from cycleseg.checkpoint import CheckpointError
 from cycleseg.config import Config
 from cycleseg.faults import NonFiniteLoss
@@ -95,9 +95,7 @@ def run_cli(out, *extra, env=None):
     """The training command in a subprocess (the real entry point: signals, exit codes, files); with a
     fault injected (tests/faulty_train.py) when env asks for one."""
     entry = [os.path.join(os.path.dirname(__file__), "faulty_train.py")] if env else ["-m", "cycleseg.train"]
-    cmd = [sys.executable, *entry, *TINY_ARGS, "--out", str(out), *extra]
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return procs.Proc([sys.executable, *entry, *TINY_ARGS, "--out", out, *extra], env={**os.environ, **(env or {})})
 
 
 def wait_for(predicate, timeout=120):
@@ -118,8 +116,9 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path):
     p = run_cli(out, "--steps", "400", "--log-every", "1", "--eval-every", "1000", "--ckpt-every", "1000")
     wait_for(lambda: len(RunFolder(out).records("train")) >= 3)
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 128 + signal.SIGTERM
+    p.wait(timeout=120)
+    err = p.stderr
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "stopped by signal SIGTERM after step" in err and "--resume --out" in err
     ck = torch.load(out / "last.pt", weights_only=True)
     assert 3 <= ck["step"] < 400 and ck["step"] == train_records(out)[-1]["step"]
@@ -142,10 +141,9 @@ def test_kill_9_anywhere_then_resume_gives_the_same_run(tmp_path):
             start = len(RunFolder(out).records("train"))
             wait_for(lambda: len(RunFolder(out).records("train")) > start + 1)
         p.kill()
-        p.wait()
         assert torch.load(out / "last.pt", weights_only=True)["step"] % 2 == 0 if (out / "last.pt").exists() else True
     p = run_cli(out, *args, "--resume")
-    assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert p.wait(timeout=300) == 0, p.stderr[-3000:]
     assert train_records(out) == train_records(straight)
     a, b = (torch.load(d / "last.pt", weights_only=True) for d in (straight, out))
     for name in a["nets"]:
@@ -244,7 +242,8 @@ def test_sigterm_stops_after_the_current_step(tmp_path):
     wait_for(lambda: (out / "config.json").exists())
     time.sleep(2)
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=300)                             # a hang fails here (no timing asserted:
-    assert p.returncode == 128 + signal.SIGTERM, err               # a loaded machine may take a while)
+    p.wait(timeout=300)                                             # a hang fails here (no timing asserted:
+    err = p.stderr                                                  # a loaded machine may take a while)
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
     step = torch.load(out / "last.pt", weights_only=True)["step"]
     assert 1 <= step < 100000 and f"after step {step}" in err

@@ -1,13 +1,17 @@
 """The fused ops are registered the way PyTorch extensions are: schemas once, the C++ kernels as the
 dispatcher's CPU kernels (registered from C++), the Triton launchers as its CUDA kernels; the losses
-come back in fp32 under bf16 autocast."""
+come back in fp32 under bf16 autocast. A load of the C++ kernels killed midway blocks no later one."""
 import os
 import re
+import shutil
+import sys
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import procs
 from cycleseg import ops
 from cycleseg.ops import cpu
 from cycleseg.ops.library import SCHEMAS
@@ -54,3 +58,36 @@ def test_losses_in_fp32_under_bf16_autocast():
         assert ce.dtype == ls.dtype == disc.dtype == F.cross_entropy(logits, t).dtype == torch.float32
     (ce + ls + disc).backward()
     assert conv.weight.grad.dtype == torch.float32 and torch.isfinite(conv.weight.grad).all()
+
+
+LOAD = "from cycleseg.ops.cpu import extension; extension(); print('loaded')"
+KILLED_WHILE_LOADING = """
+import sys, time
+from pathlib import Path
+from cycleseg.ops.cpu import build_lock
+folder = Path(sys.argv[1])
+with build_lock(folder):
+    (folder / "lock").touch()          # what torch's load holds while it builds or loads
+    print("loading", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_load_killed_midway_blocks_no_later_one(tmp_path):
+    """A process killed inside the load leaves torch's lock file behind (torch's own loader then waits
+    on it forever); the next load takes the lock the killed process held and loads."""
+    name = f"cycleseg_cpu_{cpu.cpu_tag()}"
+    cpu.extension()
+    shutil.copytree(cpu.build_folder(name), tmp_path / name)       # this session's build: nothing to rebuild
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    killed = procs.Proc([sys.executable, "-c", KILLED_WHILE_LOADING, tmp_path / name], env=env)
+    for _ in range(600):
+        if "loading" in killed.stdout or killed.p.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert "loading" in killed.stdout, killed.stderr[-2000:]
+    killed.kill()
+    assert (tmp_path / name / "lock").exists()
+    r = procs.run([sys.executable, "-c", LOAD], 300, env=env)
+    assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-3000:]
+    assert not (tmp_path / name / "lock").exists()

@@ -1,7 +1,12 @@
 """The C++ CPU kernels (csrc/), compiled with torch.utils.cpp_extension on first use and cached in
 torch's extension folder (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions): about a minute
-once per machine and torch version, then a fast import. Loading the extension registers its kernels
-as the CPU kernels of the cycleseg:: ops (TORCH_LIBRARY_IMPL in csrc/module.cpp).
+once per machine, Python and torch version, then a fast import. Loading the extension registers its
+kernels as the CPU kernels of the cycleseg:: ops (TORCH_LIBRARY_IMPL in csrc/module.cpp).
+
+Processes that load it at once (torchrun's, a grid's) take turns on an flock of the build folder, which
+the kernel releases when its holder dies. torch's own lock is a file that a process killed while
+building or loading leaves behind, and every later load then waits on it forever; under our lock no
+other process is loading, so such a file is stale and is removed.
 
 Until it is loaded, each op's CompositeExplicitAutograd kernel (below) stands in: for CPU tensors it
 builds and loads the extension, then calls the op again, which the dispatcher now sends to the C++
@@ -10,10 +15,18 @@ saying so; nothing falls back silently.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import os
 import platform
+import sys
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:                                                 # Windows: torch's lock file only
+    fcntl = None
 
 import torch
 
@@ -43,9 +56,9 @@ FLAGS = ["-O2", "-fvect-cost-model=dynamic", "-fno-trapping-math", "-march=nativ
 
 
 def cpu_tag() -> str:
-    """A short hash of the sources, CPU model and flags: a build is never loaded for another CPU or
-    after the sources changed."""
-    info = platform.machine() + " ".join(FLAGS)
+    """A short hash of the sources, CPU model, flags, Python and torch: a build is never loaded for
+    another CPU or interpreter, nor after the sources changed."""
+    info = platform.machine() + " ".join(FLAGS) + sys.version + torch.__version__
     try:
         with open("/proc/cpuinfo") as f:
             info += "".join(ln for ln in f if ln.startswith(("model name", "flags")))[:4096]
@@ -55,6 +68,25 @@ def cpu_tag() -> str:
         p = CSRC / s
         info += p.read_text() if p.exists() else ""
     return hashlib.sha1(info.encode()).hexdigest()[:8]
+
+
+def build_folder(name: str) -> Path:
+    """Where the extension `name` is built: torch's extension folder, one subfolder per build."""
+    from torch.utils import cpp_extension      # heavy compiler tooling, needed only to build or load
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    return Path(root) / name
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path):
+    """Hold the folder's flock (waiting for another process's build); remove torch's stale lock file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cycleseg.lock", "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            (folder / "lock").unlink(missing_ok=True)               # torch's FileBaton, left by a killed process
+        yield
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,10 +99,12 @@ def extension():
     if missing:
         raise RuntimeError(f"cycleseg's C++ sources are missing from {CSRC} ({', '.join(missing)}); "
                            f"reinstall cycleseg (pip install cycleseg, or pip install -e . in its source tree)")
+    name = f"cycleseg_cpu_{cpu_tag()}"
+    folder = build_folder(name)
     try:
-        ext = cpp_extension.load(
-            name=f"cycleseg_cpu_{cpu_tag()}", sources=[str(CSRC / s) for s in SOURCES],
-            extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False)
+        with build_lock(folder):
+            ext = cpp_extension.load(name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=FLAGS,
+                                     extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
     except Exception as e:
         raise RuntimeError(
             f"could not build cycleseg's C++ CPU kernels from {CSRC}: {e}\n"
