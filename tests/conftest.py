@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import procs
+
 # Triton kernels run on CPU tensors through the interpreter when there is no GPU. The variable must be
 # set before any module with @triton.jit is imported.
 if not torch.cuda.is_available():
@@ -31,9 +33,7 @@ def cpp_kernels():
 
 @pytest.fixture(autouse=True)
 def reap_subprocesses():
-    """Kill the process group of every subprocess a test started (tests/procs.py), ended or not."""
-    import procs
-
+    """Kill every subprocess a test started (tests/procs.py) with all its descendants, ended or not."""
     yield
     while procs.LIVE:
         procs.LIVE.pop().kill()

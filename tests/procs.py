@@ -62,7 +62,7 @@ class Proc:
         self.p.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
-        """The exit status; past `timeout` seconds the group is killed and the test fails."""
+        """The exit status; past `timeout` seconds the child and its descendants are killed and the test fails."""
         try:
             return self.p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
