@@ -1,3 +1,5 @@
+import threading
+
 import h5py
 import numpy as np
 import pytest
@@ -225,3 +227,27 @@ def test_loader_errors_reach_the_consumer(tmp_path):
     with pytest.raises(DataError, match="index 5: unreadable"):
         for _ in range(10):
             next(ld)
+
+
+def test_closing_a_loader_whose_producer_failed_on_a_full_queue_returns(tmp_path):
+    """The producer fails while its queue is full and the consumer closes without reading: close()
+    returns (the error is dropped with the loader) instead of joining a thread blocked on the queue."""
+    path, _, _ = small(tmp_path, n=12)
+    src = H5Source(path)
+    read, failed, calls = src.read_into, threading.Event(), []
+
+    def failing_read(*args):                                            # reads 1 and 2 fill the queue
+        calls.append(1)
+        if len(calls) == 3:
+            failed.set()
+            raise DataError("data.h5: unreadable")
+        return read(*args)
+
+    src.read_into = failing_read
+    ld = Loader(src, BatchOrder(np.arange(12), 4, seed=0), prefetch=1)
+    next(ld)                                                            # read 1 handed out, read 2 queued
+    assert failed.wait(10)                                              # read 3 failed; the queue is full
+    closer = threading.Thread(target=ld.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive()

@@ -19,6 +19,17 @@ from .source import H5Source
 AUGMENT_STREAM = 7
 
 
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    """Put item on the queue unless the consumer stops first (close() joins a producer that may be
+    waiting on a full queue, with an item or with an error)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            pass
+
+
 class Loader:
     """Batches of (images uint8 (B, C, H, W), masks uint8 (B, H, W) or None), prepared ahead of the step
     by one background thread into a ring of preallocated buffers (pinned, and copied to the GPU on a
@@ -61,16 +72,10 @@ class Loader:
                         images = images.to(self.device, non_blocking=True)
                         masks = masks.to(self.device, non_blocking=True) if masks is not None else None
                     side.synchronize()                              # the pinned buffer is free again
-                item = (images, masks, self.order.state_dict())
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
+                _put(q, (images, masks, self.order.state_dict()), stop)
                 k = (k + 1) % len(self._images)
         except BaseException as e:                                  # hand the error to the consumer
-            q.put(e)
+            _put(q, e, stop)
 
     def _start(self) -> None:
         self.order.load_state_dict(self._state)
