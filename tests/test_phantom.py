@@ -4,6 +4,7 @@ import numpy as np
 from scipy import ndimage
 
 from cycleseg.data import phantom
+from cycleseg.data.cache import generated_splits
 from cycleseg.data.convert import acdc_items
 from cycleseg.data.h5format import validate
 from cycleseg.data.phantom import BACKGROUND, CLASS_NAMES, LV, MYO, RV, SLICES, generate, phantom_dataset
@@ -18,6 +19,13 @@ def test_deterministic_by_seed_and_split():
     assert not np.array_equal(generate(3, 32, seed=3, split="val")[1], a[1])
     assert a[0].dtype == a[1].dtype == np.uint8 and a[0].shape == a[1].shape == (3 * SLICES, 32, 32)
     assert np.array_equal(a[2], np.repeat([0, 1, 2], SLICES))          # each slice's patient
+
+
+def test_more_patients_extend_a_split():
+    """A split's first patients do not depend on how many follow (version 4 grew val from 20 to 100
+    patients: its first 20 are version 2's)."""
+    few, more = generate(2, 32, seed=0, split="val"), generate(4, 32, seed=0, split="val")
+    assert all(np.array_equal(x, y[:2 * SLICES]) for x, y in zip(few, more))
 
 
 def test_classes_and_palette_are_acdcs(tmp_path, monkeypatch):
@@ -65,3 +73,24 @@ def test_anatomy_holds():
     base, apex = masks.reshape(10, SLICES, 64, 64)[:, 0], masks.reshape(10, SLICES, 64, 64)[:, -1]
     assert (base > BACKGROUND).sum() > 1.5 * (apex > BACKGROUND).sum()
     assert (base == RV).any(axis=(1, 2)).all() and (base == RV).sum() > 3 * (apex == RV).sum()
+
+
+def test_a_changed_generator_writes_a_new_dataset(tmp_path, monkeypatch):
+    """The cache is keyed by the generator's code as well as its version: an edited generator (a version
+    number forgotten, a trial's data left in the cache) never reads the old files."""
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
+    code = tmp_path / "generator.py"
+    calls = []
+
+    def make(split):
+        calls.append(split)
+        return np.full((2, 8, 8), len(calls), np.uint8), np.zeros((2, 8, 8), np.uint8)
+
+    code.write_text("version 1")
+    first = generated_splits("toy", 1, 0, 8, ["a", "b"], ["train"], make, code)
+    assert generated_splits("toy", 1, 0, 8, ["a", "b"], ["train"], make, code) == first and calls == ["train"]
+    code.write_text("version 1, edited")
+    second = generated_splits("toy", 1, 0, 8, ["a", "b"], ["train"], make, code)
+    assert second["train"] != first["train"] and calls == ["train", "train"]
+    images = [H5Source(p["train"]).batch(np.arange(2))[0] for p in (first, second)]
+    assert not images[0].equal(images[1])                              # the new generator's data

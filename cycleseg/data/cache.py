@@ -1,6 +1,7 @@
 """The cache folder of generated and converted data: `$CYCLESEG_CACHE`, default `~/.cache/cycleseg`."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -12,15 +13,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CYCLESEG_CACHE", Path.home() / ".cache" / "cycleseg"))
 
 
+def code_hash(path) -> str:
+    """8 hex digits of a file's contents: the generator's code, so that any change to it (a version
+    number forgotten, a trial left in a cache) writes a new dataset instead of reading an old one."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+
+
 def generated_splits(name: str, version: int, seed: int, size: int, class_names: list, splits,
-                     make: Callable) -> dict:
+                     make: Callable, code) -> dict:
     """Paths {split: file} of a generated dataset at size x size, written on first use into
-    `<cache>/<name>-v<version>-seed<seed>-<size>px/`: make(split) -> (images, masks[, groups])."""
+    `<cache>/<name>-v<version>-<code hash>-seed<seed>-<size>px/`: make(split) -> (images, masks[, groups]);
+    `code`: the generator's source file."""
     if size < 8 or size % 4:
         raise ValueError(f"the built-in dataset needs an image size divisible by 4 and >= 8, got {size}")
-    root = cache_dir() / f"{name}-v{version}-seed{seed}-{size}px"
+    tag = f"v{version}-{code_hash(code)}"
+    root = cache_dir() / f"{name}-{tag}-seed{seed}-{size}px"
     meta = Meta(num_classes=len(class_names), class_names=list(class_names), palette=default_palette(len(class_names)),
-                ignore_index=255, source=f"cycleseg built-in {name} v{version}, seed {seed}",
+                ignore_index=255, source=f"cycleseg built-in {name} {tag}, seed {seed}",
                 preprocessing={"size": [size, size]})
     paths = {split: root / f"{split}.h5" for split in splits}
     for split, path in paths.items():

@@ -80,4 +80,4 @@ def generate(n: int, size: int, seed: int, split: str):
 def shapes_dataset(size: int = 64, seed: int = 0) -> dict:
     """Paths {"train": ..., "val": ...} of the shapes dataset at `size`, generated on first use."""
     return generated_splits("shapes", GENERATOR_VERSION, seed, size, CLASS_NAMES, SPLIT_SIZES,
-                            lambda split: generate(SPLIT_SIZES[split], size, seed, split))
+                            lambda split: generate(SPLIT_SIZES[split], size, seed, split), __file__)
