@@ -9,6 +9,7 @@ from cycleseg.data.convert import acdc_items
 from cycleseg.data.h5format import validate
 from cycleseg.data.phantom import BACKGROUND, CLASS_NAMES, LV, MYO, RV, SLICES, generate, phantom_dataset
 from cycleseg.data.source import H5Source
+from cycleseg.data.subset import labeled_subset
 
 
 def test_deterministic_by_seed_and_split():
@@ -38,10 +39,14 @@ def test_classes_and_palette_are_acdcs(tmp_path, monkeypatch):
     meta = validate(paths["train"])
     assert meta.class_names == CLASS_NAMES == acdc_meta.class_names == ["background", "RV", "Myo", "LV"]
     assert meta.palette == acdc_meta.palette and meta.num_classes == 4 and meta.channels == 1
+    assert meta.labeled_subset == acdc_meta.labeled_subset == "first_groups"          # ACDC's protocol
     src = H5Source(paths["train"])
     assert len(src) == phantom.PATIENTS["train"] * SLICES and len(np.unique(src.groups)) == phantom.PATIENTS["train"]
     hist = np.bincount(src.batch(np.arange(len(src)))[1].numpy().ravel(), minlength=4)
     assert (hist[1:] > 0.01 * hist.sum()).all()                      # every class well represented
+    for seed in (0, 1):                                               # 10 % = the first 10 patients, any seed
+        chosen = labeled_subset(len(src), 0.1, seed, src.groups, first_groups=True)
+        assert np.array_equal(chosen, np.arange(10 * SLICES))
 
 
 def test_masks_are_exact():

@@ -11,8 +11,10 @@ curve, a multiplicative bias field, blur and Rician noise. Images are a function
 nuisance; masks are exact (the geometry that draws a tissue labels it).
 
 Classes and palette are ACDC's (background, RV, Myo, LV). The split files carry each slice's patient
-(`groups`): labeled subsets are drawn by patient, as for ACDC. Generated with numpy in seconds, written
-once to the project's HDF5 format and cached (`$CYCLESEG_CACHE`, default `~/.cache/cycleseg`).
+(`groups`), and labeled subsets are the first patients, as in the SSL4MIS protocol for ACDC (10 % = the
+first 10 of the 100 training patients, 20 % = the first 20): a seed varies the training, not which
+patients are labeled. Generated with numpy in seconds, written once to the project's HDF5 format and
+cached (`$CYCLESEG_CACHE`, default `~/.cache/cycleseg`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from .convert import ACDC_CLASSES
 
 CLASS_NAMES = ACDC_CLASSES                  # background, RV, Myo, LV
 BACKGROUND, RV, MYO, LV = range(4)
-GENERATOR_VERSION = 4                       # 4: val grows from 20 to 100 patients (its first 20 and train as in 2; 3 was an unadopted trial)
+# 4: val grows from 20 to 100 patients (its first 20 and train as in 2; 3 was an unadopted trial);
+# 5: labeled subsets are the first patients (ACDC's protocol), the images as in 4
+GENERATOR_VERSION = 5
 PATIENTS = {"train": 100, "val": 100}       # each patient: SLICES slices of one phase
 SLICES = 10
 
@@ -137,4 +141,5 @@ def generate(patients: int, size: int, seed: int, split: str):
 def phantom_dataset(size: int = 64, seed: int = 0) -> dict:
     """Paths {"train": ..., "val": ...} of the built-in phantoms at `size`, generated on first use."""
     return generated_splits("phantom", GENERATOR_VERSION, seed, size, CLASS_NAMES, PATIENTS,
-                            lambda split: generate(PATIENTS[split], size, seed, split), __file__)
+                            lambda split: generate(PATIENTS[split], size, seed, split), __file__,
+                            labeled_subset="first_groups")
