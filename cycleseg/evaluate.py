@@ -41,6 +41,7 @@ from .models import networks_from_checkpoint
 from .objective import one_hot
 from .usage import UsageError
 
+
 @torch.no_grad()
 def predict(g_is, x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) images in [-1, 1] -> (N, H, W) int64 class ids."""
