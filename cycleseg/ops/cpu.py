@@ -56,9 +56,11 @@ FLAGS = ["-O2", "-fvect-cost-model=dynamic", "-fno-trapping-math", "-march=nativ
 
 
 def cpu_tag() -> str:
-    """A short hash of the sources, CPU model, flags, Python and torch: a build is never loaded for
-    another CPU or interpreter, nor after the sources changed."""
-    info = platform.machine() + " ".join(FLAGS) + sys.version + torch.__version__
+    """A short hash of the sources and their folder, CPU model, flags, Python and torch: a build is never
+    loaded for another CPU or interpreter, nor after the sources changed; each source tree builds in a
+    folder of its own (torch rebuilds when the sources' paths change, so two checkouts sharing a folder
+    would rebuild in turn)."""
+    info = str(CSRC) + platform.machine() + " ".join(FLAGS) + sys.version + torch.__version__
     try:
         with open("/proc/cpuinfo") as f:
             info += "".join(ln for ln in f if ln.startswith(("model name", "flags")))[:4096]
