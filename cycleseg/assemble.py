@@ -12,7 +12,7 @@ from .steps import STEPS, AdversarialStep, CycleGANStep, FixMatchStep, Hung, Mea
 
 
 def optim_of(cfg) -> Optim:
-    return Optim(lr=cfg.lr, lr_d=cfg.lr_d, beta1=cfg.beta1, steps=cfg.steps)
+    return Optim(lr=cfg.lr, lr_d=cfg.lr_d, beta1=cfg.beta1, steps=cfg.steps, kind=cfg.optimizer)
 
 
 def make_step(cfg, nets: dict, meta, plan: Plan):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .data.augment import POLICIES
 from .objective import Lambdas
 from .usage import Parser, UsageError
 
@@ -33,6 +34,12 @@ RECIPES = {
     "tuned": dict(lambda1=1.0, lambda2=0.05, lambda3=0.0, lambda4=0.01, lambda5=0.5, rampup=0.0, lr_d_scale=1.0,
                   beta1_semi=0.9, beta1_supervised=0.9, dice=0.0, hard_cycle=False),
 }
+GENERATORS = ("resnet", "unet")     # G_IS: the paper's ResNet, or SSL4MIS's UNet (models.UNet)
+SIDE_MULTIPLE = {"resnet": 4, "unet": 16}   # image sides a G_IS reads: multiples of this (its halvings)
+OPTIMIZERS = ("adam", "sgd")
+AUGMENTS = POLICIES                 # data/augment.py
+# SSL4MIS's learning rate for its SGD (the presets' lr is Adam's)
+SGD_LR = 0.01
 MODES = ("semi", "partial", "full", "adversarial", "meanteacher", "fixmatch")
 # On --resume: fields that describe this process, not the run (always taken from the command line).
 RUNTIME_FIELDS = ("resume", "device", "progress", "out", "stop_after", "prefetch")
@@ -40,10 +47,11 @@ RUNTIME_FIELDS = ("resume", "device", "progress", "out", "stop_after", "prefetch
 RESUME_CHANGEABLE = ("lr", "lr_d", "steps", "log_every", "eval_every", "ckpt_every")
 # Why every other field is kept by a resumed run.
 RESUME_KEPT = {
-    "the networks' shapes (the checkpoint's weights)": ("ngf", "n_blocks", "ndf", "disc_norm", "dropout", "preset"),
+    "the networks' shapes (the checkpoint's weights)": ("generator", "ngf", "n_blocks", "ndf", "disc_norm", "dropout",
+                                                         "preset"),
     "the data and its streams (positions in them are checkpointed)": (
-        "data", "val_data", "labeled_fraction", "image_size", "batch_size", "flip", "rotate", "scale_crop"),
-    "the method and its objective": ("mode", "recipe", "beta1", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5",
+        "data", "val_data", "labeled_fraction", "image_size", "batch_size", "flip", "rotate", "scale_crop", "augment"),
+    "the method and its objective": ("mode", "recipe", "optimizer", "beta1", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5",
                                      "rampup", "dice", "hard_cycle", "pool_size", "adv_lambda", "adv_semi_lambda",
                                      "adv_self_training", "adv_threshold", "adv_start", "adv_lr_d_scale",
                                      "adv_beta1_d", "adv_beta2_d", "mt_consistency", "mt_ema", "mt_noise",
@@ -68,6 +76,7 @@ class Config:
     seed: int = 0                       # seeds the networks' init, the labeled subset, the streams and the pools
     preset: str = "auto"                # sizes and schedule: paper (the paper's networks) or cpu (small); auto = paper on a GPU, cpu otherwise
     # networks (None: from the preset)
+    generator: str = "resnet"           # G_IS: resnet (the paper's CycleGAN generator) or unet (SSL4MIS's 2D UNet, the field's baseline network); G_SI and the discriminators are the paper's either way
     ngf: int | None = None              # generator width (channels of the first conv; paper 64)
     n_blocks: int | None = None         # residual blocks per generator (paper 9)
     ndf: int | None = None              # discriminator width (paper 64)
@@ -77,10 +86,11 @@ class Config:
     steps: int | None = None            # training steps (one G update and, in semi, one D update each)
     batch_size: int | None = None       # labeled images per step, and as many unlabeled
     image_size: int | None = None       # size of the built-in dataset and of ACDC read from its folder
-    lr: float | None = None             # Adam learning rate (paper: 2e-4)
+    lr: float | None = None             # G_IS's learning rate (Adam: the preset's, paper 2e-4; --optimizer sgd: 0.01, SSL4MIS's)
+    optimizer: str = "adam"             # G_IS's optimizer: adam (constant for a quarter of the run, then linear to 0) or sgd (SSL4MIS's: momentum 0.9, weight decay 1e-4, poly decay (1 - t/T)^0.9); the other networks keep Adam at --lr-d
     recipe: str = "tuned"               # the objective's weights and schedule: tuned (found on ACDC) or 2019 (the original code's); the options below override it
     beta1: float | None = None          # Adam beta1 (recipe tuned: 0.9 for every mode; 2019: 0.5 semi, 0.9 the supervised baselines)
-    lr_d: float | None = None           # the discriminators' learning rate (default: the recipe's share of --lr)
+    lr_d: float | None = None           # the discriminators' learning rate, and G_SI's under --optimizer sgd (default: the recipe's share of --lr; of the preset's Adam rate under sgd)
     lambda1: float | None = None        # weight of L_gen^I = MSE(G_SI(y), x)
     lambda2: float | None = None        # weight of L_cycle^S = CE(G_IS(G_SI(y)), y)
     lambda3: float | None = None        # weight of L_cycle^I = L1(G_SI(softmax G_IS(x')), x')
@@ -115,6 +125,7 @@ class Config:
     flip: bool = False                  # random horizontal flips (off in the paper preset)
     rotate: bool = False                # random rotations by multiples of 90 degrees (with --flip: the usual ACDC augmentation)
     scale_crop: float = 1.0             # > 1: random crops of 1/s of each side, s in [1, scale_crop], resized back
+    augment: str = "none"               # ssl4mis: SSL4MIS's RandomGenerator on every stream (a random rot90 + flip, or a rotation in [-20, 20] degrees, nearest), instead of --flip / --rotate / --scale-crop
     prefetch: int = 3                   # batches prepared ahead of the step by the loader thread
     # execution
     device: str = "auto"                # cpu, cuda, cuda:N; auto = cuda when there is a GPU
@@ -139,6 +150,11 @@ class Config:
             c.preset = "paper" if c.device.startswith("cuda") else "cpu"
         if c.preset not in PRESETS:
             raise UsageError(f"preset must be one of {sorted(PRESETS)} or 'auto', got {c.preset!r}")
+        if c.optimizer not in OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
+        adam_lr = PRESETS[c.preset]["lr"]
+        if c.lr is None and c.optimizer == "sgd":
+            c.lr = SGD_LR
         for k, v in PRESETS[c.preset].items():
             if getattr(c, k) is None:
                 setattr(c, k, v)
@@ -157,7 +173,7 @@ class Config:
         if c.beta1 is None:
             c.beta1 = r["beta1_semi"] if c.mode == "semi" else r["beta1_supervised"]
         if c.lr_d is None:
-            c.lr_d = c.lr * r["lr_d_scale"]
+            c.lr_d = (adam_lr if c.optimizer == "sgd" else c.lr) * r["lr_d_scale"]
         check_values(c)
         c.device = check_device(c.device)
         if c.out is None:
@@ -180,6 +196,12 @@ def check_values(c: Config) -> None:
     def flag(name):
         return "--" + name.replace("_", "-")
 
+    for name, allowed in (("generator", GENERATORS), ("augment", AUGMENTS)):
+        if getattr(c, name) not in allowed:
+            raise UsageError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(c, name)!r}")
+    if c.augment != "none" and (c.flip or c.rotate or c.scale_crop != 1.0):
+        raise UsageError(f"--augment {c.augment} is a whole augmentation of its own: drop --flip, --rotate and "
+                         f"--scale-crop")
     if c.compile not in ("auto", "on", "off"):
         raise UsageError(f"compile must be auto, on or off, got {c.compile!r}")
     if c.precision not in ("auto", "fp32", "bf16"):
@@ -187,7 +209,7 @@ def check_values(c: Config) -> None:
     for name in AT_LEAST_ONE:
         if getattr(c, name) < 1:
             raise UsageError(f"{flag(name)} must be >= 1, got {getattr(c, name)}")
-    check_image_side(c.image_size, c.mode, f"--image-size {c.image_size}")
+    check_image_side(c.image_size, c.mode, f"--image-size {c.image_size}", c.generator)
     for name in ("lr", "lr_d"):
         if not getattr(c, name) > 0:
             raise UsageError(f"{flag(name)} must be > 0, got {getattr(c, name)}")
@@ -251,7 +273,8 @@ def field_help() -> dict:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#\s*(.*)$", source, re.M)}
 
 
-CHOICES = {"mode": MODES, "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("instance", "batch", "none"),
+CHOICES = {"mode": MODES, "generator": GENERATORS, "optimizer": OPTIMIZERS, "augment": AUGMENTS,
+           "preset": ("auto",) + tuple(PRESETS), "disc_norm": ("instance", "batch", "none"),
            "recipe": tuple(RECIPES), "fm_loss": ("dice", "ce"),
            "compile": ("auto", "on", "off"), "precision": ("auto", "fp32", "bf16")}
 
@@ -290,16 +313,19 @@ def given_fields(argv=None) -> set[str]:
     return set(ns) - {"dry_run"}
 
 
-def check_image_side(side: int, mode: str, what: str) -> None:
-    """UsageError (starting with `what`) unless the networks of `mode` can read images `side` pixels wide: a multiple of 4 (the
-    generators halve twice and double back) of at least 8 (32 for Hung et al.'s discriminator)."""
-    least = MIN_SIDE.get(mode, 8)
+def check_image_side(side: int, mode: str, what: str, generator: str = "resnet") -> None:
+    """UsageError (starting with `what`) unless the networks of `mode` can read images `side` pixels wide: a
+    multiple of 4 (the ResNet generators halve twice and double back; 16 with the UNet G_IS, which halves four
+    times) of at least 8 (32 for Hung et al.'s discriminator)."""
+    multiple = SIDE_MULTIPLE.get(generator, 4)
+    least = max(MIN_SIDE.get(mode, 8), multiple)
     if not isinstance(side, int) or side > MAX_SIDE:
         raise UsageError(f"{what}: at most {MAX_SIDE} pixels")
-    if side < least or side % 4:
-        raise UsageError(f"{what}: the networks need a multiple of 4 of at least {least} (the generators "
-                         f"halve the image twice and double it back" + ("; Hung et al.'s discriminator halves it five "
-                                                                        "times)" if least > 8 else ")"))
+    if side < least or side % multiple:
+        why = ("the generators halve the image twice and double it back" if multiple == 4 else
+               "the UNet halves the image four times and doubles it back")
+        raise UsageError(f"{what}: the networks need a multiple of {multiple} of at least {least} ({why}"
+                         + ("; Hung et al.'s discriminator halves it five times)" if least >= 32 else ")"))
 
 
 def check_device(name: str) -> str:

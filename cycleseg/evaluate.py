@@ -207,7 +207,7 @@ def run(a) -> tuple[dict, dict]:
     path, folder = split_path(data, a.split, val_data, cfg.image_size or 64, not a.no_progress)
     source = open_source(path)
     meta = source.meta
-    check_readable(source, info, path, a.checkpoint)
+    check_readable(source, info, path, a.checkpoint, cfg.generator)
     g_is = nets["G_IS"].to(device)
     cm = confusion(g_is, source, device, a.batch_size, not a.no_progress)
     summary = cm.summary(meta.class_names)
@@ -235,7 +235,7 @@ def run(a) -> tuple[dict, dict]:
     return result, files
 
 
-def check_readable(source, info: dict, path, checkpoint) -> None:
+def check_readable(source, info: dict, path, checkpoint, generator: str = "resnet") -> None:
     """DataError unless the checkpoint's networks can read the split: its classes, channels, image size."""
     meta = source.meta
     for what, have, want in (("classes", meta.num_classes, info["num_classes"]), ("channels", meta.channels,
@@ -244,7 +244,7 @@ def check_readable(source, info: dict, path, checkpoint) -> None:
             raise DataError(f"{path}: {have} {what}, but the checkpoint {checkpoint} was trained with {want}")
     try:
         for side in (meta.height, meta.width):
-            check_image_side(side, "partial", f"images {meta.height}x{meta.width}")
+            check_image_side(side, "partial", f"images {meta.height}x{meta.width}", generator)
     except UsageError as e:
         raise DataError(f"{path}: {e}") from None
 

@@ -1,7 +1,7 @@
 """Networks of the method: the CycleGAN ResNet generators and pixel discriminators of Mondal et al.
-(2019), and Hung et al.'s (2018) fully convolutional discriminator.
+(2019), Hung et al.'s (2018) fully convolutional discriminator, and the field's 2D UNet (SSL4MIS).
 
-    G_IS  image -> segmentation logits   ResnetGenerator(in_ch=C, out_ch=K)
+    G_IS  image -> segmentation logits   ResnetGenerator(in_ch=C, out_ch=K), or UNet(C, K) (--generator unet)
     G_SI  segmentation -> image (tanh)   ResnetGenerator(in_ch=K, out_ch=C, out_act="tanh")
     D_S   pixel discriminator on K-channel masks (softmax probabilities or one-hot)
     D_I   pixel discriminator on C-channel images
@@ -15,11 +15,12 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
+import torch
 from torch import nn
 
 from . import reference
 from .checkpoint import CheckpointError
-from .config import from_saved
+from .config import GENERATORS, from_saved
 
 
 class NormReLU(nn.Module):
@@ -80,6 +81,46 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x):                                           # (N, in_ch, H, W) -> (N, out_ch, H, W)
         return self.model(x)
+
+
+class ConvBlock(nn.Sequential):
+    """[conv3x3, BatchNorm, LeakyReLU(0.01)] x 2 with dropout between them (SSL4MIS's ConvBlock)."""
+
+    def __init__(self, in_ch: int, out_ch: int, dropout: float):
+        super().__init__(nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.LeakyReLU(),
+                         nn.Dropout(dropout),
+                         nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.LeakyReLU())
+
+
+class UNet(nn.Module):
+    """The 2D UNet every semi-supervised ACDC table starts from (SSL4MIS's networks/unet.py, `UNet`,
+    from PyMIC): widths 16, 32, 64, 128, 256, dropout 0.05 .. 0.5 in the encoder, 2x2 max-pool down, 2x2
+    down, up by a 1x1 convolution then bilinear x2 (align_corners; their Decoder leaves UpBlock's
+    `bilinear=True` default in force), BatchNorm + LeakyReLU, a 3x3 output convolution; PyTorch's default
+    initialisation (as theirs). 1,813,764 parameters at C = 1, K = 4, as theirs (tests/test_models.py).
+    Input sides must be multiples of 16 (four halvings)."""
+    WIDTHS = (16, 32, 64, 128, 256)
+    DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        w, p = self.WIDTHS, self.DROPOUT
+        self.enc = nn.ModuleList([ConvBlock(in_ch, w[0], p[0])] +
+                                 [ConvBlock(w[i - 1], w[i], p[i]) for i in range(1, 5)])
+        self.up = nn.ModuleList([nn.Conv2d(w[i], w[i - 1], 1) for i in range(4, 0, -1)])
+        self.dec = nn.ModuleList([ConvBlock(2 * w[i - 1], w[i - 1], 0.0) for i in range(4, 0, -1)])
+        self.out = nn.Conv2d(w[0], out_ch, 3, padding=1)
+
+    def forward(self, x):                                           # (N, C, H, W) -> (N, K, H, W)
+        skips = []
+        for i, block in enumerate(self.enc):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))  # (N, w_i, H / 2^i, W / 2^i)
+            skips.append(x)
+        x = skips.pop()
+        for up, block in zip(self.up, self.dec):
+            x = nn.functional.interpolate(up(x), scale_factor=2, mode="bilinear", align_corners=True)
+            x = block(torch.cat([skips.pop(), x], dim=1))           # skip first, as SSL4MIS's UpBlock
+        return self.out(x)
 
 
 class Conv1x1(nn.Conv2d):
@@ -168,14 +209,28 @@ def count_parameters(net: nn.Module) -> int:
 
 
 def build_networks(in_ch: int, num_classes: int, ngf: int = 64, n_blocks: int = 9, ndf: int = 64,
-                   disc_norm: str = "instance", dropout: float = 0.0, with_cycle: bool = True) -> dict:
-    """The four networks of the method, initialised; with_cycle=False gives G_IS alone (supervised)."""
-    nets = {"G_IS": ResnetGenerator(in_ch, num_classes, ngf, n_blocks, dropout)}
+                   disc_norm: str = "instance", dropout: float = 0.0, with_cycle: bool = True,
+                   generator: str = "resnet") -> dict:
+    """The four networks of the method, initialised; with_cycle=False gives G_IS alone (supervised).
+    generator: G_IS's architecture, "resnet" (the paper's, N(0, 0.02) init) or "unet" (SSL4MIS's, with
+    its PyTorch default init); G_SI and the discriminators are the paper's either way."""
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+    if generator == "unet":
+        nets = {"G_IS": UNet(in_ch, num_classes)}
+    else:
+        nets = {"G_IS": init_weights(ResnetGenerator(in_ch, num_classes, ngf, n_blocks, dropout))}
     if with_cycle:
         nets["G_SI"] = ResnetGenerator(num_classes, in_ch, ngf, n_blocks, dropout, out_act="tanh")
         nets["D_S"] = PixelDiscriminator(num_classes, ndf, disc_norm)
         nets["D_I"] = PixelDiscriminator(in_ch, ndf, disc_norm)
-    return {name: init_weights(net) for name, net in nets.items()}
+    return {name: net if name == "G_IS" else init_weights(net) for name, net in nets.items()}
+
+
+def mixes_batch(net: nn.Module) -> bool:
+    """Whether net's output for one image depends on the others in its batch (BatchNorm in training):
+    then the inputs an objective reads are passed in one call, as the field's code does, on every path."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 def networks_from_config(cfg, meta, names=("G_IS", "G_SI", "D_S", "D_I")) -> dict:
@@ -183,7 +238,8 @@ def networks_from_config(cfg, meta, names=("G_IS", "G_SI", "D_S", "D_I")) -> dic
     (channels, num_classes), initialised from the current torch seed. "D_H" is Hung et al.'s
     discriminator (--mode adversarial)."""
     nets = build_networks(meta.channels, meta.num_classes, cfg.ngf, cfg.n_blocks, cfg.ndf, cfg.disc_norm,
-                          cfg.dropout, with_cycle=bool(set(names) & {"G_SI", "D_S", "D_I"}))
+                          cfg.dropout, with_cycle=bool(set(names) & {"G_SI", "D_S", "D_I"}),
+                          generator=getattr(cfg, "generator", "resnet"))
     if "D_H" in names:
         nets["D_H"] = init_weights(FCDiscriminator(meta.num_classes, cfg.ndf))
     unknown = set(names) - set(nets)
@@ -215,8 +271,9 @@ def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
         for name, net in nets.items():
             net.load_state_dict(state["nets"][name])
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path}: its networks do not match its own config (ngf {cfg.ngf}, {cfg.n_blocks} "
-                              f"blocks, ndf {cfg.ndf}, {info['num_classes']} classes): {e}") from e
+        raise CheckpointError(f"{path}: its networks do not match its own config ({cfg.generator} G_IS, ngf "
+                              f"{cfg.ngf}, {cfg.n_blocks} blocks, ndf {cfg.ndf}, {info['num_classes']} classes): "
+                              f"{e}") from e
     return cfg, info, nets
 
 

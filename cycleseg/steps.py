@@ -26,6 +26,7 @@ import torch
 
 from .data.pixels import to_input
 from .fastpath import Plan
+from .models import mixes_batch
 from .objective import (HungWeights, Lambdas, adversarial_discriminator_objective, adversarial_objective,
                         discriminator_objective, fixmatch_objective, generator_objective, mean_teacher_objective,
                         one_hot, supervised_objective)
@@ -39,11 +40,17 @@ POOL_SEED_OFFSETS = {"seg": 11, "img": 12}
 @dataclass(frozen=True)
 class Optim:
     """How a step's optimizers run: Adam with betas (beta1, 0.999) at `lr` (the discriminators at `lr_d`),
-    constant for the first quarter of `steps`, then linear to 0."""
+    constant for the first quarter of `steps`, then linear to 0. kind "sgd": G_IS alone by SSL4MIS's
+    optimizer instead (SGD at `lr`, momentum 0.9, weight decay 1e-4, poly decay), every other network
+    (G_SI included) by Adam at `lr_d`."""
     lr: float
     lr_d: float
     beta1: float
     steps: int
+    kind: str = "adam"
+
+
+SGD_MOMENTUM, SGD_WEIGHT_DECAY, POLY_POWER = 0.9, 1e-4, 0.9     # SSL4MIS's train_*_2D.py
 
 
 def sigmoid_rampup(step: int, length: int) -> float:
@@ -67,6 +74,16 @@ class LinearDecay:
         return max(0.0, 1.0 - (step - self.start) / max(1, self.steps - self.start))
 
 
+class PolyDecay:
+    """LR factor (1 - step / steps)^0.9: SSL4MIS's schedule for its SGD."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __call__(self, step: int) -> float:
+        return max(0.0, 1.0 - step / max(1, self.steps)) ** POLY_POWER
+
+
 class Step:
     """What every step shares: the plan's execution choices, optimizers (built by the `optimizers_for`
     hook) with their LR schedules, the update of one optimizer, freezing, (de)serialisation."""
@@ -77,6 +94,9 @@ class Step:
                  dice: float = 0.0):
         self.nets, self.plan, self.optim = nets, plan, optim
         self.num_classes, self.ignore_index, self.dice = num_classes, ignore_index, dice
+        # G_IS's inputs in one call when the plan merges calls, and always when its output for an image
+        # depends on the rest of the batch (BatchNorm: the UNet), so that every path computes one model
+        self.merge = plan.merge_passes or mixes_batch(nets["G_IS"])
         # The networks as each update trains them: the plain modules, or their DistributedDataParallel
         # wrappers under torchrun (distribute()). A network that an update only reads (frozen) is called
         # plain, so that its wrapper sees one forward per backward of its own update.
@@ -85,7 +105,7 @@ class Step:
         self.device = next(next(iter(nets.values())).parameters()).device
         self.pools: dict = {}
         self.optimizers = self.optimizers_for(self.learning_rates(optim))
-        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, LinearDecay(optim.steps))
+        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, self.decay(k, optim))
                            for k, o in self.optimizers.items()}
 
     # -- the hooks of a method ------------------------------------------------------------------------
@@ -95,19 +115,31 @@ class Step:
 
     def optimizers_for(self, lrs: dict) -> dict:
         """{optimizer name: optimizer} at the base rates `lrs`."""
-        return {"G": self.adam(self.nets["G_IS"].parameters(), lrs["G"])}
+        return {"G": self.segmenter_optimizer(self.nets["G_IS"].parameters(), lrs["G"])}
 
     # -- what the methods share -----------------------------------------------------------------------
     def adam(self, params, lr: float, betas: tuple | None = None) -> torch.optim.Adam:
         extra = {"fused": True} if self.plan.fused_adam else {}
         return torch.optim.Adam(params, lr, betas=betas or (self.optim.beta1, 0.999), **extra)
 
-    def _update(self, name: str, loss: torch.Tensor) -> None:
-        """One step of optimizer `name` on the gradient of `loss`."""
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
+    def segmenter_optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        """G_IS's optimizer, the same in every mode: Adam, or SSL4MIS's SGD (Optim.kind)."""
+        if self.optim.kind == "sgd":
+            return torch.optim.SGD(params, lr, momentum=SGD_MOMENTUM, weight_decay=SGD_WEIGHT_DECAY)
+        return self.adam(params, lr)
+
+    def decay(self, name: str, optim: Optim):
+        """The LR factor of optimizer `name`: poly for G_IS's SGD, the linear decay otherwise."""
+        return PolyDecay(optim.steps) if optim.kind == "sgd" and name == "G" else LinearDecay(optim.steps)
+
+    def _update(self, names, loss: torch.Tensor) -> None:
+        """One step of optimizer `names` (a name, or a tuple of names stepped together) on the gradient of `loss`."""
+        opts = [self.optimizers[n] for n in ((names,) if isinstance(names, str) else names)]
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
 
     @contextlib.contextmanager
     def frozen(self, *nets):
@@ -166,7 +198,7 @@ class Step:
         lrs = self.learning_rates(optim)
         for k, sched in self.schedulers.items():
             sched.base_lrs = [lrs[k] for _ in sched.base_lrs]
-            sched.lr_lambdas = [LinearDecay(optim.steps) for _ in sched.lr_lambdas]
+            sched.lr_lambdas = [self.decay(k, optim) for _ in sched.lr_lambdas]
             for group, base, decay in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
                 group["initial_lr"] = base
                 group["lr"] = base * decay(sched.last_epoch)
@@ -230,18 +262,22 @@ class CycleGANStep(Step):
         self.discriminator_loss = self.compiled(self._discriminator_loss)
 
     def learning_rates(self, optim: Optim) -> dict:
-        return {"G": optim.lr, "D": optim.lr_d}
+        return {"G": optim.lr, "D": optim.lr_d, **({"S": optim.lr_d} if optim.kind == "sgd" else {})}
 
     def optimizers_for(self, lrs: dict) -> dict:
+        """Adam: one optimizer "G" for both generators. SGD: "G" for G_IS, "S" (Adam) for G_SI."""
         n, chain = self.nets, itertools.chain
-        return {"G": self.adam(chain(n["G_IS"].parameters(), n["G_SI"].parameters()), lrs["G"]),
-                "D": self.adam(chain(n["D_S"].parameters(), n["D_I"].parameters()), lrs["D"])}
+        disc = {"D": self.adam(chain(n["D_S"].parameters(), n["D_I"].parameters()), lrs["D"])}
+        if "S" in lrs:
+            return {"G": self.segmenter_optimizer(n["G_IS"].parameters(), lrs["G"]),
+                    "S": self.adam(n["G_SI"].parameters(), lrs["S"]), **disc}
+        return {"G": self.adam(chain(n["G_IS"].parameters(), n["G_SI"].parameters()), lrs["G"]), **disc}
 
     def _generator_loss(self, x, y, x_unl, ramp):
         n, t = self.nets, self.train_nets                           # discriminators frozen: called plain
         with self.autocast():
             return generator_objective(t["G_IS"], t["G_SI"], n["D_S"], n["D_I"], x, y, x_unl, self.num_classes,
-                                       self.lambdas, self.ignore_index, self.ops, self.plan.merge_passes, ramp,
+                                       self.lambdas, self.ignore_index, self.ops, self.merge, ramp,
                                        self.dice, self.hard_cycle)
 
     def _discriminator_loss(self, y, fake_seg, x_unl, fake_img):
@@ -261,7 +297,7 @@ class CycleGANStep(Step):
         with self.frozen(n["D_S"], n["D_I"]):
             self.ramp.fill_(sigmoid_rampup(self.steps_done(), self.rampup_steps))
             loss_g, terms, fakes = self.generator_loss(x, y, x_unl, self.ramp)
-            self._update("G", loss_g)
+            self._update(tuple(k for k in ("G", "S") if k in self.optimizers), loss_g)
 
         # 2. discriminator update: real masks / unlabeled images against pooled fakes
         pooled = {k: self.layout(self.pools[k].query(fakes[k])) for k in ("seg", "img")}
@@ -297,10 +333,11 @@ class AdversarialStep(Step):
         self.discriminator_loss = self.compiled(self._discriminator_loss)
 
     def learning_rates(self, optim: Optim) -> dict:
-        return {"G": optim.lr, "D": self.hung.lr_d_scale * optim.lr}
+        adam_lr = optim.lr_d if optim.kind == "sgd" else optim.lr        # D_H is trained by Adam either way
+        return {"G": optim.lr, "D": self.hung.lr_d_scale * adam_lr}
 
     def optimizers_for(self, lrs: dict) -> dict:
-        return {"G": self.adam(self.nets["G_IS"].parameters(), lrs["G"]),
+        return {"G": self.segmenter_optimizer(self.nets["G_IS"].parameters(), lrs["G"]),
                 "D": self.adam(self.nets["D_H"].parameters(), lrs["D"], betas=self.hung.betas_d)}
 
     def _generator_loss(self, x, y, x_unl, self_training):
@@ -353,7 +390,7 @@ class MeanTeacherStep(Step):
     def _loss(self, x, y, x_unl, noise, weight):
         with self.autocast():
             return mean_teacher_objective(self.train_nets["G_IS"], self.teacher, x, y, x_unl, noise, self.num_classes,
-                                          self.ignore_index, weight, self.ops, self.plan.merge_passes, self.dice)
+                                          self.ignore_index, weight, self.ops, self.merge, self.dice)
 
     @torch.no_grad()
     def _ema(self) -> None:
@@ -403,7 +440,7 @@ class FixMatchStep(Step):
         with self.autocast():
             return fixmatch_objective(self.train_nets["G_IS"], x, y, x_weak, x_strong, box, self.num_classes,
                                       self.ignore_index, self.threshold, weight, self.ops,
-                                      self.plan.merge_passes, self.dice, self.unlabeled_loss)
+                                      self.merge, self.dice, self.unlabeled_loss)
 
     def __call__(self, batch: dict) -> dict:
         x, y = self.inputs(batch)

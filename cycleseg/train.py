@@ -109,14 +109,15 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     for split in (data.train.meta, data.val.meta):
         try:
             for side in (split.height, split.width):
-                check_image_side(side, cfg.mode, f"images {split.height}x{split.width}")
+                check_image_side(side, cfg.mode, f"images {split.height}x{split.width}", cfg.generator)
         except UsageError as e:
             raise DataError(f"{split.path}: {e}; convert the data at another size (--size H W)") from None
     plan = Plan.from_state(saved["plan"]) if saved is not None and "plan" in saved else plan_for(cfg, device)
     nets, step = build(cfg, data.train.meta, device, plan)
     step.distribute(wrapper(world, device))
     streams = make_streams(data.train, cfg.labeled_fraction, cfg.seed, cfg.batch_size, "unlabeled" in step.streams,
-                           device, cfg.prefetch, cfg.flip, cfg.scale_crop, world.rank, world.size, cfg.rotate)
+                           device, cfg.prefetch, cfg.flip, cfg.scale_crop, world.rank, world.size, cfg.rotate,
+                           cfg.augment)
     run = Run(cfg, world, device, folder, data, plan, nets, step, streams)
     if saved is not None:
         run.n, run.best = load_state_dict(saved, nets, step, streams, data.train.meta, folder.last, world, device)

@@ -196,17 +196,22 @@ def test_plan_per_device_and_choice_of_compile():
     assert Plan.from_state(plan.state_dict()) == plan
 
 
-def test_resume_keeps_the_plan_and_is_exact(tmp_path, tiny):
+@pytest.mark.parametrize("recipe", [(), ("--mode", "meanteacher", "--generator", "unet", "--optimizer", "sgd",
+                                          "--augment", "ssl4mis")], ids=["semi", "meanteacher-unet-sgd-ssl4mis"])
+def test_resume_keeps_the_plan_and_is_exact(tmp_path, tiny, recipe):
     """A fast-path run killed after step 3 and resumed logs the same losses and ends with the same
-    weights as a run that was never stopped, and keeps the plan it started with."""
+    weights as a run that was never stopped, and keeps the plan it started with; also with the field's
+    recipe (the UNet G_IS, SSL4MIS's SGD and augmentation, Mean Teacher's teacher in the checkpoint)."""
     from cycleseg.runfolder import RunFolder
     from cycleseg.train import train
 
-    args = ("--steps", "6", "--log-every", "1", "--eval-every", "100", "--ckpt-every", "100", "--pool-size", "3")
+    args = ("--steps", "6", "--log-every", "1", "--eval-every", "100", "--ckpt-every", "100", "--pool-size", "3",
+            *recipe)
     train(tiny("straight", *args))
     train(tiny("resumed", *args), until=3)
     ck = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
     assert ck["plan"]["fused_ops"] and ck["plan"]["merge_passes"]
+    assert not recipe or (ck["config"]["generator"] == "unet" and "teacher" in ck)
     train(tiny("resumed", *args, "--resume"))
     a, b = RunFolder(tmp_path / "straight").records("train"), RunFolder(tmp_path / "resumed").records("train")
     assert [r["step"] for r in b] == list(range(1, 7))

@@ -3,15 +3,22 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
+
+
+POLICIES = ("none", "ssl4mis")
 
 
 def augment(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generator, flip: bool,
-            scale: tuple[float, float] | None, rotate: bool = False) -> None:
+            scale: tuple[float, float] | None, rotate: bool = False, policy: str = "none") -> None:
     """In place on uint8 buffers: random rotation by a multiple of 90 degrees (square images); random
     horizontal flip; random scale-crop (crop 1/s of each side at a random place, resize back: images
-    bilinear, masks nearest)."""
+    bilinear, masks nearest). policy "ssl4mis": SSL4MIS's RandomGenerator instead (ssl4mis_view)."""
     h, w = images.shape[1:3]
     for i in range(len(images)):
+        if policy == "ssl4mis":
+            ssl4mis_view(images[i], None if masks is None else masks[i], rng)
+            continue
         if rotate and h == w:
             k = int(rng.integers(0, 4))
             images[i] = np.rot90(images[i], k)
@@ -31,3 +38,23 @@ def augment(images: np.ndarray, masks: np.ndarray | None, rng: np.random.Generat
             if masks is not None:
                 m = Image.fromarray(np.ascontiguousarray(masks[i, y0:y0 + ch, x0:x0 + cw]))
                 masks[i] = np.asarray(m.resize((w, h), Image.NEAREST))
+
+
+def ssl4mis_view(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> None:
+    """SSL4MIS's RandomGenerator (dataloaders/dataset.py), in place on one (H, W, C) image and its (H, W)
+    mask: with probability 1/2 a rotation by k x 90 degrees, k in 0..3 (odd k only on square images),
+    then a flip along a random axis; otherwise a rotation by an integer angle in [-20, 20) degrees,
+    nearest neighbour for image and mask alike (their order=0), corners filled with 0. Theirs runs at the
+    native size before the resize to the network's; here the data are stored at the network's size."""
+    square = image.shape[0] == image.shape[1]
+    if rng.random() < 0.5:
+        k = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
+        axis = int(rng.integers(0, 2))
+        image[:] = np.flip(np.rot90(image, k), axis)
+        if mask is not None:
+            mask[:] = np.flip(np.rot90(mask, k), axis)
+        return
+    angle = int(rng.integers(-20, 20))
+    image[:] = ndimage.rotate(image, angle, axes=(1, 0), order=0, reshape=False)
+    if mask is not None:
+        mask[:] = ndimage.rotate(mask, angle, axes=(1, 0), order=0, reshape=False)

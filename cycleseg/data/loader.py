@@ -37,10 +37,11 @@ class Loader:
 
     def __init__(self, source: H5Source, order: BatchOrder, with_masks: bool = True, device="cpu",
                  prefetch: int = 3, flip: bool = False, scale: tuple[float, float] | None = None,
-                 rotate: bool = False):
+                 rotate: bool = False, policy: str = "none"):
         self.source, self.order, self.with_masks = source, order, with_masks
         self.device = torch.device(device)
         self.prefetch, self.flip, self.scale, self.rotate = max(1, prefetch), flip, scale, rotate
+        self.policy = policy                                        # augment.POLICIES
         m, b = source.meta, order.batch_size
         cuda = self.device.type == "cuda"
         ring = self.prefetch + 2                                    # a buffer is refilled 2+ batches after use
@@ -63,9 +64,9 @@ class Loader:
                 img_t, msk_t = self._images[k], self._masks[k]
                 img, msk = img_t.numpy(), (msk_t.numpy() if msk_t is not None else None)
                 self.source.read_into(idx, img, msk)
-                if self.flip or self.scale or self.rotate:
+                if self.flip or self.scale or self.rotate or self.policy != "none":
                     rng = np.random.default_rng([self.order.seed, AUGMENT_STREAM, before["pass"], before["pos"]])
-                    augment(img, msk, rng, self.flip, self.scale, self.rotate)
+                    augment(img, msk, rng, self.flip, self.scale, self.rotate, self.policy)
                 images, masks = img_t.permute(0, 3, 1, 2), msk_t                  # (B, C, H, W), (B, H, W)
                 if side is not None:
                     with torch.cuda.stream(side):

@@ -30,7 +30,7 @@ class Streams:
 
 def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size: int, unlabeled: bool,
                  device="cpu", prefetch: int = 3, flip: bool = False, scale_crop: float = 1.0,
-                 rank: int = 0, world_size: int = 1, rotate: bool = False) -> Streams:
+                 rank: int = 0, world_size: int = 1, rotate: bool = False, augment: str = "none") -> Streams:
     """The labeled stream over the labeled subset (drawn as the file's `labeled_subset` rule says) and,
     when `unlabeled`, the unlabeled stream over the rest (over every image at 100 % labels)."""
     first_groups = train.meta.labeled_subset == "first_groups"
@@ -41,8 +41,8 @@ def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size
                         f"--labeled-fraction {labeled_fraction}"
                         + (f", {len(lab) // world_size} per process" if world_size > 1 else "")
                         + "): lower --batch-size or raise --labeled-fraction")
-    aug = dict(flip=flip, scale=(1.0, scale_crop) if scale_crop > 1 else None, rotate=rotate, device=device,
-               prefetch=prefetch)
+    aug = dict(flip=flip, scale=(1.0, scale_crop) if scale_crop > 1 else None, rotate=rotate, policy=augment,
+               device=device, prefetch=prefetch)
     shard = dict(rank=rank, world_size=world_size)
     loaders = {"labeled": Loader(train, BatchOrder(lab, batch_size, seed * SEED_STRIDE + LABELED_SEED_OFFSET,
                                                    **shard), **aug)}
