@@ -2,7 +2,7 @@
 
 Writes <name>.onnx (opset 18, through torch.onnx's exporter) and <name>.pt2 (a torch.export program)
 beside the checkpoint (or into --out). Both take images as float (N, C, H, W) in [-1, 1] (uint8 u as
-u / 127.5 - 1) of any batch size and any height and width that are multiples of 4, and return class
+u / 127.5 - 1) of any batch size and any height and width that are multiples of 4 (16 for the UNet G_IS), and return class
 logits (N, K, H, W); argmax over K is the mask. The network is exported with PyTorch's own ops
 (cycleseg.native), so no cycleseg:: op is in either graph and neither needs cycleseg to run. What the
 model expects is in each file's metadata (ONNX metadata_props; the .pt2's extra file cycleseg.json):
@@ -27,17 +27,18 @@ from .checkpoint import load_run
 from .cli import refuse_existing, run_or_exit
 from .data.h5format import default_palette
 from .fileio import atomic_path, atomic_write_bytes
+from .config import SIDE_MULTIPLE
 from .models import networks_from_checkpoint, use_ops
 from .usage import Parser, UsageError
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
-INPUT = "float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1; H and W multiples of 4"
+INPUT = "float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1; H and W multiples of {}"
 
 
 def metadata(state: dict, cfg, info: dict, path) -> dict:
     k = info["num_classes"]
-    return {"channels": info["channels"], "input": INPUT,
+    return {"channels": info["channels"], "input": INPUT.format(SIDE_MULTIPLE[cfg.generator]), "generator": cfg.generator,
             "image_size": [info.get("height") or cfg.image_size, info.get("width") or cfg.image_size],
             "num_classes": k, "class_names": list(info.get("class_names") or map(str, range(k))),
             "palette": info.get("palette") or default_palette(k), "ignore_index": info.get("ignore_index", 255),
@@ -54,15 +55,20 @@ def exportable(path):
     return g_is, metadata(state, cfg, info, path), example
 
 
-def dynamic_shapes():
-    """Any batch, and heights and widths that are multiples of 4 (the generator halves twice)."""
+def dynamic_shapes(multiple: int):
+    """Any batch, and heights and widths that are multiples of `multiple` (4: the ResNet halves twice; 16:
+    the UNet four times)."""
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    h4, w4 = torch.export.Dim("h4", min=2, max=4096), torch.export.Dim("w4", min=2, max=4096)
-    return {"x": {0: batch, 2: 4 * h4, 3: 4 * w4}}
+    hm, wm = torch.export.Dim("hm", min=2, max=4096), torch.export.Dim("wm", min=2, max=4096)
+    return {"x": {0: batch, 2: multiple * hm, 3: multiple * wm}}
+
+
+def side_multiple(meta: dict) -> int:
+    return SIDE_MULTIPLE[meta.get("generator", "resnet")]
 
 
 def export_pt2(g_is, meta: dict, example, out: Path) -> None:
-    program = torch.export.export(g_is, (example,), dynamic_shapes=dynamic_shapes())
+    program = torch.export.export(g_is, (example,), dynamic_shapes=dynamic_shapes(side_multiple(meta)))
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={"cycleseg.json": json.dumps(meta)})
     atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
@@ -77,7 +83,7 @@ def export_onnx(g_is, meta: dict, example, out: Path) -> None:
                          f"pip install 'cycleseg[export]', or --formats pt2") from None
     with atomic_path(out) as tmp:
         torch.onnx.export(g_is, (example,), str(tmp), input_names=["x"], output_names=["logits"],
-                          dynamic_shapes=dynamic_shapes(), opset_version=OPSET, dynamo=True, verbose=False)
+                          dynamic_shapes=dynamic_shapes(side_multiple(meta)), opset_version=OPSET, dynamo=True, verbose=False)
         model = onnx.load(str(tmp))
         for key, value in meta.items():
             entry = model.metadata_props.add()

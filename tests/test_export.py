@@ -91,21 +91,29 @@ def test_exports_take_any_batch_and_size_and_hold_no_cycleseg_op(acdc_checkpoint
         assert diff < 1e-5 and diff_pt2 < 1e-5 and want.shape[2:] == shape[2:], (shape, diff, diff_pt2)
 
 
-def test_the_papers_networks_round_trip(tmp_path):
-    """ResNet-9 generators of ngf 64 (the paper's), freshly initialised, exported and run."""
+@pytest.mark.parametrize("generator", ["resnet", "unet"])
+def test_the_papers_networks_round_trip(tmp_path, generator):
+    """ResNet-9 generators of ngf 64 (the paper's), and SSL4MIS's UNet, freshly initialised, exported and run
+    (the UNet in eval mode: BatchNorm's running statistics, set to non-trivial values here)."""
     from cycleseg.config import Config
     from cycleseg.data.h5format import Meta
     from cycleseg.models import data_info, networks_from_config
 
-    cfg = Config(device="cpu", preset="paper", mode="partial", image_size=64).resolved()
+    cfg = Config(device="cpu", preset="paper", mode="partial", image_size=64, generator=generator).resolved()
     meta = Meta(num_classes=4, class_names=["background", "RV", "Myo", "LV"], palette=[[0, 0, 0]] * 4, channels=1,
                 height=64, width=64)
     torch.manual_seed(0)
     nets = networks_from_config(cfg, meta, ("G_IS",))
+    for m in nets["G_IS"].modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
     ckpt = tmp_path / "paper.pt"
     torch.save({"config": vars(cfg), "nets": {"G_IS": nets["G_IS"].state_dict()}, "data": data_info(meta),
                 "step": 0}, ckpt)
     assert export_main([str(ckpt), "--out", str(tmp_path)]) == 0
+    meta_props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "paper.onnx")).metadata_props}
+    assert meta_props["cycleseg.generator"] == generator and meta_props["cycleseg.input"].endswith(
+        f"multiples of {16 if generator == 'unet' else 4}")
     x = validation_images(size=64, count=8)
     want = eager_logits(ckpt, x)
     session = onnxruntime.InferenceSession(str(tmp_path / "paper.onnx"), providers=["CPUExecutionProvider"])
