@@ -307,6 +307,20 @@ def test_convert_folder_refuses_what_would_corrupt_the_masks(tmp_path, capsys):
         assert f.attrs["num_classes"] == 2 and f["masks"][1][1, 1] == 255
 
 
+def test_convert_never_replaces_a_file_unasked_nor_writes_over_an_input(tmp_path, capsys):
+    src = folder_tree(tmp_path / "d", [np.eye(8, dtype=np.uint8)])
+    out = tmp_path / "d.h5"
+    assert data_main(["convert", "folder", str(src), str(out), "--no-progress"]) == 0
+    first = out.read_bytes()
+    one_line_error(data_main, ["convert", "folder", src, out, "--no-progress"], capsys,
+                   "exists already; pass --overwrite", tmp_path)
+    one_line_error(data_main, ["convert", "folder", src, src / "images" / "0.png", "--overwrite", "--no-progress"],
+                   capsys, "the output must be an .h5 file", tmp_path)
+    one_line_error(data_main, ["convert", "folder", src, src, "--no-progress"], capsys, "must be an .h5", tmp_path)
+    assert out.read_bytes() == first
+    assert data_main(["convert", "folder", str(src), str(out), "--overwrite", "--no-progress"]) == 0
+
+
 def acdc_tree(root, image):
     (root / "data" / "slices").mkdir(parents=True)
     with h5py.File(root / "data" / "slices" / "patient001_frame01_slice_1.h5", "w") as f:

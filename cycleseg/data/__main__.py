@@ -53,6 +53,17 @@ def parse_mapping(pairs) -> dict:
     return out
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """DataError unless `out` names an HDF5 file (.h5 / .hdf5: never an input image) that does not exist
+    yet, or may be replaced (--overwrite)."""
+    if out.suffix.lower() not in (".h5", ".hdf5"):
+        raise DataError(f"{out}: the output must be an .h5 file (a converted split), got {out.suffix or 'no suffix'}")
+    if out.is_dir():
+        raise DataError(f"{out} is a folder; name the .h5 file to write")
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} exists already; pass --overwrite to replace it, or choose another output")
+
+
 def main(argv=None) -> int:
     p = Parser(prog="python -m cycleseg.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +82,7 @@ def main(argv=None) -> int:
                    help="map mask value V to class C (or to 255: ignore) before anything else; repeatable")
     c.add_argument("--intensity", choices=["strict", "minmax"], default="strict",
                    help="strict: images must be uint8 or floats in [0, 1]; minmax: rescale each image from its range")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
     c.add_argument("--no-progress", action="store_true")
     i = sub.add_parser("info", help="print what a converted file holds")
     i.add_argument("file", type=Path)
@@ -79,6 +91,7 @@ def main(argv=None) -> int:
         if a.cmd == "info":
             print(info(a.file))
             return 0
+        check_output(a.out, a.overwrite)
         split = a.split or "train"
         mapping = parse_mapping(a.map)
         if a.num_classes is not None and a.num_classes < 1:
