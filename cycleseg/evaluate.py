@@ -183,7 +183,8 @@ def _num(v):
 
 def main(argv=None) -> int:
     p = checkpoint_parser("python -m cycleseg.evaluate", __doc__)
-    p.add_argument("--data", default=None, help="data to evaluate (default: the data the checkpoint was trained on)")
+    p.add_argument("--data", default=None, help="data to evaluate: a converted .h5 file (scored as it is), or a folder "
+                                                "whose --split is scored (default: the checkpoint's own data)")
     p.add_argument("--val-data", default=None, help="the val split's .h5 when --data is a train file")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--out", type=Path, default=None,
@@ -204,7 +205,10 @@ def run(a) -> tuple[dict, dict]:
     device = device_of(a.device)
     data = a.data if a.data is not None else cfg.data
     val_data = a.val_data if a.data is not None else cfg.val_data
-    path, folder = split_path(data, a.split, val_data, cfg.image_size or 64, not a.no_progress)
+    if a.data is not None and Path(a.data).is_file():               # a file named: that file, whatever --split
+        path, folder = Path(a.data), None
+    else:
+        path, folder = split_path(data, a.split, val_data, cfg.image_size or 64, not a.no_progress)
     source = open_source(path)
     meta = source.meta
     check_readable(source, info, path, a.checkpoint, cfg.generator)

@@ -138,6 +138,15 @@ def test_evaluate_acdc_volumes_and_missing_split(tmp_path, monkeypatch, make_acd
                           "--out", str(tmp_path / "e2")]) == 0
     v2 = json.loads((tmp_path / "e2" / "report.json").read_text())["volumes"]
     assert v2["count"] == 2 and "16x16" in v2["resolution"]
+    # a file named by --data is the file scored, not the val.h5 beside it
+    import shutil
+    shutil.copy(tmp_path / "conv" / "val.h5", tmp_path / "conv" / "mine.h5")
+    assert data_main(["convert", "acdc", str(root), str(tmp_path / "conv" / "val.h5"), "--split", "train",
+                      "--size", "16", "16", "--no-progress", "--overwrite"]) == 0
+    assert evaluate_main([str(tmp_path / "run" / "last.pt"), "--data", str(tmp_path / "conv" / "mine.h5"),
+                          "--no-progress", "--out", str(tmp_path / "e4")]) == 0
+    r4, r2 = (json.loads((tmp_path / e / "report.json").read_text()) for e in ("e4", "e2"))
+    assert r4["data"].endswith("mine.h5") and r4["images"] == r2["images"] and r4["volumes"] == r2["volumes"]
     capsys.readouterr()
     assert evaluate_main([str(tmp_path / "run" / "last.pt"), "--split", "test", "--out", str(tmp_path / "e3")]) == 2
     assert "no test split (it has train, val" in capsys.readouterr().err
