@@ -84,13 +84,15 @@ def one_hot(y: torch.Tensor, num_classes: int, ignore_index: int, dtype=torch.fl
 
 
 def soft_dice_loss(logits, y, num_classes: int, ignore_index: int = 255, eps: float = 1e-5):
-    """1 - mean over classes of the soft Dice 2 sum(p t) / (sum(p) + sum(t)) of the softmax against the
-    one-hot masks, over the whole batch; ignored pixels count nowhere."""
+    """1 - mean over classes of the soft Dice (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps) of the
+    softmax against the one-hot masks, over the whole batch; ignored pixels count nowhere. The squared
+    sums are the reference recipes' (SSL4MIS's utils/losses.py DiceLoss, UniMatch's util/utils.py, the
+    V-Net form): a pixel's push away from a wrong class grows with its probability there."""
     p = torch.softmax(logits.float(), dim=1)                           # (N, K, H, W)
     t = one_hot(y, num_classes, ignore_index, p.dtype)
     valid = (y != ignore_index).unsqueeze(1).to(p.dtype)
     inter = (p * t * valid).sum(dim=(0, 2, 3))
-    total = (p * valid).sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
+    total = (p * p * valid).sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))       # t one-hot: t^2 = t
     return 1 - ((2 * inter + eps) / (total + eps)).mean()
 
 

@@ -144,8 +144,8 @@ def test_soft_dice_by_hand():
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])                 # (1, 2, 1, 2): two pixels, two classes
     y = torch.tensor([[[0, 255]]])                                       # the second pixel ignored
     p0 = torch.softmax(torch.tensor([2.0, 0.0]), 0)                      # the first pixel's probabilities
-    dice0 = (2 * p0[0] + 1e-5) / (p0[0] + 1 + 1e-5)                    # class 0: in the truth
-    dice1 = (0 + 1e-5) / (p0[1] + 1e-5)                                  # class 1: absent, predicted p0[1]
+    dice0 = (2 * p0[0] + 1e-5) / (p0[0] ** 2 + 1 + 1e-5)               # class 0: in the truth
+    dice1 = (0 + 1e-5) / (p0[1] ** 2 + 1e-5)                             # class 1: absent, predicted p0[1]
     expect = 1 - (dice0 + dice1) / 2
     assert soft_dice_loss(logits, y, 2, 255).item() == pytest.approx(expect.item(), rel=1e-5)
 
@@ -246,7 +246,7 @@ def test_fixmatch_objective_by_hand(loss_name):
         dices = []
         for c in range(K):
             t = ((pseudo == c) & keep).double()
-            inter, total = (p[:, c] * t).sum(), (p[:, c] * keep).sum() + t.sum()
+            inter, total = (p[:, c] * t).sum(), (p[:, c] ** 2 * keep).sum() + t.sum()
             dices.append((2 * inter + 1e-5) / (total + 1e-5))
         unl = 1 - sum(dices) / K
     assert terms["confident"].item() == pytest.approx(keep.double().mean().item())
