@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,14 +35,31 @@ def atomic_write_bytes(path, write_fn) -> None:
         os.fsync(f.fileno())
 
 
+STALE = re.compile(r"\.(.+)\.tmp(\d+)")                           # atomic_path's names: .<file>.tmp<pid>
+
+
 def remove_stale_temporaries(folder) -> list:
-    """Delete the temporary files that a process killed while writing left in `folder`."""
+    """Delete the temporary files that a process killed while writing left in `folder`: exactly the names
+    atomic_path gives (.<file>.tmp<pid>) whose process is gone. Anything else (a user's file) is kept."""
     gone = []
     for p in Path(folder).glob(".*.tmp*"):
-        if p.is_file():
+        m = STALE.fullmatch(p.name)
+        if m and p.is_file() and not _alive(int(m.group(2))):
             p.unlink()
             gone.append(p.name)
     return gone
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return pid < 1 << 22                                        # exists but not ours (or not a pid at all)
+    return True
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -1,4 +1,6 @@
 """Atomic writes and the JSON-lines log: a failed or killed write never leaves a partial file."""
+import os
+
 import pytest
 
 from cycleseg import checkpoint
@@ -56,3 +58,21 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="refused: it holds Python objects"):
         checkpoint.load(tmp_path / "evil.pt")
     assert not (tmp_path / "PAYLOAD_RAN").exists()
+
+
+def test_only_a_dead_writers_temporaries_are_removed(tmp_path):
+    """A resumed run removes what a killed writer left (.<file>.tmp<pid> of a process that is gone) and
+    nothing else: a user's files that look alike, and a live process's temporary, stay."""
+    import subprocess
+    import sys
+
+    from cycleseg.fileio import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    names = {f".last.pt.tmp{dead}": False, ".notes.tmp": True, ".data.tmp.bak": True, ".x.tmp12ab": True,
+             f".best.pt.tmp{os.getpid()}": True, f".config.json.tmp{os.getppid()}": True}
+    for name in names:
+        (tmp_path / name).write_text("x")
+    assert remove_stale_temporaries(tmp_path) == [f".last.pt.tmp{dead}"]
+    assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}
