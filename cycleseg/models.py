@@ -216,15 +216,14 @@ def build_networks(in_ch: int, num_classes: int, ngf: int = 64, n_blocks: int = 
     its PyTorch default init); G_SI and the discriminators are the paper's either way."""
     if generator not in GENERATORS:
         raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
-    if generator == "unet":
-        nets = {"G_IS": UNet(in_ch, num_classes)}
-    else:
-        nets = {"G_IS": init_weights(ResnetGenerator(in_ch, num_classes, ngf, n_blocks, dropout))}
+    unet = generator == "unet"
+    nets = {"G_IS": UNet(in_ch, num_classes) if unet else ResnetGenerator(in_ch, num_classes, ngf, n_blocks, dropout)}
     if with_cycle:
         nets["G_SI"] = ResnetGenerator(num_classes, in_ch, ngf, n_blocks, dropout, out_act="tanh")
         nets["D_S"] = PixelDiscriminator(num_classes, ndf, disc_norm)
         nets["D_I"] = PixelDiscriminator(in_ch, ndf, disc_norm)
-    return {name: net if name == "G_IS" else init_weights(net) for name, net in nets.items()}
+    # every network built before any is initialised: the order in which they draw from the RNG is fixed
+    return {name: net if unet and name == "G_IS" else init_weights(net) for name, net in nets.items()}
 
 
 def mixes_batch(net: nn.Module) -> bool:
