@@ -51,8 +51,8 @@ RESUME_KEPT = {
                                                          "preset"),
     "the data and its streams (positions in them are checkpointed)": (
         "data", "val_data", "labeled_fraction", "image_size", "batch_size", "flip", "rotate", "scale_crop", "augment"),
-    "the method and its objective": ("mode", "recipe", "optimizer", "beta1", "lambda1", "lambda2", "lambda3", "lambda4", "lambda5",
-                                     "rampup", "dice", "hard_cycle", "pool_size", "adv_lambda", "adv_semi_lambda",
+    "the method and its objective": ("mode", "recipe", "optimizer", "beta1", "lambda1", "lambda2", "lambda3", "lambda4",
+                                     "lambda5", "rampup", "dice", "hard_cycle", "pool_size", "adv_lambda", "adv_semi_lambda",
                                      "adv_self_training", "adv_threshold", "adv_start", "adv_lr_d_scale",
                                      "adv_beta1_d", "adv_beta2_d", "mt_consistency", "mt_ema", "mt_noise",
                                      "mt_rampup", "mt_start", "fm_threshold", "fm_weight", "fm_cutmix", "fm_loss",

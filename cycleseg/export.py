@@ -38,7 +38,8 @@ INPUT = "float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1; H and W multiples 
 
 def metadata(state: dict, cfg, info: dict, path) -> dict:
     k = info["num_classes"]
-    return {"channels": info["channels"], "input": INPUT.format(SIDE_MULTIPLE[cfg.generator]), "generator": cfg.generator,
+    return {"channels": info["channels"], "input": INPUT.format(SIDE_MULTIPLE[cfg.generator]),
+            "generator": cfg.generator,
             "image_size": [info.get("height") or cfg.image_size, info.get("width") or cfg.image_size],
             "num_classes": k, "class_names": list(info.get("class_names") or map(str, range(k))),
             "palette": info.get("palette") or default_palette(k), "ignore_index": info.get("ignore_index", 255),

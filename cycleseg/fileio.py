@@ -55,10 +55,10 @@ def _alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):                     # gone, or no pid at all
         return False
-    except (PermissionError, OverflowError, OSError):
-        return pid < 1 << 22                                        # exists but not ours (or not a pid at all)
+    except PermissionError:                                         # alive, another user's
+        return True
     return True
 
 
