@@ -103,14 +103,16 @@ def samples(nets: dict, source, device, count: int = 4) -> dict:
 
 # -- per-volume scores (ACDC) -------------------------------------------------------------------------
 
-def volume_scores(pred: np.ndarray, label: np.ndarray, num_classes: int = 4, surfaces: bool = True) -> dict:
-    """{score: (K - 1,) array}: Dice, IoU (and HD95, ASD when `surfaces`) of each foreground class of one
-    3D volume (metrics.binary_scores; NaN where undefined)."""
+def volume_scores(pred: np.ndarray, label: np.ndarray, num_classes: int = 4, surfaces: bool = True,
+                  spacing=None) -> dict:
+    """{score: (K - 1,) array}: Dice, IoU (and HD95, ASD when `surfaces`: in the units of `spacing`, one
+    length per axis, or voxels) of each foreground class of one 3D volume (metrics.binary_scores; NaN
+    where undefined)."""
     rows = []
     for c in range(1, num_classes):
         p, t = pred == c, label == c
         if surfaces:
-            rows.append(binary_scores(p, t))
+            rows.append(binary_scores(p, t, spacing))
         else:
             inter, ps, ts = np.logical_and(p, t).sum(), p.sum(), t.sum()
             rows.append({"dice": 2 * inter / (ps + ts) if ps + ts else np.nan,
@@ -127,32 +129,40 @@ def folder_volumes(g_is, src, split: str, size: int, device, batch_size: int = 1
             x = acdc.slices_to_input(image, size)                       # (D, 1, size, size)
             pred = torch.cat([predict(g_is, x[s:s + batch_size].to(device)).cpu()
                               for s in range(0, len(x), batch_size)]).numpy()
-            yield name, acdc.resize_back(pred, label.shape[1:]), label
+            yield name, acdc.resize_back(pred, label.shape[1:]), label, None
 
 
 @torch.no_grad()
 def file_volumes(g_is, source, device, batch_size: int = 16, progress: bool = False):
-    """(name, prediction, label) of each volume of a converted file with `volumes`, at its resolution."""
+    """(name, prediction, label, spacing) of each volume of a converted file with `volumes`, at its
+    resolution; spacing: the millimetres of its voxels (slice, row, column) when the file knows them
+    (volume_info: NIfTI conversions), else None (voxels)."""
     preds, masks = [], []
     with eval_mode(g_is):
         for _, images, m in batches(source, batch_size, progress, "volumes"):
             preds.append(predict(g_is, to_input(images, device)).cpu().numpy())
             masks.append(m.numpy())
     preds, masks = np.concatenate(preds), np.concatenate(masks)
+    info = source.meta.volume_info
     for v, name in enumerate(source.meta.volume_names):
         sel = source.volumes == v
-        yield name, preds[sel], masks[sel]
+        if source.labeled is not None and not source.labeled[sel].any():
+            continue                                                    # an unlabeled scan: nothing to score
+        yield name, preds[sel], masks[sel], (tuple(info[v]["slice_spacing"]) if info else None)
 
 
 def summarize_volumes(volumes, structures, surfaces: bool = True) -> dict:
-    """Per-volume scores averaged over volumes (NaN left out, and counted)."""
-    per_volume, stacks = [], {}
-    for name, pred, label in volumes:
-        s = volume_scores(pred, label, len(structures) + 1, surfaces)
+    """Per-volume scores averaged over volumes (NaN left out, and counted); `units` says what HD95 and ASD
+    are measured in: "mm" when every volume came with its spacing, else "voxels"."""
+    per_volume, stacks, units = [], {}, set()
+    for name, pred, label, spacing in volumes:
+        units.add("voxels" if spacing is None else "mm")
+        s = volume_scores(pred, label, len(structures) + 1, surfaces, spacing)
         per_volume.append({"volume": name, **{k: dict(zip(structures, map(_num, v))) for k, v in s.items()}})
         for k, v in s.items():
             stacks.setdefault(k, []).append(v)
-    out = {"count": len(per_volume), "per_structure": {}, "mean": {}, "undefined": {}, "per_volume": per_volume}
+    out = {"count": len(per_volume), "per_structure": {}, "mean": {}, "undefined": {}, "per_volume": per_volume,
+           "distance_units": "mm" if units == {"mm"} else "voxels"}
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)             # an all-NaN column is reported as NaN
         for k, rows in stacks.items():
@@ -167,8 +177,17 @@ def summarize_volumes(volumes, structures, surfaces: bool = True) -> dict:
 
 def evaluate_volumes(g_is, src, size: int, device, split: str = "val", batch_size: int = 16) -> dict:
     """Per-volume 3D Dice / IoU of G_IS on an SSL4MIS folder's split (the training-time validation)."""
-    v = summarize_volumes(folder_volumes(g_is, src, split, size, device, batch_size), acdc.CLASSES[1:],
-                          surfaces=False)
+    return volume_overlap(summarize_volumes(folder_volumes(g_is, src, split, size, device, batch_size),
+                                            acdc.CLASSES[1:], surfaces=False))
+
+
+def evaluate_file_volumes(g_is, source, device, batch_size: int = 16) -> dict:
+    """The same for a converted file whose slices carry their volumes (NIfTI, ACDC conversions)."""
+    return volume_overlap(summarize_volumes(file_volumes(g_is, source, device, batch_size),
+                                            source.meta.class_names[1:], surfaces=False))
+
+
+def volume_overlap(v: dict) -> dict:
     return {"volume_mdice": v["mean"]["dice"], "volume_miou": v["mean"]["iou"],
             "volume_dice": {k: s["dice"] for k, s in v["per_structure"].items()},
             "volume_iou": {k: s["iou"] for k, s in v["per_structure"].items()}, "volumes": v["count"]}

@@ -43,7 +43,8 @@ def metadata(state: dict, cfg, info: dict, path) -> dict:
             "image_size": [info.get("height") or cfg.image_size, info.get("width") or cfg.image_size],
             "num_classes": k, "class_names": list(info.get("class_names") or map(str, range(k))),
             "palette": info.get("palette") or default_palette(k), "ignore_index": info.get("ignore_index", 255),
-            "checkpoint": str(path), "step": state.get("step"), "mode": cfg.mode, "output": "logits (N, K, H, W)"}
+            "checkpoint": str(path), "step": state.get("step"), "mode": cfg.mode, "output": "logits (N, K, H, W)",
+            "preprocessing": info.get("preprocessing") or {}}
 
 
 def exportable(path):

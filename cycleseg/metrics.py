@@ -1,4 +1,6 @@
-"""Segmentation metrics from a confusion matrix accumulated on the device (no host sync per batch).
+"""Segmentation metrics: a confusion matrix accumulated on the device (no host sync per batch), the 3D
+scores of binary volumes, and `python -m cycleseg.metrics PRED TRUTH`, which scores folders of label
+volumes (NIfTI) against reference ones, in millimetres.
 
 Standard mIoU: IoU_c = TP / (TP + FP + FN) for every class c with a non-empty union, averaged over
 those classes; pixels at ignore_index count nowhere. Also the 2019 code's VOC variant ("miou_no_bg":
@@ -6,9 +8,20 @@ background row and column dropped), named as such, so numbers can be set beside 
 """
 from __future__ import annotations
 
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from scipy import ndimage
+
+from .data import nifti
+from .data.h5format import DataError
+from .fileio import write_files
+from .usage import Parser, fail
 
 
 class ConfusionMatrix:
@@ -91,3 +104,146 @@ def binary_scores(pred, truth, spacing=None) -> dict:
         out["hd95"] = float(np.percentile(np.hstack((d_pt, d_tp)), 95))
         out["asd"] = float(d_pt.mean())
     return {k: float(v) for k, v in out.items()}
+
+
+# -- the command: label volumes against reference ones ---------------------------------------------------
+
+def case_key(path) -> str:
+    """The name a volume is matched by: its file name without .nii[.gz], ACDC's `_gt` and nnU-Net's
+    channel suffix `_0000`."""
+    name = nifti.stem(path)
+    return re.sub(r"(_gt|_\d{4})$", "", name)
+
+
+def volume_files(folder, what: str) -> dict:
+    """{key: path} of the NIfTI volumes under `folder` (searched recursively); DataError when it holds none or
+    two files share a key."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder (the {what} label volumes)")
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and nifti.is_nifti(f) and not f.name.startswith("."):
+            if what == "reference" and not f.name.lower().split(".")[0].endswith("_gt") and any(
+                    g.name.lower().split(".")[0].endswith("_gt") for g in f.parent.iterdir()):
+                continue                                            # raw ACDC: the frame's image beside its _gt
+            k = case_key(f)
+            if k in out:
+                raise DataError(f"{f} and {out[k]} are both volume {k!r} of the {what}")
+            out[k] = f
+    if not out:
+        raise DataError(f"{folder}: no NIfTI volumes (.nii, .nii.gz) among the {what}")
+    return out
+
+
+def score_case(pred_path, truth_path, num_classes: int) -> tuple:
+    """(per-class score rows, spacing) of one predicted volume against its reference; DataError when the
+    two lie on different grids."""
+    truth = nifti.load(truth_path, "label")
+    pred = nifti.load_label(pred_path, truth, num_classes)
+    ref = nifti.load_label(truth_path, truth, num_classes)
+    rows = [binary_scores(pred == c, ref == c, truth.spacing) for c in range(1, num_classes)]
+    return rows, truth.spacing
+
+
+def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_names=None) -> dict:
+    """Dice, IoU, HD95 and ASD (mm, from the reference's affine) per case and class, and their means."""
+    preds, truths = volume_files(pred_dir, "predictions"), volume_files(truth_dir, "reference")
+    missing, extra = sorted(set(truths) - set(preds)), sorted(set(preds) - set(truths))
+    if missing or extra:
+        which = (f"no prediction for {', '.join(missing[:3])}" if missing
+                 else f"no reference for {', '.join(extra[:3])}")
+        raise DataError(f"{pred_dir} and {truth_dir} do not hold the same cases: {which}"
+                        + (f" and {len(missing or extra) - 3} more" if len(missing or extra) > 3 else ""))
+    if num_classes is None:
+        num_classes = 1 + max(int(np.asarray(nifti.load(p, "label").data).max()) for p in truths.values())
+    names = class_names or [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        raise DataError(f"--classes names {len(names)} classes, but there are {num_classes}")
+    cases = []
+    for key in sorted(truths):
+        rows, spacing = score_case(preds[key], truths[key], num_classes)
+        cases.append({"case": key, "prediction": str(preds[key]), "reference": str(truths[key]),
+                      "spacing_mm": [round(s, 6) for s in spacing],
+                      **{k: {names[c + 1]: _num(r[k]) for c, r in enumerate(rows)} for k in SCORES}})
+    return {"cases": cases, "classes": names[1:], "units": "mm", **summarize(cases, names[1:])}
+
+
+SCORES = ("dice", "iou", "hd95", "asd")
+
+
+def summarize(cases: list, classes) -> dict:
+    """Means over cases per class (a case where a score is undefined is left out, and counted), and over
+    classes."""
+    per_class, undefined = {}, {}
+    for k in SCORES:
+        for c in classes:
+            v = [x[k][c] for x in cases if x[k][c] is not None]
+            per_class.setdefault(c, {})[k] = _num(np.mean(v)) if v else None
+            undefined[k] = undefined.get(k, 0) + len(cases) - len(v)
+    mean = {k: _num(np.mean([per_class[c][k] for c in classes if per_class[c][k] is not None]))
+            if any(per_class[c][k] is not None for c in classes) else None for k in SCORES}
+    return {"per_class": per_class, "mean": mean, "undefined": undefined}
+
+
+def scores_csv(result: dict) -> str:
+    rows = ["case,class," + ",".join(SCORES)]
+    for x in result["cases"]:
+        for c in result["classes"]:
+            rows.append(f"{x['case']},{c}," + ",".join("" if x[k][c] is None else str(x[k][c]) for k in SCORES))
+    return "\n".join(rows) + "\n"
+
+
+def scores_table(result: dict) -> str:
+    lines = [f"{len(result['cases'])} cases; HD95 and ASD in mm", f"{'class':16s} {'Dice':>7s} {'IoU':>7s} "
+             f"{'HD95':>7s} {'ASD':>7s}"]
+    fmt = (lambda v: "-" if v is None else f"{v:.4f}")
+    for c in result["classes"]:
+        lines.append(f"{c:16s} " + " ".join(f"{fmt(result['per_class'][c][k]):>7s}" for k in SCORES))
+    lines.append(f"{'mean':16s} " + " ".join(f"{fmt(result['mean'][k]):>7s}" for k in SCORES))
+    und = {k: n for k, n in result["undefined"].items() if n}
+    if und:
+        lines.append("undefined (a class empty in prediction or reference; left out of the means): "
+                     + ", ".join(f"{k} {n}" for k, n in und.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = Parser(prog="python -m cycleseg.metrics", description=COMMAND_DOC,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pred", type=Path, help="folder of predicted label volumes (.nii / .nii.gz)")
+    p.add_argument("truth", type=Path, help="folder of reference label volumes, matched by name")
+    p.add_argument("--num-classes", type=int, default=None, help="K (default: the largest reference label + 1)")
+    p.add_argument("--classes", nargs="+", default=None, help="the K class names, background first")
+    p.add_argument("--out", type=Path, default=None, help="folder for scores.csv and scores.json (default: PRED)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier scores there")
+    a = p.parse_args(argv)
+    try:
+        if a.num_classes is not None and not 2 <= a.num_classes <= 255:
+            raise DataError(f"--num-classes must be 2..255, got {a.num_classes}")
+        k = a.num_classes or (len(a.classes) if a.classes else None)
+        result = score_folders(a.pred, a.truth, k, a.classes)
+        out = a.out or a.pred
+        found = [out / n for n in ("scores.csv", "scores.json") if (out / n).exists()]
+        if found and not a.overwrite:
+            raise DataError(f"{found[0]} exists already; pass --overwrite to replace it, or choose another --out")
+        write_files(out, {"scores.csv": scores_csv(result).encode(),
+                          "scores.json": json.dumps(result, indent=2).encode()})
+    except (DataError, OSError) as e:
+        return fail(e)
+    print(scores_table(result))
+    print(f"\nwrote scores.csv, scores.json in {out}")
+    return 0
+
+
+COMMAND_DOC = """python -m cycleseg.metrics PRED TRUTH [--out DIR]: score label volumes against reference ones.
+
+Volumes are matched by name (file name without .nii[.gz], a trailing _gt or nnU-Net channel suffix _0000;
+a raw ACDC tree of patient folders works as TRUTH). Per case and class: Dice, IoU, HD95 and ASD, the
+distances in millimetres from the reference's affine (as medpy.metric.binary's hd95 / asd with
+voxelspacing), then means per class over cases and over classes. Prediction and reference must lie on
+one grid (shape and affine). Writes scores.csv and scores.json."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

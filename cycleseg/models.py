@@ -251,7 +251,7 @@ def data_info(meta) -> dict:
     """What a checkpoint records of the data its networks were built for."""
     return {"num_classes": meta.num_classes, "channels": meta.channels, "class_names": list(meta.class_names),
             "palette": [list(p) for p in meta.palette], "ignore_index": meta.ignore_index,
-            "height": meta.height, "width": meta.width}
+            "height": meta.height, "width": meta.width, "preprocessing": dict(meta.preprocessing)}
 
 
 def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:

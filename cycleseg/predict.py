@@ -3,7 +3,11 @@
 CHECKPOINT is a run's last.pt / best.pt, or a model exported with python -m cycleseg.export (.onnx, run
 by onnxruntime: the masks and overlays, no G_SI image).
 
-INPUTS are image files, folders of images, or HDF5 files of the project's format. For each image
+INPUTS are image files, folders of images, HDF5 files of the project's format, or NIfTI scans
+(.nii / .nii.gz files, or folders of them). For each scan `<name>.nii[.gz]` the output folder gets
+    <name>.nii.gz        its label volume (uint8) with the scan's shape, affine and header
+(predict_nifti.py says how: the converter's slicing and intensity rules, class scores resampled back
+to the scan's grid). For each image
 `<name>` the output folder gets
     <name>_mask.png      the predicted classes as a palette PNG at the image's own size (palette index =
                          class id; resized back with nearest neighbour)
@@ -30,12 +34,14 @@ from tqdm import tqdm
 from . import figures
 from .checkpoint import load_run
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
+from .data import nifti
 from .data.h5format import DataError, default_palette, open_h5, read_meta
 from .data.pixels import to_input, to_uint8
 from .evaluate import eval_mode
 from .fileio import write_files
 from .models import networks_from_checkpoint
 from .objective import one_hot
+from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
 from .usage import UsageError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -85,10 +91,14 @@ def collect(paths, channels: int) -> list[Input]:
 
     for raw in paths:
         p = Path(raw)
+        if nifti.is_nifti(p) and (p.is_file() or not p.exists()):
+            if not p.exists():
+                raise DataError(f"{p}: no such file")
+            continue                                                 # a scan: predict_nifti's
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-            if not files:
-                raise DataError(f"{p}: a folder with no images ({', '.join(IMAGE_EXTS)})")
+            if not files and not any(nifti.is_nifti(f) for f in p.iterdir()):
+                raise DataError(f"{p}: a folder with no images ({', '.join(IMAGE_EXTS)}) and no NIfTI scans")
             for f in files:
                 image(f)
         elif p.suffix.lower() in (".h5", ".hdf5"):
@@ -119,6 +129,14 @@ class CheckpointModel:
         self.num_classes, self.channels = info["num_classes"], info["channels"]
         self.size = (info.get("height") or cfg.image_size, info.get("width") or cfg.image_size)   # (h, w)
         self.palette = info.get("palette") or default_palette(self.num_classes)
+        self.info = info
+
+    @torch.no_grad()
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, h, w, C) at the training size -> float32 class scores (B, K, h, w)."""
+        x = to_input(torch.from_numpy(images).permute(0, 3, 1, 2), self.device)
+        with eval_mode(self.nets["G_IS"]):
+            return self.nets["G_IS"](x).float().cpu().numpy()
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray):
@@ -158,11 +176,14 @@ class OnnxModel:
                             f"python -m cycleseg.export")
         self.channels, self.num_classes, self.palette = meta["channels"], meta["num_classes"], meta["palette"]
         self.size = tuple(meta["image_size"])
+        self.info = {"preprocessing": meta.get("preprocessing") or {}}
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+        return self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
 
     def __call__(self, images: np.ndarray):
-        x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-        logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
-        return logits.argmax(1), None
+        return self.logits(images).argmax(1), None
 
 
 def resize(image: np.ndarray, size, resample) -> np.ndarray:
@@ -186,13 +207,14 @@ def outputs(model, item: Input, original: np.ndarray, pred: np.ndarray, fake) ->
 def run(a) -> dict:
     onnx = a.checkpoint.suffix.lower() == ".onnx"
     model = OnnxModel(a.checkpoint) if onnx else CheckpointModel(a.checkpoint, device_of(a.device))
-    items = collect(a.inputs, model.channels)
+    items, scans = collect(a.inputs, model.channels), scan_inputs(a.inputs)
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise UsageError(f"--out {a.out} is a file, not a folder")
     suffixes = ("mask", "overlay") + (("gsi",) if model.has_gsi else ())
-    refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes], a.overwrite,
-                    "from an earlier prediction")
-    files = {}
+    refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes]
+                    + [Path(a.out) / name for name, _ in scans], a.overwrite, "from an earlier prediction")
+    files = predict_scans(model, scans, model.info, a.intensity, a.axis, a.resample, a.batch_size,
+                          (lambda xs: tqdm(xs, desc="predict volumes", disable=a.no_progress))) if scans else {}
     for s in tqdm(range(0, len(items), a.batch_size), desc="predict", disable=a.no_progress):
         chunk = items[s:s + a.batch_size]
         originals = [load(it) for it in chunk]
@@ -200,17 +222,26 @@ def run(a) -> dict:
         for j, (it, orig) in enumerate(zip(chunk, originals)):
             files.update(outputs(model, it, orig, pred[j], fake[j] if fake is not None else None))
     write_files(a.out, files)
-    return {"images": len(items), "files": len(files), "out": str(a.out)}
+    return {"images": len(items), "volumes": len(scans), "files": len(files), "out": str(a.out)}
 
 
 def main(argv=None) -> int:
     p = checkpoint_parser("python -m cycleseg.predict", __doc__, "a run's last.pt or best.pt, or an exported .onnx")
-    p.add_argument("inputs", nargs="+", help="image files, folders of images, or .h5 files")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images or scans, .h5 files, NIfTI scans")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--resample", choices=RESAMPLE, default="logits",
+                   help="scans: back to the scan's grid by bilinear resampling of the class scores, then argmax "
+                        "(logits), or by nearest neighbour on the labels")
+    p.add_argument("--intensity", choices=nifti.INTENSITY_RULES, default=None,
+                   help="scans: the per-volume intensity rule (default: the one the checkpoint's data was made with)")
+    p.add_argument("--axis", type=int, choices=[0, 1, 2], default=None,
+                   help="scans: the voxel axis to slice along (default: the checkpoint's rule, else the largest spacing)")
     code, result = run_or_exit(run, p.parse_args(argv))
     if code:
         return code
-    print(f"wrote {result['files']} files for {result['images']} images in {result['out']}")
+    what = " and ".join(x for x in (f"{result['images']} images" if result["images"] else "",
+                                      f"{result['volumes']} volumes" if result["volumes"] else "") if x)
+    print(f"wrote {result['files']} files for {what} in {result['out']}")
     return 0
 
 

@@ -29,7 +29,7 @@ def evaluation_table(r: dict) -> str:
                      + ", ".join(r["absent_classes"]))
     v = r.get("volumes")
     if v:
-        lines += ["", f"per volume: {v['count']} volumes, {v['resolution']}; HD95 and ASD in voxels",
+        lines += ["", f"per volume: {v['count']} volumes, {v['resolution']}; HD95 and ASD in {v.get('distance_units', 'voxels')}",
                   f"{'structure':20s} {'Dice':>7s} {'IoU':>7s} {'HD95':>7s} {'ASD':>7s}"]
         for st, sc in v["per_structure"].items():
             lines.append(f"{st:20s} " + " ".join(f"{_fmt(sc[k]):>7s}" for k in STRUCTURE_SCORES))

@@ -33,7 +33,7 @@ from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
 from .data.streams import Streams, make_streams
 from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, wrapper
-from .evaluate import confusion, evaluate_volumes, samples
+from .evaluate import confusion, evaluate_file_volumes, evaluate_volumes, samples
 from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from .models import count_parameters, networks_from_config
@@ -72,6 +72,9 @@ def validate(run: Run) -> dict:
     result = cm.summary(val.meta.class_names)
     if run.data.volumes is not None:                                # ACDC: 3D scores per volume
         vol = evaluate_volumes(g_is, run.data.volumes, run.cfg.image_size, run.device) if world.rank == 0 else None
+        result.update(broadcast(vol, world))
+    elif val.volumes is not None:                                   # a file of volumes (NIfTI): the same scores
+        vol = evaluate_file_volumes(g_is, val, run.device) if world.rank == 0 else None
         result.update(broadcast(vol, world))
     return result
 

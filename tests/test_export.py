@@ -5,6 +5,7 @@ predict runs from the .onnx."""
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import onnx
 import onnxruntime
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from cycleseg.checkpoint import load_run
-from cycleseg.data.acdc import cached_splits
+from cycleseg.data.acdc import cached_splits, read_volume, volume_names
 from cycleseg.data.pixels import to_input
 from cycleseg.data.source import H5Source
 from cycleseg.export import main as export_main
@@ -133,6 +134,9 @@ def test_predict_from_the_onnx_file_gives_the_checkpoints_masks(acdc_checkpoint,
         img = src.batch([idx])[0][0, 0].numpy()
         Image.fromarray(np.asarray(Image.fromarray(img).resize((45, 38)))).save(images / f"{i}.png")
     Image.fromarray(rng.integers(0, 256, (30, 50), dtype=np.uint8)).save(images / "noise.png")
+    vol = read_volume(REAL_ACDC, volume_names(REAL_ACDC, "val")[0])[0]          # (z, y, x): a real scan
+    nib.save(nib.Nifti1Image(np.round(vol.transpose(2, 1, 0) * 1000).astype(np.int16),
+                             np.diag([1.5, 1.5, 10.0, 1.0])), str(images / "scan.nii.gz"))
     assert export_main([str(acdc_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
     for model, out in ((acdc_checkpoint, "from_ckpt"), (tmp_path / "last.onnx", "from_onnx")):
         assert predict_main([str(model), str(images), "--out", str(tmp_path / out), "--no-progress"]) == 0
@@ -141,6 +145,8 @@ def test_predict_from_the_onnx_file_gives_the_checkpoints_masks(acdc_checkpoint,
         b = np.asarray(Image.open(tmp_path / "from_onnx" / f"{name}_mask.png"))
         assert (a == b).mean() >= 0.999 and Image.open(tmp_path / "from_onnx" / f"{name}_mask.png").mode == "P"
     assert not (tmp_path / "from_onnx" / "0_gsi.png").exists()
+    a, b = (np.asanyarray(nib.load(str(tmp_path / d / "scan.nii.gz")).dataobj) for d in ("from_ckpt", "from_onnx"))
+    assert a.shape == vol.transpose(2, 1, 0).shape and (a == b).mean() >= 0.999 and len(np.unique(a)) > 1
 
 
 def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, monkeypatch):

@@ -4,6 +4,8 @@
     python -m cycleseg.data convert cityscapes cityscapes/ cs_val.h5 --split val --size 128 256
     python -m cycleseg.data convert acdc ACDC/ acdc_train.h5 --split train --size 256 256
     python -m cycleseg.data convert folder mydata/ mydata.h5 --size 256 256 --keep-aspect
+    python -m cycleseg.data convert nifti ACDC_raw/ acdc/train.h5 --split train --size 256 256
+    python -m cycleseg.data convert nifti Dataset027_ACDC/ acdc/val.h5 --split val
     python -m cycleseg.data info voc_train.h5
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from ..usage import Parser, fail
 from . import convert as cv
+from .nifti_convert import convert_nifti
 from .h5format import DataError, open_h5, validate
 
 
@@ -64,15 +67,27 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise DataError(f"{out} exists already; pass --overwrite to replace it, or choose another output")
 
 
-def main(argv=None) -> int:
+def add_nifti_options(c) -> None:
+    c.add_argument("--axis", type=int, default=None, choices=[0, 1, 2],
+                   help="nifti: the voxel axis to slice along (default: that of the largest spacing)")
+    c.add_argument("--holdout", type=float, nargs=2, default=(0.1, 0.2), metavar=("VAL", "TEST"),
+                   help="nifti: fractions of the labeled patients held out as val and test (default 0.1 0.2)")
+    c.add_argument("--split-seed", type=int, default=0, help="nifti: the seed of the patients' split")
+    c.add_argument("--channel", type=int, default=None, help="nifti: keep only this channel of multi-channel cases")
+
+
+def parser() -> Parser:
     p = Parser(prog="python -m cycleseg.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="convert a dataset to the project's HDF5 format")
-    c.add_argument("kind", choices=["voc", "cityscapes", "acdc", "folder"])
+    c.add_argument("kind", choices=["voc", "cityscapes", "acdc", "folder", "nifti"],
+                   help="nifti: raw ACDC, nnU-Net / Decathlon, or images/ + labels/ of NIfTI volumes")
     c.add_argument("src", type=Path)
     c.add_argument("out", type=Path)
-    c.add_argument("--split", default=None, help="voc: train|val|train_aug; cityscapes: train|val; acdc: train|val")
+    c.add_argument("--split", default=None, help="voc: train|val|train_aug; cityscapes: train|val; acdc: train|val; "
+                                                 "nifti: train|val|test|all (val and test: --holdout of the labeled "
+                                                 "patients; train: the rest, unlabeled scans included)")
     c.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
     c.add_argument("--preset", choices=["paper"], default=None,
                    help="the paper's sizes: VOC 200x200, Cityscapes 128x256 (aspect ratio distorted)")
@@ -80,19 +95,31 @@ def main(argv=None) -> int:
     c.add_argument("--num-classes", type=int, default=None, help="folder: number of classes (default: from the masks)")
     c.add_argument("--map", action="append", default=[], metavar="V=C",
                    help="map mask value V to class C (or to 255: ignore) before anything else; repeatable")
-    c.add_argument("--intensity", choices=["strict", "minmax"], default="strict",
-                   help="strict: images must be uint8 or floats in [0, 1]; minmax: rescale each image from its range")
+    c.add_argument("--intensity", choices=["strict", "minmax", "percentile"], default=None,
+                   help="strict (default but for nifti): images must be uint8 or floats in [0, 1]; minmax: rescale "
+                        "each image (nifti: each volume) from its range; percentile (nifti's default): clip each "
+                        "volume to its 0.5..99.5th percentile, then rescale")
     c.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    add_nifti_options(c)
     c.add_argument("--no-progress", action="store_true")
     i = sub.add_parser("info", help="print what a converted file holds")
     i.add_argument("file", type=Path)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     try:
         if a.cmd == "info":
             print(info(a.file))
             return 0
         check_output(a.out, a.overwrite)
         split = a.split or "train"
+        if a.kind == "nifti":
+            return convert_nifti_command(a, split)
+        if a.intensity == "percentile":
+            raise DataError("--intensity percentile is a rule for NIfTI volumes (convert nifti)")
+        a.intensity = a.intensity or "strict"
         mapping = parse_mapping(a.map)
         if a.num_classes is not None and a.num_classes < 1:
             raise DataError(f"--num-classes must be >= 1, got {a.num_classes}")
@@ -115,6 +142,30 @@ def main(argv=None) -> int:
     print(f"wrote {summary['file']}: {summary['images']} images {summary['size'][0]}x{summary['size'][1]}, "
           f"ignored {100 * summary['ignored_fraction']:.2f} %")
     for name, n in summary["class_pixels"].items():
+        print(f"  {name:15s} {100 * n / total:6.2f} %")
+    return 0
+
+
+def convert_nifti_command(a, split: str) -> int:
+    if a.intensity == "strict":
+        raise DataError("--intensity strict is for 8-bit images; NIfTI volumes take percentile or minmax")
+    for name in ("keep_aspect", "preset"):
+        if getattr(a, name):
+            raise DataError(f"--{name.replace('_', '-')} is not an option of convert nifti")
+    if a.map:
+        raise DataError("--map is not an option of convert nifti (label values are class ids)")
+    size = tuple(a.size) if a.size else (256, 256)
+    if min(size) < 1:
+        raise DataError(f"--size must be positive, got {size[0]} {size[1]}")
+    if a.num_classes is not None and a.num_classes < 1:
+        raise DataError(f"--num-classes must be >= 1, got {a.num_classes}")
+    s = convert_nifti(a.src, a.out, split, size, a.axis, a.intensity or "percentile", tuple(a.holdout), a.split_seed,
+                      a.channel, a.num_classes, progress=not a.no_progress)
+    print(f"wrote {s['file']}: {s['images']} slices {size[0]}x{size[1]} of {s['volumes']} volumes "
+          f"({s['labeled_volumes']} labeled, {s['unlabeled_volumes']} unlabeled) from {s['patients']} patients, "
+          f"{s['layout']} layout")
+    total = sum(s["class_pixels"].values()) + 1e-12
+    for name, n in s["class_pixels"].items():
         print(f"  {name:15s} {100 * n / total:6.2f} %")
     return 0
 

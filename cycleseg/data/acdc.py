@@ -24,7 +24,8 @@ from .cache import cache_dir
 from .pixels import float01_to_uint8, to_input
 
 CLASSES = cv.ACDC_CLASSES
-CACHE_VERSION = 3           # 2: files carry the labeled_subset attribute; 3: and the slices' volumes
+CACHE_VERSION = 4           # 2: files carry the labeled_subset attribute; 3: and the slices' volumes; 4: and the
+                            # volumes' intensity rule (what predict applies to NIfTI scans)
 
 
 def is_ssl4mis(path) -> bool:

@@ -236,7 +236,8 @@ def patient_id(name: str) -> int:
 
 def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     meta = Meta(num_classes=4, class_names=ACDC_CLASSES, palette=default_palette(4), ignore_index=IGNORE_INDEX,
-                source=f"ACDC (SSL4MIS layout) {split} ({src})", labeled_subset="first_groups")
+                source=f"ACDC (SSL4MIS layout) {split} ({src})", labeled_subset="first_groups",
+                preprocessing={"volume_intensity": "minmax"})        # SSL4MIS scaled each volume by its min..max
     if split == "train":
         names = read_lines(src / "train_slices.list")
         items = [Item(n, (lambda n=n: h5_array(src / "data" / "slices" / f"{n}.h5", "image")),
@@ -302,7 +303,7 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
         raise DataError(f"nothing to convert into {out}")
     out = Path(out)
     hist = np.zeros(256, np.int64)
-    meta.preprocessing = {"size": list(size) if size else None, "image_resize": "bilinear, antialiased",
+    meta.preprocessing = {**meta.preprocessing, "size": list(size) if size else None, "image_resize": "bilinear, antialiased",
                           "mask_resize": "nearest", "keep_aspect": keep_aspect,
                           "intensity": "round(255 x) for float images in [0, 1]" if intensity == "strict"
                           else "each image rescaled from its min..max to 0..255",

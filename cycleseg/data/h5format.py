@@ -6,9 +6,15 @@
              so that labeled subsets and splits can be drawn by group
     volumes  int32 (N,), optional: the index (in the attribute volume_names, JSON) of the 3D volume an
              image is a slice of (ACDC validation / test), for per-volume scores
+    labeled  uint8 (N,), optional: 0 for an image that has no annotation at all (its mask all ignore):
+             never drawn into the labeled subset, always in the unlabeled stream (NIfTI scans without a
+             label file); absent = every image is annotated
     attrs    format = "cycleseg", format_version, num_classes, class_names (JSON), palette (JSON list
              of [r, g, b]), ignore_index, source, preprocessing (JSON), labeled_subset (optional:
-             "random" or "first_groups", how labeled subsets are drawn)
+             "random" or "first_groups", how labeled subsets are drawn), volume_info (optional, JSON:
+             per volume of volume_names, what locates its voxels in the body: source file, native shape,
+             spacing and affine, the slicing axis, and `slice_spacing`, the millimetres of a voxel of the
+             stored slices (through-plane, rows, columns) that HD95 / ASD are measured in)
 
 `write_split` writes atomically (temp file + rename). `read_meta` / `validate` check a file before
 training and raise `DataError` naming the file, the dataset and the index of what is wrong.
@@ -47,6 +53,7 @@ class Meta:
     preprocessing: dict = field(default_factory=dict)
     labeled_subset: str = "random"      # one of SUBSET_RULES
     volume_names: list = field(default_factory=list)   # the 3D volumes of a file with `volumes`
+    volume_info: list = field(default_factory=list)    # per volume: file, shape, spacing, affine, axis, slice_spacing
     # filled in by read_meta
     path: str = ""
     count: int = 0
@@ -90,7 +97,7 @@ def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups:
 
 
 def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: bool = False,
-                    volume_names=()) -> None:
+                    volume_names=(), with_labeled: bool = False) -> None:
     """Create the (empty) datasets and attributes of a split in an open h5py file."""
     f.create_dataset("images", (n, h, w, c), dtype=np.uint8, chunks=(1, h, w, c) if n else None)
     f.create_dataset("masks", (n, h, w), dtype=np.uint8, chunks=(1, h, w) if n else None)
@@ -99,6 +106,10 @@ def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: 
     if volume_names:
         f.create_dataset("volumes", (n,), dtype=np.int32)
         f.attrs["volume_names"] = json.dumps(list(volume_names))
+        if meta.volume_info:
+            f.attrs["volume_info"] = json.dumps(list(meta.volume_info))
+    if with_labeled:
+        f.create_dataset("labeled", (n,), dtype=np.uint8)
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["num_classes"] = int(meta.num_classes)
@@ -178,7 +189,7 @@ def _meta(f, path) -> Meta:
         if not stored_completely(f[name]):
             raise DataError(f"{path}: dataset '{name}' declares {f[name].shape[0]} samples but not all were "
                             f"written (an interrupted or damaged file)")
-    for extra in ("groups", "volumes"):
+    for extra in ("groups", "volumes", "labeled"):
         if extra in f and f[extra].shape != (im.shape[0],):
             raise DataError(f"{path}: dataset '{extra}' has shape {f[extra].shape}, expected ({im.shape[0]},)")
     a = f.attrs
@@ -198,10 +209,20 @@ def _meta(f, path) -> Meta:
     if not isinstance(names, list) or len(names) != k or not isinstance(palette, list):
         raise DataError(f"{path}: class_names must list the {k} classes and palette be a list of colours")
     palette = palette + default_palette(k)[len(palette):]           # classes without a colour get the default
+    vnames, vinfo = _attr_json(a, "volume_names", path, []), _attr_json(a, "volume_info", path, [])
+    if vinfo and (not isinstance(vinfo, list) or len(vinfo) != len(vnames) or not all(
+            isinstance(v, dict) and _positive3(v.get("slice_spacing")) for v in vinfo)):
+        raise DataError(f"{path}: attribute 'volume_info' must give, for each of the {len(vnames)} volumes, a "
+                        f"slice_spacing of three positive lengths")
     return Meta(num_classes=k, class_names=names, palette=palette, ignore_index=ignore, source=str(a.get("source", "")),
                 preprocessing=_attr_json(a, "preprocessing", path, {}), labeled_subset=rule,
-                volume_names=_attr_json(a, "volume_names", path, []), path=str(path), count=int(im.shape[0]),
+                volume_names=vnames, volume_info=vinfo, path=str(path), count=int(im.shape[0]),
                 height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
+
+
+def _positive3(v) -> bool:
+    return (isinstance(v, list) and len(v) == 3
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in v))
 
 
 def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int = 0) -> None:

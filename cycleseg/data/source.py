@@ -50,6 +50,7 @@ class H5Source:
         with open_h5(path) as f:
             self.groups = f["groups"][...] if "groups" in f else None
             self.volumes = f["volumes"][...] if "volumes" in f else None     # slice -> index in meta.volume_names
+            self.labeled = f["labeled"][...].astype(bool) if "labeled" in f else None   # False: no annotation
             if in_memory:
                 self._images, self._masks = f["images"][...], f["masks"][...]
             else:

@@ -31,10 +31,16 @@ class Streams:
 def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size: int, unlabeled: bool,
                  device="cpu", prefetch: int = 3, flip: bool = False, scale_crop: float = 1.0,
                  rank: int = 0, world_size: int = 1, rotate: bool = False, augment: str = "none") -> Streams:
-    """The labeled stream over the labeled subset (drawn as the file's `labeled_subset` rule says) and,
-    when `unlabeled`, the unlabeled stream over the rest (over every image at 100 % labels)."""
+    """The labeled stream over the labeled subset (drawn as the file's `labeled_subset` rule says, from the
+    annotated images: a file's unannotated scans are never in it) and, when `unlabeled`, the unlabeled
+    stream over the rest (over every image at 100 % labels of a file without unannotated images)."""
     first_groups = train.meta.labeled_subset == "first_groups"
-    lab = labeled_subset(len(train), labeled_fraction, seed, train.groups, first_groups)
+    annotated = np.arange(len(train)) if train.labeled is None else np.flatnonzero(train.labeled)
+    if len(annotated) == 0:
+        raise DataError(f"{train.path}: no annotated image (every one is marked unlabeled): the labeled stream "
+                        f"needs some; convert a folder that has label files")
+    groups = None if train.groups is None else train.groups[annotated]
+    lab = annotated[labeled_subset(len(annotated), labeled_fraction, seed, groups, first_groups)]
     unl = np.setdiff1d(np.arange(len(train)), lab)
     if batch_size > len(lab) // world_size:
         raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({len(lab)} images at "

@@ -1,0 +1,347 @@
+"""NIfTI scans: reading and checking volumes, the slicing and intensity rules, and the layouts users bring.
+
+    acdc     raw ACDC: patientNNN/ folders (directly in SRC, or in SRC/training, SRC/testing) holding
+             Info.cfg (ED, ES frame numbers) and patientNNN_frameNN.nii.gz with its _gt.nii.gz labels
+             (0 background, 1 RV, 2 Myo, 3 LV); a frame without _gt is an unlabeled case
+    nnunet   nnU-Net / Medical Segmentation Decathlon: dataset.json (channel_names or modality, labels),
+             imagesTr/{case}_{XXXX}.nii.gz (XXXX the channel) with labelsTr/{case}.nii.gz, and imagesTs/
+             (and any imagesTr case without a label file): unlabeled cases
+    pairs    images/ (or SRC itself) and labels/ (or masks/) holding NAME.nii[.gz] of the same names; an
+             image without a label file is an unlabeled case
+
+The rules, the same in the converter and in predict:
+- slicing: along the through-plane axis, the voxel axis of the largest spacing (cine MRI: 5-10 mm
+  against 1.3-1.9 mm in plane; on a tie the last of the tied axes, NIfTI's usual slice axis), or the one
+  --axis names. A slice's rows run along the later remaining voxel axis and its columns along the
+  earlier one, the array order of ITK / SimpleITK that SSL4MIS's ACDC slices have.
+- intensity, per volume: "percentile" clips to the 0.5th..99.5th percentile of the volume's voxels,
+  then scales that range to 0..1 (the field's habit for MRI, which has no absolute intensity scale: a
+  handful of bright voxels, flow or fat, would otherwise squeeze the heart into a few grey levels);
+  "minmax" scales the volume's min..max to 0..1 (what SSL4MIS's ACDC slices were made with).
+- in plane, slices are resized to the network's size (images bilinear, labels nearest) and predictions
+  brought back to the scan's own grid (predict.py).
+nibabel is an optional extra (pip install -e ".[medical]").
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .h5format import DataError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+INTENSITY_RULES = ("percentile", "minmax")
+PERCENTILES = (0.5, 99.5)
+ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
+AFFINE_TOL = 1e-3                   # mm: image and label affines must agree to this
+
+
+def nibabel():
+    """The nibabel module, or a DataError saying how to install it."""
+    try:
+        import nibabel as nib                               # optional: the [medical] extra
+    except ImportError:
+        raise DataError('reading NIfTI needs nibabel: pip install nibabel (or pip install -e ".[medical]")') from None
+    return nib
+
+
+def is_nifti(path) -> bool:
+    return Path(path).name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def stem(path) -> str:
+    """'case_001.nii.gz' -> 'case_001'."""
+    name = Path(path).name
+    for sfx in NIFTI_SUFFIXES:
+        if name.lower().endswith(sfx):
+            return name[:-len(sfx)]
+    return Path(path).stem
+
+
+# -- one volume -----------------------------------------------------------------------------------------
+
+@dataclass
+class Scan:
+    """A 3D volume as read from disk: voxel data (i, j, k), its affine to world millimetres, the header."""
+    path: str
+    data: np.ndarray
+    affine: np.ndarray
+    header: object
+
+    @property
+    def spacing(self) -> tuple:
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+def load(path, what: str = "image", frames: bool = False) -> Scan:
+    """Read a 3D NIfTI volume (a 4D one with a single frame or channel counts as 3D; with `frames`, a 4D
+    series of 3D frames (i, j, k, t) is taken too: predict segments each). DataError naming the file when
+    it is unreadable (corrupt, truncated), not 3D, holds NaN / infinite values, or has an affine that puts
+    its voxels on no grid (zero or non-finite spacing, sheared axes)."""
+    nib = nibabel()
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:                                  # ImageFileError, EOFError, zlib / gzip errors...
+        raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3 and not (frames and data.ndim == 4):
+        hint = ("; nnU-Net keeps one file per channel ({case}_0000.nii.gz, ...), raw ACDC one file per frame "
+                "(the _4d file is the whole cycle)" if data.ndim == 4 else "")
+        raise DataError(f"{path}: a {data.ndim}D {what} of shape {tuple(data.shape)}; expected a 3D volume{hint}")
+    if min(data.shape) < 1:
+        raise DataError(f"{path}: an empty {what} of shape {tuple(data.shape)}")
+    if not np.issubdtype(data.dtype, np.number):
+        raise DataError(f"{path}: {what} voxels of type {data.dtype}; expected numbers")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise DataError(f"{path}: {int((~np.isfinite(data)).sum())} NaN or infinite voxels in the {what}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    check_grid(path, affine)
+    return Scan(str(path), data, affine, img.header)
+
+
+def check_grid(path, affine: np.ndarray) -> None:
+    """DataError unless the affine's voxel axes have finite, positive lengths and are orthogonal (the slicing
+    rule moves along one voxel axis and resizes the other two: a sheared grid has no such slices)."""
+    axes = affine[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if not np.isfinite(affine).all() or (lengths <= 0).any():
+        raise DataError(f"{path}: the affine gives voxel spacings {lengths.round(4).tolist()}; expected three positive "
+                        f"lengths (a damaged header)")
+    cos = (axes.T @ axes) / np.outer(lengths, lengths)
+    off = np.abs(cos - np.eye(3)).max()
+    if off > 1e-3:
+        raise DataError(f"{path}: the voxel axes are not orthogonal (a sheared grid, cosine {off:.3f}), so its slices "
+                        f"have no single spacing; resample the scan to an orthogonal grid first")
+
+
+def load_label(path, image: Scan, num_classes: int | None) -> np.ndarray:
+    """The label volume of `image` as uint8 class ids. DataError naming the file when its shape or affine
+    differs from the image's, a value is not a whole number, or one is outside 0..num_classes-1."""
+    lab = load(path, "label")
+    if lab.data.shape != image.data.shape:
+        raise DataError(f"{path}: label of shape {lab.data.shape}, but its image {image.path} is {image.data.shape}")
+    if not np.allclose(lab.affine, image.affine, atol=AFFINE_TOL):
+        raise DataError(f"{path}: label affine differs from its image's ({image.path}) by up to "
+                        f"{np.abs(lab.affine - image.affine).max():.4g} mm: the two do not lie on one grid")
+    v = lab.data
+    if not np.issubdtype(v.dtype, np.integer):
+        frac = v != np.round(v)
+        if frac.any():
+            raise DataError(f"{path}: {int(frac.sum())} label voxels are not whole numbers (e.g. {float(v[frac][0]):g}); "
+                            f"expected class ids")
+    hi = num_classes - 1 if num_classes else 254
+    bad = (v < 0) | (v > hi)
+    if bad.any():
+        raise DataError(f"{path}: label value {v[bad].max() if (v > hi).any() else v[bad].min():g} ({int(bad.sum())} "
+                        f"voxels) outside the class ids 0..{hi}")
+    return v.astype(np.uint8)
+
+
+def slice_axis(spacing, axis: int | None = None) -> int:
+    """The through-plane voxel axis: `axis` when given, else that of the largest spacing (the last on a tie)."""
+    if axis is not None:
+        if axis not in (0, 1, 2):
+            raise DataError(f"--axis must be 0, 1 or 2, got {axis}")
+        return axis
+    s = np.asarray(spacing, dtype=np.float64)
+    return int(np.flatnonzero(np.isclose(s, s.max(), rtol=1e-3))[-1])
+
+
+def order(axis: int) -> tuple:
+    """The transpose taking a volume (i, j, k) to slices (D, rows, columns) along `axis`."""
+    rest = [a for a in (0, 1, 2) if a != axis]
+    return (axis, rest[1], rest[0])
+
+
+def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
+    return np.transpose(volume, order(axis))
+
+
+def from_slices(slices: np.ndarray, axis: int) -> np.ndarray:
+    return np.transpose(slices, np.argsort(order(axis)))
+
+
+def normalise(volume: np.ndarray, rule: str = "percentile") -> np.ndarray:
+    """A volume's intensities mapped to 0..1 by `rule` (float32): see the module's notes."""
+    v = volume.astype(np.float32)
+    if rule == "percentile":
+        lo, hi = np.percentile(v, PERCENTILES)
+        v = np.clip(v, lo, hi)
+    elif rule != "minmax":
+        raise DataError(f"intensity rule must be one of {INTENSITY_RULES}, got {rule!r}")
+    lo, hi = float(v.min()), float(v.max())
+    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def to_uint8(volume01: np.ndarray) -> np.ndarray:
+    return np.rint(volume01 * 255.0).astype(np.uint8)
+
+
+# -- layouts ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    """One volume to convert: its image files (one per channel), its label file (None: unlabeled), the
+    group (patient) it belongs to."""
+    name: str
+    images: list
+    label: Path | None
+    group: str
+
+    @property
+    def labeled(self) -> bool:
+        return self.label is not None
+
+
+@dataclass
+class Layout:
+    kind: str
+    cases: list
+    class_names: list | None            # None: counted from the labels
+    channels: int = 1
+    notes: list = field(default_factory=list)
+
+
+def find_layout(src) -> Layout:
+    """The cases of a NIfTI dataset folder (raw ACDC, nnU-Net / Decathlon, or image / label pairs)."""
+    src = Path(src)
+    if not src.is_dir():
+        raise DataError(f"{src}: not a folder (convert nifti reads a dataset folder)")
+    if (src / "dataset.json").exists():
+        layout = nnunet_layout(src)
+    elif acdc_patients(src):
+        layout = acdc_layout(src)
+    else:
+        layout = pairs_layout(src)
+    if not layout.cases:
+        raise DataError(f"{src}: no NIfTI volumes ({', '.join(NIFTI_SUFFIXES)}) in the {layout.kind} layout")
+    return layout
+
+
+def acdc_patients(src: Path) -> list:
+    roots = [src] + [src / d for d in ("training", "testing") if (src / d).is_dir()]
+    return sorted((p for r in roots for p in r.glob("patient[0-9]*") if p.is_dir()), key=lambda p: p.name)
+
+
+def read_info_cfg(path: Path) -> dict:
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def acdc_layout(src: Path) -> Layout:
+    cases = []
+    for p in acdc_patients(src):
+        info_file = p / "Info.cfg"
+        if not info_file.exists():
+            raise DataError(f"{info_file}: missing (raw ACDC keeps the ED and ES frame numbers there)")
+        info = read_info_cfg(info_file)
+        try:
+            frames = sorted({int(info["ED"]), int(info["ES"])})
+        except (KeyError, ValueError):
+            raise DataError(f"{info_file}: expected lines 'ED: <frame>' and 'ES: <frame>', got {info}") from None
+        for fr in frames:
+            img = p / f"{p.name}_frame{fr:02d}.nii.gz"
+            if not img.exists():
+                raise DataError(f"{img}: missing (frame {fr} of {info_file})")
+            gt = p / f"{p.name}_frame{fr:02d}_gt.nii.gz"
+            cases.append(Case(stem(img), [img], gt if gt.exists() else None, p.name))
+    return Layout("acdc", cases, list(ACDC_CLASSES))
+
+
+def nnunet_layout(src: Path) -> Layout:
+    try:
+        ds = json.loads((src / "dataset.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{src / 'dataset.json'}: not readable JSON ({e})") from None
+    channels = ds.get("channel_names") or ds.get("modality") or {"0": "image"}
+    ending = ds.get("file_ending", ".nii.gz")
+    labels = ds.get("labels") or {}
+    try:                                                       # nnU-Net v2: name -> value; Decathlon: "value": name
+        pairs = ({int(v): k for k, v in labels.items()} if all(isinstance(v, int) for v in labels.values())
+                 else {int(k): v for k, v in labels.items()})
+    except (TypeError, ValueError):
+        raise DataError(f"{src / 'dataset.json'}: 'labels' must map names to ids (or ids to names), got {labels}") from None
+    names = None
+    if pairs:
+        if sorted(pairs) != list(range(len(pairs))):
+            raise DataError(f"{src / 'dataset.json'}: label ids {sorted(pairs)} are not 0..K-1")
+        names = [pairs[i] for i in range(len(pairs))]
+    n_ch = len(channels)
+    cases = []
+    for folder, lab_folder in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs")):
+        d = src / folder
+        if not d.is_dir():
+            continue
+        byname: dict = {}
+        for f in sorted(d.iterdir()):
+            if not f.name.endswith(ending) or f.name.startswith("."):
+                continue
+            base = f.name[:-len(ending)]
+            m = re.fullmatch(r"(.+)_(\d{4})", base)
+            case, ch = (m.group(1), int(m.group(2))) if m else (base, 0)   # Decathlon: no channel suffix
+            byname.setdefault(case, {})[ch] = f
+        for case, chans in byname.items():
+            if sorted(chans) != list(range(n_ch)):
+                raise DataError(f"{d}: case {case} has channel files {sorted(chans)}, but dataset.json names "
+                                f"{n_ch} channel(s) {list(channels.values())}")
+            lab = src / lab_folder / f"{case}{ending}"
+            cases.append(Case(case, [chans[c] for c in range(n_ch)], lab if lab.exists() else None, case))
+    return Layout("nnunet", cases, names, n_ch)
+
+
+def pairs_layout(src: Path) -> Layout:
+    img_dir = src / "images" if (src / "images").is_dir() else src
+    lab_dir = next((src / d for d in ("labels", "masks") if (src / d).is_dir()), None)
+    cases = []
+    for f in sorted(p for p in img_dir.iterdir() if p.is_file() and is_nifti(p)):
+        lab = None
+        if lab_dir is not None:
+            lab = next((lab_dir / f"{stem(f)}{sfx}" for sfx in NIFTI_SUFFIXES if (lab_dir / f"{stem(f)}{sfx}").exists()),
+                       None)
+        cases.append(Case(stem(f), [f], lab, stem(f)))
+    return Layout("pairs", cases, None)
+
+
+# -- splits -------------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def split_cases(cases: list, split: str, holdout=(0.1, 0.2), seed: int = 0) -> list:
+    """The cases of `split`. val and test are held-out fractions of the labeled groups (patients), drawn by a
+    seeded permutation of their sorted names; train is every other group, the unlabeled ones included; all
+    is every case."""
+    if split not in SPLITS:
+        raise DataError(f"--split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        return list(cases)
+    fv, ft = holdout
+    if not (0 <= fv and 0 <= ft and fv + ft < 1):
+        raise DataError(f"--holdout VAL TEST: fractions >= 0 with VAL + TEST < 1, got {fv} {ft}")
+    labeled = sorted({c.group for c in cases if c.labeled})
+    unlabeled_groups = {c.group for c in cases if not c.labeled}
+    labeled = [g for g in labeled if g not in unlabeled_groups or all(c.labeled for c in cases if c.group == g)]
+    perm = [labeled[i] for i in np.random.default_rng(seed).permutation(len(labeled))]
+    n_val = round(fv * len(perm)) if fv else 0
+    n_test = round(ft * len(perm)) if ft else 0
+    held = {"val": set(perm[:n_val]), "test": set(perm[n_val:n_val + n_test])}
+    if split in held:
+        if not held[split]:
+            raise DataError(f"the {split} split holds no patients: {len(labeled)} fully labeled patients at --holdout "
+                            f"{fv} {ft}")
+        return [c for c in cases if c.group in held[split]]
+    out = held["val"] | held["test"]
+    return [c for c in cases if c.group not in out]

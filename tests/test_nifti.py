@@ -1,0 +1,310 @@
+"""NIfTI in and out: the three layouts converted (raw ACDC, nnU-Net / Decathlon, image / label pairs), with
+unlabeled scans kept as the unlabeled stream's; slices in ITK array order; the patients' splits; label
+volumes predicted on the scan's own grid; the bad inputs refused with one line and nothing written."""
+import gzip
+import json
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from cycleseg.data import nifti
+from cycleseg.data.__main__ import main as data_main
+from cycleseg.data.source import H5Source
+from cycleseg.data.streams import make_streams
+from cycleseg.predict_nifti import scan_inputs, segment_scan
+
+SPACING = (1.4, 1.6, 8.0)
+LEVELS = np.array([0.1, 0.5, 0.3, 0.9])         # the intensity of each class in the synthetic scans
+
+
+def heart(shape=(24, 20, 5), seed=0):
+    """(image int16, labels uint8) of a synthetic short-axis volume (i, j, k): an LV disc in a Myo ring with
+    an RV crescent to one side, placed off centre so that a transposed or flipped slice shows."""
+    rng = np.random.default_rng(seed)
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    lab = np.zeros(shape, np.uint8)
+    for k in range(shape[2]):
+        ci, cj, r = 9 + k % 2, 8, 3 + (k % 3 == 1)
+        d = np.hypot(i - ci, j - cj)
+        lab[..., k][d < r + 2] = 2
+        lab[..., k][d < r] = 3
+        lab[..., k][(np.hypot(i - ci - 6, j - cj) < 4) & (d >= r + 2)] = 1
+    img = LEVELS[lab] * 800 + rng.normal(0, 8, shape)
+    return np.round(img).astype(np.int16), lab
+
+
+def affine(spacing=SPACING, origin=(-20.0, 10.0, 30.0)):
+    a = np.diag([*spacing, 1.0])
+    a[:3, 3] = origin
+    return a
+
+
+def save(path, data, aff=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine() if aff is None else aff), str(path))
+
+
+def raw_acdc(root, patients=(1, 2, 3, 4, 5), unlabeled=(6,)):
+    """A raw ACDC tree: ED / ES frames with _gt labels; `unlabeled` patients have frames without _gt."""
+    for p in patients + unlabeled:
+        d = root / "training" / f"patient{p:03d}"
+        d.mkdir(parents=True)
+        (d / "Info.cfg").write_text("ED: 1\nES: 7\nGroup: NOR\nHeight: 180\nNbFrame: 12\n")
+        for fr in (1, 7):
+            img, lab = heart(seed=p * 10 + fr)
+            save(d / f"patient{p:03d}_frame{fr:02d}.nii.gz", img)
+            if p not in unlabeled:
+                save(d / f"patient{p:03d}_frame{fr:02d}_gt.nii.gz", lab)
+        save(d / f"patient{p:03d}_4d.nii.gz", np.stack([heart(seed=p)[0]] * 3, axis=-1))
+    return root
+
+
+def nnunet(root, train=("c1", "c2", "c3", "c4"), test=("t1", "t2")):
+    (root).mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "cineMRI"}, "labels": {"background": 0, "RV": 1, "MLV": 2, "LVC": 3},
+        "numTraining": len(train), "file_ending": ".nii.gz"}))
+    for n, c in enumerate(train + test):
+        img, lab = heart(seed=n)
+        save(root / ("imagesTr" if c in train else "imagesTs") / f"{c}_0000.nii.gz", img)
+        if c in train:
+            save(root / "labelsTr" / f"{c}.nii.gz", lab)
+    return root
+
+
+def convert(src, out, *extra):
+    return data_main(["convert", "nifti", str(src), str(out), "--size", "16", "16", "--no-progress", *extra])
+
+
+def test_raw_acdc_is_converted_with_its_patients_unlabeled_scans_and_millimetres(tmp_path):
+    src = raw_acdc(tmp_path / "acdc")
+    assert convert(src, tmp_path / "all.h5", "--split", "all") == 0
+    s = H5Source(tmp_path / "all.h5")
+    names = s.meta.volume_names
+    assert len(names) == 12 and len(s) == 12 * 5 and s.meta.class_names == nifti.ACDC_CLASSES
+    assert len(np.unique(s.groups)) == 6                                # patients are the groups
+    info = dict(zip(names, s.meta.volume_info))
+    assert info["patient001_frame07"]["spacing"] == list(SPACING) and info["patient001_frame07"]["axis"] == 2
+    assert info["patient001_frame07"]["slice_spacing"] == pytest.approx([8.0, 1.6 * 20 / 16, 1.4 * 24 / 16])
+    unl = np.isin(s.volumes, [names.index("patient006_frame01"), names.index("patient006_frame07")])
+    assert (s.labeled == ~unl).all()                                    # patient 6 has no _gt
+    with h5py.File(tmp_path / "all.h5") as f:
+        masks = f["masks"][...]
+    assert (masks[unl] == 255).all() and set(np.unique(masks[~unl])) == {0, 1, 2, 3}
+    # the slices are the volume's k planes transposed (rows along j: ITK / SSL4MIS order), resized
+    img, lab = heart(seed=1 * 10 + 7)
+    v = names.index("patient001_frame07")
+    want = np.stack([np.asarray(Image.fromarray(lab[..., k].T).resize((16, 16), Image.NEAREST)) for k in range(5)])
+    assert (masks[s.volumes == v] == want).all()
+
+
+def test_unlabeled_scans_feed_only_the_unlabeled_stream(tmp_path):
+    src = raw_acdc(tmp_path / "acdc")
+    assert convert(src, tmp_path / "train.h5", "--split", "train") == 0
+    train = H5Source(tmp_path / "train.h5")
+    assert 0 < (~train.labeled).sum() < len(train)
+    for fraction in (0.3, 0.5, 1.0):
+        st = make_streams(train, fraction, 0, 2, unlabeled=True)
+        lab, unl = st.loaders["labeled"].order.indices, st.loaders["unlabeled"].order.indices
+        st.close()
+        assert train.labeled[lab].all() and not np.isin(unl, lab).any()
+        assert len(lab) + len(unl) == len(train) and (~train.labeled[unl]).sum() == (~train.labeled).sum()
+    assert len(lab) == train.labeled.sum()                              # 100 %: every annotated image
+
+
+def test_splits_hold_out_labeled_patients_disjointly(tmp_path):
+    src = raw_acdc(tmp_path / "acdc", patients=tuple(range(1, 11)), unlabeled=(11,))
+    groups = {}
+    for split in ("train", "val", "test"):
+        assert convert(src, tmp_path / f"{split}.h5", "--split", split) == 0
+        s = H5Source(tmp_path / f"{split}.h5")
+        groups[split] = {i["group"] for i in s.meta.volume_info}
+        if split != "train":
+            assert s.labeled.all()
+    assert len(groups["val"]) == 1 and len(groups["test"]) == 2 and "patient011" in groups["train"]
+    assert not (groups["val"] & groups["test"]) and not (groups["train"] & (groups["val"] | groups["test"]))
+    assert len(groups["train"] | groups["val"] | groups["test"]) == 11
+    layout = nifti.find_layout(src)                                     # the draw is the same every time
+    assert nifti.split_cases(layout.cases, "val") == nifti.split_cases(layout.cases, "val")
+
+
+def test_nnunet_layout_names_classes_and_keeps_imagests_unlabeled(tmp_path):
+    src = nnunet(tmp_path / "Dataset001_Heart")
+    assert convert(src, tmp_path / "all.h5", "--split", "all", "--intensity", "minmax") == 0
+    s = H5Source(tmp_path / "all.h5")
+    assert s.meta.class_names == ["background", "RV", "MLV", "LVC"]
+    assert s.meta.volume_names == ["c1", "c2", "c3", "c4", "t1", "t2"]
+    assert [bool(s.labeled[s.volumes == v].all()) for v in range(6)] == [True] * 4 + [False] * 2
+    assert s.meta.preprocessing["volume_intensity"] == "minmax"
+
+
+def test_pairs_layout_counts_classes_and_slices_the_thickest_axis(tmp_path):
+    img, lab = heart()
+    aff = affine(spacing=(8.0, 1.4, 1.6))                               # slices along i this time
+    img, lab = img.transpose(2, 0, 1), lab.transpose(2, 0, 1)
+    save(tmp_path / "d" / "images" / "a.nii.gz", img, aff)
+    save(tmp_path / "d" / "labels" / "a.nii.gz", lab, aff)
+    save(tmp_path / "d" / "images" / "b.nii", img, aff)                 # no label: unlabeled
+    assert convert(tmp_path / "d", tmp_path / "p.h5", "--split", "all") == 0
+    s = H5Source(tmp_path / "p.h5")
+    assert s.meta.num_classes == 4 and len(s) == 10 and s.meta.volume_info[0]["axis"] == 0
+    assert s.labeled.tolist() == [1] * 5 + [0] * 5
+
+
+def test_intensity_rules():
+    v = np.concatenate([np.linspace(0, 100, 1000), [1e6]])             # one hot voxel
+    p, m = nifti.normalise(v, "percentile"), nifti.normalise(v, "minmax")
+    assert p.max() == 1 and p.min() == 0 and np.median(p) > 0.4         # the outlier is clipped
+    assert np.median(m) < 0.001                                         # min-max: squeezed by it
+
+
+class Oracle:
+    """A model that labels each pixel by the class whose intensity level is nearest (the synthetic scans'
+    classes are intensity levels): exact, so predict's geometry (slicing, resizing, writing back) shows."""
+    channels, num_classes = 1, 4
+
+    def __init__(self, size):
+        self.size = size
+
+    def logits(self, images):
+        x = images[..., 0].astype(np.float32)[:, None] / 255.0                 # (B, 1, h, w)
+        levels = (LEVELS - LEVELS.min()) / (LEVELS.max() - LEVELS.min())
+        return -(x - levels[None, :, None, None].astype(np.float32)) ** 2 * 100
+
+
+@pytest.mark.parametrize("resample", ["logits", "nearest"])
+def test_predicted_volumes_lie_on_the_scans_grid(tmp_path, resample):
+    img, lab = heart()
+    save(tmp_path / "s.nii.gz", img)
+    scan = nifti.load(tmp_path / "s.nii.gz")
+    exact = segment_scan(Oracle((20, 24)), scan, None, "minmax", resample)   # the scan's own in-plane size
+    assert exact.shape == lab.shape and (exact == lab).all()
+    small = segment_scan(Oracle((16, 16)), scan, None, "minmax", resample)   # resized there and back
+    agree = (small == lab).mean()                                   # tiny structures: boundaries blur at 16 px
+    assert small.shape == lab.shape and agree > 0.85 and agree > (small == lab[::-1]).mean() + 0.05
+
+
+def test_predict_command_writes_label_volumes_with_the_scans_header(tiny_checkpoint, tmp_path, capsys):
+    from cycleseg.predict import main as predict_main
+
+    src = raw_acdc(tmp_path / "acdc", patients=(1,), unlabeled=())
+    pdir = src / "training" / "patient001"
+    assert [n for n, _ in scan_inputs([pdir])] == ["patient001_4d.nii.gz", "patient001_frame01.nii.gz",
+                                                    "patient001_frame07.nii.gz"]      # _gt files are labels
+    out = tmp_path / "out"
+    assert predict_main([str(tiny_checkpoint), str(pdir), "--out", str(out), "--no-progress"]) == 0
+    for name in ("patient001_frame01", "patient001_4d"):
+        got, scan = nib.load(str(out / f"{name}.nii.gz")), nib.load(str(pdir / f"{name}.nii.gz"))
+        assert got.shape == scan.shape and np.allclose(got.affine, scan.affine)
+        assert got.get_data_dtype() == np.uint8 and np.asanyarray(got.dataobj).max() < 4
+    before = (out / "patient001_frame01.nii.gz").read_bytes()
+    assert predict_main([str(tiny_checkpoint), str(pdir), "--out", str(out), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "patient001_frame01.nii.gz").read_bytes() == before
+
+
+def bad_cases(tmp_path):
+    """{what: (dataset folder, words the message must hold)} of the inputs convert nifti must refuse."""
+    img, lab = heart()
+    cases = {}
+
+    def pair(name, image, label, aff_img=None, aff_lab=None):
+        d = tmp_path / name
+        save(d / "images" / "a.nii.gz", image, aff_img)
+        if label is not None:
+            save(d / "labels" / "a.nii.gz", label, aff_lab)
+        return d
+
+    cases["4d"] = (pair("4d", np.stack([img, img], -1), None), "4D")
+    cases["shape"] = (pair("shape", img, lab[:-1]), "shape")
+    cases["affine"] = (pair("affine", img, lab, aff_lab=affine(origin=(0, 0, 0))), "affine")
+    cases["fraction"] = (pair("fraction", img, lab.astype(np.float32) + 0.5), "whole numbers")
+    cases["range"] = (pair("range", img, np.where(lab == 3, 300, lab.astype(np.int16))), "outside")
+    sheared = affine()
+    sheared[0, 1] = 1.0
+    cases["shear"] = (pair("shear", img, lab, sheared, sheared), "orthogonal")
+    d = pair("corrupt", img, lab)
+    data = (d / "images" / "a.nii.gz").read_bytes()
+    (d / "images" / "a.nii.gz").write_bytes(data[:len(data) // 2])             # truncated
+    cases["corrupt"] = (d, "not a readable NIfTI")
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    cases["empty"] = (tmp_path / "empty", "no NIfTI volumes")
+    return cases
+
+
+def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, capsys):
+    for what, (src, words) in bad_cases(tmp_path).items():
+        out = tmp_path / f"{what}.h5"
+        assert convert(src, out, "--split", "all") == 2, what
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and words in err, (what, err)
+        assert not out.exists() and not list(tmp_path.glob(f".{what}.h5.tmp*")), what
+
+
+def test_gzip_garbage_and_missing_nibabel_are_named(tmp_path, monkeypatch):
+    p = tmp_path / "x.nii.gz"
+    p.write_bytes(gzip.compress(b"not a nifti header" * 30))
+    with pytest.raises(nifti.DataError, match="x.nii.gz: not a readable NIfTI"):
+        nifti.load(p)
+    monkeypatch.setitem(__import__("sys").modules, "nibabel", None)
+    with pytest.raises(nifti.DataError, match=r"pip install -e \"\.\[medical\]\""):
+        nifti.load(p)
+
+
+def test_metrics_command_scores_in_millimetres_as_medpy(tmp_path, capsys):
+    from medpy.metric import binary as medpy
+
+    from cycleseg.metrics import main as metrics_main
+
+    rng = np.random.default_rng(1)
+    spacing = (0.9, 1.7, 6.0)
+    want = {}
+    for n in range(3):
+        _, truth = heart(seed=n)
+        pred = truth.copy()
+        pred[rng.random(pred.shape) < 0.05] = rng.integers(0, 4)          # some wrong voxels
+        pred = np.roll(pred, n, axis=0)
+        save(tmp_path / "ref" / f"case{n}_gt.nii.gz", truth, affine(spacing))
+        save(tmp_path / "pred" / f"case{n}_0000.nii.gz", pred, affine(spacing))
+        want[f"case{n}"] = {c: (medpy.dc(pred == c, truth == c), medpy.hd95(pred == c, truth == c, voxelspacing=spacing),
+                                medpy.asd(pred == c, truth == c, voxelspacing=spacing)) for c in (1, 2, 3)}
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--classes", "bg", "RV", "Myo", "LV",
+                         "--out", str(tmp_path / "s")]) == 0
+    got = json.loads((tmp_path / "s" / "scores.json").read_text())
+    assert got["units"] == "mm" and len(got["cases"]) == 3
+    for case in got["cases"]:
+        for c, name in ((1, "RV"), (2, "Myo"), (3, "LV")):
+            dc, hd, asd = want[case["case"]][c]
+            assert case["dice"][name] == pytest.approx(dc, abs=1e-6)
+            assert case["hd95"][name] == pytest.approx(hd, abs=1e-5) and case["asd"][name] == pytest.approx(asd, abs=1e-5)
+    assert (tmp_path / "s" / "scores.csv").read_text().count("\n") == 1 + 3 * 3
+    (tmp_path / "pred" / "case2_0000.nii.gz").unlink()                   # a reference without a prediction
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "t")]) == 2
+    assert "no prediction for case2" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_evaluate_measures_converted_volumes_in_millimetres(tiny_checkpoint, tmp_path):
+    from cycleseg.evaluate import file_volumes, summarize_volumes
+    from cycleseg.models import networks_from_checkpoint
+    from cycleseg.checkpoint import load_run
+
+    assert convert(raw_acdc(tmp_path / "acdc", patients=(1, 2), unlabeled=(3,)), tmp_path / "v.h5", "--split",
+                   "all") == 0
+    src = H5Source(tmp_path / "v.h5")
+    _, _, nets = networks_from_checkpoint(load_run(tiny_checkpoint), tiny_checkpoint)
+    vols = list(file_volumes(nets["G_IS"], src, "cpu"))
+    assert [v[0] for v in vols] == ["patient001_frame01", "patient001_frame07", "patient002_frame01",
+                                    "patient002_frame07"]                 # the unlabeled patient is not scored
+    assert vols[0][3] == pytest.approx((8.0, 1.6 * 20 / 16, 1.4 * 24 / 16))
+    assert summarize_volumes(vols, nifti.ACDC_CLASSES[1:])["distance_units"] == "mm"
+
+
+def test_nnunet_channel_count_is_checked(tmp_path, capsys):
+    src = nnunet(tmp_path / "d", train=("c1", "c2"), test=())
+    ds = json.loads((src / "dataset.json").read_text())
+    ds["channel_names"] = {"0": "T2", "1": "ADC"}
+    (src / "dataset.json").write_text(json.dumps(ds))
+    assert convert(src, tmp_path / "x.h5", "--split", "all") == 2
+    assert "channel files [0], but dataset.json names 2 channel(s)" in capsys.readouterr().err
