@@ -150,11 +150,9 @@ def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_nam
     """Dice, IoU, HD95 and ASD (mm, from the reference's affine) per case and class, and their means."""
     preds, truths = volume_files(pred_dir, "predictions"), volume_files(truth_dir, "reference")
     missing, extra = sorted(set(truths) - set(preds)), sorted(set(preds) - set(truths))
-    if missing or extra:
-        which = (f"no prediction for {', '.join(missing[:3])}" if missing
-                 else f"no reference for {', '.join(extra[:3])}")
-        raise DataError(f"{pred_dir} and {truth_dir} do not hold the same cases: {which}"
-                        + (f" and {len(missing or extra) - 3} more" if len(missing or extra) > 3 else ""))
+    if missing:
+        raise DataError(f"{pred_dir} lacks cases of {truth_dir}: no prediction for {', '.join(missing[:3])}"
+                        + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
     if num_classes is None:
         num_classes = 1 + max(int(np.asarray(nifti.load(p, "label").data).max()) for p in truths.values())
     names = class_names or [str(c) for c in range(num_classes)]
@@ -166,7 +164,8 @@ def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_nam
         cases.append({"case": key, "prediction": str(preds[key]), "reference": str(truths[key]),
                       "spacing_mm": [round(s, 6) for s in spacing],
                       **{k: {names[c + 1]: _num(r[k]) for c, r in enumerate(rows)} for k in SCORES}})
-    return {"cases": cases, "classes": names[1:], "units": "mm", **summarize(cases, names[1:])}
+    return {"cases": cases, "classes": names[1:], "units": "mm", "unscored": [str(preds[k]) for k in extra],
+            **summarize(cases, names[1:])}
 
 
 SCORES = ("dice", "iou", "hd95", "asd")
@@ -205,6 +204,9 @@ def scores_table(result: dict) -> str:
     if und:
         lines.append("undefined (a class empty in prediction or reference; left out of the means): "
                      + ", ".join(f"{k} {n}" for k, n in und.items()))
+    if result["unscored"]:
+        lines.append(f"not scored (no reference of that name): {len(result['unscored'])} predictions, e.g. "
+                     f"{result['unscored'][0]}")
     return "\n".join(lines)
 
 
@@ -239,7 +241,8 @@ def main(argv=None) -> int:
 COMMAND_DOC = """python -m cycleseg.metrics PRED TRUTH [--out DIR]: score label volumes against reference ones.
 
 Volumes are matched by name (file name without .nii[.gz], a trailing _gt or nnU-Net channel suffix _0000;
-a raw ACDC tree of patient folders works as TRUTH). Per case and class: Dice, IoU, HD95 and ASD, the
+a raw ACDC tree of patient folders works as TRUTH). Every reference needs its prediction; predictions
+without a reference (a 4D series, say) are listed as not scored. Per case and class: Dice, IoU, HD95 and ASD, the
 distances in millimetres from the reference's affine (as medpy.metric.binary's hd95 / asd with
 voxelspacing), then means per class over cases and over classes. Prediction and reference must lie on
 one grid (shape and affine). Writes scores.csv and scores.json."""

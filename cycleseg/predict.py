@@ -97,7 +97,7 @@ def collect(paths, channels: int) -> list[Input]:
             continue                                                 # a scan: predict_nifti's
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-            if not files and not any(nifti.is_nifti(f) for f in p.iterdir()):
+            if not files and not any(nifti.is_nifti(f) for f in p.rglob("*")):
                 raise DataError(f"{p}: a folder with no images ({', '.join(IMAGE_EXTS)}) and no NIfTI scans")
             for f in files:
                 image(f)

@@ -4,7 +4,7 @@ Each scan is cut into slices by the converter's rules (data/nifti.py: the throug
 per-volume intensity rule the checkpoint was trained with), the slices are resized to the network's
 size (bilinear), segmented in batches, and brought back to the scan's own in-plane grid by resampling
 the class scores (logits, bilinear) and taking their argmax there (`--resample logits`, the default:
-it scored above nearest-neighbour upsampling of the labels, see benchmarks/experiments/acdc-nifti.md),
+it scored above nearest-neighbour upsampling of the labels, see benchmarks/experiments/acdc-nifti/),
 or by nearest neighbour on the labels (`--resample nearest`). The result, `DIR/<scan's name>.nii.gz`,
 is a uint8 label volume with the scan's shape, affine and header: it lies on the scan in any viewer.
 """
@@ -25,15 +25,16 @@ RESAMPLE = ("logits", "nearest")
 
 
 def scan_inputs(paths) -> list:
-    """(output file name, scan path) of every NIfTI scan among `paths`: files, and the *.nii[.gz] of folders
-    but for label files (X_gt.nii.gz beside X.nii.gz: raw ACDC's)."""
+    """(output file name, scan path) of every NIfTI scan among `paths`: files, and the *.nii[.gz] under
+    folders (searched recursively: raw ACDC's patient folders) but for label files (X_gt.nii.gz beside
+    X.nii.gz)."""
     found = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            files = [f for f in sorted(p.iterdir()) if f.is_file() and nifti.is_nifti(f) and not f.name.startswith(".")]
-            stems = {nifti.stem(f) for f in files}
-            found += [f for f in files if not (nifti.stem(f).endswith("_gt") and nifti.stem(f)[:-3] in stems)]
+            files = [f for f in sorted(p.rglob("*")) if f.is_file() and nifti.is_nifti(f) and not f.name.startswith(".")]
+            stems = {(f.parent, nifti.stem(f)) for f in files}
+            found += [f for f in files if not (nifti.stem(f).endswith("_gt") and (f.parent, nifti.stem(f)[:-3]) in stems)]
         elif nifti.is_nifti(p):
             found.append(p)
     names: dict = {}
