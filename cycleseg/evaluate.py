@@ -6,9 +6,12 @@ Slice metrics over a split: the confusion matrix of every labeled pixel (ignored
 then standard mIoU over all classes, per-class IoU and Dice, pixel accuracy, and the 2019 code's mIoU
 without the background class (labelled as such). For ACDC (an SSL4MIS folder, or a file converted from
 one) also the per-volume scores of that literature: each volume segmented slice by slice, then 3D Dice,
-IoU, HD95 and ASD (in voxels, as SSL4MIS computes them with medpy) per structure, averaged over volumes.
-From a folder the slices are resized to the training size and the prediction back to the volume's
-native size (nearest); a converted file is scored at its own resolution.
+IoU, HD95 and ASD per structure, averaged over volumes: in millimetres where the data knows its spacing
+(a file converted from NIfTI: the stored slices' voxel size), else in voxels (the SSL4MIS copy, as
+SSL4MIS computes them with medpy), the report saying which. From an SSL4MIS folder the slices are
+resized to the training size and the prediction back to the volume's native size (nearest); a converted
+file is scored at its own resolution (python -m cycleseg.predict + python -m cycleseg.metrics score
+NIfTI scans on their own grid).
 
 The command writes report.json, confusion.csv and confusion.png (and volumes.csv for ACDC) into --out
 (default: eval-<split>-<checkpoint name>[-<data name>] beside the checkpoint), all or nothing, and prints

@@ -6,19 +6,23 @@
     fraction_plot       the experiments' score against labeled fraction
     time_plot           the experiments' validation score against training time
     curves              a run's (or several runs') loss terms, learning rate and validation scores by step
-Each returns a PIL image; `png` turns one into bytes.
+Every one is drawn by matplotlib (its object API on the Agg canvas: no pyplot state, no display needed) and
+returned as a PIL image; `png` turns one into bytes. `palette_png`, `overlay` and `colorize` are pixel
+maps, not drawings.
 """
 from __future__ import annotations
 
 import io
-import textwrap
 
 import numpy as np
-from PIL import Image, ImageDraw
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from PIL import Image
 
 SAMPLE_TITLES = ["image", "truth", "prediction", "G_SI(truth)"]
-COLOURS = {"partial": (200, 60, 40), "semi": (40, 90, 200), "full": (90, 90, 90), "meanteacher": (30, 150, 60),
-           "fixmatch": (150, 60, 170), "adversarial": (200, 140, 20)}
+COLOURS = {"partial": "#c83c28", "semi": "#285ac8", "full": "#5a5a5a", "meanteacher": "#1e963c",
+           "fixmatch": "#963caa", "adversarial": "#c88c14"}
 LABELS = {"partial": "Partial", "semi": "Ours (semi)", "meanteacher": "Mean Teacher", "fixmatch": "FixMatch",
           "adversarial": "Hung et al."}
 
@@ -56,22 +60,15 @@ def rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
 
 
-def titled_grid(columns: list[list[np.ndarray]], titles=None, scale: int = 2) -> Image.Image:
-    """columns[c][r] is an (H, W, 3) uint8 picture -> one image, each column under its title."""
-    rows = [np.concatenate([col[r] for col in columns], axis=1) for r in range(len(columns[0]))]
-    grid = Image.fromarray(np.concatenate(rows, axis=0))
-    if scale != 1:
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    if not titles:
-        return grid
-    band = 16
-    img = Image.new("RGB", (grid.width, grid.height + band), "white")
-    img.paste(grid, (0, band))
-    draw = ImageDraw.Draw(img)
-    col_w = grid.width // len(columns)
-    for i, t in enumerate(titles[:len(columns)]):
-        draw.text((i * col_w + 3, 2), t, fill="black")
-    return img
+GSI_NOTE = "G_SI(truth): the paper's transposed convolutions leave a checkerboard pattern"
+DPI = 100
+
+
+def render(fig: Figure) -> Image.Image:
+    """The figure as an RGB PIL image."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
 def image_truth_columns(images: np.ndarray, masks: np.ndarray, meta) -> list[list[np.ndarray]]:
@@ -79,33 +76,31 @@ def image_truth_columns(images: np.ndarray, masks: np.ndarray, meta) -> list[lis
     return [[rgb(im) for im in images], [colorize(m, meta.palette, meta.ignore_index) for m in masks]]
 
 
-GSI_NOTE = "G_SI(truth): the paper's transposed convolutions leave a checkerboard pattern"
-
-
-def with_legend(grid: Image.Image, meta, note: str = "") -> Image.Image:
-    """The picture with a row of the classes' colours and names (and a note) below it."""
-    names, palette = list(meta.class_names), meta.palette
-    x, rows, width = 4, [[]], max(grid.width, 200)
-    for name, colour in zip(names, palette):
-        w = 16 + 7 * len(name) + 10
-        if x + w > width and rows[-1]:
-            rows.append([])
-            x = 4
-        rows[-1].append((x, name, tuple(colour)))
-        x += w
-    notes = textwrap.wrap(note, max(20, width // 7)) if note else []
-    band = 16 * len(rows) + 14 * len(notes) + 4
-    img = Image.new("RGB", (width, grid.height + band), "white")
-    img.paste(grid, (0, 0))
-    draw = ImageDraw.Draw(img)
-    for r, row in enumerate(rows):
-        y = grid.height + 4 + 16 * r
-        for x, name, colour in row:
-            draw.rectangle([x, y, x + 11, y + 11], fill=colour, outline=(120, 120, 120))
-            draw.text((x + 15, y), name, fill="black")
-    for i, line in enumerate(notes):
-        draw.text((4, grid.height + 4 + 16 * len(rows) + 14 * i), line, fill=(90, 90, 90))
-    return img
+def picture_grid(columns: list[list[np.ndarray]], titles, meta, note: str = "", row_labels=None) -> Image.Image:
+    """columns[c][r], (H, W, 3) uint8 pictures, in a grid under the columns' titles, each row labelled
+    (row_labels, optional), with the classes' colours and names (and a note) below."""
+    n_rows, n_cols = len(columns[0]), len(columns)
+    side = 1.25
+    fig = Figure(figsize=(side * n_cols + (0.9 if row_labels else 0.1), side * n_rows + 0.9), dpi=DPI)
+    for c, col in enumerate(columns):
+        for r, pic in enumerate(col):
+            ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
+            ax.imshow(pic, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and titles:
+                ax.set_title(titles[c], fontsize=8)
+            if c == 0 and row_labels:
+                ax.set_ylabel(row_labels[r], fontsize=7)
+    handles = [Patch(facecolor=np.asarray(col) / 255, edgecolor="0.5", label=name)
+               for name, col in zip(meta.class_names, meta.palette)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 0.02 if not note else 0.06))
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=6, color="0.35", wrap=True)
+    fig.subplots_adjust(left=0.12 if row_labels else 0.02, right=0.98, top=1 - 0.3 / (side * n_rows + 0.9),
+                        bottom=0.6 / (side * n_rows + 0.9), wspace=0.04, hspace=0.08)
+    return render(fig)
 
 
 def sample_grid(samples: dict, meta) -> Image.Image:
@@ -115,181 +110,145 @@ def sample_grid(samples: dict, meta) -> Image.Image:
     cols.append([colorize(p, meta.palette, meta.ignore_index) for p in samples["predictions"]])
     if samples.get("gsi") is not None:
         cols.append([rgb(g) for g in samples["gsi"]])
-    return with_legend(titled_grid(cols, SAMPLE_TITLES), meta, GSI_NOTE if samples.get("gsi") is not None else "")
+    return picture_grid(cols, SAMPLE_TITLES, meta, GSI_NOTE if samples.get("gsi") is not None else "")
 
 
-def comparison_grid(images: np.ndarray, masks: np.ndarray, predictions: dict, meta) -> Image.Image:
-    """image | truth | one column of predicted masks per method ({title: (N, H, W) class ids})."""
+def comparison_grid(images: np.ndarray, masks: np.ndarray, predictions: dict, meta, row_labels=None) -> Image.Image:
+    """image | truth | one column of predicted masks per method ({title: (N, H, W) class ids}); row_labels:
+    a label per row (say, why it was chosen and each method's Dice there)."""
     cols = image_truth_columns(images, masks, meta)
     cols += [[colorize(p, meta.palette, meta.ignore_index) for p in preds] for preds in predictions.values()]
-    return with_legend(titled_grid(cols, ["image", "truth", *predictions]), meta)
+    return picture_grid(cols, ["image", "truth", *predictions], meta, row_labels=row_labels)
 
 
 def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
     """A heat map of the confusion matrix, rows = truth normalised to 1, with class names and %."""
     k = len(names)
-    cell, left = 44, max(60, 7 * max(len(n) for n in names) + 10)
-    top = left
-    img = Image.new("RGB", (max(left + k * cell + 10, 440), top + k * cell + 30), "white")
-    draw = ImageDraw.Draw(img)
     rows = mat.sum(axis=1, keepdims=True)
     frac = np.divide(mat, rows, out=np.zeros(mat.shape, dtype=np.float64), where=rows > 0)
-    for i in range(k):
-        draw.text((5, top + i * cell + cell // 2 - 5), names[i], fill="black")
-        label = Image.new("RGB", (top - 5, 12), "white")
-        ImageDraw.Draw(label).text((0, 0), names[i], fill="black")
-        img.paste(label.rotate(90, expand=True), (left + i * cell + cell // 2 - 6, 5))
-        for j in range(k):
-            f = frac[i, j]
-            shade = int(255 * (1 - f))
-            x0, y0 = left + j * cell, top + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
-            draw.text((x0 + 6, y0 + cell // 2 - 5), f"{100 * f:.0f}%", fill="white" if f > 0.5 else "black")
-    draw.text((left, top + k * cell + 8), "rows: truth (each sums to 100 %), columns: prediction", fill="black")
-    return img
-
-
-class Axes:
-    """A plot frame: data coordinates (x positions given as categories or numbers, y in [lo, hi]) to
-    pixels, with the axes, ticks and labels drawn."""
-
-    W, H, L, B, T, R = 560, 390, 60, 50, 42, 20
-
-    def __init__(self, lo: float, hi: float, title: str, xlabel: str):
-        self.lo, self.hi = lo, hi
-        self.img = Image.new("RGB", (self.W, self.H), "white")
-        self.draw = ImageDraw.Draw(self.img)
-        d = self.draw
-        d.line([(self.L, self.T), (self.L, self.H - self.B), (self.W - self.R, self.H - self.B)], fill="black")
-        for i in range(5):
-            v = lo + (hi - lo) * i / 4
-            d.line([(self.L - 4, self.y(v)), (self.L, self.y(v))], fill="black")
-            d.text((5, self.y(v) - 6), f"{v:.3f}", fill="black")
-        d.text((self.W // 2 - 60, self.H - 20), xlabel, fill="black")
-        d.text((self.L, 8), title, fill="black")
-
-    def y(self, v: float) -> float:
-        return self.H - self.B - (self.H - self.B - self.T) * (v - self.lo) / (self.hi - self.lo)
-
-    def x(self, i: float, n: int) -> float:
-        """The pixel of position i of n evenly spaced categories."""
-        return self.L + (self.W - self.L - self.R) * (i + 0.5) / n
-
-    def legend(self, entries: dict) -> None:
-        """{label: colour} in a row above the plot, right-aligned."""
-        x = self.W - self.R
-        for label, colour in reversed(list(entries.items())):
-            x -= 7 * len(label) + 16
-            self.draw.text((x, 22), label, fill=colour)
+    size = max(4.0, 0.55 * k + 2.2)
+    fig = Figure(figsize=(size + 1.0, size), dpi=DPI)
+    ax = fig.add_subplot()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("truth")
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{100 * frac[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if frac[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the truth row")
+    ax.set_title("confusion matrix (% of each truth row)", fontsize=9)
+    fig.tight_layout()
+    return render(fig)
 
 
 def fraction_plot(series: dict, full: list, title: str, xlabel: str = "labeled fraction",
                   tick=lambda f: f"{round(100 * f)} %") -> Image.Image | None:
     """Score against labeled fraction (or any x named by `xlabel`, ticks written by `tick`):
-    {method: [(x, mean, std)]} with one-std error bars, and Full's [(mean, std)] as dashed lines; None
-    when there is nothing to plot."""
+    {method: [(x, mean, std)]} with one-std error bars over seeds, and Full's [(mean, std)] as a dashed
+    line in its band; None when there is nothing to plot."""
     points = [p for s in series.values() for p in s] + [(1.0, f[0], f[1]) for f in full]
     if not points:
         return None
-    lo = min(m - s for _, m, s in points)
-    hi = max(m + s for _, m, s in points)
-    lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
-    ax = Axes(lo, hi, title, xlabel)
     xs = sorted({p[0] for p in points})
-    for f in xs:
-        ax.draw.text((ax.x(xs.index(f), len(xs)) - 12, ax.H - ax.B + 8), tick(f), fill="black")
+    fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    ax = fig.add_subplot()
     for m, pts in series.items():
-        colour = COLOURS.get(m, (0, 0, 0))
-        xy = [(ax.x(xs.index(f), len(xs)), ax.y(mu)) for f, mu, _ in pts]
-        if len(xy) > 1:
-            ax.draw.line(xy, fill=colour, width=2)
-        for (f, mu, sd), (x, y) in zip(pts, xy):
-            ax.draw.line([(x, ax.y(mu - sd)), (x, ax.y(mu + sd))], fill=colour)
-            ax.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    for mu, _ in full:
-        for x in range(ax.L, ax.W - ax.R, 12):
-            ax.draw.line([(x, ax.y(mu)), (x + 6, ax.y(mu))], fill=COLOURS["full"])
-    ax.legend({**{LABELS.get(m, m): COLOURS.get(m, (0, 0, 0)) for m in series}, **({"Full": COLOURS["full"]} if full else {})})
-    return ax.img
+        pos = [xs.index(f) for f, _, _ in pts]
+        ax.errorbar(pos, [mu for _, mu, _ in pts], yerr=[sd for _, _, sd in pts], marker="o", capsize=4,
+                    color=COLOURS.get(m, "black"), label=LABELS.get(m, m))
+    for mu, sd in full:
+        ax.axhline(mu, color=COLOURS["full"], linestyle="--", label="Full")
+        ax.axhspan(mu - sd, mu + sd, color=COLOURS["full"], alpha=0.12)
+    ax.set_xticks(range(len(xs)), [tick(f) for f in xs])
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(title.split(":")[0] if ":" in title else "score")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return render(fig)
 
 
 def time_plot(series: dict, title: str) -> Image.Image:
-    """{label: [(seconds, score)]}, one line per label, against a linear time axis."""
-    points = [p for pts in series.values() for p in pts]
-    lo, hi = min(v for _, v in points), max(v for _, v in points)
-    lo, hi = max(0.0, lo - 0.05 * (hi - lo + 1e-6)), min(1.0, hi + 0.05 * (hi - lo + 1e-6))
-    tmax = max(t for t, _ in points) or 1.0
-    ax = Axes(lo, hi, title, "training time, s")
-    span = ax.W - ax.L - ax.R
-    for i in range(5):
-        t = tmax * i / 4
-        ax.draw.text((ax.L + span * i / 4 - 10, ax.H - ax.B + 8), f"{t:.0f}" if tmax >= 20 else f"{t:.1f}",
-                     fill="black")
-    palette = list(COLOURS.values())
-    legend = {}
-    for k, (label, pts) in enumerate(series.items()):
+    """{label: [(seconds, score)]}, one line per label with its validation points, against training time."""
+    fig = Figure(figsize=(6.0, 4.0), dpi=DPI)
+    ax = fig.add_subplot()
+    for label, pts in series.items():
         mode = next((m for m, name in {**LABELS, "full": "Full"}.items() if label.startswith(name)), None)
-        colour = COLOURS.get(mode, palette[k % len(palette)])
-        xy = [(ax.L + span * t / tmax, ax.y(v)) for t, v in pts]
-        if len(xy) > 1:
-            ax.draw.line(xy, fill=colour, width=2)
-        for x, y in xy:
-            ax.draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        legend[label.rsplit(" (", 1)[0]] = colour
-    ax.legend(legend)
-    return ax.img
+        ax.plot([t for t, _ in pts], [v for _, v in pts], marker="o", markersize=3, label=label.rsplit(" (", 1)[0],
+                color=COLOURS.get(mode))
+    ax.set_xlabel("training time, s")
+    ax.set_ylabel("validation score")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return render(fig)
 
 
-RUN_COLOURS = [(40, 90, 200), (200, 60, 40), (30, 150, 60), (150, 60, 170), (200, 140, 20), (90, 90, 90)]
-PANEL = (300, 170)                  # one panel of the curves, in pixels
+def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
+    """TensorBoard's smoothing: an exponential moving average with its start-up bias removed."""
+    out, avg, norm = np.empty(len(values)), 0.0, 0.0
+    for i, v in enumerate(values):
+        avg, norm = weight * avg + (1 - weight) * v, weight * norm + (1 - weight)
+        out[i] = avg / norm
+    return out
 
 
-def _panel(draw, x0: int, y0: int, title: str, series: dict) -> None:
-    """One small plot at (x0, y0): {run: [(step, value)]} as lines, axes scaled to the data."""
-    w, h = PANEL
-    left, top, bottom, right = 46, 16, 18, 8
-    pts = [v for line in series.values() for v in line if v[1] == v[1]]     # NaN left out
-    draw.text((x0 + left, y0 + 2), title, fill="black")
-    draw.line([(x0 + left, y0 + top), (x0 + left, y0 + h - bottom), (x0 + w - right, y0 + h - bottom)], fill="black")
-    if not pts:
-        return
-    xmax = max(x for x, _ in pts) or 1
-    lo, hi = min(v for _, v in pts), max(v for _, v in pts)
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5 * (abs(lo) + 1e-3), hi + 0.5 * (abs(hi) + 1e-3)
-    for v in (lo, hi):
-        y = y0 + h - bottom - (h - top - bottom) * (v - lo) / (hi - lo)
-        draw.text((x0 + 2, y - 6), f"{v:.3g}", fill="black")
-    draw.text((x0 + w - right - 40, y0 + h - bottom + 4), f"{xmax:g}", fill="black")
-    for k, line in enumerate(series.values()):
-        xy = [(x0 + left + (w - left - right) * x / xmax, y0 + h - bottom - (h - top - bottom) * (v - lo) / (hi - lo))
-              for x, v in line if v == v]
-        if len(xy) > 1:
-            draw.line(xy, fill=RUN_COLOURS[k % len(RUN_COLOURS)], width=1)
-        elif xy:
-            x, y = xy[0]
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=RUN_COLOURS[k % len(RUN_COLOURS)])
+NOT_CURVES = ("step", "time", "train_time", "volumes")       # record keys that are not scores or terms
 
 
 def curves(runs: dict, columns: int = 3) -> Image.Image:
     """{run name: its metrics.jsonl records}: a panel per training term (and lr) and per validation score,
-    by step, one line per run."""
+    by step, one colour per run: training terms raw (faint) and smoothed, validation scores as points;
+    a log scale where a panel's positive values span more than two decades."""
+    return render(curves_figure(runs, columns))
+
+
+def curves_figure(runs: dict, columns: int = 3) -> Figure:
+    """curves' matplotlib figure."""
     panels: dict = {}
     for run, records in runs.items():
         for r in records:
-            keys = [k for k, v in r.items() if isinstance(v, (int, float)) and k not in ("step", "time", "train_time")]
-            for k in keys:
-                title = k if r["split"] == "train" else f"val {k}"
-                panels.setdefault(title, {}).setdefault(run, []).append((r["step"], float(r[k])))
-    titles = sorted(panels, key=lambda t: (t.startswith("val"), t == "lr", t))
+            for k, v in r.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_CURVES:
+                    title = k if r["split"] == "train" else f"val {k}"
+                    panels.setdefault(title, {}).setdefault(run, []).append((r["step"], float(v)))
+    titles = sorted(panels, key=lambda t: (t.startswith("val"), t == "lr", t)) or ["(no records yet)"]
     rows = max(1, -(-len(titles) // columns))
-    legend = 18 if len(runs) > 1 else 0
-    img = Image.new("RGB", (PANEL[0] * columns, PANEL[1] * rows + legend), "white")
-    draw = ImageDraw.Draw(img)
+    fig = Figure(figsize=(3.4 * columns, 2.3 * rows + (0.3 if len(runs) > 1 else 0)), dpi=DPI)
+    colours = [f"C{i}" for i in range(10)]
     for i, title in enumerate(titles):
-        _panel(draw, PANEL[0] * (i % columns), legend + PANEL[1] * (i // columns), title, panels[title])
-    x = 4
-    for k, run in enumerate(runs if legend else ()):
-        draw.text((x, 3), run, fill=RUN_COLOURS[k % len(RUN_COLOURS)])
-        x += 7 * len(run) + 16
-    return img
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        for k, (run, line) in enumerate(panels.get(title, {}).items()):
+            x = np.array([p[0] for p in line if p[1] == p[1]], dtype=np.float64)   # NaN left out
+            y = np.array([p[1] for p in line if p[1] == p[1]], dtype=np.float64)
+            colour = colours[k % len(colours)]
+            if title == "lr":
+                ax.plot(x, y, color=colour, linewidth=1.2, label=run)
+            elif title.startswith("val") or len(y) < 3:
+                ax.plot(x, y, marker="o", markersize=3, color=colour, label=run)
+            else:
+                ax.plot(x, y, color=colour, alpha=0.25, linewidth=0.8)
+                ax.plot(x, smooth(y), color=colour, linewidth=1.2, label=run)
+        ys = [p[1] for line in panels.get(title, {}).values() for p in line if p[1] == p[1]]
+        if ys and min(ys) > 0 and max(ys) / min(ys) > 100:
+            ax.set_yscale("log")
+        if i >= len(titles) - columns:
+            ax.set_xlabel("step", fontsize=7)
+    top = 1 - (0.3 if len(runs) > 1 else 0.0) / fig.get_figheight()
+    if len(runs) > 1:
+        handles = [Patch(color=colours[k % len(colours)], label=run) for k, run in enumerate(runs)]
+        fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 6), fontsize=7, frameon=False)
+    # fixed margins: tight_layout would measure every label first, doubling the time of a redraw at each evaluation
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.35 / fig.get_figheight(), top=top - 0.25 / fig.get_figheight(),
+                        wspace=0.28, hspace=0.45)
+    return fig

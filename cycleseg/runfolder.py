@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 try:
@@ -34,12 +35,16 @@ from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_js
 from .usage import UsageError
 
 
+CURVES_EVERY_S = 30.0
+
+
 class RunFolder:
     def __init__(self, path, rank: int = 0):
         self.path, self.rank = Path(path), rank
         self.writes = rank == 0
         self.last, self.best = self.path / "last.pt", self.path / "best.pt"
         self.metrics = self.path / "metrics.jsonl"
+        self._curves_drawn = float("-inf")                          # time.monotonic() of the last curves.png
 
     # -- the resume policy --------------------------------------------------------------------------
     def held(self) -> list[str]:
@@ -126,11 +131,13 @@ class RunFolder:
     def records(self, split: str | None = None) -> list[dict]:
         return [r for r in read_jsonl(self.metrics) if split is None or r["split"] == split]
 
-    def curves(self) -> None:
-        """curves.png from metrics.jsonl (figures.curves), rewritten atomically."""
-        if self.writes:
+    def curves(self, final: bool = True) -> None:
+        """curves.png from metrics.jsonl (figures.curves), rewritten atomically: always when `final`, else at
+        most once per CURVES_EVERY_S seconds (a matplotlib redraw takes about a second on a small CPU)."""
+        if self.writes and (final or time.monotonic() - self._curves_drawn >= CURVES_EVERY_S):
             data = figures.png(figures.curves({self.path.name: self.records()}))
             atomic_write_bytes(self.path / "curves.png", lambda f: f.write(data))
+            self._curves_drawn = time.monotonic()
 
     def picture(self, step: int, image) -> None:
         """samples/stepNNNNNNN.png, a PIL image, written atomically."""

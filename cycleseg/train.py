@@ -154,7 +154,7 @@ def evaluation(run: Run, guard: FiniteGuard, bar, clock: dict) -> dict:
     if run.world.rank == 0:                                         # pictures and the line: rank 0 only
         run.folder.picture(run.n, figures.sample_grid(samples(run.nets, run.data.val, run.device),
                                                       run.data.val.meta))
-        run.folder.curves()
+        run.folder.curves(final=run.n >= run.cfg.steps)
         vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
         bar.write(f"step {run.n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
     if result["miou"] > run.best:

@@ -78,8 +78,11 @@ def test_only_figures_draws_and_figures_computes_nothing():
     for m, (path, lines, tree) in modules().items():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "PIL"
                     for a in n.names}
+        assert "ImageDraw" not in imported, f"{path} draws by hand (figures come from matplotlib)"
+        plots = {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        plots |= {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         if m != "cycleseg.figures":
-            assert "ImageDraw" not in imported, f"{path} draws"
+            assert "matplotlib" not in plots, f"{path} draws (figures.py does)"
     _, lines, _ = modules()["cycleseg.figures"]
     assert not any(ln.startswith(("import torch", "from torch", "from .models", "from .evaluate")) for ln in lines)
 

@@ -30,12 +30,18 @@ def info(path) -> str:
         for s in range(0, meta.count, 256):
             hist += np.bincount(f["masks"][s:s + 256].ravel(), minlength=256)
         groups = len(np.unique(f["groups"][...])) if "groups" in f else None
+        unlabeled = int((f["labeled"][...] == 0).sum()) if "labeled" in f else 0
     total = hist.sum()
     lines = [f"{path}: {meta.count} images {meta.height}x{meta.width}x{meta.channels} uint8, "
              f"{meta.num_classes} classes, ignore index {meta.ignore_index}",
              f"source: {meta.source}", f"preprocessing: {json.dumps(meta.preprocessing)}"]
     if groups is not None:
         lines.append(f"groups: {groups}")
+    if meta.volume_names:
+        mm = " with their spacing (HD95 / ASD in mm)" if meta.volume_info else ""
+        lines.append(f"volumes: {len(meta.volume_names)}{mm}")
+    if unlabeled:
+        lines.append(f"unlabeled images (no annotation: the unlabeled stream's only): {unlabeled}")
     lines.append("class pixels:")
     lines += [f"  {k:3d} {name:15s} {100 * hist[k] / total:6.2f} %" for k, name in enumerate(meta.class_names)]
     lines.append(f"  ignored         {100 * hist[meta.ignore_index] / total:6.2f} %")

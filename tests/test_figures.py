@@ -1,0 +1,54 @@
+"""figures.py: matplotlib figures with what a reader needs (ticks, log scales where values span decades,
+smoothed training terms beside their raw values, validation points, error bars over seeds)."""
+import numpy as np
+from types import SimpleNamespace
+
+from cycleseg import figures
+
+
+def records(steps=200, every=50):
+    out = []
+    for s in range(1, steps + 1):
+        out.append({"step": s, "split": "train", "time": s * 0.1, "lr": 1e-3 * (1 - s / steps),
+                    "gen_seg": 2.0 * 0.97 ** s + 1e-3, "disc_seg": 0.5 + 0.01 * np.sin(s)})
+        if s % every == 0:
+            out.append({"step": s, "split": "val", "time": s * 0.1, "train_time": s * 0.1, "miou": s / steps,
+                        "volumes": 20})
+    return out
+
+
+def test_curves_panels_scales_and_points():
+    fig = figures.curves_figure({"run": records()})
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert sorted(axes) == ["disc_seg", "gen_seg", "lr", "val miou"]          # counts (volumes) are no curve
+    assert axes["gen_seg"].get_yscale() == "log" and axes["disc_seg"].get_yscale() == "linear"
+    assert len(axes["gen_seg"].lines) == 2                                   # raw and smoothed
+    assert axes["val miou"].lines[0].get_marker() == "o" and len(axes["val miou"].lines[0].get_xdata()) == 4
+    assert all(len(ax.get_yticks()) > 2 for ax in fig.axes)
+    image = figures.curves({"run": records(), "other": records(100)})
+    assert image.mode == "RGB" and image.width > 600
+
+
+def test_smoothing_is_tensorboards():
+    v = np.array([1.0, 0.0, 0.0, 4.0])
+    w, avg, norm, want = 0.6, 0.0, 0.0, []
+    for x in v:
+        avg, norm = w * avg + (1 - w) * x, w * norm + (1 - w)
+        want.append(avg / norm)
+    assert np.allclose(figures.smooth(v, w), want) and figures.smooth(v, w)[0] == 1.0
+
+
+def test_plots_and_grids_render():
+    meta = SimpleNamespace(class_names=["bg", "a", "b"], palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+                           ignore_index=255)
+    frac = figures.fraction_plot({"partial": [(0.1, 0.5, 0.02), (0.2, 0.6, 0.01)]}, [(0.7, 0.01)], "Dice: d")
+    assert frac.size == (600, 400)
+    assert figures.fraction_plot({}, [], "nothing") is None
+    conf = figures.confusion_heatmap(np.array([[5, 1, 0], [0, 3, 1], [2, 0, 7]]), meta.class_names)
+    assert conf.mode == "RGB"
+    rng = np.random.default_rng(0)
+    grid = figures.comparison_grid(rng.integers(0, 255, (3, 16, 16, 1), dtype=np.uint8),
+                                   rng.integers(0, 3, (3, 16, 16)).astype(np.uint8),
+                                   {"Partial 10 %": rng.integers(0, 3, (3, 16, 16))}, meta,
+                                   row_labels=["q1", "q2", "q3"])
+    assert grid.mode == "RGB" and min(grid.size) > 300
