@@ -42,7 +42,7 @@ AUGMENTS = POLICIES                 # data/augment.py
 SGD_LR = 0.01
 MODES = ("semi", "partial", "full", "adversarial", "meanteacher", "fixmatch")
 # On --resume: fields that describe this process, not the run (always taken from the command line).
-RUNTIME_FIELDS = ("resume", "device", "progress", "out", "stop_after", "prefetch")
+RUNTIME_FIELDS = ("resume", "device", "progress", "out", "stop_after", "prefetch", "tensorboard")
 # Fields a resumed run may change when given on the command line (the schedule is re-derived from them).
 RESUME_CHANGEABLE = ("lr", "lr_d", "steps", "log_every", "eval_every", "ckpt_every")
 # Why every other field is kept by a resumed run.
@@ -140,6 +140,7 @@ class Config:
     eval_every: int | None = None       # steps between validations (metrics, a picture, best.pt)
     ckpt_every: int | None = None       # steps between last.pt checkpoints
     progress: bool = True               # a progress bar with losses, steps/s and ETA
+    tensorboard: bool = False           # also write the records and sample pictures as TensorBoard events in <out>/tensorboard/ (pip install tensorboard)
 
     def resolved(self) -> "Config":
         """A copy with the preset, device, betas and run folder filled in, checked."""

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 try:
     import fcntl                                                    # advisory locks (Linux, macOS)
 except ImportError:                                                 # Windows: folders are not locked
@@ -38,6 +40,20 @@ from .usage import UsageError
 CURVES_EVERY_S = 30.0
 
 
+def scalars(record: dict):
+    """(tag, value) of every number of a metrics record: "<split>/<key>", per-class dicts as
+    "<split>/<key>/<class>" (TensorBoard's tags)."""
+    split = record["split"]
+    for k, v in record.items():
+        if k in ("step", "split"):
+            continue
+        if isinstance(v, dict):
+            yield from ((f"{split}/{k}/{c}", float(x)) for c, x in v.items()
+                        if isinstance(x, (int, float)) and not isinstance(x, bool))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield f"{split}/{k}", float(v)
+
+
 class RunFolder:
     def __init__(self, path, rank: int = 0):
         self.path, self.rank = Path(path), rank
@@ -45,6 +61,7 @@ class RunFolder:
         self.last, self.best = self.path / "last.pt", self.path / "best.pt"
         self.metrics = self.path / "metrics.jsonl"
         self._curves_drawn = float("-inf")                          # time.monotonic() of the last curves.png
+        self.events = None                                          # a TensorBoard SummaryWriter (--tensorboard)
 
     # -- the resume policy --------------------------------------------------------------------------
     def held(self) -> list[str]:
@@ -127,6 +144,30 @@ class RunFolder:
     def log(self, record: dict) -> None:
         if self.writes:
             append_jsonl(self.metrics, record)
+            if self.events is not None:
+                for tag, value in scalars(record):
+                    self.events.add_scalar(tag, value, record["step"])
+                if record["split"] == "val":
+                    self.events.flush()
+
+    def tensorboard(self) -> None:
+        """Write the records and pictures as TensorBoard events too, into <run>/tensorboard/ (--tensorboard)."""
+        if not self.writes:
+            return
+        try:
+            # optional: the [tensorboard] extra; torch's writer imports the tensorboard package
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError('--tensorboard needs the tensorboard package: pip install tensorboard (or pip install -e '
+                             '".[tensorboard]")') from None
+        self.events = SummaryWriter(str(self.path / "tensorboard"), flush_secs=30)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard events; release the folder's lock."""
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        self.unlock()
 
     def records(self, split: str | None = None) -> list[dict]:
         return [r for r in read_jsonl(self.metrics) if split is None or r["split"] == split]
@@ -140,8 +181,10 @@ class RunFolder:
             self._curves_drawn = time.monotonic()
 
     def picture(self, step: int, image) -> None:
-        """samples/stepNNNNNNN.png, a PIL image, written atomically."""
+        """samples/stepNNNNNNN.png, a PIL image, written atomically (and as a TensorBoard image)."""
         if self.writes:
+            if self.events is not None:
+                self.events.add_image("val/samples", np.asarray(image.convert("RGB")), step, dataformats="HWC")
             data = figures.png(image)
             atomic_write_bytes(self.path / "samples" / f"step{step:07d}.png", lambda f: f.write(data))
 

@@ -101,7 +101,7 @@ def train(cfg: Config, until: int | None = None, given=None) -> dict:
         with StopSignals() as stop:                                 # from the start: a signal during set-up too
             return loop(prepare(cfg, world, device, folder, given), until, stop)
     finally:
-        folder.unlock()
+        folder.close()
         teardown(world)
 
 
@@ -127,6 +127,8 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
         if optim_of(cfg) != optim_of(from_saved(saved["config"])):
             step.reschedule(optim_of(cfg))                          # --steps / --lr changed on resume
     folder.start(cfg, run.n)
+    if cfg.tensorboard:
+        folder.tensorboard()
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
                 f", run folder {folder.path}\n{plan.describe()}")

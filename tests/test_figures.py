@@ -52,3 +52,25 @@ def test_plots_and_grids_render():
                                    {"Partial 10 %": rng.integers(0, 3, (3, 16, 16))}, meta,
                                    row_labels=["q1", "q2", "q3"])
     assert grid.mode == "RGB" and min(grid.size) > 300
+
+
+def test_tensorboard_events_hold_the_records_and_pictures(tiny_argv, tmp_path):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cycleseg.train import main as train_main
+
+    assert train_main(tiny_argv("tb", "--mode", "partial", "--steps", "4", "--eval-every", "2", "--log-every", "1",
+                                "--tensorboard")) == 0
+    run = tmp_path / "tb"
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r["gen_seg"] for r in records if r["split"] == "train"}
+    val = {r["step"]: r["miou"] for r in records if r["split"] == "val"}
+    got = {e.step: e.value for e in events.Scalars("train/gen_seg")}
+    assert sorted(got) == sorted(train) and all(abs(got[s] - train[s]) < 1e-6 for s in train)
+    assert {e.step: round(e.value, 6) for e in events.Scalars("val/miou")} == {s: round(v, 6) for s, v in val.items()}
+    assert "val/iou/background" in events.Tags()["scalars"]
+    assert [e.step for e in events.Images("val/samples")] == sorted(val)
