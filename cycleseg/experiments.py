@@ -20,7 +20,8 @@ results.md and results.csv (mean and sample standard deviation over seeds of the
 ACDC, the per-volume Dice), seeds.csv (every run's scores), plot.png (score against labeled fraction,
 one line per method, error bars: one standard deviation), time.png (each method's validation score
 against its training time at the smallest fraction) and pictures.png (validation images: image, truth,
-Partial, semi).
+Partial, semi; the rows are the images at the quartiles of semi's per-image Dice minus Partial's, with
+the extremes, each labelled with both Dice).
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
 from .data.splits import split_path
-from .evaluate import eval_mode, predict
+from .evaluate import batches, eval_mode, predict
 from .fileio import write_files
+from .metrics import image_dice
 from .models import networks_from_checkpoint
 from .runfolder import RunFolder
 from .usage import Parser, UsageError, fail
@@ -197,9 +199,14 @@ def time_series(out: Path, cells, seeds, score: str, fraction: float) -> dict:
     return series
 
 
-def pictures(out: Path, fraction: float, seed: int, count: int = 4):
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def pictures(out: Path, fraction: float, seed: int):
     """Validation images: image | truth | Partial | semi (the last checkpoints at `fraction`, one seed), or
-    None when a cell is missing."""
+    None when a cell is missing. The rule: of the validation images with a structure in their truth or
+    either prediction, those at the quantiles QUANTILES of semi's per-image Dice minus Partial's (the worst
+    case for semi, the quartiles, the best), each row labelled with both Dice."""
     predictions, source = {}, None
     for mode, title in (("partial", "Partial"), ("semi", "semi")):
         ckpt = out / f"{mode}-{round(100 * fraction)}pct-seed{seed}" / "last.pt"
@@ -208,10 +215,24 @@ def pictures(out: Path, fraction: float, seed: int, count: int = 4):
         cfg, _, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
         if source is None:
             source = open_source(split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)[0])
-            images, masks = source.batch(np.arange(min(count, len(source))))
         with eval_mode(nets["G_IS"]):
-            predictions[f"{title} {round(100 * fraction)} %"] = predict(nets["G_IS"], to_input(images)).numpy()
-    return figures.comparison_grid(images.permute(0, 2, 3, 1).numpy(), masks.numpy(), predictions, source.meta)
+            predictions[f"{title} {round(100 * fraction)} %"] = np.concatenate(
+                [predict(nets["G_IS"], to_input(images)).numpy() for _, images, _ in batches(source, 64)])
+    masks = np.concatenate([m.numpy() for _, _, m in batches(source, 256)])
+    meta = source.meta
+    dice = {k: image_dice(p, masks, meta.num_classes, meta.ignore_index) for k, p in predictions.items()}
+    partial, semi = dice.values()
+    diff = semi - partial
+    order = np.flatnonzero(~np.isnan(diff))
+    order = order[np.argsort(diff[order], kind="stable")]
+    if len(order) == 0:
+        return None
+    picked = {int(order[round(q * (len(order) - 1))]): q for q in reversed(QUANTILES)}   # an image once
+    rows = sorted(picked, key=lambda i: picked[i])
+    images, _ = source.batch(np.array(rows))
+    labels = [f"q{round(100 * picked[i])}: P {partial[i]:.2f}, s {semi[i]:.2f}" for i in rows]
+    return figures.comparison_grid(images.permute(0, 2, 3, 1).numpy(), masks[rows],
+                                   {k: p[rows] for k, p in predictions.items()}, meta, row_labels=labels)
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,20 @@ def _nanmean(x: torch.Tensor) -> float:
 
 def _num(v: float):
     return None if v != v else round(v, 6)      # NaN -> null in JSON
+
+
+def image_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """(N,) per-image Dice of (N, H, W) class ids: the mean over the foreground classes (1..K-1) present in
+    the image's truth or prediction (ignored pixels count nowhere); NaN for an image with neither."""
+    valid = truth != ignore_index
+    scores = np.full((len(pred), num_classes - 1), np.nan)
+    for c in range(1, num_classes):
+        p, t = (pred == c) & valid, (truth == c) & valid
+        inter, total = (p & t).sum(axis=(1, 2)), p.sum(axis=(1, 2)) + t.sum(axis=(1, 2))
+        scores[:, c - 1] = np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)             # an image with no class at all: NaN
+        return np.nanmean(scores, axis=1)
 
 
 # -- 3D overlap and surface distances of binary volumes (ACDC's per-volume scores) -----------------------

@@ -18,3 +18,15 @@ def test_miou_by_hand():
     assert math.isclose(s["miou_no_bg"], (2 / 3 + 0) / 2)
     assert math.isclose(s["dice"]["1"], round(2 * 2 / (3 + 2), 6))
     assert math.isclose(s["pixel_acc"], 3 / 5)
+
+
+def test_image_dice_is_the_mean_over_the_classes_an_image_shows():
+    import numpy as np
+
+    from cycleseg.metrics import image_dice
+
+    truth = np.array([[[0, 1], [2, 255]], [[0, 0], [0, 0]], [[1, 1], [0, 0]]])
+    pred = np.array([[[0, 1], [1, 2]], [[0, 0], [0, 0]], [[1, 1], [0, 0]]])
+    got = image_dice(pred, truth, 3)
+    # image 0: class 1 2*1/(2+1), class 2 0 (the pixel predicted 2 is ignored); image 1: no class; image 2: exact
+    assert np.allclose(got[[0, 2]], [(2 / 3 + 0) / 2, 1.0]) and np.isnan(got[1])
