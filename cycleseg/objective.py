@@ -254,14 +254,20 @@ def mean_teacher_objective(student, teacher, x, y, x_unl, noise, num_classes: in
 
 def fixmatch_objective(g_is, x, y, x_weak, x_strong, box, num_classes: int, ignore_index: int, threshold: float,
                        weight, ops=reference, merge_passes: bool = False, dice: float = 0.0,
-                       unlabeled_loss: str = "dice"):
+                       unlabeled_loss: str = "dice", strong_apart: bool = False):
     """The supervised loss plus `weight` x a loss of G_IS on the strong views against the argmax of its own
     (detached) prediction on the weak views, counted where that prediction's confidence is at least
     `threshold`; inside each CutMix `box` the pseudo-labels are the partner image's (views.py). The loss:
     "dice", the soft Dice over the confident pixels (UniMatch's medical/unimatch.py, its ACDC recipe), or
     "ce", the cross-entropy averaged over every unlabeled pixel, confident or not (its fixmatch.py for
-    natural images). Returns (loss, terms)."""
-    logits = Passes(g_is, [x, x_weak, x_strong], merge_passes)
+    natural images). strong_apart: G_IS reads the strong views in a call of their own after [x, x_weak] (for
+    a BatchNorm G_IS, whose statistics would otherwise mix the strong views into the labeled images': the
+    calls UniMatch makes). Returns (loss, terms)."""
+    if strong_apart:
+        first = Passes(g_is, [x, x_weak], merge_passes)
+        logits = [first[0], first[1], g_is(x_strong)]
+    else:
+        logits = Passes(g_is, [x, x_weak, x_strong], merge_passes)
     sup = segmentation_loss(logits[0], y, num_classes, ignore_index, ops, dice)
     with torch.no_grad():
         conf, pseudo = torch.softmax(logits[1].detach().float(), dim=1).max(dim=1)          # (M, H, W)

@@ -433,6 +433,7 @@ class FixMatchStep(Step):
         super().__init__(nets, plan, optim, num_classes, ignore_index, dice)
         self.threshold, self.cutmix, self.unlabeled_loss = threshold, cutmix, unlabeled_loss
         self.full_weight, self.rampup_steps = weight, rampup_steps
+        self.strong_apart = mixes_batch(nets["G_IS"])              # BatchNorm: UniMatch's two calls
         self.weight = torch.zeros((), device=self.device)            # a step input, filled in place
         self.loss = self.compiled(self._loss)
 
@@ -440,7 +441,7 @@ class FixMatchStep(Step):
         with self.autocast():
             return fixmatch_objective(self.train_nets["G_IS"], x, y, x_weak, x_strong, box, self.num_classes,
                                       self.ignore_index, self.threshold, weight, self.ops,
-                                      self.merge, self.dice, self.unlabeled_loss)
+                                      self.merge, self.dice, self.unlabeled_loss, self.strong_apart)
 
     def __call__(self, batch: dict) -> dict:
         x, y = self.inputs(batch)

@@ -254,3 +254,33 @@ def test_fixmatch_objective_by_hand(loss_name):
     assert loss.item() == pytest.approx(hand_ce(logits[0.1], y).item() + 0.5 * unl.item(), rel=1e-6)
     loss.backward()
     assert logits[0.3].grad is not None and logits[0.2].grad is None           # the weak view is detached
+
+
+class Calls(torch.nn.Module):
+    """A BatchNorm network that records the batch sizes it is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.calls = torch.nn.Sequential(torch.nn.Conv2d(1, K, 1), torch.nn.BatchNorm2d(K)).double(), []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.net(x)
+
+
+def test_fixmatch_with_batchnorm_reads_the_strong_views_apart():
+    """For a BatchNorm G_IS the strong views get a call of their own after the labeled and weak images (the
+    calls UniMatch makes): their statistics never mix into the labeled images' predictions."""
+    from cycleseg.objective import fixmatch_objective
+
+    torch.manual_seed(0)
+    x, xw, xs = torch.randn(2, 1, 4, 4).double(), torch.randn(3, 1, 4, 4).double(), torch.randn(3, 1, 4, 4).double() * 5
+    y, box = torch.randint(0, K, (2, 4, 4)), torch.zeros(3, 4, 4, dtype=torch.bool)
+    net = Calls()
+    loss, terms = fixmatch_objective(net, x, y, xw, xs, box, K, IGN, 0.0, 1.0, merge_passes=True, strong_apart=True)
+    assert net.calls == [5, 3]
+    sup = hand_ce(net.net(torch.cat([x, xw]))[:2], y)
+    assert terms["gen_seg"].item() == pytest.approx(sup.item(), rel=1e-9)
+    net.calls.clear()
+    fixmatch_objective(net, x, y, xw, xs, box, K, IGN, 0.0, 1.0, merge_passes=True)
+    assert net.calls == [8]

@@ -82,6 +82,11 @@ def test_sgd_is_ssl4mis_optimizer_and_the_rest_keep_adam():
     assert c.lr == 0.05 and Config(device="cpu").resolved().optimizer == "adam"
 
 
+def test_fixmatch_reads_the_strong_views_apart_only_with_batchnorm():
+    assert build("fixmatch", FAST_CPU)[1].strong_apart
+    assert not build("fixmatch", FAST_CPU, generator="resnet")[1].strong_apart
+
+
 def test_options_are_checked():
     with pytest.raises(UsageError, match="multiple of 16"):
         Config(device="cpu", generator="unet", image_size=72).resolved()
