@@ -16,6 +16,7 @@ import torch
 from .fileio import atomic_write_bytes
 from .usage import UsageError
 from .config import check_image_side, from_saved
+from .data.h5format import palette_problem
 
 
 class CheckpointError(ValueError):
@@ -86,6 +87,9 @@ def check_run(state: dict, path) -> None:
     k, c = data.get("num_classes", 1), data.get("channels", 1)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1 or c not in (1, 3):
         _fail(path, f"its data has {k!r} classes and {c!r} channels (expected >= 1 classes, 1 or 3 channels)")
+    problem = palette_problem(data.get("palette"), k)
+    if problem:
+        _fail(path, f"its data's {problem}")
     try:
         config = dataclasses.replace(from_saved(cfg), device="cpu", resume=False, out=str(Path(path).parent))
         resolved = config.resolved()

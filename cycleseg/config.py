@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 import re
 from dataclasses import dataclass, fields
 
@@ -207,6 +208,12 @@ def check_values(c: Config) -> None:
         raise UsageError(f"compile must be auto, on or off, got {c.compile!r}")
     if c.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"precision must be auto, fp32 or bf16, got {c.precision!r}")
+    for f in fields(c):                                             # NaN passes every comparison below
+        v = getattr(c, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{flag(f.name)} must be a finite number, got {v}")
+    if not 0 <= c.seed < 2 ** 32:
+        raise UsageError(f"--seed must be in 0 .. 2**32 - 1, got {c.seed}")
     for name in AT_LEAST_ONE:
         if getattr(c, name) < 1:
             raise UsageError(f"{flag(name)} must be >= 1, got {getattr(c, name)}")
@@ -289,7 +296,7 @@ def _parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     helps = field_help()
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        text = helps.get(f.name, "")
+        text = helps.get(f.name, "").replace("%", "%%")              # argparse formats help with %
         default = argparse.SUPPRESS if explicit_only else f.default
         if str(f.type).split(" ")[0] == "bool":                 # bool, or bool | None (None: from the recipe)
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)

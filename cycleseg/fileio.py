@@ -96,14 +96,17 @@ def append_jsonl(path, record: dict) -> None:
 
 
 def read_jsonl(path) -> list[dict]:
-    """The records of a JSON-lines file; a torn last line (a run killed while writing it) is skipped."""
+    """The JSON objects of a JSON-lines file, one per line; a line that is not one (a torn last line of a
+    run killed while writing it, bytes that are not UTF-8, a list or a number) is skipped."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out

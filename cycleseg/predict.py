@@ -14,6 +14,8 @@ to the scan's grid). For each image
     <name>_overlay.png   the image with the classes' colours blended over it
     <name>_gsi.png       G_SI's image from the predicted mask (when the checkpoint has G_SI), at the
                          image's size
+and inputs.csv maps every input to its outputs. <name> is the file's stem; stems that several inputs
+share get _1, _2, ... (never another input's stem).
 Images are resized (bilinear) to the size the networks were trained at and converted to the
 checkpoint's channels (RGB or gray). Inference runs in batches, on the GPU when there is one. Every
 input is checked before anything is written, and the outputs appear all at once: a failure leaves the
@@ -35,7 +37,8 @@ from . import figures
 from .checkpoint import load_run
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .data import nifti
-from .data.h5format import DataError, default_palette, open_h5, read_meta
+from .data.convert import HIGH_BIT_MODES, image_values
+from .data.h5format import DataError, default_palette, open_h5, palette_problem, read_meta
 from .data.pixels import to_input, to_uint8
 from .evaluate import eval_mode
 from .fileio import write_files
@@ -65,29 +68,58 @@ def load(item: Input) -> np.ndarray:
         raise DataError(f"{item.source}: could not be read ({type(e).__name__}: {e}); nothing was written") from e
 
 
-def collect(paths, channels: int) -> list[Input]:
+def unique_names(stems: list[str]) -> list[str]:
+    """Output names for input stems: each stem itself where only one input has it, else <stem>_<k> with the
+    smallest k that is no input's stem and no name given already (a/x.png, b/x.png, c/x_1.png -> x_2...)."""
+    taken, counts, out = set(stems), {}, []
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    used = {s for s in stems if counts[s] == 1}
+    for s in stems:
+        if counts[s] == 1:
+            out.append(s)
+            continue
+        k = 1
+        while f"{s}_{k}" in taken or f"{s}_{k}" in used:
+            k += 1
+        used.add(f"{s}_{k}")
+        out.append(f"{s}_{k}")
+    return out
+
+
+def read_image(p: Path, channels: int, intensity: str | None):
+    """An image file as uint8 (H, W, channels): 8-bit images converted to the checkpoint's channels; 16-bit,
+    32-bit and float images (which converting would clip) only with intensity "minmax" (each rescaled from
+    its own range, as the converters do), else DataError."""
+    with Image.open(p) as im:
+        if im.mode not in HIGH_BIT_MODES:
+            return np.asarray(im.convert("RGB" if channels == 3 else "L")).reshape(im.height, im.width, channels)
+        if intensity != "minmax":
+            raise DataError(f"{p}: a {im.mode} image (more than 8 bits per pixel), which would be clipped; pass "
+                            f"--intensity minmax to rescale each image from its own range")
+        gray = image_values(str(p), np.asarray(im), "minmax")
+    return np.repeat(gray[..., None], channels, axis=2)
+
+
+def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
     """Every image of the inputs, checked readable; DataError naming the first that is not."""
-    mode = "RGB" if channels == 3 else "L"
-    items, seen = [], set()
+    found = []                                                       # (stem, loader, source)
 
     def add(stem: str, load, source):
-        name, k = stem, 1
-        while name in seen:                                          # same stem from two folders
-            name, k = f"{stem}_{k}", k + 1
-        seen.add(name)
-        items.append(Input(name, load, str(source)))
+        found.append((stem, load, str(source)))
 
     def image(p: Path):
+        if not p.is_file():                                          # a FIFO would block the read forever
+            raise DataError(f"{p}: not a regular file")
         try:
             with Image.open(p) as im:
                 im.verify()
+                high = im.mode in HIGH_BIT_MODES
         except Exception as e:
             raise DataError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
-
-        def read(p=p):
-            with Image.open(p) as im:
-                return np.asarray(im.convert(mode)).reshape(im.height, im.width, channels)
-        add(p.stem, read, p)
+        if high and intensity != "minmax":
+            read_image(p, channels, intensity)                       # raises, naming the image
+        add(p.stem, lambda p=p: read_image(p, channels, intensity), p)
 
     for raw in paths:
         p = Path(raw)
@@ -96,7 +128,7 @@ def collect(paths, channels: int) -> list[Input]:
                 raise DataError(f"{p}: no such file")
             continue                                                 # a scan: predict_nifti's
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
             if not files and not any(nifti.is_nifti(f) for f in p.rglob("*")):
                 raise DataError(f"{p}: a folder with no images ({', '.join(IMAGE_EXTS)}) and no NIfTI scans")
             for f in files:
@@ -114,7 +146,8 @@ def collect(paths, channels: int) -> list[Input]:
             image(p)
         else:
             raise DataError(f"{p}: no such file or folder")
-    return items
+    names = unique_names([stem for stem, _, _ in found])
+    return [Input(name, load, source) for name, (_, load, source) in zip(names, found)]
 
 
 class CheckpointModel:
@@ -128,7 +161,7 @@ class CheckpointModel:
         self.device, self.has_gsi = device, "G_SI" in nets
         self.num_classes, self.channels = info["num_classes"], info["channels"]
         self.size = (info.get("height") or cfg.image_size, info.get("width") or cfg.image_size)   # (h, w)
-        self.palette = info.get("palette") or default_palette(self.num_classes)
+        self.palette = full_palette(info.get("palette"), self.num_classes)
         self.info = info
 
     @torch.no_grad()
@@ -170,11 +203,18 @@ class OnnxModel:
         except Exception as e:
             raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
         props = self.session.get_modelmeta().custom_metadata_map
-        meta = {k.removeprefix("cycleseg."): json.loads(v) for k, v in props.items() if k.startswith("cycleseg.")}
+        try:
+            meta = {k.removeprefix("cycleseg."): json.loads(v) for k, v in props.items() if k.startswith("cycleseg.")}
+        except ValueError as e:
+            raise DataError(f"{path}: its cycleseg metadata is not JSON ({e}); export the checkpoint again") from None
         if not {"channels", "num_classes", "image_size", "palette"} <= set(meta):
             raise DataError(f"{path}: an ONNX model without cycleseg's metadata; export checkpoints with "
                             f"python -m cycleseg.export")
-        self.channels, self.num_classes, self.palette = meta["channels"], meta["num_classes"], meta["palette"]
+        problem = onnx_meta_problem(meta)
+        if problem:
+            raise DataError(f"{path}: its cycleseg metadata is damaged ({problem}); export the checkpoint again")
+        self.channels, self.num_classes = meta["channels"], meta["num_classes"]
+        self.palette = full_palette(meta["palette"], self.num_classes)
         self.size = tuple(meta["image_size"])
         self.info = {"preprocessing": meta.get("preprocessing") or {}}
 
@@ -184,6 +224,30 @@ class OnnxModel:
 
     def __call__(self, images: np.ndarray):
         return self.logits(images).argmax(1), None
+
+
+def full_palette(palette, num_classes: int) -> list:
+    """A colour per class: the given ones, then the default colours."""
+    palette = list(palette or [])
+    return palette + default_palette(num_classes)[len(palette):]
+
+
+def onnx_meta_problem(meta: dict) -> str | None:
+    """What is wrong with an exported model's metadata (the types predict relies on), or None."""
+    def whole(v, least=1):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    if meta["channels"] not in (1, 3) or isinstance(meta["channels"], bool):
+        return f"channels {meta['channels']!r}, expected 1 or 3"
+    if not whole(meta["num_classes"]):
+        return f"num_classes {meta['num_classes']!r}"
+    size = meta["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(whole(v) for v in size)):
+        return f"image_size {size!r}, expected [height, width]"
+    pre = meta.get("preprocessing", {})
+    if not isinstance(pre, dict):
+        return f"preprocessing {pre!r}"
+    return palette_problem(meta["palette"], meta["num_classes"])
 
 
 def resize(image: np.ndarray, size, resample) -> np.ndarray:
@@ -205,14 +269,18 @@ def outputs(model, item: Input, original: np.ndarray, pred: np.ndarray, fake) ->
 
 
 def run(a) -> dict:
+    if a.checkpoint.suffix.lower() == ".pt2":
+        raise UsageError(f"{a.checkpoint}: a torch.export program (load it with torch.export.load); predict takes a "
+                         f"run's last.pt / best.pt or an exported .onnx")
     onnx = a.checkpoint.suffix.lower() == ".onnx"
     model = OnnxModel(a.checkpoint) if onnx else CheckpointModel(a.checkpoint, device_of(a.device))
-    items, scans = collect(a.inputs, model.channels), scan_inputs(a.inputs)
+    items, scans = collect(a.inputs, model.channels, a.intensity), scan_inputs(a.inputs)
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise UsageError(f"--out {a.out} is a file, not a folder")
     suffixes = ("mask", "overlay") + (("gsi",) if model.has_gsi else ())
     refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes]
-                    + [Path(a.out) / name for name, _ in scans], a.overwrite, "from an earlier prediction")
+                    + [Path(a.out) / name for name, _ in scans] + [Path(a.out) / "inputs.csv"], a.overwrite,
+                    "from an earlier prediction")
     files = predict_scans(model, scans, model.info, a.intensity, a.axis, a.resample, a.batch_size,
                           (lambda xs: tqdm(xs, desc="predict volumes", disable=a.no_progress))) if scans else {}
     for s in tqdm(range(0, len(items), a.batch_size), desc="predict", disable=a.no_progress):
@@ -221,8 +289,21 @@ def run(a) -> dict:
         pred, fake = model(np.stack([resize(o, model.size, Image.BILINEAR) for o in originals]))
         for j, (it, orig) in enumerate(zip(chunk, originals)):
             files.update(outputs(model, it, orig, pred[j], fake[j] if fake is not None else None))
+    files["inputs.csv"] = manifest(items, scans, suffixes)
     write_files(a.out, files)
     return {"images": len(items), "volumes": len(scans), "files": len(files), "out": str(a.out)}
+
+
+def manifest(items, scans, suffixes) -> bytes:
+    """inputs.csv: each input file (an HDF5 image as file[index]) and the outputs written for it."""
+    rows = ["input,outputs"] + [f"{csv_field(it.source)},{csv_field(' '.join(f'{it.name}_{x}.png' for x in suffixes))}"
+                                for it in items]
+    rows += [f"{csv_field(str(path))},{csv_field(name)}" for name, path in scans]
+    return ("\n".join(rows) + "\n").encode()
+
+
+def csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def main(argv=None) -> int:
@@ -233,7 +314,8 @@ def main(argv=None) -> int:
                    help="scans: back to the scan's grid by bilinear resampling of the class scores, then argmax "
                         "(logits), or by nearest neighbour on the labels")
     p.add_argument("--intensity", choices=nifti.INTENSITY_RULES, default=None,
-                   help="scans: the per-volume intensity rule (default: the one the checkpoint's data was made with)")
+                   help="scans: the per-volume intensity rule (default: the one the checkpoint's data was made with); "
+                        "minmax also lets 16-bit and float images in, each rescaled from its own range")
     p.add_argument("--axis", type=int, choices=[0, 1, 2], default=None,
                    help="scans: the voxel axis to slice along (default: the checkpoint's rule, else the largest spacing)")
     code, result = run_or_exit(run, p.parse_args(argv))

@@ -77,6 +77,7 @@ class RunFolder:
             return
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"--out {self.path} is a file, not a folder")
+        self._created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -136,7 +137,7 @@ class RunFolder:
             raise OSError(f"cannot write the run folder {self.path}: {e.strerror or e}") from e
         remove_stale_temporaries(self.path)                          # left by a process killed mid-write
         if self.metrics.exists():
-            keep = [r for r in read_jsonl(self.metrics) if r["step"] <= step]
+            keep = [r for r in self.records() if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
         atomic_write_text(self.path / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
 
@@ -163,14 +164,24 @@ class RunFolder:
         self.events = SummaryWriter(str(self.path / "tensorboard"), flush_secs=30)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard events; release the folder's lock."""
+        """Flush and close the TensorBoard events; remove the folder if this run created it and wrote nothing
+        (a run that failed before it began); release the folder's lock."""
         if self.events is not None:
             self.events.close()
             self.events = None
+        if getattr(self, "_created", False) and getattr(self, "_lock_fd", None) is not None:
+            try:
+                if not any(self.path.iterdir()):
+                    self.path.rmdir()
+            except OSError:
+                pass                                                # kept: nothing is lost either way
         self.unlock()
 
     def records(self, split: str | None = None) -> list[dict]:
-        return [r for r in read_jsonl(self.metrics) if split is None or r["split"] == split]
+        """The metrics records (those with an integer step and a split: anything else in the file is
+        skipped), of `split` or all."""
+        return [r for r in read_jsonl(self.metrics) if isinstance(r.get("step"), int) and not isinstance(r["step"], bool)
+                and r.get("split") in ("train", "val") and (split is None or r["split"] == split)]
 
     def curves(self, final: bool = True) -> None:
         """curves.png from metrics.jsonl (figures.curves), rewritten atomically: always when `final`, else at

@@ -243,7 +243,7 @@ def test_predict_never_replaces_outputs_and_names_an_unreadable_image(tiny_check
     out = tmp_path / "out"
     assert predict_main([str(tiny_checkpoint), str(images), "--out", str(out), "--no-progress"]) == 0
     one_line_error(predict_main, [tiny_checkpoint, images, "--out", out, "--no-progress"], capsys,
-                   "a_mask.png and 2 more exist already", tmp_path)
+                   "a_mask.png and 3 more exist already", tmp_path)
     assert predict_main([str(tiny_checkpoint), str(images), "--out", str(out), "--no-progress", "--overwrite"]) == 0
     full = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(full).save(images / "b.jpg", quality=95)

@@ -57,8 +57,10 @@ def test_masks_at_input_size_with_argmax_indices(checkpoint, tmp_path):
     assert predict_main([str(checkpoint), str(folder), str(tmp_path / "c.png"), "--out", str(tmp_path / "out"),
                          "--no-progress"]) == 0
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_{kind}.png" for n in "abc"
-                                                           for kind in ("mask", "overlay", "gsi"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{n}_{kind}.png" for n in "abc"
+                                                            for kind in ("mask", "overlay", "gsi")] + ["inputs.csv"])
+    rows = (out / "inputs.csv").read_text().splitlines()
+    assert rows[0] == "input,outputs" and rows[1] == f"{folder / 'a.png'},a_mask.png a_overlay.png a_gsi.png"
     images["c"] = gray
     for name, image in images.items():
         mask = Image.open(out / f"{name}_mask.png")
@@ -88,3 +90,26 @@ def test_errors_leave_the_output_untouched(checkpoint, tmp_path, capsys):
     torch.save([1, 2], tmp_path / "list.pt")
     assert predict_main([str(tmp_path / "list.pt"), str(tmp_path / "good.png"), "--out", str(tmp_path / "out")]) == 2
     assert "not a cycleseg checkpoint" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_names_never_collide_and_high_bit_images_are_not_clipped(tiny_checkpoint, tmp_path, capsys):
+    from cycleseg.predict import unique_names
+
+    assert unique_names(["x", "x", "x_1", "y"]) == ["x_2", "x_3", "x_1", "y"]
+    rng = np.random.default_rng(0)
+    for d, stem in (("a", "x"), ("b", "x"), ("c", "x_1")):
+        (tmp_path / d).mkdir()
+        Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path / d / f"{stem}.png")
+    out = tmp_path / "out"
+    assert predict_main([str(tiny_checkpoint), *(str(tmp_path / d) for d in "abc"), "--out", str(out),
+                         "--no-progress"]) == 0
+    rows = dict(r.split(",") for r in (out / "inputs.csv").read_text().splitlines()[1:])
+    assert {k: v.split()[0] for k, v in rows.items()} == {str(tmp_path / "a/x.png"): "x_2_mask.png",
+                                                          str(tmp_path / "b/x.png"): "x_3_mask.png",
+                                                          str(tmp_path / "c/x_1.png"): "x_1_mask.png"}
+    deep = tmp_path / "deep.png"
+    Image.fromarray(rng.integers(0, 4096, (20, 20)).astype(np.uint16)).save(deep)       # 12-bit values
+    assert predict_main([str(tiny_checkpoint), str(deep), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert "--intensity minmax" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    assert predict_main([str(tiny_checkpoint), str(deep), "--out", str(tmp_path / "o2"), "--no-progress",
+                         "--intensity", "minmax"]) == 0

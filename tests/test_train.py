@@ -41,8 +41,8 @@ def test_short_run_losses_finite_and_decreasing(tmp_path, tiny, mode):
     assert png.exists()
     from PIL import Image
     w, h = Image.open(png).size
-    assert w == max(2 * 32 * (4 if mode == "semi" else 3), 200)                  # 4 rows under a title band,
-    assert h >= 2 * 32 * 4 + 16 + 16 + (14 if mode == "semi" else 0)             # the legend (and G_SI's note)
+    cols = 4 if mode == "semi" else 3                                            # image, truth, prediction (G_SI)
+    assert 110 * cols <= w <= 140 * cols and h >= 110 * 4                        # 4 rows, titles, the legend
 
 
 @pytest.mark.slow

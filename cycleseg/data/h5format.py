@@ -77,6 +77,20 @@ def default_palette(num_classes: int) -> list:
     return pal
 
 
+def palette_problem(palette, num_classes: int) -> str | None:
+    """What is wrong with a palette (a list of [r, g, b] of whole numbers in 0..255; classes past its end get
+    the default colours), or None."""
+    if palette is None:
+        return None
+    if not isinstance(palette, list):
+        return f"a palette must be a list of [r, g, b] colours, got {type(palette).__name__}"
+    for colour in palette:
+        if (not isinstance(colour, (list, tuple)) or len(colour) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour)):
+            return f"palette colour {colour!r} is not [r, g, b] with whole numbers in 0..255"
+    return None
+
+
 def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups: np.ndarray | None = None) -> None:
     """Write one split atomically. images (N, H, W, C) or (N, H, W) uint8; masks (N, H, W) uint8."""
     images = np.asarray(images)
@@ -126,6 +140,8 @@ def open_h5(path):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if not path.is_file():                                          # a folder, a FIFO (would block), a device
+        raise DataError(f"{path}: not a regular file (an HDF5 file of the project's format is expected)")
     try:
         return h5py.File(path, "r")
     except OSError as e:
