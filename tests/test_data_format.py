@@ -251,3 +251,18 @@ def test_closing_a_loader_whose_producer_failed_on_a_full_queue_returns(tmp_path
     closer.start()
     closer.join(10)
     assert not closer.is_alive()
+
+
+def test_a_damaged_cached_split_is_written_again(tmp_path, monkeypatch, capsys):
+    """The cache trusts a file only with the checksum it recorded: garbled bytes are noticed and the split is
+    generated again, identical to the first."""
+    from cycleseg.data.splits import split_paths
+
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path))
+    train = split_paths(None, image_size=16, progress=False)["train"]
+    good = train.read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    train.write_bytes(bytes(bad))
+    assert split_paths(None, image_size=16, progress=False)["train"] == train
+    assert train.read_bytes() == good and "checksum differs" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import convert as cv
-from .cache import cache_dir
+from .cache import cache_dir, cached_file
 from .pixels import float01_to_uint8, to_input
 
 CLASSES = cv.ACDC_CLASSES
@@ -45,9 +45,8 @@ def cached_splits(src, size: int, progress: bool = True, names=("train", "val"))
     root = cache_dir() / f"acdc-v{CACHE_VERSION}-{key}-{size}x{size}"
     paths = {split: root / f"{split}.h5" for split in names}
     for split, path in paths.items():
-        if not path.exists():
-            items, meta = cv.acdc_items(src, split)
-            cv.convert(items, meta, path, (size, size), progress=progress)
+        cached_file(path, lambda p, split=split: cv.convert(*cv.acdc_items(src, split), p, (size, size),
+                                                               progress=progress))
     return paths
 
 

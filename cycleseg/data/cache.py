@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
+from ..fileio import atomic_write_text
 from . import h5format
 from .h5format import Meta, default_palette, write_split
 
@@ -24,6 +26,29 @@ def code_hash(*paths) -> str:
     return digest.hexdigest()[:8]
 
 
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_file(path: Path, build: Callable) -> Path:
+    """`path`, written by build(path) unless it exists with the checksum recorded when the cache wrote it
+    (<file>.sha256 beside it): a cached file damaged or changed since (garbled bytes would change the
+    scores without a word) is written again, with a note."""
+    sums = path.with_name(path.name + ".sha256")
+    if path.exists() and sums.exists() and sums.read_text().strip() == file_sha256(path):
+        return path
+    if path.exists():
+        print(f"note: {path} is not the file the cache wrote ({'checksum differs' if sums.exists() else 'no checksum'})"
+              f"; writing it again", file=sys.stderr)
+    build(path)
+    atomic_write_text(sums, file_sha256(path) + "\n")
+    return path
+
+
 def generated_splits(name: str, version: int, seed: int, size: int, class_names: list, splits,
                      make: Callable, code, labeled_subset: str = "random") -> dict:
     """Paths {split: file} of a generated dataset at size x size, written on first use into
@@ -38,8 +63,12 @@ def generated_splits(name: str, version: int, seed: int, size: int, class_names:
                 ignore_index=255, source=f"cycleseg built-in {name} {tag}, seed {seed}",
                 preprocessing={"size": [size, size]}, labeled_subset=labeled_subset)
     paths = {split: root / f"{split}.h5" for split in splits}
-    for split, path in paths.items():
-        if not path.exists():
+    def build(split):
+        def write(path):
             images, masks, *groups = make(split)
             write_split(path, images, masks, meta, groups[0] if groups else None)
+        return write
+
+    for split, path in paths.items():
+        cached_file(path, build(split))
     return paths
