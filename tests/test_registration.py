@@ -91,3 +91,27 @@ def test_a_load_killed_midway_blocks_no_later_one(tmp_path):
     r = procs.run([sys.executable, "-c", LOAD], 300, env=env)
     assert r.returncode == 0 and "loaded" in r.stdout, r.stderr[-3000:]
     assert not (tmp_path / name / "lock").exists()
+
+
+def test_a_damaged_library_is_built_again_and_a_bad_folder_named(tmp_path, capsys):
+    """A built library whose bytes differ from those recorded after its build (truncated, garbled, emptied:
+    loading it would kill the process) is removed with its build, so that it is built again; a build folder
+    that is a file or cannot be written is named, with what to do (no compiler advice)."""
+    from cycleseg.ops.cpu import CHECKSUM, BuildFolderError, build_lock, drop_damaged_build, library_sha256
+
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    (folder / "x.so").write_bytes(b"\x7fELF" + b"\x00" * 100)
+    (folder / "a.o").write_bytes(b"object")
+    (folder / CHECKSUM).write_text(library_sha256(folder / "x.so") + "\n")
+    (folder / "cycleseg.lock").write_text("")
+    drop_damaged_build(folder, "x")
+    assert (folder / "x.so").exists() and (folder / "a.o").exists()             # intact: kept
+    (folder / "x.so").write_bytes(b"\x7fELF" + b"\x00" * 50)                      # truncated
+    drop_damaged_build(folder, "x")
+    assert sorted(p.name for p in folder.iterdir()) == ["cycleseg.lock"]
+    assert "building it again" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BuildFolderError, match="is a file"):
+        with build_lock(tmp_path / "file"):
+            pass

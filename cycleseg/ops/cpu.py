@@ -82,13 +82,55 @@ def build_folder(name: str) -> Path:
 
 @contextlib.contextmanager
 def build_lock(folder: Path):
-    """Hold the folder's flock (waiting for another process's build); remove torch's stale lock file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "cycleseg.lock", "a") as f:
+    """Hold the folder's flock (waiting, with a note, for another process's build); remove torch's stale
+    lock file."""
+    if folder.exists() and not folder.is_dir():
+        raise BuildFolderError(f"{folder} is a file, where cycleseg's C++ kernels are built; remove it, or set "
+                               f"TORCH_EXTENSIONS_DIR to another folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / "cycleseg.lock", "a")
+    except OSError as e:
+        raise BuildFolderError(f"cannot write {folder}, where cycleseg's C++ kernels are built ({e.strerror or e}); "
+                               f"set TORCH_EXTENSIONS_DIR to a writable folder") from None
+    with f:
         if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                print(f"waiting for another process that builds or loads cycleseg's C++ kernels in {folder} ...",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
             (folder / "lock").unlink(missing_ok=True)               # torch's FileBaton, left by a killed process
         yield
+
+
+class BuildFolderError(RuntimeError):
+    """The extension folder cannot be used (not a folder, not writable): no compiler would help."""
+
+
+CHECKSUM = "cycleseg.sha256"            # the built library's sha256, written after a build loaded
+
+
+def library_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def drop_damaged_build(folder: Path, name: str) -> None:
+    """Under the lock, before loading: a built library whose bytes are not those recorded after its build
+    (truncated, garbled, emptied: loading it would kill the process with a bus error) is removed with
+    everything built beside it, so that it is built again."""
+    lib_file = folder / f"{name}.so"
+    sums = folder / CHECKSUM
+    if not lib_file.exists():
+        return
+    if sums.exists() and sums.read_text().strip() == library_sha256(lib_file):
+        return
+    print(f"note: {lib_file} is not the library built there ({'checksum differs' if sums.exists() else 'no checksum'}); "
+          f"building it again", file=sys.stderr, flush=True)
+    for p in folder.iterdir():
+        if p.name != "cycleseg.lock" and p.is_file():
+            p.unlink()
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,22 +138,25 @@ def extension():
     """The compiled extension, loaded (built on the first call); its kernels are then registered."""
     # Heavy (imports the compiler tooling) and needed once: imported here rather than with the package.
     from torch.utils import cpp_extension
-
     missing = [s for s in SOURCES if not (CSRC / s).exists()]
     if missing:
         raise RuntimeError(f"cycleseg's C++ sources are missing from {CSRC} ({', '.join(missing)}); "
                            f"reinstall cycleseg (pip install cycleseg, or pip install -e . in its source tree)")
     name = f"cycleseg_cpu_{cpu_tag()}"
     folder = build_folder(name)
-    try:
-        with build_lock(folder):
+    with build_lock(folder):
+        drop_damaged_build(folder, name)
+        try:
             ext = cpp_extension.load(name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=FLAGS,
                                      extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
-    except Exception as e:
-        raise RuntimeError(
-            f"could not build cycleseg's C++ CPU kernels from {CSRC}: {e}\n"
-            f"They need a C++17 compiler and ninja (pip install ninja). Use --no-fast to train "
-            f"without them.") from e
+        except Exception as e:
+            raise RuntimeError(
+                f"could not build cycleseg's C++ CPU kernels from {CSRC}: {e}\n"
+                f"They need a C++17 compiler and ninja (pip install ninja). Use --no-fast to train "
+                f"without them.") from e
+        lib_file = folder / f"{name}.so"
+        if lib_file.exists() and not (folder / CHECKSUM).exists():
+            (folder / CHECKSUM).write_text(library_sha256(lib_file) + "\n")
     ext.set_poison_outputs(common.poisoning())
     return ext
 
