@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import inspect
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 
@@ -146,6 +147,10 @@ class Config:
     def resolved(self) -> "Config":
         """A copy with the preset, device, betas and run folder filled in, checked."""
         c = dataclasses.replace(self)
+        for name in ("data", "val_data"):                          # a path as typed would follow the working folder
+            value = getattr(c, name)
+            if value and os.path.exists(value):
+                setattr(c, name, os.path.abspath(value))
         if c.device == "auto":
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
         if c.preset == "auto":

@@ -247,3 +247,15 @@ def test_sigterm_stops_after_the_current_step(tmp_path):
     assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
     step = torch.load(out / "last.pt", weights_only=True)["step"]
     assert 1 <= step < 100000 and f"after step {step}" in err
+
+
+def test_a_relative_data_path_is_kept_absolute(tmp_path, monkeypatch):
+    """--data as typed would follow the working folder: evaluate or --resume run elsewhere would read another
+    folder of the same name. The run records the absolute path; a built-in dataset's name stays a name."""
+    from cycleseg.config import Config
+
+    (tmp_path / "mydata").mkdir()
+    monkeypatch.chdir(tmp_path)
+    c = Config(data="mydata", val_data=None, device="cpu").resolved()
+    assert c.data == str(tmp_path / "mydata")
+    assert Config(data="shapes", device="cpu").resolved().data == "shapes"
