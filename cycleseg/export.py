@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from . import native
 from .checkpoint import load_run
 from .cli import refuse_existing, run_or_exit
 from .data.h5format import default_palette
-from .fileio import atomic_path, atomic_write_bytes
+from .fileio import write_files
 from .config import SIDE_MULTIPLE
 from .models import networks_from_checkpoint, use_ops
 from .usage import Parser, UsageError
@@ -69,40 +70,45 @@ def side_multiple(meta: dict) -> int:
     return SIDE_MULTIPLE[meta.get("generator", "resnet")]
 
 
-def export_pt2(g_is, meta: dict, example, out: Path) -> None:
+def export_pt2(g_is, meta: dict, example) -> bytes:
     program = torch.export.export(g_is, (example,), dynamic_shapes=dynamic_shapes(side_multiple(meta)))
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={"cycleseg.json": json.dumps(meta)})
-    atomic_write_bytes(out, lambda f: f.write(buf.getvalue()))
+    return buf.getvalue()
 
 
-def export_onnx(g_is, meta: dict, example, out: Path) -> None:
+def export_onnx(g_is, meta: dict, example) -> bytes:
+    """The .onnx file's bytes, weights inline (the exporter's side file of weights stays in a temporary
+    folder that is removed)."""
     try:
         # onnx is an optional dependency (the `export` extra): imported when an ONNX file is asked for
         import onnx
     except ImportError as e:
         raise UsageError(f"writing ONNX needs the onnx and onnxscript packages ({e.name} is missing): "
                          f"pip install 'cycleseg[export]', or --formats pt2") from None
-    with atomic_path(out) as tmp:
-        torch.onnx.export(g_is, (example,), str(tmp), input_names=["x"], output_names=["logits"],
+    with tempfile.TemporaryDirectory(prefix="cycleseg-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(g_is, (example,), str(path), input_names=["x"], output_names=["logits"],
                           dynamic_shapes=dynamic_shapes(side_multiple(meta)), opset_version=OPSET, dynamo=True, verbose=False)
-        model = onnx.load(str(tmp))
-        for key, value in meta.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = f"cycleseg.{key}", json.dumps(value)
-        onnx.save(model, str(tmp))
+        model = onnx.load(str(path))                                # external weights read back in
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = f"cycleseg.{key}", json.dumps(value)
+    return model.SerializeToString()
 
 
 def run(a) -> list[Path]:
+    """Every asked format exported in memory first, then written all together (write_files): a failure
+    (a full disk too) leaves no half of the result, and a retry finds nothing in its way."""
     if not a.formats or set(a.formats) - set(FORMATS):
         raise UsageError(f"--formats must name some of {', '.join(FORMATS)}")
     g_is, meta, example = exportable(a.checkpoint)
     out = a.out or a.checkpoint.parent
-    paths = [out / f"{a.checkpoint.stem}.{fmt}" for fmt in a.formats]
-    refuse_existing(paths, a.overwrite, "an earlier export")
-    for fmt, path in zip(a.formats, paths):
-        (export_onnx if fmt == "onnx" else export_pt2)(g_is, meta, example, path)
-    return paths
+    names = [f"{a.checkpoint.stem}.{fmt}" for fmt in a.formats]
+    refuse_existing([out / n for n in names], a.overwrite, "an earlier export")
+    files = {n: (export_onnx if fmt == "onnx" else export_pt2)(g_is, meta, example) for n, fmt in zip(names, a.formats)}
+    write_files(out, files)
+    return [out / n for n in names]
 
 
 def main(argv=None) -> int:

@@ -58,6 +58,7 @@ def compare(got: np.ndarray, want: torch.Tensor):
 
 def test_onnx_and_pt2_give_the_checkpoints_predictions(acdc_checkpoint, tmp_path):
     assert export_main([str(acdc_checkpoint), "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.onnx", "last.pt2"]     # no temporary left
     x = validation_images()
     want = eager_logits(acdc_checkpoint, x)
     session = onnxruntime.InferenceSession(str(tmp_path / "last.onnx"), providers=["CPUExecutionProvider"])
