@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +144,30 @@ def final_record(folder: Path, steps: int) -> dict | None:
     return recs[-1] if recs and (folder / "last.pt").exists() else None
 
 
+class GridInterrupted(RuntimeError):
+    """A signal stopped the grid (its running cell stopped with a checkpoint)."""
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run a cell's training process and wait for it. SIGINT or SIGTERM to the grid reaches the child as
+    SIGTERM (it stops after its step with a checkpoint; a terminal's Ctrl-C has reached it already, and a
+    second SIGINT would stop it at once, without one), and the grid waits for it: no orphan keeps the cell's
+    folder locked."""
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum, frame):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def run_cell(args: list[str]) -> dict:
     """Train one cell with `python -m cycleseg.train` in its own process (resuming it if it was
     interrupted); its final validation record."""
@@ -152,7 +178,10 @@ def run_cell(args: list[str]) -> dict:
     if done is not None:
         return done
     cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if (folder / "last.pt").exists() else [])
-    code = subprocess.run(cmd).returncode
+    code = run_child(cmd)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0:
+        raise GridInterrupted(f"interrupted: the run in {folder} stopped (exit code {code}); rerun the same command "
+                              f"to go on where it stopped")
     rec = final_record(folder, cfg.steps)
     if code != 0 or rec is None:
         raise RuntimeError(f"the run in {folder} failed (exit code {code}): {' '.join(cmd)}")
@@ -275,6 +304,9 @@ def main(argv=None) -> int:
         rows = summarize(results)
         files = report_files(a, out, cells, seeds, results, rows, steps, extra)
         write_files(out, files)
+    except GridInterrupted as e:
+        fail(e)
+        return 130
     except (DataError, CheckpointError, UsageError, RuntimeError, OSError) as e:
         return fail(e)
     print(files["results.md"].decode())

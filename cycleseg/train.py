@@ -205,6 +205,8 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
                                   f"--out {folder.path}")
             if until is not None and run.n >= until:
                 break
+    if run.n >= cfg.steps and not result and not any(r["step"] == run.n for r in folder.records("val")):
+        result = evaluation(run, guard, bar, clock)                 # finished, but its final record was lost
     if run.n >= cfg.steps and result:
         folder.note(finished(run, result, time.time() - clock["t0"]))
     return result

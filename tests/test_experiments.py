@@ -49,3 +49,47 @@ def test_comparison_grid_writes_results_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["--grid", "comparison", "--fractions", "0.1", "--seeds", "0", "1", "--out", str(out)] + TINY) == 0
     assert (out / "semi-10pct-seed0" / "last.pt").stat().st_mtime_ns == stamp          # finished: not rerun
+
+
+def test_a_finished_run_whose_final_record_was_lost_is_validated_again(tiny_argv, tmp_path):
+    """A power loss can drop the last (unsynced) line of metrics.jsonl after last.pt was saved: resuming the
+    finished run validates it again, so a grid's rerun finds its final record instead of failing for good."""
+    import json
+
+    from cycleseg.train import main as train_main
+
+    argv = tiny_argv("r", "--mode", "partial", "--steps", "4", "--eval-every", "4")
+    assert train_main(argv) == 0
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    final = json.loads(lines[-1])
+    assert final["split"] == "val" and final["step"] == 4
+    metrics.write_text("\n".join(lines[:-1]) + "\n")                      # the final record lost
+    assert train_main(argv + ["--resume"]) == 0
+    again = json.loads(metrics.read_text().splitlines()[-1])
+    assert again["split"] == "val" and again["step"] == 4 and abs(again["miou"] - final["miou"]) < 1e-9
+
+
+def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path):
+    """SIGTERM to a grid reaches its training child, which stops with a checkpoint; the grid waits for it,
+    says how to go on in one line (no traceback) and leaves no process behind."""
+    import signal
+    import sys
+    import time
+
+    from conftest import TINY
+    from procs import Proc, descendants
+
+    grid = Proc([sys.executable, "-m", "cycleseg.experiments", "--grid", "comparison", "--fractions", "0.5",
+                 "--methods", "partial", "--seeds", "0", "--out", tmp_path / "g", "--", *TINY[:-4], "--steps", "400",
+                 "--log-every", "1"])
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "g").glob("*/metrics.jsonl")):
+        time.sleep(0.2)
+    children = descendants(grid.p.pid)
+    assert children, grid.stderr
+    grid.send_signal(signal.SIGTERM)
+    assert grid.wait(120) == 130, grid.stderr
+    assert "interrupted" in grid.stderr and "Traceback" not in grid.stderr
+    assert not [pid for pid in children if __import__("os").path.exists(f"/proc/{pid}")]   # no orphan
+    assert list((tmp_path / "g").glob("*/last.pt"))                          # the cell stopped with a checkpoint
