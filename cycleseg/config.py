@@ -17,6 +17,7 @@ import torch
 
 from .data.augment import POLICIES
 from .objective import Lambdas
+from .report import percent
 from .usage import Parser, UsageError
 
 PRESETS = {
@@ -184,7 +185,7 @@ class Config:
         check_values(c)
         c.device = check_device(c.device)
         if c.out is None:
-            c.out = f"runs/{c.mode}-{round(100 * c.labeled_fraction)}pct-seed{c.seed}"
+            c.out = f"runs/{c.mode}-{percent(c.labeled_fraction)}pct-seed{c.seed}"
         return c
 
     @property

@@ -40,6 +40,7 @@ import numpy as np
 from . import figures, report
 from .checkpoint import CheckpointError, load_run
 from .config import RECIPES, RUNTIME_FIELDS, from_saved, given_fields, parse_args
+from .report import percent
 from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
@@ -63,7 +64,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        base = f"{self.mode}-{round(100 * self.fraction)}pct"
+        base = f"{self.mode}-{percent(self.fraction)}pct"
         if not self.ablation:
             return base
         return f"{base}-with-{self.ablation}" if self.weight else f"{base}-no-{self.ablation}"
@@ -89,7 +90,15 @@ def grid_cells(grid: str, fractions, extra=(), methods=("partial", "semi")) -> l
     cells = [Cell("full", 1.0)]
     if grid == "paper":
         fractions, methods = (0.1, 0.2, 0.3, 0.5), ("partial", "semi")
+    named = {}
     for f in fractions:
+        if not 0 < f <= 1:
+            raise UsageError(f"--fractions: {f} is not a labeled fraction in (0, 1]")
+        if percent(f) in named and named[percent(f)] != f:
+            raise UsageError(f"--fractions {named[percent(f)]} and {f} would share the folders and rows "
+                             f"'{percent(f)} %': give fractions that differ by 0.0001 or more")
+        named[percent(f)] = f
+    for f in dict.fromkeys(fractions):
         cells += [Cell(m, f) for m in methods]
     if grid == "paper":
         semi = parse_args(["--mode", "semi", *extra])[0].resolved()
@@ -222,7 +231,7 @@ def time_series(out: Path, cells, seeds, score: str, fraction: float) -> dict:
         if not runs:
             continue
         n = min(len(r) for r in runs)
-        series[f"{cell.label} ({round(100 * cell.fraction)} %)"] = [
+        series[f"{cell.label} ({percent(cell.fraction)} %)"] = [
             (float(np.mean([r[i].get("train_time", r[i].get("time", 0.0)) for r in runs])),
              float(np.mean([r[i][score] for r in runs]))) for i in range(n)]
     return series
@@ -238,14 +247,14 @@ def pictures(out: Path, fraction: float, seed: int):
     case for semi, the quartiles, the best), each row labelled with both Dice."""
     predictions, source = {}, None
     for mode, title in (("partial", "Partial"), ("semi", "semi")):
-        ckpt = out / f"{mode}-{round(100 * fraction)}pct-seed{seed}" / "last.pt"
+        ckpt = out / f"{mode}-{percent(fraction)}pct-seed{seed}" / "last.pt"
         if not ckpt.exists():
             return None
         cfg, _, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
         if source is None:
             source = open_source(split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)[0])
         with eval_mode(nets["G_IS"]):
-            predictions[f"{title} {round(100 * fraction)} %"] = np.concatenate(
+            predictions[f"{title} {percent(fraction)} %"] = np.concatenate(
                 [predict(nets["G_IS"], to_input(images)).numpy() for _, images, _ in batches(source, 64)])
     masks = np.concatenate([m.numpy() for _, _, m in batches(source, 256)])
     meta = source.meta
@@ -259,7 +268,7 @@ def pictures(out: Path, fraction: float, seed: int):
     picked = {int(order[round(q * (len(order) - 1))]): q for q in reversed(QUANTILES)}   # an image once
     rows = sorted(picked, key=lambda i: picked[i])
     images, _ = source.batch(np.array(rows))
-    labels = [f"q{round(100 * picked[i])}: P {partial[i]:.2f}, s {semi[i]:.2f}" for i in rows]
+    labels = [f"q{percent(picked[i])}: P {partial[i]:.2f}, s {semi[i]:.2f}" for i in rows]
     return figures.comparison_grid(images.permute(0, 2, 3, 1).numpy(), masks[rows],
                                    {k: p[rows] for k, p in predictions.items()}, meta, row_labels=labels)
 

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
+from .report import percent
+
 SAMPLE_TITLES = ["image", "truth", "prediction", "G_SI(truth)"]
 COLOURS = {"partial": "#c83c28", "semi": "#285ac8", "full": "#5a5a5a", "meanteacher": "#1e963c",
            "fixmatch": "#963caa", "adversarial": "#c88c14"}
@@ -146,7 +148,7 @@ def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
 
 
 def fraction_plot(series: dict, full: list, title: str, xlabel: str = "labeled fraction",
-                  tick=lambda f: f"{round(100 * f)} %") -> Image.Image | None:
+                  tick=lambda f: f"{percent(f)} %") -> Image.Image | None:
     """Score against labeled fraction (or any x named by `xlabel`, ticks written by `tick`):
     {method: [(x, mean, std)]} with one-std error bars over seeds, and Full's [(mean, std)] as a dashed
     line in its band; None when there is nothing to plot."""

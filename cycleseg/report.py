@@ -12,6 +12,12 @@ STRUCTURE_SCORES = ("dice", "iou", "hd95", "asd")
 GRID_SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice"}
 
 
+def percent(fraction: float) -> str:
+    """A labeled fraction as the percentage that names run folders and labels results: 0.1 -> "10",
+    0.104 -> "10.4", 0.001 -> "0.1" (two decimals at most)."""
+    return f"{100 * fraction:.2f}".rstrip("0").rstrip(".")
+
+
 def _fmt(v) -> str:
     return "NaN" if v is None else f"{v:.4f}"
 
@@ -63,7 +69,7 @@ def grid_markdown(rows, header: str) -> str:
     for r in rows:
         c = r["cell"]
         cols = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" if k in r else "-" for k in keys]
-        lines.append(f"| {c.label} | {round(100 * c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
+        lines.append(f"| {c.label} | {percent(c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -93,3 +93,15 @@ def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path):
     assert "interrupted" in grid.stderr and "Traceback" not in grid.stderr
     assert not [pid for pid in children if __import__("os").path.exists(f"/proc/{pid}")]   # no orphan
     assert list((tmp_path / "g").glob("*/last.pt"))                          # the cell stopped with a checkpoint
+
+
+def test_fractions_are_named_to_their_precision_and_never_share_a_folder():
+    from cycleseg.experiments import grid_cells
+    from cycleseg.report import percent
+    from cycleseg.usage import UsageError
+
+    assert [percent(f) for f in (0.1, 0.104, 0.001, 1.0)] == ["10", "10.4", "0.1", "100"]
+    names = [c.name for c in grid_cells("comparison", [0.1, 0.104, 0.001], methods=("partial",))]
+    assert names == ["full-100pct", "partial-10pct", "partial-10.4pct", "partial-0.1pct"]
+    with pytest.raises(UsageError, match="would share the folders"):
+        grid_cells("comparison", [0.1, 0.10001])
