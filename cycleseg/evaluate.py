@@ -42,7 +42,7 @@ from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
 from .models import networks_from_checkpoint
 from .objective import one_hot
-from .usage import UsageError
+from .usage import UsageError, run_command
 
 
 @torch.no_grad()
@@ -282,4 +282,4 @@ def default_folder(a, data: Path | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

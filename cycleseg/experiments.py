@@ -50,7 +50,7 @@ from .fileio import write_files
 from .metrics import image_dice
 from .models import networks_from_checkpoint
 from .runfolder import RunFolder
-from .usage import Parser, UsageError, fail
+from .usage import Parser, UsageError, fail, run_command
 
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
 
@@ -349,4 +349,4 @@ def report_files(a, out: Path, cells, seeds, results, rows, steps, extra) -> dic
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

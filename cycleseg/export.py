@@ -30,7 +30,7 @@ from .data.h5format import default_palette
 from .fileio import write_files
 from .config import SIDE_MULTIPLE
 from .models import networks_from_checkpoint, use_ops
-from .usage import Parser, UsageError
+from .usage import Parser, UsageError, run_command
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
@@ -126,4 +126,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -22,7 +22,7 @@ from scipy import ndimage
 from .data import nifti
 from .data.h5format import DataError
 from .fileio import write_files
-from .usage import Parser, fail
+from .usage import Parser, fail, run_command
 
 
 class ConfusionMatrix:
@@ -264,4 +264,4 @@ one grid (shape and affine). Writes scores.csv and scores.json."""
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

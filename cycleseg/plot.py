@@ -14,7 +14,7 @@ from . import figures
 from .cli import refuse_existing
 from .fileio import atomic_write_bytes
 from .runfolder import RunFolder
-from .usage import Parser, UsageError, fail
+from .usage import Parser, UsageError, fail, run_command
 
 
 def run(a) -> Path:
@@ -44,4 +44,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -45,7 +45,7 @@ from .fileio import write_files
 from .models import networks_from_checkpoint
 from .objective import one_hot
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
-from .usage import UsageError
+from .usage import UsageError, run_command
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -328,4 +328,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

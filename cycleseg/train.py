@@ -40,7 +40,7 @@ from .models import count_parameters, networks_from_config
 from .runfolder import RunFolder
 from .runstate import load_state_dict, state_dict
 from .steps import STEPS
-from .usage import UsageError, fail
+from .usage import UsageError, fail, run_command
 
 
 @dataclass
@@ -257,4 +257,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -35,5 +36,22 @@ def message(e: BaseException) -> str:
 
 def fail(e: BaseException) -> int:
     """Print `error: <message(e)>` on stderr; the exit status 2."""
+    if isinstance(e, BrokenPipeError):                             # our reader left: run_command ends quietly
+        raise e
     print(f"error: {message(e)}", file=sys.stderr)
     return 2
+
+
+def run_command(main) -> int:
+    """main()'s exit status; a reader that closed our output early (`| head`) ends the command quietly, as
+    Unix tools end (status 141, 128 + SIGPIPE), instead of a BrokenPipeError traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        try:                                                        # the interpreter's final flush too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):               # a stdout without a descriptor
+            pass
+        return 141

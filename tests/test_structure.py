@@ -114,3 +114,24 @@ def test_the_readme_layout_names_every_module():
             assert f"{p.name}`" in table, p.name
     for folder in ("ops/", "data/", "kernels/", "csrc/", "benchmarks/", "tests/"):
         assert folder in table, folder
+
+
+def test_every_command_ends_quietly_when_its_reader_leaves():
+    """`python -m cycleseg.X ... | head`: each command's entry goes through usage.run_command, which turns a
+    closed output into exit status 141 instead of a BrokenPipeError traceback."""
+    from cycleseg.usage import run_command
+
+    entries = [m for m, (_, lines, _) in modules().items() if any("__name__ == \"__main__\"" in ln for ln in lines)]
+    assert len(entries) >= 8
+    for m in entries:
+        _, lines, _ = modules()[m]
+        assert any("sys.exit(run_command(main))" in ln for ln in lines), m
+
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cycleseg.usage import run_command\n"
+            "def main():\n    raise BrokenPipeError(32, 'Broken pipe')\nsys.exit(run_command(main))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
+    assert run_command(lambda: 0) == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..usage import Parser, fail
+from ..usage import Parser, fail, run_command
 from . import convert as cv
 from .nifti_convert import convert_nifti
 from .h5format import DataError, open_h5, validate
@@ -177,4 +177,4 @@ def convert_nifti_command(a, split: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))
