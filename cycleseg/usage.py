@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,11 +22,20 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+TEMPORARY = re.compile(r"\.(.+)\.tmp[A-Za-z0-9_]*")              # fileio's .<name>.tmp<pid> / .<folder>.tmp<random>
+
+
+def final_path(path: Path) -> Path:
+    """The path a user asked for, behind a temporary one that an atomic write used (a disk that filled up
+    while writing `.last.pt.tmp123` failed to write `last.pt`)."""
+    return Path(*[m.group(1) if (m := TEMPORARY.fullmatch(part)) else part for part in path.parts])
+
+
 def message(e: BaseException) -> str:
     """One line for an error a user can act on: its message on one line; an OS error as what could not be
     written and why (a read-only or full folder, a file where a folder should be)."""
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
-        where = Path(e.filename) if e.filename else None
+        where = final_path(Path(e.filename)) if e.filename else None
         if e.errno in (errno.EEXIST, errno.ENOTDIR) and where is not None:
             blocking = next((p for p in (where, *where.parents) if p.is_file()), None)
             if blocking is not None:

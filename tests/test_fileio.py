@@ -76,3 +76,14 @@ def test_only_a_dead_writers_temporaries_are_removed(tmp_path):
         (tmp_path / name).write_text("x")
     assert remove_stale_temporaries(tmp_path) == [f".last.pt.tmp{dead}"]
     assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}
+
+
+def test_errors_name_the_file_asked_for_not_its_temporary():
+    import errno
+
+    from cycleseg.usage import message
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/r/.last.pt.tmp4242")
+    assert message(full) == "cannot write /runs/r/last.pt: No space left on device"
+    staged = OSError(errno.ENOSPC, "No space left on device", "/out/.masks.tmpa1b2_c3/x_mask.png")
+    assert message(staged) == "cannot write /out/masks/x_mask.png: No space left on device"
