@@ -5,12 +5,15 @@
     world_size, ranks                          per process: history pools, stream positions, RNG states
 
 Stream positions are stored as positions in the whole stream (a process of W has read 1/W of it), so a
-checkpoint resumes on any number of processes; pools and RNG states go to the process of the same rank
+checkpoint resumes on any number of processes (where the new count does not divide a stream's position,
+the stream goes on from the multiple below it, re-reading fewer images than processes); pools and RNG
+states go to the process of the same rank
 (a process beyond the saved ranks starts with empty pools and rank 0's RNG state).
 """
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import torch
 
@@ -55,8 +58,10 @@ def load_state_dict(s: dict, nets: dict, step, streams, meta, path, world: World
             step.load_pool_state(mine["pools"])
         for k, loader in streams.loaders.items():
             g = s["ranks"][0]["streams"][k]
-            if g["pos"] % world.size:
-                raise ValueError(f"stream {k} stopped at position {g['pos']}, not a multiple of {world.size} processes")
+            if g["pos"] % world.size and world.rank == 0:           # another process count than the run's
+                print(f"note: stream {k} stopped at image {g['pos']} of its pass, not a multiple of {world.size} "
+                      f"processes: it goes on from image {g['pos'] - g['pos'] % world.size} (a few images of "
+                      f"this pass are read twice)", file=sys.stderr)
             loader.load_state_dict({"pass": g["pass"], "pos": g["pos"] // world.size})
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: does not match this run's networks, optimizers or processes "

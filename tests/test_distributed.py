@@ -91,3 +91,17 @@ def test_a_failing_process_ends_the_job(tmp_path):
                timeout=180)
     assert r.returncode != 0
     assert "process 1 failed at step 3" in r.stderr
+
+
+def test_a_process_count_that_does_not_divide_the_position_resumes(tmp_path):
+    """Written by 2 processes at a stream position of 16 images, resumed on 3: the stream goes on from 15 (one
+    image of the pass read twice), with a note, and the run finishes."""
+    args = ("--steps", "6", "--batch-size", "2")
+    r = launch(tmp_path / "a", 2, *args, "--stop-after", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = launch(tmp_path / "a", 3, *args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "goes on from image 15" in r.stderr
+    after = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    assert after["step"] == 6 and after["world_size"] == 3
+    assert after["ranks"][0]["streams"]["labeled"]["pos"] == 15 + 2 * 2 * 3
