@@ -390,3 +390,78 @@ def test_grid_refuses_a_cell_folder_of_another_configuration(tmp_path, capsys):
                    "a run of another configuration than this cell's (steps 4 where the cell has 2", tmp_path)
     (cell / "last.pt").write_bytes(b"garbage")                       # a finished cell whose checkpoint is damaged
     one_line_error(experiments_main, GRID + ["--out", grid, "--", *TINY], capsys, "could not be read", tmp_path)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--seed", "-1"], "--seed must be in 0 .. 2**32 - 1"),
+    (["--seed", "99999999999999"], "--seed must be in 0 .. 2**32 - 1"),
+    (["--scale-crop", "inf"], "--scale-crop must be a finite number"),
+    (["--scale-crop", "nan"], "--scale-crop must be a finite number"),
+    (["--lambda2", "nan"], "--lambda2 must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+])
+def test_numeric_options_are_finite_and_in_range(tmp_path, capsys, flags, match):
+    one_line_error(train_main, TINY + ["--out", tmp_path / "r", *flags], capsys, match, tmp_path)
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_prints_text_not_argparse_internals(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    out = capsys.readouterr().out
+    assert "full: 100 % labels" in out and "option_strings" not in out
+
+
+def test_a_train_that_fails_before_it_begins_leaves_no_run_folder(tmp_path, capsys):
+    one_line_error(train_main, TINY + ["--out", tmp_path / "r", "--data", tmp_path / "missing.h5"], capsys,
+                   "no such file", tmp_path)
+    assert not (tmp_path / "r").exists()
+
+
+def test_fifos_are_refused_not_read_forever(tmp_path, capsys, tiny_checkpoint):
+    os.mkfifo(tmp_path / "pipe.png")
+    os.mkfifo(tmp_path / "pipe.h5")
+    one_line_error(predict_main, [tiny_checkpoint, tmp_path / "pipe.png", "--out", tmp_path / "o"], capsys,
+                   "not a regular file", tmp_path)
+    from cycleseg.data.h5format import DataError, open_h5
+    with pytest.raises(DataError, match="not a regular file"):
+        open_h5(tmp_path / "pipe.h5")
+
+
+def test_predict_names_a_pt2_and_refuses_a_malformed_palette(tmp_path, capsys, tiny_checkpoint):
+    (tmp_path / "model.pt2").write_bytes(b"PK\x03\x04")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
+    one_line_error(predict_main, [tmp_path / "model.pt2", tmp_path / "x.png", "--out", tmp_path / "o"], capsys,
+                   "a torch.export program", tmp_path)
+    state = torch.load(tiny_checkpoint, weights_only=False)
+    state["data"]["palette"] = [[0, 0, 0], ["red", 0, 0]]
+    torch.save(state, tmp_path / "bad.pt")
+    one_line_error(predict_main, [tmp_path / "bad.pt", tmp_path / "x.png", "--out", tmp_path / "o"], capsys,
+                   "palette colour", tmp_path)
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"cycleseg.channels": "2"}, "channels 2"),
+    ({"cycleseg.image_size": "[16]"}, "image_size [16]"),
+    ({"cycleseg.palette": "[[0, 0]]"}, "palette colour"),
+    ({"cycleseg.num_classes": "{"}, "not JSON"),
+])
+def test_edited_onnx_metadata_is_refused_in_one_line(tmp_path, capsys, edit, match):
+    import json as js
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 1, 16, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    meta = {"cycleseg.channels": "1", "cycleseg.num_classes": "1", "cycleseg.image_size": "[16, 16]",
+            "cycleseg.palette": js.dumps([[0, 0, 0]]), **edit}
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
+    one_line_error(predict_main, [tmp_path / "m.onnx", tmp_path / "x.png", "--out", tmp_path / "o"], capsys,
+                   match, tmp_path)
