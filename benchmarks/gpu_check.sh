@@ -53,11 +53,13 @@ report() {  # report JSON: print the markdown table and keep it
 if [ "$what" = all ] || [ "$what" = ops ]; then
   # Op tests on CUDA tensors (Triton kernels vs fp64 references, NaN, strides, opcheck, compile); the
   # C++ ones (gradcheck, Inductor C++) belong to the CPU suite.
+  # each registered op's tests/test_<op>.py and benchmarks/bench_<op>.py (the registry names them)
+  op_files() { python -c "from cycleseg.ops import REGISTRY; print(' '.join('$1' % n for n in REGISTRY))"; }
   stage tests 100 python -m pytest -q -n 8 -p no:cacheprovider -k "not cpp" \
-    tests/test_softmax_cross_entropy.py tests/test_instance_norm_relu.py tests/test_lsgan_loss.py tests/test_ops_device.py
+    $(op_files tests/test_%s.py) tests/test_ops_device.py
   grep -E "passed|failed|error" "$out/tests.log" | tail -1
-  stage ops 130 python -m pytest -q -p no:cacheprovider benchmarks/bench_softmax_cross_entropy.py \
-    benchmarks/bench_instance_norm_relu.py benchmarks/bench_lsgan_loss.py --benchmark-json "$out/ops.json"
+  stage ops 130 python -m pytest -q -p no:cacheprovider $(op_files benchmarks/bench_%s.py) \
+    --benchmark-json "$out/ops.json"
   report "$out/ops.json"
 fi
 

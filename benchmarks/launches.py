@@ -4,9 +4,9 @@ A step of each method runs in FakeTensorMode on the CPU with the plan a GPU run 
 with device cuda: fused ops, merged calls, fused Adam, channels_last, bf16 autocast or fp32; eager: a
 compiled step hands the ops the tensors it traced them with). Fake tensors carry shapes, strides and
 dtypes but no data, so the paper's networks at 256x256 take about a second. Every cycleseg:: op the
-dispatcher reaches is handed to the launcher of its CUDA kernel (cycleseg.ops.cuda.launcher), whose
-Triton kernels record their arguments instead of launching. The ops are also captured alone at an odd
-size (63x65), every reduction, weight and slope.
+dispatcher reaches is handed to the launcher of its CUDA kernel (cycleseg.ops.registry.LAUNCHERS), whose
+Triton kernels record their arguments instead of launching. Every registered op is also captured alone
+at an odd size (63x65): its `exercise`, every variant (reduction, weight, slope, ...).
 
 A record holds what a launch's specialisation depends on: the kernel, each argument (tensors as their
 dtype and whether the pointer is 16-byte aligned, modelled as a CUDA allocation: blocks 512-byte
@@ -24,7 +24,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cycleseg import kernels, ops
+from cycleseg import ops
 from cycleseg.assemble import make_step
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
@@ -32,6 +32,7 @@ from cycleseg.fastpath import plan_for
 from cycleseg.kernels import common
 from cycleseg.models import networks_from_config, use_ops
 from cycleseg.ops import cuda
+from cycleseg.ops.registry import LAUNCHERS
 from cycleseg.steps import STEPS
 
 H200_SMS = 132
@@ -96,7 +97,7 @@ class _ToLaunchers(TorchDispatchMode):
                                  "call": len(self.recorder.calls)}
         self.recorder.calls.append({**self.recorder.context, "shapes": [list(a.shape) for a in args
                                                                           if isinstance(a, torch.Tensor)]})
-        return cuda.launcher(name)(*args, **(kwargs or {}))
+        return cuda.resolve(name, LAUNCHERS[name])(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -106,8 +107,7 @@ def capturing():
     from triton.runtime.jit import JITFunction
 
     rec = _Recorder()
-    modules = [getattr(kernels, m) for m in ("instance_norm_relu", "lsgan_loss", "softmax_cross_entropy")
-               if hasattr(kernels, m)]
+    modules = [fused.triton() for fused in ops.REGISTRY.values()]
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(JITFunction, "run", lambda self, *a, **k: rec.run(self, *a, **k)))
         stack.enter_context(mock.patch.dict(common._counters))
@@ -144,21 +144,12 @@ def capture_step(rec: _Recorder, mode: str, precision: str, layout: str, size) -
 
 
 def capture_ops(rec: _Recorder, h: int = 63, w: int = 65) -> None:
-    """Each op alone at an odd size: every reduction, with and without class weights, every slope."""
-    n, k, c = 3, 21, 24
+    """Each registered op alone at an odd size, every variant it exercises, each dtype and layout."""
     for dtype, layout in itertools.product((torch.bfloat16, torch.float32), LAYOUTS):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         with FakeTensorMode(), _ToLaunchers(rec, f"ops alone, {h}x{w}"), ops.validation(False):
-            x = torch.empty((n, k, h, w), dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
-            t = torch.empty((n, h, w), dtype=torch.uint8)
-            for reduction, weight in itertools.product(("mean", "sum", "none"), (None, torch.empty(k))):
-                loss = ops.softmax_cross_entropy(x, t, weight, 255, reduction)
-                loss.sum().backward()
-            v = torch.empty((n, c, h, w), dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
-            for slope in (0.0, 0.2, 1.0):
-                ops.instance_norm_relu(v, 1e-5, slope).sum().backward()
-            d = torch.empty((n, 1, h, w), dtype=dtype, requires_grad=True)
-            (ops.lsgan_loss(d, 1.0) + ops.lsgan_disc_loss(d, d[:1])).backward()
+            for fused in ops.REGISTRY.values():
+                fused.exercise(3, h, w, dtype, fmt, "cpu")
 
 
 def capture_all(sizes=SIZES) -> list[dict]:

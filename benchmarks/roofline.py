@@ -8,37 +8,23 @@ and the bytes its design moves (from the kernels each call launched), then predi
 device's copy bandwidth (default: the H200's measured 4.05 TB/s). Predictions, not measurements: the
 GPU check (gpu_check.sh) measures the ops.
 
-Floors (bytes per element or pixel; s = bytes per value, K classes):
-  softmax_cross_entropy  fwd reads logits and target: K s + 1      bwd writes the gradient: K s
-  instance_norm_relu     fwd reads x, writes y: 2 s                 bwd reads x and dy, writes dx: 3 s
-  lsgan (disc)_loss      fwd reads the scores: s                    bwd reads them, writes the gradient: 2 s
-Designs: cross-entropy fwd K s + 5 (+ the saved log-sum-exp), bwd 2 K s + 5; instance norm: plane =
-floor, tiles fwd 3 s, bwd 5 s; LSGAN = floor (partials are a few KB).
+Floors and designs (bytes per element or pixel; s = bytes per value) are each op's own (its module's
+`roofline`, listed with --floors).
 """
 from __future__ import annotations
 
 import argparse
-import math
 from collections import defaultdict
 
 from launches import SIZES, capture_step, capturing
 
+from cycleseg.ops import REGISTRY
+from cycleseg.ops.registry import owner
+
 
 def call_bytes(call: dict, kernels: set) -> tuple[float, float]:
-    """(floor, design) bytes of one op call."""
-    s = {"bf16": 2, "fp32": 4, "fp16": 2, "fp64": 8}[call["dtype"]]
-    op, pass_ = call["op"], call["pass"]
-    if op == "softmax_cross_entropy":
-        n, k, h, w = call["shapes"][0] if pass_ == "fwd" else call["shapes"][1]
-        px = n * h * w
-        return (px * (k * s + 1), px * (k * s + 5)) if pass_ == "fwd" else (px * k * s, px * (2 * k * s + 5))
-    if op == "instance_norm_relu":
-        numel = math.prod(call["shapes"][0] if pass_ == "fwd" else call["shapes"][1])
-        tiles = any(k.startswith("_tiles") for k in kernels)
-        return (2 * s * numel, (3 if tiles else 2) * s * numel) if pass_ == "fwd" else \
-               (3 * s * numel, (5 if tiles else 3) * s * numel)
-    numel = sum(math.prod(x) for x in (call["shapes"] if pass_ == "fwd" else call["shapes"][1:]))
-    return (s * numel, s * numel) if pass_ == "fwd" else (2 * s * numel, 2 * s * numel)
+    """(floor, design) bytes of one op call, by the op's own roofline."""
+    return owner(call["op"]).roofline(call, kernels)
 
 
 def table(precision: str, gbs: float) -> list[str]:
@@ -76,7 +62,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--gbs", type=float, default=4050.0, help="copy bandwidth, GB/s (bytes read + written)")
+    p.add_argument("--floors", action="store_true", help="print each op's floor and design, and stop")
     a = p.parse_args(argv)
+    if a.floors:
+        print("\n".join(f"{name}: {fused.floors}" for name, fused in REGISTRY.items()))
+        return
     print("\n".join(table(a.precision, a.gbs)))
 
 

@@ -1,6 +1,7 @@
 // Shared helpers of the CPU kernels.
 #pragma once
 #include <torch/extension.h>
+#include <torch/library.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <cmath>

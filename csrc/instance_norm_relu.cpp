@@ -11,7 +11,7 @@
 // Two layouts, no copies: NCHW-contiguous (one (n, c) plane per task, loops over contiguous pixels) and
 // channels_last (one image and a block of kChannels channels per task, loops over pixels with the
 // channels contiguous inside). Reductions run in a fixed order inside a task: results do not depend on
-// the thread count. Registered as the CPU kernels of cycleseg::instance_norm_relu(_backward) (module.cpp).
+// the thread count. Registered as the CPU kernels of cycleseg::instance_norm_relu(_backward) (below).
 #include "common.h"
 
 namespace cycleseg {
@@ -245,3 +245,8 @@ at::Tensor instance_norm_relu_backward(const at::Tensor& grad, const at::Tensor&
 }
 
 }  // namespace cycleseg
+
+TORCH_LIBRARY_IMPL(cycleseg, CPU, m) {
+  m.impl("instance_norm_relu", &cycleseg::instance_norm_relu);
+  m.impl("instance_norm_relu_backward", &cycleseg::instance_norm_relu_backward);
+}

@@ -1,6 +1,6 @@
 // Least-squares GAN loss on the CPU: mean((d - a)^2), in fixed blocks (deterministic), and its
 // gradient 2 c g (d - a) / numel (c = 0.5 in the discriminator form 0.5 (mean((r - 1)^2) + mean(f^2))).
-// Registered as the CPU kernels of cycleseg::lsgan_loss and lsgan_disc_loss (module.cpp).
+// Registered as the CPU kernels of cycleseg::lsgan_loss and lsgan_disc_loss (below).
 #include "common.h"
 
 namespace cycleseg {
@@ -68,3 +68,10 @@ std::tuple<at::Tensor, at::Tensor> lsgan_disc_loss_backward(const at::Tensor& gr
 }
 
 }  // namespace cycleseg
+
+TORCH_LIBRARY_IMPL(cycleseg, CPU, m) {
+  m.impl("lsgan_loss", &cycleseg::lsgan_loss);
+  m.impl("lsgan_loss_backward", &cycleseg::lsgan_loss_backward);
+  m.impl("lsgan_disc_loss", &cycleseg::lsgan_disc_loss);
+  m.impl("lsgan_disc_loss_backward", &cycleseg::lsgan_disc_loss_backward);
+}

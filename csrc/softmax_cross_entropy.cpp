@@ -8,7 +8,7 @@
 //   dlogits[n, k, p] = g[n, p] * w[t] * (exp(x[n, k, p] - lse[n, p]) - [k == t]),  0 at ignored pixels.
 // A target outside [0, K) that is not ignore_index yields NaN at that pixel (the Python boundary
 // rejects such targets in eager mode; under torch.compile the check is skipped), never a bad read.
-// Registered as the CPU kernels of cycleseg::softmax_cross_entropy(_backward) (module.cpp).
+// Registered as the CPU kernels of cycleseg::softmax_cross_entropy(_backward) (below).
 #include "common.h"
 
 namespace cycleseg {
@@ -196,3 +196,8 @@ at::Tensor softmax_cross_entropy_backward(const at::Tensor& grad, const at::Tens
 }
 
 }  // namespace cycleseg
+
+TORCH_LIBRARY_IMPL(cycleseg, CPU, m) {
+  m.impl("softmax_cross_entropy", &cycleseg::softmax_cross_entropy);
+  m.impl("softmax_cross_entropy_backward", &cycleseg::softmax_cross_entropy_backward);
+}

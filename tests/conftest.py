@@ -163,15 +163,17 @@ def compile_matches_eager():
 
 @pytest.fixture
 def guard_log(monkeypatch):
-    """Records the device of every launcher's device guard (CPU tensors enter a no-op guard)."""
+    """Records (op, device) of every launcher's device guard (CPU tensors enter a no-op guard); the op is
+    the dispatcher op whose kernel entered it."""
     import contextlib
+    import sys
 
     from cycleseg.ops import cuda
 
     log = []
 
     def guard(x):
-        log.append(x.device)
+        log.append((sys._getframe(1).f_locals.get("name"), x.device))
         return contextlib.nullcontext()
 
     monkeypatch.setattr(cuda, "device_guard", guard)

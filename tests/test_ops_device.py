@@ -7,6 +7,7 @@ import torch
 
 from cycleseg import ops
 from cycleseg.ops.cuda import device_guard
+from cycleseg.ops.registry import LAUNCHERS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -25,18 +26,16 @@ def test_every_launch_enters_the_guard(guard_log):
     """Every Triton launch (CUDA tensors, or CPU tensors through the interpreter) enters the guard."""
     with ops.cpu_backend("triton") if DEVICE == "cpu" else contextlib.nullcontext():
         device = launch_all_ops()
-    assert len(guard_log) == 8 and all(dev == device for dev in guard_log)   # 4 forwards, 4 backwards
+    launched = {name for name, _ in guard_log}
+    assert launched == set(LAUNCHERS) and len(launched) == 8          # every forward and backward op
+    assert all(dev == device for _, dev in guard_log)
 
 
 def launch_all_ops():
-    x = torch.randn(2, 3, 6, 5, device=DEVICE, requires_grad=True)
-    t = torch.randint(0, 3, (2, 6, 5), device=DEVICE)
-    ops.softmax_cross_entropy(x, t).backward()
-    ops.instance_norm_relu(x).sum().backward()
-    d = torch.randn(2, 1, 4, 4, device=DEVICE, requires_grad=True)
-    ops.lsgan_loss(d, 1.0).backward()
-    ops.lsgan_disc_loss(d, d * 2).backward()
-    return x.device
+    """Every registered op's variants (its `exercise`), forward and backward."""
+    for fused in ops.REGISTRY.values():
+        fused.exercise(2, 6, 5, torch.float32, torch.contiguous_format, DEVICE)
+    return torch.device(DEVICE)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs: the input on cuda:1 while cuda:0 is current")

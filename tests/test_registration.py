@@ -1,11 +1,14 @@
-"""The fused ops are registered the way PyTorch extensions are: schemas once, the C++ kernels as the
-dispatcher's CPU kernels (registered from C++), the Triton launchers as its CUDA kernels; the losses
-come back in fp32 under bf16 autocast. A load of the C++ kernels killed midway blocks no later one."""
+"""The fused ops are registered the way PyTorch extensions are, each from its own files: its schemas,
+fake implementations, autograd formula and Triton launchers from cycleseg/ops/<op>.py, its C++ kernels
+as the dispatcher's CPU kernels from csrc/<op>.cpp; no central table names an op. The losses come back
+in fp32 under bf16 autocast. A load of the C++ kernels killed midway blocks no later one."""
+import ast
 import os
 import re
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +17,10 @@ import torch.nn.functional as F
 import procs
 from cycleseg import ops
 from cycleseg.ops import cpu
-from cycleseg.ops.library import SCHEMAS
+from cycleseg.ops.registry import LAUNCHERS, REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+DISPATCHER_OPS = sorted((d, f.name) for f in REGISTRY.values() for d in f.dispatcher_ops)
 
 
 def kernels_of(name: str) -> dict:
@@ -23,14 +29,62 @@ def kernels_of(name: str) -> dict:
     return dict(re.findall(r"^(\w+(?:\[alias\])?): registered at (\S+)", dump, re.M))
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
-def test_cpu_kernel_from_cpp_and_cuda_kernel_from_triton(name):
+def test_every_dispatcher_op_belongs_to_one_registered_op():
+    owners = {}
+    for fused in REGISTRY.values():
+        for name in fused.dispatcher_ops:
+            assert name not in owners, f"{name} registered by {owners[name]} and {fused.name}"
+            owners[name] = fused.name
+    assert sorted(owners) == sorted(LAUNCHERS) and len(REGISTRY) == 3 and len(LAUNCHERS) == 8
+
+
+@pytest.mark.parametrize("name,owner", DISPATCHER_OPS)
+def test_cpu_kernel_from_its_cpp_file_and_cuda_kernel_from_triton(name, owner):
     cpu.extension()
     table = kernels_of(name)
-    assert table["CPU"].startswith(str(cpu.CSRC / "module.cpp")), table
-    assert "ops/library.py" in table["CUDA"], table                  # the Python (Triton) kernel
+    assert table["CPU"].startswith(str(cpu.CSRC / f"{owner}.cpp")), table     # its own C++ file
+    assert "ops/registry.py" in table["CUDA"], table                 # the Python (Triton) kernel
     assert "Meta" in table, table                                    # the fake implementation
     assert ("Autograd[alias]" in table) != name.endswith("_backward"), table   # autograd on the forward ops
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_an_op_lives_in_its_own_files(name):
+    """cycleseg/ops/<op>.py defines it (and nothing else does), its Triton launchers come from
+    kernels/<op>.py through an import statement, csrc/<op>.cpp registers its CPU kernels, and it has its
+    test and benchmark files."""
+    fused = REGISTRY[name]
+    assert {f.__module__ for f in fused.functions} == {f"cycleseg.ops.{name}"}
+    assert fused.triton().__name__ == f"cycleseg.kernels.{name}" if _has_triton() else True
+    source = (ROOT / "cycleseg" / "ops" / f"{name}.py").read_text()
+    imports = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module == "kernels"
+               and n.level == 2]
+    assert [a.name for n in imports for a in n.names] == [name]
+    for path in (f"kernels/{name}.py", f"tests/test_{name}.py", f"benchmarks/bench_{name}.py"):
+        assert (ROOT / path).exists(), path
+    cpp = (ROOT / "csrc" / f"{name}.cpp").read_text()
+    registered = re.findall(r'm\.impl\("(\w+)"', cpp)
+    assert sorted(registered) == sorted(fused.dispatcher_ops)
+
+
+def test_no_central_file_names_the_ops():
+    """The registry, the C++ module, the CPU builder, the launcher layer, the compile gate, the roofline,
+    the launch capture and the GPU check name no op: they iterate the registry or find the files."""
+    central = ["cycleseg/ops/registry.py", "cycleseg/ops/cpu.py", "cycleseg/ops/cuda.py", "cycleseg/ops/testing.py",
+               "csrc/module.cpp", "csrc/common.h", "benchmarks/compile_check.py", "benchmarks/roofline.py",
+               "benchmarks/launches.py", "benchmarks/gpu_check.sh"]
+    for path in central:
+        text = (ROOT / path).read_text()
+        for name in REGISTRY:
+            assert name not in text, f"{path} names the op {name}"
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401  (optional: the Triton module check needs it)
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the Triton kernels run on CPU tensors only "
@@ -38,9 +92,9 @@ def test_cpu_kernel_from_cpp_and_cuda_kernel_from_triton(name):
 def test_the_interpreter_backend_is_scoped_to_its_block():
     x = torch.randn(1, 3, 4, 4)
     with ops.cpu_backend("triton"):
-        assert "library.py" not in kernels_of("instance_norm_relu")["CPU"]
+        assert ".cpp" not in kernels_of("instance_norm_relu")["CPU"]
         inside = ops.instance_norm_relu(x)
-    assert kernels_of("instance_norm_relu")["CPU"].startswith(str(cpu.CSRC / "module.cpp"))
+    assert kernels_of("instance_norm_relu")["CPU"].startswith(str(cpu.CSRC / "instance_norm_relu.cpp"))
     torch.testing.assert_close(inside, ops.instance_norm_relu(x), rtol=1e-5, atol=1e-5)
 
 

@@ -1,14 +1,15 @@
 """The C++ CPU kernels (csrc/), compiled with torch.utils.cpp_extension on first use and cached in
 torch's extension folder (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions): about a minute
 once per machine, Python and torch version, then a fast import. Loading the extension registers its
-kernels as the CPU kernels of the cycleseg:: ops (TORCH_LIBRARY_IMPL in csrc/module.cpp).
+kernels as the CPU kernels of the cycleseg:: ops (each csrc/<op>.cpp registers its own with
+TORCH_LIBRARY_IMPL). The sources are every .cpp file of csrc/, found, not listed.
 
 Processes that load it at once (torchrun's, a grid's) take turns on an flock of the build folder, which
 the kernel releases when its holder dies. torch's own lock is a file that a process killed while
 building or loading leaves behind, and every later load then waits on it forever; under our lock no
 other process is loading, so such a file is stale and is removed.
 
-Until it is loaded, each op's CompositeExplicitAutograd kernel (below) stands in: for CPU tensors it
+Until it is loaded, each op's CompositeExplicitAutograd kernel (`stand_in`) stands in: for CPU tensors it
 builds and loads the extension, then calls the op again, which the dispatcher now sends to the C++
 kernel; other devices without a kernel of their own get a clear error. No compiler -> a RuntimeError
 saying so; nothing falls back silently.
@@ -31,21 +32,25 @@ except ImportError:                                                 # Windows: t
 import torch
 
 from ..kernels import common
-from .library import KERNELS, lib, op
 
-SOURCES = ["module.cpp", "softmax_cross_entropy.cpp", "instance_norm_relu.cpp", "lsgan_loss.cpp"]
+MODULE = "module.cpp"                   # the extension module (the testing switch); every other .cpp is an op's
 
 
 def csrc_dir() -> Path:
-    """The C++ sources: cycleseg/csrc in an installed package, csrc/ beside the package in a checkout."""
+    """The C++ sources: cycleseg/csrc (in a checkout, a link to the top-level csrc/)."""
     package = Path(__file__).resolve().parents[1]
     for d in (package / "csrc", package.parent / "csrc"):
-        if (d / SOURCES[0]).exists():
+        if (d / MODULE).exists():
             return d
     return package / "csrc"
 
 
 CSRC = csrc_dir()
+
+
+def sources() -> list[str]:
+    """The extension's sources: module.cpp and each op's csrc/<op>.cpp."""
+    return sorted(p.name for p in CSRC.glob("*.cpp"))
 
 
 # Built for this machine's CPU (-march=native: AVX2 / AVX-512 vector loops). -O2 with the dynamic cost
@@ -66,7 +71,7 @@ def cpu_tag() -> str:
             info += "".join(ln for ln in f if ln.startswith(("model name", "flags")))[:4096]
     except OSError:
         pass
-    for s in SOURCES + ["common.h"]:
+    for s in sources() + ["common.h"]:
         p = CSRC / s
         info += p.read_text() if p.exists() else ""
     return hashlib.sha1(info.encode()).hexdigest()[:8]
@@ -138,16 +143,15 @@ def extension():
     """The compiled extension, loaded (built on the first call); its kernels are then registered."""
     # Heavy (imports the compiler tooling) and needed once: imported here rather than with the package.
     from torch.utils import cpp_extension
-    missing = [s for s in SOURCES if not (CSRC / s).exists()]
-    if missing:
-        raise RuntimeError(f"cycleseg's C++ sources are missing from {CSRC} ({', '.join(missing)}); "
+    if not (CSRC / MODULE).exists() or not (CSRC / "common.h").exists():
+        raise RuntimeError(f"cycleseg's C++ sources are missing from {CSRC} ({MODULE}, common.h); "
                            f"reinstall cycleseg (pip install cycleseg, or pip install -e . in its source tree)")
     name = f"cycleseg_cpu_{cpu_tag()}"
     folder = build_folder(name)
     with build_lock(folder):
         drop_damaged_build(folder, name)
         try:
-            ext = cpp_extension.load(name=name, sources=[str(CSRC / s) for s in SOURCES], extra_cflags=FLAGS,
+            ext = cpp_extension.load(name=name, sources=[str(CSRC / s) for s in sources()], extra_cflags=FLAGS,
                                      extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
         except Exception as e:
             raise RuntimeError(
@@ -165,7 +169,7 @@ def loaded() -> bool:
     return extension.cache_info().currsize > 0
 
 
-def _stand_in(name: str):
+def stand_in(name: str):
     """The CompositeExplicitAutograd kernel of op `name`: loads the C++ kernels on its first CPU call."""
     def run(*args):
         device = args[0].device
@@ -174,10 +178,7 @@ def _stand_in(name: str):
         extension()
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"cycleseg::{name}", "CPU"):
             raise RuntimeError(f"cycleseg's C++ extension loaded without a CPU kernel for {name}")
-        return op(name)(*args)
+        return getattr(torch.ops.cycleseg, name).default(*args)
     run.__name__ = f"{name}_load_cpu"
     return run
 
-
-for _name in KERNELS:
-    lib.impl(_name, _stand_in(_name), "CompositeExplicitAutograd")

@@ -4,20 +4,15 @@ would otherwise run on the wrong device."""
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
+from typing import Callable
 
 import torch
 
-from .library import KERNELS, lib
 
-
-@functools.lru_cache(maxsize=None)
-def launcher(name: str):
-    """The Triton launcher of op `name` (kernels/<module>.py), or a clear error without Triton."""
-    module, function = KERNELS[name]
+def resolve(name: str, launcher: Callable[[], Callable]) -> Callable:
+    """launcher() (which imports kernels/<op>.py, hence Triton), or a clear error without Triton."""
     try:
-        return getattr(importlib.import_module(f"cycleseg.kernels.{module}"), function)
+        return launcher()
     except ImportError as e:
         raise RuntimeError(f"the fused op {name} needs Triton for CUDA tensors ({e}); pip install triton, "
                            f"or train with --no-fast") from e
@@ -28,14 +23,14 @@ def device_guard(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def kernel(name: str):
+def kernel(name: str, launcher: Callable[[], Callable]):
     """The dispatcher's kernel for op `name`: its Triton launcher under the first input's device."""
+    resolved = []
+
     def run(*args):
+        if not resolved:
+            resolved.append(resolve(name, launcher))
         with device_guard(args[0]):
-            return launcher(name)(*args)
+            return resolved[0](*args)
     run.__name__ = f"{name}_triton"
     return run
-
-
-for _name in KERNELS:
-    lib.impl(_name, kernel(_name), "CUDA")

@@ -1,4 +1,5 @@
-"""cycleseg.ops.softmax_cross_entropy: the fused pixelwise softmax cross-entropy.
+"""cycleseg.ops.softmax_cross_entropy: the fused pixelwise softmax cross-entropy (C++:
+csrc/softmax_cross_entropy.cpp, Triton: kernels/softmax_cross_entropy.py).
 
 Exactly reference.softmax_cross_entropy (= F.cross_entropy on (N, K, H, W)), except that the 'mean' and
 'sum' losses come back in the accumulation dtype (fp32 for bf16 logits, as F.cross_entropy under
@@ -11,16 +12,28 @@ torch.compile the check is skipped and such pixels give NaN; no kernel reads out
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
 from .. import reference
 from ..kernels.common import acc_dtype
-from .library import op
+from .registry import FusedOp, define, register
 from .validation import validation_enabled
 
-_fwd = op("softmax_cross_entropy")
-_bwd = op("softmax_cross_entropy_backward")
+
+def triton():
+    # kernels/softmax_cross_entropy.py imports Triton (optional): loaded on the first CUDA call
+    from ..kernels import softmax_cross_entropy as kernels
+    return kernels
+
+
+_fwd = define("softmax_cross_entropy", "(Tensor logits, Tensor target, Tensor? weight, int ignore_index, str reduction) "
+              "-> (Tensor loss, Tensor denom, Tensor lse)", lambda: triton().softmax_cross_entropy_fwd)
+_bwd = define("softmax_cross_entropy_backward", "(Tensor grad, Tensor logits, Tensor target, Tensor? weight, "
+              "Tensor denom, Tensor lse, int ignore_index, str reduction) -> Tensor",
+              lambda: triton().softmax_cross_entropy_bwd)
 
 
 @torch.library.register_fake("cycleseg::softmax_cross_entropy")
@@ -66,3 +79,27 @@ def softmax_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None 
     if validation_enabled() and not torch.compiler.is_compiling():
         check_target_values(target, logits.shape[1], ignore_index)
     return _fwd(logits, target, weight, int(ignore_index), reduction)[0]
+
+
+def exercise(n: int, h: int, w: int, dtype, memory_format, device) -> None:
+    """Every reduction, with and without class weights, forward and backward, on (n, 21, h, w) logits
+    (VOC's classes) with 255 as ignore_index (benchmarks/launches.py, tests)."""
+    k = 21
+    x = torch.randn((n, k, h, w), dtype=dtype, device=device).contiguous(memory_format=memory_format).requires_grad_()
+    t = torch.randint(0, k, (n, h, w), device=device).to(torch.uint8)
+    for reduction, weight in itertools.product(("mean", "sum", "none"), (None, torch.rand(k, device=device))):
+        softmax_cross_entropy(x, t, weight, 255, reduction).sum().backward()
+
+
+def roofline(call: dict, kernels: set) -> tuple[float, float]:
+    """(floor, design) bytes of one call (K classes, s bytes a value)."""
+    s = {"bf16": 2, "fp32": 4, "fp16": 2, "fp64": 8}[call["dtype"]]
+    n, k, h, w = call["shapes"][0] if call["pass"] == "fwd" else call["shapes"][1]
+    px = n * h * w
+    return (px * (k * s + 1), px * (k * s + 5)) if call["pass"] == "fwd" else (px * k * s, px * (2 * k * s + 5))
+
+
+register(FusedOp("softmax_cross_entropy", (softmax_cross_entropy,),
+                 ("softmax_cross_entropy", "softmax_cross_entropy_backward"), triton, exercise, roofline,
+                 "fwd reads logits and target: K s + 1; bwd writes the gradient: K s (design: fwd K s + 5 with "
+                 "the saved log-sum-exp, bwd 2 K s + 5)"))

@@ -17,7 +17,7 @@ import torch
 
 from ..kernels import common
 from . import cpu, cuda
-from .library import KERNELS
+from .registry import LAUNCHERS
 
 CPU_BACKENDS = ("cpp", "triton")
 
@@ -38,8 +38,8 @@ def cpu_backend(name: str):
     lib = torch.library.Library("cycleseg", "IMPL")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Oo]verrid.*")
-        for name_ in KERNELS:
-            lib.impl(name_, cuda.kernel(name_), "CPU", allow_override=True)
+        for name_, launcher in LAUNCHERS.items():
+            lib.impl(name_, cuda.kernel(name_, launcher), "CPU", allow_override=True)
     try:
         yield
     finally:
