@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -17,6 +19,7 @@ from .fileio import atomic_write_bytes
 from .usage import UsageError
 from .config import check_image_side, from_saved
 from .data.h5format import palette_problem
+from .models import networks_from_config
 
 
 class CheckpointError(ValueError):
@@ -98,3 +101,31 @@ def check_run(state: dict, path) -> None:
                 check_image_side(side, resolved.mode, f"its data's image size {side}", resolved.generator)
     except (UsageError, TypeError, ValueError) as e:
         _fail(path, f"its config is not valid ({e})")
+
+
+def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
+    """(config, data info, networks with the checkpoint's weights, on the CPU) of a run checkpoint."""
+    cfg = from_saved(state["config"])
+    g_is = state["nets"]["G_IS"]
+    info = dict(state.get("data") or {})
+    if "num_classes" not in info:                                   # older checkpoints: read the weights
+        info["num_classes"], info["channels"] = _last_conv(g_is).shape[0], g_is["model.1.weight"].shape[1]
+    info.setdefault("class_names", [str(i) for i in range(info["num_classes"])])
+    info.setdefault("palette", None)
+    info.setdefault("ignore_index", 255)
+    meta = SimpleNamespace(channels=info["channels"], num_classes=info["num_classes"])
+    try:
+        nets = networks_from_config(cfg, meta, tuple(state["nets"]))
+        for name, net in nets.items():
+            net.load_state_dict(state["nets"][name])
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: its networks do not match its own config ({cfg.generator} G_IS, ngf "
+                              f"{cfg.ngf}, {cfg.n_blocks} blocks, ndf {cfg.ndf}, {info['num_classes']} classes): "
+                              f"{e}") from e
+    return cfg, info, nets
+
+
+def _last_conv(g_state: dict):
+    """The weight of a generator's last convolution in its state dict."""
+    layers = {int(m.group(1)): k for k in g_state if (m := re.fullmatch(r"model\.(\d+)\.weight", k))}
+    return g_state[layers[max(layers)]]

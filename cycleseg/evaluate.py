@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from . import figures, report
-from .checkpoint import load_run
+from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import check_image_side
 from .data import acdc
@@ -40,7 +40,6 @@ from .data.source import open_source
 from .data.splits import split_path
 from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
-from .models import networks_from_checkpoint
 from .objective import one_hot
 from .usage import UsageError, run_command
 

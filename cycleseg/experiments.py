@@ -26,7 +26,6 @@ the extremes, each labelled with both Dice).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import subprocess
@@ -38,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from . import figures, report
-from .checkpoint import CheckpointError, load_run
-from .config import RECIPES, RUNTIME_FIELDS, from_saved, given_fields, parse_args
+from .checkpoint import CheckpointError, load_run, networks_from_checkpoint
+from .config import RECIPES, flat, from_saved, get, given_fields, parse_args, runtime_names
 from .report import percent
 from .data.h5format import DataError
 from .data.pixels import to_input
@@ -47,11 +46,12 @@ from .data.source import open_source
 from .data.splits import split_path
 from .evaluate import batches, eval_mode, predict
 from .fileio import write_files
+from .methods import METHODS as REGISTRY
 from .metrics import image_dice
-from .models import networks_from_checkpoint
 from .runfolder import RunFolder
 from .usage import Parser, UsageError, fail, run_command
 
+PAPER_ARMS = ("partial", "semi")        # the paper's comparison: the supervised baseline and the method
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
 
 
@@ -71,9 +71,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        names = {"full": "Full", "partial": "Partial", "semi": "Ours (semi)", "adversarial": "Hung et al.",
-                 "meanteacher": "Mean Teacher", "fixmatch": "FixMatch (weak-to-strong)"}
-        text = names[self.mode]
+        text = REGISTRY[self.mode].label
         if not self.ablation:
             return text
         term = ABLATIONS[self.ablation]
@@ -82,14 +80,14 @@ class Cell:
         return f"{text}, without {term}"
 
 
-def grid_cells(grid: str, fractions, extra=(), methods=("partial", "semi")) -> list[Cell]:
+def grid_cells(grid: str, fractions, extra=(), methods=PAPER_ARMS) -> list[Cell]:
     """The cells of a grid: Full, then each of `methods` at each labeled fraction (the paper grid: Partial
     and semi at 10 / 20 / 30 / 50 %, the ablations and Hung et al.). Each ablation switches one of
     lambda2..lambda5 of the semi runs (as the recipe and the options after -- set them): off where it is
     on, on at the 2019 code's weight where it is off."""
     cells = [Cell("full", 1.0)]
     if grid == "paper":
-        fractions, methods = (0.1, 0.2, 0.3, 0.5), ("partial", "semi")
+        fractions, methods = (0.1, 0.2, 0.3, 0.5), PAPER_ARMS
     named = {}
     for f in fractions:
         if not 0 < f <= 1:
@@ -102,12 +100,12 @@ def grid_cells(grid: str, fractions, extra=(), methods=("partial", "semi")) -> l
         cells += [Cell(m, f) for m in methods]
     if grid == "paper":
         semi = parse_args(["--mode", "semi", *extra])[0].resolved()
-        cells += [Cell("semi", 0.2, a, 0.0 if getattr(semi, a) else RECIPES["2019"][a]) for a in ABLATIONS]
+        cells += [Cell("semi", 0.2, a, 0.0 if get(semi, a) else RECIPES["2019"][a]) for a in ABLATIONS]
         cells.append(Cell("adversarial", 0.2))
     return cells
 
 
-METHODS = ("partial", "semi", "meanteacher", "fixmatch", "adversarial")
+METHODS = tuple(mode for mode, method in REGISTRY.items() if not method.all_labels)   # the comparison's choices
 # Options a cell sets itself: after `--` they would make every cell the same run.
 CELL_OWNED = ("mode", "labeled_fraction", "seed", "out", "data", "resume", "stop_after")
 
@@ -138,11 +136,10 @@ def check_cell_folder(cfg, folder: Path) -> None:
     last = folder / "last.pt"
     if not last.exists():
         return
-    saved = from_saved(load_run(last)["config"])
-    diff = [f.name for f in dataclasses.fields(cfg) if f.name not in RUNTIME_FIELDS
-            and getattr(saved, f.name) != getattr(cfg, f.name)]
+    saved, ours = flat(from_saved(load_run(last)["config"])), flat(cfg)
+    diff = [k for k in ours if k not in runtime_names() and saved[k] != ours[k]]
     if diff:
-        shown = ", ".join(f"{k} {getattr(saved, k)!r} where the cell has {getattr(cfg, k)!r}" for k in diff[:3])
+        shown = ", ".join(f"{k} {saved[k]!r} where the cell has {ours[k]!r}" for k in diff[:3])
         raise CheckpointError(f"{last}: a run of another configuration than this cell's ({shown}); move it away "
                               f"or give the grid another --out")
 
@@ -282,7 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
     p.add_argument("--data", default=None, help="any --data of the training command (default: the built-in dataset)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="labeled fractions (comparison grid)")
-    p.add_argument("--methods", nargs="+", default=["partial", "semi"], choices=METHODS,
+    p.add_argument("--methods", nargs="+", default=list(PAPER_ARMS), choices=METHODS,
                    help="the methods of the comparison grid, each at every fraction (Full always runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from . import native
-from .checkpoint import load_run
+from .checkpoint import load_run, networks_from_checkpoint
 from .cli import refuse_existing, run_or_exit
 from .data.h5format import default_palette
 from .fileio import write_files
 from .config import SIDE_MULTIPLE
-from .models import networks_from_checkpoint, use_ops
+from .models import use_ops
 from .usage import Parser, UsageError, run_command
 
 FORMATS = ("onnx", "pt2")

@@ -20,13 +20,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from PIL import Image
 
+from .methods import METHODS
 from .report import percent
 
 SAMPLE_TITLES = ["image", "truth", "prediction", "G_SI(truth)"]
-COLOURS = {"partial": "#c83c28", "semi": "#285ac8", "full": "#5a5a5a", "meanteacher": "#1e963c",
-           "fixmatch": "#963caa", "adversarial": "#c88c14"}
-LABELS = {"partial": "Partial", "semi": "Ours (semi)", "meanteacher": "Mean Teacher", "fixmatch": "FixMatch",
-          "adversarial": "Hung et al."}
+COLOURS = {mode: method.colour for mode, method in METHODS.items()}
+LABELS = {mode: method.label for mode, method in METHODS.items() if not method.all_labels}
 
 
 def png(image: Image.Image) -> bytes:

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from . import reference
-from .checkpoint import CheckpointError
-from .config import GENERATORS, from_saved
+
+
+GENERATORS = ("resnet", "unet")     # G_IS: the paper's ResNet, or SSL4MIS's UNet
 
 
 class NormReLU(nn.Module):
@@ -252,31 +253,3 @@ def data_info(meta) -> dict:
     return {"num_classes": meta.num_classes, "channels": meta.channels, "class_names": list(meta.class_names),
             "palette": [list(p) for p in meta.palette], "ignore_index": meta.ignore_index,
             "height": meta.height, "width": meta.width, "preprocessing": dict(meta.preprocessing)}
-
-
-def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
-    """(config, data info, networks with the checkpoint's weights, on the CPU) of a run checkpoint."""
-    cfg = from_saved(state["config"])
-    g_is = state["nets"]["G_IS"]
-    info = dict(state.get("data") or {})
-    if "num_classes" not in info:                                   # older checkpoints: read the weights
-        info["num_classes"], info["channels"] = _last_conv(g_is).shape[0], g_is["model.1.weight"].shape[1]
-    info.setdefault("class_names", [str(i) for i in range(info["num_classes"])])
-    info.setdefault("palette", None)
-    info.setdefault("ignore_index", 255)
-    meta = SimpleNamespace(channels=info["channels"], num_classes=info["num_classes"])
-    try:
-        nets = networks_from_config(cfg, meta, tuple(state["nets"]))
-        for name, net in nets.items():
-            net.load_state_dict(state["nets"][name])
-    except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path}: its networks do not match its own config ({cfg.generator} G_IS, ngf "
-                              f"{cfg.ngf}, {cfg.n_blocks} blocks, ndf {cfg.ndf}, {info['num_classes']} classes): "
-                              f"{e}") from e
-    return cfg, info, nets
-
-
-def _last_conv(g_state: dict):
-    """The weight of a generator's last convolution in its state dict."""
-    layers = {int(m.group(1)): k for k in g_state if (m := re.fullmatch(r"model\.(\d+)\.weight", k))}
-    return g_state[layers[max(layers)]]

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import figures
-from .checkpoint import load_run
+from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .data import nifti
 from .data.convert import HIGH_BIT_MODES, image_values
@@ -42,7 +42,6 @@ from .data.h5format import DataError, default_palette, open_h5, palette_problem,
 from .data.pixels import to_input, to_uint8
 from .evaluate import eval_mode
 from .fileio import write_files
-from .models import networks_from_checkpoint
 from .objective import one_hot
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
 from .usage import UsageError, run_command

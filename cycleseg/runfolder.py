@@ -8,7 +8,7 @@
 
 The resume policy lives here too: a folder that holds a run (any of the files above) is never trained
 into again without --resume, and --resume needs its last.pt; the resumed run keeps the checkpoint's
-config except the runtime fields and what config.RESUME_CHANGEABLE allows (said on the terminal), and
+config except the runtime fields and the options marked changeable (options.CHANGEABLE) allow (said on the terminal), and
 refuses any other change with the reason. While a run trains its folder is locked (an advisory lock on
 the folder, released by the system when the process ends however it ends): a second training into it
 stops before touching anything. Every file is written atomically. Off rank 0 (distributed runs) every
@@ -17,7 +17,6 @@ eval-*/ folders beside a checkpoint; nothing else writes here.)
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ except ImportError:                                                 # Windows: f
     fcntl = None
 
 from . import checkpoint, figures
-from .config import Config, resume_config
+from .config import Config, flat, resume_config
 from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, remove_stale_temporaries
 from .usage import UsageError
 
@@ -139,7 +138,7 @@ class RunFolder:
         if self.metrics.exists():
             keep = [r for r in self.records() if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
-        atomic_write_text(self.path / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+        atomic_write_text(self.path / "config.json", json.dumps(flat(cfg), indent=2))
 
     # -- outputs ------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:

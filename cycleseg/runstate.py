@@ -12,12 +12,12 @@ states go to the process of the same rank
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import torch
 
 from .checkpoint import CheckpointError
+from .config import flat
 from .distributed import World, gather
 from .models import data_info
 
@@ -36,7 +36,7 @@ def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, meta, 
     ranks = gather(mine, world)
     if world.rank != 0:
         return None
-    return {"step": step_no, "best_miou": best, "config": dataclasses.asdict(cfg), "plan": step.plan.state_dict(),
+    return {"step": step_no, "best_miou": best, "config": flat(cfg), "plan": step.plan.state_dict(),
             "data": data_info(meta), "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
             "world_size": world.size, "ranks": ranks}
 

@@ -13,7 +13,6 @@ Every --ckpt-every steps: last.pt (everything needed to resume exactly).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -26,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 from . import figures, ops
-from .assemble import build, optim_of
+from .assemble import build, networks_of, optim_of
 from .checkpoint import CheckpointError
-from .config import Config, check_image_side, from_saved, given_fields, parse_args
+from .config import Config, check_image_side, flat, from_saved, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
 from .data.streams import Streams, make_streams
@@ -36,10 +35,9 @@ from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, 
 from .evaluate import confusion, evaluate_file_volumes, evaluate_volumes, samples
 from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
-from .models import count_parameters, networks_from_config
+from .models import count_parameters
 from .runfolder import RunFolder
 from .runstate import load_state_dict, state_dict
-from .steps import STEPS
 from .usage import UsageError, fail, run_command
 
 
@@ -92,7 +90,8 @@ def train(cfg: Config, until: int | None = None, given=None) -> dict:
     explicitly (what --resume is asked to change; default: those that differ from Config's defaults).
     Returns the last validation metrics."""
     if given is None:
-        given = {f.name for f in dataclasses.fields(Config) if getattr(cfg, f.name) != getattr(Config(), f.name)}
+        ours, defaults = flat(cfg), flat(Config())
+        given = {name for name in ours if ours[name] != defaults[name]}
     cfg = cfg.resolved()
     until = until if until is not None else cfg.stop_after
     world, device = setup(cfg.device)
@@ -225,7 +224,7 @@ def finished(run: Run, result: dict, seconds: float) -> str:
 
 
 def describe(cfg: Config, meta, nets: dict) -> str:
-    lines = ["config:", json.dumps(dataclasses.asdict(cfg), indent=2),
+    lines = ["config:", json.dumps(flat(cfg), indent=2),
              f"data: {meta.path} ({meta.count} images {meta.height}x{meta.width}x{meta.channels}, "
              f"{meta.num_classes} classes)", "parameters:"]
     lines += [f"  {k}: {count_parameters(v):,}" for k, v in nets.items()]
@@ -243,7 +242,7 @@ def main(argv=None) -> int:
         if dry_run:
             meta = read_meta(split_paths(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)["train"])
             torch.manual_seed(cfg.seed)
-            print(describe(cfg, meta, networks_from_config(cfg, meta, STEPS[cfg.mode].networks)))
+            print(describe(cfg, meta, networks_of(cfg, meta)))
             return 0
         result = train(cfg, given=given)
     except Interrupted as e:

@@ -409,7 +409,7 @@ def test_help_prints_text_not_argparse_internals(capsys):
     with pytest.raises(SystemExit):
         train_main(["--help"])
     out = capsys.readouterr().out
-    assert "full: 100 % labels" in out and "option_strings" not in out
+    assert "G_IS on 100 % of the" in out and "option_strings" not in out
 
 
 def test_a_train_that_fails_before_it_begins_leaves_no_run_folder(tmp_path, capsys):

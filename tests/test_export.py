@@ -18,7 +18,7 @@ from cycleseg.data.acdc import cached_splits, read_volume, volume_names
 from cycleseg.data.pixels import to_input
 from cycleseg.data.source import H5Source
 from cycleseg.export import main as export_main
-from cycleseg.models import networks_from_checkpoint
+from cycleseg.checkpoint import networks_from_checkpoint
 from cycleseg.predict import main as predict_main
 from cycleseg.train import main as train_main
 
@@ -97,7 +97,7 @@ def test_exports_take_any_batch_and_size_and_hold_no_cycleseg_op(acdc_checkpoint
 def test_the_papers_networks_round_trip(tmp_path, generator):
     """ResNet-9 generators of ngf 64 (the paper's), and SSL4MIS's UNet, freshly initialised, exported and run
     (the UNet in eval mode: BatchNorm's running statistics, set to non-trivial values here)."""
-    from cycleseg.config import Config
+    from cycleseg.config import Config, flat
     from cycleseg.data.h5format import Meta
     from cycleseg.models import data_info, networks_from_config
 
@@ -110,7 +110,7 @@ def test_the_papers_networks_round_trip(tmp_path, generator):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
     ckpt = tmp_path / "paper.pt"
-    torch.save({"config": vars(cfg), "nets": {"G_IS": nets["G_IS"].state_dict()}, "data": data_info(meta),
+    torch.save({"config": flat(cfg), "nets": {"G_IS": nets["G_IS"].state_dict()}, "data": data_info(meta),
                 "step": 0}, ckpt)
     assert export_main([str(ckpt), "--out", str(tmp_path)]) == 0
     meta_props = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "paper.onnx")).metadata_props}

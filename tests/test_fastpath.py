@@ -5,19 +5,19 @@ import pytest
 import torch
 
 from cycleseg import ops
-from cycleseg.config import Config
+from cycleseg.config import Config, from_flat
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import Plan, busy_cpu_note, cpu_has_native_bf16, plan_for
 from cycleseg.models import NormReLU, networks_from_config, use_ops
 from cycleseg.assemble import make_step as step_for
-from cycleseg.steps import STEPS
+from cycleseg.methods import METHODS
 
 FAST_CPU = Plan(fused_ops=True, merge_passes=True, fused_adam=True)
 
 
 def setup(mode="semi", lr=1e-3, **cfg_kw):
-    cfg = Config(device="cpu", mode=mode, ngf=8, n_blocks=2, ndf=8, steps=100, lr=lr, pool_size=4,
-                 **cfg_kw).resolved()
+    cfg = from_flat(dict(device="cpu", mode=mode, ngf=8, n_blocks=2, ndf=8, steps=100, lr=lr, pool_size=4,
+                         **cfg_kw)).resolved()
     meta = Meta(num_classes=5, class_names=list("abcde"), palette=[[0, 0, 0]] * 5, channels=3)
     g = torch.Generator().manual_seed(1)
     data = [{"images": torch.randint(0, 256, (4, 3, 32, 32), generator=g, dtype=torch.uint8),
@@ -28,7 +28,7 @@ def setup(mode="semi", lr=1e-3, **cfg_kw):
 
 def make_step(cfg, meta, plan):
     torch.manual_seed(0)
-    nets = networks_from_config(cfg, meta, STEPS[cfg.mode].networks)
+    nets = networks_from_config(cfg, meta, METHODS[cfg.mode].step.networks)
     for net in nets.values():
         use_ops(net, plan.ops())
     return nets, step_for(cfg, nets, meta, plan)

@@ -21,7 +21,7 @@ TINY_ARGS = ["--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "16"
 
 
 def test_nan_loss_stops_with_step_and_term(tiny, tmp_path, monkeypatch):
-    import cycleseg.steps as steps
+    import cycleseg.methods.supervised as steps
 
     real, calls = steps.supervised_objective, []
 
@@ -207,7 +207,7 @@ def test_resume_may_change_lr_and_steps_and_says_so(tiny, tmp_path, capsys):
 
 
 def test_divergence_advice_follows_the_checkpoints(tiny, monkeypatch):
-    import cycleseg.steps as steps
+    import cycleseg.methods.supervised as steps
 
     real = steps.supervised_objective
 

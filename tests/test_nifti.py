@@ -287,7 +287,7 @@ def test_metrics_command_scores_in_millimetres_as_medpy(tmp_path, capsys):
 
 def test_evaluate_measures_converted_volumes_in_millimetres(tiny_checkpoint, tmp_path):
     from cycleseg.evaluate import file_volumes, summarize_volumes
-    from cycleseg.models import networks_from_checkpoint
+    from cycleseg.checkpoint import networks_from_checkpoint
     from cycleseg.checkpoint import load_run
 
     assert convert(raw_acdc(tmp_path / "acdc", patients=(1, 2), unlabeled=(3,)), tmp_path / "v.h5", "--split",

@@ -32,7 +32,7 @@ def checkpoint(data, tiny_checkpoint, tmp_path_factory):
 def expected_mask(ckpt, image: np.ndarray) -> np.ndarray:
     """The prediction computed here, independently of predict.py: resize, network, argmax, resize back."""
     from cycleseg.checkpoint import load_run
-    from cycleseg.models import networks_from_checkpoint
+    from cycleseg.checkpoint import networks_from_checkpoint
 
     _, info, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
     im = Image.fromarray(image).convert("RGB" if info["channels"] == 3 else "L")   # the checkpoint's channels

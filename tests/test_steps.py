@@ -4,13 +4,18 @@ import copy
 import pytest
 import torch
 
-from cycleseg.config import Config
+from cycleseg.config import Config, from_flat
 from cycleseg.data.h5format import Meta
 from cycleseg.models import networks_from_config
 from cycleseg.assemble import make_step
 from cycleseg.fastpath import Plan
 from cycleseg.objective import HungWeights
-from cycleseg.steps import STEPS, CycleGANStep, LinearDecay, SupervisedStep
+from cycleseg.methods import METHODS
+from cycleseg.methods.fixmatch import FixMatchOptions
+from cycleseg.methods.meanteacher import MeanTeacherOptions
+from cycleseg.methods.cyclegan import CycleGANStep
+from cycleseg.methods.supervised import SupervisedStep
+from cycleseg.steps import LinearDecay
 
 
 def test_linear_decay_schedule():
@@ -22,19 +27,19 @@ def test_linear_decay_schedule():
 
 
 def test_modes_map_to_steps():
-    assert STEPS["semi"] is CycleGANStep and STEPS["partial"] is STEPS["full"] is SupervisedStep
+    assert METHODS["semi"].step is CycleGANStep and METHODS["partial"].step is METHODS["full"].step is SupervisedStep
     assert CycleGANStep.networks == ("G_IS", "G_SI", "D_S", "D_I") and SupervisedStep.networks == ("G_IS",)
     assert CycleGANStep.streams == ("labeled", "unlabeled")
-    assert STEPS["adversarial"].networks == ("G_IS", "D_H")
+    assert METHODS["adversarial"].step.networks == ("G_IS", "D_H")
 
 
 def make(mode, generator="resnet"):
     """The step of `mode` on tiny networks; the UNet G_IS with SSL4MIS's SGD (--optimizer sgd)."""
-    cfg = Config(device="cpu", mode=mode, ngf=4, n_blocks=1, ndf=4, steps=8, pool_size=2, generator=generator,
-                 optimizer="sgd" if generator == "unet" else "adam").resolved()
+    cfg = from_flat(dict(device="cpu", mode=mode, ngf=4, n_blocks=1, ndf=4, steps=8, pool_size=2, generator=generator,
+                         optimizer="sgd" if generator == "unet" else "adam")).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
-    nets = networks_from_config(cfg, meta, STEPS[mode].networks)
+    nets = networks_from_config(cfg, meta, METHODS[mode].step.networks)
     return nets, make_step(cfg, nets, meta, Plan())
 
 
@@ -80,8 +85,8 @@ def test_sigmoid_rampup():
 
 
 def test_rampup_and_discriminator_lr_reach_the_step():
-    cfg = Config(device="cpu", mode="semi", ngf=4, n_blocks=1, ndf=4, steps=8, rampup=0.5, lr=1e-3,
-                 lr_d=1e-4).resolved()
+    cfg = from_flat(dict(device="cpu", mode="semi", ngf=4, n_blocks=1, ndf=4, steps=8, rampup=0.5, lr=1e-3,
+                         lr_d=1e-4)).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
     step = make_step(cfg, networks_from_config(cfg, meta), meta, Plan())
@@ -99,7 +104,7 @@ def test_adversarial_step_terms_and_self_training_start():
     cfg = Config(device="cpu", mode="adversarial", ngf=4, n_blocks=1, ndf=4, steps=8, lr=1e-3).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
-    nets = networks_from_config(cfg, meta, STEPS["adversarial"].networks)
+    nets = networks_from_config(cfg, meta, METHODS["adversarial"].step.networks)
     step = make_step(cfg, nets, meta, Plan())
     on = []
     for b in batches(4, 32):
@@ -123,8 +128,10 @@ def test_adversarial_step_terms_and_self_training_start():
 def test_fixmatch_weight_ramps_up_when_asked(rampup):
     """--fm-rampup 0 (UniMatch): the strong-view term at full weight from the first step; otherwise the
     sigmoid ramp-up of Mean Teacher over that fraction of the run."""
-    from cycleseg.steps import FixMatchStep, sigmoid_rampup
-    cfg = Config(device="cpu", mode="fixmatch", ngf=4, n_blocks=1, steps=8, fm_weight=0.5, fm_rampup=rampup).resolved()
+    from cycleseg.methods.fixmatch import FixMatchStep
+    from cycleseg.steps import sigmoid_rampup
+    cfg = Config(device="cpu", mode="fixmatch", ngf=4, n_blocks=1, steps=8,
+                 fixmatch=FixMatchOptions(weight=0.5, rampup=rampup)).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
     step = make_step(cfg, networks_from_config(cfg, meta, FixMatchStep.networks), meta, Plan())
@@ -137,8 +144,9 @@ def test_fixmatch_weight_ramps_up_when_asked(rampup):
 
 
 def test_mean_teacher_teacher_is_an_ema_and_the_term_starts_late():
-    from cycleseg.steps import MeanTeacherStep
-    cfg = Config(device="cpu", mode="meanteacher", ngf=4, n_blocks=1, ndf=4, steps=8, mt_start=0.25).resolved()
+    from cycleseg.methods.meanteacher import MeanTeacherStep
+    cfg = Config(device="cpu", mode="meanteacher", ngf=4, n_blocks=1, ndf=4, steps=8,
+                 meanteacher=MeanTeacherOptions(start=0.25)).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
     nets = networks_from_config(cfg, meta, MeanTeacherStep.networks)
@@ -148,8 +156,8 @@ def test_mean_teacher_teacher_is_an_ema_and_the_term_starts_late():
         teacher = [p.clone() for p in step.teacher.parameters()]
         terms = step(b)
         weights.append(float(step.weight))
-        alpha = min(1 - 1 / (t + 1), cfg.mt_ema)                   # t updates before this one
+        alpha = min(1 - 1 / (t + 1), cfg.meanteacher.ema)                   # t updates before this one
         for old, new, student in zip(teacher, step.teacher.parameters(), nets["G_IS"].parameters()):
             assert torch.allclose(new, alpha * old + (1 - alpha) * student, atol=1e-7)
         assert set(terms) == {"gen_seg", "consistency"}
-    assert weights[:2] == [0.0, 0.0] and 0 < weights[2] < weights[3] < cfg.mt_consistency   # start at 25 %: 2 of 8
+    assert weights[:2] == [0.0, 0.0] and 0 < weights[2] < weights[3] < cfg.meanteacher.consistency   # start at 25 %: 2 of 8

@@ -88,12 +88,42 @@ def test_only_figures_draws_and_figures_computes_nothing():
 
 
 def test_steps_take_no_config():
-    """No name, argument or attribute `cfg` / `config` in steps.py: steps take explicit arguments."""
-    _, _, tree = modules()["cycleseg.steps"]
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    names |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args + n.kwonlyargs}
-    names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    assert not names & {"cfg", "config", "Config"}
+    """No name, argument or attribute `cfg` / `config` in steps.py or a method's module: steps take explicit
+    arguments (a method's own options, the run's facts)."""
+    mods = modules()
+    for m in ["cycleseg.steps"] + [m for m in mods if m.startswith("cycleseg.methods.")]:
+        _, _, tree = mods[m]
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args + n.kwonlyargs}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        assert not names & {"cfg", "config", "Config"}, m
+
+
+def test_a_method_is_defined_in_one_module():
+    """Each registry entry's step, builder and options come from one module of cycleseg/methods; its options
+    are embedded in the run's Config under its name, every flag of them carrying its help; no other module
+    lists the modes."""
+    import dataclasses
+
+    from cycleseg.config import Config, flat_fields
+    from cycleseg.methods import METHODS
+
+    config_fields = {f.name: f for f in dataclasses.fields(Config)}
+    for mode, method in METHODS.items():
+        homes = {method.step.__module__, method.build.__module__} | ({method.options.__module__} if method.options
+                                                                      else set())
+        assert len(homes) == 1 and next(iter(homes)).startswith("cycleseg.methods."), (mode, homes)
+        if method.options:
+            assert config_fields[method.options_field].default_factory is method.options
+    assert all(f.metadata.get("help") for _, f in flat_fields().values())
+    for m, (path, _, tree) in modules().items():
+        if m.startswith("cycleseg.methods"):
+            continue
+        for node in ast.walk(tree):
+            elts = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else \
+                node.keys if isinstance(node, ast.Dict) else []
+            named = {e.value for e in elts if isinstance(e, ast.Constant) and e.value in METHODS}
+            assert len(named) < 3, f"{path}:{node.lineno} lists the modes {sorted(named)} (methods.METHODS does)"
 
 
 def test_the_checker_sees_the_import_graph():
@@ -102,7 +132,7 @@ def test_the_checker_sees_the_import_graph():
     _, _, tree = mods["cycleseg.train"]
     targets = {t for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
                for t in resolve("cycleseg.train", node)}
-    assert {"cycleseg.assemble", "cycleseg.steps", "cycleseg.data.streams", "cycleseg.figures"} <= targets
+    assert {"cycleseg.assemble", "cycleseg.config", "cycleseg.data.streams", "cycleseg.figures"} <= targets
 
 
 def test_the_readme_layout_names_every_module():

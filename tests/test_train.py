@@ -1,8 +1,10 @@
 """End-to-end runs of python -m cycleseg.train on the built-in dataset, with a tiny model."""
+import dataclasses
+
 import pytest
 import torch
 
-from cycleseg.config import RECIPES, Config, parse_args
+from cycleseg.config import Config, RECIPES, from_flat, parse_args
 from cycleseg.runfolder import RunFolder
 from cycleseg.train import main, train
 
@@ -100,14 +102,13 @@ def test_config_defaults_and_errors():
     assert Config(device="cpu", recipe="2019").resolved().beta1 == 0.5                   # the 2019 code's
     assert Config(device="cpu", lr=1e-3).resolved().lr_d == 1e-3 * RECIPES["tuned"]["lr_d_scale"]
     assert Config(device="cpu", mode="full", labeled_fraction=0.2).resolved().labeled_fraction == 1.0
-    assert (cfg.lambda1, cfg.lambda2, cfg.lambda3, cfg.lambda4, cfg.lambda5) == (1, 0.05, 0, 0.01, 0.5)   # tuned
-    old = Config(device="cpu", recipe="2019").resolved()
-    assert (old.lambda1, old.lambda2, old.lambda3, old.lambda4, old.lambda5) == (1, 0.05, 1, 0.5, 0.5)
-    assert Config(device="cpu", lambda3=0.3).resolved().lambda3 == 0.3                  # an option beats the recipe
+    assert dataclasses.astuple(cfg.semi.lambdas) == (1, 0.05, 0, 0.01, 0.5)                          # tuned
+    assert dataclasses.astuple(Config(device="cpu", recipe="2019").resolved().semi.lambdas) == (1, 0.05, 1, 0.5, 0.5)
+    assert from_flat(dict(device="cpu", lambda3=0.3)).resolved().semi.lambda3 == 0.3    # an option beats the recipe
     with pytest.raises(ValueError, match="labeled-fraction"):
         Config(device="cpu", labeled_fraction=0.0).resolved()
     c, _ = parse_args(["--lambda2", "0.1", "--labeled-fraction", "0.3"])  # float lambdas (2019 code: int)
-    assert c.lambda2 == 0.1 and c.labeled_fraction == 0.3
+    assert c.semi.lambda2 == 0.1 and c.labeled_fraction == 0.3
 
 
 def test_bad_data_path_is_a_clear_error(tmp_path, tiny_argv, capsys):
@@ -123,12 +124,34 @@ def test_no_fast_baseline_trains(tiny, tmp_path):
 
 
 def test_help_describes_every_flag(capsys):
-    from dataclasses import fields
+    from cycleseg.config import flat_fields
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     out = capsys.readouterr().out
-    for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
+    for name in flat_fields():
+        flag = "--" + name.replace("_", "-")
         assert flag in out, flag
     assert "weight of L_disc^S" in out and "(default: 10)" in out
-    assert "{semi,partial,full,adversarial,meanteacher,fixmatch}" in out
+    assert "meanteacher: weight of the consistency term" in out and "--adv-lambda ADV_LAMBDA" in out
+    assert "{partial,full,semi,meanteacher,fixmatch,adversarial}" in out
+
+
+def test_method_options_nest_in_the_config_and_checkpoints_stay_flat():
+    """Each method's options live in its own dataclass, embedded in the Config; a checkpoint's flat config
+    (every version's: one key per flag) loads into them, and flat() gives back the same keys and values."""
+    from cycleseg.config import flat, from_saved
+    from cycleseg.methods.adversarial import AdversarialOptions
+
+    saved = flat(Config(device="cpu").resolved())
+    assert {"mt_consistency", "fm_weight", "adv_lambda", "lambda2", "pool_size"} <= set(saved)
+    saved.update(mt_consistency=0.3, fm_loss="ce", adv_lambda=0.05, lambda2=0.0, no_longer_an_option=1)
+    cfg = from_saved(saved)
+    assert (cfg.meanteacher.consistency, cfg.fixmatch.loss, cfg.adversarial.lambda_, cfg.semi.lambda2) == \
+        (0.3, "ce", 0.05, 0.0)
+    assert isinstance(cfg.adversarial, AdversarialOptions) and cfg.options("adversarial") is cfg.adversarial
+    back = flat(cfg)
+    assert back == {k: v for k, v in saved.items() if k != "no_longer_an_option"}
+    with pytest.raises(ValueError, match="--mt-ema must be in \\[0, 1\\], got 2"):
+        from_flat(dict(device="cpu", mt_ema=2.0)).resolved()
+    with pytest.raises(ValueError, match="--fm-loss must be one of dice, ce"):
+        from_flat(dict(device="cpu", fm_loss="l2")).resolved()

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from cycleseg.assemble import make_step
-from cycleseg.config import Config
+from cycleseg.config import Config, from_flat
 from cycleseg.data.augment import augment, ssl4mis_view
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import Plan
 from cycleseg.models import UNet, count_parameters, mixes_batch, networks_from_config, use_ops
-from cycleseg.steps import STEPS, PolyDecay
+from cycleseg.methods import METHODS
+from cycleseg.steps import PolyDecay
 from cycleseg.usage import UsageError
 from test_steps import batches
 
@@ -35,14 +36,14 @@ META = Meta(num_classes=4, class_names=list("abcd"), palette=[[0, 0, 0]] * 4, ch
 
 
 def cfg(mode, generator="unet", **kw):
-    return Config(device="cpu", mode=mode, generator=generator, ngf=4, n_blocks=1, ndf=4, steps=8, pool_size=2,
-                  optimizer="sgd", image_size=32, **kw).resolved()
+    return from_flat(dict(device="cpu", mode=mode, generator=generator, ngf=4, n_blocks=1, ndf=4, steps=8, pool_size=2,
+                          optimizer="sgd", image_size=32, **kw)).resolved()
 
 
 def build(mode, plan, **kw):
     c = cfg(mode, **kw)
     torch.manual_seed(0)
-    nets = networks_from_config(c, META, STEPS[mode].networks)
+    nets = networks_from_config(c, META, METHODS[mode].step.networks)
     for net in nets.values():
         use_ops(net, plan.ops())
     return nets, make_step(c, nets, META, plan)

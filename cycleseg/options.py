@@ -1,0 +1,60 @@
+"""What an option of a run is, said once, beside it: `option(default, help, check=..., resume=...)` makes a
+dataclass field whose metadata the command line (help, choices), the checks and a resumed run read.
+
+    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "at_least_one" | None
+    resume   why a resumed run keeps the value (the default: "the method and its objective"), or
+             CHANGEABLE (a resumed run may change it: the schedule is re-derived), or RUNTIME (it
+             describes the process, not the run: always taken from the command line)
+
+Each method's options are a dataclass of such fields beside its step (cycleseg/methods/<method>.py), with
+the prefix of its flags (`--mt-consistency` is MeanTeacherOptions.consistency); the run's Config embeds
+them (config.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .usage import UsageError
+
+CHANGEABLE, RUNTIME = "changeable", "runtime"
+METHOD = "the method and its objective"
+CHECKS = {
+    "fraction": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "below_one": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "non_negative": (lambda v: v >= 0, ">= 0"),
+    "positive": (lambda v: v > 0, "> 0"),
+    "at_least_one": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, check: str | None = None, resume: str = METHOD,
+           choices: tuple | None = None, default_factory=dataclasses.MISSING):
+    """A dataclass field with its help text, check, resume rule and choices as metadata."""
+    if check is not None and check not in CHECKS:
+        raise ValueError(f"unknown check {check!r}")
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help, "check": check, "resume": resume, "choices": choices})
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_fields(obj, prefix: str = "", names=None) -> None:
+    """UsageError naming the first field of `obj` (or of its `names`; flags `<prefix><field>`) whose value is
+    not finite, not among its choices or fails its check; None (a value still to come from a preset) passes."""
+    for f in dataclasses.fields(obj):
+        if names is not None and f.name not in names:
+            continue
+        value, name = getattr(obj, f.name), prefix + f.name.rstrip("_")
+        if value is None or dataclasses.is_dataclass(value):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):   # NaN passes every comparison
+            raise UsageError(f"{flag(name)} must be a finite number, got {value}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise UsageError(f"{flag(name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        check = f.metadata.get("check")
+        if check and not CHECKS[check][0](value):
+            raise UsageError(f"{flag(name)} must be {CHECKS[check][1]}, got {value}")
