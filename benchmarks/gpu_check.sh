@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_check.sh ops    # op tests on CUDA tensors, then the op benchmarks      (~3 min)
 #   bash benchmarks/gpu_check.sh train  # python -m cycleseg.train on the GPU, 300 steps            (~1 min)
 #   bash benchmarks/gpu_check.sh step   # the whole-step benchmark, one variant at a time         (~5 min)
-#   bash benchmarks/gpu_check.sh        # all three (on an H200: 469 s, 2026-11-29)
+#   bash benchmarks/gpu_check.sh infer  # G_IS inference: cycleseg's path against PyTorch's        (~1 min)
+#   bash benchmarks/gpu_check.sh        # all four (three of them on an H200: 469 s, 2026-11-29)
 #
 # Every stage has its own time limit and prints its table as soon as it ends. Installs the checkout in
 # place first (python -m pip install -e with the Python that runs the tests, no dependencies: the
@@ -30,8 +31,9 @@ assert torch.cuda.is_available(), "no CUDA device"
 print(f"torch {torch.__version__}, triton {triton.__version__}, pytest-benchmark {pytest_benchmark.__version__}, "
       f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
 from cycleseg.ops import cuda
-for op in cuda.KERNELS:
-    cuda.launcher(op)
+from cycleseg.ops.registry import LAUNCHERS
+for name, launcher in LAUNCHERS.items():       # every op's Triton launcher imports
+    cuda.resolve(name, launcher)
 PY
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader | tee "$out/gpu.txt"
 
@@ -72,6 +74,13 @@ if [ "$what" = all ] || [ "$what" = train ]; then
   grep -h '"val' /tmp/cycleseg-gpu-run/metrics.jsonl 2>/dev/null | tail -2 | tee -a "$out/train.log"
   last=$(ls /tmp/cycleseg-gpu-run/samples/*.png 2>/dev/null | tail -1)
   [ -n "$last" ] && cp "$last" "$out/train_samples.png"
+fi
+
+if [ "$what" = all ] || [ "$what" = infer ]; then
+  # The paper's G_IS at 256x256, batches 8 and 32 (CYCLESEG_BENCH_QUICK on a GPU): the inference path
+  # against eager fp32, torch.compile and bf16 + channels_last (onnxruntime where the image has it)
+  stage infer 90 python -m pytest -q -p no:cacheprovider benchmarks/bench_inference.py --benchmark-json "$out/infer.json"
+  report "$out/infer.json"
 fi
 
 if [ "$what" = all ] || [ "$what" = step ]; then

@@ -6,6 +6,8 @@ Ops: one row per op, shape, dtype and pass: the median time of PyTorch's op (eag
 torch.compile, and of the fused op; the fused op's GB/s at the floor's bytes and its % of the device's
 copy bandwidth (measured in the same run); the fused op's speed-up over eager and over compiled.
 Steps: one row per variant: ms per step, images per second, peak memory, speed-up over --no-fast.
+Inference: per network and batch, each variant's ms per batch, slices/s, speed-up over eager fp32 and
+over onnxruntime, and its argmax agreement with eager fp32.
 Data: per image size, each loader's images per second alone and the memory it adds, and feeding the\ntraining step: ms per step, the time waiting for data, the peak memory.
 """
 import argparse
@@ -115,6 +117,25 @@ def data_table(rows) -> list[str]:
     return out
 
 
+def inference_table(rows) -> list[str]:
+    groups = defaultdict(dict)
+    for b in rows:
+        groups[b["group"]][variant_of(b["name"])] = b["extra_info"]
+    e0 = next(iter(next(iter(groups.values())).values()))
+    out = [f"Device: {e0['device']}, torch {e0['torch']}.", "",
+           "| network, size, batch | variant | ms per batch | slices/s | vs eager fp32 | vs onnxruntime | "
+           "argmax agreement | bf16 |", "|---|---|---|---|---|---|---|---|"]
+    for group in sorted(groups, key=lambda g: (g.split(",")[0], int(g.rsplit("batch ", 1)[1]))):
+        v = groups[group]
+        base, ort = v.get("eager_fp32", {}).get("ms"), v.get("onnxruntime", {}).get("ms")
+        for name, e in sorted(v.items(), key=lambda kv: kv[1]["ms"]):
+            out.append(f"| {group.removeprefix('G_IS inference, ')} | {name} | {e['ms']:.1f} | {e['slices_per_s']:,.0f} | "
+                       + (f"{base / e['ms']:.2f}x" if base else "-") + " | "
+                       + (f"{ort / e['ms']:.2f}x" if ort else "-")
+                       + f" | {100 * e['argmax_agreement']:.2f} % | {'yes' if e['bf16'] else 'no'} |")
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("json")
@@ -124,12 +145,15 @@ def main(argv=None):
     kinds = defaultdict(list)
     for b in bench:
         e = b["extra_info"]
-        kinds["data" if "images" in e or "step_s" in e else "step" if "step_ms" in e else "op"].append(b)
+        kinds["data" if "images" in e or "step_s" in e else "step" if "step_ms" in e else
+              "inference" if "slices_per_s" in e else "op"].append(b)
     lines = data_table(kinds["data"]) if kinds["data"] else []
     if kinds["op"]:
         lines += ([""] if lines else []) + ops_table(kinds["op"])
     if kinds["step"]:
         lines += ([""] if lines else []) + steps_table(kinds["step"])
+    if kinds["inference"]:
+        lines += ([""] if lines else []) + inference_table(kinds["inference"])
     print("\n".join(lines))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from . import inference
 from .fastpath import Plan
 from .methods import METHODS, RunFacts
 from .models import networks_from_config, use_ops
@@ -36,4 +37,5 @@ def build(cfg, meta, device, plan: Plan):
         use_ops(net.to(device), plan.ops())
         if plan.channels_last:
             net.to(memory_format=torch.channels_last)
+    inference.attach(nets["G_IS"], plan)                           # validations: the run's precision and layout
     return nets, make_step(cfg, nets, meta, plan)

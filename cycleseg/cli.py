@@ -11,6 +11,7 @@ import torch
 from .checkpoint import CheckpointError
 from .config import check_device
 from .data.h5format import DataError
+from .inference import PRECISIONS
 from .usage import Parser, UsageError, fail
 
 
@@ -29,6 +30,9 @@ def checkpoint_parser(prog: str, doc: str, what: str = "a run's last.pt or best.
     p.add_argument("checkpoint", type=Path, help=what)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when there is a GPU")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="G_IS's arithmetic: auto = bf16 autocast where the device runs bf16 natively (GPUs; CPUs "
+                        "with AVX512-BF16 / AMX), else fp32")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (default: refuse)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p

@@ -16,7 +16,8 @@ NIfTI scans on their own grid).
 The command writes report.json, confusion.csv and confusion.png (and volumes.csv for ACDC) into --out
 (default: eval-<split>-<checkpoint name>[-<data name>] beside the checkpoint), all or nothing, and prints
 a table (report.py formats, figures.py draws). An earlier evaluation there is not replaced unless
---overwrite.
+--overwrite. G_IS runs by cycleseg's inference path (inference.py: fused ops, channels_last, bf16 where
+the device runs it natively; `--precision fp32` keeps fp32).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import figures, report
+from . import figures, inference, report
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import check_image_side
@@ -38,31 +39,16 @@ from .data.h5format import DataError
 from .data.pixels import to_input, to_uint8
 from .data.source import open_source
 from .data.splits import split_path
+from .inference import eval_mode
 from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
 from .objective import one_hot
 from .usage import UsageError, run_command
 
 
-@torch.no_grad()
 def predict(g_is, x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) images in [-1, 1] -> (N, H, W) int64 class ids."""
-    return g_is(x).argmax(dim=1)
-
-
-class eval_mode:
-    """`with eval_mode(net):` runs net in eval mode and restores its previous mode."""
-
-    def __init__(self, net):
-        self.net = net
-
-    def __enter__(self):
-        self.was_training = self.net.training
-        self.net.eval()
-        return self.net
-
-    def __exit__(self, *exc):
-        self.net.train(self.was_training)
+    """(N, C, H, W) images in [-1, 1] -> (N, H, W) int64 class ids, by the inference path (inference.py)."""
+    return inference.segment(g_is, x)
 
 
 def batches(source, batch_size: int, progress: bool = False, desc: str = "evaluate", indices=None):
@@ -233,7 +219,7 @@ def run(a) -> tuple[dict, dict]:
     source = open_source(path)
     meta = source.meta
     check_readable(source, info, path, a.checkpoint, cfg.generator)
-    g_is = nets["G_IS"].to(device)
+    g_is = inference.prepare(nets["G_IS"], device, a.precision)
     cm = confusion(g_is, source, device, a.batch_size, not a.no_progress)
     summary = cm.summary(meta.class_names)
     result = {"checkpoint": str(a.checkpoint), "step": state.get("step"), "data": str(path), "split": a.split,

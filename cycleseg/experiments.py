@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import figures, report
+from . import figures, inference, report
 from .checkpoint import CheckpointError, load_run, networks_from_checkpoint
 from .config import RECIPES, flat, from_saved, get, given_fields, parse_args, runtime_names
 from .report import percent
@@ -44,7 +44,7 @@ from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
 from .data.splits import split_path
-from .evaluate import batches, eval_mode, predict
+from .evaluate import batches, predict
 from .fileio import write_files
 from .methods import METHODS as REGISTRY
 from .metrics import image_dice
@@ -250,9 +250,9 @@ def pictures(out: Path, fraction: float, seed: int):
         cfg, _, nets = networks_from_checkpoint(load_run(ckpt), ckpt)
         if source is None:
             source = open_source(split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)[0])
-        with eval_mode(nets["G_IS"]):
-            predictions[f"{title} {percent(fraction)} %"] = np.concatenate(
-                [predict(nets["G_IS"], to_input(images)).numpy() for _, images, _ in batches(source, 64)])
+        g_is = inference.prepare(nets["G_IS"], "cpu")
+        predictions[f"{title} {percent(fraction)} %"] = np.concatenate(
+            [predict(g_is, to_input(images)).numpy() for _, images, _ in batches(source, 64)])
     masks = np.concatenate([m.numpy() for _, _, m in batches(source, 256)])
     meta = source.meta
     dice = {k: image_dice(p, masks, meta.num_classes, meta.ignore_index) for k, p in predictions.items()}

@@ -33,14 +33,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import figures
+from . import figures, inference
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .data import nifti
 from .data.convert import HIGH_BIT_MODES, image_values
 from .data.h5format import DataError, default_palette, open_h5, palette_problem, read_meta
 from .data.pixels import to_input, to_uint8
-from .evaluate import eval_mode
+from .inference import eval_mode
 from .fileio import write_files
 from .objective import one_hot
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
@@ -153,10 +153,11 @@ class CheckpointModel:
     """G_IS (and G_SI when the run has it) of a checkpoint, on a device: uint8 batches in, class ids and
     G_SI's images out."""
 
-    def __init__(self, path, device):
+    def __init__(self, path, device, precision: str = "auto"):
         state = load_run(path)
         cfg, info, nets = networks_from_checkpoint(state, path)
         self.nets = {k: v.to(device).eval() for k, v in nets.items()}
+        inference.prepare(self.nets["G_IS"], device, precision)      # the fast inference path
         self.device, self.has_gsi = device, "G_SI" in nets
         self.num_classes, self.channels = info["num_classes"], info["channels"]
         self.size = (info.get("height") or cfg.image_size, info.get("width") or cfg.image_size)   # (h, w)
@@ -167,15 +168,13 @@ class CheckpointModel:
     def logits(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, h, w, C) at the training size -> float32 class scores (B, K, h, w)."""
         x = to_input(torch.from_numpy(images).permute(0, 3, 1, 2), self.device)
-        with eval_mode(self.nets["G_IS"]):
-            return self.nets["G_IS"](x).float().cpu().numpy()
+        return inference.logits(self.nets["G_IS"], x).cpu().numpy()
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray):
         """uint8 (B, h, w, C) at the training size -> (class ids (B, h, w), G_SI's uint8 (B, h, w, C) or None)."""
         x = to_input(torch.from_numpy(images).permute(0, 3, 1, 2), self.device)         # (B, C, h, w)
-        with eval_mode(self.nets["G_IS"]):
-            pred = self.nets["G_IS"](x).argmax(1)                                      # (B, h, w)
+        pred = inference.segment(self.nets["G_IS"], x)                                 # (B, h, w)
         fake = None
         if self.has_gsi:
             with eval_mode(self.nets["G_SI"]):
@@ -272,7 +271,7 @@ def run(a) -> dict:
         raise UsageError(f"{a.checkpoint}: a torch.export program (load it with torch.export.load); predict takes a "
                          f"run's last.pt / best.pt or an exported .onnx")
     onnx = a.checkpoint.suffix.lower() == ".onnx"
-    model = OnnxModel(a.checkpoint) if onnx else CheckpointModel(a.checkpoint, device_of(a.device))
+    model = OnnxModel(a.checkpoint) if onnx else CheckpointModel(a.checkpoint, device_of(a.device), a.precision)
     items, scans = collect(a.inputs, model.channels, a.intensity), scan_inputs(a.inputs)
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise UsageError(f"--out {a.out} is a file, not a folder")

@@ -1,0 +1,134 @@
+"""Inference of G_IS (the segmenter), cycleseg's path against every way a user could run the same model:
+
+    cycleseg          cycleseg.inference: fused forward ops, channels_last, bf16 autocast where native
+    eager_fp32        PyTorch's own ops, eager, fp32, NCHW, under torch.inference_mode (the baseline)
+    compiled          torch.compile of the eager_fp32 model
+    bf16_cl           PyTorch's own ops with bf16 autocast and channels_last (the best plain setting)
+    onnxruntime       the model exported by cycleseg.export (.onnx), run by onnxruntime's default CPU
+                      provider (CUDA's on a GPU), threads set as torch's
+
+Networks: ACDC's G_IS at the CPU preset (ResNet, ngf 16, 3 blocks, 64x64, 1 channel, K = 4), the paper's
+(ngf 64, 9 blocks) at 256x256, and SSL4MIS's UNet at 256x256; batch sizes 1 / 8 / 32. Every variant
+computes the same model on the same inputs: its class scores are compared with eager_fp32's (largest
+absolute difference, argmax agreement), recorded in extra_info and asserted (fp32 variants: agreement
+>= 99.9 %; bf16 variants: >= 99 % on these untrained networks, whose class scores lie close together;
+the check on a trained model is tests/test_inference.py and RESULTS.md).
+
+    python -m pytest benchmarks/bench_inference.py --benchmark-json out.json
+    CYCLESEG_BENCH_QUICK=1: on the CPU the CPU preset, batches 1 and 8; on a GPU (gpu_check.sh) the paper's
+    networks, batches 8 and 32
+"""
+import pytest
+import torch
+
+from cycleseg import inference, native
+from cycleseg.export import export_onnx
+from cycleseg.models import build_networks, use_ops
+from common import DEVICE, QUICK, device_name, sync
+
+NETWORKS = {   # name: (generator, ngf, n_blocks, side)
+    "cpu-preset": ("resnet", 16, 3, 64),
+    "paper": ("resnet", 64, 9, 256),
+    "unet": ("unet", 16, 9, 256),
+}
+if QUICK:                                   # the CI-sized run on the CPU; the GPU check's on a GPU
+    NETWORKS = {"paper": NETWORKS["paper"]} if DEVICE == "cuda" else {"cpu-preset": NETWORKS["cpu-preset"]}
+BATCHES = ([8, 32] if DEVICE == "cuda" else [1, 8]) if QUICK else [1, 8, 32]
+VARIANTS = ["cycleseg", "eager_fp32", "compiled", "bf16_cl", "onnxruntime"]
+K, CHANNELS = 4, 1
+_cache = {}
+
+
+def network(name: str) -> torch.nn.Module:
+    """G_IS of `name`, fresh from seed 0, with PyTorch's own ops (a copy per variant)."""
+    generator, ngf, n_blocks, _ = NETWORKS[name]
+    torch.manual_seed(0)
+    net = build_networks(CHANNELS, K, ngf=ngf, n_blocks=n_blocks, with_cycle=False, generator=generator)["G_IS"]
+    for m in net.modules():                                 # BatchNorm (UNet): non-trivial running statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+    return use_ops(net, native).to(DEVICE).eval()
+
+
+def inputs(name: str, batch: int) -> torch.Tensor:
+    side = NETWORKS[name][3]
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand((batch, CHANNELS, side // 8, side // 8), generator=g) * 2 - 1     # smooth, image-like
+    return torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear").to(DEVICE)
+
+
+def onnx_session(name: str, net):
+    import onnxruntime as ort
+
+    if name not in _cache:
+        side = NETWORKS[name][3]
+        meta = {"channels": CHANNELS, "num_classes": K, "generator": NETWORKS[name][0]}
+        blob = export_onnx(net.cpu(), meta, torch.zeros(2, CHANNELS, side, side))
+        net.to(DEVICE)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        providers = ["CUDAExecutionProvider"] if DEVICE == "cuda" else ["CPUExecutionProvider"]
+        _cache[name] = ort.InferenceSession(blob, opts, providers=providers)
+    return _cache[name]
+
+
+def runner(variant: str, name: str):
+    """A function images -> float32 class scores (N, K, H, W) on the host."""
+    net = network(name)
+    if variant == "cycleseg":
+        inference.prepare(net, DEVICE)
+        return lambda x: inference.logits(net, x)
+    if variant == "eager_fp32":
+        return torch.inference_mode()(lambda x: net(x).float())
+    if variant == "compiled":
+        torch._dynamo.reset()
+        fn = torch.compile(net)
+        return torch.inference_mode()(lambda x: fn(x).float())
+    if variant == "bf16_cl":
+        net.to(memory_format=torch.channels_last)
+
+        @torch.inference_mode()
+        def run(x):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return net(x.contiguous(memory_format=torch.channels_last)).float()
+        return run
+    session = onnx_session(name, net)
+    return lambda x: torch.from_numpy(session.run(None, {"x": x.cpu().numpy()})[0])
+
+
+def reference(name: str, batch: int) -> torch.Tensor:
+    key = ("ref", name, batch)
+    if key not in _cache:
+        _cache[key] = runner("eager_fp32", name)(inputs(name, batch)).cpu()
+    return _cache[key]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("name", list(NETWORKS))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_inference(benchmark, variant, name, batch):
+    if variant == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    generator, ngf, n_blocks, side = NETWORKS[name]
+    benchmark.group = f"G_IS inference, {name} ({generator}, ngf {ngf}), {side}x{side}, batch {batch}"
+    x = inputs(name, batch)
+    fn = runner(variant, name)
+    out = fn(x).cpu()                                             # warm-up (compile, first calls) and check
+    fn(x)
+    ref = reference(name, batch)
+    agreement = (out.argmax(1) == ref.argmax(1)).double().mean().item()
+    max_diff = (out - ref).abs().max().item()
+    bf16 = variant == "bf16_cl" or (variant == "cycleseg" and inference.plan_of(DEVICE).bf16)
+
+    def one():
+        fn(x)
+        sync()
+
+    big = side * side * batch * ngf >= 256 * 256 * 32 * 64
+    benchmark.pedantic(one, rounds=3 if big else 10, iterations=1)
+    ms = benchmark.stats.stats.median * 1e3
+    benchmark.extra_info.update(device=device_name(), torch=torch.__version__, ms=ms, slices_per_s=batch / ms * 1e3,
+                                argmax_agreement=agreement, max_abs_diff=max_diff, bf16=bf16)
+    assert agreement >= (0.99 if bf16 else 0.999), (variant, agreement)
+    if not bf16:
+        assert max_diff <= 1e-3 * max(1.0, ref.abs().max().item()), (variant, max_diff)
