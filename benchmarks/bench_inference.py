@@ -8,11 +8,14 @@
                       provider (CUDA's on a GPU), threads set as torch's
 
 Networks: ACDC's G_IS at the CPU preset (ResNet, ngf 16, 3 blocks, 64x64, 1 channel, K = 4), the paper's
-(ngf 64, 9 blocks) at 256x256, and SSL4MIS's UNet at 256x256; batch sizes 1 / 8 / 32. Every variant
+(ngf 64, 9 blocks) at 256x256, and SSL4MIS's UNet at 256x256; batch sizes 1 / 8 / 32 (the 256x256
+networks on the CPU: 1 / 8). Every variant
 computes the same model on the same inputs: its class scores are compared with eager_fp32's (largest
-absolute difference, argmax agreement), recorded in extra_info and asserted (fp32 variants: agreement
->= 99.9 %; bf16 variants: >= 99 % on these untrained networks, whose class scores lie close together;
-the check on a trained model is tests/test_inference.py and RESULTS.md).
+absolute difference, argmax agreement), recorded in extra_info and asserted: fp32 variants within float
+rounding (agreement >= 99.9 %, scores within 1e-3 relative); cycleseg's bf16 no farther from fp32 than
+PyTorch's own bf16 (bf16_cl). On these untrained networks the class scores lie close together, so bf16's
+argmax agreement reads low (96-99.5 %) for both; on trained models it is >= 99.9 %
+(benchmarks/precision_check.py, RESULTS.md).
 
     python -m pytest benchmarks/bench_inference.py --benchmark-json out.json
     CYCLESEG_BENCH_QUICK=1: on the CPU the CPU preset, batches 1 and 8; on a GPU (gpu_check.sh) the paper's
@@ -34,6 +37,9 @@ NETWORKS = {   # name: (generator, ngf, n_blocks, side)
 if QUICK:                                   # the CI-sized run on the CPU; the GPU check's on a GPU
     NETWORKS = {"paper": NETWORKS["paper"]} if DEVICE == "cuda" else {"cpu-preset": NETWORKS["cpu-preset"]}
 BATCHES = ([8, 32] if DEVICE == "cuda" else [1, 8]) if QUICK else [1, 8, 32]
+# On the CPU the 256x256 networks at batch 32 take tens of seconds a call: batches 1 and 8 there
+LARGE_BATCHES = BATCHES if DEVICE == "cuda" else [b for b in BATCHES if b <= 8]
+CASES = [(name, b) for name in NETWORKS for b in (BATCHES if NETWORKS[name][3] <= 64 else LARGE_BATCHES)]
 VARIANTS = ["cycleseg", "eager_fp32", "compiled", "bf16_cl", "onnxruntime"]
 K, CHANNELS = 4, 1
 _cache = {}
@@ -96,6 +102,14 @@ def runner(variant: str, name: str):
     return lambda x: torch.from_numpy(session.run(None, {"x": x.cpu().numpy()})[0])
 
 
+def peer_bf16(name: str, batch: int) -> torch.Tensor:
+    """PyTorch's own bf16 + channels_last scores (what bf16 alone changes)."""
+    key = ("bf16", name, batch)
+    if key not in _cache:
+        _cache[key] = runner("bf16_cl", name)(inputs(name, batch)).cpu()
+    return _cache[key]
+
+
 def reference(name: str, batch: int) -> torch.Tensor:
     key = ("ref", name, batch)
     if key not in _cache:
@@ -103,8 +117,7 @@ def reference(name: str, batch: int) -> torch.Tensor:
     return _cache[key]
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("name", list(NETWORKS))
+@pytest.mark.parametrize("name,batch", CASES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_inference(benchmark, variant, name, batch):
     if variant == "onnxruntime":
@@ -129,6 +142,12 @@ def test_inference(benchmark, variant, name, batch):
     ms = benchmark.stats.stats.median * 1e3
     benchmark.extra_info.update(device=device_name(), torch=torch.__version__, ms=ms, slices_per_s=batch / ms * 1e3,
                                 argmax_agreement=agreement, max_abs_diff=max_diff, bf16=bf16)
-    assert agreement >= (0.99 if bf16 else 0.999), (variant, agreement)
-    if not bf16:
-        assert max_diff <= 1e-3 * max(1.0, ref.abs().max().item()), (variant, max_diff)
+    if not bf16:                                              # fp32: the same numbers up to float rounding
+        assert agreement >= 0.999 and max_diff <= 1e-3 * max(1.0, ref.abs().max().item()), (variant, agreement,
+                                                                                               max_diff)
+    elif variant == "cycleseg":                               # bf16: as close to fp32 as PyTorch's own bf16
+        peer = peer_bf16(name, batch)
+        peer_diff = (peer - ref).abs().max().item()
+        benchmark.extra_info.update(agreement_with_pytorch_bf16=(out.argmax(1) == peer.argmax(1)).double().mean().item(),
+                                    pytorch_bf16_max_abs_diff=peer_diff)
+        assert max_diff <= 1.5 * peer_diff + 1e-3, (max_diff, peer_diff)

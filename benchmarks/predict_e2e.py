@@ -66,7 +66,7 @@ def main(ckpt: str, scans: str, work: str) -> None:
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     common = ["--intensity", "minmax", "--device", "cpu", "--no-progress", "--overwrite"]
-    subprocess.run([py, "-m", "cycleseg.export", ckpt, "--out", str(work), "--formats", "onnx"], check=True,
+    subprocess.run([py, "-m", "cycleseg.export", ckpt, "--out", str(work), "--formats", "onnx", "--overwrite"], check=True,
                    stdout=subprocess.DEVNULL)
     onnx = next(work.glob("*.onnx"))
     (work / "user.py").write_text(USER_SCRIPT)

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import figures, inference
+from . import inference
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .data import nifti
@@ -257,6 +257,8 @@ def resize(image: np.ndarray, size, resample) -> np.ndarray:
 
 def outputs(model, item: Input, original: np.ndarray, pred: np.ndarray, fake) -> dict:
     """{file name: bytes} of one image: its mask (palette PNG), overlay and G_SI image at its own size."""
+    # matplotlib (figures) costs ~0.8 s to import: loaded for images only, not for scans (predict_e2e.py)
+    from . import figures
     size = original.shape[:2]
     mask = resize(pred.astype(np.uint8), size, Image.NEAREST)
     files = {f"{item.name}_mask.png": figures.palette_png(mask, model.palette),
