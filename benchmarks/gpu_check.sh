@@ -77,8 +77,8 @@ if [ "$what" = all ] || [ "$what" = train ]; then
 fi
 
 if [ "$what" = all ] || [ "$what" = infer ]; then
-  # The paper's G_IS at 256x256, batches 8 and 32 (CYCLESEG_BENCH_QUICK on a GPU): the inference path
-  # against eager fp32, torch.compile and bf16 + channels_last (onnxruntime where the image has it)
+  # The paper's G_IS at 256x256, batch 8 (CYCLESEG_BENCH_QUICK on a GPU): the inference path against
+  # eager fp32, torch.compile and bf16 + channels_last (onnxruntime where the image has it)
   stage infer 90 python -m pytest -q -p no:cacheprovider benchmarks/bench_inference.py --benchmark-json "$out/infer.json"
   report "$out/infer.json"
 fi
