@@ -93,6 +93,9 @@ def check_run(state: dict, path) -> None:
     problem = palette_problem(data.get("palette"), k)
     if problem:
         _fail(path, f"its data's {problem}")
+    prints = data.get("fingerprints", {})
+    if not isinstance(prints, dict) or not all(isinstance(v, str) for v in prints.values()):
+        _fail(path, f"its data's fingerprints must map splits to digests, got {prints!r}"[:200])
     try:
         config = dataclasses.replace(from_saved(cfg), device="cpu", resume=False, out=str(Path(path).parent))
         resolved = config.resolved()
@@ -101,6 +104,18 @@ def check_run(state: dict, path) -> None:
                 check_image_side(side, resolved.mode, f"its data's image size {side}", resolved.generator)
     except (UsageError, TypeError, ValueError) as e:
         _fail(path, f"its config is not valid ({e})")
+
+
+def check_fingerprints(s: dict, now: dict, paths: dict, path, splits=("train", "val")) -> None:
+    """CheckpointError when a split the checkpoint's run read has other content now (another folder of
+    the same name, a file converted again): its scores would no longer mean what they meant, and a resumed
+    run would train on other images. Checkpoints from before fingerprints were recorded pass."""
+    saved = s.get("data", {}).get("fingerprints") or {}
+    for split in splits:
+        if split in saved and split in now and saved[split] != now[split]:
+            raise CheckpointError(f"{path}: its run read other {split} data than {paths[split]} holds now "
+                                  f"(content fingerprint {saved[split]}, now {now[split]}); resume or evaluate "
+                                  f"it on the data it was trained on, or start a new run on this data")
 
 
 def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import figures, inference, report
-from .checkpoint import load_run, networks_from_checkpoint
+from .checkpoint import check_fingerprints, load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import check_image_side
 from .data import acdc
@@ -218,6 +218,8 @@ def run(a) -> tuple[dict, dict]:
         path, folder = split_path(data, a.split, val_data, cfg.image_size or 64, not a.no_progress)
     source = open_source(path)
     meta = source.meta
+    if a.data is None and a.split in ("train", "val"):             # the run's own data: still what it read?
+        check_fingerprints(state, {a.split: source.fingerprint()}, {a.split: path}, a.checkpoint, (a.split,))
     check_readable(source, info, path, a.checkpoint, cfg.generator)
     g_is = inference.prepare(nets["G_IS"], device, a.precision)
     cm = confusion(g_is, source, device, a.batch_size, not a.no_progress)

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, check_fingerprints
 from .config import flat
 from .distributed import World, gather
 from .models import data_info
@@ -27,7 +27,7 @@ def global_position(local: dict, world: World) -> dict:
     return {"pass": local["pass"], "pos": local["pos"] * world.size}
 
 
-def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, meta, world: World, device) -> dict | None:
+def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, data, world: World, device) -> dict | None:
     """The checkpoint (on rank 0; None on the other ranks, which send their part to rank 0)."""
     mine = {"pools": step.pool_state(),
             "streams": {k: global_position(v.state_dict(), world) for k, v in streams.loaders.items()},
@@ -37,13 +37,15 @@ def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, meta, 
     if world.rank != 0:
         return None
     return {"step": step_no, "best_miou": best, "config": flat(cfg), "plan": step.plan.state_dict(),
-            "data": data_info(meta), "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
+            "data": {**data_info(data.train.meta), "fingerprints": data.fingerprints()}, "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
             "world_size": world.size, "ranks": ranks}
 
 
-def load_state_dict(s: dict, nets: dict, step, streams, meta, path, world: World, device) -> tuple[int, float]:
+def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World, device) -> tuple[int, float]:
     """Restore a checkpoint into this process's objects; returns (step number, best mIoU). A checkpoint of
     other data or networks: CheckpointError saying which, before any training."""
+    meta = data.train.meta
+    check_fingerprints(s, data.fingerprints(), {"train": data.train.path, "val": data.val.path}, path)
     for what in ("num_classes", "channels"):
         have, want = s.get("data", {}).get(what), getattr(meta, what)
         if have is not None and have != want:

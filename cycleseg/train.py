@@ -58,7 +58,7 @@ class Run:
 
     def save(self, is_best: bool = False) -> None:
         self.folder.save(state_dict(self.n, self.best, self.cfg, self.nets, self.step, self.streams,
-                                    self.data.train.meta, self.world, self.device), is_best)
+                                    self.data, self.world, self.device), is_best)
 
 
 def validate(run: Run) -> dict:
@@ -122,7 +122,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
                            cfg.augment)
     run = Run(cfg, world, device, folder, data, plan, nets, step, streams)
     if saved is not None:
-        run.n, run.best = load_state_dict(saved, nets, step, streams, data.train.meta, folder.last, world, device)
+        run.n, run.best = load_state_dict(saved, nets, step, streams, data, folder.last, world, device)
         if optim_of(cfg) != optim_of(from_saved(saved["config"])):
             step.reschedule(optim_of(cfg))                          # --steps / --lr changed on resume
     folder.start(cfg, run.n)

@@ -42,8 +42,8 @@ def one_line_error(main, argv, capsys, match: str, root):
     return err[0]
 
 
-def tiny_split(path, side, n=6, k=3, channels=3):
-    rng = np.random.default_rng(0)
+def tiny_split(path, side, n=6, k=3, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, side, side, channels), dtype=np.uint8)
     masks = rng.integers(0, k, (n, side, side), dtype=np.uint8)
     write_split(path, images, masks, Meta(num_classes=k, class_names=[str(i) for i in range(k)],
@@ -104,6 +104,49 @@ def test_a_folder_holding_a_run_is_never_trained_into(finished_run, capsys):
                            "holds a run (config.json, metrics.jsonl, best.pt, samples/) but no last.pt", finished_run)
     finally:
         (finished_run / "moved.pt").rename(finished_run / "last.pt")
+
+
+def test_a_run_refuses_other_data_under_its_data_path(tmp_path, capsys):
+    """A folder of the same name, or a file converted again, under the path a run recorded: a resume and
+    the run's own evaluation refuse it in one line naming the split (its content fingerprint differs); the
+    same images written again pass, and data named with --data is scored as asked."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    tiny_split(data / "train.h5", 16, n=8)
+    tiny_split(data / "val.h5", 16, n=4)
+    assert train_main(TINY + ["--data", str(data), "--out", str(run), "--stop-after", "1", "--mode", "full"]) == 0
+    tiny_split(data / "train.h5", 16, n=8, seed=1)                   # other images, same shapes and count
+    one_line_error(train_main, TINY + ["--data", data, "--out", run, "--resume", "--mode", "full"], capsys,
+                   "its run read other train data than", run)
+    tiny_split(data / "train.h5", 16, n=8)                           # the run's images again
+    tiny_split(data / "val.h5", 16, n=4, seed=1)
+    one_line_error(evaluate_main, [run / "last.pt", "--no-progress"], capsys, "its run read other val data", run)
+    assert evaluate_main([str(run / "last.pt"), "--data", str(data), "--out", str(tmp_path / "e"),
+                          "--no-progress"]) == 0
+    tiny_split(data / "val.h5", 16, n=4)
+    assert train_main(TINY + ["--data", str(data), "--out", str(run), "--resume", "--mode", "full"]) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_a_split_fingerprint_follows_its_content(tmp_path):
+    """The digest a run records: equal for the same images in another file (compressed, other chunks),
+    different for one changed pixel of a sampled image or mask."""
+    from cycleseg.data.source import H5Source
+
+    a = tiny_split(tmp_path / "a.h5", 16, n=8)
+    with h5py.File(a) as f, h5py.File(tmp_path / "b.h5", "w") as g:
+        for k in f:
+            g.create_dataset(k, data=f[k][...], compression="gzip", chunks=True)
+        g.attrs.update(f.attrs)
+    prints = {p: H5Source(tmp_path / p).fingerprint() for p in ("a.h5", "b.h5")}
+    assert prints["a.h5"] == prints["b.h5"]
+    for ds, idx in (("images", (7, 3, 3, 0)), ("masks", (0, 5, 5))):
+        with h5py.File(tmp_path / "b.h5", "r+") as g:
+            g[ds][idx] = (int(g[ds][idx]) + 1) % 3
+        assert H5Source(tmp_path / "b.h5").fingerprint() != prints["a.h5"]
+        with h5py.File(tmp_path / "b.h5", "r+") as g, h5py.File(a) as f:
+            g[ds][...] = f[ds][...]
+        assert H5Source(tmp_path / "b.h5").fingerprint() == prints["a.h5"]
 
 
 @pytest.mark.parametrize("extra, match", [
@@ -169,6 +212,7 @@ CHECKPOINT_EDITS = {
     "classes a string": (lambda s: s["data"].__setitem__("num_classes", "five"), "classes"),
     "two channels": (lambda s: s["data"].__setitem__("channels", 2), "2 channels"),
     "data 1x1": (lambda s: s["data"].update(height=1, width=1), "its data's image size 1"),
+    "fingerprints a list": (lambda s: s["data"].__setitem__("fingerprints", ["x"]), "its data's fingerprints"),
     "weights of other shapes": (lambda s: s["nets"]["G_IS"].__setitem__("model.1.weight", torch.zeros(2, 2)),
                                 "its networks do not match its own config"),
     "a weight missing": (lambda s: s["nets"]["G_IS"].pop("model.1.weight"), "its networks do not match"),

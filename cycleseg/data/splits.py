@@ -26,6 +26,10 @@ class Splits:
     val: H5Source
     volumes: Path | None = None     # an SSL4MIS folder whose volumes give the per-volume 3D scores
 
+    def fingerprints(self) -> dict:
+        """{split: content digest}: what a run records of its data (H5Source.fingerprint)."""
+        return {"train": self.train.fingerprint(), "val": self.val.fingerprint()}
+
 
 def split_path(data, split: str, val_data=None, image_size: int = 64, progress: bool = True) -> tuple:
     """(HDF5 path of `split`, SSL4MIS folder or None): `split` of the built-in data, of an SSL4MIS folder
