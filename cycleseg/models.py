@@ -41,15 +41,27 @@ class NormReLU(nn.Module):
         return f"relu={self.relu}, eps={self.eps}, negative_slope={self.negative_slope}, ops={self.ops.__name__}"
 
 
+class ReflectionPad(nn.ReflectionPad2d):
+    """nn.ReflectionPad2d that pads in its input's dtype under autocast too. Padding only moves values, but
+    autocast runs reflection_pad2d in fp32: a bf16 activation would be cast to fp32 for the pad and back to
+    bf16 for the convolution after it, forward and backward (four copies per padded convolution)."""
+
+    def forward(self, x):
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x)
+        return super().forward(x)
+
+
 class ResidualBlock(nn.Module):
     """x + [ReflPad1, conv3x3, IN, ReLU, (Dropout), ReflPad1, conv3x3, IN](x)."""
 
     def __init__(self, ch: int, dropout: float = 0.0):
         super().__init__()
-        layers = [nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), NormReLU()]
+        layers = [ReflectionPad(1), nn.Conv2d(ch, ch, 3), NormReLU()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        layers += [nn.ReflectionPad2d(1), nn.Conv2d(ch, ch, 3), NormReLU(relu=False)]
+        layers += [ReflectionPad(1), nn.Conv2d(ch, ch, 3), NormReLU(relu=False)]
         self.block = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -68,14 +80,14 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         if out_act not in (None, "tanh"):
             raise ValueError(f"out_act must be None or 'tanh', got {out_act!r}")
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), NormReLU()]
+        layers = [ReflectionPad(3), nn.Conv2d(in_ch, ngf, 7), NormReLU()]
         for mult in (1, 2):                                         # two stride-2 downsamplings
             layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), NormReLU()]
         layers += [ResidualBlock(ngf * 4, dropout) for _ in range(n_blocks)]
         for mult in (4, 2):                                         # two stride-2 upsamplings
             layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1,
                                           output_padding=1), NormReLU()]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_ch, 7)]
+        layers += [ReflectionPad(3), nn.Conv2d(ngf, out_ch, 7)]
         if out_act == "tanh":
             layers.append(nn.Tanh())
         self.model = nn.Sequential(*layers)

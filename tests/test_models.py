@@ -56,3 +56,19 @@ def test_use_ops_routes_every_norm():
     g = use_ops(ResnetGenerator(3, 4, ngf=8, n_blocks=2), ops)
     routed = [m.ops is ops for m in g.modules() if isinstance(m, NormReLU)]
     assert len(routed) == 3 + 2 * 2 + 2 and all(routed)
+
+
+def test_reflection_pad_keeps_bf16_under_autocast():
+    """Autocast runs reflection_pad2d in fp32: a bf16 activation would be cast up for the pad and down again
+    for the next convolution. The generators' pad keeps the input's dtype (and its values: padding only
+    moves them), under autocast and outside it."""
+    from cycleseg.models import ReflectionPad
+
+    x = torch.randn(2, 8, 6, 6).bfloat16().contiguous(memory_format=torch.channels_last)
+    want = torch.nn.ReflectionPad2d(2)(x.float()).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.nn.ReflectionPad2d(2)(x).dtype == torch.float32      # what autocast alone does
+        y = ReflectionPad(2)(x)
+        assert torch.is_autocast_enabled("cpu")                            # left as it was
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+    assert torch.equal(ReflectionPad(2)(x.float()), torch.nn.ReflectionPad2d(2)(x.float()))
