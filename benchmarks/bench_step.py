@@ -6,8 +6,13 @@ the eager baseline, as `python -m cycleseg.train` runs them:
     fast_eager        (GPU) the fast path without torch.compile
     fast_compiled     (CPU) the fast path with torch.compile (--compile on), which the CPU plan leaves out
                       of runs under 5000 steps
+    pytorch_bf16      the baseline under bf16 autocast + channels_last, eager: the best plain-PyTorch setting
+                      on this CPU without a compile (peer)
     pytorch_compiled  the baseline under torch.compile (peer)
     pytorch_best      the baseline under torch.compile + bf16 autocast + channels_last (peer)
+
+test_training_step_unet times the same step with SSL4MIS's UNet as G_IS (--generator unet) on the CPU:
+no_fast, fast and pytorch_bf16.
 
 Sizes: on the CPU the CPU preset (ngf 16, 3 blocks, ndf 32, 64x64, batch 8 + 8, K = 5); on a GPU the
 paper's networks (ngf 64, 9 blocks, ndf 64) at 256x256, batch 8 + 8, K = 21. Batches are random uint8
@@ -37,14 +42,17 @@ if DEVICE == "cuda":
 else:
     CFG = Config(device="cpu").resolved()
     K = 5
-    VARIANTS = ["no_fast", "fast", "fast_compiled", "pytorch_compiled", "pytorch_best"]
+    VARIANTS = ["no_fast", "fast", "pytorch_bf16", "fast_compiled", "pytorch_compiled", "pytorch_best"]
+UNET_CFG = Config(device="cpu", generator="unet").resolved()
+UNET_VARIANTS = ["no_fast", "fast", "pytorch_bf16"]
 WARMUP, ROUNDS = 3, 10
 
 
-def plan_of(variant: str) -> Plan:
-    fast = plan_for(CFG, DEVICE)
+def plan_of(variant: str, cfg=CFG) -> Plan:
+    fast = plan_for(cfg, DEVICE)
     return {"no_fast": Plan(), "fast": fast, "fast_eager": dataclasses.replace(fast, compile=False, why=""),
             "fast_compiled": dataclasses.replace(fast, compile=True, why=""),
+            "pytorch_bf16": Plan(autocast="bfloat16", channels_last=True),
             "pytorch_compiled": Plan(compile=True),
             "pytorch_best": Plan(compile=True, autocast="bfloat16", channels_last=True)}[variant]
 
@@ -60,18 +68,28 @@ def batches(n=4):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_step(benchmark, variant):
-    plan = plan_of(variant)
-    benchmark.group = (f"semi step, {'paper' if DEVICE == 'cuda' else 'cpu'} networks, {CFG.image_size}x"
-                       f"{CFG.image_size}, batch {CFG.batch_size} + {CFG.batch_size}, K = {K}")
+    time_step(benchmark, variant, CFG, f"semi step, {'paper' if DEVICE == 'cuda' else 'cpu'} networks")
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the UNet step is timed on the CPU")
+@pytest.mark.parametrize("variant", UNET_VARIANTS)
+def test_training_step_unet(benchmark, variant):
+    time_step(benchmark, variant, UNET_CFG, "semi step, UNet G_IS (SSL4MIS's), cpu networks")
+
+
+def time_step(benchmark, variant, cfg, what):
+    plan = plan_of(variant, cfg)
+    benchmark.group = (f"{what}, {cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size} + {cfg.batch_size}, "
+                       f"K = {K}")
     meta = Meta(num_classes=K, class_names=[str(i) for i in range(K)], palette=[[0, 0, 0]] * K, channels=3)
     torch._dynamo.reset()
     torch.manual_seed(0)
-    nets = networks_from_config(CFG, meta)
+    nets = networks_from_config(cfg, meta)
     for net in nets.values():
         use_ops(net.to(DEVICE), plan.ops())
         if plan.channels_last:
             net.to(memory_format=torch.channels_last)
-    step = make_step(CFG, nets, meta, plan)
+    step = make_step(cfg, nets, meta, plan)
     data = batches()
     it = iter(range(10 ** 9))
 
@@ -91,5 +109,5 @@ def test_training_step(benchmark, variant):
     step_ms = benchmark.stats.stats.median * 1e3
     peak = torch.cuda.max_memory_allocated() / 2 ** 30 if DEVICE == "cuda" else None
     benchmark.extra_info.update(device=device_name(), torch=torch.__version__, plan=plan.describe(),
-                                step_ms=step_ms, images_per_s=2 * CFG.batch_size / (step_ms / 1e3),
+                                step_ms=step_ms, images_per_s=2 * cfg.batch_size / (step_ms / 1e3),
                                 peak_gib=peak, warmup_s=warmup, first_step_terms=first)

@@ -77,6 +77,10 @@ def steps_table(rows) -> list[str]:
             peak = f"{e['peak_gib']:.2f}" if e.get("peak_gib") is not None else "-"
             out.append(f"| {name} | {e['plan']} | {e['step_ms']:.1f} | {e['images_per_s']:.1f} | {peak} | {speed} | "
                        f"{e['warmup_s']:.0f} |")
+        plain = v.get("pytorch_bf16", {}).get("step_ms")
+        if plain and "fast" in v:
+            out += ["", f"fast against the best plain-PyTorch eager setting (pytorch_bf16): "
+                        f"{plain / v['fast']['step_ms']:.2f}x"]
         ref = v.get("no_fast", {}).get("first_step_terms")
         if ref:
             out += ["", "First step from the same weights and batch, largest relative difference of a loss term "
