@@ -25,15 +25,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cycleseg import ops
-from cycleseg.assemble import make_step
+from cycleseg.assemble import make_step, networks_of
 from cycleseg.config import Config
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import plan_for
 from cycleseg.kernels import common
-from cycleseg.models import networks_from_config, use_ops
+from cycleseg.models import use_ops
 from cycleseg.ops import cuda
 from cycleseg.ops.registry import LAUNCHERS
-from cycleseg.methods import METHODS
 
 H200_SMS = 132
 MODES = ("semi", "partial", "adversarial")
@@ -132,7 +131,7 @@ def capture_step(rec: _Recorder, mode: str, precision: str, layout: str, size) -
     plan = dataclasses.replace(plan, channels_last=layout == "channels_last")
     meta = Meta(num_classes=k, class_names=[str(i) for i in range(k)], palette=[[0, 0, 0]] * k, channels=3)
     with torch.device("meta"):
-        nets = networks_from_config(cfg, meta, METHODS[mode].step.networks)
+        nets = networks_of(cfg, meta)
         if plan.channels_last:
             nets = {n: v.to(memory_format=torch.channels_last) for n, v in nets.items()}
     with FakeTensorMode(allow_non_fake_inputs=True):

@@ -17,7 +17,7 @@ import torch
 
 from .fileio import atomic_write_bytes
 from .usage import UsageError
-from .config import check_image_side, from_saved
+from .config import check_image_side, from_flat
 from .data.h5format import palette_problem
 from .models import networks_from_config
 
@@ -97,7 +97,7 @@ def check_run(state: dict, path) -> None:
     if not isinstance(prints, dict) or not all(isinstance(v, str) for v in prints.values()):
         _fail(path, f"its data's fingerprints must map splits to digests, got {prints!r}"[:200])
     try:
-        config = dataclasses.replace(from_saved(cfg), device="cpu", resume=False, out=str(Path(path).parent))
+        config = dataclasses.replace(from_flat(cfg), device="cpu", resume=False, out=str(Path(path).parent))
         resolved = config.resolved()
         for side in (data.get("height"), data.get("width")):
             if side is not None:
@@ -120,7 +120,7 @@ def check_fingerprints(s: dict, now: dict, paths: dict, path, splits=("train", "
 
 def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
     """(config, data info, networks with the checkpoint's weights, on the CPU) of a run checkpoint."""
-    cfg = from_saved(state["config"])
+    cfg = from_flat(state["config"])
     g_is = state["nets"]["G_IS"]
     info = dict(state.get("data") or {})
     if "num_classes" not in info:                                   # older checkpoints: read the weights

@@ -56,7 +56,6 @@ NETWORKS = "the networks' shapes (the checkpoint's weights)"
 DATA = "the data and its streams (positions in them are checkpointed)"
 SEED = "the seed (the run's identity)"
 PLAN = "the plan it started with (numerics)"
-MIN_SIDE = {"adversarial": 32}      # Hung's discriminator halves 5 times; the generators need >= 8 (reflect pads)
 MAX_SIDE = 4096                     # larger images: 16+ GB a batch, and a checkpoint typo could ask for petabytes
 
 
@@ -114,7 +113,7 @@ class Config:
     rotate: bool = option(False, "random rotations by multiples of 90 degrees (with --flip: the usual ACDC "
                           "augmentation)", resume=DATA)
     scale_crop: float = option(1.0, "> 1: random crops of 1/s of each side, s in [1, scale_crop], resized back",
-                               resume=DATA)
+                               check="at_least_one", resume=DATA)
     augment: str = option("none", "ssl4mis: SSL4MIS's RandomGenerator on every stream (a random rot90 + flip, or a "
                           "rotation in [-20, 20] degrees, nearest), instead of --flip / --rotate / --scale-crop",
                           choices=AUGMENTS, resume=DATA)
@@ -134,7 +133,7 @@ class Config:
     resume: bool = option(False, "continue the run in --out from its last.pt, exactly where it stopped",
                           resume=RUNTIME)
     stop_after: int | None = option(None, "stop after this step as if interrupted (last.pt saved; --resume "
-                                    "continues): runs in pieces", resume=RUNTIME)
+                                    "continues): runs in pieces", check="at_least_one", resume=RUNTIME)
     log_every: int = option(10, "steps between training records in metrics.jsonl (each is a host sync)",
                             check="at_least_one", resume=CHANGEABLE)
     eval_every: int | None = option(None, "steps between validations (metrics, a picture, best.pt)",
@@ -169,7 +168,7 @@ class Config:
         if not 0.0 < c.labeled_fraction <= 1.0:
             raise UsageError(f"--labeled-fraction must be in (0, 1], got {c.labeled_fraction}")
         r = RECIPES[c.recipe]
-        for k in ("lambda1", "lambda2", "lambda3", "lambda4", "lambda5", "rampup", "hard_cycle"):
+        for k in (f.name for f in fields(c.semi) if f.name in r):
             if getattr(c.semi, k) is None:
                 setattr(c.semi, k, r[k])
         if c.dice is None:
@@ -187,12 +186,12 @@ class Config:
     def options(self, mode: str | None = None):
         """The options of `mode`'s method (default: this run's), or None if it has none."""
         method = METHODS[mode or self.mode]
-        return getattr(self, method.options_field) if method.options_field else None
+        return getattr(self, method.mode) if method.options else None
 
 
 def method_options() -> list[tuple[str, type]]:
     """(Config field, options class) of every method with options."""
-    return [(m.options_field, m.options) for m in METHODS.values() if m.options_field]
+    return [(m.mode, m.options) for m in METHODS.values() if m.options]
 
 
 def prefix(options_class) -> str:
@@ -230,7 +229,8 @@ def flat(c: Config) -> dict:
 
 
 def from_flat(values: dict) -> Config:
-    """A Config from flat names; names this version does not have are dropped, missing ones take defaults."""
+    """A Config from flat names (a command line's, or a checkpoint's or config.json's flat dict); names this
+    version does not have (any more) are dropped, missing ones (options newer than the checkpoint) take defaults."""
     table = flat_fields()
     c = Config()
     for name, value in values.items():
@@ -252,16 +252,6 @@ def check_values(c: Config) -> None:
     if not 0 <= c.seed < 2 ** 32:
         raise UsageError(f"--seed must be in 0 .. 2**32 - 1, got {c.seed}")
     check_image_side(c.image_size, c.mode, f"--image-size {c.image_size}", c.generator)
-    if c.scale_crop < 1.0:
-        raise UsageError(f"--scale-crop must be >= 1, got {c.scale_crop}")
-    if c.stop_after is not None and c.stop_after < 1:
-        raise UsageError(f"--stop-after must be >= 1, got {c.stop_after}")
-
-
-def from_saved(saved: dict) -> Config:
-    """The Config of a checkpoint (its flat dict; fields this version no longer has are dropped, new ones take
-    defaults)."""
-    return from_flat(saved)
 
 
 class ResumeError(UsageError):
@@ -273,7 +263,7 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
     runtime fields of this command line, and the changeable fields (options.CHANGEABLE) given explicitly
     (a new --lr without --lr-d scales the discriminators' rate alike). An explicit value of any other field
     that differs from the checkpoint's raises ResumeError saying why it is kept."""
-    old = flat(from_saved(saved))
+    old = flat(from_flat(saved))
     table = flat_fields()
     rule = {name: f.metadata.get("resume") for name, (_, f) in table.items()}
     updates = {k: get(given, k) for k, r in rule.items() if r == RUNTIME}
@@ -334,9 +324,9 @@ def given_fields(argv=None) -> set[str]:
 def check_image_side(side: int, mode: str, what: str, generator: str = "resnet") -> None:
     """UsageError (starting with `what`) unless the networks of `mode` can read images `side` pixels wide: a
     multiple of 4 (the ResNet generators halve twice and double back; 16 with the UNet G_IS, which halves four
-    times) of at least 8 (32 for Hung et al.'s discriminator)."""
+    times) of at least the method's min_side (8; 32 for Hung et al.'s discriminator)."""
     multiple = SIDE_MULTIPLE.get(generator, 4)
-    least = max(MIN_SIDE.get(mode, 8), multiple)
+    least = max(METHODS[mode].min_side, multiple)
     if not isinstance(side, int) or side > MAX_SIDE:
         raise UsageError(f"{what}: at most {MAX_SIDE} pixels")
     if side < least or side % multiple:

@@ -46,11 +46,6 @@ from .objective import one_hot
 from .usage import UsageError, run_command
 
 
-def predict(g_is, x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) images in [-1, 1] -> (N, H, W) int64 class ids, by the inference path (inference.py)."""
-    return inference.segment(g_is, x)
-
-
 def batches(source, batch_size: int, progress: bool = False, desc: str = "evaluate", indices=None):
     """(indices, images uint8, masks uint8) of the images `indices` (default: all) of an H5Source, in order."""
     indices = np.arange(len(source)) if indices is None else np.asarray(indices)
@@ -59,14 +54,12 @@ def batches(source, batch_size: int, progress: bool = False, desc: str = "evalua
         yield (idx, *source.batch(idx))
 
 
-@torch.no_grad()
 def confusion(g_is, source, device, batch_size: int = 16, progress: bool = False, indices=None) -> ConfusionMatrix:
     """The confusion matrix of G_IS over the images `indices` (default: all) of `source`."""
     meta = source.meta
     cm = ConfusionMatrix(meta.num_classes, meta.ignore_index, device)
-    with eval_mode(g_is):
-        for _, images, masks in batches(source, batch_size, progress, indices=indices):
-            cm.update(predict(g_is, to_input(images, device)), masks.to(device))
+    for _, images, masks in batches(source, batch_size, progress, indices=indices):
+        cm.update(inference.segment(g_is, to_input(images, device)), masks.to(device))
     return cm
 
 
@@ -79,8 +72,7 @@ def samples(nets: dict, source, device, count: int = 4) -> dict:
     idx = np.unique(np.linspace(0, len(source) - 1, min(count, len(source))).round().astype(np.int64))
     images, masks = source.batch(idx)                                   # (N, C, H, W), (N, H, W)
     x, y = to_input(images, device), masks.to(device)
-    with eval_mode(nets["G_IS"]):
-        pred = predict(nets["G_IS"], x).cpu().numpy()
+    pred = inference.segment(nets["G_IS"], x).cpu().numpy()
     gsi = None
     if "G_SI" in nets:
         with eval_mode(nets["G_SI"]):
@@ -108,28 +100,24 @@ def volume_scores(pred: np.ndarray, label: np.ndarray, num_classes: int = 4, sur
     return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
 
 
-@torch.no_grad()
 def folder_volumes(g_is, src, split: str, size: int, device, batch_size: int = 16, progress: bool = False):
     """(name, prediction, label) of each volume of an SSL4MIS folder's split, at native resolution."""
-    with eval_mode(g_is):
-        for name in tqdm(acdc.volume_names(src, split), desc=f"volumes ({split})", disable=not progress, leave=False):
-            image, label = acdc.read_volume(src, name)
-            x = acdc.slices_to_input(image, size)                       # (D, 1, size, size)
-            pred = torch.cat([predict(g_is, x[s:s + batch_size].to(device)).cpu()
-                              for s in range(0, len(x), batch_size)]).numpy()
-            yield name, acdc.resize_back(pred, label.shape[1:]), label, None
+    for name in tqdm(acdc.volume_names(src, split), desc=f"volumes ({split})", disable=not progress, leave=False):
+        image, label = acdc.read_volume(src, name)
+        x = acdc.slices_to_input(image, size)                           # (D, 1, size, size)
+        pred = torch.cat([inference.segment(g_is, x[s:s + batch_size].to(device)).cpu()
+                          for s in range(0, len(x), batch_size)]).numpy()
+        yield name, acdc.resize_back(pred, label.shape[1:]), label, None
 
 
-@torch.no_grad()
 def file_volumes(g_is, source, device, batch_size: int = 16, progress: bool = False):
     """(name, prediction, label, spacing) of each volume of a converted file with `volumes`, at its
     resolution; spacing: the millimetres of its voxels (slice, row, column) when the file knows them
     (volume_info: NIfTI conversions), else None (voxels)."""
     preds, masks = [], []
-    with eval_mode(g_is):
-        for _, images, m in batches(source, batch_size, progress, "volumes"):
-            preds.append(predict(g_is, to_input(images, device)).cpu().numpy())
-            masks.append(m.numpy())
+    for _, images, m in batches(source, batch_size, progress, "volumes"):
+        preds.append(inference.segment(g_is, to_input(images, device)).cpu().numpy())
+        masks.append(m.numpy())
     preds, masks = np.concatenate(preds), np.concatenate(masks)
     info = source.meta.volume_info
     for v, name in enumerate(source.meta.volume_names):

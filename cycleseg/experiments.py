@@ -38,15 +38,15 @@ import numpy as np
 
 from . import figures, inference, report
 from .checkpoint import CheckpointError, load_run, networks_from_checkpoint
-from .config import RECIPES, flat, from_saved, get, given_fields, parse_args, runtime_names
+from .config import RECIPES, flat, from_flat, get, given_fields, parse_args, runtime_names
 from .report import percent
 from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
 from .data.splits import split_path
-from .evaluate import batches, predict
+from .evaluate import batches
 from .fileio import write_files
-from .methods import METHODS as REGISTRY
+from .methods import METHODS
 from .metrics import image_dice
 from .runfolder import RunFolder
 from .usage import Parser, UsageError, fail, run_command
@@ -71,7 +71,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        text = REGISTRY[self.mode].label
+        text = METHODS[self.mode].label
         if not self.ablation:
             return text
         term = ABLATIONS[self.ablation]
@@ -105,7 +105,7 @@ def grid_cells(grid: str, fractions, extra=(), methods=PAPER_ARMS) -> list[Cell]
     return cells
 
 
-METHODS = tuple(mode for mode, method in REGISTRY.items() if not method.all_labels)   # the comparison's choices
+COMPARED = tuple(mode for mode, method in METHODS.items() if not method.all_labels)   # the comparison's choices
 # Options a cell sets itself: after `--` they would make every cell the same run.
 CELL_OWNED = ("mode", "labeled_fraction", "seed", "out", "data", "resume", "stop_after")
 
@@ -136,7 +136,7 @@ def check_cell_folder(cfg, folder: Path) -> None:
     last = folder / "last.pt"
     if not last.exists():
         return
-    saved, ours = flat(from_saved(load_run(last)["config"])), flat(cfg)
+    saved, ours = flat(from_flat(load_run(last)["config"])), flat(cfg)
     diff = [k for k in ours if k not in runtime_names() and saved[k] != ours[k]]
     if diff:
         shown = ", ".join(f"{k} {saved[k]!r} where the cell has {ours[k]!r}" for k in diff[:3])
@@ -252,7 +252,7 @@ def pictures(out: Path, fraction: float, seed: int):
             source = open_source(split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)[0])
         g_is = inference.prepare(nets["G_IS"], "cpu")
         predictions[f"{title} {percent(fraction)} %"] = np.concatenate(
-            [predict(g_is, to_input(images)).numpy() for _, images, _ in batches(source, 64)])
+            [inference.segment(g_is, to_input(images)).numpy() for _, images, _ in batches(source, 64)])
     masks = np.concatenate([m.numpy() for _, _, m in batches(source, 256)])
     meta = source.meta
     dice = {k: image_dice(p, masks, meta.num_classes, meta.ignore_index) for k, p in predictions.items()}
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
     p.add_argument("--data", default=None, help="any --data of the training command (default: the built-in dataset)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="labeled fractions (comparison grid)")
-    p.add_argument("--methods", nargs="+", default=list(PAPER_ARMS), choices=METHODS,
+    p.add_argument("--methods", nargs="+", default=list(PAPER_ARMS), choices=COMPARED,
                    help="the methods of the comparison grid, each at every fraction (Full always runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")

@@ -12,9 +12,6 @@ the reference ops (the default), or the fused ones, without touching the archite
 """
 from __future__ import annotations
 
-import re
-from types import SimpleNamespace
-
 import torch
 from torch import nn
 

@@ -156,7 +156,7 @@ class CheckpointModel:
     def __init__(self, path, device, precision: str = "auto"):
         state = load_run(path)
         cfg, info, nets = networks_from_checkpoint(state, path)
-        self.nets = {k: v.to(device).eval() for k, v in nets.items()}
+        self.nets = {k: v.to(device) for k, v in nets.items()}
         inference.prepare(self.nets["G_IS"], device, precision)      # the fast inference path
         self.device, self.has_gsi = device, "G_SI" in nets
         self.num_classes, self.channels = info["num_classes"], info["channels"]
@@ -164,7 +164,6 @@ class CheckpointModel:
         self.palette = full_palette(info.get("palette"), self.num_classes)
         self.info = info
 
-    @torch.no_grad()
     def logits(self, images: np.ndarray) -> np.ndarray:
         """uint8 (B, h, w, C) at the training size -> float32 class scores (B, K, h, w)."""
         x = to_input(torch.from_numpy(images).permute(0, 3, 1, 2), self.device)

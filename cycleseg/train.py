@@ -3,7 +3,8 @@
     folder   = RunFolder(cfg.out)                   config, metrics, pictures, checkpoints (runfolder.py)
     data     = open_splits(...)                     the split files behind --data (data/splits.py)
     plan     = plan_for(cfg, device)                the fast path chosen for this device (fastpath.py)
-    nets, step = build(cfg, meta, device, plan)     the networks and the method's step (assemble.py, steps.py)
+    nets, step = build(cfg, meta, device, plan)     the networks and the method's step (assemble.py; the step of
+                                                    cycleseg/methods/<method>.py, picked by assemble.make_step)
     streams  = make_streams(...)                    the labeled and unlabeled batches (data/streams.py)
 
 Every --log-every steps: the loss terms -> metrics.jsonl. Every --eval-every steps: validation metrics
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from . import figures, ops
 from .assemble import build, networks_of, optim_of
 from .checkpoint import CheckpointError
-from .config import Config, check_image_side, flat, from_saved, given_fields, parse_args
+from .config import Config, check_image_side, flat, from_flat, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
 from .data.streams import Streams, make_streams
@@ -123,7 +124,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     run = Run(cfg, world, device, folder, data, plan, nets, step, streams)
     if saved is not None:
         run.n, run.best = load_state_dict(saved, nets, step, streams, data, folder.last, world, device)
-        if optim_of(cfg) != optim_of(from_saved(saved["config"])):
+        if optim_of(cfg) != optim_of(from_flat(saved["config"])):
             step.reschedule(optim_of(cfg))                          # --steps / --lr changed on resume
     folder.start(cfg, run.n)
     if cfg.tensorboard:

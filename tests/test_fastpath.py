@@ -8,9 +8,8 @@ from cycleseg import ops
 from cycleseg.config import Config, from_flat
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import Plan, busy_cpu_note, cpu_has_native_bf16, plan_for
-from cycleseg.models import NormReLU, networks_from_config, use_ops
-from cycleseg.assemble import make_step as step_for
-from cycleseg.methods import METHODS
+from cycleseg.models import NormReLU, use_ops
+from cycleseg.assemble import make_step as step_for, networks_of
 
 FAST_CPU = Plan(fused_ops=True, merge_passes=True, fused_adam=True)
 
@@ -28,7 +27,7 @@ def setup(mode="semi", lr=1e-3, **cfg_kw):
 
 def make_step(cfg, meta, plan):
     torch.manual_seed(0)
-    nets = networks_from_config(cfg, meta, METHODS[cfg.mode].step.networks)
+    nets = networks_of(cfg, meta)
     for net in nets.values():
         use_ops(net, plan.ops())
     return nets, step_for(cfg, nets, meta, plan)

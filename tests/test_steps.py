@@ -7,7 +7,7 @@ import torch
 from cycleseg.config import Config, from_flat
 from cycleseg.data.h5format import Meta
 from cycleseg.models import networks_from_config
-from cycleseg.assemble import make_step
+from cycleseg.assemble import make_step, networks_of
 from cycleseg.fastpath import Plan
 from cycleseg.objective import HungWeights
 from cycleseg.methods import METHODS
@@ -39,7 +39,7 @@ def make(mode, generator="resnet"):
                          optimizer="sgd" if generator == "unet" else "adam")).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
-    nets = networks_from_config(cfg, meta, METHODS[mode].step.networks)
+    nets = networks_of(cfg, meta)
     return nets, make_step(cfg, nets, meta, Plan())
 
 
@@ -104,7 +104,7 @@ def test_adversarial_step_terms_and_self_training_start():
     cfg = Config(device="cpu", mode="adversarial", ngf=4, n_blocks=1, ndf=4, steps=8, lr=1e-3).resolved()
     meta = Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, channels=1)
     torch.manual_seed(0)
-    nets = networks_from_config(cfg, meta, METHODS["adversarial"].step.networks)
+    nets = networks_of(cfg, meta)
     step = make_step(cfg, nets, meta, Plan())
     on = []
     for b in batches(4, 32):

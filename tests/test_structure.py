@@ -114,7 +114,7 @@ def test_a_method_is_defined_in_one_module():
                                                                       else set())
         assert len(homes) == 1 and next(iter(homes)).startswith("cycleseg.methods."), (mode, homes)
         if method.options:
-            assert config_fields[method.options_field].default_factory is method.options
+            assert config_fields[method.mode].default_factory is method.options
     assert all(f.metadata.get("help") for _, f in flat_fields().values())
     for m, (path, _, tree) in modules().items():
         if m.startswith("cycleseg.methods"):

@@ -139,13 +139,13 @@ def test_help_describes_every_flag(capsys):
 def test_method_options_nest_in_the_config_and_checkpoints_stay_flat():
     """Each method's options live in its own dataclass, embedded in the Config; a checkpoint's flat config
     (every version's: one key per flag) loads into them, and flat() gives back the same keys and values."""
-    from cycleseg.config import flat, from_saved
+    from cycleseg.config import flat
     from cycleseg.methods.adversarial import AdversarialOptions
 
     saved = flat(Config(device="cpu").resolved())
     assert {"mt_consistency", "fm_weight", "adv_lambda", "lambda2", "pool_size"} <= set(saved)
     saved.update(mt_consistency=0.3, fm_loss="ce", adv_lambda=0.05, lambda2=0.0, no_longer_an_option=1)
-    cfg = from_saved(saved)
+    cfg = from_flat(saved)
     assert (cfg.meanteacher.consistency, cfg.fixmatch.loss, cfg.adversarial.lambda_, cfg.semi.lambda2) == \
         (0.3, "ce", 0.05, 0.0)
     assert isinstance(cfg.adversarial, AdversarialOptions) and cfg.options("adversarial") is cfg.adversarial

@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from cycleseg.assemble import make_step
+from cycleseg.assemble import make_step, networks_of
 from cycleseg.config import Config, from_flat
 from cycleseg.data.augment import augment, ssl4mis_view
 from cycleseg.data.h5format import Meta
 from cycleseg.fastpath import Plan
 from cycleseg.models import UNet, count_parameters, mixes_batch, networks_from_config, use_ops
-from cycleseg.methods import METHODS
 from cycleseg.steps import PolyDecay
 from cycleseg.usage import UsageError
 from test_steps import batches
@@ -43,7 +42,7 @@ def cfg(mode, generator="unet", **kw):
 def build(mode, plan, **kw):
     c = cfg(mode, **kw)
     torch.manual_seed(0)
-    nets = networks_from_config(c, META, METHODS[mode].step.networks)
+    nets = networks_of(c, META)
     for net in nets.values():
         use_ops(net, plan.ops())
     return nets, make_step(c, nets, META, plan)

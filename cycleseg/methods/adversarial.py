@@ -100,4 +100,4 @@ def build(nets, common: dict, options: AdversarialOptions, run) -> AdversarialSt
 
 
 METHODS = (Method("adversarial", "Hung et al.", "Hung et al. (2018), the paper's comparison", AdversarialStep, build,
-                  AdversarialOptions, "adversarial", colour="#c88c14"),)
+                  AdversarialOptions, colour="#c88c14", min_side=32),)       # Hung's discriminator halves 5 times

@@ -3,7 +3,9 @@
 A method module (cycleseg/methods/<method>.py) holds its step (a steps.Step subclass), its options (a
 dataclass of options.option fields, embedded in the run's Config under the method's name, its flags
 prefixed by PREFIX) and one or more Method entries (Partial and Full share a step). Adding a method =
-its objective (objective.py), its module, its tests, and its import in methods/__init__.py.
+its objective (objective.py), its module, its tests, and its import in methods/__init__.py; a method with
+options also needs its options field on Config (config.py, where `semi`, `meanteacher`, ... are embedded)
+and the import of its options class there.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class Method:
     summary: str                            # one line of --mode's help
     step: type                              # its step class: .networks, .streams
     build: Callable                         # (nets, common step arguments, options or None, RunFacts) -> step
-    options: type | None = None             # its options dataclass (Config.<options_field>)
-    options_field: str | None = None        # the Config field that embeds them
+    options: type | None = None             # its options dataclass (Config.<mode>)
     colour: str = "#5a5a5a"                 # its line in the figures
     all_labels: bool = False                # trains on every label (Full)
+    min_side: int = 8                       # the smallest image side its networks read (the generators' reflect pads)

@@ -111,4 +111,4 @@ def build(nets, common: dict, options: CycleGANOptions, run) -> CycleGANStep:
 
 
 METHODS = (Method("semi", "Ours (semi)", "the CycleGAN objective (the method)", CycleGANStep, build, CycleGANOptions,
-                  "semi", colour="#285ac8"),)
+                  colour="#285ac8"),)

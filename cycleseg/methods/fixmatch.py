@@ -72,4 +72,4 @@ def build(nets, common: dict, options: FixMatchOptions, run) -> FixMatchStep:
 
 
 METHODS = (Method("fixmatch", "FixMatch (weak-to-strong)", "weak-to-strong consistency, as UniMatch's FixMatch",
-                  FixMatchStep, build, FixMatchOptions, "fixmatch", colour="#963caa"),)
+                  FixMatchStep, build, FixMatchOptions, colour="#963caa"),)

@@ -88,4 +88,4 @@ def build(nets, common: dict, options: MeanTeacherOptions, run) -> MeanTeacherSt
 
 
 METHODS = (Method("meanteacher", "Mean Teacher", "Mean Teacher, as SSL4MIS trains it", MeanTeacherStep, build,
-                  MeanTeacherOptions, "meanteacher", colour="#1e963c"),)
+                  MeanTeacherOptions, colour="#1e963c"),)
