@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from . import inference
-from .fastpath import Plan
+from .fastpath import Plan, place
 from .methods import METHODS, RunFacts
-from .models import networks_from_config, use_ops
+from .models import networks_from_config
 from .steps import Optim
 
 
@@ -34,8 +34,6 @@ def build(cfg, meta, device, plan: Plan):
     torch.manual_seed(cfg.seed)
     nets = networks_of(cfg, meta)
     for net in nets.values():
-        use_ops(net.to(device), plan.ops())
-        if plan.channels_last:
-            net.to(memory_format=torch.channels_last)
+        place(net, device, plan.ops(), plan.channels_last)
     inference.attach(nets["G_IS"], plan)                           # validations: the run's precision and layout
     return nets, make_step(cfg, nets, meta, plan)

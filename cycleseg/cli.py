@@ -11,7 +11,7 @@ import torch
 from .checkpoint import CheckpointError
 from .config import check_device
 from .data.h5format import DataError
-from .inference import PRECISIONS
+from .fastpath import PRECISIONS
 from .usage import Parser, UsageError, fail
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from .data.augment import POLICIES
+from .fastpath import PRECISIONS
 from .methods import METHODS, MODES
 from .methods.adversarial import AdversarialOptions
 from .methods.cyclegan import CycleGANOptions
@@ -127,7 +128,7 @@ class Config:
                           "back the compile time (never on the CPU, where it measured slower)",
                           choices=("auto", "on", "off"), resume=PLAN)
     precision: str = option("auto", "fast path arithmetic: bf16 autocast (fp32 weights) or fp32; auto = bf16 where "
-                            "the device runs it natively", choices=("auto", "fp32", "bf16"), resume=PLAN)
+                            "the device runs it natively", choices=PRECISIONS, resume=PLAN)
     # bookkeeping
     out: str | None = option(None, "run folder (default runs/<mode>-<pct>pct-seed<seed>)", resume=RUNTIME)
     resume: bool = option(False, "continue the run in --out from its last.pt, exactly where it stopped",

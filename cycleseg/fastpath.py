@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from . import native, ops
+from .models import use_ops
 
 # Steps from which torch.compile pays for itself (compile time over the time it saves per step); None:
 # never (on the CPU the compiled fast step measured slower).
@@ -81,12 +82,30 @@ def plan_for(cfg, device) -> Plan:
                f"{cfg.steps} steps {'>=' if compile_ else '<'} {least}, from which compiling pays off on {kind}")
     else:
         compile_, why = cfg.compile == "on", f"--compile {cfg.compile}"
-    if cfg.precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
-    else:
-        bf16 = cfg.precision == "bf16"
+    bf16 = wants_bf16(device, cfg.precision)
     return Plan(fused_ops=True, merge_passes=True, fused_adam=True, compile=compile_,
                 autocast="bfloat16" if bf16 else None, channels_last=True, why=why)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")     # --precision of training, evaluate and predict
+
+
+def wants_bf16(device, precision: str = "auto") -> bool:
+    """Whether to run bf16 autocast on `device`: as `precision` says, or (auto) where the device runs bf16
+    natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    return torch.cuda.is_bf16_supported() if torch.device(device).type == "cuda" else cpu_has_native_bf16()
+
+
+def place(net, device, ops, channels_last: bool):
+    """`net` on `device` (in place), its norms through `ops`, its weights channels_last if asked."""
+    use_ops(net.to(device), ops)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net
 
 
 def cpu_has_native_bf16() -> bool:

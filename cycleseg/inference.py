@@ -20,10 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import native, ops
-from .fastpath import cpu_has_native_bf16
-from .models import use_ops
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from .fastpath import PRECISIONS, place, wants_bf16
 
 
 @dataclass(frozen=True)
@@ -34,14 +31,7 @@ class InferencePlan:
 
 def plan_of(device, precision: str = "auto") -> InferencePlan:
     """bf16 where the device runs it natively (or as `precision` says), channels_last always."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    else:
-        bf16 = precision == "bf16"
-    return InferencePlan(bf16=bf16, channels_last=True)
+    return InferencePlan(bf16=wants_bf16(device, precision), channels_last=True)
 
 
 class eval_mode:
@@ -75,11 +65,7 @@ def prepare(net: torch.nn.Module, device, precision: str = "auto") -> torch.nn.M
     """A checkpoint's network made ready for inference on `device` (in place): the fused ops, its plan's
     layout, the plan attached."""
     plan = plan_of(device, precision)
-    use_ops(net, fused_ops_for(device))
-    net.to(device)
-    if plan.channels_last:
-        net.to(memory_format=torch.channels_last)
-    return attach(net, plan)
+    return attach(place(net, device, fused_ops_for(device), plan.channels_last), plan)
 
 
 def attach(net: torch.nn.Module, plan) -> torch.nn.Module:
