@@ -69,3 +69,24 @@ def test_real_acdc_trains_and_evaluates(tmp_path, monkeypatch):
     src = H5Source(cached_splits(REAL_ACDC, 32)["train"])
     assert len(src) == 1312 and len(np.unique(src.groups)) == 70
     assert counts(src.path, 0.1)[0] == 136                            # 7 patients = 136 slices (10 %)
+
+
+def test_a_replaced_acdc_folder_is_converted_again(tmp_path, make_acdc, capsys):
+    """The converted splits are cached by the folder's path; another folder put at that path (or a file of
+    it edited) is converted again, with a note, instead of training and scoring on the old conversion."""
+    import shutil
+
+    from cycleseg.data import acdc
+    from cycleseg.data.source import H5Source
+
+    root = tmp_path / "ACDC"
+    make_acdc(root)
+    first = H5Source(acdc.cached_splits(root, 16, False)["train"]).fingerprint()
+    capsys.readouterr()
+    assert H5Source(acdc.cached_splits(root, 16, False)["train"]).fingerprint() == first
+    assert "writing it again" not in capsys.readouterr().err         # the same folder: the cache is used
+    shutil.rmtree(root)
+    make_acdc(root)                                                 # other images at the same path
+    paths = acdc.cached_splits(root, 16, False)
+    assert "its source changed" in capsys.readouterr().err
+    assert H5Source(paths["train"]).fingerprint() != first

@@ -130,7 +130,7 @@ def test_a_run_refuses_other_data_under_its_data_path(tmp_path, capsys):
 
 def test_a_split_fingerprint_follows_its_content(tmp_path):
     """The digest a run records: equal for the same images in another file (compressed, other chunks),
-    different for one changed pixel of a sampled image or mask."""
+    different for one changed pixel of any image or mask."""
     from cycleseg.data.source import H5Source
 
     a = tiny_split(tmp_path / "a.h5", 16, n=8)

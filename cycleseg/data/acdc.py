@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from . import convert as cv
-from .cache import cache_dir, cached_file
+from .cache import cache_dir, cached_file, source_signature
 from .pixels import float01_to_uint8, to_input
 
 CLASSES = cv.ACDC_CLASSES
@@ -44,9 +44,10 @@ def cached_splits(src, size: int, progress: bool = True, names=("train", "val"))
     key = hashlib.sha1(str(src).encode()).hexdigest()[:10]
     root = cache_dir() / f"acdc-v{CACHE_VERSION}-{key}-{size}x{size}"
     paths = {split: root / f"{split}.h5" for split in names}
+    source = source_signature([*src.glob("*.list"), *(src / "data").rglob("*.h5")])   # the folder as it is now
     for split, path in paths.items():
         cached_file(path, lambda p, split=split: cv.convert(*cv.acdc_items(src, split), p, (size, size),
-                                                               progress=progress))
+                                                               progress=progress), source)
     return paths
 
 

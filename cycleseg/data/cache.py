@@ -34,19 +34,35 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def cached_file(path: Path, build: Callable) -> Path:
+def cached_file(path: Path, build: Callable, source: str | None = None) -> Path:
     """`path`, written by build(path) unless it exists with the checksum recorded when the cache wrote it
     (<file>.sha256 beside it): a cached file damaged or changed since (garbled bytes would change the
-    scores without a word) is written again, with a note."""
+    scores without a word) is written again, with a note. `source`: a signature of what the file is made
+    from (source_signature), recorded with the checksum; another signature (the data at the same path
+    replaced or edited) writes it again too."""
     sums = path.with_name(path.name + ".sha256")
-    if path.exists() and sums.exists() and sums.read_text().strip() == file_sha256(path):
+    want = file_sha256(path) + ("" if source is None else f" {source}") if path.exists() else None
+    have = sums.read_text().strip() if sums.exists() else None
+    if want is not None and have == want:
         return path
     if path.exists():
-        print(f"note: {path} is not the file the cache wrote ({'checksum differs' if sums.exists() else 'no checksum'})"
-              f"; writing it again", file=sys.stderr)
+        why = ("no checksum" if have is None else "its source changed" if have.split()[0] == want.split()[0]
+               else "checksum differs")
+        print(f"note: {path} is not the file the cache wrote from this data ({why}); writing it again",
+              file=sys.stderr)
     build(path)
-    atomic_write_text(sums, file_sha256(path) + "\n")
+    atomic_write_text(sums, file_sha256(path) + ("" if source is None else f" {source}") + "\n")
     return path
+
+
+def source_signature(files) -> str:
+    """16 hex digits of the names, sizes and modification times of `files` (a data folder's files): changes
+    when the folder is replaced, a file is edited, added or removed (a copy with new times converts again)."""
+    digest = hashlib.sha256()
+    for f in sorted(Path(p) for p in files):
+        st = f.stat()
+        digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def generated_splits(name: str, version: int, seed: int, size: int, class_names: list, splits,

@@ -14,8 +14,6 @@ import torch
 from .h5format import check_masks, open_h5, read_meta
 
 IN_MEMORY_BYTES = 1 << 30       # splits smaller than this are read into memory once
-FINGERPRINT_SAMPLES = 256       # samples read into a split's fingerprint, evenly spaced, first and last included
-FINGERPRINT_BYTES = 64 << 20    # and at most this many bytes of them (large images: fewer samples)
 
 
 def chunk_offsets(ds) -> np.ndarray | None:
@@ -74,20 +72,19 @@ class H5Source:
 
     def fingerprint(self) -> str:
         """A digest of the split's content, whatever its file's name, layout or compression: its classes,
-        shapes, count, groups / volumes / labeled flags, and the pixels of up to FINGERPRINT_SAMPLES images
-        and masks spread evenly over it. A run records it, so that a resume or an evaluation notices that
-        the path it was given now holds other data (another folder of the same name, a regenerated file)."""
+        shapes, count, groups / volumes / labeled flags, and every image and mask (one read of the split:
+        ~0.1 s for ACDC's 64x64 slices, seconds for gigabytes). A run records it, so that a resume or an
+        evaluation notices that the path it was given now holds other data (another folder of the same
+        name, a file converted again, images edited)."""
         if getattr(self, "_fingerprint", None) is None:
             m = self.meta
             d = hashlib.sha256(json.dumps([m.num_classes, list(m.class_names), m.ignore_index, m.count, m.height,
                                            m.width, m.channels]).encode())
             for a in (self.groups, self.volumes, self.labeled):
                 d.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
-            per = m.height * m.width * (m.channels + 1)
-            k = max(1, min(len(self), FINGERPRINT_SAMPLES, FINGERPRINT_BYTES // max(per, 1)))
-            idx = np.unique(np.linspace(0, len(self) - 1, k).round().astype(np.int64)) if len(self) else []
-            for s in range(0, len(idx), 32):
-                images, masks = self.batch(idx[s:s + 32])
+            block = max(1, (64 << 20) // max(1, m.height * m.width * (m.channels + 1)))
+            for s in range(0, len(self), block):
+                images, masks = self.batch(np.arange(s, min(s + block, len(self))))
                 d.update(images.numpy().tobytes())
                 d.update(masks.numpy().tobytes())
             self._fingerprint = d.hexdigest()[:16]
