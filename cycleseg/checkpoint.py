@@ -40,6 +40,8 @@ def load(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not path.is_file():                                         # a FIFO or a device would block or never end
+        raise CheckpointError(f"{path}: not a regular file (a pipe, a device or a folder); name a checkpoint file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:

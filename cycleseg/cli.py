@@ -3,6 +3,8 @@ options, the device, and the exit code 2 with a one-line message for a bad optio
 output folder."""
 from __future__ import annotations
 
+import os
+
 import argparse
 from pathlib import Path
 
@@ -44,8 +46,23 @@ def device_of(name: str) -> torch.device:
     return torch.device(check_device(name))
 
 
-def refuse_existing(paths, overwrite: bool, what: str) -> None:
-    """UsageError naming the outputs that exist already, unless overwrite."""
+def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
+    """UsageError naming the outputs that exist already, unless overwrite; an output that is one of the
+    command's `inputs` (a checkpoint, an image, a record file), or a folder, is refused even with
+    --overwrite. Checked before anything is written."""
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+        except OSError:
+            return False
+
+    ins = [Path(i) for i in inputs]
+    for p in map(Path, paths):
+        if any(same(p, i) for i in ins):
+            raise UsageError(f"{p} is one of this command's inputs: an output never replaces an input; choose "
+                             f"another --out")
+        if p.is_dir():
+            raise UsageError(f"{p} is a folder where this command writes a file; move it or choose another --out")
     found = [str(p) for p in paths if Path(p).exists()]
     if found and not overwrite:
         more = f" and {len(found) - 1} more" if len(found) > 1 else ""

@@ -198,6 +198,9 @@ def run(a) -> tuple[dict, dict]:
     state = load_run(a.checkpoint)
     cfg, info, nets = networks_from_checkpoint(state, a.checkpoint)
     device = device_of(a.device)
+    if a.val_data is not None and a.data is None:
+        raise UsageError("--val-data names the val split beside a --data train file; give --data too (without "
+                         "--data the checkpoint's own data is scored)")
     data = a.data if a.data is not None else cfg.data
     val_data = a.val_data if a.data is not None else cfg.val_data
     if a.data is not None and Path(a.data).is_file():               # a file named: that file, whatever --split
@@ -231,7 +234,8 @@ def run(a) -> tuple[dict, dict]:
              "confusion.png": figures.png(figures.confusion_heatmap(mat, names))}
     if "volumes" in result:
         files["volumes.csv"] = report.volumes_csv(result["volumes"]["per_volume"], meta.class_names[1:]).encode()
-    refuse_existing([out / name for name in files], a.overwrite, "an earlier evaluation")
+    refuse_existing([out / name for name in files], a.overwrite, "an earlier evaluation",
+                    inputs=[a.checkpoint, path])
     write_files(out, files)
     return result, files
 

@@ -154,12 +154,21 @@ class GridInterrupted(RuntimeError):
     """A signal stopped the grid (its running cell stopped with a checkpoint)."""
 
 
+def stop_with_parent() -> None:
+    """In a cell's process before it starts (Linux): SIGTERM when the grid dies, even by SIGKILL, so that no
+    orphan trains on holding the cell's lock (it stops after its step with a checkpoint)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
+
+
 def run_child(cmd: list[str]) -> int:
     """Run a cell's training process and wait for it. SIGINT or SIGTERM to the grid reaches the child as
     SIGTERM (it stops after its step with a checkpoint; a terminal's Ctrl-C has reached it already, and a
     second SIGINT would stop it at once, without one), and the grid waits for it: no orphan keeps the cell's
     folder locked."""
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, preexec_fn=stop_with_parent)
 
     def forward(signum, frame):
         if proc.poll() is None:

@@ -24,7 +24,10 @@ def run(a) -> Path:
             raise UsageError(f"{folder}: no metrics.jsonl (not a run folder)")
         runs[folder.name if folder.name not in runs else str(folder)] = RunFolder(folder).records()
     out = a.out or (a.runs[0] / "curves.png" if len(a.runs) == 1 else Path("curves.png"))
-    refuse_existing([out], a.overwrite or (len(a.runs) == 1 and a.out is None), "an earlier plot")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {out}: the plot is a PNG; name a .png file")
+    refuse_existing([out], a.overwrite or (len(a.runs) == 1 and a.out is None), "an earlier plot",
+                    inputs=[folder / "metrics.jsonl" for folder in a.runs])
     data = figures.png(figures.curves(runs))
     atomic_write_bytes(out, lambda f: f.write(data))
     return out

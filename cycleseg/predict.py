@@ -279,7 +279,8 @@ def run(a) -> dict:
     suffixes = ("mask", "overlay") + (("gsi",) if model.has_gsi else ())
     refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes]
                     + [Path(a.out) / name for name, _ in scans] + [Path(a.out) / "inputs.csv"], a.overwrite,
-                    "from an earlier prediction")
+                    "from an earlier prediction",
+                    inputs=[a.checkpoint, *(it.source for it in items if it.source), *(p for _, p in scans)])
     files = predict_scans(model, scans, model.info, a.intensity, a.axis, a.resample, a.batch_size,
                           (lambda xs: tqdm(xs, desc="predict volumes", disable=a.no_progress))) if scans else {}
     for s in tqdm(range(0, len(items), a.batch_size), desc="predict", disable=a.no_progress):

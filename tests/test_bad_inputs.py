@@ -250,6 +250,12 @@ def test_checkpoint_command_options(tiny_checkpoint, tmp_path, capsys, option, m
     one_line_error(evaluate_main if command == "evaluate" else predict_main, args, capsys, match, tmp_path)
 
 
+def test_evaluate_refuses_val_data_without_data(tiny_checkpoint, tmp_path, capsys):
+    """--val-data alone was ignored (the checkpoint's own data scored, into its default folder)."""
+    one_line_error(evaluate_main, [tiny_checkpoint, "--val-data", tmp_path / "v.h5", "--out", tmp_path / "o"], capsys,
+                   "--val-data names the val split", tmp_path)
+
+
 def test_evaluate_never_replaces_an_earlier_report(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     assert evaluate_main([str(tiny_checkpoint), "--out", str(out), "--no-progress"]) == 0
@@ -397,8 +403,10 @@ def test_convert_acdc_rescales_when_asked(tmp_path):
 
 @pytest.mark.parametrize("argv, match", [(["--map", "7"], "--map 7: expected V=C"),
                                          (["--map", "1=300"], "C a class id or 255"),
-                                         (["--num-classes", "0"], "--num-classes must be >= 1"),
-                                         (["--size", "0", "8"], "--size must be positive")])
+                                         (["--num-classes", "0"], "--num-classes must be in 1..255"),
+                                         (["--num-classes", "300"], "--num-classes must be in 1..255"),
+                                         (["--size", "0", "8"], "--size must be in 1..4096"),
+                                         (["--size", "100000", "100000"], "--size must be in 1..4096")])
 def test_convert_options(tmp_path, capsys, argv, match):
     src = folder_tree(tmp_path / "f", [np.eye(8, dtype=np.uint8)])
     one_line_error(data_main, ["convert", "folder", src, tmp_path / "o.h5", "--no-progress", *argv], capsys, match,
@@ -470,6 +478,9 @@ def test_fifos_are_refused_not_read_forever(tmp_path, capsys, tiny_checkpoint):
     from cycleseg.data.h5format import DataError, open_h5
     with pytest.raises(DataError, match="not a regular file"):
         open_h5(tmp_path / "pipe.h5")
+    os.mkfifo(tmp_path / "pipe.pt")
+    one_line_error(evaluate_main, [tmp_path / "pipe.pt", "--out", tmp_path / "o"], capsys, "not a regular file",
+                   tmp_path)
 
 
 def test_predict_names_a_pt2_and_refuses_a_malformed_palette(tmp_path, capsys, tiny_checkpoint):
@@ -509,3 +520,36 @@ def test_edited_onnx_metadata_is_refused_in_one_line(tmp_path, capsys, edit, mat
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
     one_line_error(predict_main, [tmp_path / "m.onnx", tmp_path / "x.png", "--out", tmp_path / "o"], capsys,
                    match, tmp_path)
+
+
+def test_no_output_replaces_an_input_even_with_overwrite(tmp_path, capsys, tiny_checkpoint, finished_run, make_acdc):
+    """One rule for every command's outputs: an output that is one of the command's inputs, or a folder, is
+    refused before anything is written, --overwrite or not (a checkpoint named .pt2, a run's records, images
+    in the output folder, the .h5 volumes of an ACDC folder)."""
+    import shutil
+
+    from cycleseg.export import main as export_main
+    from cycleseg.plot import main as plot_main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    one_line_error(plot_main, [run, "--out", run / "metrics.jsonl", "--overwrite"], capsys, "the plot is a PNG", tmp_path)
+    one_line_error(plot_main, [run, "--out", run / "last.pt", "--overwrite"], capsys, "the plot is a PNG", tmp_path)
+    pt2 = tmp_path / "m.pt2"
+    shutil.copy(tiny_checkpoint, pt2)
+    one_line_error(export_main, [pt2, "--formats", "pt2", "--overwrite"], capsys, "is one of this command's inputs",
+                   tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "a_mask"):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(images / f"{name}.png")
+    one_line_error(predict_main, [tiny_checkpoint, images, "--out", images, "--overwrite", "--no-progress"], capsys,
+                   "a_mask.png is one of this command's inputs", tmp_path)
+    (tmp_path / "e" / "confusion.png").mkdir(parents=True)
+    one_line_error(evaluate_main, [tiny_checkpoint, "--out", tmp_path / "e", "--overwrite", "--no-progress"], capsys,
+                   "confusion.png is a folder", tmp_path)
+    acdc = tmp_path / "ACDC"
+    make_acdc(acdc)
+    one_line_error(data_main, ["convert", "acdc", acdc, acdc / "data" / "patient009_frame01.h5", "--split", "val",
+                               "--size", "16", "16", "--overwrite", "--no-progress"], capsys,
+                   "a converter never writes over its inputs", tmp_path)

@@ -70,9 +70,19 @@ def test_a_finished_run_whose_final_record_was_lost_is_validated_again(tiny_argv
     assert again["split"] == "val" and again["step"] == 4 and abs(again["miou"] - final["miou"]) < 1e-9
 
 
-def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path):
+def alive(pid: int) -> bool:
+    """A process that runs (not gone, not a zombie left for a parent to reap)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, signum):
     """SIGTERM to a grid reaches its training child, which stops with a checkpoint; the grid waits for it,
-    says how to go on in one line (no traceback) and leaves no process behind."""
+    says how to go on in one line (no traceback) and leaves no process behind. A grid killed outright
+    (SIGKILL) takes its cell with it too (the cell gets SIGTERM: it stops with a checkpoint)."""
     import signal
     import sys
     import time
@@ -88,10 +98,16 @@ def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path):
         time.sleep(0.2)
     children = descendants(grid.p.pid)
     assert children, grid.stderr
-    grid.send_signal(signal.SIGTERM)
-    assert grid.wait(120) == 130, grid.stderr
-    assert "interrupted" in grid.stderr and "Traceback" not in grid.stderr
-    assert not [pid for pid in children if __import__("os").path.exists(f"/proc/{pid}")]   # no orphan
+    grid.send_signal(getattr(signal, signum))
+    if signum == "SIGKILL":
+        assert grid.wait(120) == -signal.SIGKILL
+        deadline = time.time() + 120
+        while time.time() < deadline and [pid for pid in children if alive(pid)]:
+            time.sleep(0.2)
+    else:
+        assert grid.wait(120) == 130, grid.stderr
+        assert "interrupted" in grid.stderr and "Traceback" not in grid.stderr
+    assert not [pid for pid in children if alive(pid)]   # no orphan
     assert list((tmp_path / "g").glob("*/last.pt"))                          # the cell stopped with a checkpoint
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from ..usage import Parser, fail, run_command
 from . import convert as cv
 from .nifti_convert import convert_nifti
-from .h5format import DataError, open_h5, validate
+from ..config import MAX_SIDE
+from .h5format import IGNORE_INDEX, DataError, open_h5, validate
 
 
 def info(path) -> str:
@@ -62,13 +63,30 @@ def parse_mapping(pairs) -> dict:
     return out
 
 
-def check_output(out: Path, overwrite: bool) -> None:
+def check_classes(k: int | None) -> None:
+    """--num-classes: ids 0..K-1 are stored as uint8 beside the ignore index 255, so K is 1..255."""
+    if k is not None and not 1 <= k <= IGNORE_INDEX:
+        raise DataError(f"--num-classes must be in 1..{IGNORE_INDEX} (class ids are bytes; {IGNORE_INDEX} means "
+                        f"not labeled), got {k}")
+
+
+def check_size(size) -> None:
+    """--size H W: positive and at most MAX_SIDE, as training reads."""
+    if size is not None and not all(1 <= s <= MAX_SIDE for s in size):
+        raise DataError(f"--size must be in 1..{MAX_SIDE} pixels a side, got {size[0]} {size[1]}")
+
+
+def check_output(out: Path, overwrite: bool, src: Path | None = None) -> None:
     """DataError unless `out` names an HDF5 file (.h5 / .hdf5: never an input image) that does not exist
-    yet, or may be replaced (--overwrite)."""
+    yet, or may be replaced (--overwrite) and is not a file of the source folder `src` (SSL4MIS's ACDC
+    and NIfTI folders hold .h5 inputs too: an existing file there is never replaced)."""
     if out.suffix.lower() not in (".h5", ".hdf5"):
         raise DataError(f"{out}: the output must be an .h5 file (a converted split), got {out.suffix or 'no suffix'}")
     if out.is_dir():
         raise DataError(f"{out} is a folder; name the .h5 file to write")
+    if src is not None and out.exists() and Path(src).is_dir() and out.resolve().is_relative_to(Path(src).resolve()):
+        raise DataError(f"{out} is a file of the source folder {src}: a converter never writes over its inputs; "
+                        f"choose an output outside it")
     if out.exists() and not overwrite:
         raise DataError(f"{out} exists already; pass --overwrite to replace it, or choose another output")
 
@@ -119,7 +137,7 @@ def main(argv=None) -> int:
         if a.cmd == "info":
             print(info(a.file))
             return 0
-        check_output(a.out, a.overwrite)
+        check_output(a.out, a.overwrite, a.src)
         split = a.split or "train"
         if a.kind == "nifti":
             return convert_nifti_command(a, split)
@@ -127,8 +145,7 @@ def main(argv=None) -> int:
             raise DataError("--intensity percentile is a rule for NIfTI volumes (convert nifti)")
         a.intensity = a.intensity or "strict"
         mapping = parse_mapping(a.map)
-        if a.num_classes is not None and a.num_classes < 1:
-            raise DataError(f"--num-classes must be >= 1, got {a.num_classes}")
+        check_classes(a.num_classes)
         if a.kind == "voc":
             items, meta = cv.voc_items(a.src, split)
         elif a.kind == "cityscapes":
@@ -138,8 +155,7 @@ def main(argv=None) -> int:
         else:
             items, meta = cv.folder_items(a.src, a.num_classes, mapping=mapping)
         size = tuple(a.size) if a.size else (cv.SIZE_PRESETS.get(a.kind) if a.preset == "paper" else None)
-        if size is not None and min(size) < 1:
-            raise DataError(f"--size must be positive, got {size[0]} {size[1]}")
+        check_size(size)
         summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress,
                              intensity=a.intensity, mapping=mapping)
     except (DataError, OSError) as e:                               # OSError: a read-only or full output folder
@@ -161,10 +177,8 @@ def convert_nifti_command(a, split: str) -> int:
     if a.map:
         raise DataError("--map is not an option of convert nifti (label values are class ids)")
     size = tuple(a.size) if a.size else (256, 256)
-    if min(size) < 1:
-        raise DataError(f"--size must be positive, got {size[0]} {size[1]}")
-    if a.num_classes is not None and a.num_classes < 1:
-        raise DataError(f"--num-classes must be >= 1, got {a.num_classes}")
+    check_size(size)
+    check_classes(a.num_classes)
     s = convert_nifti(a.src, a.out, split, size, a.axis, a.intensity or "percentile", tuple(a.holdout), a.split_seed,
                       a.channel, a.num_classes, progress=not a.no_progress)
     print(f"wrote {s['file']}: {s['images']} slices {size[0]}x{size[1]} of {s['volumes']} volumes "
