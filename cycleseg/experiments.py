@@ -26,6 +26,7 @@ the extremes, each labelled with both Dice).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import signal
 import subprocess
@@ -158,8 +159,6 @@ def stop_with_parent() -> None:
     """In a cell's process before it starts (Linux): SIGTERM when the grid dies, even by SIGKILL, so that no
     orphan trains on holding the cell's lock (it stops after its step with a checkpoint)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
 
 
