@@ -38,13 +38,14 @@ def atomic_write_bytes(path, write_fn) -> None:
 STALE = re.compile(r"\.(.+)\.tmp(\d+)")                           # atomic_path's names: .<file>.tmp<pid>
 
 
-def remove_stale_temporaries(folder) -> list:
+def remove_stale_temporaries(folder, name: str | None = None) -> list:
     """Delete the temporary files that a process killed while writing left in `folder`: exactly the names
-    atomic_path gives (.<file>.tmp<pid>) whose process is gone. Anything else (a user's file) is kept."""
+    atomic_path gives (.<file>.tmp<pid>) whose process is gone; only those of the file `name` if given.
+    Anything else (a user's file) is kept."""
     gone = []
     for p in Path(folder).glob(".*.tmp*"):
         m = STALE.fullmatch(p.name)
-        if m and p.is_file() and not _alive(int(m.group(2))):
+        if m and (name is None or m.group(1) == name) and p.is_file() and not _alive(int(m.group(2))):
             p.unlink()
             gone.append(p.name)
     return gone

@@ -55,7 +55,7 @@ def fused_ops_for(device):
     if torch.device(device).type == "cpu":
         try:
             ops.cpu.extension()
-        except RuntimeError as e:
+        except (RuntimeError, OSError) as e:                       # no compiler; an unusable build folder
             print(f"note: inference with PyTorch's own ops ({str(e).splitlines()[0]})", file=sys.stderr)
             return native
     return ops

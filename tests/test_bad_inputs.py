@@ -553,3 +553,14 @@ def test_no_output_replaces_an_input_even_with_overwrite(tmp_path, capsys, tiny_
     one_line_error(data_main, ["convert", "acdc", acdc, acdc / "data" / "patient009_frame01.h5", "--split", "val",
                                "--size", "16", "16", "--overwrite", "--no-progress"], capsys,
                    "a converter never writes over its inputs", tmp_path)
+
+
+def test_a_conversion_killed_while_writing_leaves_nothing_for_long(tmp_path):
+    """A converter killed (OOM, SIGKILL) leaves .<out>.tmp<pid>; the next conversion to that output removes it
+    (only temporaries of that name whose process is gone)."""
+    src = folder_tree(tmp_path / "f", [np.eye(8, dtype=np.uint8)])
+    stale, mine = tmp_path / f".o.h5.tmp{2 ** 22 + 7}", tmp_path / f".other.h5.tmp{2 ** 22 + 7}"
+    stale.write_bytes(b"half")
+    mine.write_bytes(b"someone else's")
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
+    assert not stale.exists() and mine.exists()

@@ -175,3 +175,8 @@ def test_a_damaged_library_is_built_again_and_a_bad_folder_named(tmp_path, capsy
     with pytest.raises(BuildFolderError, match="is a file"):
         with build_lock(tmp_path / "file"):
             pass
+    (tmp_path / "locked" / "cycleseg.lock").mkdir(parents=True)
+    with pytest.raises(BuildFolderError, match="cycleseg.lock is a folder, where cycleseg keeps the lock file"):
+        with build_lock(tmp_path / "locked"):
+            pass
+    assert issubclass(BuildFolderError, OSError)                   # every command reports it in one line

@@ -21,6 +21,7 @@ from ..usage import Parser, fail, run_command
 from . import convert as cv
 from .nifti_convert import convert_nifti
 from ..config import MAX_SIDE
+from ..fileio import remove_stale_temporaries
 from .h5format import IGNORE_INDEX, DataError, open_h5, validate
 
 
@@ -89,6 +90,8 @@ def check_output(out: Path, overwrite: bool, src: Path | None = None) -> None:
                         f"choose an output outside it")
     if out.exists() and not overwrite:
         raise DataError(f"{out} exists already; pass --overwrite to replace it, or choose another output")
+    if out.parent.is_dir():
+        remove_stale_temporaries(out.parent, out.name)              # left by a conversion killed while writing
 
 
 def add_nifti_options(c) -> None:

@@ -92,6 +92,9 @@ def build_lock(folder: Path):
     if folder.exists() and not folder.is_dir():
         raise BuildFolderError(f"{folder} is a file, where cycleseg's C++ kernels are built; remove it, or set "
                                f"TORCH_EXTENSIONS_DIR to another folder")
+    if (folder / "cycleseg.lock").is_dir():
+        raise BuildFolderError(f"{folder / 'cycleseg.lock'} is a folder, where cycleseg keeps the lock file of its C++ "
+                               f"kernels' build; remove it")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         f = open(folder / "cycleseg.lock", "a")
@@ -110,8 +113,9 @@ def build_lock(folder: Path):
         yield
 
 
-class BuildFolderError(RuntimeError):
-    """The extension folder cannot be used (not a folder, not writable): no compiler would help."""
+class BuildFolderError(OSError):
+    """The extension folder cannot be used (not a folder, not writable): no compiler would help. An OSError,
+    so that every command reports it in one line as it reports other file-system failures."""
 
 
 CHECKSUM = "cycleseg.sha256"            # the built library's sha256, written after a build loaded
