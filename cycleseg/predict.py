@@ -88,15 +88,12 @@ def unique_names(stems: list[str]) -> list[str]:
 
 def read_image(p: Path, channels: int, intensity: str | None):
     """An image file as uint8 (H, W, channels): 8-bit images converted to the checkpoint's channels; 16-bit,
-    32-bit and float images (which converting would clip) only with intensity "minmax" (each rescaled from
-    its own range, as the converters do), else DataError."""
+    32-bit and float images by the converters' rule (convert.image_values: floats in [0, 1] as round(255 x),
+    other values only with intensity "minmax", each rescaled from its own range), else DataError."""
     with Image.open(p) as im:
         if im.mode not in HIGH_BIT_MODES:
             return np.asarray(im.convert("RGB" if channels == 3 else "L")).reshape(im.height, im.width, channels)
-        if intensity != "minmax":
-            raise DataError(f"{p}: a {im.mode} image (more than 8 bits per pixel), which would be clipped; pass "
-                            f"--intensity minmax to rescale each image from its own range")
-        gray = image_values(str(p), np.asarray(im), "minmax")
+        gray = image_values(str(p), np.asarray(im), intensity or "strict")    # the converters' one rule
     return np.repeat(gray[..., None], channels, axis=2)
 
 

@@ -113,3 +113,10 @@ def test_names_never_collide_and_high_bit_images_are_not_clipped(tiny_checkpoint
     assert "--intensity minmax" in capsys.readouterr().err and not (tmp_path / "o2").exists()
     assert predict_main([str(tiny_checkpoint), str(deep), "--out", str(tmp_path / "o2"), "--no-progress",
                          "--intensity", "minmax"]) == 0
+    unit = rng.random((20, 20)).astype(np.float32)                 # floats in [0, 1]: the converters' rule, not refused
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    Image.fromarray(np.rint(unit * 255).astype(np.uint8)).save(tmp_path / "unit8.png")
+    assert predict_main([str(tiny_checkpoint), str(tmp_path / "unit.tif"), str(tmp_path / "unit8.png"), "--out",
+                         str(tmp_path / "o3"), "--no-progress"]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o3/unit_mask.png")),
+                          np.asarray(Image.open(tmp_path / "o3/unit8_mask.png")))
