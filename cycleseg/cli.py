@@ -3,9 +3,8 @@ options, the device, and the exit code 2 with a one-line message for a bad optio
 output folder."""
 from __future__ import annotations
 
-import os
-
 import argparse
+import os
 from pathlib import Path
 
 import torch

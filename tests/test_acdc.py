@@ -90,3 +90,6 @@ def test_a_replaced_acdc_folder_is_converted_again(tmp_path, make_acdc, capsys):
     paths = acdc.cached_splits(root, 16, False)
     assert "its source changed" in capsys.readouterr().err
     assert H5Source(paths["train"]).fingerprint() != first
+    paths["train"].with_name("train.h5.sha256").write_text("")      # an emptied checksum file: written again
+    acdc.cached_splits(root, 16, False)
+    assert "no checksum" in capsys.readouterr().err

@@ -41,17 +41,20 @@ def cached_file(path: Path, build: Callable, source: str | None = None) -> Path:
     from (source_signature), recorded with the checksum; another signature (the data at the same path
     replaced or edited) writes it again too."""
     sums = path.with_name(path.name + ".sha256")
-    want = file_sha256(path) + ("" if source is None else f" {source}") if path.exists() else None
-    have = sums.read_text().strip() if sums.exists() else None
+
+    def record() -> list:                                           # what <file>.sha256 holds: checksum [source]
+        return [file_sha256(path)] + ([] if source is None else [source])
+
+    want = record() if path.exists() else None
+    have = sums.read_text().split() if sums.exists() else None
     if want is not None and have == want:
         return path
     if path.exists():
-        why = ("no checksum" if have is None else "its source changed" if have.split()[0] == want.split()[0]
-               else "checksum differs")
+        why = ("no checksum" if not have else "its source changed" if have[0] == want[0] else "checksum differs")
         print(f"note: {path} is not the file the cache wrote from this data ({why}); writing it again",
               file=sys.stderr)
     build(path)
-    atomic_write_text(sums, file_sha256(path) + ("" if source is None else f" {source}") + "\n")
+    atomic_write_text(sums, " ".join(record()) + "\n")
     return path
 
 
