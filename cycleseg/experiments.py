@@ -13,7 +13,8 @@ Grids (every cell once per seed):
                  --fractions
 
 Each cell is a training run in <out>/<cell>-seed<s>/ with the same options (those after `--` go to
-every run: budget, size, augmentation, recipe), so the arms differ only in what the cell says. A cell
+every run: budget, size, augmentation, recipe), so the arms differ only in what the cell says and in
+what --method-options gives one method alone (an arm at its authors' rate). A cell
 whose run finished is not run again; an interrupted one resumes. Selection rule, the same for every
 cell: the last checkpoint, scored by its final validation (never the best-scoring step). Writes
 results.md and results.csv (mean and sample standard deviation over seeds of the slice mIoU and, on
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -121,9 +123,29 @@ def check_extra(extra) -> None:
     parse_args(["--mode", "semi", *extra])[0].resolved()
 
 
-def cell_args(cell: Cell, seed: int, out: Path, data, extra) -> list[str]:
-    """The training command line of a cell: the shared options, then what the cell sets (which wins)."""
-    args = list(extra) + ["--mode", cell.mode, "--labeled-fraction", str(cell.fraction), "--seed", str(seed),
+def method_options(pairs, methods) -> dict[str, list[str]]:
+    """{method: options} from --method-options' (METHOD, "OPTIONS") pairs: what one arm takes beside the
+    shared options (FixMatch at UniMatch's effective rate: `--method-options fixmatch "--lr 0.0025"`)."""
+    given: dict[str, list[str]] = {}
+    for mode, text in pairs or ():
+        if mode not in methods:
+            raise UsageError(f"--method-options {mode}: not a method of this grid ({', '.join(methods)})")
+        try:
+            opts = shlex.split(text)
+        except ValueError as e:
+            raise UsageError(f"--method-options {mode} {text!r}: {e}") from None
+        try:
+            check_extra(opts)
+        except UsageError as e:
+            raise UsageError(f"--method-options {mode}: {e}") from None
+        given[mode] = given.get(mode, []) + opts
+    return given
+
+
+def cell_args(cell: Cell, seed: int, out: Path, data, extra, own=None) -> list[str]:
+    """The training command line of a cell: the shared options, its method's own (--method-options), then
+    what the cell sets (which wins)."""
+    args = list(extra) + list((own or {}).get(cell.mode, ())) + ["--mode", cell.mode, "--labeled-fraction", str(cell.fraction), "--seed", str(seed),
                           "--out", str(out / f"{cell.name}-seed{seed}"), "--no-progress"]
     if data:
         args += ["--data", str(data)]
@@ -289,6 +311,9 @@ def main(argv=None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="labeled fractions (comparison grid)")
     p.add_argument("--methods", nargs="+", default=list(PAPER_ARMS), choices=COMPARED,
                    help="the methods of the comparison grid, each at every fraction (Full always runs)")
+    p.add_argument("--method-options", nargs=2, action="append", metavar=("METHOD", "OPTIONS"),
+                   help='options for one method\'s cells only, after the shared ones (repeatable), e.g. '
+                        '--method-options fixmatch "--lr 0.0025"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(argv)
@@ -297,8 +322,9 @@ def main(argv=None) -> int:
     try:
         check_extra(extra)
         cells = grid_cells(a.grid, a.fractions, extra, a.methods)
+        own = method_options(a.method_options, sorted({c.mode for c in cells}))
         for seed, cell in ((s, c) for s in seeds for c in cells):   # before any cell runs
-            args = cell_args(cell, seed, out, a.data, extra)
+            args = cell_args(cell, seed, out, a.data, extra, own)
             cfg = parse_args(args)[0].resolved()
             check_cell_folder(cfg, Path(cfg.out))
     except (UsageError, CheckpointError) as e:
@@ -308,7 +334,7 @@ def main(argv=None) -> int:
     steps = None
     try:
         for i, (seed, cell) in enumerate((s, c) for s in seeds for c in cells):
-            args = cell_args(cell, seed, out, a.data, extra)
+            args = cell_args(cell, seed, out, a.data, extra, own)
             print(f"[{i + 1}/{total}] {cell.name} seed {seed}: {' '.join(args)}", file=sys.stderr)
             rec = run_cell(args)
             results[cell][seed] = rec
@@ -316,7 +342,7 @@ def main(argv=None) -> int:
             print(f"    mIoU {rec['miou']:.4f}" + (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec
                                                    else ""), file=sys.stderr)
         rows = summarize(results)
-        files = report_files(a, out, cells, seeds, results, rows, steps, extra)
+        files = report_files(a, out, cells, seeds, results, rows, steps, extra, own)
         write_files(out, files)
     except GridInterrupted as e:
         fail(e)
@@ -328,10 +354,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def report_files(a, out: Path, cells, seeds, results, rows, steps, extra) -> dict:
+def report_files(a, out: Path, cells, seeds, results, rows, steps, extra, own=None) -> dict:
     """{name: bytes} of the grid's table, CSV, JSON, plot and pictures."""
+    per_method = "".join(f", {METHODS[m].label} also `{shlex.join(o)}`" for m, o in sorted((own or {}).items()))
     header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps} steps, options "
-              f"`{' '.join(extra) or '(defaults)'}`; the last checkpoint of every run, scored by its final validation.")
+              f"`{' '.join(extra) or '(defaults)'}`{per_method}; the last checkpoint of every run, scored by its "
+              f"final validation.")
     files = {"results.md": report.grid_markdown(rows, header).encode(), "results.csv": report.grid_csv(rows).encode(),
              "seeds.csv": report.seeds_csv(results).encode(),
              "results.json": json.dumps({c.name: {str(s): r for s, r in v.items()} for c, v in results.items()},

@@ -121,3 +121,29 @@ def test_fractions_are_named_to_their_precision_and_never_share_a_folder():
     assert names == ["full-100pct", "partial-10pct", "partial-10.4pct", "partial-0.1pct"]
     with pytest.raises(UsageError, match="would share the folders"):
         grid_cells("comparison", [0.1, 0.10001])
+
+
+def test_method_options_reach_only_their_methods_cells(tmp_path):
+    """--method-options gives one arm options of its own (FixMatch at UniMatch's rate), after the shared ones;
+    options a cell owns, unknown methods and unparsable text are refused before any cell runs."""
+    from cycleseg.config import get, parse_args
+    from cycleseg.experiments import cell_args, method_options
+    from cycleseg.usage import UsageError
+
+    own = method_options([("fixmatch", "--lr 0.0025"), ("fixmatch", "--fm-weight 2")], ["fixmatch", "partial"])
+    assert own == {"fixmatch": ["--lr", "0.0025", "--fm-weight", "2"]}
+    shared = ["--lr", "0.005", "--steps", "3"]
+    fm = parse_args(cell_args(Cell("fixmatch", 0.1), 0, tmp_path, None, shared, own))[0].resolved()
+    partial = parse_args(cell_args(Cell("partial", 0.1), 0, tmp_path, None, shared, own))[0].resolved()
+    assert (fm.lr, get(fm, "fm_weight"), fm.steps) == (0.0025, 2.0, 3) and partial.lr == 0.005
+    for pairs, match in (([("semi", "--lr 1")], "not a method of this grid"),
+                         ([("fixmatch", "--seed 3")], "--seed after -- would be the same"),
+                         ([("fixmatch", "--lr 'x")], "No closing quotation")):
+        with pytest.raises(UsageError, match=match):
+            method_options(pairs, ["fixmatch", "partial"])
+    with pytest.raises(SystemExit):                       # the training command's own parser: one line, exit 2
+        method_options([("fixmatch", "--lr nope")], ["fixmatch"])
+    out = tmp_path / "g"
+    assert main(["--grid", "comparison", "--fractions", "0.1", "--methods", "partial", "--seeds", "0",
+                 "--method-options", "meanteacher", "--lr 1", "--out", str(out)] + TINY) == 2
+    assert not out.exists()
