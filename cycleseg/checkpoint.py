@@ -46,14 +46,24 @@ def load(path, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):
-            raise CheckpointError(f"{path}: could not be read as a checkpoint (not a torch checkpoint, or "
-                                  f"corrupt: {str(e).splitlines()[-1].strip() or 'unpickling failed'})") from e
+            raise CheckpointError(f"{path}: could not be read as a checkpoint: the file is corrupt, truncated or not "
+                                  f"a torch checkpoint ({torch_reason(e)})") from e
         raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors, numbers, strings and "
                               f"containers, which could run code when loaded; cycleseg checkpoints never do "
-                              f"({str(e).splitlines()[0]})") from e
+                              f"({torch_reason(e)})") from e
     except Exception as e:
-        raise CheckpointError(f"{path}: could not be read as a checkpoint ({type(e).__name__}: {e}); the file is "
-                              f"corrupt, truncated or not a torch checkpoint") from e
+        raise CheckpointError(f"{path}: could not be read as a checkpoint: the file is corrupt, truncated or not a "
+                              f"torch checkpoint ({torch_reason(e)})") from e
+
+
+def torch_reason(e: Exception) -> str:
+    """What torch.load found wrong, in its first sentence, without the advice around it (loading with
+    weights_only=False, which would run a file's code; filing a report to PyTorch)."""
+    advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    kept = [t.strip() for t in re.split(r"\n\s*\n", str(e)) if t.strip() and not t.strip().startswith(advice)]
+    first = kept[0].splitlines()[0] if kept else type(e).__name__
+    first = re.split(r"\.\s|\s+\(Could this error", first + " ")[0].strip().rstrip(".")
+    return first or type(e).__name__
 
 
 def load_run(path, map_location="cpu") -> dict:

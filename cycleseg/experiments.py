@@ -159,7 +159,12 @@ def check_cell_folder(cfg, folder: Path) -> None:
     last = folder / "last.pt"
     if not last.exists():
         return
-    saved, ours = flat(from_flat(load_run(last)["config"])), flat(cfg)
+    try:
+        saved = flat(from_flat(load_run(last)["config"]))
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}. The cell cannot go on from it: move {folder} away (or delete it) and rerun "
+                              f"the grid to train the cell again from its start") from e
+    ours = flat(cfg)
     diff = [k for k in ours if k not in runtime_names() and saved[k] != ours[k]]
     if diff:
         shown = ", ".join(f"{k} {saved[k]!r} where the cell has {ours[k]!r}" for k in diff[:3])

@@ -69,23 +69,42 @@ def atomic_write_text(path, text: str) -> None:
 
 def write_files(folder, files: dict) -> None:
     """Write {name: bytes} into `folder`, all or nothing: every file is staged in a temporary folder
-    beside it first, then each is renamed into place (a failure before the renames leaves `folder` as it
-    was; each rename is atomic)."""
+    beside it first, the folders the names need are made and no target may be a folder, then each file is
+    renamed into place with the file it replaces kept aside; a failure among the renames puts the replaced
+    files back and removes the new ones, so `folder` holds either every new file or none of them (only a
+    kill during the renames, a few system calls, can leave a part)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
     try:
         for name, data in files.items():
-            p = stage / name
+            p = stage / "new" / name
             p.parent.mkdir(parents=True, exist_ok=True)
             with open(p, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        folder.mkdir(exist_ok=True)
         for name in files:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(stage / name, folder / name)
+            if (folder / name).is_dir():
+                raise IsADirectoryError(f"{folder / name} is a folder: nothing written in {folder}")
+        done = []                                                   # (target, kept old file or None)
+        try:
+            for i, name in enumerate(files):
+                target, kept = folder / name, None
+                if target.exists() or target.is_symlink():
+                    kept = stage / "old" / str(i)
+                    kept.parent.mkdir(exist_ok=True)
+                    os.replace(target, kept)
+                done.append((target, kept))
+                os.replace(stage / "new" / name, target)
+        except BaseException:
+            for target, kept in reversed(done):                     # back to what was there
+                if kept is not None:
+                    os.replace(kept, target)
+                elif target.exists():
+                    target.unlink()
+            raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

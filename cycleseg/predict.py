@@ -37,7 +37,7 @@ from . import inference
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .data import nifti
-from .data.convert import HIGH_BIT_MODES, image_values
+from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image
 from .data.h5format import DataError, default_palette, open_h5, palette_problem, read_meta
 from .data.pixels import to_input, to_uint8
 from .inference import eval_mode
@@ -46,7 +46,6 @@ from .objective import one_hot
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
 from .usage import UsageError, run_command
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -90,7 +89,7 @@ def read_image(p: Path, channels: int, intensity: str | None):
     """An image file as uint8 (H, W, channels): 8-bit images converted to the checkpoint's channels; 16-bit,
     32-bit and float images by the converters' rule (convert.image_values: floats in [0, 1] as round(255 x),
     other values only with intensity "minmax", each rescaled from its own range), else DataError."""
-    with Image.open(p) as im:
+    with open_image(p) as im:
         if im.mode not in HIGH_BIT_MODES:
             return np.asarray(im.convert("RGB" if channels == 3 else "L")).reshape(im.height, im.width, channels)
         gray = image_values(str(p), np.asarray(im), intensity or "strict")    # the converters' one rule
@@ -107,12 +106,12 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
     def image(p: Path):
         if not p.is_file():                                          # a FIFO would block the read forever
             raise DataError(f"{p}: not a regular file")
-        try:
-            with Image.open(p) as im:
+        with open_image(p) as im:                                    # one frame, readable header
+            high = im.mode in HIGH_BIT_MODES
+            try:
                 im.verify()
-                high = im.mode in HIGH_BIT_MODES
-        except Exception as e:
-            raise DataError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
+            except Exception as e:
+                raise DataError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
         if high and intensity != "minmax":
             read_image(p, channels, intensity)                       # raises, naming the image
         add(p.stem, lambda p=p: read_image(p, channels, intensity), p)

@@ -106,7 +106,12 @@ class RunFolder:
         self.lock()
         held = self.held()
         if cfg.resume and self.last.exists():
-            saved = checkpoint.load_run(self.last)
+            try:
+                saved = checkpoint.load_run(self.last)
+            except checkpoint.CheckpointError as e:
+                raise checkpoint.CheckpointError(
+                    f"{e}. --resume cannot go on from it; train again into another --out (or move {self.path} "
+                    f"away){'; its best.pt still evaluates' if self.best.exists() else ''}") from e
             cfg, changes = resume_config(saved["config"], cfg, given)
             if changes:
                 self.note(f"resuming {self.last} with " + ", ".join(changes))

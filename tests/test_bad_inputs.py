@@ -159,6 +159,20 @@ def test_a_resume_refuses_what_it_cannot_change(finished_run, capsys, extra, mat
     one_line_error(train_main, TINY + ["--out", finished_run, "--resume", *extra], capsys, match, finished_run)
 
 
+def test_a_damaged_last_checkpoint_says_what_to_do(tmp_path, capsys):
+    """A last.pt damaged after it was written (random bytes, cut short): --resume names it, says the file is
+    corrupt without torch's weights_only advice (loading it unsafely would not help), and what to do."""
+    run = tmp_path / "r"
+    assert train_main(TINY + ["--out", str(run)]) == 0
+    data = (run / "last.pt").read_bytes()
+    for damaged in (data[:len(data) // 3], os.urandom(len(data))):
+        (run / "last.pt").write_bytes(damaged)
+        err = one_line_error(train_main, TINY + ["--out", run, "--resume"], capsys,
+                             "last.pt: could not be read as a checkpoint: the file is corrupt, truncated", tmp_path)
+        assert "train again into another --out" in err and "its best.pt still evaluates" in err
+        assert "weights_only" not in err and "file an issue" not in err
+
+
 def test_a_folder_in_use_by_another_training_is_refused(finished_run, capsys):
     fd = os.open(finished_run, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)                  # what a running training holds
@@ -303,6 +317,40 @@ def test_predict_never_replaces_outputs_and_names_an_unreadable_image(tiny_check
                    "b.jpg: could not be read", tmp_path)
 
 
+def save_frames(path, n):
+    frames = [Image.fromarray(np.full((16, 16), 60 * i, np.uint8)) for i in range(n)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".gif"])
+def test_a_multi_frame_image_is_refused_not_read_as_its_first_frame(tiny_checkpoint, tmp_path, capsys, suffix):
+    """A TIFF stack or an animated GIF: predict (named or in a folder) and the folder converter (as an image
+    or a mask) name it and its frame count; a one-frame GIF is an image like any other."""
+    images = tmp_path / "in"
+    images.mkdir()
+    stack = save_frames(images / f"stack{suffix}", 3)
+    for target in (stack, images):
+        one_line_error(predict_main, [tiny_checkpoint, target, "--out", tmp_path / "out", "--no-progress"], capsys,
+                       f"stack{suffix}: 3 frames", tmp_path)
+    src = folder_tree(tmp_path / "src", [np.eye(16, dtype=np.uint8)])
+    save_frames(src / "images" / f"1{suffix}", 2)
+    save_frames(src / "masks" / "1.png", 1)
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "x.h5", "--no-progress"], capsys,
+                   f"1{suffix}: 2 frames", tmp_path)
+    (src / "images" / f"1{suffix}").unlink()
+    save_frames(src / "images" / "1.gif", 1)
+    save_frames(src / "masks" / "1.png", 2)                    # an animated PNG as a mask
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "x.h5", "--no-progress"], capsys,
+                   "1.png: 2 frames", tmp_path)
+    save_frames(src / "masks" / "1.png", 1)
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "x.h5"), "--no-progress"]) == 0
+    stack.unlink()
+    save_frames(images / "one.gif", 1)
+    assert predict_main([str(tiny_checkpoint), str(images), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert (tmp_path / "out" / "one_mask.png").exists()
+
+
 @pytest.mark.parametrize("command", ["evaluate", "predict", "convert"])
 def test_an_output_folder_that_cannot_be_written(tiny_checkpoint, tmp_path, capsys, command):
     """The output's parent is a file (the same error as a read-only folder, and one root cannot bypass)."""
@@ -440,8 +488,12 @@ def test_grid_refuses_a_cell_folder_of_another_configuration(tmp_path, capsys):
                               "--eval-every", "4"]) == 0
     one_line_error(experiments_main, GRID + ["--out", grid, "--", *TINY], capsys,
                    "a run of another configuration than this cell's (steps 4 where the cell has 2", tmp_path)
-    (cell / "last.pt").write_bytes(b"garbage")                       # a finished cell whose checkpoint is damaged
-    one_line_error(experiments_main, GRID + ["--out", grid, "--", *TINY], capsys, "could not be read", tmp_path)
+    data = (cell / "last.pt").read_bytes()
+    for damaged in (b"garbage", data[:len(data) // 2], os.urandom(4096)):   # a cell's checkpoint damaged
+        (cell / "last.pt").write_bytes(damaged)
+        err = one_line_error(experiments_main, GRID + ["--out", grid, "--", *TINY], capsys,
+                             "could not be read as a checkpoint: the file is corrupt, truncated", tmp_path)
+        assert f"move {cell} away (or delete it) and rerun the grid" in err and "weights_only" not in err
 
 
 @pytest.mark.parametrize("flags, match", [

@@ -87,3 +87,56 @@ def test_errors_name_the_file_asked_for_not_its_temporary():
     assert message(full) == "cannot write /runs/r/last.pt: No space left on device"
     staged = OSError(errno.ENOSPC, "No space left on device", "/out/.masks.tmpa1b2_c3/x_mask.png")
     assert message(staged) == "cannot write /out/masks/x_mask.png: No space left on device"
+
+
+def test_write_files_is_all_or_nothing(tmp_path, monkeypatch):
+    """A failure among the renames (here the third of three) puts back the files replaced and removes the new
+    ones: the folder is as it was, with no temporary left beside it; a folder among the targets is refused
+    before any file is touched."""
+    from cycleseg import fileio
+
+    out = tmp_path / "out"
+    fileio.write_files(out, {"a.txt": b"old a", "sub/b.txt": b"old b"})
+    real, calls = os.replace, []
+
+    def third_fails(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("c.txt"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", third_fails)
+    with pytest.raises(OSError, match="No space"):
+        fileio.write_files(out, {"a.txt": b"new a", "sub/b.txt": b"new b", "c.txt": b"new c"})
+    monkeypatch.setattr(fileio.os, "replace", real)
+    assert len(calls) > 3                                        # the first two were in place before the failure
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.txt")} == \
+        {"a.txt": b"old a", "sub/b.txt": b"old b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (out / "d.txt").mkdir()
+    with pytest.raises(IsADirectoryError, match="d.txt is a folder"):
+        fileio.write_files(out, {"a.txt": b"new a", "d.txt": b"new d"})
+    assert (out / "a.txt").read_bytes() == b"old a"
+    fileio.write_files(out, {"a.txt": b"new a", "c.txt": b"new c"})
+    assert (out / "a.txt").read_bytes() == b"new a" and (out / "sub/b.txt").read_bytes() == b"old b"
+
+
+def test_a_damaged_checkpoint_is_named_without_torchs_advice(tmp_path):
+    """Random bytes, a zip without torch's records, a file cut short: 'corrupt, truncated or not a torch
+    checkpoint' with torch's reason in its first sentence, never its advice to load with weights_only=False
+    (which would run the file's code) or to file a report."""
+    import zipfile
+
+    good = tmp_path / "good.pt"
+    checkpoint.save(good, {"step": 1, "w": __import__("torch").zeros(1000)})
+    (tmp_path / "random.pt").write_bytes(os.urandom(5000))
+    with zipfile.ZipFile(tmp_path / "zip.pt", "w") as z:
+        z.writestr("archive/data.pkl", b"garbage")
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:300])
+    for name in ("random.pt", "zip.pt", "cut.pt"):
+        with pytest.raises(CheckpointError) as e:
+            checkpoint.load(tmp_path / name)
+        text = str(e.value)
+        assert f"{name}: could not be read as a checkpoint: the file is corrupt, truncated" in text, text
+        assert "weights_only" not in text and "file an issue" not in text and "Could this error" not in text, text
+        assert text.endswith(")") and "\n" not in text

@@ -47,7 +47,7 @@ CITYSCAPES_PALETTE = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 1
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                         25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")   # converters and predict
 SIZE_PRESETS = {"voc": (200, 200), "cityscapes": (128, 256)}     # the paper's sizes (H, W)
 
 
@@ -96,16 +96,33 @@ def read_lines(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
+def open_image(path) -> Image.Image:
+    """PIL's image of a one-frame image file: the one reader of the converters and predict. DataError for a
+    missing or unreadable file and for a multi-frame one (a TIFF stack, an animated GIF or PNG), which would
+    otherwise be read as its first frame alone."""
+    path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     try:
-        with Image.open(path) as im:
+        im = Image.open(path)
+    except Exception as e:                                        # PIL raises OSError, SyntaxError, ValueError...
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        im.close()
+        raise DataError(f"{path}: {frames} frames (a multi-page TIFF or an animated image), where one image per "
+                        f"file is read; save each frame as a file of its own, or a stack of slices as a NIfTI scan")
+    return im
+
+
+def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
+    with open_image(path) as im:
+        try:
             if raw:                                               # palette PNG: keep the indices
                 return np.asarray(im)
             return np.asarray(im.convert(mode) if mode else im)
-    except Exception as e:                                        # PIL raises OSError, SyntaxError, ValueError...
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+        except Exception as e:                                    # truncated data surfaces on load
+            raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")          # PIL modes that convert("RGB") would saturate
@@ -113,7 +130,7 @@ HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")          # PIL modes that 
 
 def _pil_image(path: Path) -> np.ndarray:
     """An RGB uint8 image; a 16-bit, 32-bit or float image as its raw values (checked by load_pair)."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         high = im.mode in HIGH_BIT_MODES
     return _pil(path, raw=True) if high else _pil(path, "RGB")
 
