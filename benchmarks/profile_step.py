@@ -1,7 +1,7 @@
 """Where a training step's time goes: a per-region breakdown of the fast path's semi step (and of the
 --no-fast baseline beside it), with the same sizes and data as bench_step.py.
 
-    python benchmarks/profile_step.py [--steps 5] [--no-fast-too]
+    python benchmarks/profile_step.py [--steps 5] [--no-fast-too] [--generator unet] [--top 15]
 
 Regions are op-name families of torch.profiler's self times (CPU time on the CPU, device time on a
 GPU): convolutions, norms (instance norm + activation), other pointwise/activation ops, losses,
@@ -39,7 +39,9 @@ def region(name: str) -> str:
     return "other ops"
 
 
-def profile(variant: str, steps: int) -> tuple[dict, float]:
+def profile(variant: str, steps: int, cfg=None, top: dict | None = None) -> tuple[dict, float]:
+    """({region: ms per step}, wall ms per step) of `variant`'s step on `cfg` (bench_step's CFG by default);
+    `top`, when given, receives {op name: ms per step}."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     from cycleseg import ops
@@ -47,15 +49,16 @@ def profile(variant: str, steps: int) -> tuple[dict, float]:
     from cycleseg.models import networks_from_config, use_ops
     from cycleseg.assemble import make_step
 
-    plan = bs.plan_of(variant)
+    cfg = cfg or bs.CFG
+    plan = bs.plan_of(variant, cfg)
     meta = Meta(num_classes=bs.K, class_names=[str(i) for i in range(bs.K)], palette=[[0, 0, 0]] * bs.K, channels=3)
     torch.manual_seed(0)
-    nets = networks_from_config(bs.CFG, meta)
+    nets = networks_from_config(cfg, meta)
     for net in nets.values():
         use_ops(net.to(DEVICE), plan.ops())
         if plan.channels_last:
             net.to(memory_format=torch.channels_last)
-    step = make_step(bs.CFG, nets, meta, plan)
+    step = make_step(cfg, nets, meta, plan)
     data = bs.batches()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with ops.validation(False):
@@ -75,6 +78,8 @@ def profile(variant: str, steps: int) -> tuple[dict, float]:
         t = (e.self_device_time_total if DEVICE == "cuda" else e.self_cpu_time_total) / 1e3 / steps
         if t > 0:
             totals[region(e.key)] = totals.get(region(e.key), 0.0) + t
+            if top is not None:
+                top[e.key] = top.get(e.key, 0.0) + t
     return totals, wall
 
 
@@ -82,12 +87,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--no-fast-too", action="store_true", help="also profile the --no-fast baseline")
+    p.add_argument("--generator", choices=["resnet", "unet"], default="resnet",
+                   help="G_IS: the paper's ResNet (bench_step's CFG) or SSL4MIS's UNet (its UNET_CFG)")
+    p.add_argument("--top", type=int, default=0, help="also list the N ops with the most time (fast path)")
     a = p.parse_args(argv)
+    cfg = bs.UNET_CFG if a.generator == "unet" else bs.CFG
     variants = ["no_fast", "fast"] if a.no_fast_too else ["fast"]
-    cols = {v: profile(v, a.steps) for v in variants}
+    top: dict = {}
+    cols = {v: profile(v, a.steps, cfg, top if v == "fast" else None) for v in variants}
     names = [r for r, _ in REGIONS] + ["other ops"]
-    print(f"Per step, ms ({'device' if DEVICE == 'cuda' else 'CPU'} time by region; {bs.CFG.image_size}x"
-          f"{bs.CFG.image_size}, batch {bs.CFG.batch_size} + {bs.CFG.batch_size}, K = {bs.K}):\n")
+    print(f"Per step, ms ({'device' if DEVICE == 'cuda' else 'CPU'} time by region; G_IS {a.generator}, "
+          f"{cfg.image_size}x{cfg.image_size}, batch {cfg.batch_size} + {cfg.batch_size}, K = {bs.K}):\n")
     print("| region | " + " | ".join(variants) + " |")
     print("|---|" + "---|" * len(variants))
     for r in names:
@@ -96,6 +106,11 @@ def main(argv=None):
     if DEVICE == "cpu":
         print("| host overhead (wall - ops) | " + " | ".join(f"{max(0.0, cols[v][1] - covered[v]):.1f}" for v in variants) + " |")
     print("| **wall time per step** | " + " | ".join(f"**{cols[v][1]:.1f}**" for v in variants) + " |")
+    if a.top:
+        print(f"\nThe fast path's {a.top} costliest ops (self time, ms per step):\n")
+        print("| op | region | ms |\n|---|---|---|")
+        for name, t in sorted(top.items(), key=lambda kv: -kv[1])[:a.top]:
+            print(f"| {name} | {region(name)} | {t:.2f} |")
 
 
 if __name__ == "__main__":
