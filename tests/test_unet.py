@@ -118,3 +118,16 @@ def test_ssl4mis_view_moves_image_and_mask_together():
     for seed in range(20):                                          # non-square: no 90-degree turn
         ssl4mis_view(img, msk, np.random.default_rng(seed))
         assert img.shape == (8, 12, 1) and msk.shape == (8, 12)
+
+
+def test_the_tuned_recipe_weights_l_disc_s_for_the_unet():
+    """The tuned recipe's lambda4 is the one re-found for each G_IS (0.01 for the ResNet, 0.1 for the UNet); the
+    2019 recipe's and an explicit --lambda4 win."""
+    from cycleseg.config import get
+
+    def lam4(**kw):
+        return get(Config(device="cpu", **kw).resolved(), "lambda4")
+
+    assert lam4() == 0.01 and lam4(generator="unet") == 0.1
+    assert lam4(generator="unet", recipe="2019") == lam4(recipe="2019") == 0.5
+    assert lam4(generator="unet", **{"semi": from_flat({"lambda4": 0.02}).semi}) == 0.02

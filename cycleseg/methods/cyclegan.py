@@ -27,7 +27,8 @@ class CycleGANOptions:
     lambda1: float | None = option(None, "weight of L_gen^I = MSE(G_SI(y), x)", check="non_negative")
     lambda2: float | None = option(None, "weight of L_cycle^S = CE(G_IS(G_SI(y)), y)", check="non_negative")
     lambda3: float | None = option(None, "weight of L_cycle^I = L1(G_SI(softmax G_IS(x')), x')", check="non_negative")
-    lambda4: float | None = option(None, "weight of L_disc^S: G_IS fools D_S on unlabeled images", check="non_negative")
+    lambda4: float | None = option(None, "weight of L_disc^S: G_IS fools D_S on unlabeled images (recipe tuned: "
+                                   "0.01, 0.1 with --generator unet)", check="non_negative")
     lambda5: float | None = option(None, "weight of L_disc^I: G_SI fools D_I", check="non_negative")
     rampup: float | None = option(None, "fraction of the steps over which the terms that see unlabeled images (lambda3, "
                                   "lambda4) ramp up from 0 (sigmoid); 0 = none", check="fraction")
