@@ -36,13 +36,11 @@ from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import check_image_side
 from .data import acdc
 from .data.h5format import DataError
-from .data.pixels import to_input, to_uint8
+from .data.pixels import to_input
 from .data.source import open_source
 from .data.splits import split_path
-from .inference import eval_mode
 from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
-from .objective import one_hot
 from .usage import UsageError, run_command
 
 
@@ -73,11 +71,7 @@ def samples(nets: dict, source, device, count: int = 4) -> dict:
     images, masks = source.batch(idx)                                   # (N, C, H, W), (N, H, W)
     x, y = to_input(images, device), masks.to(device)
     pred = inference.segment(nets["G_IS"], x).cpu().numpy()
-    gsi = None
-    if "G_SI" in nets:
-        with eval_mode(nets["G_SI"]):
-            fake = nets["G_SI"](one_hot(y, meta.num_classes, meta.ignore_index, x.dtype))
-        gsi = to_uint8(fake).permute(0, 2, 3, 1).numpy()
+    gsi = inference.synthesize(nets["G_SI"], y, meta.num_classes, meta.ignore_index).numpy() if "G_SI" in nets else None
     return {"images": images.permute(0, 2, 3, 1).numpy(), "masks": masks.numpy(), "predictions": pred, "gsi": gsi}
 
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from . import native, ops
+from .data.pixels import to_uint8
 from .fastpath import PRECISIONS, place, wants_bf16
+from .objective import one_hot
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,12 @@ def logits(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def segment(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) images in [-1, 1] -> (N, H, W) int64 class ids."""
     return logits(net, x).argmax(dim=1)
+
+
+@torch.inference_mode()
+def synthesize(g_si: torch.nn.Module, masks: torch.Tensor, num_classes: int, ignore_index: int = -1) -> torch.Tensor:
+    """G_SI's images of (N, H, W) class-id masks (ignored pixels: no class) as uint8 (N, H, W, C) on the CPU:
+    what evaluate's samples and predict's <name>_gsi.png show."""
+    with eval_mode(g_si):
+        fake = g_si(one_hot(masks, num_classes, ignore_index))
+    return to_uint8(fake).permute(0, 2, 3, 1)

@@ -39,10 +39,8 @@ from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .data import nifti
 from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image
 from .data.h5format import DataError, default_palette, open_h5, palette_problem, read_meta
-from .data.pixels import to_input, to_uint8
-from .inference import eval_mode
+from .data.pixels import to_input
 from .fileio import write_files
-from .objective import one_hot
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
 from .usage import UsageError, run_command
 
@@ -170,11 +168,8 @@ class CheckpointModel:
         """uint8 (B, h, w, C) at the training size -> (class ids (B, h, w), G_SI's uint8 (B, h, w, C) or None)."""
         x = to_input(torch.from_numpy(images).permute(0, 3, 1, 2), self.device)         # (B, C, h, w)
         pred = inference.segment(self.nets["G_IS"], x)                                 # (B, h, w)
-        fake = None
-        if self.has_gsi:
-            with eval_mode(self.nets["G_SI"]):
-                fake = to_uint8(self.nets["G_SI"](one_hot(pred, self.num_classes, -1, x.dtype))).permute(0, 2, 3, 1)
-        return pred.cpu().numpy(), (fake.numpy() if fake is not None else None)
+        fake = inference.synthesize(self.nets["G_SI"], pred, self.num_classes).numpy() if self.has_gsi else None
+        return pred.cpu().numpy(), fake
 
 
 class OnnxModel:
