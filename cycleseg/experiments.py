@@ -18,7 +18,8 @@ what --method-options gives one method alone (an arm at its authors' rate). A ce
 whose run finished is not run again; an interrupted one resumes. Selection rule, the same for every
 cell: the last checkpoint, scored by its final validation (never the best-scoring step). Writes
 results.md and results.csv (mean and sample standard deviation over seeds of the slice mIoU and, on
-ACDC, the per-volume Dice), seeds.csv (every run's scores), plot.png (score against labeled fraction,
+data with volumes such as ACDC, the per-volume Dice, HD95 and ASD: the last two by `python -m
+cycleseg.evaluate` on the last checkpoint, into <cell>/eval-final), seeds.csv (every run's scores), plot.png (score against labeled fraction,
 one line per method, error bars: one standard deviation), time.png (each method's validation score
 against its training time at the smallest fraction) and pictures.png (validation images: image, truth,
 Partial, semi; the rows are the images at the quartiles of semi's per-image Dice minus Partial's, with
@@ -27,7 +28,9 @@ the extremes, each labelled with both Dice).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import io
 import json
 import shlex
 import signal
@@ -47,7 +50,7 @@ from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
 from .data.splits import split_path
-from .evaluate import batches
+from .evaluate import batches, main as evaluate_main
 from .fileio import write_files
 from .methods import METHODS
 from .metrics import image_dice
@@ -229,6 +232,26 @@ def run_cell(args: list[str]) -> dict:
     return rec
 
 
+def with_distances(folder: Path, rec: dict) -> dict:
+    """A finished cell's final record with the per-volume means of HD95 and ASD of its last checkpoint (data
+    with volumes: ACDC, NIfTI conversions), from `python -m cycleseg.evaluate` into <cell>/eval-final, which
+    a rerun reads again unless last.pt is newer. Data without volumes: the record as it is."""
+    if "volume_mdice" not in rec:
+        return rec
+    last, out = folder / "last.pt", folder / "eval-final"
+    found = out / "report.json"
+    if not found.exists() or found.stat().st_mtime < last.stat().st_mtime:
+        argv = [str(last), "--out", str(out), "--no-progress"] + (["--overwrite"] if found.exists() else [])
+        with contextlib.redirect_stdout(io.StringIO()):                # the table: in eval-final/report.json
+            code = evaluate_main(argv)
+        if code != 0:
+            raise RuntimeError(f"python -m cycleseg.evaluate {' '.join(argv)} failed (exit code {code})")
+    volumes = json.loads(found.read_text()).get("volumes") or {}
+    mean = volumes.get("mean", {})
+    return {**rec, "volume_hd95": mean.get("hd95"), "volume_asd": mean.get("asd"),
+            "distance_units": volumes.get("distance_units")}
+
+
 def summarize(results: dict) -> list[dict]:
     """Rows (one per cell): mean and sample standard deviation (ddof 1) over seeds of each score present."""
     rows = []
@@ -341,11 +364,13 @@ def main(argv=None) -> int:
         for i, (seed, cell) in enumerate((s, c) for s in seeds for c in cells):
             args = cell_args(cell, seed, out, a.data, extra, own)
             print(f"[{i + 1}/{total}] {cell.name} seed {seed}: {' '.join(args)}", file=sys.stderr)
-            rec = run_cell(args)
+            rec = with_distances(Path(parse_args(args)[0].resolved().out), run_cell(args))
             results[cell][seed] = rec
             steps = rec["step"]
             print(f"    mIoU {rec['miou']:.4f}" + (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec
-                                                   else ""), file=sys.stderr)
+                                                   else "") +
+                  (f"  HD95 {rec['volume_hd95']:.2f} {rec['distance_units']}" if rec.get("volume_hd95") is not None
+                   else ""), file=sys.stderr)
         rows = summarize(results)
         files = report_files(a, out, cells, seeds, results, rows, steps, extra, own)
         write_files(out, files)
@@ -362,9 +387,12 @@ def main(argv=None) -> int:
 def report_files(a, out: Path, cells, seeds, results, rows, steps, extra, own=None) -> dict:
     """{name: bytes} of the grid's table, CSV, JSON, plot and pictures."""
     per_method = "".join(f", {METHODS[m].label} also `{shlex.join(o)}`" for m, o in sorted((own or {}).items()))
+    units = {r.get("distance_units") for v in results.values() for r in v.values()} - {None}
+    distances = (f" HD95 and ASD: per-volume means, in {' / '.join(sorted(units))}, by `python -m cycleseg.evaluate` "
+                 f"on the same checkpoint (<cell>/eval-final)." if units else "")
     header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps} steps, options "
               f"`{' '.join(extra) or '(defaults)'}`{per_method}; the last checkpoint of every run, scored by its "
-              f"final validation.")
+              f"final validation.{distances}")
     files = {"results.md": report.grid_markdown(rows, header).encode(), "results.csv": report.grid_csv(rows).encode(),
              "seeds.csv": report.seeds_csv(results).encode(),
              "results.json": json.dumps({c.name: {str(s): r for s, r in v.items()} for c, v in results.items()},

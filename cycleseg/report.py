@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 STRUCTURE_SCORES = ("dice", "iou", "hd95", "asd")
-GRID_SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice"}
+GRID_SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice", "volume_hd95": "HD95", "volume_asd": "ASD"}
+GRID_DIGITS = {"volume_hd95": 1, "volume_asd": 1}                 # distances: voxels or mm; the rest: fractions
 
 
 def percent(fraction: float) -> str:
@@ -68,7 +69,8 @@ def grid_markdown(rows, header: str) -> str:
              "|---|---|" + "---|" * len(keys) + "---|"]
     for r in rows:
         c = r["cell"]
-        cols = [f"{r[k][0]:.3f} ± {r[k][1]:.3f}" if k in r else "-" for k in keys]
+        d = {k: GRID_DIGITS.get(k, 3) for k in keys}
+        cols = [f"{r[k][0]:.{d[k]}f} ± {r[k][1]:.{d[k]}f}" if k in r else "-" for k in keys]
         lines.append(f"| {c.label} | {percent(c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
     return "\n".join(lines) + "\n"
 

@@ -37,8 +37,9 @@ def test_comparison_grid_writes_results_and_resumes(tmp_path, capsys):
         assert (out / f).exists(), f
     res = json.loads((out / "results.json").read_text())
     seeds = (out / "seeds.csv").read_text().splitlines()
-    assert seeds[0] == "mode,labeled_fraction,ablation,seed,miou,volume_mdice" and len(seeds) == 1 + 3 * 2
-    mode, frac, _, seed, miou, _ = seeds[-1].split(",")
+    assert seeds[0] == "mode,labeled_fraction,ablation,seed,miou,volume_mdice,volume_hd95,volume_asd"
+    assert len(seeds) == 1 + 3 * 2
+    mode, frac, _, seed, miou, *_ = seeds[-1].split(",")
     assert float(miou) == pytest.approx(res[f"{mode}-{round(100 * float(frac))}pct"][seed]["miou"], abs=1e-6)
     table = (out / "results.md").read_text()
     assert "| Partial | 10 % |" in table and "| Ours (semi) | 10 % |" in table and "| Full | 100 % |" in table
@@ -147,3 +148,30 @@ def test_method_options_reach_only_their_methods_cells(tmp_path):
     assert main(["--grid", "comparison", "--fractions", "0.1", "--methods", "partial", "--seeds", "0",
                  "--method-options", "meanteacher", "--lr 1", "--out", str(out)] + TINY) == 2
     assert not out.exists()
+
+
+def test_a_grid_on_volumes_reports_hd95_and_asd_of_the_last_checkpoints(tmp_path, monkeypatch, make_acdc):
+    """On data with volumes (ACDC) each cell's last checkpoint is also scored by `python -m cycleseg.evaluate`
+    (<cell>/eval-final): results.md and seeds.csv carry its HD95 and ASD, equal to the report's; a rerun reads
+    the reports again instead of evaluating again."""
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ACDC"
+    make_acdc(root, patients=tuple(range(1, 11)))
+    out = tmp_path / "grid"
+    argv = ["--grid", "comparison", "--data", str(root), "--fractions", "0.3", "--methods", "partial", "--seeds", "0",
+            "--out", str(out), "--", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "16",
+            "--batch-size", "2", "--device", "cpu", "--preset", "cpu", "--steps", "2", "--eval-every", "2"]
+    assert main(argv) == 0
+    table = (out / "results.md").read_text()
+    assert "| volume Dice | HD95 | ASD | seeds |" in table and "per-volume means, in voxels" in table
+    header, *rows = (out / "seeds.csv").read_text().splitlines()
+    assert header == "mode,labeled_fraction,ablation,seed,miou,volume_mdice,volume_hd95,volume_asd"
+    for row in rows:
+        mode, frac, _, seed, *_, hd95, asd = row.split(",")
+        report = json.loads((out / f"{mode}-{round(100 * float(frac))}pct-seed{seed}" / "eval-final" /
+                             "report.json").read_text())["volumes"]["mean"]
+        for value, key in ((hd95, "hd95"), (asd, "asd")):
+            assert (value == "" and report[key] is None) or float(value) == pytest.approx(report[key], abs=1e-6)
+    stamp = (out / "partial-30pct-seed0" / "eval-final" / "report.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (out / "partial-30pct-seed0" / "eval-final" / "report.json").stat().st_mtime_ns == stamp
