@@ -8,23 +8,42 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temp path next to `path`; when the block succeeds, rename it to `path`. On any error
-    the temp file is removed and `path` is untouched."""
+    the temp file is removed, `path` is untouched and the folders made for it are removed again."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = make_folders(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    done = False
     try:
         yield tmp
         os.replace(tmp, path)
+        done = True
     finally:
         if tmp.exists():
             tmp.unlink()
+        if not done:
+            remove_empty(made)
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; the folders it created, deepest first (what a failed write takes away again)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders) -> None:
+    """Remove those of `folders` that are empty, deepest first: a failed write leaves no folder it made."""
+    for p in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        try:
+            p.rmdir()
+        except OSError:
+            pass                                                    # not empty, or gone: kept
 
 
 def atomic_write_bytes(path, write_fn) -> None:
@@ -39,14 +58,19 @@ STALE = re.compile(r"\.(.+)\.tmp(\d+)")                           # atomic_path'
 
 
 def remove_stale_temporaries(folder, name: str | None = None) -> list:
-    """Delete the temporary files that a process killed while writing left in `folder`: exactly the names
-    atomic_path gives (.<file>.tmp<pid>) whose process is gone; only those of the file `name` if given.
+    """Delete the temporary files (and write_files' stage folders) that a process killed while writing left in
+    `folder`: exactly the names atomic_path and write_files give (.<name>.tmp<pid>) whose process is gone; only those of the file `name` if given.
     Anything else (a user's file) is kept."""
     gone = []
     for p in Path(folder).glob(".*.tmp*"):
         m = STALE.fullmatch(p.name)
-        if m and (name is None or m.group(1) == name) and p.is_file() and not _alive(int(m.group(2))):
-            p.unlink()
+        if m and (name is None or m.group(1) == name) and not p.is_symlink() and not _alive(int(m.group(2))):
+            if p.is_file():
+                p.unlink()
+            elif p.is_dir():                                        # write_files' stage
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                continue
             gone.append(p.name)
     return gone
 
@@ -74,8 +98,12 @@ def write_files(folder, files: dict) -> None:
     files back and removes the new ones, so `folder` holds either every new file or none of them (only a
     kill during the renames, a few system calls, can leave a part)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
+    made = make_folders(folder.parent)
+    remove_stale_temporaries(folder.parent, folder.name)             # a stage a killed process left
+    stage = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    done = False
     try:
         for name, data in files.items():
             p = stage / "new" / name
@@ -85,10 +113,10 @@ def write_files(folder, files: dict) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         for name in files:
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            made += make_folders((folder / name).parent)
             if (folder / name).is_dir():
                 raise IsADirectoryError(f"{folder / name} is a folder: nothing written in {folder}")
-        done = []                                                   # (target, kept old file or None)
+        renamed = []                                                # (target, kept old file or None)
         try:
             for i, name in enumerate(files):
                 target, kept = folder / name, None
@@ -96,17 +124,20 @@ def write_files(folder, files: dict) -> None:
                     kept = stage / "old" / str(i)
                     kept.parent.mkdir(exist_ok=True)
                     os.replace(target, kept)
-                done.append((target, kept))
+                renamed.append((target, kept))
                 os.replace(stage / "new" / name, target)
         except BaseException:
-            for target, kept in reversed(done):                     # back to what was there
+            for target, kept in reversed(renamed):                  # back to what was there
                 if kept is not None:
                     os.replace(kept, target)
                 elif target.exists():
                     target.unlink()
             raise
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if not done:
+            remove_empty(made)
 
 
 def append_jsonl(path, record: dict) -> None:

@@ -37,7 +37,7 @@ from . import inference
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .data import nifti
-from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image
+from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image, upright
 from .data.h5format import DataError, default_palette, open_h5, palette_problem, read_meta
 from .data.pixels import to_input
 from .fileio import write_files
@@ -87,7 +87,8 @@ def read_image(p: Path, channels: int, intensity: str | None):
     """An image file as uint8 (H, W, channels): 8-bit images converted to the checkpoint's channels; 16-bit,
     32-bit and float images by the converters' rule (convert.image_values: floats in [0, 1] as round(255 x),
     other values only with intensity "minmax", each rescaled from its own range), else DataError."""
-    with open_image(p) as im:
+    with open_image(p) as raw:
+        im = upright(raw)                                            # as viewers show it (EXIF orientation)
         if im.mode not in HIGH_BIT_MODES:
             return np.asarray(im.convert("RGB" if channels == 3 else "L")).reshape(im.height, im.width, channels)
         gray = image_values(str(p), np.asarray(im), intensity or "strict")    # the converters' one rule

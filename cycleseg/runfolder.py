@@ -170,13 +170,19 @@ class RunFolder:
         self.events = SummaryWriter(str(self.path / "tensorboard"), flush_secs=30)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard events; remove the folder if this run created it and wrote nothing
-        (a run that failed before it began); release the folder's lock."""
+        """Flush and close the TensorBoard events; remove the folder if this run created it and it holds no
+        record or checkpoint (a run that failed before its first step: its config.json and empty samples/
+        go too, so the same command can run again); release the folder's lock."""
         if self.events is not None:
             self.events.close()
             self.events = None
         if getattr(self, "_created", False) and getattr(self, "_lock_fd", None) is not None:
             try:
+                if not any((self.path / n).exists() for n in ("last.pt", "best.pt", "metrics.jsonl")):
+                    (self.path / "config.json").unlink(missing_ok=True)   # a start refused: no run to resume
+                    samples = self.path / "samples"
+                    if samples.is_dir() and not any(samples.iterdir()):
+                        samples.rmdir()
                 if not any(self.path.iterdir()):
                     self.path.rmdir()
             except OSError:

@@ -204,6 +204,9 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
                                   f"saved {folder.last}. Resume with: python -m cycleseg.train --resume "
                                   f"--out {folder.path}")
             if until is not None and run.n >= until:
+                if run.n < cfg.steps:
+                    folder.note(f"stopped after step {run.n} of {cfg.steps} (--stop-after); saved {folder.last}. "
+                                f"Resume with: python -m cycleseg.train --resume --out {folder.path}")
                 break
     if run.n >= cfg.steps and not result and not any(r["step"] == run.n for r in folder.records("val")):
         result = evaluation(run, guard, bar, clock)                 # finished, but its final record was lost

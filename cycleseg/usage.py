@@ -6,7 +6,9 @@ import argparse
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -36,6 +38,8 @@ def message(e: BaseException) -> str:
     written and why (a read-only or full folder, a file where a folder should be)."""
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
         where = final_path(Path(e.filename)) if e.filename else None
+        if e.errno == errno.EISDIR and where is not None:                 # read or written: the same fix
+            return f"{where} is a folder, where a file is read or written"
         if e.errno in (errno.EEXIST, errno.ENOTDIR) and where is not None:
             blocking = next((p for p in (where, *where.parents) if p.is_file()), None)
             if blocking is not None:
@@ -52,9 +56,28 @@ def fail(e: BaseException) -> int:
     return 2
 
 
+class Stopped(BaseException):
+    """SIGTERM reached a command (a BaseException, as KeyboardInterrupt is for SIGINT, so that no `except
+    Exception` takes it for an error): raised where the command is, so every `finally` and context manager on
+    the way out runs and removes its temporaries."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
 def run_command(main) -> int:
-    """main()'s exit status; a reader that closed our output early (`| head`) ends the command quietly, as
-    Unix tools end (status 141, 128 + SIGPIPE), instead of a BrokenPipeError traceback."""
+    """main()'s exit status. A reader that closed our output early (`| head`) ends the command quietly, as
+    Unix tools end (status 141, 128 + SIGPIPE), instead of a BrokenPipeError traceback. Ctrl-C or SIGTERM
+    (which a command that stops gracefully, train, handles itself) unwinds the command, removing its
+    temporary files and keeping earlier outputs as they were, and ends it with one line and 128 + the
+    signal, instead of a traceback."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
     try:
         code = main()
         sys.stdout.flush()
@@ -65,3 +88,11 @@ def run_command(main) -> int:
         except (OSError, ValueError, AttributeError):               # a stdout without a descriptor
             pass
         return 141
+    except (KeyboardInterrupt, Stopped) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"error: stopped by {signal.Signals(signum).name} before it finished; nothing it was writing was "
+              f"kept (its temporary files are removed) and earlier outputs are as they were", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

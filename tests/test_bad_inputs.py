@@ -535,6 +535,61 @@ def test_fifos_are_refused_not_read_forever(tmp_path, capsys, tiny_checkpoint):
                    tmp_path)
 
 
+def test_the_folder_converter_refuses_a_fifo_and_leaves_no_folder_when_it_refuses(tmp_path, capsys):
+    """A FIFO among the images is named, not read forever; an output folder made for a refused conversion is
+    removed again (nothing written)."""
+    src = folder_tree(tmp_path / "src", [np.eye(8, dtype=np.uint8)] * 2)
+    (src / "images" / "1.png").unlink()
+    os.mkfifo(src / "images" / "1.png")
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "deep" / "er" / "x.h5", "--no-progress"], capsys,
+                   "1.png: not a regular file", tmp_path)
+    assert not (tmp_path / "deep").exists()
+
+
+def test_exif_orientation_is_applied_as_viewers_show_the_image(tmp_path, tiny_checkpoint):
+    """A photo stored rotated with an EXIF orientation (6: rotate 90 degrees clockwise to view) is read as
+    viewers and annotation tools show it: a mask drawn over the shown photo pairs with it pixel for pixel in
+    the converter, and predict's mask has the shown photo's size."""
+    import h5py
+
+    shown = np.zeros((24, 24, 3), np.uint8)
+    shown[:8, :8] = 255                                             # a white square, top left, as shown
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src = tmp_path / "src"
+    for d in ("images", "masks"):
+        (src / d).mkdir(parents=True)
+    Image.fromarray(np.rot90(shown)).save(src / "images" / "a.jpg", exif=exif, quality=100)   # stored pixels
+    Image.fromarray((shown[..., 0] > 0).astype(np.uint8)).save(src / "masks" / "a.png")
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "x.h5"), "--size", "24", "24",
+                      "--num-classes", "2", "--no-progress"]) == 0
+    with h5py.File(tmp_path / "x.h5") as f:
+        image, mask = f["images"][0], f["masks"][0]
+    assert image[mask == 1].mean() > 200 and image[mask == 0].mean() < 50
+    tall = np.zeros((20, 40, 3), np.uint8)                            # stored 20 x 40, shown 40 x 20
+    Image.fromarray(tall).save(tmp_path / "tall.jpg", exif=exif)
+    assert predict_main([str(tiny_checkpoint), str(tmp_path / "tall.jpg"), "--out", str(tmp_path / "o"),
+                         "--no-progress"]) == 0
+    assert Image.open(tmp_path / "o" / "tall_mask.png").size == (20, 40)        # (width, height) as shown
+
+
+def test_a_train_refused_at_start_leaves_nothing_and_can_run_again(tmp_path):
+    """The C++ kernels' build folder is a file (refused after the run folder was set up; a fresh process, so
+    that the kernels are not loaded already): exit 2, and no config.json or samples/ left behind that would
+    make the same command refuse 'already holds a run'."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ext").write_text("a file")
+    run = tmp_path / "r"
+    before = snapshot(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "cycleseg.train", *TINY, "--out", str(run)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")})
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "where cycleseg's C++ kernels are built" in err[-1], done.stderr[-2000:]
+    assert snapshot(tmp_path) == before and not run.exists()
+
+
 def test_predict_names_a_pt2_and_refuses_a_malformed_palette(tmp_path, capsys, tiny_checkpoint):
     (tmp_path / "model.pt2").write_bytes(b"PK\x03\x04")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
@@ -616,3 +671,32 @@ def test_a_conversion_killed_while_writing_leaves_nothing_for_long(tmp_path):
     mine.write_bytes(b"someone else's")
     assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
     assert not stale.exists() and mine.exists()
+
+
+def test_advice_the_probe_found_missing(tmp_path, capsys, monkeypatch):
+    """A mask saved as .jpg is named with the rule (masks are lossless .png); a 1-bit mask is class ids 0 / 1;
+    a folder where plot reads metrics.jsonl is called a folder, not an unwritable file; --stop-after says how
+    to resume; CYCLESEG_CACHE set but empty means the default cache, not the working folder."""
+    from cycleseg.data.cache import cache_dir
+    from cycleseg.plot import main as plot_main
+
+    src = folder_tree(tmp_path / "src", [np.eye(8, dtype=np.uint8)])
+    (src / "masks" / "0.png").rename(src / "masks" / "0.jpg")
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "x.h5", "--no-progress"], capsys,
+                   "masks are read as lossless .png only (found 0.jpg", tmp_path)
+    (src / "masks" / "0.jpg").unlink()
+    Image.fromarray(np.eye(8, dtype=bool)).save(src / "masks" / "0.png")          # mode "1"
+    assert Image.open(src / "masks" / "0.png").mode == "1"
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "x.h5"), "--no-progress"]) == 0
+    import h5py
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert f["masks"][0].tolist() == np.eye(8, dtype=np.uint8).tolist()
+    run = tmp_path / "run"
+    (run / "metrics.jsonl").mkdir(parents=True)
+    one_line_error(plot_main, [run], capsys, "metrics.jsonl is a folder, where a file is read or written", tmp_path)
+    capsys.readouterr()
+    assert train_main(TINY + ["--out", str(tmp_path / "s"), "--steps", "4", "--stop-after", "1"]) == 0
+    assert f"stopped after step 1 of 4 (--stop-after); saved {tmp_path / 's' / 'last.pt'}. Resume with: python -m " \
+           f"cycleseg.train --resume --out {tmp_path / 's'}" in capsys.readouterr().err
+    monkeypatch.setenv("CYCLESEG_CACHE", "")
+    assert cache_dir().is_absolute() and cache_dir().name == "cycleseg"

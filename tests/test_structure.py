@@ -1,7 +1,10 @@
 """The house rules, checked on the source: imports at module level (or commented why not) and no import
 cycle in the package, no function over 60 lines, drawing in figures.py only, steps without the config."""
 import ast
+import signal
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cycleseg"
@@ -165,3 +168,38 @@ def test_every_command_ends_quietly_when_its_reader_leaves():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
     assert run_command(lambda: 0) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_unwinds_every_command_and_leaves_no_temporaries(tmp_path, signum):
+    """SIGTERM or Ctrl-C while a command writes (every command's entry is usage.run_command): the write's
+    temporaries (atomic_path's file, write_files' stage) and the folders made for it are removed, earlier
+    outputs stay as they were, and the command ends with one line and 128 + the signal, no traceback."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from cycleseg.fileio import atomic_path, write_files\n"
+        "from cycleseg.usage import run_command\n"
+        "root = Path(sys.argv[1])\n"
+        "def main():\n"
+        "    write_files(root / 'out', {'a.txt': b'old'})\n"
+        "    with atomic_path(root / 'new' / 'deep' / 'x.h5') as tmp:\n"
+        "        tmp.write_bytes(b'half')\n"
+        "        write_files(root / 'out', {'a.txt': b'new', 'sub/b.txt': b'new'})\n"
+        "    return 0\n"
+        "real = os.replace\n"
+        "def replace(src, dst):\n"
+        "    if str(dst).endswith('b.txt'):\n"
+        f"        os.kill(os.getpid(), {int(signum)})\n"
+        "    return real(src, dst)\n"
+        "os.replace = replace\n"
+        "sys.exit(run_command(main))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 128 + signum and len(err) == 1, done.stderr
+    assert err[0].startswith(f"error: stopped by {signal.Signals(signum).name} before it finished"), err
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["out", "out/a.txt"] and (tmp_path / "out" / "a.txt").read_bytes() == b"old", left

@@ -13,7 +13,7 @@ from .h5format import Meta, default_palette, write_split
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CYCLESEG_CACHE", Path.home() / ".cache" / "cycleseg"))
+    return Path(os.environ.get("CYCLESEG_CACHE") or Path.home() / ".cache" / "cycleseg")   # set but empty: unset
 
 
 def code_hash(*paths) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ..fileio import atomic_path
@@ -103,6 +103,8 @@ def open_image(path) -> Image.Image:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if not path.is_file():                                        # a FIFO would block the read forever
+        raise DataError(f"{path}: not a regular file (a folder, a pipe or a device)")
     try:
         im = Image.open(path)
     except Exception as e:                                        # PIL raises OSError, SyntaxError, ValueError...
@@ -115,9 +117,16 @@ def open_image(path) -> Image.Image:
     return im
 
 
+def upright(im: Image.Image) -> Image.Image:
+    """The image as viewers and annotation tools show it: a camera's EXIF orientation applied (its stored
+    pixels may be rotated or mirrored), so that an image and a mask drawn over it line up."""
+    return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
+
+
 def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
     with open_image(path) as im:
         try:
+            im = upright(im)
             if raw:                                               # palette PNG: keep the indices
                 return np.asarray(im)
             return np.asarray(im.convert(mode) if mode else im)
@@ -166,6 +175,8 @@ def mask_values(name: str, mask: np.ndarray) -> np.ndarray:
     (a 16-bit mask with ids above 255 would otherwise wrap around)."""
     if mask.dtype == np.uint8:
         return mask
+    if mask.dtype == np.bool_:                                     # a 1-bit image: background 0, class 1
+        return mask.astype(np.uint8)
     if not np.issubdtype(mask.dtype, np.integer):
         raise DataError(f"{name}: mask dtype {mask.dtype}; expected integer class ids")
     bad = (mask < 0) | (mask > 255)
@@ -282,7 +293,10 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
     for p in images:
         m = msk_dir / f"{p.stem}.png"
         if not m.exists():
-            raise DataError(f"{m}: no mask for image {p}")
+            others = sorted(q.name for q in msk_dir.glob(f"{p.stem}.*") if q.is_file())
+            hint = (f"; masks are read as lossless .png only (found {', '.join(others)}: a JPEG's compression "
+                    f"changes class ids)" if others else "")
+            raise DataError(f"{m}: no mask for image {p}{hint}")
         items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil(m, raw=True))))
     if num_classes is None:                                        # one pass over the masks to count classes
         num_classes = count_classes(items, mapping)
@@ -299,6 +313,7 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None) -> tuple[np.nda
     of the wrong form, or with values that do not fit (see image_values, mask_values)."""
     try:
         image, mask = np.asarray(it.image()), np.asarray(it.mask())
+        mask = mask_values(it.name, mask) if mask.dtype == np.bool_ else mask   # a 1-bit mask: class ids 0 / 1
     except DataError:
         raise
     except Exception as e:                                          # a damaged file: any reader error
