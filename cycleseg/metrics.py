@@ -238,6 +238,8 @@ def main(argv=None) -> int:
     try:
         if a.num_classes is not None and not 2 <= a.num_classes <= 255:
             raise DataError(f"--num-classes must be 2..255, got {a.num_classes}")
+        if a.classes is not None and not 2 <= len(a.classes) <= 255:
+            raise DataError(f"--classes names {len(a.classes)} class(es); give 2..255 names, background first")
         k = a.num_classes or (len(a.classes) if a.classes else None)
         result = score_folders(a.pred, a.truth, k, a.classes)
         out = a.out or a.pred

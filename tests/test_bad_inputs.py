@@ -700,3 +700,20 @@ def test_advice_the_probe_found_missing(tmp_path, capsys, monkeypatch):
            f"cycleseg.train --resume --out {tmp_path / 's'}" in capsys.readouterr().err
     monkeypatch.setenv("CYCLESEG_CACHE", "")
     assert cache_dir().is_absolute() and cache_dir().name == "cycleseg"
+
+
+def test_a_missing_test_split_and_one_class_name_are_named_with_their_fix(tmp_path, capsys):
+    from cycleseg.metrics import main as metrics_main
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for split in ("train", "val"):
+        tiny_split(data / f"{split}.h5", 16)
+    assert train_main(TINY + ["--data", str(data), "--out", str(tmp_path / "r"), "--mode", "full"]) == 0
+    err = one_line_error(evaluate_main, [tmp_path / "r" / "last.pt", "--split", "test", "--out", tmp_path / "o"],
+                         capsys, "test.h5: no such file (the test split of the data", tmp_path)
+    assert "convert a test split to test.h5 beside it" in err and "--data" not in err.split("(")[1].split(";")[0]
+    (tmp_path / "p").mkdir()
+    (tmp_path / "t").mkdir()
+    one_line_error(metrics_main, [tmp_path / "p", tmp_path / "t", "--classes", "a"], capsys,
+                   "--classes names 1 class(es); give 2..255 names, background first", tmp_path)

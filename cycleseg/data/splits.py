@@ -54,8 +54,9 @@ def split_path(data, split: str, val_data=None, image_size: int = 64, progress: 
     else:
         path = (data if data.is_dir() else data.parent) / f"{split}.h5"
     if not path.exists():
-        raise DataError(f"{path}: no such file (the {split} split of --data {data}; give a folder with train.h5 "
-                        f"and val.h5, or --val-data)")
+        fix = ("convert a test split to test.h5 beside it, or evaluate --data a file" if split == "test" else
+               "give a folder with train.h5 and val.h5, or --val-data")
+        raise DataError(f"{path}: no such file (the {split} split of the data {data}; {fix})")
     return path, None
 
 
