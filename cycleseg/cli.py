@@ -52,7 +52,7 @@ def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
     def same(a: Path, b: Path) -> bool:
         try:
             return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-        except OSError:
+        except (OSError, RuntimeError):                             # a symbolic-link loop (RuntimeError < 3.13)
             return False
 
     ins = [Path(i) for i in inputs]

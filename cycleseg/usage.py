@@ -40,6 +40,10 @@ def message(e: BaseException) -> str:
         where = final_path(Path(e.filename)) if e.filename else None
         if e.errno == errno.EISDIR and where is not None:                 # read or written: the same fix
             return f"{where} is a folder, where a file is read or written"
+        dangling = next((p for p in (where, *where.parents) if p.is_symlink() and not p.exists()), None) \
+            if where is not None else None
+        if dangling is not None:
+            return f"cannot write {where}: {dangling} is a symbolic link that leads nowhere (a loop, or its target is missing)"
         if e.errno in (errno.EEXIST, errno.ENOTDIR) and where is not None:
             blocking = next((p for p in (where, *where.parents) if p.is_file()), None)
             if blocking is not None:
@@ -67,7 +71,29 @@ class Stopped(BaseException):
 
 
 def _stop(signum, frame):
+    for sig in (signal.SIGINT, signal.SIGTERM):                     # once: the unwinding's cleanup runs whole
+        signal.signal(sig, signal.SIG_IGN)
     raise Stopped(signum)
+
+
+_COMMAND_LINE = False                                               # a `python -m cycleseg.X` process
+
+
+def _stop_before_start(signum, frame):
+    print(f"error: stopped by {signal.Signals(signum).name} before it began; nothing was written", file=sys.stderr)
+    os._exit(128 + signum)                                          # nothing to clean up yet
+
+
+def stop_before_start() -> None:
+    """In a command's process from the package's import on (cycleseg/__init__.py, `python -m` only): Ctrl-C
+    or SIGTERM while the command still imports ends it with one line and 128 + the signal, not an import
+    traceback; run_command takes over when the command starts, and ignores them once it has finished (a
+    signal during the interpreter's shutdown does not turn a finished command into a failed one)."""
+    global _COMMAND_LINE
+    if threading.current_thread() is threading.main_thread():
+        _COMMAND_LINE = True
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _stop_before_start)
 
 
 def run_command(main) -> int:
@@ -77,7 +103,7 @@ def run_command(main) -> int:
     temporary files and keeping earlier outputs as they were, and ends it with one line and 128 + the
     signal, instead of a traceback."""
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _stop) if main_thread else None
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         code = main()
         sys.stdout.flush()
@@ -94,5 +120,5 @@ def run_command(main) -> int:
               f"kept (its temporary files are removed) and earlier outputs are as they were", file=sys.stderr)
         return 128 + signum
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():                       # done: a command line's process ignores them
+            signal.signal(sig, signal.SIG_IGN if _COMMAND_LINE else handler)

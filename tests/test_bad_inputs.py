@@ -717,3 +717,17 @@ def test_a_missing_test_split_and_one_class_name_are_named_with_their_fix(tmp_pa
     (tmp_path / "t").mkdir()
     one_line_error(metrics_main, [tmp_path / "p", tmp_path / "t", "--classes", "a"], capsys,
                    "--classes names 1 class(es); give 2..255 names, background first", tmp_path)
+
+
+def test_a_value_mapped_twice_and_a_symlink_loop_as_output(tmp_path, capsys, tiny_checkpoint):
+    src = folder_tree(tmp_path / "src", [np.eye(8, dtype=np.uint8)])
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "x.h5", "--map", "1=2", "--map", "1=0",
+                               "--num-classes", "3", "--no-progress"], capsys,
+                   "--map 1=2 and --map 1=0: mask value 1 mapped to two classes", tmp_path)
+    (tmp_path / "loop").symlink_to("loop")
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    for main, argv in ((predict_main, [tiny_checkpoint, image, "--out", tmp_path / "loop" / "out", "--no-progress"]),
+                       (evaluate_main, [tiny_checkpoint, "--out", tmp_path / "loop" / "out", "--no-progress"]),
+                       (data_main, ["convert", "folder", src, tmp_path / "loop" / "x.h5", "--no-progress"])):
+        one_line_error(main, argv, capsys, f"{tmp_path / 'loop'} is a symbolic link that leads nowhere", tmp_path)

@@ -194,6 +194,7 @@ def test_a_signal_unwinds_every_command_and_leaves_no_temporaries(tmp_path, sign
         "def replace(src, dst):\n"
         "    if str(dst).endswith('b.txt'):\n"
         f"        os.kill(os.getpid(), {int(signum)})\n"
+        f"        os.kill(os.getpid(), {int(signum)})\n"      # twice: the cleanup still runs whole
         "    return real(src, dst)\n"
         "os.replace = replace\n"
         "sys.exit(run_command(main))\n")
@@ -203,3 +204,24 @@ def test_a_signal_unwinds_every_command_and_leaves_no_temporaries(tmp_path, sign
     assert err[0].startswith(f"error: stopped by {signal.Signals(signum).name} before it finished"), err
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert left == ["out", "out/a.txt"] and (tmp_path / "out" / "a.txt").read_bytes() == b"old", left
+
+
+def test_a_signal_while_a_command_imports_or_after_it_finished(tmp_path):
+    """Ctrl-C while `python -m cycleseg.X` still imports torch: one line, 130, no import traceback; a signal
+    after the command has finished (the interpreter shutting down) leaves its exit status 0."""
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "cycleseg.evaluate", str(tmp_path / "none.pt")],
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=120)[1].strip().splitlines()
+    assert p.returncode == 130 and err == ["error: stopped by SIGINT before it began; nothing was written"], err
+    code = ("import os, signal, sys\nfrom cycleseg.usage import run_command, stop_before_start\n"
+            "stop_before_start()\n"
+            "def main():\n    return 0\n"
+            "code = run_command(main)\nos.kill(os.getpid(), signal.SIGTERM)\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

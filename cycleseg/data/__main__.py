@@ -60,6 +60,8 @@ def parse_mapping(pairs) -> dict:
             raise DataError(f"--map {pair}: expected V=C with whole numbers (mask value V becomes class C)") from None
         if not (0 <= v < 1 << 16 and 0 <= c <= 255):
             raise DataError(f"--map {pair}: V must be a mask value (0..65535) and C a class id or 255 (ignore)")
+        if out.get(v, c) != c:
+            raise DataError(f"--map {v}={out[v]} and --map {pair}: mask value {v} mapped to two classes; give it one")
         out[v] = c
     return out
 
