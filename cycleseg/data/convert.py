@@ -313,7 +313,6 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None) -> tuple[np.nda
     of the wrong form, or with values that do not fit (see image_values, mask_values)."""
     try:
         image, mask = np.asarray(it.image()), np.asarray(it.mask())
-        mask = mask_values(it.name, mask) if mask.dtype == np.bool_ else mask   # a 1-bit mask: class ids 0 / 1
     except DataError:
         raise
     except Exception as e:                                          # a damaged file: any reader error
@@ -321,7 +320,8 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None) -> tuple[np.nda
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)) or mask.ndim != 2:
         raise DataError(f"{it.name}: image of shape {image.shape} and mask of shape {mask.shape}; expected "
                         f"(H, W) or (H, W, 3) images and (H, W) masks")
-    if not (np.issubdtype(image.dtype, np.number) and np.issubdtype(mask.dtype, np.integer)):
+    integer = np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_      # bool: a 1-bit mask, ids 0 / 1
+    if not (np.issubdtype(image.dtype, np.number) and integer):
         raise DataError(f"{it.name}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
                         f"integer class ids")
     return image_values(it.name, image, intensity), apply_mapping(mask_values(it.name, mask), mapping)
