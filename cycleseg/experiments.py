@@ -157,22 +157,34 @@ def cell_args(cell: Cell, seed: int, out: Path, data, extra, own=None) -> list[s
     return args
 
 
-def check_cell_folder(cfg, folder: Path) -> None:
-    """CheckpointError when the folder holds a run of another configuration than the cell's."""
-    last = folder / "last.pt"
-    if not last.exists():
-        return
-    try:
-        saved = flat(from_flat(load_run(last)["config"]))
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}. The cell cannot go on from it: move {folder} away (or delete it) and rerun "
-                              f"the grid to train the cell again from its start") from e
+def check_cell_folder(cfg, folder: Path) -> bool:
+    """Whether the folder holds a start of the cell's run to go on from (last.pt, or config.json alone: a
+    cell killed with its grid before its first checkpoint, which train --resume starts again);
+    CheckpointError when what it holds is a run of another configuration than the cell's."""
+    last, started = folder / "last.pt", folder / "config.json"
+    if last.exists():
+        try:
+            saved, where = flat(from_flat(load_run(last)["config"])), last
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. The cell cannot go on from it: move {folder} away (or delete it) and "
+                                  f"rerun the grid to train the cell again from its start") from e
+    elif started.exists() and not (folder / "best.pt").exists():
+        try:
+            saved, where = json.loads(started.read_text()), started
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{started}: not readable as a run's configuration ({e}); move {folder} away "
+                                  f"or give the grid another --out") from e
+    else:
+        return False
     ours = flat(cfg)
-    diff = [k for k in ours if k not in runtime_names() and saved[k] != ours[k]]
+    diff = [k for k in ours if k not in runtime_names() and saved.get(k, ours[k]) != ours[k]]
     if diff:
         shown = ", ".join(f"{k} {saved[k]!r} where the cell has {ours[k]!r}" for k in diff[:3])
-        raise CheckpointError(f"{last}: a run of another configuration than this cell's ({shown}); move it away "
+        raise CheckpointError(f"{where}: a run of another configuration than this cell's ({shown}); move it away "
                               f"or give the grid another --out")
+    return True
 
 
 def final_record(folder: Path, steps: int) -> dict | None:
@@ -217,11 +229,11 @@ def run_cell(args: list[str]) -> dict:
     interrupted); its final validation record."""
     cfg = parse_args(args)[0].resolved()
     folder = Path(cfg.out)
-    check_cell_folder(cfg, folder)
+    started = check_cell_folder(cfg, folder)
     done = final_record(folder, cfg.steps)
     if done is not None:
         return done
-    cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if (folder / "last.pt").exists() else [])
+    cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if started else [])
     code = run_child(cmd)
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0:
         raise GridInterrupted(f"interrupted: the run in {folder} stopped (exit code {code}); rerun the same command "

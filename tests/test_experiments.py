@@ -175,3 +175,32 @@ def test_a_grid_on_volumes_reports_hd95_and_asd_of_the_last_checkpoints(tmp_path
     stamp = (out / "partial-30pct-seed0" / "eval-final" / "report.json").stat().st_mtime_ns
     assert main(argv) == 0
     assert (out / "partial-30pct-seed0" / "eval-final" / "report.json").stat().st_mtime_ns == stamp
+
+
+def test_a_cell_killed_before_its_first_checkpoint_starts_again(tmp_path, capsys):
+    """A grid and its cell killed together (SIGKILL, a machine going down) before the cell's first checkpoint
+    leave config.json and a few records but no last.pt: rerunning the grid trains that cell again from step 0
+    (it refused the folder before); a config.json of another configuration is refused, naming the field."""
+    out = tmp_path / "g"
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial", "--seeds", "0", "--out", str(out)]
+    assert main(argv + TINY) == 0
+    cell = out / "partial-50pct-seed0"
+    first = json.loads((out / "results.json").read_text())["partial-50pct"]["0"]["miou"]
+    for name in ("last.pt", "best.pt"):
+        (cell / name).unlink()                                         # as if killed at its first steps
+    lines = (cell / "metrics.jsonl").read_text().splitlines()
+    (cell / "metrics.jsonl").write_text(lines[0] + "\n")
+    assert main(argv + TINY) == 0
+    assert (cell / "last.pt").exists()
+    again = json.loads((out / "results.json").read_text())["partial-50pct"]["0"]["miou"]
+    assert again == pytest.approx(first, abs=1e-6)                       # the same run, trained again from step 0
+    (cell / "last.pt").unlink()
+    (cell / "best.pt").unlink()
+    config = json.loads((cell / "config.json").read_text())
+    config["lr"] = 0.123
+    (cell / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(argv + TINY) == 2
+    err = capsys.readouterr().err
+    assert "config.json: a run of another configuration than this cell's (lr 0.123 where" in err, err
+    assert not (cell / "last.pt").exists()                                # nothing trained over it
