@@ -155,7 +155,7 @@ def score_case(pred_path, truth_path, num_classes: int) -> tuple:
     """(per-class score rows, spacing) of one predicted volume against its reference; DataError when the
     two lie on different grids."""
     truth = nifti.load(truth_path, "label")
-    pred = nifti.load_label(pred_path, truth, num_classes)
+    pred = nifti.load_label(pred_path, truth, num_classes, role="prediction", of="reference")
     ref = nifti.load_label(truth_path, truth, num_classes)
     rows = [binary_scores(pred == c, ref == c, truth.spacing) for c in range(1, num_classes)]
     return rows, truth.spacing

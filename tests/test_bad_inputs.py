@@ -403,6 +403,11 @@ def test_convert_folder_refuses_what_would_corrupt_the_masks(tmp_path, capsys):
                       "--no-progress"]) == 0
     with h5py.File(tmp_path / "b.h5") as f:
         assert f.attrs["num_classes"] == 2 and f["masks"][1][1, 1] == 255
+    capsys.readouterr()                                            # a value no mask holds: said, not refused
+    assert data_main(["convert", "folder", str(tmp_path / "b"), str(tmp_path / "b2.h5"), "--map", "200=255",
+                      "--map", "300=1", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--map 300=1: no mask of" in err and "holds the value 300" in err and "200" not in err.replace(str(tmp_path), "")
 
 
 def test_convert_never_replaces_a_file_unasked_nor_writes_over_an_input(tmp_path, capsys):

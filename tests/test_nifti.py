@@ -280,6 +280,13 @@ def test_metrics_command_scores_in_millimetres_as_medpy(tmp_path, capsys):
             assert case["dice"][name] == pytest.approx(dc, abs=1e-6)
             assert case["hd95"][name] == pytest.approx(hd, abs=1e-5) and case["asd"][name] == pytest.approx(asd, abs=1e-5)
     assert (tmp_path / "s" / "scores.csv").read_text().count("\n") == 1 + 3 * 3
+    moved = affine(spacing)
+    moved[0, 3] += 5.0                                                    # a prediction 5 mm off the reference
+    save(tmp_path / "pred" / "case1_0000.nii.gz", truth, moved)
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "case1_0000.nii.gz: prediction affine differs from its reference's" in err and "by up to 5 mm" in err, err
+    save(tmp_path / "pred" / "case1_0000.nii.gz", truth, affine(spacing))
     (tmp_path / "pred" / "case2_0000.nii.gz").unlink()                   # a reference without a prediction
     assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "t")]) == 2
     assert "no prediction for case2" in capsys.readouterr().err and not (tmp_path / "t").exists()

@@ -170,6 +170,9 @@ def main(argv=None) -> int:
           f"ignored {100 * summary['ignored_fraction']:.2f} %")
     for name, n in summary["class_pixels"].items():
         print(f"  {name:15s} {100 * n / total:6.2f} %")
+    for v in summary["unmapped"]:
+        print(f"note: --map {v}={mapping[v]}: no mask of {a.src} holds the value {v} (a typo, or a value of "
+              f"another split only)", file=sys.stderr)
     return 0
 
 

@@ -187,13 +187,16 @@ def mask_values(name: str, mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def apply_mapping(mask: np.ndarray, mapping) -> np.ndarray:
-    """The mask with each value V of {V: C} replaced by C (--map V=C)."""
+def apply_mapping(mask: np.ndarray, mapping, seen: set | None = None) -> np.ndarray:
+    """The mask with each value V of {V: C} replaced by C (--map V=C); `seen` collects the Vs it holds."""
     if not mapping:
         return mask
     out = mask.copy()
     for v, c in mapping.items():
-        out[mask == v] = c
+        hit = mask == v
+        out[hit] = c
+        if seen is not None and hit.any():
+            seen.add(v)
     return out
 
 
@@ -308,9 +311,9 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
 
 # -- writing ------------------------------------------------------------------------------------------
 
-def load_pair(it: Item, intensity: str = "strict", mapping=None) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 (H, W) or (H, W, 1 | 3), mask uint8 (H, W)) of an item; DataError naming it if unreadable,
-    of the wrong form, or with values that do not fit (see image_values, mask_values)."""
+    of the wrong form, or with values that do not fit (see image_values, mask_values). `seen`: apply_mapping's."""
     try:
         image, mask = np.asarray(it.image()), np.asarray(it.mask())
     except DataError:
@@ -324,17 +327,17 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None) -> tuple[np.nda
     if not (np.issubdtype(image.dtype, np.number) and integer):
         raise DataError(f"{it.name}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
                         f"integer class ids")
-    return image_values(it.name, image, intensity), apply_mapping(mask_values(it.name, mask), mapping)
+    return image_values(it.name, image, intensity), apply_mapping(mask_values(it.name, mask), mapping, seen)
 
 
 def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True,
             intensity: str = "strict", mapping=None) -> dict:
     """Write items to `out` (atomically), checking each image and mask (intensity, mapping: load_pair).
-    Returns a summary dict."""
+    Returns a summary dict ("unmapped": the --map values no mask held, a typo or another split's)."""
     if not items:
         raise DataError(f"nothing to convert into {out}")
     out = Path(out)
-    hist = np.zeros(256, np.int64)
+    hist, seen = np.zeros(256, np.int64), set()
     meta.preprocessing = {**meta.preprocessing, "size": list(size) if size else None, "image_resize": "bilinear, antialiased",
                           "mask_resize": "nearest", "keep_aspect": keep_aspect,
                           "intensity": "round(255 x) for float images in [0, 1]" if intensity == "strict"
@@ -342,7 +345,7 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
                           "mask_mapping": {str(k): int(v) for k, v in (mapping or {}).items()}}
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
-            image, mask = load_pair(it, intensity, mapping)
+            image, mask = load_pair(it, intensity, mapping, seen)
             if image.shape[:2] != mask.shape:
                 raise DataError(f"{it.name}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
                                 f"{mask.shape[0]}x{mask.shape[1]}")
@@ -369,4 +372,5 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
     total = int(hist.sum())
     return {"file": str(out), "images": len(items), "size": list(shape),
             "class_pixels": {n: int(hist[k]) for k, n in enumerate(meta.class_names)},
-            "ignored_fraction": float(hist[meta.ignore_index]) / total if total else 0.0}
+            "ignored_fraction": float(hist[meta.ignore_index]) / total if total else 0.0,
+            "unmapped": sorted(set(mapping or ()) - seen)}

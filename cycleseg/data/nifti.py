@@ -123,14 +123,15 @@ def check_grid(path, affine: np.ndarray) -> None:
                         f"have no single spacing; resample the scan to an orthogonal grid first")
 
 
-def load_label(path, image: Scan, num_classes: int | None) -> np.ndarray:
+def load_label(path, image: Scan, num_classes: int | None, role: str = "label", of: str = "image") -> np.ndarray:
     """The label volume of `image` as uint8 class ids. DataError naming the file when its shape or affine
-    differs from the image's, a value is not a whole number, or one is outside 0..num_classes-1."""
+    differs from the image's, a value is not a whole number, or one is outside 0..num_classes-1. `role`,
+    `of`: what the two are in the message (a prediction and its reference, for metrics)."""
     lab = load(path, "label")
     if lab.data.shape != image.data.shape:
-        raise DataError(f"{path}: label of shape {lab.data.shape}, but its image {image.path} is {image.data.shape}")
+        raise DataError(f"{path}: {role} of shape {lab.data.shape}, but its {of} {image.path} is {image.data.shape}")
     if not np.allclose(lab.affine, image.affine, atol=AFFINE_TOL):
-        raise DataError(f"{path}: label affine differs from its image's ({image.path}) by up to "
+        raise DataError(f"{path}: {role} affine differs from its {of}'s ({image.path}) by up to "
                         f"{np.abs(lab.affine - image.affine).max():.4g} mm: the two do not lie on one grid")
     v = lab.data
     if not np.issubdtype(v.dtype, np.integer):
