@@ -10,31 +10,15 @@ import argparse
 import numpy as np
 import torch
 
-from cycleseg import inference
-from cycleseg.checkpoint import load_run, networks_from_checkpoint
-from cycleseg.data.pixels import to_input
-from cycleseg.data.source import open_source
-from cycleseg.data.splits import split_path
-from cycleseg.evaluate import batches, confusion, evaluate_volumes
+from cycleseg.evaluate import precision_agreement
 
 
 def check(path) -> str:
-    state = load_run(path)
-    cfg, _, _ = networks_from_checkpoint(state, path)
-    nets = {p: inference.prepare(networks_from_checkpoint(state, path)[2]["G_IS"], "cpu", p) for p in ("fp32", "bf16")}
-    train_path, folder = split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)
-    source = open_source(train_path)
-    same = total = 0
-    for _, images, _ in batches(source, 32):
-        x = to_input(images, "cpu")
-        a, b = (inference.segment(nets[p], x) for p in ("fp32", "bf16"))
-        same, total = same + int((a == b).sum()), total + a.numel()
-    miou = {p: confusion(n, source, "cpu").summary(source.meta.class_names)["miou"] for p, n in nets.items()}
-    line = (f"{path}: {cfg.generator} G_IS, {len(source)} slices; argmax agreement {same / total:.5f}; slice mIoU "
-            f"fp32 {miou['fp32']:.4f}, bf16 {miou['bf16']:.4f}")
-    if folder is not None:
-        dice = {p: evaluate_volumes(n, folder, cfg.image_size, "cpu")["volume_mdice"] for p, n in nets.items()}
-        line += f"; volume Dice fp32 {dice['fp32']:.4f}, bf16 {dice['bf16']:.4f}"
+    r = precision_agreement(path, volumes=True)
+    line = (f"{path}: {r['generator']} G_IS, {r['slices']} slices; argmax agreement {r['agreement']:.5f}; slice mIoU "
+            f"fp32 {r['miou']['fp32']:.4f}, bf16 {r['miou']['bf16']:.4f}")
+    if "volume_mdice" in r:
+        line += f"; volume Dice fp32 {r['volume_mdice']['fp32']:.4f}, bf16 {r['volume_mdice']['bf16']:.4f}"
     return line
 
 

@@ -62,6 +62,29 @@ def confusion(g_is, source, device, batch_size: int = 16, progress: bool = False
 
 
 @torch.no_grad()
+def precision_agreement(path, limit: int | None = None, volumes: bool = False) -> dict:
+    """bf16 inference against fp32 for a checkpoint's G_IS on the first `limit` (default all) validation slices
+    of its data: {"slices", "generator", "agreement" (the argmax's, per pixel), "miou" and, with `volumes` on
+    data that has them, "volume_mdice" ({precision: score})}. The tests' check and precision_check.py's."""
+    state = load_run(path)
+    cfg = networks_from_checkpoint(state, path)[0]
+    nets = {p: inference.prepare(networks_from_checkpoint(state, path)[2]["G_IS"], "cpu", p) for p in ("fp32", "bf16")}
+    val, folder = split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)
+    source = open_source(val)
+    indices = np.arange(len(source) if limit is None else min(limit, len(source)))
+    same = total = 0
+    for _, images, _ in batches(source, 32, indices=indices):
+        x = to_input(images, "cpu")
+        a, b = (inference.segment(nets[p], x) for p in ("fp32", "bf16"))
+        same, total = same + int((a == b).sum()), total + a.numel()
+    out = {"slices": len(indices), "generator": cfg.generator, "agreement": same / total,
+           "miou": {p: confusion(n, source, "cpu", indices=indices).summary(source.meta.class_names)["miou"]
+                    for p, n in nets.items()}}
+    if volumes and folder is not None:
+        out["volume_mdice"] = {p: evaluate_volumes(n, folder, cfg.image_size, "cpu")["volume_mdice"] for p, n in nets.items()}
+    return out
+
+
 def samples(nets: dict, source, device, count: int = 4) -> dict:
     """`count` images spread evenly over `source` (its first and last included) with their truth, G_IS's
     prediction and (when the model has G_SI) G_SI's image of the truth, as uint8 arrays (figures.sample_grid
