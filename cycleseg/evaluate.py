@@ -253,7 +253,7 @@ def run(a) -> tuple[dict, dict]:
         files["volumes.csv"] = report.volumes_csv(result["volumes"]["per_volume"], meta.class_names[1:]).encode()
     refuse_existing([out / name for name in files], a.overwrite, "an earlier evaluation",
                     inputs=[a.checkpoint, path])
-    write_files(out, files)
+    write_files(out, files, replace=a.overwrite)
     return result, files
 
 

@@ -123,7 +123,11 @@ def check_extra(extra) -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in owned)
         raise UsageError(f"{flags} after -- would be the same for every cell; the grid sets them per cell "
                          f"(--data and --out are options of the grid itself, before --)")
-    parse_args(["--mode", "semi", *extra])[0].resolved()
+    cfg, dry_run = parse_args(["--mode", "semi", *extra])
+    if dry_run:
+        raise UsageError("--dry-run after -- would print each cell's configuration and train none; the grid has no dry "
+                         "run: check one cell's with python -m cycleseg.train --dry-run and its options")
+    cfg.resolved()
 
 
 def method_options(pairs, methods) -> dict[str, list[str]]:

@@ -107,7 +107,7 @@ def run(a) -> list[Path]:
     names = [f"{a.checkpoint.stem}.{fmt}" for fmt in a.formats]
     refuse_existing([out / n for n in names], a.overwrite, "an earlier export", inputs=[a.checkpoint])
     files = {n: (export_onnx if fmt == "onnx" else export_pt2)(g_is, meta, example) for n, fmt in zip(names, a.formats)}
-    write_files(out, files)
+    write_files(out, files, replace=a.overwrite)
     return [out / n for n in names]
 
 

@@ -64,19 +64,23 @@ class StopSignals:
     """`with StopSignals() as stop:` ... `if stop.signum:` ... (handlers restored on exit; no-op off the
     main thread, where Python cannot install signal handlers)."""
 
+    received: int | None = None     # the last signal any of them took (a child, a compiler, saw it too)
+
     def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
         self.signals, self.signum, self._old = signals, None, {}
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:     # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = StopSignals.received = signum
 
     def __enter__(self):
+        StopSignals.received = None
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
     def __exit__(self, *exc):
+        StopSignals.received = None
         for s, h in self._old.items():
             signal.signal(s, h)

@@ -12,22 +12,46 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, replace: bool = True):
     """Yield a temp path next to `path`; when the block succeeds, rename it to `path`. On any error
-    the temp file is removed, `path` is untouched and the folders made for it are removed again."""
+    the temp file is removed, `path` is untouched and the folders made for it are removed again.
+    replace=False: a `path` that appeared meanwhile (another process's output) is kept (commit)."""
     path = Path(path)
     made = make_folders(path.parent)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     done = False
     try:
         yield tmp
-        os.replace(tmp, path)
+        commit(tmp, path, replace)
         done = True
     finally:
         if tmp.exists():
             tmp.unlink()
         if not done:
             remove_empty(made)
+
+
+def appeared(path) -> FileExistsError:
+    return FileExistsError(f"{path} was written by another process while this one worked; it is kept, nothing was "
+                           f"replaced (--overwrite replaces it)")
+
+
+def commit(tmp: Path, path: Path, replace: bool = True) -> None:
+    """Rename `tmp` to `path`; replace=False: never over a file there (a hard link fails on one, atomically;
+    where a file system has none, a check just before the rename)."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise appeared(path) from None
+    except OSError:                                                  # no hard links here
+        if path.exists() or path.is_symlink():
+            raise appeared(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def make_folders(folder: Path) -> list[Path]:
@@ -91,12 +115,13 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
-def write_files(folder, files: dict) -> None:
+def write_files(folder, files: dict, replace: bool = True) -> None:
     """Write {name: bytes} into `folder`, all or nothing: every file is staged in a temporary folder
     beside it first, the folders the names need are made and no target may be a folder, then each file is
     renamed into place with the file it replaces kept aside; a failure among the renames puts the replaced
     files back and removes the new ones, so `folder` holds either every new file or none of them (only a
-    kill during the renames, a few system calls, can leave a part)."""
+    kill during the renames, a few system calls, can leave a part). replace=False: a target that appeared
+    meanwhile (another process's) is kept and nothing is written (commit)."""
     folder = Path(folder)
     made = make_folders(folder.parent)
     remove_stale_temporaries(folder.parent, folder.name)             # a stage a killed process left
@@ -120,12 +145,17 @@ def write_files(folder, files: dict) -> None:
         try:
             for i, name in enumerate(files):
                 target, kept = folder / name, None
-                if target.exists() or target.is_symlink():
+                if replace and (target.exists() or target.is_symlink()):
                     kept = stage / "old" / str(i)
                     kept.parent.mkdir(exist_ok=True)
                     os.replace(target, kept)
+                try:
+                    commit(stage / "new" / name, target, replace)
+                except BaseException:
+                    if kept is not None:                            # this one's old file back first
+                        os.replace(kept, target)
+                    raise
                 renamed.append((target, kept))
-                os.replace(stage / "new" / name, target)
         except BaseException:
             for target, kept in reversed(renamed):                  # back to what was there
                 if kept is not None:

@@ -170,6 +170,9 @@ def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_nam
                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
     if num_classes is None:
         num_classes = 1 + max(int(np.asarray(nifti.load(p, "label").data).max()) for p in truths.values())
+        if num_classes < 2:
+            raise DataError(f"the references in {truth_dir} hold background (0) only, so the classes cannot be counted "
+                            f"from them; pass --num-classes K (or --classes with K names)")
     names = class_names or [str(c) for c in range(num_classes)]
     if len(names) != num_classes:
         raise DataError(f"--classes names {len(names)} classes, but there are {num_classes}")
@@ -247,7 +250,7 @@ def main(argv=None) -> int:
         if found and not a.overwrite:
             raise DataError(f"{found[0]} exists already; pass --overwrite to replace it, or choose another --out")
         write_files(out, {"scores.csv": scores_csv(result).encode(),
-                          "scores.json": json.dumps(result, indent=2).encode()})
+                          "scores.json": json.dumps(result, indent=2).encode()}, replace=a.overwrite)
     except (DataError, OSError) as e:
         return fail(e)
     print(scores_table(result))

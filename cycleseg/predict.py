@@ -269,7 +269,7 @@ def run(a) -> dict:
     suffixes = ("mask", "overlay") + (("gsi",) if model.has_gsi else ())
     refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes]
                     + [Path(a.out) / name for name, _ in scans] + [Path(a.out) / "inputs.csv"], a.overwrite,
-                    "from an earlier prediction",
+                    "the names this prediction writes",
                     inputs=[a.checkpoint, *(it.source for it in items if it.source), *(p for _, p in scans)])
     files = predict_scans(model, scans, model.info, a.intensity, a.axis, a.resample, a.batch_size,
                           (lambda xs: tqdm(xs, desc="predict volumes", disable=a.no_progress))) if scans else {}
@@ -280,20 +280,20 @@ def run(a) -> dict:
         for j, (it, orig) in enumerate(zip(chunk, originals)):
             files.update(outputs(model, it, orig, pred[j], fake[j] if fake is not None else None))
     files["inputs.csv"] = manifest(items, scans, suffixes)
-    write_files(a.out, files)
+    write_files(a.out, files, replace=a.overwrite)
     return {"images": len(items), "volumes": len(scans), "files": len(files), "out": str(a.out)}
 
 
 def manifest(items, scans, suffixes) -> bytes:
-    """inputs.csv: each input file (an HDF5 image as file[index]) and the outputs written for it."""
-    rows = ["input,outputs"] + [f"{csv_field(it.source)},{csv_field(' '.join(f'{it.name}_{x}.png' for x in suffixes))}"
-                                for it in items]
+    """inputs.csv: a row per output written, with its input file (an HDF5 image as file[index]): names with
+    spaces, commas or quotes read back with any CSV reader."""
+    rows = ["input,output"] + [f"{csv_field(it.source)},{csv_field(f'{it.name}_{x}.png')}" for it in items for x in suffixes]
     rows += [f"{csv_field(str(path))},{csv_field(name)}" for name, path in scans]
     return ("\n".join(rows) + "\n").encode()
 
 
 def csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
 
 
 def main(argv=None) -> int:

@@ -508,6 +508,11 @@ def test_grid_refuses_a_cell_folder_of_another_configuration(tmp_path, capsys):
     (["--scale-crop", "nan"], "--scale-crop must be a finite number"),
     (["--lambda2", "nan"], "--lambda2 must be a finite number"),
     (["--lr", "inf"], "--lr must be a finite number"),
+    (["--mode", "adversarial", "--adv-beta1-d", "2.5"], "--adv-beta1-d must be in [0, 1)"),
+    (["--mode", "adversarial", "--adv-beta2-d", "-1"], "--adv-beta2-d must be in [0, 1)"),
+    (["--mode", "adversarial", "--adv-lr-d-scale", "-1"], "--adv-lr-d-scale must be > 0"),
+    (["--mode", "adversarial", "--adv-threshold", "1e9"], "--adv-threshold must be in [0, 1]"),
+    (["--val-data", "elsewhere.h5"], "--val-data elsewhere.h5: the built-in dataset brings its own validation split"),
 ])
 def test_numeric_options_are_finite_and_in_range(tmp_path, capsys, flags, match):
     one_line_error(train_main, TINY + ["--out", tmp_path / "r", *flags], capsys, match, tmp_path)
@@ -736,3 +741,57 @@ def test_a_value_mapped_twice_and_a_symlink_loop_as_output(tmp_path, capsys, tin
                        (evaluate_main, [tiny_checkpoint, "--out", tmp_path / "loop" / "out", "--no-progress"]),
                        (data_main, ["convert", "folder", src, tmp_path / "loop" / "x.h5", "--no-progress"])):
         one_line_error(main, argv, capsys, f"{tmp_path / 'loop'} is a symbolic link that leads nowhere", tmp_path)
+
+
+def test_a_jpeg_mask_under_a_png_name_and_a_grid_dry_run(tmp_path, capsys):
+    """A mask is judged by what its file is, not by its name: a JPEG saved as .png is refused as a .jpg is;
+    --dry-run after a grid's -- is refused before any cell runs (it trained nothing and called that failed)."""
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 1
+    src = folder_tree(tmp_path / "f", [mask, mask])
+    Image.fromarray(mask).save(src / "masks" / "1.png", format="JPEG")
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "o.h5", "--no-progress"], capsys,
+                   "1.png: a JPEG file (named .png): its lossy compression changes class ids", tmp_path)
+    one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0", "--out",
+                                      tmp_path / "g", "--", *TINY, "--dry-run"], capsys,
+                   "--dry-run after -- would print each cell's configuration and train none", tmp_path)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: f.attrs.__setitem__("ignore_index", 1), "ignore_index 1 must lie outside the class ids 0..2"),
+    (lambda f: f.create_dataset("volumes", data=np.full(6, 7)), "dataset 'volumes' must hold integers -1 (no volume) "
+                                                                "or 0..-1 (indexes into the 0 volume_names), found 7"),
+])
+def test_an_h5_whose_attributes_contradict_its_data_is_refused(tmp_path, capsys, finished_run, edit, match):
+    """An ignore index that is a class id (that class never learned, yet scored) and slices of volumes the
+    file does not name (evaluate crashed after writing its outputs) are refused when the file is read."""
+    tiny_split(tmp_path / "d.h5", 16)
+    with h5py.File(tmp_path / "d.h5", "r+") as f:
+        edit(f)
+    one_line_error(evaluate_main, [finished_run / "last.pt", "--data", tmp_path / "d.h5", "--out", tmp_path / "e"],
+                   capsys, match, tmp_path)
+
+
+def test_two_writers_of_one_output_never_replace_each_other(tmp_path):
+    """An output that appeared while a command worked (another process's, both started before either
+    wrote) is kept, and the command says so, unless it was told --overwrite (fileio.commit)."""
+    from cycleseg.fileio import atomic_path, atomic_write_bytes, write_files
+    from cycleseg.usage import message
+
+    with pytest.raises(FileExistsError) as e:
+        with atomic_path(tmp_path / "o.h5", replace=False) as tmp:
+            tmp.write_bytes(b"ours")
+            (tmp_path / "o.h5").write_bytes(b"theirs")                # the other process finished first
+    assert (tmp_path / "o.h5").read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["o.h5"]
+    assert message(e.value) == (f"{tmp_path / 'o.h5'} was written by another process while this one worked; it is "
+                                f"kept, nothing was replaced (--overwrite replaces it)")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b.csv").write_bytes(b"theirs")
+    with pytest.raises(FileExistsError):
+        write_files(tmp_path / "out", {"a.csv": b"ours", "b.csv": b"ours"}, replace=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.csv"]        # all or nothing, theirs kept
+    assert (tmp_path / "out" / "b.csv").read_bytes() == b"theirs"
+    write_files(tmp_path / "out", {"a.csv": b"ours", "b.csv": b"ours"})                # --overwrite: replaced
+    assert (tmp_path / "out" / "b.csv").read_bytes() == b"ours"
+    atomic_write_bytes(tmp_path / "o.h5", lambda f: f.write(b"new"))
+    assert (tmp_path / "o.h5").read_bytes() == b"new"

@@ -231,6 +231,10 @@ def bad_cases(tmp_path):
     cases["corrupt"] = (d, "not a readable NIfTI")
     (tmp_path / "empty" / "images").mkdir(parents=True)
     cases["empty"] = (tmp_path / "empty", "no NIfTI volumes")
+    stray = lab.copy()
+    stray[0, 0, 0] = 200                                                # one stray voxel: 201 classes
+    cases["stray"] = (pair("stray", img, stray), "4, 5, 6, 7, 8 never appear below 200 (1 voxels")
+    cases["complex"] = (pair("complex", img.astype(np.complex64), lab), "voxels of type complex64; expected real")
     return cases
 
 
@@ -288,6 +292,9 @@ def test_metrics_command_scores_in_millimetres_as_medpy(tmp_path, capsys):
     assert "case1_0000.nii.gz: prediction affine differs from its reference's" in err and "by up to 5 mm" in err, err
     save(tmp_path / "pred" / "case1_0000.nii.gz", truth, affine(spacing))
     (tmp_path / "pred" / "case2_0000.nii.gz").unlink()                   # a reference without a prediction
+    save(tmp_path / "blank" / "case0_gt.nii.gz", np.zeros_like(truth), affine(spacing))
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "blank"), "--out", str(tmp_path / "b")]) == 2
+    assert "hold background (0) only" in capsys.readouterr().err
     assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "t")]) == 2
     assert "no prediction for case2" in capsys.readouterr().err and not (tmp_path / "t").exists()
 

@@ -180,3 +180,31 @@ def test_a_damaged_library_is_built_again_and_a_bad_folder_named(tmp_path, capsy
         with build_lock(tmp_path / "locked"):
             pass
     assert issubclass(BuildFolderError, OSError)                   # every command reports it in one line
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_kernels_build_stops_the_command(tmp_path, monkeypatch, signum):
+    """Ctrl-C or SIGTERM during the first build reaches ninja too, which stops ("interrupted by user"): the
+    command stops as the signal asks (usage.Stopped: one line, 128 + the signal), not with a build error's
+    traceback advising a C++ compiler."""
+    import signal
+
+    from torch.utils import cpp_extension
+
+    from cycleseg.faults import StopSignals
+    from cycleseg.ops import cpu
+    from cycleseg.usage import Stopped
+
+    def interrupted(**kwargs):
+        signal.raise_signal(getattr(signal, signum))                # the signal reaches this process and ninja
+        raise RuntimeError("Error building extension 'x': ninja: build stopped: interrupted by user.")
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", interrupted)
+    with StopSignals():                                             # as train holds them
+        with pytest.raises(Stopped) as stop:
+            cpu.extension.__wrapped__()
+    assert stop.value.signum == getattr(signal, signum)
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    with pytest.raises(RuntimeError, match="They need a C\\+\\+17 compiler"):
+        cpu.extension.__wrapped__()                                 # a real failure keeps its advice

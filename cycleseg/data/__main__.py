@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         size = tuple(a.size) if a.size else (cv.SIZE_PRESETS.get(a.kind) if a.preset == "paper" else None)
         check_size(size)
         summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress,
-                             intensity=a.intensity, mapping=mapping)
+                             intensity=a.intensity, mapping=mapping, replace=a.overwrite)
     except (DataError, OSError) as e:                               # OSError: a read-only or full output folder
         return fail(e)
     total = sum(summary["class_pixels"].values()) + 1e-12
@@ -188,7 +188,7 @@ def convert_nifti_command(a, split: str) -> int:
     check_size(size)
     check_classes(a.num_classes)
     s = convert_nifti(a.src, a.out, split, size, a.axis, a.intensity or "percentile", tuple(a.holdout), a.split_seed,
-                      a.channel, a.num_classes, progress=not a.no_progress)
+                      a.channel, a.num_classes, progress=not a.no_progress, replace=a.overwrite)
     print(f"wrote {s['file']}: {s['images']} slices {size[0]}x{size[1]} of {s['volumes']} volumes "
           f"({s['labeled_volumes']} labeled, {s['unlabeled_volumes']} unlabeled) from {s['patients']} patients, "
           f"{s['layout']} layout")

@@ -135,6 +135,18 @@ def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
 
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")          # PIL modes that convert("RGB") would saturate
+LOSSY_FORMATS = ("JPEG", "MPO")                                 # compression that moves class ids at edges
+
+
+def _pil_mask(path: Path) -> np.ndarray:
+    """A mask's raw values (palette indices kept); DataError for a lossy file whatever its name (a JPEG
+    saved as .png), whose compression changes class ids along every edge."""
+    with open_image(path) as im:
+        kind = im.format
+    if kind in LOSSY_FORMATS:
+        raise DataError(f"{path}: a {kind} file (named {path.suffix or 'without an extension'}): its lossy compression "
+                        f"changes class ids along every edge; save the masks as lossless PNG")
+    return _pil(path, raw=True)
 
 
 def _pil_image(path: Path) -> np.ndarray:
@@ -158,15 +170,24 @@ def count_classes(items: list[Item], mapping=None) -> int:
     if not present:
         raise DataError(f"every mask is all {IGNORE_INDEX} (ignore): no class ids to learn from; check the masks, "
                         f"or map their values with --map V=C")
+    return classes_without_gaps(hist, where, "masks", "pixels", f"or --map V=C to map a value to a class or to "
+                                f"{IGNORE_INDEX} (ignore)")
+
+
+def classes_without_gaps(hist: np.ndarray, where: dict, what: str, unit: str, fix: str) -> int:
+    """K = the largest value of `hist` (counts per value; `where`: a file holding each) + 1, when every value
+    below it appears too; DataError naming the stray values, their counts and files otherwise (one stray
+    pixel of 200 would make 201 classes): the folder and NIfTI converters' rule."""
+    present = [int(v) for v in np.flatnonzero(hist) if v != IGNORE_INDEX]
     k = max(present) + 1
     missing = sorted(set(range(k)) - set(present))
     if missing:
         stray = [v for v in present if v > missing[0]]
-        shown = ", ".join(f"{v} ({hist[v]} pixels, e.g. {where[v]})" for v in stray[:3])
-        raise DataError(f"the masks hold class ids {present[:12]}{'...' if len(present) > 12 else ''}: "
+        shown = ", ".join(f"{v} ({hist[v]} {unit}, e.g. {where[v]})" for v in stray[:3])
+        raise DataError(f"the {what} hold class ids {present[:12]}{'...' if len(present) > 12 else ''}: "
                         f"{', '.join(map(str, missing[:5]))} never appear below {shown}, so counting classes from "
                         f"the largest id would make {k} classes. Pass --num-classes K (larger ids are then refused), "
-                        f"or --map V=C to map a value to a class or to {IGNORE_INDEX} (ignore)")
+                        f"{fix}")
     return k
 
 
@@ -224,7 +245,7 @@ def voc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
         raise DataError(f"{masks_dir}: no such folder (expected a VOC2012 tree at {src})")
     ids = read_lines(src / "ImageSets" / "Segmentation" / f"{split}.txt")
     items = [Item(i, (lambda i=i: _pil(src / "JPEGImages" / f"{i}.jpg", "RGB")),
-                  (lambda i=i: _pil(masks_dir / f"{i}.png", raw=True).astype(np.uint8))) for i in ids]
+                  (lambda i=i: _pil_mask(masks_dir / f"{i}.png").astype(np.uint8))) for i in ids]
     meta = Meta(num_classes=21, class_names=VOC_CLASSES, palette=default_palette(21), ignore_index=IGNORE_INDEX,
                 source=f"PASCAL VOC 2012 {split} ({src})")
     return items, meta
@@ -242,7 +263,7 @@ def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     for img in sorted(img_root.glob("*/*_leftImg8bit.png")):
         stem = img.name[:-len("_leftImg8bit.png")]
         lbl = lbl_root / img.parent.name / f"{stem}_gtFine_labelIds.png"
-        items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: lut[_pil(p, raw=True)])))
+        items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: lut[_pil_mask(p)])))
     if not items:
         raise DataError(f"{img_root}: no *_leftImg8bit.png images")
     meta = Meta(num_classes=19, class_names=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE, ignore_index=IGNORE_INDEX,
@@ -300,7 +321,7 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
             hint = (f"; masks are read as lossless .png only (found {', '.join(others)}: a JPEG's compression "
                     f"changes class ids)" if others else "")
             raise DataError(f"{m}: no mask for image {p}{hint}")
-        items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil(m, raw=True))))
+        items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil_mask(m))))
     if num_classes is None:                                        # one pass over the masks to count classes
         num_classes = count_classes(items, mapping)
     names = class_names or [str(i) for i in range(num_classes)]
@@ -331,9 +352,10 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
 
 
 def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True,
-            intensity: str = "strict", mapping=None) -> dict:
+            intensity: str = "strict", mapping=None, replace: bool = True) -> dict:
     """Write items to `out` (atomically), checking each image and mask (intensity, mapping: load_pair).
-    Returns a summary dict ("unmapped": the --map values no mask held, a typo or another split's)."""
+    Returns a summary dict ("unmapped": the --map values no mask held, a typo or another split's).
+    replace=False: an `out` another process wrote meanwhile is kept (fileio.commit)."""
     if not items:
         raise DataError(f"nothing to convert into {out}")
     out = Path(out)
@@ -343,7 +365,7 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
                           "intensity": "round(255 x) for float images in [0, 1]" if intensity == "strict"
                           else "each image rescaled from its min..max to 0..255",
                           "mask_mapping": {str(k): int(v) for k, v in (mapping or {}).items()}}
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(out, replace) as tmp, h5py.File(tmp, "w") as f:
         for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
             image, mask = load_pair(it, intensity, mapping, seen)
             if image.shape[:2] != mask.shape:

@@ -218,6 +218,9 @@ def _meta(f, path) -> Meta:
         raise DataError(f"{path}: attributes num_classes / ignore_index must be integers ({e})") from e
     if k < 1:
         raise DataError(f"{path}: num_classes must be >= 1, got {k}")
+    if not k <= ignore <= 255:                                      # a class id as ignore: it is never learned
+        raise DataError(f"{path}: ignore_index {ignore} must lie outside the class ids 0..{k - 1} (and <= 255; "
+                        f"cycleseg writes {IGNORE_INDEX})")
     rule = str(a.get("labeled_subset", "random"))
     if rule not in SUBSET_RULES:
         raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
@@ -230,6 +233,15 @@ def _meta(f, path) -> Meta:
             isinstance(v, dict) and _positive3(v.get("slice_spacing")) for v in vinfo)):
         raise DataError(f"{path}: attribute 'volume_info' must give, for each of the {len(vnames)} volumes, a "
                         f"slice_spacing of three positive lengths")
+    if "volumes" in f:                                              # each slice's volume: -1 (none) or a named one
+        vol = f["volumes"][:]
+        want = f"integers -1 (no volume) or 0..{len(vnames) - 1} (indexes into the {len(vnames)} volume_names)"
+        if not np.issubdtype(vol.dtype, np.integer):
+            raise DataError(f"{path}: dataset 'volumes' must hold {want}, found dtype {vol.dtype}")
+        bad = (vol < -1) | (vol >= len(vnames))
+        if bad.any():
+            raise DataError(f"{path}: dataset 'volumes' must hold {want}, found {int(vol[bad][0])} "
+                            f"({int(bad.sum())} slices)")
     return Meta(num_classes=k, class_names=names, palette=palette, ignore_index=ignore, source=str(a.get("source", "")),
                 preprocessing=_attr_json(a, "preprocessing", path, {}), labeled_subset=rule,
                 volume_names=vnames, volume_info=vinfo, path=str(path), count=int(im.shape[0]),

@@ -99,8 +99,8 @@ def load(path, what: str = "image", frames: bool = False) -> Scan:
         raise DataError(f"{path}: a {data.ndim}D {what} of shape {tuple(data.shape)}; expected a 3D volume{hint}")
     if min(data.shape) < 1:
         raise DataError(f"{path}: an empty {what} of shape {tuple(data.shape)}")
-    if not np.issubdtype(data.dtype, np.number):
-        raise DataError(f"{path}: {what} voxels of type {data.dtype}; expected numbers")
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise DataError(f"{path}: {what} voxels of type {data.dtype}; expected real numbers")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise DataError(f"{path}: {int((~np.isfinite(data)).sum())} NaN or infinite voxels in the {what}")
     affine = np.asarray(img.affine, dtype=np.float64)

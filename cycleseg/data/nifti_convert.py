@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..fileio import atomic_path
 from . import nifti
-from .convert import resize_pair
+from .convert import classes_without_gaps, resize_pair
 from .h5format import IGNORE_INDEX, DataError, Meta, create_datasets, default_palette
 
 
@@ -36,15 +36,20 @@ def load_case(case: nifti.Case, num_classes: int | None, channel: int | None = N
 
 
 def count_classes(cases, channel=None) -> int:
-    """K = the largest label value over the labeled cases + 1 (the pairs layout, without --num-classes)."""
-    top = -1
+    """K = the largest label value over the labeled cases + 1 (the pairs layout, without --num-classes), when
+    every value below it appears too; DataError naming the stray values, their files and voxel counts
+    otherwise (one stray voxel of 200 would make 201 classes), as the folder converter's count_classes."""
+    hist, where = np.zeros(256, np.int64), {}
     for c in cases:
         if c.labeled:
             _, lab = load_case(c, None, channel)
-            top = max(top, int(lab.max()))
-    if top < 0:
+            counts = np.bincount(lab.ravel(), minlength=256)
+            hist += counts
+            for v in np.flatnonzero(counts):
+                where.setdefault(int(v), c.label)
+    if not hist.any():
         raise DataError("no labeled case to count the classes from: pass --num-classes K")
-    return top + 1
+    return classes_without_gaps(hist, where, "labels", "voxels", "or correct the label files")
 
 
 def case_slices(scans, label, axis: int, intensity: str, size):
@@ -103,7 +108,7 @@ def class_names(layout, cases, num_classes, channel) -> list:
 
 def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | None = None,
                   intensity: str = "percentile", holdout=(0.1, 0.2), split_seed: int = 0, channel: int | None = None,
-                  num_classes: int | None = None, progress: bool = True) -> dict:
+                  num_classes: int | None = None, progress: bool = True, replace: bool = True) -> dict:
     """Write the `split` of the NIfTI dataset `src` to `out` (atomically). Returns a summary dict."""
     layout = nifti.find_layout(src)
     channels = 1 if channel is not None else layout.channels
@@ -125,7 +130,7 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
                           "slice_order": "rows along the later in-plane voxel axis (ITK array order)"}
     hist, i, records, labeled_cases = np.zeros(256, np.int64), 0, [], 0
     out = Path(out)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(out, replace) as tmp, h5py.File(tmp, "w") as f:
         for v, (c, ax, depth) in enumerate(tqdm(plan, desc=f"convert -> {out.name}", disable=not progress)):
             scans, label = load_case(c, k, channel)
             images, masks, native = case_slices(scans, label, ax, intensity, size)

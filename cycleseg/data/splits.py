@@ -35,7 +35,12 @@ def split_path(data, split: str, val_data=None, image_size: int = 64, progress: 
     """(HDF5 path of `split`, SSL4MIS folder or None): `split` of the built-in data, of an SSL4MIS folder
     (train, val, test: what its lists name), or of --data (a folder, or the train file beside which the
     other splits lie; --val-data for val). DataError naming what is missing."""
-    if data is None or (data in BUILTIN and not Path(data).exists()):
+    builtin = data is None or (data in BUILTIN and not Path(data).exists())
+    if val_data and (builtin or acdc.is_ssl4mis(data)):             # would be ignored: the data has its own
+        raise DataError(f"--val-data {val_data}: {'the built-in dataset' if builtin else f'the SSL4MIS folder {data}'} "
+                        f"brings its own validation split; --val-data goes with --data .h5 files (a train.h5 or "
+                        f"a folder of them)")
+    if builtin:
         paths = BUILTIN[data or "phantom"](image_size, seed=0)
         if split not in paths:
             raise DataError(f"the built-in dataset has no {split} split (it has {', '.join(paths)})")

@@ -23,12 +23,14 @@ class AdversarialOptions:
     lambda_: float = option(0.01, "weight of the adversarial term on labeled predictions", check="non_negative")
     semi_lambda: float = option(0.001, "weight of the adversarial term on unlabeled predictions", check="non_negative")
     self_training: float = option(0.1, "weight of self-training on confident unlabeled pixels", check="non_negative")
-    threshold: float = option(0.2, "D's confidence above which an unlabeled pixel is a pseudo-label")
+    threshold: float = option(0.2, "D's confidence above which an unlabeled pixel is a pseudo-label",
+                              check="fraction")
     start: float = option(0.25, "fraction of the run after which self-training starts (their 5000 of 20000)",
                           check="fraction")
-    lr_d_scale: float = option(0.4, "D's learning rate as a share of --lr (their 1e-4 against 2.5e-4)")
-    beta1_d: float = option(0.9, "D's Adam beta1")
-    beta2_d: float = option(0.99, "D's Adam beta2")
+    lr_d_scale: float = option(0.4, "D's learning rate as a share of --lr (their 1e-4 against 2.5e-4)",
+                               check="positive")
+    beta1_d: float = option(0.9, "D's Adam beta1", check="below_one")
+    beta2_d: float = option(0.99, "D's Adam beta2", check="below_one")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import platform
+import signal
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ except ImportError:                                                 # Windows: t
 
 import torch
 
+from ..faults import StopSignals
 from ..kernels import common
+from ..usage import Stopped
 
 MODULE = "module.cpp"                   # the extension module (the testing switch); every other .cpp is an op's
 
@@ -158,6 +161,8 @@ def extension():
             ext = cpp_extension.load(name=name, sources=[str(CSRC / s) for s in sources()], extra_cflags=FLAGS,
                                      extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
         except Exception as e:
+            if "interrupted by user" in str(e) or StopSignals.received is not None:   # Ctrl-C / SIGTERM reached ninja too
+                raise Stopped(StopSignals.received or signal.SIGINT) from None
             raise RuntimeError(
                 f"could not build cycleseg's C++ CPU kernels from {CSRC}: {e}\n"
                 f"They need a C++17 compiler and ninja (pip install ninja). Use --no-fast to train "
