@@ -177,6 +177,7 @@ class OnnxModel:
     has_gsi = False
 
     def __init__(self, path):
+        self.path = path
         try:
             # onnxruntime is optional (the `export` extra): needed only to predict from an ONNX file
             import onnxruntime
@@ -206,8 +207,19 @@ class OnnxModel:
         self.info = {"preprocessing": meta.get("preprocessing") or {}}
 
     def logits(self, images: np.ndarray) -> np.ndarray:
+        """(N, K, H, W) float class scores; DataError naming the model when its output is not that (a graph
+        that carries cycleseg's metadata but is not G_IS would otherwise crash or give blank masks)."""
         x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-        return self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        y = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        want = (x.shape[0], self.num_classes, *x.shape[2:])
+        if not (isinstance(y, np.ndarray) and y.shape == want and np.issubdtype(y.dtype, np.floating)):
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, np.ndarray) else type(y).__name__
+            raise DataError(f"{self.path}: the model's output is {got} for an input of {tuple(x.shape)}, where G_IS gives "
+                            f"float class scores {want} (num_classes {self.num_classes} in its metadata); export the "
+                            f"checkpoint again with python -m cycleseg.export")
+        if not np.isfinite(y).all():
+            raise DataError(f"{self.path}: the model's output holds NaN or infinite scores; export the checkpoint again")
+        return y
 
     def __call__(self, images: np.ndarray):
         return self.logits(images).argmax(1), None

@@ -110,8 +110,3 @@ def predict_scans(model, inputs: list, info: dict, intensity=None, axis=None, re
         scan = nifti.load(path, frames=True)
         files[name] = label_file(segment_scan(model, scan, axis, rule, resample, batch_size), scan)
     return files
-
-
-if __name__ == "__main__":                                          # a part of predict, not a command of its own
-    raise SystemExit("cycleseg.predict_nifti is the NIfTI part of predict; run python -m cycleseg.predict CHECKPOINT "
-                     "SCAN.nii.gz [...] --out FOLDER")

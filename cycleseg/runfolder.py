@@ -31,7 +31,8 @@ except ImportError:                                                 # Windows: f
     fcntl = None
 
 from . import checkpoint, figures
-from .config import Config, flat, resume_config
+from .config import Config, flat, flat_fields, from_flat, resume_config
+from .options import CHANGEABLE, RUNTIME
 from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, remove_stale_temporaries
 from .usage import UsageError
 
@@ -112,6 +113,7 @@ class RunFolder:
                 raise checkpoint.CheckpointError(
                     f"{e}. --resume cannot go on from it; train again into another --out (or move {self.path} "
                     f"away){'; its best.pt still evaluates' if self.best.exists() else ''}") from e
+            self.check_identity(saved["config"])
             cfg, changes = resume_config(saved["config"], cfg, given)
             if changes:
                 self.note(f"resuming {self.last} with " + ", ".join(changes))
@@ -128,6 +130,26 @@ class RunFolder:
         elif cfg.resume:
             self.note(f"--resume: no run in {self.path} yet, starting a new one")
         return cfg, None
+
+    def check_identity(self, saved: dict) -> None:
+        """CheckpointError when last.pt is not the run this folder's config.json records (a last.pt copied in
+        from another run: resuming it would mix two runs' records, pictures and best.pt). Fields a resume may
+        change (options.CHANGEABLE) and runtime ones are not compared; a missing or unreadable config.json
+        (written again at the start) is no evidence either way."""
+        try:
+            recorded = json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(recorded, dict):
+            return
+        theirs, rules = flat(from_flat(saved)), {n: f.metadata.get("resume") for n, (_, f) in flat_fields().items()}
+        diff = [k for k in theirs if k in recorded and rules.get(k) not in (RUNTIME, CHANGEABLE)
+                and recorded[k] != theirs[k] and not (isinstance(theirs[k], tuple) and list(theirs[k]) == recorded[k])]
+        if diff:
+            shown = ", ".join(f"{k} {theirs[k]!r} where config.json has {recorded[k]!r}" for k in diff[:3])
+            raise checkpoint.CheckpointError(
+                f"{self.last} is not the run {self.path / 'config.json'} records ({shown}): a checkpoint copied in "
+                f"from another run? Nothing was changed; resume that run in its own folder, or train into another --out")
 
     def start(self, cfg: Config, step: int) -> None:
         """Create the folder, write config.json, and drop records written after `step` (the step resumed

@@ -795,3 +795,45 @@ def test_two_writers_of_one_output_never_replace_each_other(tmp_path):
     assert (tmp_path / "out" / "b.csv").read_bytes() == b"ours"
     atomic_write_bytes(tmp_path / "o.h5", lambda f: f.write(b"new"))
     assert (tmp_path / "o.h5").read_bytes() == b"new"
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_not_resumed(tmp_path, capsys):
+    """--resume continues the run the folder records (config.json): a last.pt of another run (another
+    generator here) copied into it would have mixed two runs' records and replaced best.pt; refused, nothing
+    changed. A change a resume may make (--lr) is no mismatch."""
+    import shutil
+
+    for name, extra in (("a", []), ("b", ["--generator", "unet", "--image-size", "16"])):
+        assert train_main(TINY + ["--steps", "4", "--stop-after", "2", "--out", str(tmp_path / name), *extra]) in (0, 130)
+    shutil.copy(tmp_path / "b" / "last.pt", tmp_path / "a" / "last.pt")
+    err = one_line_error(train_main, ["--resume", "--out", tmp_path / "a", "--no-progress"], capsys,
+                         "generator 'unet' where config.json has 'resnet'", tmp_path)
+    assert "copied in from another run" in err
+    assert train_main(["--resume", "--out", str(tmp_path / "b"), "--lr", "0.0005", "--no-progress"]) == 0
+
+
+def test_a_folder_pairs_each_image_with_its_own_mask(tmp_path, capsys):
+    """Two images of one name (a.png, a.jpg) would share the mask a.png: refused; a mask named a.PNG is a
+    PNG (extensions in any case, as for images); hidden files (macOS ._a.png) are not images."""
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 1
+    src = folder_tree(tmp_path / "f", [mask, mask])
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "images" / "0.jpg")
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "o.h5", "--no-progress"], capsys,
+                   "share the name '0', and so the one mask 0.png", tmp_path)
+    (src / "images" / "0.jpg").unlink()
+    (src / "masks" / "1.png").rename(src / "masks" / "1.PNG")
+    (src / "images" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert len(f["masks"]) == 2 and f["masks"][1].sum() == 16
+
+
+def test_class_names_must_be_names(tmp_path, capsys):
+    import json
+
+    tiny_split(tmp_path / "d.h5", 16)
+    with h5py.File(tmp_path / "d.h5", "r+") as f:
+        f.attrs["class_names"] = json.dumps([0, 1, 2])
+    one_line_error(data_main, ["info", tmp_path / "d.h5"], capsys, "class_names must list the 3 classes' names "
+                   "(strings)", tmp_path)

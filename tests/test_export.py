@@ -165,6 +165,14 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")
     one_line_error(predict_main, [tmp_path / "bare.onnx", tmp_path / "a.png", "--out", tmp_path / "o"], capsys,
                    "without cycleseg's metadata", tmp_path)
+    foreign = onnx.load(str(tmp_path / "last.onnx"))                    # cycleseg's metadata on another graph
+    x = foreign.graph.input[0].name
+    del foreign.graph.node[:]
+    foreign.graph.node.append(onnx.helper.make_node("Concat", [x, x], [foreign.graph.output[0].name], axis=1))
+    del foreign.graph.initializer[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    one_line_error(predict_main, [tmp_path / "foreign.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"], capsys,
+                   "the model's output is float32 (1, 2, ", tmp_path)
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)   # as if it were not installed
     one_line_error(predict_main, [tmp_path / "last.onnx", tmp_path / "a.png", "--out", tmp_path / "o"], capsys,
                    "needs onnxruntime: pip install onnxruntime", tmp_path)

@@ -310,12 +310,20 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
     for d in (img_dir, msk_dir):
         if not d.is_dir():
             raise DataError(f"{d}: no such folder (expected images/ and masks/ with same-named files)")
-    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    images = sorted(p for p in img_dir.iterdir()                    # hidden files (macOS ._x.png) are not images
+                    if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
     if not images:
         raise DataError(f"{img_dir}: no images ({', '.join(IMAGE_EXTS)})")
+    stems = {}
+    for p in images:
+        if p.stem in stems:
+            raise DataError(f"{stems[p.stem]} and {p} share the name {p.stem!r}, and so the one mask {p.stem}.png; "
+                            f"rename one (each image is paired with the mask of its name)")
+        stems[p.stem] = p
+    pngs = {q.stem: q for q in msk_dir.iterdir() if q.suffix.lower() == ".png" and q.is_file()}   # a.png or a.PNG
     items = []
     for p in images:
-        m = msk_dir / f"{p.stem}.png"
+        m = pngs.get(p.stem, msk_dir / f"{p.stem}.png")
         if not m.exists():
             others = sorted(q.name for q in msk_dir.glob(f"{p.stem}.*") if q.is_file())
             hint = (f"; masks are read as lossless .png only (found {', '.join(others)}: a JPEG's compression "

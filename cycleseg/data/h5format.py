@@ -225,27 +225,32 @@ def _meta(f, path) -> Meta:
     if rule not in SUBSET_RULES:
         raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
     names, palette = _attr_json(a, "class_names", path), _attr_json(a, "palette", path)
-    if not isinstance(names, list) or len(names) != k or not isinstance(palette, list):
-        raise DataError(f"{path}: class_names must list the {k} classes and palette be a list of colours")
+    if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)) or not isinstance(palette, list):
+        raise DataError(f"{path}: class_names must list the {k} classes' names (strings) and palette be a list of colours")
     palette = palette + default_palette(k)[len(palette):]           # classes without a colour get the default
     vnames, vinfo = _attr_json(a, "volume_names", path, []), _attr_json(a, "volume_info", path, [])
     if vinfo and (not isinstance(vinfo, list) or len(vinfo) != len(vnames) or not all(
             isinstance(v, dict) and _positive3(v.get("slice_spacing")) for v in vinfo)):
         raise DataError(f"{path}: attribute 'volume_info' must give, for each of the {len(vnames)} volumes, a "
                         f"slice_spacing of three positive lengths")
-    if "volumes" in f:                                              # each slice's volume: -1 (none) or a named one
-        vol = f["volumes"][:]
-        want = f"integers -1 (no volume) or 0..{len(vnames) - 1} (indexes into the {len(vnames)} volume_names)"
-        if not np.issubdtype(vol.dtype, np.integer):
-            raise DataError(f"{path}: dataset 'volumes' must hold {want}, found dtype {vol.dtype}")
-        bad = (vol < -1) | (vol >= len(vnames))
-        if bad.any():
-            raise DataError(f"{path}: dataset 'volumes' must hold {want}, found {int(vol[bad][0])} "
-                            f"({int(bad.sum())} slices)")
+    _check_volumes(f, path, vnames)
     return Meta(num_classes=k, class_names=names, palette=palette, ignore_index=ignore, source=str(a.get("source", "")),
                 preprocessing=_attr_json(a, "preprocessing", path, {}), labeled_subset=rule,
                 volume_names=vnames, volume_info=vinfo, path=str(path), count=int(im.shape[0]),
                 height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
+
+
+def _check_volumes(f, path, vnames) -> None:
+    """DataError unless each slice's volume (dataset 'volumes') is -1 (none) or one of volume_names."""
+    if "volumes" not in f:
+        return
+    vol = f["volumes"][:]
+    want = f"integers -1 (no volume) or 0..{len(vnames) - 1} (indexes into the {len(vnames)} volume_names)"
+    if not np.issubdtype(vol.dtype, np.integer):
+        raise DataError(f"{path}: dataset 'volumes' must hold {want}, found dtype {vol.dtype}")
+    bad = (vol < -1) | (vol >= len(vnames))
+    if bad.any():
+        raise DataError(f"{path}: dataset 'volumes' must hold {want}, found {int(vol[bad][0])} ({int(bad.sum())} slices)")
 
 
 def _positive3(v) -> bool:
