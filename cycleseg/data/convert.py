@@ -311,7 +311,7 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
         if not d.is_dir():
             raise DataError(f"{d}: no such folder (expected images/ and masks/ with same-named files)")
     images = sorted(p for p in img_dir.iterdir()                    # hidden files (macOS ._x.png) are not images
-                    if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file())
+                    if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and not p.is_dir())
     if not images:
         raise DataError(f"{img_dir}: no images ({', '.join(IMAGE_EXTS)})")
     stems = {}
