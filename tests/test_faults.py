@@ -52,6 +52,9 @@ def test_checkpoint_of_other_networks_or_data_is_refused_before_training(tiny, t
         train(tiny("r", "--steps", "4", "--eval-every", "4", "--resume"))
     bad = dict(good, config=dict(good["config"], ngf=2 * good["config"]["ngf"]))   # other widths than its weights
     torch.save(bad, last)
+    with pytest.raises(CheckpointError, match="ngf 16 where config.json has 8"):   # not the run the folder records
+        train(Config(out=str(tmp_path / "r"), resume=True, device="cpu", progress=False))
+    (tmp_path / "r" / "config.json").unlink()                             # no record: the weights' own check
     with pytest.raises(CheckpointError, match="does not match this run's networks"):
         train(Config(out=str(tmp_path / "r"), resume=True, device="cpu", progress=False))
     (tmp_path / "r" / "last.pt").write_bytes(b"PK\x03\x04 half a zip")
