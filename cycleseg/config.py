@@ -224,6 +224,12 @@ def runtime_names() -> tuple:
     return tuple(name for name, (_, f) in flat_fields().items() if f.metadata.get("resume") == RUNTIME)
 
 
+def differing(saved: dict, ours: dict, skip=()) -> list[str]:
+    """The flat names, outside `skip`, whose values in `saved` (a checkpoint's or config.json's) differ from
+    `ours`; names `saved` lacks (an older version's) are no difference."""
+    return [k for k in ours if k in saved and k not in skip and saved[k] != ours[k]]
+
+
 def get(c: Config, name: str):
     holder, f = flat_fields()[name]
     return getattr(getattr(c, holder) if holder else c, f.name)

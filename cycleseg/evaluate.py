@@ -67,8 +67,9 @@ def precision_agreement(path, limit: int | None = None, volumes: bool = False) -
     of its data: {"slices", "generator", "agreement" (the argmax's, per pixel), "miou" and, with `volumes` on
     data that has them, "volume_mdice" ({precision: score})}. The tests' check and precision_check.py's."""
     state = load_run(path)
-    cfg = networks_from_checkpoint(state, path)[0]
-    nets = {p: inference.prepare(networks_from_checkpoint(state, path)[2]["G_IS"], "cpu", p) for p in ("fp32", "bf16")}
+    cfg, _, built = networks_from_checkpoint(state, path)
+    nets = {"fp32": inference.prepare(built["G_IS"], "cpu", "fp32"),          # prepare changes it: a second copy
+            "bf16": inference.prepare(networks_from_checkpoint(state, path)[2]["G_IS"], "cpu", "bf16")}
     val, folder = split_path(cfg.data, "val", cfg.val_data, cfg.image_size, False)
     source = open_source(val)
     indices = np.arange(len(source) if limit is None else min(limit, len(source)))

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import figures, inference, report
 from .checkpoint import CheckpointError, load_run, networks_from_checkpoint
-from .config import RECIPES, flat, from_flat, get, given_fields, parse_args, runtime_names
+from .config import RECIPES, differing, flat, from_flat, get, given_fields, parse_args, runtime_names
 from .report import percent
 from .data.h5format import DataError
 from .data.pixels import to_input
@@ -183,7 +183,7 @@ def check_cell_folder(cfg, folder: Path) -> bool:
     else:
         return False
     ours = flat(cfg)
-    diff = [k for k in ours if k not in runtime_names() and saved.get(k, ours[k]) != ours[k]]
+    diff = differing(saved, ours, runtime_names())
     if diff:
         shown = ", ".join(f"{k} {saved[k]!r} where the cell has {ours[k]!r}" for k in diff[:3])
         raise CheckpointError(f"{where}: a run of another configuration than this cell's ({shown}); move it away "

@@ -31,7 +31,7 @@ except ImportError:                                                 # Windows: f
     fcntl = None
 
 from . import checkpoint, figures
-from .config import Config, flat, flat_fields, from_flat, resume_config
+from .config import Config, differing, flat, flat_fields, from_flat, resume_config
 from .options import CHANGEABLE, RUNTIME
 from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, remove_stale_temporaries
 from .usage import UsageError
@@ -142,9 +142,9 @@ class RunFolder:
             return
         if not isinstance(recorded, dict):
             return
-        theirs, rules = flat(from_flat(saved)), {n: f.metadata.get("resume") for n, (_, f) in flat_fields().items()}
-        diff = [k for k in theirs if k in recorded and rules.get(k) not in (RUNTIME, CHANGEABLE)
-                and recorded[k] != theirs[k] and not (isinstance(theirs[k], tuple) and list(theirs[k]) == recorded[k])]
+        theirs = flat(from_flat(saved))
+        diff = differing(recorded, theirs, [n for n, (_, f) in flat_fields().items()
+                                            if f.metadata.get("resume") in (RUNTIME, CHANGEABLE)])
         if diff:
             shown = ", ".join(f"{k} {theirs[k]!r} where config.json has {recorded[k]!r}" for k in diff[:3])
             raise checkpoint.CheckpointError(
