@@ -333,12 +333,17 @@ def given_fields(argv=None) -> set[str]:
     return set(ns) - {"dry_run"}
 
 
+def least_side(generator: str, mode: str = "partial") -> int:
+    """The smallest image side the networks of `mode` read (G_IS alone: `partial`): its generators' reflect
+    pads need 8, the UNet's four halvings 16, Hung et al.'s discriminator 32."""
+    return max(METHODS[mode].min_side, SIDE_MULTIPLE.get(generator, 4))
+
+
 def check_image_side(side: int, mode: str, what: str, generator: str = "resnet") -> None:
     """UsageError (starting with `what`) unless the networks of `mode` can read images `side` pixels wide: a
     multiple of 4 (the ResNet generators halve twice and double back; 16 with the UNet G_IS, which halves four
     times) of at least the method's min_side (8; 32 for Hung et al.'s discriminator)."""
-    multiple = SIDE_MULTIPLE.get(generator, 4)
-    least = max(METHODS[mode].min_side, multiple)
+    multiple, least = SIDE_MULTIPLE.get(generator, 4), least_side(generator, mode)
     if not isinstance(side, int) or side > MAX_SIDE:
         raise UsageError(f"{what}: at most {MAX_SIDE} pixels")
     if side < least or side % multiple:

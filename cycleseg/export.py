@@ -2,7 +2,8 @@
 
 Writes <name>.onnx (opset 18, through torch.onnx's exporter) and <name>.pt2 (a torch.export program)
 beside the checkpoint (or into --out). Both take images as float (N, C, H, W) in [-1, 1] (uint8 u as
-u / 127.5 - 1) of any batch size and any height and width that are multiples of 4 (16 for the UNet G_IS), and return class
+u / 127.5 - 1) of any batch size and any height and width that are multiples of 4 from 8 (the ResNet G_IS) or of 16 from
+16 (the UNet G_IS), the sides the network reads, and return class
 logits (N, K, H, W); argmax over K is the mask. The network is exported with PyTorch's own ops
 (cycleseg.native), so no cycleseg:: op is in either graph and neither needs cycleseg to run. What the
 model expects is in each file's metadata (ONNX metadata_props; the .pt2's extra file cycleseg.json):
@@ -15,6 +16,7 @@ model expects is in each file's metadata (ONNX metadata_props; the .pt2's extra 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import sys
@@ -28,18 +30,18 @@ from .checkpoint import load_run, networks_from_checkpoint
 from .cli import refuse_existing, run_or_exit
 from .data.h5format import default_palette
 from .fileio import write_files
-from .config import SIDE_MULTIPLE
+from .config import SIDE_MULTIPLE, least_side
 from .models import use_ops
 from .usage import Parser, UsageError, run_command
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
-INPUT = "float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1; H and W multiples of {}"
+INPUT = "float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1; H and W multiples of {} of at least {}"
 
 
 def metadata(state: dict, cfg, info: dict, path) -> dict:
     k = info["num_classes"]
-    return {"channels": info["channels"], "input": INPUT.format(SIDE_MULTIPLE[cfg.generator]),
+    return {"channels": info["channels"], "input": INPUT.format(SIDE_MULTIPLE[cfg.generator], least_side(cfg.generator)),
             "generator": cfg.generator,
             "image_size": [info.get("height") or cfg.image_size, info.get("width") or cfg.image_size],
             "num_classes": k, "class_names": list(info.get("class_names") or map(str, range(k))),
@@ -58,20 +60,30 @@ def exportable(path):
     return g_is, metadata(state, cfg, info, path), example
 
 
-def dynamic_shapes(multiple: int):
-    """Any batch, and heights and widths that are multiples of `multiple` (4: the ResNet halves twice; 16:
-    the UNet four times)."""
+def dynamic_shapes(generator: str):
+    """Any batch, and heights and widths that are multiples of the generator's (4: the ResNet halves twice;
+    16: the UNet four times) from its least side (8: the ResNet's reflect pads; 16)."""
+    multiple = SIDE_MULTIPLE[generator]
+    least, most = least_side(generator) // multiple, 4096
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    hm, wm = torch.export.Dim("hm", min=2, max=4096), torch.export.Dim("wm", min=2, max=4096)
+    hm, wm = torch.export.Dim("hm", min=least, max=most), torch.export.Dim("wm", min=least, max=most)
     return {"x": {0: batch, 2: multiple * hm, 3: multiple * wm}}
 
 
-def side_multiple(meta: dict) -> int:
-    return SIDE_MULTIPLE[meta.get("generator", "resnet")]
+def sides_from_least():
+    """The exporter's tracing context in which a side of exactly the least (the UNet's bottleneck then 1x1)
+    stays in the exported range: without it, torch.export assumes sizes 0 and 1 never reach a dynamic
+    dimension and the program guards them away (16x16 refused by a UNet .pt2 whose ONNX twin runs it)."""
+    try:
+        import torch.fx.experimental._config as fx_config       # private: imported where the guard needs it
+        return fx_config.patch(backed_size_oblivious=True)
+    except (ImportError, AttributeError):                           # an older torch: its own default
+        return contextlib.nullcontext()
 
 
 def export_pt2(g_is, meta: dict, example) -> bytes:
-    program = torch.export.export(g_is, (example,), dynamic_shapes=dynamic_shapes(side_multiple(meta)))
+    with sides_from_least():
+        program = torch.export.export(g_is, (example,), dynamic_shapes=dynamic_shapes(meta["generator"]))
     buf = io.BytesIO()
     torch.export.save(program, buf, extra_files={"cycleseg.json": json.dumps(meta)})
     return buf.getvalue()
@@ -86,10 +98,10 @@ def export_onnx(g_is, meta: dict, example) -> bytes:
     except ImportError as e:
         raise UsageError(f"writing ONNX needs the onnx and onnxscript packages ({e.name} is missing): "
                          f"pip install 'cycleseg[export]', or --formats pt2") from None
-    with tempfile.TemporaryDirectory(prefix="cycleseg-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cycleseg-export-") as tmp, sides_from_least():
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(g_is, (example,), str(path), input_names=["x"], output_names=["logits"],
-                          dynamic_shapes=dynamic_shapes(side_multiple(meta)), opset_version=OPSET, dynamo=True, verbose=False)
+                          dynamic_shapes=dynamic_shapes(meta["generator"]), opset_version=OPSET, dynamo=True, verbose=False)
         model = onnx.load(str(path))                                # external weights read back in
     for key, value in meta.items():
         entry = model.metadata_props.add()

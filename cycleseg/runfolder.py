@@ -115,6 +115,10 @@ class RunFolder:
                     f"away){'; its best.pt still evaluates' if self.best.exists() else ''}") from e
             self.check_identity(saved["config"])
             cfg, changes = resume_config(saved["config"], cfg, given)
+            if cfg.steps < saved.get("step", 0):
+                raise UsageError(f"--steps {cfg.steps} is below the step {self.last} reached ({saved['step']}): steps "
+                                 f"trained cannot be undone; nothing was changed. Resume with --steps "
+                                 f"{saved['step']} or more, evaluate a checkpoint as it is, or train into another --out")
             if changes:
                 self.note(f"resuming {self.last} with " + ", ".join(changes))
             return cfg, saved

@@ -172,13 +172,13 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
     cfg, folder, world = run.cfg, run.folder, run.world
     bar = tqdm(total=cfg.steps, initial=run.n, disable=not cfg.progress or world.rank > 0, dynamic_ncols=True,
                desc=cfg.mode)
-    clock, result, guard = {"t0": time.time(), "evaluating": 0.0}, {}, FiniteGuard()
+    clock, result, guard, started = {"t0": time.time(), "evaluating": 0.0}, {}, FiniteGuard(), run.n
     with contextlib.ExitStack() as scope:
         if run.plan.fused_ops:
             scope.enter_context(ops.validation(False))              # masks were checked at load: no per-step sync
         scope.callback(run.streams.close)
         scope.callback(bar.close)
-        while run.n < cfg.steps:
+        while run.n < cfg.steps and (until is None or run.n < until):
             terms = run.step(next_batch(run))
             run.n += 1
             guard.update(terms, run.n)
@@ -208,19 +208,36 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
                     folder.note(f"stopped after step {run.n} of {cfg.steps} (--stop-after); saved {folder.last}. "
                                 f"Resume with: python -m cycleseg.train --resume --out {folder.path}")
                 break
+    return closing(run, result, (started, until), guard, bar, clock)
+
+
+def closing(run: Run, result: dict, span: tuple, guard: FiniteGuard, bar, clock: dict) -> dict:
+    """The run's last validation metrics and its closing line. A resume with nothing left to train (a
+    finished run, or --stop-after at or below the step reached) says so and returns the last record's."""
+    (cfg, folder), (started, until) = (run.cfg, run.folder), span
     if run.n >= cfg.steps and not result and not any(r["step"] == run.n for r in folder.records("val")):
         result = evaluation(run, guard, bar, clock)                 # finished, but its final record was lost
+    past = [r for r in folder.records("val") if r["step"] <= run.n]
+    if not result and past:                                         # nothing evaluated in this process
+        result = {k: v for k, v in past[-1].items() if k not in ("step", "split", "time", "train_time")}
+    if run.n == started and run.n < cfg.steps:
+        folder.note(f"{folder.path} is already at step {run.n} (--stop-after {until}): nothing to train"
+                    + (f"; {scores(result)} at step {past[-1]['step']}" if past else ""))
     if run.n >= cfg.steps and result:
-        folder.note(finished(run, result, time.time() - clock["t0"]))
+        folder.note(finished(run, result, time.time() - clock["t0"], run.n > started))
     return result
 
 
-def finished(run: Run, result: dict, seconds: float) -> str:
+def scores(result: dict) -> str:
+    return f"val mIoU {result['miou']:.4f}, mDice {result['mdice']:.4f}" + (
+        f", volume Dice {result['volume_mdice']:.4f}" if result.get("volume_mdice") is not None else "")
+
+
+def finished(run: Run, result: dict, seconds: float, trained: bool = True) -> str:
     """The closing lines: the scores and where the picture, the curves and the checkpoints are."""
     p = run.folder.path
-    scores = f"val mIoU {result['miou']:.4f}, mDice {result['mdice']:.4f}" + (
-        f", volume Dice {result['volume_mdice']:.4f}" if result.get("volume_mdice") is not None else "")
-    return (f"done: {run.n} steps in {seconds / 60:.1f} min; {scores}\n"
+    done = f"done: {run.n} steps in {seconds / 60:.1f} min" if trained else f"done earlier: {run.n} steps"
+    return (f"{done}; {scores(result)}\n"
             f"  picture: {p / 'samples' / f'step{run.n:07d}.png'}  (image, truth, prediction"
             f"{', G_SI(truth)' if 'G_SI' in run.nets else ''})\n"
             f"  curves:  {p / 'curves.png'}\n"

@@ -2,6 +2,7 @@
 nothing written or replaced. One table per command; each row is a mistake a user made (or a hostile
 file), found by probing the commands."""
 import fcntl
+import json
 import os
 
 import h5py
@@ -157,6 +158,29 @@ def test_a_split_fingerprint_follows_its_content(tmp_path):
 ])
 def test_a_resume_refuses_what_it_cannot_change(finished_run, capsys, extra, match):
     one_line_error(train_main, TINY + ["--out", finished_run, "--resume", *extra], capsys, match, finished_run)
+
+
+def test_a_resume_below_the_step_reached_is_refused_or_trains_nothing(finished_run, tmp_path, capsys):
+    """--steps below the step a run reached is refused (it was a no-op that rewrote config.json's steps); a
+    finished run resumed, or --stop-after at or below the step reached, trains nothing, says so, and prints
+    the last validation scores (not null)."""
+    one_line_error(train_main, TINY + ["--out", finished_run, "--resume", "--steps", "1"], capsys,
+                   "--steps 1 is below the step", finished_run)
+    last = (finished_run / "last.pt").read_bytes()
+    assert train_main(TINY + ["--out", str(finished_run), "--resume"]) == 0
+    out, err = capsys.readouterr()
+    final = [r for r in map(json.loads, (finished_run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
+    assert json.loads(out)["miou"] == pytest.approx(final[-1]["miou"]) and "done earlier: 2 steps" in err
+    assert (finished_run / "last.pt").read_bytes() == last
+    run = tmp_path / "stopped"
+    assert train_main(TINY + ["--out", str(run), "--steps", "4", "--stop-after", "2"]) == 0
+    capsys.readouterr()
+    last = (run / "last.pt").read_bytes()
+    for stop in ("1", "2"):
+        assert train_main(TINY + ["--out", str(run), "--resume", "--steps", "4", "--stop-after", stop]) == 0
+        out, err = capsys.readouterr()
+        assert f"is already at step 2 (--stop-after {stop}): nothing to train" in err, err
+        assert json.loads(out)["miou"] is not None and (run / "last.pt").read_bytes() == last
 
 
 def test_a_damaged_last_checkpoint_says_what_to_do(tmp_path, capsys):
@@ -827,6 +851,29 @@ def test_a_folder_pairs_each_image_with_its_own_mask(tmp_path, capsys):
     assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
     with h5py.File(tmp_path / "o.h5") as f:
         assert len(f["masks"]) == 2 and f["masks"][1].sum() == 16
+
+
+def test_the_folder_converter_says_what_it_leaves_out(tmp_path, capsys):
+    """Subfolders of images/ and masks/, files of images/ that are no image, and masks without an image were
+    left out without a word: each now gets a note (the conversion goes on); an images/ holding only
+    subfolders is refused naming them."""
+    mask = np.zeros((8, 8), np.uint8)
+    src = folder_tree(tmp_path / "f", [mask])
+    nested = folder_tree(src / "images" / "train", [mask])
+    (src / "masks" / "7.png").write_bytes((src / "masks" / "0.png").read_bytes())
+    (src / "images" / "notes.txt").write_text("scanner settings")
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "1 subfolder(s) not read (train)" in err and "1 file(s) not read as images (notes.txt" in err
+    assert "1 mask(s) without an image of their name, not converted (7.png)" in err
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert len(f["masks"]) == 1
+    for p in (src / "images").iterdir():
+        if p.is_file():
+            p.unlink()
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "p.h5", "--no-progress"], capsys,
+                   "its subfolders (train) are not read", tmp_path)
+    assert nested.is_dir()
 
 
 def test_class_names_must_be_names(tmp_path, capsys):

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         if a.intensity == "percentile":
             raise DataError("--intensity percentile is a rule for NIfTI volumes (convert nifti)")
         a.intensity = a.intensity or "strict"
-        mapping = parse_mapping(a.map)
+        mapping, left_out = parse_mapping(a.map), []
         check_classes(a.num_classes)
         if a.kind == "voc":
             items, meta = cv.voc_items(a.src, split)
@@ -159,6 +159,7 @@ def main(argv=None) -> int:
             items, meta = cv.acdc_items(a.src, split)
         else:
             items, meta = cv.folder_items(a.src, a.num_classes, mapping=mapping)
+            left_out = cv.folder_left_out(a.src)
         size = tuple(a.size) if a.size else (cv.SIZE_PRESETS.get(a.kind) if a.preset == "paper" else None)
         check_size(size)
         summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress,
@@ -170,6 +171,8 @@ def main(argv=None) -> int:
           f"ignored {100 * summary['ignored_fraction']:.2f} %")
     for name, n in summary["class_pixels"].items():
         print(f"  {name:15s} {100 * n / total:6.2f} %")
+    for line in left_out:
+        print(f"note: {line}", file=sys.stderr)
     for v in summary["unmapped"]:
         print(f"note: --map {v}={mapping[v]}: no mask of {a.src} holds the value {v} (a typo, or a value of "
               f"another split only)", file=sys.stderr)

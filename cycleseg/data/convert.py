@@ -313,7 +313,10 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
     images = sorted(p for p in img_dir.iterdir()                    # hidden files (macOS ._x.png) are not images
                     if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and not p.is_dir())
     if not images:
-        raise DataError(f"{img_dir}: no images ({', '.join(IMAGE_EXTS)})")
+        dirs = sorted(p.name for p in img_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise DataError(f"{img_dir}: no images ({', '.join(IMAGE_EXTS)})" + (
+            f"; its subfolders ({', '.join(dirs[:5])}) are not read: convert each as its own images/ + masks/ "
+            f"pair" if dirs else ""))
     stems = {}
     for p in images:
         if p.stem in stems:
@@ -336,6 +339,28 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
     meta = Meta(num_classes=num_classes, class_names=names, palette=default_palette(num_classes),
                 ignore_index=IGNORE_INDEX, source=f"image folder ({src})")
     return items, meta
+
+
+def folder_left_out(src: Path) -> list[str]:
+    """What the folder converter leaves out, one note each: subfolders of images/ or masks/ (only the files
+    directly inside are read), files of images/ that are no image, masks without an image of their name."""
+    def shown(paths):
+        names = sorted(p.name for p in paths)
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    notes = []
+    visible = {d: [p for p in (src / d).iterdir() if not p.name.startswith(".")] for d in ("images", "masks")}
+    for d, entries in visible.items():
+        if dirs := [p for p in entries if p.is_dir()]:
+            notes.append(f"{src / d}: {len(dirs)} subfolder(s) not read ({shown(dirs)}): only the files directly "
+                         f"inside {d}/ are; convert each subfolder as its own images/ + masks/ pair")
+    if other := [p for p in visible["images"] if not p.is_dir() and p.suffix.lower() not in IMAGE_EXTS]:
+        notes.append(f"{src / 'images'}: {len(other)} file(s) not read as images ({shown(other)}; images are "
+                     f"{', '.join(IMAGE_EXTS)})")
+    stems = {p.stem for p in visible["images"] if p.suffix.lower() in IMAGE_EXTS and not p.is_dir()}
+    if lone := [q for q in visible["masks"] if not q.is_dir() and q.stem not in stems]:
+        notes.append(f"{src / 'masks'}: {len(lone)} mask(s) without an image of their name, not converted "
+                     f"({shown(lone)})")
+    return notes
 
 
 # -- writing ------------------------------------------------------------------------------------------
