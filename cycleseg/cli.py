@@ -13,7 +13,7 @@ from .checkpoint import CheckpointError
 from .config import check_device
 from .data.h5format import DataError
 from .fastpath import PRECISIONS
-from .usage import Parser, UsageError, fail
+from .usage import Parser, UsageError, fail, path_arg
 
 
 def positive_int(text: str) -> int:
@@ -28,7 +28,7 @@ def positive_int(text: str) -> int:
 
 def checkpoint_parser(prog: str, doc: str, what: str = "a run's last.pt or best.pt") -> argparse.ArgumentParser:
     p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help=what)
+    p.add_argument("checkpoint", type=path_arg, help=what)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when there is a GPU")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",

@@ -154,6 +154,9 @@ class Config:
     def resolved(self) -> "Config":
         """A copy with the preset, device, betas and run folder filled in, checked."""
         c = copy.deepcopy(self)
+        for name in ("out", "data", "val_data"):                   # '' would be the working folder, or no data
+            if getattr(c, name) is not None and not str(getattr(c, name)).strip():
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(c, name)!r}: an empty path (a shell variable left unset?)")
         for name in ("data", "val_data"):                          # a path as typed would follow the working folder
             value = getattr(c, name)
             if value and os.path.exists(value):

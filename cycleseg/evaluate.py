@@ -41,7 +41,7 @@ from .data.source import open_source
 from .data.splits import split_path
 from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
-from .usage import UsageError, run_command
+from .usage import UsageError, path_arg, run_command
 
 
 def batches(source, batch_size: int, progress: bool = False, desc: str = "evaluate", indices=None):
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
                                                 "whose --split is scored (default: the checkpoint's own data)")
     p.add_argument("--val-data", default=None, help="the val split's .h5 when --data is a train file")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=path_arg, default=None,
                    help="output folder (default: eval-<split>-<name>[-<data>] beside the checkpoint)")
     code, result = run_or_exit(run, p.parse_args(argv))
     if code:

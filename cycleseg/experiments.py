@@ -55,7 +55,7 @@ from .fileio import write_files
 from .methods import METHODS
 from .metrics import image_dice
 from .runfolder import RunFolder
-from .usage import Parser, UsageError, fail, run_command
+from .usage import Parser, UsageError, fail, path_arg, run_command
 
 PAPER_ARMS = ("partial", "semi")        # the paper's comparison: the supervised baseline and the method
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
                    help='options for one method\'s cells only, after the shared ones (repeatable), e.g. '
                         '--method-options fixmatch "--lr 0.0025"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", type=Path, default=None, help="grid folder (default runs/grid-<grid>)")
+    p.add_argument("--out", type=path_arg, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(argv)
     out = a.out or Path("runs") / f"grid-{a.grid}"
     seeds = list(dict.fromkeys(a.seeds))                            # a seed given twice is one run

@@ -32,7 +32,7 @@ from .data.h5format import default_palette
 from .fileio import write_files
 from .config import SIDE_MULTIPLE, least_side
 from .models import use_ops
-from .usage import Parser, UsageError, run_command
+from .usage import Parser, UsageError, path_arg, run_command
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
@@ -114,6 +114,7 @@ def run(a) -> list[Path]:
     (a full disk too) leaves no half of the result, and a retry finds nothing in its way."""
     if not a.formats or set(a.formats) - set(FORMATS):
         raise UsageError(f"--formats must name some of {', '.join(FORMATS)}")
+    a.formats = list(dict.fromkeys(a.formats))                      # onnx onnx: one file, written once
     g_is, meta, example = exportable(a.checkpoint)
     out = a.out or a.checkpoint.parent
     names = [f"{a.checkpoint.stem}.{fmt}" for fmt in a.formats]
@@ -126,8 +127,8 @@ def run(a) -> list[Path]:
 def main(argv=None) -> int:
     p = Parser(prog="python -m cycleseg.export", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="a run's best.pt or last.pt")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the checkpoint's)")
+    p.add_argument("checkpoint", type=path_arg, help="a run's best.pt or last.pt")
+    p.add_argument("--out", type=path_arg, default=None, help="output folder (default: the checkpoint's)")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), help="onnx and / or pt2")
     p.add_argument("--overwrite", action="store_true", help="replace earlier exports")
     code, paths = run_or_exit(run, p.parse_args(argv))

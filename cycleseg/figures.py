@@ -211,8 +211,9 @@ def curves(runs: dict, columns: int = 3) -> Image.Image:
     return render(curves_figure(runs, columns))
 
 
-def curves_figure(runs: dict, columns: int = 3) -> Figure:
-    """curves' matplotlib figure."""
+def curve_points(runs: dict) -> dict:
+    """{panel title: {run: [(step, value)]}}: the numbers of the records that curves draws (a training
+    term as itself, a validation score as 'val <name>'; NaN kept, drawn as a gap)."""
     panels: dict = {}
     for run, records in runs.items():
         for r in records:
@@ -220,6 +221,12 @@ def curves_figure(runs: dict, columns: int = 3) -> Figure:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_CURVES:
                     title = k if r["split"] == "train" else f"val {k}"
                     panels.setdefault(title, {}).setdefault(run, []).append((r["step"], float(v)))
+    return panels
+
+
+def curves_figure(runs: dict, columns: int = 3) -> Figure:
+    """curves' matplotlib figure."""
+    panels = curve_points(runs)
     titles = sorted(panels, key=lambda t: (t.startswith("val"), t == "lr", t)) or ["(no records yet)"]
     rows = max(1, -(-len(titles) // columns))
     fig = Figure(figsize=(3.4 * columns, 2.3 * rows + (0.3 if len(runs) > 1 else 0)), dpi=DPI)

@@ -22,7 +22,7 @@ from scipy import ndimage
 from .data import nifti
 from .data.h5format import DataError
 from .fileio import write_files
-from .usage import Parser, fail, run_command
+from .usage import Parser, fail, path_arg, run_command
 
 
 class ConfusionMatrix:
@@ -231,11 +231,11 @@ def scores_table(result: dict) -> str:
 def main(argv=None) -> int:
     p = Parser(prog="python -m cycleseg.metrics", description=COMMAND_DOC,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pred", type=Path, help="folder of predicted label volumes (.nii / .nii.gz)")
-    p.add_argument("truth", type=Path, help="folder of reference label volumes, matched by name")
+    p.add_argument("pred", type=path_arg, help="folder of predicted label volumes (.nii / .nii.gz)")
+    p.add_argument("truth", type=path_arg, help="folder of reference label volumes, matched by name")
     p.add_argument("--num-classes", type=int, default=None, help="K (default: the largest reference label + 1)")
     p.add_argument("--classes", nargs="+", default=None, help="the K class names, background first")
-    p.add_argument("--out", type=Path, default=None, help="folder for scores.csv and scores.json (default: PRED)")
+    p.add_argument("--out", type=path_arg, default=None, help="folder for scores.csv and scores.json (default: PRED)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier scores there")
     a = p.parse_args(argv)
     try:

@@ -7,6 +7,7 @@ rate and each validation score, by step, one line per run. A single run's curves
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -14,15 +15,25 @@ from . import figures
 from .cli import refuse_existing
 from .fileio import atomic_write_bytes
 from .runfolder import RunFolder
-from .usage import Parser, UsageError, fail, run_command
+from .usage import Parser, UsageError, fail, path_arg, run_command
 
 
 def run(a) -> Path:
-    runs = {}
+    runs, names = {}, {}
     for folder in a.runs:
         if not (folder / "metrics.jsonl").exists():
             raise UsageError(f"{folder}: no metrics.jsonl (not a run folder)")
-        runs[folder.name if folder.name not in runs else str(folder)] = RunFolder(folder).records()
+        names[folder] = folder.name if folder.name not in runs else str(folder)
+        runs[names[folder]] = RunFolder(folder).records()
+    drawn = {run for panel in figures.curve_points(runs).values() for run, line in panel.items()
+             if any(math.isfinite(v) for _, v in line)}
+    for folder, name in names.items():
+        if name not in drawn:
+            why = (f"{folder / 'metrics.jsonl'}: no finite number to draw ({len(runs[name])} records, none with a "
+                   f"numeric loss or score)")
+            if not drawn:
+                raise UsageError(f"{why}; nothing was written")
+            print(f"note: {why}; drawn without it", file=sys.stderr)
     out = a.out or (a.runs[0] / "curves.png" if len(a.runs) == 1 else Path("curves.png"))
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {out}: the plot is a PNG; name a .png file")
@@ -35,8 +46,8 @@ def run(a) -> Path:
 
 def main(argv=None) -> int:
     p = Parser(prog="python -m cycleseg.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", type=Path, nargs="+", help="run folders")
-    p.add_argument("--out", type=Path, default=None, help="the PNG (default: curves.png in the run, or here)")
+    p.add_argument("runs", type=path_arg, nargs="+", help="run folders")
+    p.add_argument("--out", type=path_arg, default=None, help="the PNG (default: curves.png in the run, or here)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     try:
         out = run(p.parse_args(argv))

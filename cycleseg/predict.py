@@ -42,7 +42,7 @@ from .data.h5format import DataError, default_palette, open_h5, palette_problem,
 from .data.pixels import to_input
 from .fileio import write_files
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
-from .usage import UsageError, run_command
+from .usage import UsageError, path_arg, run_command
 
 
 
@@ -311,7 +311,7 @@ def csv_field(text: str) -> str:
 def main(argv=None) -> int:
     p = checkpoint_parser("python -m cycleseg.predict", __doc__, "a run's last.pt or best.pt, or an exported .onnx")
     p.add_argument("inputs", nargs="+", help="image files, folders of images or scans, .h5 files, NIfTI scans")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=path_arg, required=True, help="output folder")
     p.add_argument("--resample", choices=RESAMPLE, default="logits",
                    help="scans: back to the scan's grid by bilinear resampling of the class scores, then argmax "
                         "(logits), or by nearest neighbour on the labels")

@@ -160,8 +160,12 @@ class RunFolder:
         from: they will be written again)."""
         if not self.writes:
             return
+        samples = self.path / "samples"
+        if samples.exists() and not samples.is_dir():
+            raise UsageError(f"{samples} is a file where the run keeps its pictures (a folder); nothing was written: "
+                             f"move it away, or train into another --out")
         try:
-            (self.path / "samples").mkdir(parents=True, exist_ok=True)
+            samples.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()

@@ -24,6 +24,14 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def path_arg(text: str) -> Path:
+    """argparse's type for every path option: an empty one (a shell variable left unset) is refused rather
+    than read as the working folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (a shell variable left unset?)")
+    return Path(text)
+
+
 TEMPORARY = re.compile(r"\.(.+)\.tmp[A-Za-z0-9_]*")              # fileio's .<name>.tmp<pid> / .<folder>.tmp<random>
 
 
@@ -45,9 +53,10 @@ def message(e: BaseException) -> str:
         if dangling is not None:
             return f"cannot write {where}: {dangling} is a symbolic link that leads nowhere (a loop, or its target is missing)"
         if e.errno in (errno.EEXIST, errno.ENOTDIR) and where is not None:
-            blocking = next((p for p in (where, *where.parents) if p.is_file()), None)
-            if blocking is not None:
-                return f"cannot write {where}: {blocking} is a file, not a folder"
+            blocking = next((p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None)
+            if blocking is not None:                                # a file, or /dev/null and its kind
+                kind = "a file" if blocking.is_file() else "a device or other special file"
+                return f"cannot write {where}: {blocking} is {kind}, not a folder"
         return f"cannot write {where}: {e.strerror}" if where else f"cannot write: {e.strerror}"
     return " ".join(str(e).split())
 

@@ -884,3 +884,72 @@ def test_class_names_must_be_names(tmp_path, capsys):
         f.attrs["class_names"] = json.dumps([0, 1, 2])
     one_line_error(data_main, ["info", tmp_path / "d.h5"], capsys, "class_names must list the 3 classes' names "
                    "(strings)", tmp_path)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: f.attrs.__setitem__("format_version", 99), "format_version 99 was written by a newer cycleseg"),
+    (lambda f: f.attrs.__setitem__("num_classes", 3.9), "attribute 'num_classes' must be a whole number, got 3.9"),
+    (lambda f: f.create_dataset("labeled", data=np.full(6, 0.5)), "'labeled' must hold 0 (no annotation) or 1 "
+                                                                   "per image, found dtype float64"),
+    (lambda f: f.create_dataset("labeled", data=np.array([b"y"] * 6)), "found dtype |S1"),
+    (lambda f: f.create_dataset("labeled", data=np.full(6, 2, np.uint8)), "or 1 per image, found 2"),
+    (lambda f: f.create_dataset("groups", data=np.full(6, np.nan)), "'groups' must hold integers"),
+])
+def test_a_split_file_is_read_as_written_or_refused(tmp_path, capsys, edit, match):
+    """An h5 edited by hand: a newer format_version, 3.9 classes (was read as 3), a 'labeled' flag of floats or
+    bytes (was cast to bool) or of 2, groups of NaN (were blamed on the labeled fraction): each refused
+    naming the attribute or dataset."""
+    tiny_split(tmp_path / "d.h5", 16)
+    with h5py.File(tmp_path / "d.h5", "r+") as f:
+        edit(f)
+    one_line_error(data_main, ["info", tmp_path / "d.h5"], capsys, match, tmp_path)
+
+
+def test_a_split_open_for_writing_elsewhere_is_called_so(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    path = tiny_split(tmp_path / "d.h5", 16)
+    writer = subprocess.Popen([sys.executable, "-c", f"import h5py, sys, time\nf = h5py.File({str(path)!r}, 'a')\n"
+                               f"print('open', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "open"
+        one_line_error(data_main, ["info", path], capsys, "another process has it open for writing (HDF5's file "
+                       "lock); wait until it has finished", tmp_path)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_plot_refuses_records_without_a_number(tmp_path, capsys, finished_run):
+    """metrics.jsonl whose values are all strings or NaN drew empty axes and exited 0: refused; beside a run
+    with numbers it is noted and left out."""
+    from cycleseg.plot import main as plot_main
+
+    run = tmp_path / "odd"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": "high"}\n'
+                                       '{"step": 2, "split": "val", "miou": NaN}\n')
+    one_line_error(plot_main, [run], capsys, "odd/metrics.jsonl: no finite number to draw (2 records", tmp_path)
+    assert plot_main([str(run), str(finished_run), "--out", str(tmp_path / "both.png")]) == 0
+    assert "no finite number to draw (2 records, none with a numeric loss or score); drawn without it" in \
+        capsys.readouterr().err and (tmp_path / "both.png").stat().st_size > 0
+
+
+def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    """An empty --out (an unset shell variable) trained or exported into the working folder: refused; an
+    export into /dev/null said "File exists"; `--formats onnx onnx` wrote and printed one file twice; a file
+    named samples in a run folder gave "File exists"."""
+    from cycleseg.export import main as export_main
+
+    monkeypatch.chdir(tmp_path)
+    one_line_error(train_main, TINY + ["--out", ""], capsys, "--out '': an empty path", tmp_path)
+    one_line_error(export_main, [tiny_checkpoint, "--out", ""], capsys, "--out: an empty path", tmp_path)
+    one_line_error(export_main, [tiny_checkpoint, "--out", "/dev/null/x", "--formats", "pt2"], capsys,
+                   "/dev/null is a device or other special file, not a folder", tmp_path)
+    assert export_main([str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--formats", "pt2", "pt2"]) == 0
+    assert capsys.readouterr().out.count("last.pt2") == 1 and os.listdir(tmp_path / "e") == ["last.pt2"]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "samples").write_text("my notes")
+    one_line_error(train_main, TINY + ["--out", tmp_path / "r"], capsys, "samples is a file where the run keeps its "
+                   "pictures (a folder); nothing was written", tmp_path)

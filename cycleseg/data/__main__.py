@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..usage import Parser, fail, run_command
+from ..usage import Parser, fail, path_arg, run_command
 from . import convert as cv
 from .nifti_convert import convert_nifti
 from ..config import MAX_SIDE
@@ -112,8 +112,8 @@ def parser() -> Parser:
     c = sub.add_parser("convert", help="convert a dataset to the project's HDF5 format")
     c.add_argument("kind", choices=["voc", "cityscapes", "acdc", "folder", "nifti"],
                    help="nifti: raw ACDC, nnU-Net / Decathlon, or images/ + labels/ of NIfTI volumes")
-    c.add_argument("src", type=Path)
-    c.add_argument("out", type=Path)
+    c.add_argument("src", type=path_arg)
+    c.add_argument("out", type=path_arg)
     c.add_argument("--split", default=None, help="voc: train|val|train_aug; cityscapes: train|val; acdc: train|val; "
                                                  "nifti: train|val|test|all (val and test: --holdout of the labeled "
                                                  "patients; train: the rest, unlabeled scans included)")
@@ -132,7 +132,7 @@ def parser() -> Parser:
     add_nifti_options(c)
     c.add_argument("--no-progress", action="store_true")
     i = sub.add_parser("info", help="print what a converted file holds")
-    i.add_argument("file", type=Path)
+    i.add_argument("file", type=path_arg)
     return p
 
 

@@ -145,6 +145,9 @@ def open_h5(path):
     try:
         return h5py.File(path, "r")
     except OSError as e:
+        if "unable to lock file" in str(e):                         # HDF5's own lock, held by a writer
+            raise DataError(f"{path}: another process has it open for writing (HDF5's file lock); wait until it "
+                            f"has finished (a conversion still running?) and try again") from e
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
 
 
@@ -205,17 +208,12 @@ def _meta(f, path) -> Meta:
         if not stored_completely(f[name]):
             raise DataError(f"{path}: dataset '{name}' declares {f[name].shape[0]} samples but not all were "
                             f"written (an interrupted or damaged file)")
-    for extra in ("groups", "volumes", "labeled"):
-        if extra in f and f[extra].shape != (im.shape[0],):
-            raise DataError(f"{path}: dataset '{extra}' has shape {f[extra].shape}, expected ({im.shape[0]},)")
+    _check_per_image(f, path, im.shape[0])
     a = f.attrs
-    for name in ("num_classes", "ignore_index"):
-        if name not in a:
-            raise DataError(f"{path}: missing attribute '{name}'")
-    try:
-        k, ignore = int(a["num_classes"]), int(a["ignore_index"])
-    except (ValueError, TypeError) as e:
-        raise DataError(f"{path}: attributes num_classes / ignore_index must be integers ({e})") from e
+    k, ignore = _integer_attr(a, "num_classes", path), _integer_attr(a, "ignore_index", path)
+    if "format_version" in a and _integer_attr(a, "format_version", path) > FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {a['format_version']} was written by a newer cycleseg (this one "
+                        f"reads up to {FORMAT_VERSION}); upgrade cycleseg, or convert the data again with this one")
     if k < 1:
         raise DataError(f"{path}: num_classes must be >= 1, got {k}")
     if not k <= ignore <= 255:                                      # a class id as ignore: it is never learned
@@ -238,6 +236,34 @@ def _meta(f, path) -> Meta:
                 preprocessing=_attr_json(a, "preprocessing", path, {}), labeled_subset=rule,
                 volume_names=vnames, volume_info=vinfo, path=str(path), count=int(im.shape[0]),
                 height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
+
+
+def _integer_attr(a, name: str, path) -> int:
+    """An attribute that must hold a whole number (3.9 classes, "4" or True are refused, not rounded)."""
+    if name not in a:
+        raise DataError(f"{path}: missing attribute '{name}'")
+    value = a[name]
+    if not (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))) and not (
+            isinstance(value, (float, np.floating)) and float(value).is_integer()):
+        shown = value.item() if isinstance(value, np.generic) else value
+        raise DataError(f"{path}: attribute '{name}' must be a whole number, got {shown!r}")
+    return int(value)
+
+
+def _check_per_image(f, path, n: int) -> None:
+    """The optional per-image datasets: one value per image; 'groups' integers, 'labeled' 0 or 1."""
+    for extra in ("groups", "volumes", "labeled"):
+        if extra in f and f[extra].shape != (n,):
+            raise DataError(f"{path}: dataset '{extra}' has shape {f[extra].shape}, expected ({n},)")
+    if "groups" in f and not np.issubdtype(f["groups"].dtype, np.integer):
+        raise DataError(f"{path}: dataset 'groups' must hold integers (a patient or video id per image), found "
+                        f"dtype {f['groups'].dtype}")
+    if "labeled" in f:
+        flags = f["labeled"]
+        values = flags[...] if flags.dtype.kind in "biu" else None
+        if values is None or not np.isin(values, (0, 1)).all():
+            found = f"dtype {flags.dtype}" if values is None else f"{int(values[~np.isin(values, (0, 1))][0])}"
+            raise DataError(f"{path}: dataset 'labeled' must hold 0 (no annotation) or 1 per image, found {found}")
 
 
 def _check_volumes(f, path, vnames) -> None:
