@@ -198,7 +198,11 @@ def final_record(folder: Path, steps: int) -> dict | None:
 
 
 class GridInterrupted(RuntimeError):
-    """A signal stopped the grid (its running cell stopped with a checkpoint)."""
+    """A signal stopped the grid (its running cell stopped with a checkpoint): `signum`, the cell's."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def stop_with_parent() -> None:
@@ -241,7 +245,7 @@ def run_cell(args: list[str]) -> dict:
     code = run_child(cmd)
     if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0:
         raise GridInterrupted(f"interrupted: the run in {folder} stopped (exit code {code}); rerun the same command "
-                              f"to go on where it stopped")
+                              f"to go on where it stopped", code - 128 if code > 0 else -code)
     rec = final_record(folder, cfg.steps)
     if code != 0 or rec is None:
         raise RuntimeError(f"the run in {folder} failed (exit code {code}): {' '.join(cmd)}")
@@ -352,15 +356,21 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
     p.add_argument("--data", default=None, help="any --data of the training command (default: the built-in dataset)")
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="labeled fractions (comparison grid)")
-    p.add_argument("--methods", nargs="+", default=list(PAPER_ARMS), choices=COMPARED,
-                   help="the methods of the comparison grid, each at every fraction (Full always runs)")
+    p.add_argument("--fractions", type=float, nargs="+", default=None,
+                   help="labeled fractions (comparison grid; default 0.1 0.2)")
+    p.add_argument("--methods", nargs="+", default=None, choices=COMPARED,
+                   help="the methods of the comparison grid, each at every fraction (Full always runs; default "
+                        "partial semi)")
     p.add_argument("--method-options", nargs=2, action="append", metavar=("METHOD", "OPTIONS"),
                    help='options for one method\'s cells only, after the shared ones (repeatable), e.g. '
                         '--method-options fixmatch "--lr 0.0025"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=path_arg, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(argv)
+    if a.grid == "paper" and (a.fractions or a.methods):
+        p.error("--fractions and --methods choose the comparison grid's cells; the paper grid's are fixed "
+                "(see --help)")
+    a.fractions, a.methods = a.fractions or [0.1, 0.2], a.methods or list(PAPER_ARMS)
     out = a.out or Path("runs") / f"grid-{a.grid}"
     seeds = list(dict.fromkeys(a.seeds))                            # a seed given twice is one run
     try:
@@ -392,7 +402,7 @@ def main(argv=None) -> int:
         write_files(out, files)
     except GridInterrupted as e:
         fail(e)
-        return 130
+        return 128 + e.signum
     except (DataError, CheckpointError, UsageError, RuntimeError, OSError) as e:
         return fail(e)
     print(files["results.md"].decode())

@@ -211,16 +211,21 @@ def curves(runs: dict, columns: int = 3) -> Image.Image:
     return render(curves_figure(runs, columns))
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def curve_points(runs: dict) -> dict:
     """{panel title: {run: [(step, value)]}}: the numbers of the records that curves draws (a training
-    term as itself, a validation score as 'val <name>'; NaN kept, drawn as a gap)."""
+    term as itself, a validation score as 'val <name>'; NaN kept, drawn as a gap, and so is a value beyond
+    float32's range: no loss or score is one, and matplotlib cannot scale an axis to 1e308)."""
     panels: dict = {}
     for run, records in runs.items():
         for r in records:
             for k, v in r.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_CURVES:
                     title = k if r["split"] == "train" else f"val {k}"
-                    panels.setdefault(title, {}).setdefault(run, []).append((r["step"], float(v)))
+                    v = float(v) if abs(v) <= FLOAT32_MAX else float("nan")
+                    panels.setdefault(title, {}).setdefault(run, []).append((r["step"], v))
     return panels
 
 

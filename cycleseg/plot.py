@@ -30,7 +30,7 @@ def run(a) -> Path:
     for folder, name in names.items():
         if name not in drawn:
             why = (f"{folder / 'metrics.jsonl'}: no finite number to draw ({len(runs[name])} records, none with a "
-                   f"numeric loss or score)")
+                   f"loss or score that is a finite float32 number)")
             if not drawn:
                 raise UsageError(f"{why}; nothing was written")
             print(f"note: {why}; drawn without it", file=sys.stderr)

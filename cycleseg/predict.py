@@ -36,6 +36,7 @@ from tqdm import tqdm
 from . import inference
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
+from .config import SIDE_MULTIPLE, least_side
 from .data import nifti
 from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image, upright
 from .data.h5format import DataError, default_palette, open_h5, palette_problem, read_meta
@@ -201,6 +202,10 @@ class OnnxModel:
         problem = onnx_meta_problem(meta)
         if problem:
             raise DataError(f"{path}: its cycleseg metadata is damaged ({problem}); export the checkpoint again")
+        declared = self.session.get_inputs()[0].shape                # [batch, C, H, W], C fixed by the export
+        if len(declared) != 4 or (isinstance(declared[1], int) and declared[1] != meta["channels"]):
+            raise DataError(f"{path}: its cycleseg metadata is damaged (channels {meta['channels']}, the model's "
+                            f"input {declared}); export the checkpoint again")
         self.channels, self.num_classes = meta["channels"], meta["num_classes"]
         self.palette = full_palette(meta["palette"], self.num_classes)
         self.size = tuple(meta["image_size"])
@@ -240,9 +245,17 @@ def onnx_meta_problem(meta: dict) -> str | None:
         return f"channels {meta['channels']!r}, expected 1 or 3"
     if not whole(meta["num_classes"]):
         return f"num_classes {meta['num_classes']!r}"
-    size = meta["image_size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(whole(v) for v in size)):
-        return f"image_size {size!r}, expected [height, width]"
+    size, generator = meta["image_size"], meta.get("generator", "resnet")
+    if generator not in SIDE_MULTIPLE:
+        return f"generator {generator!r}"
+    multiple, least = SIDE_MULTIPLE[generator], least_side(generator)
+    if not (isinstance(size, list) and len(size) == 2 and all(whole(v, least) and v % multiple == 0 for v in size)):
+        return f"image_size {size!r}, expected [height, width], multiples of {multiple} of at least {least}"
+    names = meta.get("class_names", [str(i) for i in range(meta["num_classes"])])
+    if not (isinstance(names, list) and len(names) == meta["num_classes"] and all(isinstance(n, str) for n in names)):
+        return f"class_names {names!r:.60}, expected {meta['num_classes']} names"
+    if not whole(meta.get("ignore_index", 255), 0) or meta.get("ignore_index", 255) > 255:
+        return f"ignore_index {meta['ignore_index']!r}"
     pre = meta.get("preprocessing", {})
     if not isinstance(pre, dict):
         return f"preprocessing {pre!r}"

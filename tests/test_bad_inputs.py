@@ -894,11 +894,16 @@ def test_class_names_must_be_names(tmp_path, capsys):
     (lambda f: f.create_dataset("labeled", data=np.array([b"y"] * 6)), "found dtype |S1"),
     (lambda f: f.create_dataset("labeled", data=np.full(6, 2, np.uint8)), "or 1 per image, found 2"),
     (lambda f: f.create_dataset("groups", data=np.full(6, np.nan)), "'groups' must hold integers"),
+    (lambda f: f.attrs.__setitem__("palette", "[[300, -5, 0], \"x\"]"), "attribute 'palette': palette colour "
+                                                                         "[300, -5, 0] is not [r, g, b]"),
+    (lambda f: f.attrs.__setitem__("preprocessing", "[1, 2]"), "'preprocessing' must be a JSON object"),
+    (lambda f: f.attrs.__setitem__("volume_names", '"abc"'), "'volume_names' must be a JSON list of names"),
 ])
 def test_a_split_file_is_read_as_written_or_refused(tmp_path, capsys, edit, match):
     """An h5 edited by hand: a newer format_version, 3.9 classes (was read as 3), a 'labeled' flag of floats or
-    bytes (was cast to bool) or of 2, groups of NaN (were blamed on the labeled fraction): each refused
-    naming the attribute or dataset."""
+    bytes (was cast to bool) or of 2, groups of NaN (were blamed on the labeled fraction), a palette of
+    colours out of range (crashed training's pictures), a list as preprocessing (crashed the first
+    checkpoint), a string as volume_names (three volumes 'a', 'b', 'c'): each refused naming it."""
     tiny_split(tmp_path / "d.h5", 16)
     with h5py.File(tmp_path / "d.h5", "r+") as f:
         edit(f)
@@ -932,7 +937,7 @@ def test_plot_refuses_records_without_a_number(tmp_path, capsys, finished_run):
                                        '{"step": 2, "split": "val", "miou": NaN}\n')
     one_line_error(plot_main, [run], capsys, "odd/metrics.jsonl: no finite number to draw (2 records", tmp_path)
     assert plot_main([str(run), str(finished_run), "--out", str(tmp_path / "both.png")]) == 0
-    assert "no finite number to draw (2 records, none with a numeric loss or score); drawn without it" in \
+    assert "no finite number to draw (2 records, none with a loss or score that is a finite float32 number); drawn without it" in \
         capsys.readouterr().err and (tmp_path / "both.png").stat().st_size > 0
 
 
@@ -953,3 +958,69 @@ def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monke
     (tmp_path / "r" / "samples").write_text("my notes")
     one_line_error(train_main, TINY + ["--out", tmp_path / "r"], capsys, "samples is a file where the run keeps its "
                    "pictures (a folder); nothing was written", tmp_path)
+
+
+def test_converters_on_what_the_sixth_probe_tried(tmp_path, capsys):
+    """--map reaches 16-bit mask values above 255 (it was refused before the mapping, with advice to use
+    it); two masks of one name in two cases (a.png, a.PNG) refused, not one picked by directory order; a
+    TIFF mask is not called a JPEG; options of convert nifti given to another converter, and --split to an
+    image folder, refused (were ignored); a negative --split-seed refused (was a traceback)."""
+    wide = np.zeros((8, 8), np.uint16)
+    wide[:2] = 1000
+    src = folder_tree(tmp_path / "f", [wide, np.ones((8, 8), np.uint8)])
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress", "--map", "1000=2"]) == 0
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f["masks"][0].max() == 2 and int((f["masks"][0] == 2).sum()) == 16 and f.attrs["num_classes"] == 3
+    for args, match in ((["--axis", "1"], "--axis: an option of convert nifti only"),
+                        (["--holdout", "0.2", "0.2", "--split-seed", "3"], "--holdout, --split-seed: an option of"),
+                        (["--split", "val"], "--split: an image folder is one split")):
+        one_line_error(data_main, ["convert", "folder", src, tmp_path / "p.h5", "--no-progress", *args], capsys,
+                       match, tmp_path)
+    one_line_error(data_main, ["convert", "nifti", src, tmp_path / "p.h5", "--split-seed", "-1"], capsys,
+                   "--split-seed must be >= 0", tmp_path)
+    Image.fromarray(np.full((8, 8), 1, np.uint8)).save(src / "masks" / "1.PNG")
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "p.h5", "--no-progress"], capsys,
+                   "are both the mask of '1'; keep one", tmp_path)
+    (src / "masks" / "1.PNG").unlink()
+    (src / "masks" / "1.png").rename(src / "masks" / "1.tiff")
+    err = one_line_error(data_main, ["convert", "folder", src, tmp_path / "p.h5", "--no-progress"], capsys,
+                         "masks are read as lossless .png only (found 1.tiff; save them as .png)", tmp_path)
+    assert "JPEG" not in err
+
+
+def test_nifti_pairs_the_sixth_probe_tried(tmp_path, capsys):
+    """A float64 scan beyond float32's range became an all-black volume: refused; a.nii beside a.nii.gz
+    became two volumes named a: refused."""
+    import nibabel as nib
+
+    src = tmp_path / "pairs"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    data, label = np.random.default_rng(0).random((12, 12, 3)), np.zeros((12, 12, 3), np.uint8)
+    label[4:8, 4:8] = 1
+    nib.save(nib.Nifti1Image(data * 1e39, np.eye(4)), str(src / "images" / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(src / "labels" / "a.nii.gz"))
+    one_line_error(data_main, ["convert", "nifti", src, tmp_path / "o.h5", "--split", "all", "--size", "16", "16",
+                               "--no-progress"], capsys, "beyond float32's range", tmp_path)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(src / "images" / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(src / "images" / "a.nii"))
+    one_line_error(data_main, ["convert", "nifti", src, tmp_path / "o.h5", "--split", "all", "--size", "16", "16",
+                               "--no-progress"], capsys, "are both the scan 'a'; keep one", tmp_path)
+
+
+def test_plot_and_grid_options_the_sixth_probe_tried(tmp_path, capsys):
+    """A record of 1e308 (beyond any float32 loss) crashed matplotlib: left out as NaN is; the paper grid
+    ignored --fractions and --methods: refused."""
+    from cycleseg.experiments import main as grid_main
+    from cycleseg.plot import main as plot_main
+
+    run = tmp_path / "huge"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 1e308}\n'
+                                       '{"step": 2, "split": "train", "loss": 0.5}\n'
+                                       '{"step": 2, "split": "val", "miou": -1e308}\n')
+    assert plot_main([str(run), "--out", str(tmp_path / "p.png")]) == 0 and (tmp_path / "p.png").stat().st_size > 0
+    (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 1e308}\n')
+    one_line_error(plot_main, [run, "--out", tmp_path / "q.png"], capsys, "no finite number to draw", tmp_path)
+    one_line_error(grid_main, ["--grid", "paper", "--fractions", "0.3", "--out", tmp_path / "g"], capsys,
+                   "the paper grid's are fixed", tmp_path)

@@ -176,6 +176,15 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     one_line_error(predict_main, [tmp_path / "foreign.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"], capsys,
                    "the model's output is float32 (1, 2, ", tmp_path)
+    for key, value, match in (("channels", 3, "channels 3, the model's input"),
+                              ("image_size", [17, 16], "image_size [17, 16], expected [height, width], multiples of 4"),
+                              ("class_names", "abc", "class_names 'abc', expected 4 names"),
+                              ("ignore_index", "x", "ignore_index 'x'")):
+        edited = onnx.load(str(tmp_path / "last.onnx"))                 # metadata edited by hand
+        next(p for p in edited.metadata_props if p.key == f"cycleseg.{key}").value = json.dumps(value)
+        onnx.save(edited, str(tmp_path / "edited.onnx"))
+        one_line_error(predict_main, [tmp_path / "edited.onnx", tmp_path / "a.png", "--out", tmp_path / "o",
+                                      "--no-progress"], capsys, match, tmp_path)
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)   # as if it were not installed
     one_line_error(predict_main, [tmp_path / "last.onnx", tmp_path / "a.png", "--out", tmp_path / "o"], capsys,
                    "needs onnxruntime: pip install onnxruntime", tmp_path)

@@ -146,6 +146,7 @@ def main(argv=None) -> int:
         split = a.split or "train"
         if a.kind == "nifti":
             return convert_nifti_command(a, split)
+        check_nifti_only(a)
         if a.intensity == "percentile":
             raise DataError("--intensity percentile is a rule for NIfTI volumes (convert nifti)")
         a.intensity = a.intensity or "strict"
@@ -179,9 +180,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def check_nifti_only(a) -> None:
+    """DataError when an option of convert nifti alone (or --split, for an image folder) is given to another
+    converter (it would be ignored)."""
+    defaults = {"axis": None, "holdout": (0.1, 0.2), "split_seed": 0, "channel": None}
+    given = [f"--{n.replace('_', '-')}" for n, d in defaults.items()
+             if (tuple(v) if isinstance(v := getattr(a, n), list) else v) != d]
+    if given:
+        raise DataError(f"{', '.join(given)}: an option of convert nifti only; convert {a.kind} has no use for it")
+    if a.kind == "folder" and a.split:
+        raise DataError("--split: an image folder is one split; convert each split's folder into its own .h5")
+
+
 def convert_nifti_command(a, split: str) -> int:
     if a.intensity == "strict":
         raise DataError("--intensity strict is for 8-bit images; NIfTI volumes take percentile or minmax")
+    if a.split_seed < 0:
+        raise DataError(f"--split-seed must be >= 0 (a seed of the patients' split), got {a.split_seed}")
     for name in ("keep_aspect", "preset"):
         if getattr(a, name):
             raise DataError(f"--{name.replace('_', '-')} is not an option of convert nifti")

@@ -161,7 +161,7 @@ def count_classes(items: list[Item], mapping=None) -> int:
     which values are missing or stray, in which files and how many pixels, and what to pass instead."""
     hist, where = np.zeros(1 << 16, np.int64), {}
     for it in items:
-        m = apply_mapping(mask_values(it.name, np.asarray(it.mask())), mapping)
+        m = mapped_mask(it.name, np.asarray(it.mask()), mapping)
         values, counts = np.unique(m, return_counts=True)
         hist[values] += counts
         for v in values:
@@ -206,6 +206,14 @@ def mask_values(name: str, mask: np.ndarray) -> np.ndarray:
         raise DataError(f"{name}: mask value {v} ({int(bad.sum())} pixels outside 0..255) in a {mask.dtype} mask: "
                         f"class ids are 0..254 and {IGNORE_INDEX} = ignore; remap the masks, or --map V=C")
     return mask.astype(np.uint8)
+
+
+def mapped_mask(name: str, mask: np.ndarray, mapping, seen: set | None = None) -> np.ndarray:
+    """The mask as uint8 class ids: --map first, on the values as stored (a 16-bit mask's 1000=2 included),
+    then the range check of mask_values."""
+    if mask.dtype == np.bool_:
+        mask = mask.astype(np.uint8)
+    return mask_values(name, apply_mapping(mask, mapping, seen))
 
 
 def apply_mapping(mask: np.ndarray, mapping, seen: set | None = None) -> np.ndarray:
@@ -323,14 +331,19 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
             raise DataError(f"{stems[p.stem]} and {p} share the name {p.stem!r}, and so the one mask {p.stem}.png; "
                             f"rename one (each image is paired with the mask of its name)")
         stems[p.stem] = p
-    pngs = {q.stem: q for q in msk_dir.iterdir() if q.suffix.lower() == ".png" and q.is_file()}   # a.png or a.PNG
+    pngs = {}
+    for q in sorted(q for q in msk_dir.iterdir() if q.suffix.lower() == ".png" and q.is_file()):   # a.png or a.PNG
+        if q.stem in pngs:
+            raise DataError(f"{pngs[q.stem]} and {q} are both the mask of {q.stem!r}; keep one")
+        pngs[q.stem] = q
     items = []
     for p in images:
         m = pngs.get(p.stem, msk_dir / f"{p.stem}.png")
         if not m.exists():
             others = sorted(q.name for q in msk_dir.glob(f"{p.stem}.*") if q.is_file())
-            hint = (f"; masks are read as lossless .png only (found {', '.join(others)}: a JPEG's compression "
-                    f"changes class ids)" if others else "")
+            lossy = any(Path(o).suffix.lower() in (".jpg", ".jpeg") for o in others)
+            hint = (f"; masks are read as lossless .png only (found {', '.join(others)}" + (
+                ": a JPEG's compression changes class ids)" if lossy else "; save them as .png)") if others else "")
             raise DataError(f"{m}: no mask for image {p}{hint}")
         items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil_mask(m))))
     if num_classes is None:                                        # one pass over the masks to count classes
@@ -381,7 +394,7 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
     if not (np.issubdtype(image.dtype, np.number) and integer):
         raise DataError(f"{it.name}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
                         f"integer class ids")
-    return image_values(it.name, image, intensity), apply_mapping(mask_values(it.name, mask), mapping, seen)
+    return image_values(it.name, image, intensity), mapped_mask(it.name, mask, mapping, seen)
 
 
 def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True,

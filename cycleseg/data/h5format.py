@@ -222,20 +222,34 @@ def _meta(f, path) -> Meta:
     rule = str(a.get("labeled_subset", "random"))
     if rule not in SUBSET_RULES:
         raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
+    names, palette, vnames, vinfo, preprocessing = _json_attrs(a, path, k)
+    _check_volumes(f, path, vnames)
+    return Meta(num_classes=k, class_names=names, palette=palette, ignore_index=ignore, source=str(a.get("source", "")),
+                preprocessing=preprocessing, labeled_subset=rule,
+                volume_names=vnames, volume_info=vinfo, path=str(path), count=int(im.shape[0]),
+                height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
+
+
+def _json_attrs(a, path, k: int):
+    """(class_names, palette, volume_names, volume_info, preprocessing) from their JSON attributes, checked."""
     names, palette = _attr_json(a, "class_names", path), _attr_json(a, "palette", path)
     if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)) or not isinstance(palette, list):
         raise DataError(f"{path}: class_names must list the {k} classes' names (strings) and palette be a list of colours")
+    if problem := palette_problem(palette, k):
+        raise DataError(f"{path}: attribute 'palette': {problem}")
     palette = palette + default_palette(k)[len(palette):]           # classes without a colour get the default
     vnames, vinfo = _attr_json(a, "volume_names", path, []), _attr_json(a, "volume_info", path, [])
+    preprocessing = _attr_json(a, "preprocessing", path, {})
+    if not isinstance(preprocessing, dict):
+        raise DataError(f"{path}: attribute 'preprocessing' must be a JSON object (what the converter did), got "
+                        f"{type(preprocessing).__name__}")
+    if not (isinstance(vnames, list) and all(isinstance(v, str) for v in vnames)):
+        raise DataError(f"{path}: attribute 'volume_names' must be a JSON list of names, got {vnames!r:.60}")
     if vinfo and (not isinstance(vinfo, list) or len(vinfo) != len(vnames) or not all(
             isinstance(v, dict) and _positive3(v.get("slice_spacing")) for v in vinfo)):
         raise DataError(f"{path}: attribute 'volume_info' must give, for each of the {len(vnames)} volumes, a "
                         f"slice_spacing of three positive lengths")
-    _check_volumes(f, path, vnames)
-    return Meta(num_classes=k, class_names=names, palette=palette, ignore_index=ignore, source=str(a.get("source", "")),
-                preprocessing=_attr_json(a, "preprocessing", path, {}), labeled_subset=rule,
-                volume_names=vnames, volume_info=vinfo, path=str(path), count=int(im.shape[0]),
-                height=int(im.shape[1]), width=int(im.shape[2]), channels=int(im.shape[3]))
+    return names, palette, vnames, vinfo, preprocessing
 
 
 def _integer_attr(a, name: str, path) -> int:

@@ -103,6 +103,9 @@ def load(path, what: str = "image", frames: bool = False) -> Scan:
         raise DataError(f"{path}: {what} voxels of type {data.dtype}; expected real numbers")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise DataError(f"{path}: {int((~np.isfinite(data)).sum())} NaN or infinite voxels in the {what}")
+    if np.issubdtype(data.dtype, np.floating) and np.abs(data).max() > np.finfo(np.float32).max:
+        raise DataError(f"{path}: {what} voxels up to {float(np.abs(data).max()):.3g}, beyond float32's range "
+                        f"(they would read as infinite); rescale the volume")
     affine = np.asarray(img.affine, dtype=np.float64)
     check_grid(path, affine)
     return Scan(str(path), data, affine, img.header)
@@ -307,7 +310,12 @@ def pairs_layout(src: Path) -> Layout:
     img_dir = src / "images" if (src / "images").is_dir() else src
     lab_dir = next((src / d for d in ("labels", "masks") if (src / d).is_dir()), None)
     cases = []
+    seen = {}
     for f in sorted(p for p in img_dir.iterdir() if p.is_file() and is_nifti(p)):
+        if stem(f) in seen:
+            raise DataError(f"{seen[stem(f)]} and {f} are both the scan {stem(f)!r}; keep one (each name is one "
+                            f"volume, paired with the label of its name)")
+        seen[stem(f)] = f
         lab = None
         if lab_dir is not None:
             lab = next((lab_dir / f"{stem(f)}{sfx}" for sfx in NIFTI_SUFFIXES if (lab_dir / f"{stem(f)}{sfx}").exists()),
