@@ -80,10 +80,10 @@ class Config:
                             "field's baseline network); G_SI and the discriminators are the paper's either way",
                             choices=GENERATORS, resume=NETWORKS)
     ngf: int | None = option(None, "generator width (channels of the first conv; paper 64)",
-                             check="at_least_one", resume=NETWORKS)
+                             check="width", resume=NETWORKS)
     n_blocks: int | None = option(None, "residual blocks per generator (paper 9)",
-                                  check="at_least_one", resume=NETWORKS)
-    ndf: int | None = option(None, "discriminator width (paper 64)", check="at_least_one", resume=NETWORKS)
+                                  check="blocks", resume=NETWORKS)
+    ndf: int | None = option(None, "discriminator width (paper 64)", check="width", resume=NETWORKS)
     disc_norm: str = option("instance", "the discriminators' norm: instance (the 2019 code), batch (the paper's "
                             "text) or none", choices=("instance", "batch", "none"), resume=NETWORKS)
     dropout: float = option(0.0, "the paper used none; the 2019 code used 0.5", check="below_one", resume=NETWORKS)
@@ -91,7 +91,7 @@ class Config:
     steps: int | None = option(None, "training steps (one G update and, in semi, one D update each)",
                                check="at_least_one", resume=CHANGEABLE)
     batch_size: int | None = option(None, "labeled images per step, and as many unlabeled",
-                                    check="at_least_one", resume=DATA)
+                                    check="batch", resume=DATA)
     image_size: int | None = option(None, "size of the built-in dataset and of ACDC read from its folder",
                                     resume=DATA)
     lr: float | None = option(None, "G_IS's learning rate (Adam: the preset's, paper 2e-4; --optimizer sgd: 0.01, "

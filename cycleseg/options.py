@@ -1,7 +1,8 @@
 """What an option of a run is, said once, beside it: `option(default, help, check=..., resume=...)` makes a
 dataclass field whose metadata the command line (help, choices), the checks and a resumed run read.
 
-    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "at_least_one" | None
+    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "at_least_one" | "width" |
+             "blocks" | "batch" | "image_std" (bounded: a typo would ask for terabytes or overflow) | None
     resume   why a resumed run keeps the value (the default: "the method and its objective"), or
              CHANGEABLE (a resumed run may change it: the schedule is re-derived), or RUNTIME (it
              describes the process, not the run: always taken from the command line)
@@ -25,6 +26,10 @@ CHECKS = {
     "non_negative": (lambda v: v >= 0, ">= 0"),
     "positive": (lambda v: v > 0, "> 0"),
     "at_least_one": (lambda v: v >= 1, ">= 1"),
+    "width": (lambda v: 1 <= v <= 1024, "in 1..1024 (channels; the paper's are 64)"),
+    "blocks": (lambda v: 1 <= v <= 64, "in 1..64 (the paper's are 9)"),
+    "batch": (lambda v: 1 <= v <= 4096, "in 1..4096"),
+    "image_std": (lambda v: 0.0 <= v <= 2.0, "in [0, 2] (images span [-1, 1])"),
 }
 
 

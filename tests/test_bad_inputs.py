@@ -65,6 +65,11 @@ def finished_run(tmp_path_factory):
 TRAIN_OPTIONS = [
     (["--image-size", "30"], "--image-size 30: the networks need a multiple of 4"),
     (["--image-size", "10000000"], "at most 4096"),
+    (["--ngf", "100000"], "--ngf must be in 1..1024"),
+    (["--ndf", "0"], "--ndf must be in 1..1024"),
+    (["--n-blocks", "1000"], "--n-blocks must be in 1..64"),
+    (["--batch-size", "100000"], "--batch-size must be in 1..4096"),
+    (["--mode", "meanteacher", "--mt-noise", "1e300"], "--mt-noise must be in [0, 2]"),
     (["--mode", "adversarial", "--image-size", "16"], "at least 32"),
     (["--lr", "-1"], "--lr must be > 0"),
     (["--lr-d", "0"], "--lr-d must be > 0"),
@@ -239,8 +244,8 @@ CHECKPOINT_EDITS = {
     "step a string": (_set("step", "ten"), "'step' must be a whole number"),
     "step negative": (_set("step", -4), "'step' must be a whole number"),
     "unknown mode": (_config(mode="fancy"), "mode must be one of"),
-    "negative ngf": (_config(ngf=-8), "--ngf must be >= 1"),
-    "zero n_blocks": (_config(n_blocks=0), "--n-blocks must be >= 1"),
+    "negative ngf": (_config(ngf=-8), "--ngf must be in 1..1024"),
+    "zero n_blocks": (_config(n_blocks=0), "--n-blocks must be in 1..64"),
     "ngf a string": (_config(ngf="8"), "its config is not valid"),
     "unknown recipe": (_config(recipe="secret"), "recipe must be one of"),
     "unknown preset": (_config(preset="huge"), "preset must be one of"),
@@ -1024,3 +1029,20 @@ def test_plot_and_grid_options_the_sixth_probe_tried(tmp_path, capsys):
     one_line_error(plot_main, [run, "--out", tmp_path / "q.png"], capsys, "no finite number to draw", tmp_path)
     one_line_error(grid_main, ["--grid", "paper", "--fractions", "0.3", "--out", tmp_path / "g"], capsys,
                    "the paper grid's are fixed", tmp_path)
+
+
+def test_metrics_refuses_label_values_beyond_a_byte(tmp_path, capsys):
+    """A reference label of 300 was cast to a byte and scored as class 44: refused."""
+    import nibabel as nib
+
+    from cycleseg.metrics import main as metrics_main
+
+    lab = np.zeros((8, 8, 3), np.uint16)
+    lab[2:6, 2:6] = 1
+    for d in ("p", "t"):
+        (tmp_path / d).mkdir()
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / d / "c.nii.gz"))
+    lab[0, 0, 0] = 300
+    nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "t" / "c.nii.gz"))
+    one_line_error(metrics_main, [tmp_path / "p", tmp_path / "t"], capsys, "label value 300 (1 voxels) outside the "
+                   "class ids 0..254", tmp_path)

@@ -142,7 +142,7 @@ def load_label(path, image: Scan, num_classes: int | None, role: str = "label", 
         if frac.any():
             raise DataError(f"{path}: {int(frac.sum())} label voxels are not whole numbers (e.g. {float(v[frac][0]):g}); "
                             f"expected class ids")
-    hi = num_classes - 1 if num_classes else 254
+    hi = min(num_classes - 1, 254) if num_classes else 254          # ids are stored as bytes (255: ignore)
     bad = (v < 0) | (v > hi)
     if bad.any():
         raise DataError(f"{path}: label value {v[bad].max() if (v > hi).any() else v[bad].min():g} ({int(bad.sum())} "

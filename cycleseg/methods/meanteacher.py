@@ -24,7 +24,7 @@ class MeanTeacherOptions:
                                 "its (CE + Dice) / 2: --dice 1 --mt-consistency 0.2)", check="non_negative")
     ema: float = option(0.99, "EMA decay of the teacher", check="fraction")
     noise: float = option(0.2, "std of the teacher's input noise on images in [-1, 1] (SSL4MIS's 0.1 on [0, 1]), "
-                          "clipped at twice it", check="non_negative")
+                          "clipped at twice it", check="image_std")
     rampup: float = option(1.0, "fraction of the run over which the weight ramps up (sigmoid; SSL4MIS: the whole run)",
                            check="fraction")
     start: float = option(0.033, "fraction of the run without the consistency term (SSL4MIS: 1000 of 30000 "
