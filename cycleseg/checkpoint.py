@@ -18,7 +18,7 @@ import torch
 from .fileio import atomic_write_bytes
 from .usage import UsageError
 from .config import check_image_side, from_flat
-from .data.h5format import palette_problem
+from .data.h5format import info_problem
 from .models import networks_from_config
 
 
@@ -91,6 +91,11 @@ def check_run(state: dict, path) -> None:
     for name, sd in nets.items():
         if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             _fail(path, f"the state dict of {name} must hold tensors")
+        broken = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:
+            _fail(path, f"the weights of {name} hold NaN or infinite values ({broken[0]}"
+                        f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}): its run diverged before this "
+                        f"was saved; use an earlier checkpoint or train again")
     if not isinstance(cfg, dict):
         _fail(path, f"'config' must be a dict, got {type(cfg).__name__}")
     step = state.get("step", 0)
@@ -99,12 +104,9 @@ def check_run(state: dict, path) -> None:
     data = state.get("data", {})
     if not isinstance(data, dict):
         _fail(path, f"'data' must be a dict, got {type(data).__name__}")
-    k, c = data.get("num_classes", 1), data.get("channels", 1)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or c not in (1, 3):
-        _fail(path, f"its data has {k!r} classes and {c!r} channels (expected >= 1 classes, 1 or 3 channels)")
-    problem = palette_problem(data.get("palette"), k)
+    problem = info_problem(data)
     if problem:
-        _fail(path, f"its data's {problem}")
+        _fail(path, f"its data's description: {problem}")
     prints = data.get("fingerprints", {})
     if not isinstance(prints, dict) or not all(isinstance(v, str) for v in prints.values()):
         _fail(path, f"its data's fingerprints must map splits to digests, got {prints!r}"[:200])

@@ -95,7 +95,7 @@ class Config:
     image_size: int | None = option(None, "size of the built-in dataset and of ACDC read from its folder",
                                     resume=DATA)
     lr: float | None = option(None, "G_IS's learning rate (Adam: the preset's, paper 2e-4; --optimizer sgd: 0.01, "
-                              "SSL4MIS's)", check="positive", resume=CHANGEABLE)
+                              "SSL4MIS's)", check="rate", resume=CHANGEABLE)
     optimizer: str = option("adam", "G_IS's optimizer: adam (constant for a quarter of the run, then linear to 0) or "
                             "sgd (SSL4MIS's: momentum 0.9, weight decay 1e-4, poly decay (1 - t/T)^0.9); the other "
                             "networks keep Adam at --lr-d", choices=OPTIMIZERS)
@@ -106,9 +106,9 @@ class Config:
                                  "supervised baselines)", check="below_one")
     lr_d: float | None = option(None, "the discriminators' learning rate, and G_SI's under --optimizer sgd (default: "
                                 "the recipe's share of --lr; of the preset's Adam rate under sgd)",
-                                check="positive", resume=CHANGEABLE)
+                                check="rate", resume=CHANGEABLE)
     dice: float | None = option(None, "weight of a soft Dice loss added to the supervised cross-entropy (every mode "
-                                "alike); 0 = none", check="non_negative")
+                                "alike); 0 = none", check="weight")
     # each method's options, beside its step (cycleseg/methods/<method>.py); flags prefixed as each says
     semi: CycleGANOptions = option(default_factory=CycleGANOptions)
     adversarial: AdversarialOptions = option(default_factory=AdversarialOptions)
@@ -124,7 +124,7 @@ class Config:
                           "rotation in [-20, 20] degrees, nearest), instead of --flip / --rotate / --scale-crop",
                           choices=AUGMENTS, resume=DATA)
     prefetch: int = option(3, "batches prepared ahead of the step by the loader thread",
-                           check="at_least_one", resume=RUNTIME)
+                           check="prefetch", resume=RUNTIME)
     # execution
     device: str = option("auto", "cpu, cuda, cuda:N; auto = cuda when there is a GPU", resume=RUNTIME)
     fast: bool = option(True, "the fast path (fused kernels, merged calls, and per device bf16, channels_last, "
@@ -155,6 +155,8 @@ class Config:
         """A copy with the preset, device, betas and run folder filled in, checked."""
         c = copy.deepcopy(self)
         for name in ("out", "data", "val_data"):                   # '' would be the working folder, or no data
+            if getattr(c, name) is not None and not isinstance(getattr(c, name), (str, os.PathLike)):
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(c, name)!r}: not a path")
             if getattr(c, name) is not None and not str(getattr(c, name)).strip():
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(c, name)!r}: an empty path (a shell variable left unset?)")
         for name in ("data", "val_data"):                          # a path as typed would follow the working folder
@@ -220,6 +222,13 @@ def flat_fields() -> dict:
         else:
             out[f.name] = (None, f)
     return out
+
+
+def foreign_options(mode: str, given) -> list[str]:
+    """The flags among `given` (flat names) that are another method's options: a run of `mode` ignores them
+    (a grid passes its shared options to every cell; a single run should hear that they do nothing)."""
+    return [f"--{name.replace('_', '-')}" for name in sorted(given or ())
+            if flat_fields().get(name, (None,))[0] not in (None, mode)]
 
 
 def runtime_names() -> tuple:
@@ -347,7 +356,9 @@ def check_image_side(side: int, mode: str, what: str, generator: str = "resnet")
     multiple of 4 (the ResNet generators halve twice and double back; 16 with the UNet G_IS, which halves four
     times) of at least the method's min_side (8; 32 for Hung et al.'s discriminator)."""
     multiple, least = SIDE_MULTIPLE.get(generator, 4), least_side(generator, mode)
-    if not isinstance(side, int) or side > MAX_SIDE:
+    if not isinstance(side, int) or isinstance(side, bool):
+        raise UsageError(f"{what}: a whole number of pixels, got {side!r}")
+    if side > MAX_SIDE:
         raise UsageError(f"{what}: at most {MAX_SIDE} pixels")
     if side < least or side % multiple:
         why = ("the generators halve the image twice and double it back" if multiple == 4 else

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import io
 import json
 import shlex
@@ -43,13 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from . import figures, inference, report
-from .checkpoint import CheckpointError, load_run, networks_from_checkpoint
+from .checkpoint import CheckpointError, check_fingerprints, load_run, networks_from_checkpoint
 from .config import RECIPES, differing, flat, from_flat, get, given_fields, parse_args, runtime_names
 from .report import percent
 from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
-from .data.splits import split_path
+from .data.splits import open_splits, split_path
 from .evaluate import batches, main as evaluate_main
 from .fileio import write_files
 from .methods import METHODS
@@ -116,17 +117,21 @@ COMPARED = tuple(mode for mode, method in METHODS.items() if not method.all_labe
 CELL_OWNED = ("mode", "labeled_fraction", "seed", "out", "data", "resume", "stop_after")
 
 
-def check_extra(extra) -> None:
-    """UsageError for options after `--` that a cell owns or that no run accepts."""
+def check_extra(extra, where: str = "after --") -> None:
+    """UsageError for options after `--` (or in --method-options: `where`) that a cell owns or that no run
+    accepts."""
+    if {"-h", "--help"} & set(extra):
+        raise UsageError(f"--help {where} would print the training command's help and run no cell: see "
+                         f"python -m cycleseg.train --help for the options a cell takes")
     owned = sorted(given_fields(extra) & set(CELL_OWNED))
     if owned:
         flags = ", ".join("--" + k.replace("_", "-") for k in owned)
-        raise UsageError(f"{flags} after -- would be the same for every cell; the grid sets them per cell "
+        raise UsageError(f"{flags} {where} would be the same for every cell; the grid sets them per cell "
                          f"(--data and --out are options of the grid itself, before --)")
     cfg, dry_run = parse_args(["--mode", "semi", *extra])
     if dry_run:
-        raise UsageError("--dry-run after -- would print each cell's configuration and train none; the grid has no dry "
-                         "run: check one cell's with python -m cycleseg.train --dry-run and its options")
+        raise UsageError(f"--dry-run {where} would print each cell's configuration and train none; the grid has no "
+                         f"dry run: check one cell's with python -m cycleseg.train --dry-run and its options")
     cfg.resolved()
 
 
@@ -141,10 +146,7 @@ def method_options(pairs, methods) -> dict[str, list[str]]:
             opts = shlex.split(text)
         except ValueError as e:
             raise UsageError(f"--method-options {mode} {text!r}: {e}") from None
-        try:
-            check_extra(opts)
-        except UsageError as e:
-            raise UsageError(f"--method-options {mode}: {e}") from None
+        check_extra(opts, f"in --method-options {mode}")
         given[mode] = given.get(mode, []) + opts
     return given
 
@@ -168,7 +170,10 @@ def check_cell_folder(cfg, folder: Path) -> bool:
     last, started = folder / "last.pt", folder / "config.json"
     if last.exists():
         try:
-            saved, where = flat(from_flat(load_run(last)["config"])), last
+            state = load_run(last)
+            saved, where = flat(from_flat(state["config"])), last
+            now = data_fingerprints(cfg.data, cfg.val_data, cfg.image_size)
+            check_fingerprints(state, now["fingerprints"], now["paths"], last)
         except CheckpointError as e:
             raise CheckpointError(f"{e}. The cell cannot go on from it: move {folder} away (or delete it) and "
                                   f"rerun the grid to train the cell again from its start") from e
@@ -189,6 +194,14 @@ def check_cell_folder(cfg, folder: Path) -> bool:
         raise CheckpointError(f"{where}: a run of another configuration than this cell's ({shown}); move it away "
                               f"or give the grid another --out")
     return True
+
+
+@functools.lru_cache(maxsize=4)
+def data_fingerprints(data, val_data, image_size) -> dict:
+    """The content fingerprints of the data the grid's cells read, computed once: a finished or started
+    cell whose checkpoint read other data (the folder's content replaced since) is not taken into the table."""
+    splits = open_splits(data, val_data, image_size or 64, progress=False)
+    return {"fingerprints": splits.fingerprints(), "paths": {"train": splits.train.path, "val": splits.val.path}}
 
 
 def final_record(folder: Path, steps: int) -> dict | None:
@@ -381,7 +394,7 @@ def main(argv=None) -> int:
             args = cell_args(cell, seed, out, a.data, extra, own)
             cfg = parse_args(args)[0].resolved()
             check_cell_folder(cfg, Path(cfg.out))
-    except (UsageError, CheckpointError) as e:
+    except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
     results: dict = {c: {} for c in cells}
     total = len(cells) * len(seeds)

@@ -64,8 +64,16 @@ class Plan:
 
     @classmethod
     def from_state(cls, state: dict) -> "Plan":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in state.items() if k in names})
+        """The plan a checkpoint recorded; ValueError naming a field of the wrong kind (a hand-edited file)."""
+        if not isinstance(state, dict):
+            raise ValueError(f"'plan' must be a dict, got {type(state).__name__}")
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        kept = {k: v for k, v in state.items() if k in fields}
+        for k, v in kept.items():
+            flag, optional = isinstance(fields[k], bool), k == "autocast"
+            if not (isinstance(v, bool) if flag else isinstance(v, str) or (optional and v is None)):
+                raise ValueError(f"the plan's {k} must be {'true or false' if flag else 'a string'}, got {v!r}")
+        return cls(**kept)
 
 
 def plan_for(cfg, device) -> Plan:

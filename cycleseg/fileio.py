@@ -10,6 +10,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .usage import check_stopped
+
 
 @contextlib.contextmanager
 def atomic_path(path, replace: bool = True):
@@ -38,7 +40,8 @@ def appeared(path) -> FileExistsError:
 
 def commit(tmp: Path, path: Path, replace: bool = True) -> None:
     """Rename `tmp` to `path`; replace=False: never over a file there (a hard link fails on one, atomically;
-    where a file system has none, a check just before the rename)."""
+    where a file system has none, a check just before the rename). Not after a stop signal (check_stopped)."""
+    check_stopped()
     if replace:
         os.replace(tmp, path)
         return

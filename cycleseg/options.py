@@ -2,7 +2,7 @@
 dataclass field whose metadata the command line (help, choices), the checks and a resumed run read.
 
     check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "at_least_one" | "width" |
-             "blocks" | "batch" | "image_std" (bounded: a typo would ask for terabytes or overflow) | None
+             "blocks" | "batch" | "image_std" | "pool" | "prefetch" | "weight" | "rate" (bounded: a typo would ask for terabytes or overflow) | None
     resume   why a resumed run keeps the value (the default: "the method and its objective"), or
              CHANGEABLE (a resumed run may change it: the schedule is re-derived), or RUNTIME (it
              describes the process, not the run: always taken from the command line)
@@ -30,6 +30,10 @@ CHECKS = {
     "blocks": (lambda v: 1 <= v <= 64, "in 1..64 (the paper's are 9)"),
     "batch": (lambda v: 1 <= v <= 4096, "in 1..4096"),
     "image_std": (lambda v: 0.0 <= v <= 2.0, "in [0, 2] (images span [-1, 1])"),
+    "pool": (lambda v: 0 <= v <= 1000, "in 0..1000 (the paper's is 50; each fake kept costs an image's memory)"),
+    "prefetch": (lambda v: 1 <= v <= 64, "in 1..64 (each batch prepared ahead costs a batch's memory)"),
+    "weight": (lambda v: 0.0 <= v <= 1000.0, "in [0, 1000] (a loss weight; the paper's are at most 10)"),
+    "rate": (lambda v: 0.0 < v <= 10.0, "in (0, 10] (a learning rate; the paper's is 2e-4)"),
 }
 
 

@@ -39,7 +39,7 @@ from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import SIDE_MULTIPLE, least_side
 from .data import nifti
 from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image, upright
-from .data.h5format import DataError, default_palette, open_h5, palette_problem, read_meta
+from .data.h5format import DataError, default_palette, info_problem, open_h5, read_meta
 from .data.pixels import to_input
 from .fileio import write_files
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
@@ -241,25 +241,15 @@ def onnx_meta_problem(meta: dict) -> str | None:
     def whole(v, least=1):
         return isinstance(v, int) and not isinstance(v, bool) and v >= least
 
-    if meta["channels"] not in (1, 3) or isinstance(meta["channels"], bool):
-        return f"channels {meta['channels']!r}, expected 1 or 3"
-    if not whole(meta["num_classes"]):
-        return f"num_classes {meta['num_classes']!r}"
+    if problem := info_problem(meta):                               # what a checkpoint's description holds too
+        return problem
     size, generator = meta["image_size"], meta.get("generator", "resnet")
     if generator not in SIDE_MULTIPLE:
         return f"generator {generator!r}"
     multiple, least = SIDE_MULTIPLE[generator], least_side(generator)
     if not (isinstance(size, list) and len(size) == 2 and all(whole(v, least) and v % multiple == 0 for v in size)):
         return f"image_size {size!r}, expected [height, width], multiples of {multiple} of at least {least}"
-    names = meta.get("class_names", [str(i) for i in range(meta["num_classes"])])
-    if not (isinstance(names, list) and len(names) == meta["num_classes"] and all(isinstance(n, str) for n in names)):
-        return f"class_names {names!r:.60}, expected {meta['num_classes']} names"
-    if not whole(meta.get("ignore_index", 255), 0) or meta.get("ignore_index", 255) > 255:
-        return f"ignore_index {meta['ignore_index']!r}"
-    pre = meta.get("preprocessing", {})
-    if not isinstance(pre, dict):
-        return f"preprocessing {pre!r}"
-    return palette_problem(meta["palette"], meta["num_classes"])
+    return None
 
 
 def resize(image: np.ndarray, size, resample) -> np.ndarray:

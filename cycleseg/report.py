@@ -3,7 +3,7 @@
     evaluation_table    evaluate's terminal report: slice metrics, per class, per volume
     confusion_csv       the confusion matrix with class names
     volumes_csv         per-volume scores of each structure
-    grid_markdown       the experiments' table: mean ± sample std (ddof 1) over seeds per cell
+    grid_markdown       the experiments' table: mean ± sample std (ddof 1) over seeds per cell (one seed: the mean)
     grid_csv            the same, one line per cell and score
 """
 from __future__ import annotations
@@ -70,7 +70,8 @@ def grid_markdown(rows, header: str) -> str:
     for r in rows:
         c = r["cell"]
         d = {k: GRID_DIGITS.get(k, 3) for k in keys}
-        cols = [f"{r[k][0]:.{d[k]}f} ± {r[k][1]:.{d[k]}f}" if k in r else "-" for k in keys]
+        cols = [f"{r[k][0]:.{d[k]}f}" + (f" ± {r[k][1]:.{d[k]}f}" if r[k][2] > 1 else "") if k in r else "-"
+                for k in keys]                                      # one seed has no spread to show
         lines.append(f"| {c.label} | {percent(c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
     return "\n".join(lines) + "\n"
 
@@ -91,6 +92,6 @@ def grid_csv(rows) -> str:
         c = r["cell"]
         for k in GRID_SCORES:
             if k in r:
-                out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{k},{r[k][0]:.6f},{r[k][1]:.6f},"
-                           f"{r[k][2]}")
+                std = f"{r[k][1]:.6f}" if r[k][2] > 1 else ""              # one seed: no spread
+                out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{k},{r[k][0]:.6f},{std},{r[k][2]}")
     return "\n".join(out) + "\n"

@@ -12,6 +12,7 @@ states go to the process of the same rank
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from .checkpoint import CheckpointError, check_fingerprints
 from .config import flat
 from .distributed import World, gather
+from .fastpath import Plan
 from .models import data_info
 
 
@@ -39,6 +41,51 @@ def state_dict(step_no: int, best: float, cfg, nets: dict, step, streams, data, 
     return {"step": step_no, "best_miou": best, "config": flat(cfg), "plan": step.plan.state_dict(),
             "data": {**data_info(data.train.meta), "fingerprints": data.fingerprints()}, "nets": {k: v.state_dict() for k, v in nets.items()}, **step.state_dict(),
             "world_size": world.size, "ranks": ranks}
+
+
+def check_run_state(s: dict, path) -> Plan:
+    """The plan of a checkpoint to resume; CheckpointError, before anything is restored, unless the parts a
+    resume puts back have their kinds (a hand-edited or foreign last.pt would fail steps later, or keep
+    best.pt from ever updating: a NaN best_miou)."""
+    def bad(what: str):
+        raise CheckpointError(f"{path}: cannot be resumed: {what}; train again into another --out")
+
+    best = s.get("best_miou")
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best) or best > 1:
+        bad(f"'best_miou' must be a number <= 1 (-inf before the first validation), got {best!r}")
+    for group in ("optimizers", "schedulers"):
+        if not isinstance(s.get(group), dict) or not all(isinstance(v, dict) for v in s[group].values()):
+            bad(f"'{group}' must map names to state dicts, got {type(s.get(group)).__name__}")
+    ranks = s.get("ranks")
+    if not isinstance(ranks, list) or not ranks:
+        bad(f"'ranks' must be a non-empty list of the processes' states, got {ranks!r}"[:160])
+    for i, r in enumerate(ranks):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), dict) for k in ("pools", "streams", "rng")):
+            bad(f"ranks[{i}] must hold dicts 'pools', 'streams' and 'rng'")
+        for name, pos in r["streams"].items():
+            if not isinstance(pos, dict) or not all(_whole(pos.get(k)) for k in ("pass", "pos")):
+                bad(f"ranks[{i}]: stream {name!r} must have a pass and a position, whole numbers >= 0, got {pos!r}"[:200])
+        for name, pool in r["pools"].items():
+            images = pool.get("images", 0) if isinstance(pool, dict) else 0
+            if not (_whole(pool.get("size") if isinstance(pool, dict) else None) and isinstance(pool.get("rng"), tuple)
+                    and (images is None or isinstance(images, torch.Tensor) and images.dim() == 4
+                         and len(images) <= pool["size"])):
+                bad(f"ranks[{i}]: pool {name!r} must have a size, a random state and at most size images")
+        if not all(v is None and k == "cuda" or _rng_state(v) for k, v in
+                   ((k, r["rng"].get(k, 0)) for k in ("torch", "cuda"))):
+            bad(f"ranks[{i}]: 'rng' must hold torch's random states (uint8 tensors)")
+    try:
+        return Plan.from_state(s["plan"]) if "plan" in s else None
+    except ValueError as e:
+        bad(str(e))
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _rng_state(v) -> bool:
+    return isinstance(v, torch.Tensor) and v.dtype == torch.uint8 and v.dim() == 1 and v.numel() > 0
 
 
 def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World, device) -> tuple[int, float]:
@@ -65,11 +112,11 @@ def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World
                       f"processes: it goes on from image {g['pos'] - g['pos'] % world.size} (a few images of "
                       f"this pass are read twice)", file=sys.stderr)
             loader.load_state_dict({"pass": g["pass"], "pos": g["pos"] // world.size})
-    except (KeyError, RuntimeError, ValueError) as e:
+        rng = (mine or s["ranks"][0])["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], device)
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(f"{path}: does not match this run's networks, optimizers or processes "
-                              f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
-    rng = (mine or s["ranks"][0])["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
-    return s["step"], s["best_miou"]
+                              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
+    return s["step"], float(s["best_miou"])

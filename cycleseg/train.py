@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import figures, ops
 from .assemble import build, networks_of, optim_of
 from .checkpoint import CheckpointError
-from .config import Config, check_image_side, flat, from_flat, given_fields, parse_args
+from .config import Config, check_image_side, flat, foreign_options, from_flat, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
 from .data.streams import Streams, make_streams
@@ -38,7 +38,7 @@ from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from .models import count_parameters
 from .runfolder import RunFolder
-from .runstate import load_state_dict, state_dict
+from .runstate import check_run_state, load_state_dict, state_dict
 from .usage import UsageError, fail, run_command
 
 
@@ -115,7 +115,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
                 check_image_side(side, cfg.mode, f"images {split.height}x{split.width}", cfg.generator)
         except UsageError as e:
             raise DataError(f"{split.path}: {e}; convert the data at another size (--size H W)") from None
-    plan = Plan.from_state(saved["plan"]) if saved is not None and "plan" in saved else plan_for(cfg, device)
+    plan = (check_run_state(saved, folder.last) if saved is not None else None) or plan_for(cfg, device)
     nets, step = build(cfg, data.train.meta, device, plan)
     step.distribute(wrapper(world, device))
     streams = make_streams(data.train, cfg.labeled_fraction, cfg.seed, cfg.batch_size, "unlabeled" in step.streams,
@@ -129,9 +129,14 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     folder.start(cfg, run.n)
     if cfg.tensorboard:
         folder.tensorboard()
-    folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images, "
+    reread = "unlabeled" in streams.loaders and not streams.num_unlabeled       # 100 % labels, semi-supervised
+    folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images"
+                + (" (the unlabeled stream reads the labeled images, without their labels)" if reread else "") + ", "
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
                 f", run folder {folder.path}\n{plan.describe()}")
+    if foreign := foreign_options(cfg.mode, given):
+        folder.note(f"note: {', '.join(foreign)}: {'options' if len(foreign) > 1 else 'an option'} of another method, "
+                    f"not read by --mode {cfg.mode}")
     if device.type == "cpu" and (busy := cpu_load_note()):
         folder.note(busy)
     return run

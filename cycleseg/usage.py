@@ -79,10 +79,28 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+_stopping: int | None = None                                        # the stop signal a command received
+
+
 def _stop(signum, frame):
-    for sig in (signal.SIGINT, signal.SIGTERM):                     # once: the unwinding's cleanup runs whole
-        signal.signal(sig, signal.SIG_IGN)
-    raise Stopped(signum)
+    global _stopping
+    if _stopping is None:                                           # once: the unwinding's cleanup runs whole
+        _stopping = signum
+        raise Stopped(signum)
+
+
+def _unraisable(info, hook) -> None:
+    if not isinstance(info.exc_value, Stopped):                     # a stop raised inside a garbage collector's
+        hook(info)                                                  # callback is dropped there: check_stopped
+                                                                    # raises it again before the next output
+
+
+def check_stopped() -> None:
+    """Raise Stopped if a stop signal reached this command: called before every output is renamed into place
+    (fileio.commit, write_files). The signal handler raises at once, but an exception raised while Python runs
+    a finalizer or weakref callback is dropped there, and the command would otherwise write on."""
+    if _stopping is not None:
+        raise Stopped(_stopping)
 
 
 _COMMAND_LINE = False                                               # a `python -m cycleseg.X` process
@@ -111,8 +129,11 @@ def run_command(main) -> int:
     (which a command that stops gracefully, train, handles itself) unwinds the command, removing its
     temporary files and keeping earlier outputs as they were, and ends it with one line and 128 + the
     signal, instead of a traceback."""
+    global _stopping
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    _stopping, hook = None, sys.unraisablehook
+    sys.unraisablehook = lambda info: _unraisable(info, hook)
     try:
         code = main()
         sys.stdout.flush()
@@ -129,5 +150,7 @@ def run_command(main) -> int:
               f"kept (its temporary files are removed) and earlier outputs are as they were", file=sys.stderr)
         return 128 + signum
     finally:
+        sys.unraisablehook = hook
         for sig, handler in previous.items():                       # done: a command line's process ignores them
             signal.signal(sig, signal.SIG_IGN if _COMMAND_LINE else handler)
+        _stopping = None

@@ -70,16 +70,22 @@ TRAIN_OPTIONS = [
     (["--n-blocks", "1000"], "--n-blocks must be in 1..64"),
     (["--batch-size", "100000"], "--batch-size must be in 1..4096"),
     (["--mode", "meanteacher", "--mt-noise", "1e300"], "--mt-noise must be in [0, 2]"),
+    (["--pool-size", "100000000"], "--pool-size must be in 0..1000"),
+    (["--prefetch", "100000"], "--prefetch must be in 1..64"),
+    (["--labeled-fraction", "1e-9"], "--labeled-fraction 1e-09 of 100 patients (groups) labels none of them"),
     (["--mode", "adversarial", "--image-size", "16"], "at least 32"),
-    (["--lr", "-1"], "--lr must be > 0"),
-    (["--lr-d", "0"], "--lr-d must be > 0"),
-    (["--pool-size", "-1"], "--pool-size must be >= 0"),
+    (["--lr", "-1"], "--lr must be in (0, 10]"),
+    (["--lr", "1e300"], "--lr must be in (0, 10]"),
+    (["--lr-d", "0"], "--lr-d must be in (0, 10]"),
+    (["--pool-size", "-1"], "--pool-size must be in 0..1000"),
     (["--dropout", "2"], "--dropout must be in [0, 1)"),
     (["--beta1", "1.5"], "--beta1 must be in [0, 1)"),
     (["--labeled-fraction", "0"], "--labeled-fraction must be in (0, 1]"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--stop-after", "0"], "--stop-after must be >= 1"),
-    (["--lambda2", "-0.5"], "--lambda2 must be >= 0"),
+    (["--lambda2", "-0.5"], "--lambda2 must be in [0, 1000]"),
+    (["--lambda1", "1e300"], "--lambda1 must be in [0, 1000]"),
+    (["--mode", "fixmatch", "--fm-weight", "1e6"], "--fm-weight must be in [0, 1000]"),
     (["--device", "bogus"], "--device bogus: not a device"),
     (["--device", "cuda:7"], "--device cuda:7"),
     (["--lr", "abc"], "invalid float value: 'abc'"),
@@ -202,6 +208,48 @@ def test_a_damaged_last_checkpoint_says_what_to_do(tmp_path, capsys):
         assert "weights_only" not in err and "file an issue" not in err
 
 
+def _set(key, value):
+    return lambda s: s.__setitem__(key, value)
+
+
+def _rank0(key, value):
+    return lambda s: s["ranks"][0].__setitem__(key, value)
+
+
+RUN_STATE_EDITS = {
+    "ranks missing": (lambda s: s.pop("ranks"), "'ranks' must be a non-empty list"),
+    "ranks empty": (_set("ranks", []), "'ranks' must be a non-empty list"),
+    "rng of floats": (lambda s: s["ranks"][0]["rng"].__setitem__("torch", torch.zeros(8)), "'rng' must hold torch's"),
+    "rng a string": (_rank0("rng", "seed"), "must hold dicts 'pools', 'streams' and 'rng'"),
+    "optimizers a list": (_set("optimizers", [1]), "'optimizers' must map names to state dicts"),
+    "an optimizer of another kind": (lambda s: s["optimizers"].__setitem__("G", {"state": 5, "param_groups": 3}),
+                                     "does not match this run's networks, optimizers"),
+    "a pool of another kind": (lambda s: s["ranks"][0]["pools"].__setitem__("seg", 3), "pool 'seg' must have"),
+    "plan flags a string": (lambda s: s["plan"].__setitem__("fused_ops", "yes"), "plan's fused_ops must be true"),
+    "a stream at pass -1": (lambda s: next(iter(s["ranks"][0]["streams"].values())).__setitem__("pass", -1),
+                            "must have a pass and a position"),
+    "best_miou a string": (_set("best_miou", "0.5"), "'best_miou' must be a number"),
+    "best_miou None": (_set("best_miou", None), "'best_miou' must be a number"),
+    "best_miou NaN": (_set("best_miou", float("nan")), "'best_miou' must be a number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_STATE_EDITS))
+def test_a_resume_from_an_edited_checkpoint_says_what_is_wrong(finished_run, tmp_path, capsys, case):
+    """The parts a resume restores (processes' states, optimizers, pools, plan, best score), of another kind:
+    one line before anything is trained or written, not a traceback steps later (or, best_miou NaN, a best.pt
+    that never updates again)."""
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(finished_run, run)
+    edit, match = RUN_STATE_EDITS[case]
+    state = torch.load(run / "last.pt", weights_only=True)
+    edit(state)
+    torch.save(state, run / "last.pt")
+    one_line_error(train_main, TINY + ["--out", run, "--resume"], capsys, match, tmp_path)
+
+
 def test_a_folder_in_use_by_another_training_is_refused(finished_run, capsys):
     fd = os.open(finished_run, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)                  # what a running training holds
@@ -228,10 +276,6 @@ def edited(ckpt, tmp_path, name, edit):
     return path
 
 
-def _set(key, value):
-    return lambda s: s.__setitem__(key, value)
-
-
 def _config(**kv):
     return lambda s: s["config"].update(kv)
 
@@ -251,22 +295,35 @@ CHECKPOINT_EDITS = {
     "unknown preset": (_config(preset="huge"), "preset must be one of"),
     "huge image size": (_config(image_size=10 ** 7), "at most 4096"),
     "odd image size": (_config(image_size=30), "multiple of 4"),
-    "negative lr": (_config(lr=-1.0), "--lr must be > 0"),
+    "negative lr": (_config(lr=-1.0), "--lr must be in (0, 10]"),
     "classes a string": (lambda s: s["data"].__setitem__("num_classes", "five"), "classes"),
     "two channels": (lambda s: s["data"].__setitem__("channels", 2), "2 channels"),
     "data 1x1": (lambda s: s["data"].update(height=1, width=1), "its data's image size 1"),
+    "data height a string": (lambda s: s["data"].update(height="16"), "its data's description: height '16' (expected a whole number"),
     "fingerprints a list": (lambda s: s["data"].__setitem__("fingerprints", ["x"]), "its data's fingerprints"),
+    "class_names too short": (lambda s: s["data"].__setitem__("class_names", ["bg"]), "class_names ['bg']"),
+    "preprocessing a string": (lambda s: s["data"].__setitem__("preprocessing", "x"), "preprocessing 'x'"),
+    "slice_axis True": (lambda s: s["data"].__setitem__("preprocessing", {"slice_axis": True}),
+                        "preprocessing slice_axis True"),
+    "ignore_index 300": (lambda s: s["data"].__setitem__("ignore_index", 300), "ignore_index 300"),
+    "data a number": (_config(data=5), "--data 5: not a path"),
     "weights of other shapes": (lambda s: s["nets"]["G_IS"].__setitem__("model.1.weight", torch.zeros(2, 2)),
                                 "its networks do not match its own config"),
     "a weight missing": (lambda s: s["nets"]["G_IS"].pop("model.1.weight"), "its networks do not match"),
+    "NaN weights": (lambda s: s["nets"]["G_IS"]["model.1.weight"].fill_(float("nan")),
+                    "the weights of G_IS hold NaN or infinite values (model.1.weight)"),
     "not a checkpoint": (lambda s: None, "could not be read"),
     "a list": (lambda s: None, "not a cycleseg checkpoint"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CHECKPOINT_EDITS))
-@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
 def test_hand_edited_checkpoints(tiny_checkpoint, tmp_path, capsys, case, command):
+    """Evaluate, predict and export read a checkpoint through one check (load_run): what one refuses, every
+    one refuses, so nothing exports a model that predict then calls damaged."""
+    from cycleseg.export import main as export_main
+
     edit, match = CHECKPOINT_EDITS[case]
     path = edited(tiny_checkpoint, tmp_path, "edited", edit)
     if case == "not a checkpoint":
@@ -275,9 +332,10 @@ def test_hand_edited_checkpoints(tiny_checkpoint, tmp_path, capsys, case, comman
         torch.save([1, 2, 3], path)
     image = tmp_path / "in.png"
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
-    argv = ([path, "--out", tmp_path / "o", "--no-progress"] if command == "evaluate"
-            else [path, image, "--out", tmp_path / "o", "--no-progress"])
-    one_line_error(evaluate_main if command == "evaluate" else predict_main, argv, capsys, match, tmp_path)
+    argv = {"evaluate": [path, "--out", tmp_path / "o", "--no-progress"], "export": [path, "--out", tmp_path / "o"],
+            "predict": [path, image, "--out", tmp_path / "o", "--no-progress"]}[command]
+    main = {"evaluate": evaluate_main, "predict": predict_main, "export": export_main}[command]
+    one_line_error(main, argv, capsys, match, tmp_path)
 
 
 @pytest.mark.parametrize("option, match", [(["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
@@ -642,7 +700,7 @@ def test_predict_names_a_pt2_and_refuses_a_malformed_palette(tmp_path, capsys, t
 
 
 @pytest.mark.parametrize("edit, match", [
-    ({"cycleseg.channels": "2"}, "channels 2"),
+    ({"cycleseg.channels": "2"}, "1 classes and 2 channels"),
     ({"cycleseg.image_size": "[16]"}, "image_size [16]"),
     ({"cycleseg.palette": "[[0, 0]]"}, "palette colour"),
     ({"cycleseg.num_classes": "{"}, "not JSON"),

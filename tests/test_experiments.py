@@ -30,6 +30,17 @@ def test_summary_mean_and_std():
     assert rows[1]["miou"] == (0.9, 0.0, 1)
 
 
+def test_one_seed_shows_no_spread():
+    """A cell run with one seed has no spread: the table shows its mean alone (not "± 0.000", which reads as a
+    measured zero spread), the CSV an empty std; two seeds show mean ± sample std."""
+    from cycleseg.report import grid_csv, grid_markdown
+
+    rows = summarize({Cell("semi", 0.1): {0: {"miou": 0.5}, 1: {"miou": 0.7}}, Cell("full", 1.0): {0: {"miou": 0.9}}})
+    table = grid_markdown(rows, "h")
+    assert "| Ours (semi) | 10 % | 0.600 ± 0.141 | 2 |" in table and "| Full | 100 % | 0.900 | 1 |" in table, table
+    assert grid_csv(rows).splitlines()[1:] == ["semi,0.1,,miou,0.600000,0.141421,2", "full,1.0,,miou,0.900000,,1"]
+
+
 def test_comparison_grid_writes_results_and_resumes(tmp_path, capsys):
     out = tmp_path / "grid"
     assert main(["--grid", "comparison", "--fractions", "0.1", "--seeds", "0", "1", "--out", str(out)] + TINY) == 0
@@ -126,7 +137,8 @@ def test_fractions_are_named_to_their_precision_and_never_share_a_folder():
 
 def test_method_options_reach_only_their_methods_cells(tmp_path):
     """--method-options gives one arm options of its own (FixMatch at UniMatch's rate), after the shared ones;
-    options a cell owns, unknown methods and unparsable text are refused before any cell runs."""
+    options a cell owns, --help (which printed train's help and exited 0), unknown methods and unparsable text
+    are refused before any cell runs, naming --method-options."""
     from cycleseg.config import get, parse_args
     from cycleseg.experiments import cell_args, method_options
     from cycleseg.usage import UsageError
@@ -138,7 +150,8 @@ def test_method_options_reach_only_their_methods_cells(tmp_path):
     partial = parse_args(cell_args(Cell("partial", 0.1), 0, tmp_path, None, shared, own))[0].resolved()
     assert (fm.lr, get(fm, "fm_weight"), fm.steps) == (0.0025, 2.0, 3) and partial.lr == 0.005
     for pairs, match in (([("semi", "--lr 1")], "not a method of this grid"),
-                         ([("fixmatch", "--seed 3")], "--seed after -- would be the same"),
+                         ([("fixmatch", "--seed 3")], "--seed in --method-options fixmatch would be the same"),
+                         ([("fixmatch", " --help")], "--help in --method-options fixmatch would print the training"),
                          ([("fixmatch", "--lr 'x")], "No closing quotation")):
         with pytest.raises(UsageError, match=match):
             method_options(pairs, ["fixmatch", "partial"])
@@ -204,3 +217,31 @@ def test_a_cell_killed_before_its_first_checkpoint_starts_again(tmp_path, capsys
     err = capsys.readouterr().err
     assert "config.json: a run of another configuration than this cell's (lr 0.123 where" in err, err
     assert not (cell / "last.pt").exists()                                # nothing trained over it
+
+
+def test_a_rerun_on_other_data_does_not_take_the_finished_cells(tmp_path, capsys):
+    """The grid's --data now holds other images (converted again, edited): a rerun must not put the cells
+    trained on the old content into the new table; it names the fingerprints and trains nothing."""
+    import numpy as np
+
+    from cycleseg.data.h5format import Meta, write_split
+
+    def split(path, seed):
+        rng = np.random.default_rng(seed)
+        write_split(path, rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8),
+                    rng.integers(0, 3, (6, 32, 32), dtype=np.uint8), Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
+
+    data = tmp_path / "data"
+    data.mkdir()
+    split(data / "train.h5", 0)
+    split(data / "val.h5", 1)
+    argv = ["--grid", "comparison", "--data", str(data), "--fractions", "0.5", "--methods", "partial", "--seeds", "0",
+            "--out", str(tmp_path / "g")]
+    assert main(argv + TINY) == 0
+    stamp = (tmp_path / "g" / "partial-50pct-seed0" / "last.pt").stat().st_mtime_ns
+    split(data / "train.h5", 2)                                        # same path, other images
+    capsys.readouterr()
+    assert main(argv + TINY) == 2
+    err = capsys.readouterr().err
+    assert "read other train data than" in err and "content fingerprint" in err, err
+    assert (tmp_path / "g" / "partial-50pct-seed0" / "last.pt").stat().st_mtime_ns == stamp

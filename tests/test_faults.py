@@ -86,12 +86,20 @@ def test_unwritable_folder_and_impossible_batch_are_clear_errors(tiny_argv, tmp_
     assert "--batch-size 200 is larger than the labeled subset (100 images" in capsys.readouterr().err
 
 
-def test_tiny_fraction_still_selects_images():
+def test_a_fraction_that_rounds_to_no_image_is_refused():
+    """A fraction below half an image (or patient) labels none: refused, naming the least that labels one,
+    instead of labelling one anyway (a table would then call a 1/70 run "0 %"); one that rounds to one image
+    or patient selects it."""
     import numpy as np
+    from cycleseg.data.h5format import DataError
     from cycleseg.data.subset import labeled_subset
-    assert len(labeled_subset(1000, 0.0001, seed=0)) == 1
+    with pytest.raises(DataError, match=r"--labeled-fraction 0.0001 of 1000 images labels none .* 1/1000 = 0.001"):
+        labeled_subset(1000, 0.0001, seed=0)
+    assert len(labeled_subset(1000, 0.0006, seed=0)) == 1
     groups = np.repeat(np.arange(70), 3)
-    assert len(labeled_subset(len(groups), 0.001, 0, groups, first_groups=True)) == 3
+    with pytest.raises(DataError, match="of 70 patients"):
+        labeled_subset(len(groups), 0.001, 0, groups, first_groups=True)
+    assert len(labeled_subset(len(groups), 0.01, 0, groups, first_groups=True)) == 3
 
 
 def run_cli(out, *extra, env=None):

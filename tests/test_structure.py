@@ -206,6 +206,33 @@ def test_a_signal_unwinds_every_command_and_leaves_no_temporaries(tmp_path, sign
     assert left == ["out", "out/a.txt"] and (tmp_path / "out" / "a.txt").read_bytes() == b"old", left
 
 
+def test_a_signal_caught_inside_a_finalizer_still_stops_the_command(tmp_path):
+    """SIGTERM whose handler runs while Python finalizes an object (h5py's and torch's objects have finalizers
+    and weakref callbacks): Python drops the exception raised there, but the command must still stop before
+    its next output, with one line and 143, instead of writing it and exiting 0."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from cycleseg.fileio import atomic_write_text\n"
+        "from cycleseg.usage import run_command\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        sum(range(10000))\n"                                # the handler runs here, inside __del__
+        "def main():\n"
+        "    Finalized()\n"
+        "    atomic_write_text(Path(sys.argv[1]) / 'out.txt', 'written')\n"
+        "    return 0\n"
+        "sys.exit(run_command(main))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 143 and len(err) == 1 and "stopped by SIGTERM" in err[0], done.stderr
+    assert sorted(tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())
+
+
 def test_a_signal_while_a_command_imports_or_after_it_finished(tmp_path):
     """Ctrl-C while `python -m cycleseg.X` still imports torch: one line, 130, no import traceback; a signal
     after the command has finished (the interpreter shutting down) leaves its exit status 0."""

@@ -84,6 +84,23 @@ def test_existing_run_is_not_overwritten(tiny_argv, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_semi_at_full_labels_says_what_its_unlabeled_stream_reads(tiny_argv, capsys):
+    """At 100 % labels there are no unlabeled images; a semi-supervised method's unlabeled stream then reads
+    the labeled images without their labels, and the run says so (it said "0 unlabeled images" alone)."""
+    assert main(tiny_argv("r", "--steps", "1", "--eval-every", "1", "--labeled-fraction", "1.0")) == 0
+    err = capsys.readouterr().err
+    assert "1000 labeled / 0 unlabeled images (the unlabeled stream reads the labeled images, without" in err, err
+
+
+def test_another_methods_options_are_noted_as_unread(tiny_argv, capsys):
+    """--mode partial with Mean Teacher's and semi's weights given: the run says they are not read (they were
+    ignored without a word); its own options raise no note."""
+    assert main(tiny_argv("r", "--mode", "partial", "--steps", "1", "--eval-every", "1", "--mt-consistency", "0.3",
+                          "--lambda4", "0.1", "--lr", "0.002")) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "of another method" in line]
+    assert notes == ["note: --lambda4, --mt-consistency: options of another method, not read by --mode partial"], notes
+
+
 def test_dry_run_prints_counts(capsys):
     assert main(["--dry-run", "--preset", "paper", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -159,8 +159,9 @@ def main(argv=None) -> int:
         elif a.kind == "acdc":
             items, meta = cv.acdc_items(a.src, split)
         else:
-            items, meta = cv.folder_items(a.src, a.num_classes, mapping=mapping)
-            left_out = cv.folder_left_out(a.src)
+            listing = cv.folder_listing(a.src)
+            items, meta = cv.folder_items(a.src, a.num_classes, mapping=mapping, listing=listing)
+            left_out = cv.folder_left_out(a.src, listing)
         size = tuple(a.size) if a.size else (cv.SIZE_PRESETS.get(a.kind) if a.preset == "paper" else None)
         check_size(size)
         summary = cv.convert(items, meta, a.out, size, a.keep_aspect, progress=not a.no_progress,

@@ -313,15 +313,24 @@ def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     return items, meta
 
 
-def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=None) -> tuple[list[Item], Meta]:
+def folder_listing(src: Path) -> dict:
+    """One listing of an image folder, what folder_items converts and folder_left_out reports: the visible
+    entries (hidden files such as macOS's ._x.png are neither) of images/ and masks/, sorted."""
+    listing = {}
+    for d in ("images", "masks"):
+        if not (src / d).is_dir():
+            raise DataError(f"{src / d}: no such folder (expected images/ and masks/ with same-named files)")
+        listing[d] = sorted(p for p in (src / d).iterdir() if not p.name.startswith("."))
+    return listing
+
+
+def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=None,
+                 listing: dict | None = None) -> tuple[list[Item], Meta]:
+    listing = listing or folder_listing(src)
     img_dir, msk_dir = src / "images", src / "masks"
-    for d in (img_dir, msk_dir):
-        if not d.is_dir():
-            raise DataError(f"{d}: no such folder (expected images/ and masks/ with same-named files)")
-    images = sorted(p for p in img_dir.iterdir()                    # hidden files (macOS ._x.png) are not images
-                    if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and not p.is_dir())
+    images = [p for p in listing["images"] if p.suffix.lower() in IMAGE_EXTS and not p.is_dir()]
     if not images:
-        dirs = sorted(p.name for p in img_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        dirs = [p.name for p in listing["images"] if p.is_dir()]
         raise DataError(f"{img_dir}: no images ({', '.join(IMAGE_EXTS)})" + (
             f"; its subfolders ({', '.join(dirs[:5])}) are not read: convert each as its own images/ + masks/ "
             f"pair" if dirs else ""))
@@ -332,7 +341,7 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
                             f"rename one (each image is paired with the mask of its name)")
         stems[p.stem] = p
     pngs = {}
-    for q in sorted(q for q in msk_dir.iterdir() if q.suffix.lower() == ".png" and q.is_file()):   # a.png or a.PNG
+    for q in (q for q in listing["masks"] if q.suffix.lower() == ".png" and q.is_file()):   # a.png or a.PNG
         if q.stem in pngs:
             raise DataError(f"{pngs[q.stem]} and {q} are both the mask of {q.stem!r}; keep one")
         pngs[q.stem] = q
@@ -340,7 +349,7 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
     for p in images:
         m = pngs.get(p.stem, msk_dir / f"{p.stem}.png")
         if not m.exists():
-            others = sorted(q.name for q in msk_dir.glob(f"{p.stem}.*") if q.is_file())
+            others = sorted(q.name for q in listing["masks"] if q.stem == p.stem and q.is_file())
             lossy = any(Path(o).suffix.lower() in (".jpg", ".jpeg") for o in others)
             hint = (f"; masks are read as lossless .png only (found {', '.join(others)}" + (
                 ": a JPEG's compression changes class ids)" if lossy else "; save them as .png)") if others else "")
@@ -354,14 +363,13 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
     return items, meta
 
 
-def folder_left_out(src: Path) -> list[str]:
+def folder_left_out(src: Path, listing: dict | None = None) -> list[str]:
     """What the folder converter leaves out, one note each: subfolders of images/ or masks/ (only the files
     directly inside are read), files of images/ that are no image, masks without an image of their name."""
     def shown(paths):
         names = sorted(p.name for p in paths)
         return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    notes = []
-    visible = {d: [p for p in (src / d).iterdir() if not p.name.startswith(".")] for d in ("images", "masks")}
+    notes, visible = [], listing or folder_listing(src)
     for d, entries in visible.items():
         if dirs := [p for p in entries if p.is_dir()]:
             notes.append(f"{src / d}: {len(dirs)} subfolder(s) not read ({shown(dirs)}): only the files directly "

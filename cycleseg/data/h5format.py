@@ -91,6 +91,38 @@ def palette_problem(palette, num_classes: int) -> str | None:
     return None
 
 
+def info_problem(info: dict) -> str | None:
+    """What is wrong with the data description a checkpoint or an exported model carries (models.data_info:
+    classes, channels, class names, palette, ignore_index, preprocessing), or None. Checked in this one place
+    by every reader (load_run for evaluate, predict and export; predict for an .onnx), so that nothing exports
+    what predict would then refuse, and nothing fails later on a field of the wrong kind."""
+    def whole(v, least: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    k, c = info.get("num_classes", 1), info.get("channels", 1)
+    if not whole(k, 1) or isinstance(c, bool) or c not in (1, 3):
+        return f"{k!r} classes and {c!r} channels (expected >= 1 classes, 1 or 3 channels)"
+    for side in ("height", "width"):
+        if info.get(side) is not None and not whole(info[side], 1):
+            return f"{side} {info[side]!r} (expected a whole number of pixels)"
+    names = info.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)):
+        return f"class_names {names!r:.60} (expected the {k} classes' names)"
+    ignore = info.get("ignore_index", IGNORE_INDEX)
+    if not whole(ignore, 0) or ignore > 255:
+        return f"ignore_index {ignore!r} (expected a whole number in 0..255)"
+    pre = info.get("preprocessing")
+    if pre is not None and not isinstance(pre, dict):
+        return f"preprocessing {pre!r:.60} (expected a dict of what the converter did)"
+    axis, rule = (pre or {}).get("slice_axis"), (pre or {}).get("volume_intensity")
+    if axis is not None and not (whole(axis, 0) and axis <= 2 or isinstance(axis, str)):
+        return f"preprocessing slice_axis {axis!r} (expected 0, 1 or 2)"
+    if rule is not None and not isinstance(rule, str):
+        return f"preprocessing volume_intensity {rule!r} (expected a rule's name)"
+    problem = palette_problem(info.get("palette"), k)
+    return f"palette: {problem}" if problem else None
+
+
 def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups: np.ndarray | None = None) -> None:
     """Write one split atomically. images (N, H, W, C) or (N, H, W) uint8; masks (N, H, W) uint8."""
     images = np.asarray(images)

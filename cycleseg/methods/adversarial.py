@@ -20,9 +20,9 @@ from .base import Method
 class AdversarialOptions:
     """--mode adversarial (flags --adv-*)."""
     PREFIX: ClassVar[str] = "adv"
-    lambda_: float = option(0.01, "weight of the adversarial term on labeled predictions", check="non_negative")
-    semi_lambda: float = option(0.001, "weight of the adversarial term on unlabeled predictions", check="non_negative")
-    self_training: float = option(0.1, "weight of self-training on confident unlabeled pixels", check="non_negative")
+    lambda_: float = option(0.01, "weight of the adversarial term on labeled predictions", check="weight")
+    semi_lambda: float = option(0.001, "weight of the adversarial term on unlabeled predictions", check="weight")
+    self_training: float = option(0.1, "weight of self-training on confident unlabeled pixels", check="weight")
     threshold: float = option(0.2, "D's confidence above which an unlabeled pixel is a pseudo-label",
                               check="fraction")
     start: float = option(0.25, "fraction of the run after which self-training starts (their 5000 of 20000)",

@@ -24,17 +24,17 @@ POOL_SEED_OFFSETS = {"seg": 11, "img": 12}
 class CycleGANOptions:
     """--mode semi. None: from the recipe (config.RECIPES)."""
     PREFIX: ClassVar[str] = ""
-    lambda1: float | None = option(None, "weight of L_gen^I = MSE(G_SI(y), x)", check="non_negative")
-    lambda2: float | None = option(None, "weight of L_cycle^S = CE(G_IS(G_SI(y)), y)", check="non_negative")
-    lambda3: float | None = option(None, "weight of L_cycle^I = L1(G_SI(softmax G_IS(x')), x')", check="non_negative")
+    lambda1: float | None = option(None, "weight of L_gen^I = MSE(G_SI(y), x)", check="weight")
+    lambda2: float | None = option(None, "weight of L_cycle^S = CE(G_IS(G_SI(y)), y)", check="weight")
+    lambda3: float | None = option(None, "weight of L_cycle^I = L1(G_SI(softmax G_IS(x')), x')", check="weight")
     lambda4: float | None = option(None, "weight of L_disc^S: G_IS fools D_S on unlabeled images (recipe tuned: "
-                                   "0.01, 0.1 with --generator unet)", check="non_negative")
-    lambda5: float | None = option(None, "weight of L_disc^I: G_SI fools D_I", check="non_negative")
+                                   "0.01, 0.1 with --generator unet)", check="weight")
+    lambda5: float | None = option(None, "weight of L_disc^I: G_SI fools D_I", check="weight")
     rampup: float | None = option(None, "fraction of the steps over which the terms that see unlabeled images (lambda3, "
                                   "lambda4) ramp up from 0 (sigmoid); 0 = none", check="fraction")
     hard_cycle: bool | None = option(None, "G_SI reads one-hot argmax masks of unlabeled images in L_cycle^I "
                                      "(straight-through gradient) instead of softmax probabilities")
-    pool_size: int = option(50, "fakes kept in each discriminator's history pool (0: none)", check="non_negative")
+    pool_size: int = option(50, "fakes kept in each discriminator's history pool (0: none)", check="pool")
 
     @property
     def lambdas(self) -> Lambdas:

@@ -23,7 +23,7 @@ class FixMatchOptions:
     PREFIX: ClassVar[str] = "fm"
     threshold: float = option(0.95, "confidence above which a weak-view prediction is a pseudo-label", check="fraction")
     weight: float = option(1.0, "weight of the strong-view term (UniMatch's ACDC ratio to its (CE + Dice) / 2 "
-                           "supervised term: --dice 1 --fm-weight 2)", check="non_negative")
+                           "supervised term: --dice 1 --fm-weight 2)", check="weight")
     cutmix: float = option(0.5, "probability of a CutMix box in each strong view", check="fraction")
     loss: str = option("dice", "the strong-view term: dice (UniMatch's medical recipe, ACDC) or ce (its "
                        "natural-image one)", choices=("dice", "ce"))

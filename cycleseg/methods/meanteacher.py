@@ -21,7 +21,7 @@ class MeanTeacherOptions:
     """--mode meanteacher (flags --mt-*), SSL4MIS's train_mean_teacher_2D.py."""
     PREFIX: ClassVar[str] = "mt"
     consistency: float = option(0.1, "weight of the consistency term at the end of the ramp-up (SSL4MIS's 0.1 against "
-                                "its (CE + Dice) / 2: --dice 1 --mt-consistency 0.2)", check="non_negative")
+                                "its (CE + Dice) / 2: --dice 1 --mt-consistency 0.2)", check="weight")
     ema: float = option(0.99, "EMA decay of the teacher", check="fraction")
     noise: float = option(0.2, "std of the teacher's input noise on images in [-1, 1] (SSL4MIS's 0.1 on [0, 1]), "
                           "clipped at twice it", check="image_std")
