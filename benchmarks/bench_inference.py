@@ -12,7 +12,8 @@ Networks: ACDC's G_IS at the CPU preset (ResNet, ngf 16, 3 blocks, 64x64, 1 chan
 networks on the CPU: 1 / 8). Every variant
 computes the same model on the same inputs: its class scores are compared with eager_fp32's (largest
 absolute difference, argmax agreement), recorded in extra_info and asserted: fp32 variants within float
-rounding (agreement >= 99.9 %, scores within 1e-3 relative); cycleseg's bf16 no farther from fp32 than
+rounding (agreement >= 99.9 %, scores within 1e-3 relative; on CUDA, where cuDNN convolves in TF32 by
+PyTorch's default, 99.5 % and 1e-2); cycleseg's bf16 no farther from fp32 than
 PyTorch's own bf16 (bf16_cl). On these untrained networks the class scores lie close together, so bf16's
 argmax agreement reads low (96-99.5 %) for both; on trained models it is >= 99.9 %
 (benchmarks/precision_check.py, RESULTS.md).
@@ -74,6 +75,8 @@ def onnx_session(name: str, net):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         providers = ["CUDAExecutionProvider"] if DEVICE == "cuda" else ["CPUExecutionProvider"]
+        if providers[0] not in ort.get_available_providers():        # a CPU-only onnxruntime beside a GPU
+            pytest.skip(f"this onnxruntime has no {providers[0]} (it has {ort.get_available_providers()})")
         _cache[name] = ort.InferenceSession(blob, opts, providers=providers)
     return _cache[name]
 
@@ -143,8 +146,12 @@ def test_inference(benchmark, variant, name, batch):
     benchmark.extra_info.update(device=device_name(), torch=torch.__version__, ms=ms, slices_per_s=batch / ms * 1e3,
                                 argmax_agreement=agreement, max_abs_diff=max_diff, bf16=bf16)
     if not bf16:                                              # fp32: the same numbers up to float rounding
-        assert agreement >= 0.999 and max_diff <= 1e-3 * max(1.0, ref.abs().max().item()), (variant, agreement,
-                                                                                               max_diff)
+        # (on CUDA PyTorch's default lets cuDNN convolve in TF32, a 10-bit mantissa: 1e-2, 99.5 %)
+        tf32 = x.is_cuda and torch.backends.cudnn.allow_tf32
+        rel, least = (1e-2, 0.995) if tf32 else (1e-3, 0.999)
+        benchmark.extra_info.update(tf32=tf32)
+        assert agreement >= least and max_diff <= rel * max(1.0, ref.abs().max().item()), (variant, agreement,
+                                                                                            max_diff)
     elif variant == "cycleseg":                               # bf16: as close to fp32 as PyTorch's own bf16
         peer = peer_bf16(name, batch)
         peer_diff = (peer - ref).abs().max().item()

@@ -25,7 +25,7 @@ else:
 def test_instance_norm_relu(benchmark, variant, pass_, dtype, shape):
     *dims, layout = shape
     benchmark.group = f"instance_norm_relu {'x'.join(map(str, dims))} {layout} {str(dtype)[6:]} {pass_}"
-    x = torch.randn(dims, device=DEVICE, dtype=dtype)
+    x = torch.randn(dims).to(DEVICE, dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(pass_ == "fwd_bwd")

@@ -21,11 +21,11 @@ LAYOUTS = ["channels_last"] if QUICK else ["channels_last", "nchw"]
 def test_softmax_cross_entropy(benchmark, variant, pass_, dtype, k, size, layout):
     n, h, w = size
     benchmark.group = f"softmax_cross_entropy {n}x{k}x{h}x{w} {layout} {str(dtype)[6:]} {pass_}"
-    x = torch.randn(n, k, h, w, device=DEVICE, dtype=dtype)
+    x = torch.randn(n, k, h, w).to(DEVICE, dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_(pass_ == "fwd_bwd")
-    t = torch.randint(0, k, (n, h, w), device=DEVICE, dtype=torch.uint8)
+    t = torch.randint(0, k, (n, h, w), dtype=torch.uint8).to(DEVICE)
     t[:, :4] = 255
     fn = variant_fn(variant, lambda a, b: native.softmax_cross_entropy(a, b, ignore_index=255),
                     lambda a, b: ops.softmax_cross_entropy(a, b, ignore_index=255))

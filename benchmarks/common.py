@@ -76,13 +76,15 @@ def host_ms(fn, reps: int = 50, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def graph_ms(fn, calls: int = 10, replays: int = 20) -> float | None:
+def graph_ms(fn, calls: int = 10, replays: int = 20) -> tuple[float | None, str | None]:
     """Device time of one fn() on CUDA with the host out of the way: `calls` calls captured in one CUDA
-    graph (after warm-up on a side stream, as capture requires), the graph replayed `replays` times
-    between events, the median per call. Inputs stay in L2 between calls where they fit (60 MB on an
-    H200). None on the CPU, or where fn cannot be captured (a host sync inside it)."""
+    graph (after warm-up on a side stream, as capture requires; errors of this thread only), the graph
+    replayed `replays` times between events, the median per call. Inputs stay in L2 between calls where
+    they fit (60 MB on an H200). Returns (ms, None), or (None, why) on the CPU or where fn cannot be
+    captured; a failed capture leaves the CUDA generator as a finished one would (the next random
+    tensor would otherwise fail with "Offset increment outside graph capture")."""
     if DEVICE != "cuda":
-        return None
+        return None, "not CUDA"
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -91,7 +93,7 @@ def graph_ms(fn, calls: int = 10, replays: int = 20) -> float | None:
                 fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             for _ in range(calls):
                 fn()
         graph.replay()
@@ -104,10 +106,17 @@ def graph_ms(fn, calls: int = 10, replays: int = 20) -> float | None:
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / calls)
-        return statistics.median(times)
-    except Exception:                                               # noqa: BLE001 -- not capturable: no figure
-        torch.cuda.synchronize()
-        return None
+        return statistics.median(times), None
+    except Exception as e:                                          # noqa: BLE001 -- not capturable: no figure
+        why = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        try:
+            torch.cuda.synchronize()
+        except Exception:                                           # noqa: BLE001
+            pass
+        reset = torch.cuda.CUDAGraph()                              # a capture that ends resets the generator
+        with torch.cuda.graph(reset):
+            torch.zeros(1, device="cuda").add_(1)
+        return None, why
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,4 +151,6 @@ def bench(benchmark, fn, inputs: list, pass_: str, bytes_floor: int):
     ms = median_ms(run)
     benchmark.pedantic(lambda: (run(), sync()), rounds=3, iterations=1)  # the harness's own (host) record
     benchmark.extra_info.update(device=device_name(), median_ms=ms, bytes=bytes_floor,
-                                copy_gbs=copy_bandwidth_gbs(), torch=torch.__version__, graph_ms=graph_ms(run))
+                                copy_gbs=copy_bandwidth_gbs(), torch=torch.__version__)
+    graph, why = graph_ms(run)
+    benchmark.extra_info.update(graph_ms=graph, graph_error=why)

@@ -58,6 +58,9 @@ def ops_table(rows) -> list[str]:
             else:
                 row += " - | - | - | - |"
             out.append(row)
+    errors = sorted({e.get("graph_error") for v in groups.values() for e in v.values()} - {None, "not CUDA"})
+    if errors:
+        out += ["", "Calls that could not be captured in a CUDA graph: " + "; ".join(errors)]
     return out
 
 
