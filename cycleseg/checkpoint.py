@@ -89,8 +89,14 @@ def check_run(state: dict, path) -> None:
     if "G_IS" not in nets:
         _fail(path, f"no G_IS among its networks {sorted(map(str, nets))}")
     for name, sd in nets.items():
-        if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            _fail(path, f"the state dict of {name} must hold tensors")
+        if not sd or not all(isinstance(k, str) for k in sd):
+            _fail(path, f"the state dict of {name} must map parameter names to tensors, got keys {list(sd)[:3]!r:.80}")
+        odd = next((k for k, v in sd.items() if not isinstance(v, torch.Tensor) or v.layout != torch.strided
+                    or v.is_complex() or v.is_quantized), None)
+        if odd is not None:
+            v = sd[odd]
+            kind = (f"a {v.layout} {v.dtype} tensor" if isinstance(v, torch.Tensor) else f"a {type(v).__name__}")
+            _fail(path, f"the state dict of {name} must hold dense real tensors; {odd} is {kind:.80}")
         broken = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if broken:
             _fail(path, f"the weights of {name} hold NaN or infinite values ({broken[0]}"
@@ -138,7 +144,11 @@ def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
     g_is = state["nets"]["G_IS"]
     info = dict(state.get("data") or {})
     if "num_classes" not in info:                                   # older checkpoints: read the weights
-        info["num_classes"], info["channels"] = _last_conv(g_is).shape[0], g_is["model.1.weight"].shape[1]
+        last = _last_conv(g_is)
+        if last is None or "model.1.weight" not in g_is or last.dim() != 4 or g_is["model.1.weight"].dim() != 4:
+            raise CheckpointError(f"{path}: its G_IS weights are not those of a cycleseg generator (no model.N "
+                                  f"convolution weights), and it does not say its classes and channels")
+        info["num_classes"], info["channels"] = last.shape[0], g_is["model.1.weight"].shape[1]
     info.setdefault("class_names", [str(i) for i in range(info["num_classes"])])
     info.setdefault("palette", None)
     info.setdefault("ignore_index", 255)
@@ -155,6 +165,6 @@ def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
 
 
 def _last_conv(g_state: dict):
-    """The weight of a generator's last convolution in its state dict."""
+    """The weight of a generator's last convolution in its state dict (None: no model.N weights)."""
     layers = {int(m.group(1)): k for k in g_state if (m := re.fullmatch(r"model\.(\d+)\.weight", k))}
-    return g_state[layers[max(layers)]]
+    return g_state[layers[max(layers)]] if layers else None

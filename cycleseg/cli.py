@@ -4,7 +4,6 @@ output folder."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
@@ -49,15 +48,18 @@ def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
     """UsageError naming the outputs that exist already, unless overwrite; an output that is one of the
     command's `inputs` (a checkpoint, an image, a record file), or a folder, is refused even with
     --overwrite. Checked before anything is written."""
-    def same(a: Path, b: Path) -> bool:
+    def keys(p: Path) -> set:                                       # its resolved path and, if it exists, its inode
         try:
-            return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+            st = p.stat()
+            return {p.resolve(), (st.st_dev, st.st_ino)}
+        except FileNotFoundError:
+            return {p.resolve()}
         except (OSError, RuntimeError):                             # a symbolic-link loop (RuntimeError < 3.13)
-            return False
+            return set()
 
-    ins = [Path(i) for i in inputs]
+    ins = set().union(*(keys(Path(i)) for i in inputs))              # each path resolved once: many inputs stay linear
     for p in map(Path, paths):
-        if any(same(p, i) for i in ins):
+        if keys(p) & ins:
             raise UsageError(f"{p} is one of this command's inputs: an output never replaces an input; choose "
                              f"another --out")
         if p.is_dir():

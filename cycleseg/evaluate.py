@@ -41,7 +41,7 @@ from .data.source import open_source
 from .data.splits import split_path
 from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
-from .usage import UsageError, path_arg, run_command
+from .usage import UsageError, path_arg, path_text, run_command
 
 
 def batches(source, batch_size: int, progress: bool = False, desc: str = "evaluate", indices=None):
@@ -196,9 +196,9 @@ def _num(v):
 
 def main(argv=None) -> int:
     p = checkpoint_parser("python -m cycleseg.evaluate", __doc__)
-    p.add_argument("--data", default=None, help="data to evaluate: a converted .h5 file (scored as it is), or a folder "
+    p.add_argument("--data", type=path_text, default=None, help="data to evaluate: a converted .h5 file (scored as it is), or a folder "
                                                 "whose --split is scored (default: the checkpoint's own data)")
-    p.add_argument("--val-data", default=None, help="the val split's .h5 when --data is a train file")
+    p.add_argument("--val-data", type=path_text, default=None, help="the val split's .h5 when --data is a train file")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--out", type=path_arg, default=None,
                    help="output folder (default: eval-<split>-<name>[-<data>] beside the checkpoint)")

@@ -51,12 +51,13 @@ from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
 from .data.splits import open_splits, split_path
+from .data.subset import labeled_subset
 from .evaluate import batches, main as evaluate_main
 from .fileio import write_files
 from .methods import METHODS
 from .metrics import image_dice
 from .runfolder import RunFolder
-from .usage import Parser, UsageError, fail, path_arg, run_command
+from .usage import Parser, UsageError, fail, path_arg, path_text, run_command
 
 PAPER_ARMS = ("partial", "semi")        # the paper's comparison: the supervised baseline and the method
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
@@ -99,6 +100,8 @@ def grid_cells(grid: str, fractions, extra=(), methods=PAPER_ARMS) -> list[Cell]
     for f in fractions:
         if not 0 < f <= 1:
             raise UsageError(f"--fractions: {f} is not a labeled fraction in (0, 1]")
+        if percent(f) == "0":
+            raise UsageError(f"--fractions: {f} would be named 0 %: give a fraction of 0.0001 or more")
         if percent(f) in named and named[percent(f)] != f:
             raise UsageError(f"--fractions {named[percent(f)]} and {f} would share the folders and rows "
                              f"'{percent(f)} %': give fractions that differ by 0.0001 or more")
@@ -197,11 +200,26 @@ def check_cell_folder(cfg, folder: Path) -> bool:
 
 
 @functools.lru_cache(maxsize=4)
+def grid_splits(data, val_data, image_size):
+    """The splits the grid's cells read, opened (and checked) once."""
+    return open_splits(data, val_data, image_size or 64, progress=False)
+
+
+@functools.lru_cache(maxsize=4)
 def data_fingerprints(data, val_data, image_size) -> dict:
     """The content fingerprints of the data the grid's cells read, computed once: a finished or started
     cell whose checkpoint read other data (the folder's content replaced since) is not taken into the table."""
-    splits = open_splits(data, val_data, image_size or 64, progress=False)
+    splits = grid_splits(data, val_data, image_size)
     return {"fingerprints": splits.fingerprints(), "paths": {"train": splits.train.path, "val": splits.val.path}}
+
+
+def check_fraction(cfg) -> None:
+    """DataError, before any cell trains, when a cell's labeled fraction labels no image of its data
+    (it failed only when that cell's turn came, after the cells before it had trained)."""
+    train = grid_splits(cfg.data, cfg.val_data, cfg.image_size).train
+    annotated = np.arange(len(train)) if train.labeled is None else np.flatnonzero(train.labeled)
+    groups = None if train.groups is None else train.groups[annotated]
+    labeled_subset(len(annotated), cfg.labeled_fraction, cfg.seed, groups)
 
 
 def final_record(folder: Path, steps: int) -> dict | None:
@@ -368,7 +386,7 @@ def main(argv=None) -> int:
     p = Parser(prog="python -m cycleseg.experiments", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
-    p.add_argument("--data", default=None, help="any --data of the training command (default: the built-in dataset)")
+    p.add_argument("--data", type=path_text, default=None, help="any --data of the training command (default: the built-in dataset)")
     p.add_argument("--fractions", type=float, nargs="+", default=None,
                    help="labeled fractions (comparison grid; default 0.1 0.2)")
     p.add_argument("--methods", nargs="+", default=None, choices=COMPARED,
@@ -394,6 +412,7 @@ def main(argv=None) -> int:
             args = cell_args(cell, seed, out, a.data, extra, own)
             cfg = parse_args(args)[0].resolved()
             check_cell_folder(cfg, Path(cfg.out))
+            check_fraction(cfg)
     except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
     results: dict = {c: {} for c in cells}

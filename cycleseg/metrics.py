@@ -22,6 +22,7 @@ from scipy import ndimage
 from .data import nifti
 from .data.h5format import DataError
 from .fileio import write_files
+from .report import csv_line
 from .usage import Parser, fail, path_arg, run_command
 
 
@@ -207,7 +208,7 @@ def scores_csv(result: dict) -> str:
     rows = ["case,class," + ",".join(SCORES)]
     for x in result["cases"]:
         for c in result["classes"]:
-            rows.append(f"{x['case']},{c}," + ",".join("" if x[k][c] is None else str(x[k][c]) for k in SCORES))
+            rows.append(csv_line(x["case"], c, *(x[k][c] for k in SCORES)))
     return "\n".join(rows) + "\n"
 
 

@@ -34,16 +34,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import inference
+from .report import csv_line
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
-from .config import SIDE_MULTIPLE, least_side
+from .config import MAX_SIDE, SIDE_MULTIPLE, least_side
 from .data import nifti
 from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image, upright
 from .data.h5format import DataError, default_palette, info_problem, open_h5, read_meta
 from .data.pixels import to_input
 from .fileio import write_files
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
-from .usage import UsageError, path_arg, run_command
+from .usage import UsageError, path_arg, path_text, run_command
 
 
 
@@ -244,11 +245,13 @@ def onnx_meta_problem(meta: dict) -> str | None:
     if problem := info_problem(meta):                               # what a checkpoint's description holds too
         return problem
     size, generator = meta["image_size"], meta.get("generator", "resnet")
-    if generator not in SIDE_MULTIPLE:
-        return f"generator {generator!r}"
+    if not isinstance(generator, str) or generator not in SIDE_MULTIPLE:   # a list is not even hashable
+        return f"generator {generator!r:.60} (expected one of {', '.join(SIDE_MULTIPLE)})"
     multiple, least = SIDE_MULTIPLE[generator], least_side(generator)
-    if not (isinstance(size, list) and len(size) == 2 and all(whole(v, least) and v % multiple == 0 for v in size)):
-        return f"image_size {size!r}, expected [height, width], multiples of {multiple} of at least {least}"
+    if not (isinstance(size, list) and len(size) == 2
+            and all(whole(v, least) and v % multiple == 0 and v <= MAX_SIDE for v in size)):
+        return (f"image_size {size!r:.60}, expected [height, width], multiples of {multiple} of at least {least} "
+                f"and at most {MAX_SIDE}")
     return None
 
 
@@ -302,18 +305,14 @@ def run(a) -> dict:
 def manifest(items, scans, suffixes) -> bytes:
     """inputs.csv: a row per output written, with its input file (an HDF5 image as file[index]): names with
     spaces, commas or quotes read back with any CSV reader."""
-    rows = ["input,output"] + [f"{csv_field(it.source)},{csv_field(f'{it.name}_{x}.png')}" for it in items for x in suffixes]
-    rows += [f"{csv_field(str(path))},{csv_field(name)}" for name, path in scans]
+    rows = ["input,output"] + [csv_line(it.source, f"{it.name}_{x}.png") for it in items for x in suffixes]
+    rows += [csv_line(path, name) for name, path in scans]
     return ("\n".join(rows) + "\n").encode()
-
-
-def csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
 
 
 def main(argv=None) -> int:
     p = checkpoint_parser("python -m cycleseg.predict", __doc__, "a run's last.pt or best.pt, or an exported .onnx")
-    p.add_argument("inputs", nargs="+", help="image files, folders of images or scans, .h5 files, NIfTI scans")
+    p.add_argument("inputs", nargs="+", type=path_text, help="image files, folders of images or scans, .h5 files, NIfTI scans")
     p.add_argument("--out", type=path_arg, required=True, help="output folder")
     p.add_argument("--resample", choices=RESAMPLE, default="logits",
                    help="scans: back to the scan's grid by bilinear resampling of the class scores, then argmax "

@@ -5,6 +5,7 @@
     volumes_csv         per-volume scores of each structure
     grid_markdown       the experiments' table: mean ± sample std (ddof 1) over seeds per cell (one seed: the mean)
     grid_csv            the same, one line per cell and score
+    csv_line            one CSV line, fields quoted where they hold a comma, a quote or a line break (RFC 4180)
 """
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ def percent(fraction: float) -> str:
     """A labeled fraction as the percentage that names run folders and labels results: 0.1 -> "10",
     0.104 -> "10.4", 0.001 -> "0.1" (two decimals at most)."""
     return f"{100 * fraction:.2f}".rstrip("0").rstrip(".")
+
+
+def csv_line(*fields) -> str:
+    """One CSV line: a field holding a comma, a quote or a line break is quoted (names come from users'
+    files: a class "LV, cavity" or a case "a,b.nii.gz" would otherwise shift every column after it)."""
+    def field(v) -> str:
+        t = "" if v is None else str(v)
+        return '"' + t.replace('"', '""') + '"' if any(c in t for c in ',"\n\r') else t
+    return ",".join(map(field, fields))
 
 
 def _fmt(v) -> str:
@@ -49,16 +59,15 @@ def evaluation_table(r: dict) -> str:
 
 
 def confusion_csv(mat, names) -> str:
-    return "truth \\ prediction," + ",".join(names) + "\n" + "".join(
-        f"{names[i]}," + ",".join(str(int(v)) for v in mat[i]) + "\n" for i in range(len(names)))
+    return csv_line("truth \\ prediction", *names) + "\n" + "".join(
+        csv_line(names[i], *(int(v) for v in mat[i])) + "\n" for i in range(len(names)))
 
 
 def volumes_csv(per_volume: list, structures) -> str:
     rows = ["volume,structure," + ",".join(STRUCTURE_SCORES)]
     for v in per_volume:
         for st in structures:
-            rows.append(f"{v['volume']},{st}," + ",".join("" if v[k][st] is None else str(v[k][st])
-                                                          for k in STRUCTURE_SCORES))
+            rows.append(csv_line(v["volume"], st, *(v[k][st] for k in STRUCTURE_SCORES)))
     return "\n".join(rows) + "\n"
 
 
@@ -82,7 +91,7 @@ def seeds_csv(results: dict) -> str:
     for c, by_seed in results.items():
         for seed, r in sorted(by_seed.items()):
             scores = ",".join(f"{r[k]:.6f}" if r.get(k) is not None else "" for k in GRID_SCORES)
-            out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{seed},{scores}")
+            out.append(csv_line(c.mode, c.fraction, c.name if c.ablation else "", seed) + f",{scores}")
     return "\n".join(out) + "\n"
 
 
@@ -93,5 +102,5 @@ def grid_csv(rows) -> str:
         for k in GRID_SCORES:
             if k in r:
                 std = f"{r[k][1]:.6f}" if r[k][2] > 1 else ""              # one seed: no spread
-                out.append(f"{c.mode},{c.fraction},{c.name if c.ablation else ''},{k},{r[k][0]:.6f},{std},{r[k][2]}")
+                out.append(csv_line(c.mode, c.fraction, c.name if c.ablation else "", k, f"{r[k][0]:.6f}", std, r[k][2]))
     return "\n".join(out) + "\n"

@@ -156,8 +156,9 @@ class RunFolder:
                 f"from another run? Nothing was changed; resume that run in its own folder, or train into another --out")
 
     def start(self, cfg: Config, step: int) -> None:
-        """Create the folder, write config.json, and drop records written after `step` (the step resumed
-        from: they will be written again)."""
+        """Create the folder, write config.json (a new run's; a resume's changes are written with its first
+        checkpoint, so a resume that fails before one leaves config.json as last.pt's), and drop records
+        written after `step` (the step resumed from: they will be written again)."""
         if not self.writes:
             return
         samples = self.path / "samples"
@@ -175,7 +176,8 @@ class RunFolder:
         if self.metrics.exists():
             keep = [r for r in self.records() if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
-        atomic_write_text(self.path / "config.json", json.dumps(flat(cfg), indent=2))
+        if step == 0 or not (self.path / "config.json").exists():   # a resume's changes: with its checkpoint
+            atomic_write_text(self.path / "config.json", json.dumps(flat(cfg), indent=2))
 
     # -- outputs ------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -247,6 +249,8 @@ class RunFolder:
         path = self.best if best else self.last
         try:
             checkpoint.save(path, state)
+            if not best:                                            # config.json says what last.pt continues
+                atomic_write_text(self.path / "config.json", json.dumps(state["config"], indent=2))
         except OSError as e:                                       # disk full, folder gone or read-only
             raise OSError(f"could not write {path} ({e.strerror or e}); the previous {path.name}, if any, is "
                           f"intact (checkpoints are written to a temporary file and renamed)") from e

@@ -32,6 +32,11 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
+def path_text(text: str) -> str:
+    """path_arg for options kept as text (a data path that may also name a built-in dataset)."""
+    return str(path_arg(text))
+
+
 TEMPORARY = re.compile(r"\.(.+)\.tmp[A-Za-z0-9_]*")              # fileio's .<name>.tmp<pid> / .<folder>.tmp<random>
 
 
@@ -123,6 +128,13 @@ def stop_before_start() -> None:
             signal.signal(sig, _stop_before_start)
 
 
+def stopped(signum: int) -> int:
+    """The one line of a command a signal stopped, and its exit status 128 + the signal."""
+    print(f"error: stopped by {signal.Signals(signum).name} before it finished; nothing it was writing was "
+          f"kept (its temporary files are removed) and earlier outputs are as they were", file=sys.stderr)
+    return 128 + signum
+
+
 def run_command(main) -> int:
     """main()'s exit status. A reader that closed our output early (`| head`) ends the command quietly, as
     Unix tools end (status 141, 128 + SIGPIPE), instead of a BrokenPipeError traceback. Ctrl-C or SIGTERM
@@ -145,10 +157,11 @@ def run_command(main) -> int:
             pass
         return 141
     except (KeyboardInterrupt, Stopped) as e:
-        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
-        print(f"error: stopped by {signal.Signals(signum).name} before it finished; nothing it was writing was "
-              f"kept (its temporary files are removed) and earlier outputs are as they were", file=sys.stderr)
-        return 128 + signum
+        return stopped(e.signum if isinstance(e, Stopped) else signal.SIGINT)
+    except Exception:                                               # a library that wrapped our Stopped in its own
+        if _stopping is None:                                       # error (torch.onnx's exporter): still the stop
+            raise
+        return stopped(_stopping)
     finally:
         sys.unraisablehook = hook
         for sig, handler in previous.items():                       # done: a command line's process ignores them

@@ -72,7 +72,7 @@ TRAIN_OPTIONS = [
     (["--mode", "meanteacher", "--mt-noise", "1e300"], "--mt-noise must be in [0, 2]"),
     (["--pool-size", "100000000"], "--pool-size must be in 0..1000"),
     (["--prefetch", "100000"], "--prefetch must be in 1..64"),
-    (["--labeled-fraction", "1e-9"], "--labeled-fraction 1e-09 of 100 patients (groups) labels none of them"),
+    (["--labeled-fraction", "1e-9"], "--labeled-fraction 1e-09 of 100 patients (groups) labels less than half of one"),
     (["--mode", "adversarial", "--image-size", "16"], "at least 32"),
     (["--lr", "-1"], "--lr must be in (0, 10]"),
     (["--lr", "1e300"], "--lr must be in (0, 10]"),
@@ -284,7 +284,17 @@ CHECKPOINT_EDITS = {
     "config not a dict": (_set("config", [1, 2]), "'config' must be a dict"),
     "nets an int": (_set("nets", 3), "'nets' must map network names to state dicts"),
     "nets without G_IS": (lambda s: s["nets"].pop("G_IS"), "no G_IS among its networks"),
-    "G_IS not a state dict": (lambda s: s["nets"].__setitem__("G_IS", {"w": 1}), "must hold tensors"),
+    "G_IS not a state dict": (lambda s: s["nets"].__setitem__("G_IS", {"w": 1}), "must hold dense real tensors; w is a int"),
+    "a key not a string": (lambda s: s["nets"]["G_IS"].__setitem__(7, torch.zeros(1)), "must map parameter names to tensors"),
+    "a complex weight": (lambda s: s["nets"]["G_IS"].__setitem__("model.1.weight", torch.full((2, 2), complex("nan"))),
+                         "model.1.weight is a torch.strided torch.complex64 tensor"),
+    "a sparse weight": (lambda s: s["nets"]["G_IS"].__setitem__("model.1.weight", torch.eye(3).to_sparse()),
+                        "model.1.weight is a torch.sparse_coo torch.float32 tensor"),
+    "foreign networks": (lambda s: (s.__setitem__("config", {}), s.__setitem__("data", {}),
+                                    s.__setitem__("nets", {"G_IS": {"w": torch.zeros(3)}})),
+                         "its G_IS weights are not those of a cycleseg generator"),
+    "a tensor in preprocessing": (lambda s: s["data"].__setitem__("preprocessing", {"spacing": torch.ones(2)}),
+                                  "preprocessing holds a value that is not plain data"),
     "step a string": (_set("step", "ten"), "'step' must be a whole number"),
     "step negative": (_set("step", -4), "'step' must be a whole number"),
     "unknown mode": (_config(mode="fancy"), "mode must be one of"),
@@ -570,6 +580,18 @@ GRID = ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0"]
 def test_grid_options_a_cell_owns(tmp_path, capsys, extra, match):
     one_line_error(experiments_main, GRID + ["--out", tmp_path / "g", "--", *TINY[:-4], *extra], capsys, match,
                    tmp_path)
+    assert not (tmp_path / "g").exists()
+
+
+def test_grid_refuses_a_fraction_that_labels_no_image_before_any_cell_trains(tmp_path, capsys):
+    """The refusal came when the cell's turn came, after Full (and the cells before it) had trained."""
+    data = tmp_path / "d"
+    data.mkdir()
+    tiny_split(data / "train.h5", 16)
+    tiny_split(data / "val.h5", 16)
+    one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.05", "--seeds", "0", "--data", data,
+                                      "--out", tmp_path / "g", "--", *TINY], capsys,
+                   "--labeled-fraction 0.05 of 6 images labels less than half of one", tmp_path)
     assert not (tmp_path / "g").exists()
 
 
@@ -1005,7 +1027,9 @@ def test_plot_refuses_records_without_a_number(tmp_path, capsys, finished_run):
 
 
 def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monkeypatch):
-    """An empty --out (an unset shell variable) trained or exported into the working folder: refused; an
+    """An empty --out (an unset shell variable) trained or exported into the working folder, and an empty
+    --data / input was read as the working folder (evaluate, predict) or the built-in data (experiments):
+    refused; an
     export into /dev/null said "File exists"; `--formats onnx onnx` wrote and printed one file twice; a file
     named samples in a run folder gave "File exists"."""
     from cycleseg.export import main as export_main
@@ -1013,6 +1037,10 @@ def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monke
     monkeypatch.chdir(tmp_path)
     one_line_error(train_main, TINY + ["--out", ""], capsys, "--out '': an empty path", tmp_path)
     one_line_error(export_main, [tiny_checkpoint, "--out", ""], capsys, "--out: an empty path", tmp_path)
+    one_line_error(evaluate_main, [tiny_checkpoint, "--data", ""], capsys, "--data: an empty path", tmp_path)
+    one_line_error(evaluate_main, [tiny_checkpoint, "--val-data", " "], capsys, "--val-data: an empty path", tmp_path)
+    one_line_error(predict_main, [tiny_checkpoint, "", "--out", "p"], capsys, "inputs: an empty path", tmp_path)
+    one_line_error(experiments_main, ["--data", "", "--out", "g"], capsys, "--data: an empty path", tmp_path)
     one_line_error(export_main, [tiny_checkpoint, "--out", "/dev/null/x", "--formats", "pt2"], capsys,
                    "/dev/null is a device or other special file, not a folder", tmp_path)
     assert export_main([str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--formats", "pt2", "pt2"]) == 0
@@ -1104,3 +1132,22 @@ def test_metrics_refuses_label_values_beyond_a_byte(tmp_path, capsys):
     nib.save(nib.Nifti1Image(lab, np.eye(4)), str(tmp_path / "t" / "c.nii.gz"))
     one_line_error(metrics_main, [tmp_path / "p", tmp_path / "t"], capsys, "label value 300 (1 voxels) outside the "
                    "class ids 0..254", tmp_path)
+
+
+def test_splits_without_a_labeled_pixel_are_refused(tmp_path, capsys):
+    """Masks that are all the ignore index (a converter's --map gone wrong): training ran, logged val mIoU
+    NaN, never wrote the best.pt its closing line named, and printed NaN in its JSON. The labeled subset and
+    the val split must each hold a labeled pixel."""
+    def split(path, all_ignored: bool):
+        tiny_split(path, 16)
+        if all_ignored:
+            with h5py.File(path, "r+") as f:
+                f["masks"][...] = 255
+        return path
+
+    train, val = split(tmp_path / "train.h5", True), split(tmp_path / "val.h5", False)
+    one_line_error(train_main, TINY + ["--data", train, "--val-data", val, "--out", tmp_path / "r"], capsys,
+                   "labeled subset hold no labeled pixel (every mask pixel is the ignore index 255)", tmp_path)
+    train, val = split(tmp_path / "train.h5", False), split(tmp_path / "val.h5", True)
+    one_line_error(train_main, TINY + ["--data", train, "--val-data", val, "--out", tmp_path / "r"], capsys,
+                   "val.h5: the val split holds no labeled pixel", tmp_path)

@@ -266,3 +266,29 @@ def test_a_damaged_cached_split_is_written_again(tmp_path, monkeypatch, capsys):
     train.write_bytes(bytes(bad))
     assert split_paths(None, image_size=16, progress=False)["train"] == train
     assert train.read_bytes() == good and "checksum differs" in capsys.readouterr().err
+
+
+def test_a_damaged_chunk_is_named_with_its_file_and_index(tmp_path):
+    """A compressed split whose chunk bytes were damaged: training and evaluation ended with h5py's
+    "Can't read data" naming neither the file nor the image (predict named both)."""
+    path = tmp_path / "s.h5"
+    rng = np.random.default_rng(0)
+    write_split(path, rng.integers(0, 256, (4, 16, 16, 1), dtype=np.uint8), np.ones((4, 16, 16), np.uint8),
+                Meta(num_classes=2, class_names=["a", "b"], palette=[[0, 0, 0], [255, 255, 255]]))
+    with h5py.File(path, "r") as f, h5py.File(tmp_path / "z.h5", "w") as g:    # the same, gzip-compressed
+        for k in ("images", "masks"):
+            g.create_dataset(k, data=f[k][...], chunks=(1, *f[k].shape[1:]), compression="gzip")
+        g.attrs.update(f.attrs)
+    with h5py.File(tmp_path / "z.h5", "r") as g:
+        info = g["images"].id.get_chunk_info(2)                     # image 2's chunk
+    blob = bytearray((tmp_path / "z.h5").read_bytes())
+    blob[info.byte_offset:info.byte_offset + info.size] = b"\xff" * info.size
+    (tmp_path / "z.h5").write_bytes(bytes(blob))
+    source = H5Source(tmp_path / "z.h5")                            # streamed: masks are fine
+    source.batch([0, 1])
+    with pytest.raises(DataError, match=r"z.h5: could not read image 2 \(.*\); the file is damaged"):
+        source.batch([2])
+    with pytest.raises(DataError, match=r"z.h5: could not read images 2..3 "):
+        source.batch([3, 2])
+    with pytest.raises(DataError, match=r"z.h5: could not read its images and masks"):
+        H5Source(tmp_path / "z.h5", in_memory=True)

@@ -167,3 +167,25 @@ def test_evaluate_errors_name_the_file_and_write_nothing(run_dir, tmp_path, monk
                           str(tmp_path / "out")]) == 2
     assert "5 classes, but the checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_csv_outputs_quote_names_that_hold_commas():
+    """Class, case and volume names come from users' files; confusion.csv, volumes.csv and scores.csv wrote
+    them unquoted, so a class "LV, cavity" shifted every column after it."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from cycleseg import metrics, report
+
+    names = ['LV, cavity', 'say "hi"', "bg"]
+    rows = list(csv.reader(io.StringIO(report.confusion_csv(np.arange(9).reshape(3, 3), names))))
+    assert rows[0] == ["truth \\ prediction", *names] and rows[1] == ["LV, cavity", "0", "1", "2"]
+    per_volume = [{"volume": "case,1", **{k: {"RV, free wall": 0.5} for k in report.STRUCTURE_SCORES}}]
+    rows = list(csv.reader(io.StringIO(report.volumes_csv(per_volume, ["RV, free wall"]))))
+    assert rows[1] == ["case,1", "RV, free wall", "0.5", "0.5", "0.5", "0.5"]
+    result = {"cases": [{"case": "a,b.nii.gz", **{k: {"LV, cavity": None} for k in metrics.SCORES}}],
+              "classes": ["LV, cavity"]}
+    rows = list(csv.reader(io.StringIO(metrics.scores_csv(result))))
+    assert rows[1] == ["a,b.nii.gz", "LV, cavity"] + [""] * len(metrics.SCORES)

@@ -133,6 +133,8 @@ def test_fractions_are_named_to_their_precision_and_never_share_a_folder():
     assert names == ["full-100pct", "partial-10pct", "partial-10.4pct", "partial-0.1pct"]
     with pytest.raises(UsageError, match="would share the folders"):
         grid_cells("comparison", [0.1, 0.10001])
+    with pytest.raises(UsageError, match="1e-320 would be named 0 %"):     # was the folder partial-0pct
+        grid_cells("comparison", [1e-320])
 
 
 def test_method_options_reach_only_their_methods_cells(tmp_path):

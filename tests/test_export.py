@@ -178,8 +178,10 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
                    "the model's output is float32 (1, 2, ", tmp_path)
     for key, value, match in (("channels", 3, "channels 3, the model's input"),
                               ("image_size", [17, 16], "image_size [17, 16], expected [height, width], multiples of 4"),
-                              ("class_names", "abc", "class_names 'abc', expected 4 names"),
-                              ("ignore_index", "x", "ignore_index 'x'")):
+                              ("class_names", "abc", "class_names 'abc' (expected the 4 classes' names)"),
+                              ("ignore_index", "x", "ignore_index 'x'"),
+                              ("generator", ["unet"], "generator ['unet'] (expected one of"),
+                              ("image_size", [2 ** 20, 16], "and at most 4096")):
         edited = onnx.load(str(tmp_path / "last.onnx"))                 # metadata edited by hand
         next(p for p in edited.metadata_props if p.key == f"cycleseg.{key}").value = json.dumps(value)
         onnx.save(edited, str(tmp_path / "edited.onnx"))

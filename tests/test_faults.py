@@ -46,7 +46,8 @@ def test_checkpoint_of_other_networks_or_data_is_refused_before_training(tiny, t
     train(tiny("r", "--steps", "2", "--eval-every", "2"))
     last = tmp_path / "r" / "last.pt"
     good = torch.load(last, weights_only=True)
-    bad = dict(good, data=dict(good["data"], num_classes=21))
+    names = [f"class {i}" for i in range(21)]                     # a consistent description of other data
+    bad = dict(good, data={k: v for k, v in dict(good["data"], num_classes=21, class_names=names).items() if k != "palette"})
     torch.save(bad, last)
     with pytest.raises(CheckpointError, match="trained on data with 21 num classes"):
         train(tiny("r", "--steps", "4", "--eval-every", "4", "--resume"))
@@ -87,13 +88,12 @@ def test_unwritable_folder_and_impossible_batch_are_clear_errors(tiny_argv, tmp_
 
 
 def test_a_fraction_that_rounds_to_no_image_is_refused():
-    """A fraction below half an image (or patient) labels none: refused, naming the least that labels one,
-    instead of labelling one anyway (a table would then call a 1/70 run "0 %"); one that rounds to one image
-    or patient selects it."""
+    """A fraction of less than half an image (or patient) is refused, naming the least that labels one, instead
+    of labelling one anyway (a table would then call a 1/70 run "0 %"); half a one or more selects one."""
     import numpy as np
     from cycleseg.data.h5format import DataError
     from cycleseg.data.subset import labeled_subset
-    with pytest.raises(DataError, match=r"--labeled-fraction 0.0001 of 1000 images labels none .* 1/1000 = 0.001"):
+    with pytest.raises(DataError, match=r"--labeled-fraction 0.0001 of 1000 images labels less than half of one; 0.0005 or more"):
         labeled_subset(1000, 0.0001, seed=0)
     assert len(labeled_subset(1000, 0.0006, seed=0)) == 1
     groups = np.repeat(np.arange(70), 3)
@@ -270,3 +270,24 @@ def test_a_relative_data_path_is_kept_absolute(tmp_path, monkeypatch):
     c = Config(data="mydata", val_data=None, device="cpu").resolved()
     assert c.data == str(tmp_path / "mydata")
     assert Config(data="shapes", device="cpu").resolved().data == "shapes"
+
+
+def test_a_resume_that_fails_before_its_checkpoint_leaves_config_json_as_last_pt(tiny_argv, tmp_path, monkeypatch):
+    """A resume with changed options (--lr) that fails before its first checkpoint (diverged, killed) leaves
+    config.json describing last.pt, not the options that failed; one that checkpoints records them."""
+    import cycleseg.train as train_module
+
+    assert main(tiny_argv("r", "--steps", "2", "--eval-every", "2")) == 0
+    before = (tmp_path / "r" / "config.json").read_text()
+
+    def failing(self, terms, step):
+        raise RuntimeError("failed before the checkpoint")
+
+    monkeypatch.setattr(train_module.FiniteGuard, "update", failing)
+    resume = tiny_argv("r", "--steps", "4", "--eval-every", "2", "--lr", "0.0123", "--resume")
+    with pytest.raises(RuntimeError, match="before the checkpoint"):
+        main(resume)
+    assert (tmp_path / "r" / "config.json").read_text() == before
+    monkeypatch.undo()
+    assert main(resume) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.0123

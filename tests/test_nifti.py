@@ -141,6 +141,23 @@ def test_nnunet_layout_names_classes_and_keeps_imagests_unlabeled(tmp_path):
     assert s.meta.preprocessing["volume_intensity"] == "minmax"
 
 
+def test_label_files_without_a_scan_are_noted(tmp_path, capsys):
+    """A label file whose scan is missing (renamed, not copied) is not converted: the converter says so,
+    in either layout, instead of leaving it out without a word."""
+    src = nnunet(tmp_path / "Dataset001_Heart")
+    img, lab = heart()
+    save(src / "labelsTr" / "c9.nii.gz", lab)
+    assert convert(src, tmp_path / "all.h5", "--split", "all", "--intensity", "minmax") == 0
+    assert f"note: 1 label file(s) without a scan of their name, not converted: {src / 'labelsTr' / 'c9.nii.gz'}" in \
+        capsys.readouterr().err
+    save(tmp_path / "d" / "images" / "a.nii.gz", img)
+    save(tmp_path / "d" / "labels" / "a.nii.gz", lab)
+    save(tmp_path / "d" / "labels" / "b.nii.gz", lab)
+    assert convert(tmp_path / "d", tmp_path / "p.h5", "--split", "all") == 0
+    err = capsys.readouterr().err
+    assert "1 label file(s) without a scan of their name, not converted" in err and "b.nii.gz" in err, err
+
+
 def test_pairs_layout_counts_classes_and_slices_the_thickest_axis(tmp_path):
     img, lab = heart()
     aff = affine(spacing=(8.0, 1.4, 1.6))                               # slices along i this time

@@ -233,6 +233,28 @@ def test_a_signal_caught_inside_a_finalizer_still_stops_the_command(tmp_path):
     assert sorted(tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())
 
 
+def test_a_signal_that_a_library_wraps_in_its_own_error_still_stops_the_command(tmp_path):
+    """SIGTERM during an ONNX export: torch.onnx's exporter catches our Stopped and raises its own error
+    from it; the command ended with that error's traceback and exit 1, not the stop's one line and 143."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from cycleseg.usage import run_command\n"
+        "def main():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        sum(range(10000))\n"
+        "    except BaseException as e:\n"                            # as the exporter does
+        "        raise RuntimeError('Failed to export the model') from e\n"
+        "    return 0\n"
+        "sys.exit(run_command(main))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 143 and len(err) == 1 and "stopped by SIGTERM" in err[0], done.stderr
+
+
 def test_a_signal_while_a_command_imports_or_after_it_finished(tmp_path):
     """Ctrl-C while `python -m cycleseg.X` still imports torch: one line, 130, no import traceback; a signal
     after the command has finished (the interpreter shutting down) leaves its exit status 0."""

@@ -211,6 +211,8 @@ def convert_nifti_command(a, split: str) -> int:
     print(f"wrote {s['file']}: {s['images']} slices {size[0]}x{size[1]} of {s['volumes']} volumes "
           f"({s['labeled_volumes']} labeled, {s['unlabeled_volumes']} unlabeled) from {s['patients']} patients, "
           f"{s['layout']} layout")
+    for line in s["notes"]:
+        print(f"note: {line}", file=sys.stderr)
     total = sum(s["class_pixels"].values()) + 1e-12
     for name, n in s["class_pixels"].items():
         print(f"  {name:15s} {100 * n / total:6.2f} %")

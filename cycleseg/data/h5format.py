@@ -114,6 +114,10 @@ def info_problem(info: dict) -> str | None:
     pre = info.get("preprocessing")
     if pre is not None and not isinstance(pre, dict):
         return f"preprocessing {pre!r:.60} (expected a dict of what the converter did)"
+    try:
+        json.dumps(pre, allow_nan=False)                            # exported models carry it as JSON
+    except (TypeError, ValueError) as e:
+        return f"preprocessing holds a value that is not plain data ({e})"[:200]
     axis, rule = (pre or {}).get("slice_axis"), (pre or {}).get("volume_intensity")
     if axis is not None and not (whole(axis, 0) and axis <= 2 or isinstance(axis, str)):
         return f"preprocessing slice_axis {axis!r} (expected 0, 1 or 2)"

@@ -303,7 +303,18 @@ def nnunet_layout(src: Path) -> Layout:
                                 f"{n_ch} channel(s) {list(channels.values())}")
             lab = src / lab_folder / f"{case}{ending}"
             cases.append(Case(case, [chans[c] for c in range(n_ch)], lab if lab.exists() else None, case))
-    return Layout("nnunet", cases, names, n_ch)
+    used = {c.label for c in cases if c.label is not None}
+    lone = [f for d in ("labelsTr", "labelsTs") if (src / d).is_dir() for f in sorted((src / d).iterdir())
+            if f.name.endswith(ending) and not f.name.startswith(".") and f not in used]
+    return Layout("nnunet", cases, names, n_ch, lonely_labels(lone))
+
+
+def lonely_labels(files: list) -> list:
+    """The note on label files that no scan of their name goes with (not converted), or none."""
+    if not files:
+        return []
+    shown = ", ".join(str(f) for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return [f"{len(files)} label file(s) without a scan of their name, not converted: {shown}"]
 
 
 def pairs_layout(src: Path) -> Layout:
@@ -321,7 +332,10 @@ def pairs_layout(src: Path) -> Layout:
             lab = next((lab_dir / f"{stem(f)}{sfx}" for sfx in NIFTI_SUFFIXES if (lab_dir / f"{stem(f)}{sfx}").exists()),
                        None)
         cases.append(Case(stem(f), [f], lab, stem(f)))
-    return Layout("pairs", cases, None)
+    used = {c.label for c in cases if c.label is not None}
+    lone = [] if lab_dir is None else [f for f in sorted(lab_dir.iterdir())
+                                       if f.is_file() and is_nifti(f) and not f.name.startswith(".") and f not in used]
+    return Layout("pairs", cases, None, notes=lonely_labels(lone))
 
 
 # -- splits -------------------------------------------------------------------------------------------------

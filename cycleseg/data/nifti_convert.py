@@ -152,6 +152,6 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
     px = int(hist[:k].sum())
     return {"file": str(out), "images": total, "size": list(size), "volumes": len(plan),
             "labeled_volumes": labeled_cases, "unlabeled_volumes": len(plan) - labeled_cases,
-            "patients": len({c.group for c, _, _ in plan}), "layout": layout.kind,
+            "patients": len({c.group for c, _, _ in plan}), "layout": layout.kind, "notes": layout.notes,
             "class_pixels": {n: int(hist[j]) for j, n in enumerate(names)},
             "ignored_fraction": 1 - px / max(1, int(hist.sum())) if hist.sum() else 0.0}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .h5format import check_masks, open_h5, read_meta
+from .h5format import DataError, check_masks, open_h5, read_meta
 
 IN_MEMORY_BYTES = 1 << 30       # splits smaller than this are read into memory once
 
@@ -54,7 +54,11 @@ class H5Source:
             self.volumes = f["volumes"][...] if "volumes" in f else None     # slice -> index in meta.volume_names
             self.labeled = f["labeled"][...].astype(bool) if "labeled" in f else None   # False: no annotation
             if in_memory:
-                self._images, self._masks = f["images"][...], f["masks"][...]
+                try:
+                    self._images, self._masks = f["images"][...], f["masks"][...]
+                except OSError as e:                                # a damaged chunk
+                    raise DataError(f"{path}: could not read its images and masks ({e}); the file is damaged: "
+                                    f"convert the data again") from e
             else:
                 offs = {k: chunk_offsets(f[k]) for k in ("images", "masks")}
                 if all(v is not None for v in offs.values()):
@@ -62,10 +66,21 @@ class H5Source:
         if self._direct is not None:
             self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         self.in_memory = in_memory
+        self.has_labels = None                                      # per image: any pixel not ignore_index
         if check:                                                   # every mask value, before training starts
+            parts = []
             for s in range(0, len(self), 1024):
-                masks = self._masks[s:s + 1024] if in_memory else self._file()["masks"][s:s + 1024]
+                masks = self._masks[s:s + 1024] if in_memory else self._read_masks(s, s + 1024)
                 check_masks(self.path, masks, self.meta.num_classes, self.meta.ignore_index, offset=s)
+                parts.append((masks != self.meta.ignore_index).reshape(len(masks), -1).any(axis=1))
+            self.has_labels = np.concatenate(parts) if parts else np.zeros(0, bool)
+
+    def _read_masks(self, a: int, b: int) -> np.ndarray:
+        try:
+            return self._file()["masks"][a:b]
+        except OSError as e:
+            raise DataError(f"{self.path}: could not read the masks {a}..{min(b, len(self)) - 1} ({e}); the file "
+                            f"is damaged: convert the data again") from e
 
     def __len__(self):
         return self.meta.count
@@ -118,16 +133,25 @@ class H5Source:
         breaks = np.flatnonzero(np.diff(s) != 1) + 1
         for run in np.split(np.arange(len(s)), breaks):             # positions in sorted order
             a, b = int(s[run[0]]), int(s[run[-1]]) + 1
-            dest = order[run]                                       # where each read sample goes
-            if np.all(np.diff(dest) == 1):                          # contiguous destination: read in place
-                d0 = int(dest[0])
-                f["images"].read_direct(images, np.s_[a:b], np.s_[d0:d0 + b - a])
-                if masks is not None:
-                    f["masks"].read_direct(masks, np.s_[a:b], np.s_[d0:d0 + b - a])
-            else:
-                images[dest] = f["images"][a:b]
-                if masks is not None:
-                    masks[dest] = f["masks"][a:b]
+            try:
+                self._read_run(f, a, b, order[run], images, masks)
+            except OSError as e:                                    # a damaged chunk: h5py's "Can't read data"
+                raise DataError(f"{self.path}: could not read {'image' if b - a == 1 else 'images'} "
+                                f"{a if b - a == 1 else f'{a}..{b - 1}'} ({e}); the file is damaged: convert "
+                                f"the data again") from e
+
+    @staticmethod
+    def _read_run(f, a: int, b: int, dest: np.ndarray, images: np.ndarray, masks: np.ndarray | None) -> None:
+        """Samples a..b-1 into the positions dest of images and masks."""
+        if np.all(np.diff(dest) == 1):                              # contiguous destination: read in place
+            d0 = int(dest[0])
+            f["images"].read_direct(images, np.s_[a:b], np.s_[d0:d0 + b - a])
+            if masks is not None:
+                f["masks"].read_direct(masks, np.s_[a:b], np.s_[d0:d0 + b - a])
+        else:
+            images[dest] = f["images"][a:b]
+            if masks is not None:
+                masks[dest] = f["masks"][a:b]
 
     def batch(self, idx, with_masks: bool = True):
         """uint8 tensors: images (B, C, H, W) and masks (B, H, W) (or None); allocates."""

@@ -83,4 +83,8 @@ def open_splits(data, val_data=None, image_size: int = 64, progress: bool = True
     paths = split_paths(data, val_data, image_size, progress)
     train, val = open_source(paths["train"]), open_source(paths["val"])
     check_same_kind(train.meta, val.meta)
+    if val.has_labels is not None and len(val) and not val.has_labels.any():
+        raise DataError(f"{val.path}: the val split holds no labeled pixel (every mask pixel is the ignore index "
+                        f"{val.meta.ignore_index}): its scores would be undefined; check the masks, or give "
+                        f"--val-data a split with labels")
     return Splits(train, val, paths.get("volumes"))

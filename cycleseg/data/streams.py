@@ -41,6 +41,10 @@ def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size
                         f"needs some; convert a folder that has label files")
     groups = None if train.groups is None else train.groups[annotated]
     lab = annotated[labeled_subset(len(annotated), labeled_fraction, seed, groups, first_groups)]
+    if train.has_labels is not None and not train.has_labels[lab].any():
+        raise DataError(f"{train.path}: the {len(lab)} image(s) of the labeled subset hold no labeled pixel (every "
+                        f"mask pixel is the ignore index {train.meta.ignore_index}): the supervised loss would be "
+                        f"undefined; check the masks (a converter's --map?) or raise --labeled-fraction")
     unl = np.setdiff1d(np.arange(len(train)), lab)
     if batch_size > len(lab) // world_size:
         raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({len(lab)} images at "

@@ -17,10 +17,10 @@ def labeled_subset(n: int, fraction: float, seed: int, groups: np.ndarray | None
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"labeled fraction must be in (0, 1], got {fraction}")
     units = n if groups is None else len(np.unique(groups))
-    if units and round(fraction * units) < 1:                       # max(1, ...) would label one, unasked
+    if units and fraction * units < 0.5:                            # max(1, ...) would label one, unasked
         what = "images" if groups is None else "patients (groups)"
-        raise DataError(f"--labeled-fraction {fraction:g} of {units} {what} labels none of them (it rounds to 0); "
-                        f"1/{units} = {1 / units:.4g} labels one")
+        raise DataError(f"--labeled-fraction {fraction:g} of {units} {what} labels less than half of one; "
+                        f"{0.5 / units:.4g} or more labels one")
     rng = np.random.default_rng(seed)
     if groups is None:
         chosen = rng.permutation(n)[:max(1, round(fraction * n))]
