@@ -213,6 +213,14 @@ def data_fingerprints(data, val_data, image_size) -> dict:
     return {"fingerprints": splits.fingerprints(), "paths": {"train": splits.train.path, "val": splits.val.path}}
 
 
+def check_cells(cells, seeds, out: Path, data, extra, own) -> None:
+    """Every cell's configuration, folder and labeled fraction, before any cell runs."""
+    for seed, cell in ((s, c) for s in seeds for c in cells):
+        cfg = parse_args(cell_args(cell, seed, out, data, extra, own))[0].resolved()
+        check_cell_folder(cfg, Path(cfg.out))
+        check_fraction(cfg)
+
+
 def check_fraction(cfg) -> None:
     """DataError, before any cell trains, when a cell's labeled fraction labels no image of its data
     (it failed only when that cell's turn came, after the cells before it had trained)."""
@@ -408,11 +416,7 @@ def main(argv=None) -> int:
         check_extra(extra)
         cells = grid_cells(a.grid, a.fractions, extra, a.methods)
         own = method_options(a.method_options, sorted({c.mode for c in cells}))
-        for seed, cell in ((s, c) for s in seeds for c in cells):   # before any cell runs
-            args = cell_args(cell, seed, out, a.data, extra, own)
-            cfg = parse_args(args)[0].resolved()
-            check_cell_folder(cfg, Path(cfg.out))
-            check_fraction(cfg)
+        check_cells(cells, seeds, out, a.data, extra, own)
     except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
     results: dict = {c: {} for c in cells}
