@@ -214,7 +214,9 @@ def data_fingerprints(data, val_data, image_size) -> dict:
 
 
 def check_cells(cells, seeds, out: Path, data, extra, own) -> None:
-    """Every cell's configuration, folder and labeled fraction, before any cell runs."""
+    """Every cell's configuration, folder and labeled fraction, before any cell runs (the data read afresh:
+    a grid run again in this process may find other content at the same path)."""
+    grid_splits.cache_clear(), data_fingerprints.cache_clear()
     for seed, cell in ((s, c) for s in seeds for c in cells):
         cfg = parse_args(cell_args(cell, seed, out, data, extra, own))[0].resolved()
         check_cell_folder(cfg, Path(cfg.out))
