@@ -33,6 +33,7 @@ import ctypes
 import functools
 import io
 import json
+import math
 import shlex
 import signal
 import subprocess
@@ -296,21 +297,43 @@ def run_cell(args: list[str]) -> dict:
 def with_distances(folder: Path, rec: dict) -> dict:
     """A finished cell's final record with the per-volume means of HD95 and ASD of its last checkpoint (data
     with volumes: ACDC, NIfTI conversions), from `python -m cycleseg.evaluate` into <cell>/eval-final, which
-    a rerun reads again unless last.pt is newer. Data without volumes: the record as it is."""
+    a rerun reads again if it is the evaluation of this last.pt, at this step, scoring the record's mIoU
+    (else it evaluates again: a report of other data, damaged or edited). A record its checkpoint does not
+    reproduce (metrics.jsonl edited) is refused. Data without volumes: the record as it is."""
     if "volume_mdice" not in rec:
         return rec
     last, out = folder / "last.pt", folder / "eval-final"
     found = out / "report.json"
-    if not found.exists() or found.stat().st_mtime < last.stat().st_mtime:
+    kept = found.exists() and found.stat().st_mtime >= last.stat().st_mtime and cell_report(found, last, rec)
+    if not kept:
         argv = [str(last), "--out", str(out), "--no-progress"] + (["--overwrite"] if found.exists() else [])
         with contextlib.redirect_stdout(io.StringIO()):                # the table: in eval-final/report.json
             code = evaluate_main(argv)
         if code != 0:
             raise RuntimeError(f"python -m cycleseg.evaluate {' '.join(argv)} failed (exit code {code})")
-    volumes = json.loads(found.read_text()).get("volumes") or {}
-    mean = volumes.get("mean", {})
-    return {**rec, "volume_hd95": mean.get("hd95"), "volume_asd": mean.get("asd"),
+        kept = cell_report(found, last, rec)
+        if not kept:
+            raise DataError(f"{folder}: its final record (metrics.jsonl, step {rec['step']}) says val mIoU "
+                            f"{rec['miou']:.4f}, but its last.pt does not score that on the same data: the record "
+                            f"was edited or is another run's; move {folder} away and rerun the grid")
+    volumes = kept["volumes"]
+    return {**rec, "volume_hd95": volumes["mean"].get("hd95"), "volume_asd": volumes["mean"].get("asd"),
             "distance_units": volumes.get("distance_units")}
+
+
+def cell_report(found: Path, last: Path, rec: dict) -> dict | None:
+    """eval-final/report.json if it is the evaluation of `last` at the record's step that scores the record's
+    mIoU (within 1e-4: training's validation and evaluate compute the same), with finite distances; else None."""
+    try:
+        r = json.loads(found.read_text())
+        mean = r["volumes"]["mean"]
+        same = (Path(r["checkpoint"]).resolve() == last.resolve() and r["step"] == rec["step"]
+                and abs(r["slices"]["miou"] - rec["miou"]) <= 1e-4)
+        finite = all(mean.get(k) is None or (isinstance(mean[k], (int, float)) and math.isfinite(mean[k]))
+                     for k in ("hd95", "asd"))
+        return r if same and finite else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # damaged, edited, of another kind
+        return None
 
 
 def summarize(results: dict) -> list[dict]:

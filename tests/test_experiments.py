@@ -187,9 +187,27 @@ def test_a_grid_on_volumes_reports_hd95_and_asd_of_the_last_checkpoints(tmp_path
                              "report.json").read_text())["volumes"]["mean"]
         for value, key in ((hd95, "hd95"), (asd, "asd")):
             assert (value == "" and report[key] is None) or float(value) == pytest.approx(report[key], abs=1e-6)
-    stamp = (out / "partial-30pct-seed0" / "eval-final" / "report.json").stat().st_mtime_ns
+    found = out / "partial-30pct-seed0" / "eval-final" / "report.json"
+    stamp, good = found.stat().st_mtime_ns, found.read_text()
     assert main(argv) == 0
-    assert (out / "partial-30pct-seed0" / "eval-final" / "report.json").stat().st_mtime_ns == stamp
+    assert found.stat().st_mtime_ns == stamp
+    # a report of another evaluation (other data), damaged or edited: evaluated again, never taken in
+    other = json.loads(good)
+    other["slices"]["miou"] += 0.05
+    other["volumes"]["mean"]["hd95"] = 99.0
+    endless = json.loads(good)
+    endless["volumes"]["mean"]["hd95"] = float("inf")               # a hand-written 1e999
+    for text in (json.dumps(other), "{", "[]", json.dumps({"volumes": {"mean": {"hd95": "x"}}}), json.dumps(endless)):
+        found.write_text(text)
+        assert main(argv) == 0
+        assert json.loads(found.read_text()) == json.loads(good) and "99.0" not in (out / "seeds.csv").read_text()
+    # a final record edited by hand: its checkpoint does not score it
+    metrics = out / "partial-30pct-seed0" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["split"] == "val"
+    metrics.write_text("\n".join(lines[:-1] + [json.dumps(dict(last, miou=0.99))]) + "\n")
+    assert main(argv) == 2
 
 
 def test_a_cell_killed_before_its_first_checkpoint_starts_again(tmp_path, capsys):
