@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 
 from .data import nifti
-from .data.h5format import DataError
+from .data.h5format import DataError, names_problem
 from .fileio import write_files
 from .report import csv_line
 from .usage import Parser, fail, path_arg, run_command
@@ -244,6 +244,8 @@ def main(argv=None) -> int:
             raise DataError(f"--num-classes must be 2..255, got {a.num_classes}")
         if a.classes is not None and not 2 <= len(a.classes) <= 255:
             raise DataError(f"--classes names {len(a.classes)} class(es); give 2..255 names, background first")
+        if a.classes is not None and (problem := names_problem(a.classes, len(a.classes))):
+            raise DataError(f"--classes: {problem}")
         k = a.num_classes or (len(a.classes) if a.classes else None)
         result = score_folders(a.pred, a.truth, k, a.classes)
         out = a.out or a.pred

@@ -836,6 +836,8 @@ def test_a_missing_test_split_and_one_class_name_are_named_with_their_fix(tmp_pa
     (tmp_path / "t").mkdir()
     one_line_error(metrics_main, [tmp_path / "p", tmp_path / "t", "--classes", "a"], capsys,
                    "--classes names 1 class(es); give 2..255 names, background first", tmp_path)
+    one_line_error(metrics_main, [tmp_path / "p", tmp_path / "t", "--classes", "a", "a", "b"], capsys,
+                   "--classes: class_names ['a', 'a', 'b']: 'a' named twice", tmp_path)
 
 
 def test_a_value_mapped_twice_and_a_symlink_loop_as_output(tmp_path, capsys, tiny_checkpoint):
@@ -870,6 +872,8 @@ def test_a_jpeg_mask_under_a_png_name_and_a_grid_dry_run(tmp_path, capsys):
     (lambda f: f.attrs.__setitem__("ignore_index", 1), "ignore_index 1 must lie outside the class ids 0..2"),
     (lambda f: f.create_dataset("volumes", data=np.full(6, 7)), "dataset 'volumes' must hold integers -1 (no volume) "
                                                                 "or 0..-1 (indexes into the 0 volume_names), found 7"),
+    (lambda f: f.attrs.__setitem__("class_names", '["a", "a", "b"]'),   # scores are keyed by name: one was lost
+     "attribute class_names ['a', 'a', 'b']: 'a' named twice (names must be distinct)"),
 ])
 def test_an_h5_whose_attributes_contradict_its_data_is_refused(tmp_path, capsys, finished_run, edit, match):
     """An ignore index that is a class id (that class never learned, yet scored) and slices of volumes the

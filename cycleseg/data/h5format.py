@@ -91,6 +91,16 @@ def palette_problem(palette, num_classes: int) -> str | None:
     return None
 
 
+def names_problem(names, k: int) -> str | None:
+    """What is wrong with a list of K class names (strings, distinct: scores are keyed by name), or None."""
+    if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)):
+        return f"class_names {names!r:.60} (expected the {k} classes' names)"
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"class_names {names!r:.60}: {', '.join(map(repr, twice))} named twice (names must be distinct)"
+    return None
+
+
 def info_problem(info: dict) -> str | None:
     """What is wrong with the data description a checkpoint or an exported model carries (models.data_info:
     classes, channels, class names, palette, ignore_index, preprocessing), or None. Checked in this one place
@@ -106,8 +116,8 @@ def info_problem(info: dict) -> str | None:
         if info.get(side) is not None and not whole(info[side], 1):
             return f"{side} {info[side]!r} (expected a whole number of pixels)"
     names = info.get("class_names")
-    if names is not None and not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)):
-        return f"class_names {names!r:.60} (expected the {k} classes' names)"
+    if names is not None and (problem := names_problem(names, k)):
+        return problem
     ignore = info.get("ignore_index", IGNORE_INDEX)
     if not whole(ignore, 0) or ignore > 255:
         return f"ignore_index {ignore!r} (expected a whole number in 0..255)"
@@ -149,6 +159,8 @@ def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups:
 def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: bool = False,
                     volume_names=(), with_labeled: bool = False) -> None:
     """Create the (empty) datasets and attributes of a split in an open h5py file."""
+    if problem := names_problem(list(meta.class_names), meta.num_classes):
+        raise DataError(problem)
     f.create_dataset("images", (n, h, w, c), dtype=np.uint8, chunks=(1, h, w, c) if n else None)
     f.create_dataset("masks", (n, h, w), dtype=np.uint8, chunks=(1, h, w) if n else None)
     if with_groups:
@@ -271,6 +283,8 @@ def _json_attrs(a, path, k: int):
     names, palette = _attr_json(a, "class_names", path), _attr_json(a, "palette", path)
     if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) for n in names)) or not isinstance(palette, list):
         raise DataError(f"{path}: class_names must list the {k} classes' names (strings) and palette be a list of colours")
+    if problem := names_problem(names, k):
+        raise DataError(f"{path}: attribute {problem}")
     if problem := palette_problem(palette, k):
         raise DataError(f"{path}: attribute 'palette': {problem}")
     palette = palette + default_palette(k)[len(palette):]           # classes without a colour get the default
