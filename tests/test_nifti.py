@@ -252,6 +252,16 @@ def bad_cases(tmp_path):
     stray[0, 0, 0] = 200                                                # one stray voxel: 201 classes
     cases["stray"] = (pair("stray", img, stray), "4, 5, 6, 7, 8 never appear below 200 (1 voxels")
     cases["complex"] = (pair("complex", img.astype(np.complex64), lab), "voxels of type complex64; expected real")
+    d = pair("zero-pixdim", img, lab)                                # no sform: nibabel read pixdim 0 as 1 mm
+    for name in ("images", "labels"):
+        zero = nib.Nifti1Image(img if name == "images" else lab, None)
+        zero.header.set_zooms((0.0, 1.5, 8.0))
+        zero.header.set_sform(None, code=0), zero.header.set_qform(None, code=0)
+        nib.save(zero, str(d / name / "a.nii.gz"))
+    cases["zero pixdim"] = (d, "voxel sizes (pixdim) are [0.0, 1.5, 8.0]; expected three positive lengths")
+    nan = affine()
+    nan[1, 3] = np.nan
+    cases["nan origin"] = (pair("nan-origin", img, lab, nan, nan), "its affine holds NaN or infinite values (1 of 16)")
     return cases
 
 

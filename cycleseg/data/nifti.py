@@ -107,8 +107,28 @@ def load(path, what: str = "image", frames: bool = False) -> Scan:
         raise DataError(f"{path}: {what} voxels up to {float(np.abs(data).max()):.3g}, beyond float32's range "
                         f"(they would read as infinite); rescale the volume")
     affine = np.asarray(img.affine, dtype=np.float64)
+    check_pixdim(path, img)
     check_grid(path, affine)
     return Scan(str(path), data, affine, img.header)
+
+
+def check_pixdim(path, img) -> None:
+    """DataError when the voxel sizes the affine is built from are zero, negative or not finite: without an
+    sform, nibabel builds the affine from pixdim, and its load reads a zero there as 1 mm (the header as
+    stored is read again here), so distances would be reported in millimetres of a made-up grid."""
+    header = img.header
+    if "pixdim" not in header or int(header.get("sform_code", 0)) > 0 or not str(path).endswith((".nii", ".nii.gz")):
+        return
+    from nibabel.openers import ImageOpener
+    try:
+        with ImageOpener(str(path)) as f:
+            header = type(header).from_fileobj(f, check=False)      # as stored: no fixes applied
+    except Exception:                                               # noqa: BLE001 -- nibabel read it once already
+        return
+    zooms = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+        raise DataError(f"{path}: its header's voxel sizes (pixdim) are {zooms.tolist()}; expected three positive "
+                        f"lengths (a damaged header)")
 
 
 def check_grid(path, affine: np.ndarray) -> None:
@@ -116,7 +136,10 @@ def check_grid(path, affine: np.ndarray) -> None:
     rule moves along one voxel axis and resizes the other two: a sheared grid has no such slices)."""
     axes = affine[:3, :3]
     lengths = np.linalg.norm(axes, axis=0)
-    if not np.isfinite(affine).all() or (lengths <= 0).any():
+    if not np.isfinite(affine).all():
+        raise DataError(f"{path}: its affine holds NaN or infinite values ({int((~np.isfinite(affine)).sum())} of 16); "
+                        f"a damaged header")
+    if (lengths <= 0).any():
         raise DataError(f"{path}: the affine gives voxel spacings {lengths.round(4).tolist()}; expected three positive "
                         f"lengths (a damaged header)")
     cos = (axes.T @ axes) / np.outer(lengths, lengths)
