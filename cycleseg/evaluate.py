@@ -248,10 +248,11 @@ def run(a) -> tuple[dict, dict]:
     result["out"] = str(out)
     mat, names = cm.mat.cpu().numpy(), list(meta.class_names)
     files = {"report.json": json.dumps(result, indent=2).encode(),
-             "confusion.csv": report.confusion_csv(mat, names).encode(),
+             "confusion.csv": report.csv_bytes(report.confusion_csv(mat, names)),
              "confusion.png": figures.png(figures.confusion_heatmap(mat, names))}
     if "volumes" in result:
-        files["volumes.csv"] = report.volumes_csv(result["volumes"]["per_volume"], meta.class_names[1:]).encode()
+        files["volumes.csv"] = report.csv_bytes(report.volumes_csv(result["volumes"]["per_volume"],
+                                                                    meta.class_names[1:]))
     refuse_existing([out / name for name in files], a.overwrite, "an earlier evaluation",
                     inputs=[a.checkpoint, path])
     write_files(out, files, replace=a.overwrite)

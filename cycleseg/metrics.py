@@ -22,7 +22,7 @@ from scipy import ndimage
 from .data import nifti
 from .data.h5format import DataError, names_problem
 from .fileio import write_files
-from .report import csv_line
+from .report import csv_bytes, csv_line
 from .usage import Parser, fail, path_arg, run_command
 
 
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
         found = [out / n for n in ("scores.csv", "scores.json") if (out / n).exists()]
         if found and not a.overwrite:
             raise DataError(f"{found[0]} exists already; pass --overwrite to replace it, or choose another --out")
-        write_files(out, {"scores.csv": scores_csv(result).encode(),
+        write_files(out, {"scores.csv": csv_bytes(scores_csv(result)),
                           "scores.json": json.dumps(result, indent=2).encode()}, replace=a.overwrite)
     except (DataError, OSError) as e:
         return fail(e)

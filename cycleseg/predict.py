@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import inference
-from .report import csv_line
+from .report import csv_bytes, csv_line
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import MAX_SIDE, SIDE_MULTIPLE, least_side
@@ -307,7 +307,7 @@ def manifest(items, scans, suffixes) -> bytes:
     spaces, commas or quotes read back with any CSV reader."""
     rows = ["input,output"] + [csv_line(it.source, f"{it.name}_{x}.png") for it in items for x in suffixes]
     rows += [csv_line(path, name) for name, path in scans]
-    return ("\n".join(rows) + "\n").encode()
+    return csv_bytes("\n".join(rows) + "\n")
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,12 @@ def csv_line(*fields) -> str:
     return ",".join(map(field, fields))
 
 
+def csv_bytes(text: str) -> bytes:
+    """A CSV file's bytes: UTF-8, and a file name that is not UTF-8 (Python holds its bytes as surrogates)
+    written back as the bytes it has on disk, instead of failing to encode."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _fmt(v) -> str:
     return "NaN" if v is None else f"{v:.4f}"
 

@@ -120,3 +120,19 @@ def test_names_never_collide_and_high_bit_images_are_not_clipped(tiny_checkpoint
                          str(tmp_path / "o3"), "--no-progress"]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "o3/unit_mask.png")),
                           np.asarray(Image.open(tmp_path / "o3/unit8_mask.png")))
+
+
+def test_a_file_name_that_is_not_utf8_is_written_back_as_its_bytes(tiny_checkpoint, tmp_path):
+    """A file named with a byte that is not UTF-8 (b'x\\xffy.png'): predict ended in a UnicodeEncodeError
+    traceback writing inputs.csv (metrics and evaluate did the same for their CSV files)."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/x\xffy.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(os.fsdecode(raw))
+    out = tmp_path / "out"
+    assert predict_main([str(tiny_checkpoint), str(folder), "--out", str(out), "--no-progress"]) == 0
+    rows = (out / "inputs.csv").read_bytes().splitlines()
+    assert raw + b",x\xffy_mask.png" in rows, rows
+    assert os.path.exists(os.fsencode(out) + b"/x\xffy_mask.png")
