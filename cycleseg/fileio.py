@@ -10,7 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .usage import check_stopped
+from .usage import check_stopped, stop_deferred
 
 
 @contextlib.contextmanager
@@ -123,8 +123,9 @@ def write_files(folder, files: dict, replace: bool = True) -> None:
     beside it first, the folders the names need are made and no target may be a folder, then each file is
     renamed into place with the file it replaces kept aside; a failure among the renames puts the replaced
     files back and removes the new ones, so `folder` holds either every new file or none of them (only a
-    kill during the renames, a few system calls, can leave a part). replace=False: a target that appeared
-    meanwhile (another process's) is kept and nothing is written (commit)."""
+    kill during the renames, a few system calls, can leave a part; a stop signal there waits for them and
+    the cleanup: stop_deferred). replace=False: a target that appeared meanwhile (another process's) is kept
+    and nothing is written (commit)."""
     folder = Path(folder)
     made = make_folders(folder.parent)
     remove_stale_temporaries(folder.parent, folder.name)             # a stage a killed process left
@@ -144,29 +145,31 @@ def write_files(folder, files: dict, replace: bool = True) -> None:
             made += make_folders((folder / name).parent)
             if (folder / name).is_dir():
                 raise IsADirectoryError(f"{folder / name} is a folder: nothing written in {folder}")
-        renamed = []                                                # (target, kept old file or None)
-        try:
-            for i, name in enumerate(files):
-                target, kept = folder / name, None
-                if replace and (target.exists() or target.is_symlink()):
-                    kept = stage / "old" / str(i)
-                    kept.parent.mkdir(exist_ok=True)
-                    os.replace(target, kept)
-                try:
-                    commit(stage / "new" / name, target, replace)
-                except BaseException:
-                    if kept is not None:                            # this one's old file back first
+        with stop_deferred():                                       # renames and cleanup run whole, signal or not
+            renamed = []                                            # (target, kept old file or None)
+            try:
+                for i, name in enumerate(files):
+                    target, kept = folder / name, None
+                    if replace and (target.exists() or target.is_symlink()):
+                        kept = stage / "old" / str(i)
+                        kept.parent.mkdir(exist_ok=True)
+                        os.replace(target, kept)
+                    try:
+                        commit(stage / "new" / name, target, replace)
+                    except BaseException:
+                        if kept is not None:                        # this one's old file back first
+                            os.replace(kept, target)
+                        raise
+                    renamed.append((target, kept))
+            except BaseException:
+                for target, kept in reversed(renamed):              # back to what was there
+                    if kept is not None:
                         os.replace(kept, target)
-                    raise
-                renamed.append((target, kept))
-        except BaseException:
-            for target, kept in reversed(renamed):                  # back to what was there
-                if kept is not None:
-                    os.replace(kept, target)
-                elif target.exists():
-                    target.unlink()
-            raise
-        done = True
+                    elif target.exists():
+                        target.unlink()
+                raise
+            done = True
+            shutil.rmtree(stage, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:

@@ -3,6 +3,7 @@ A leaf module (imports nothing of the package), so every command and the data pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -79,19 +80,38 @@ class Stopped(BaseException):
     Exception` takes it for an error): raised where the command is, so every `finally` and context manager on
     the way out runs and removes its temporaries."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, written: bool = False):
         super().__init__(signum)
-        self.signum = signum
+        self.signum, self.written = signum, written                 # written: it came while outputs were committed
 
 
 _stopping: int | None = None                                        # the stop signal a command received
+_deferring = 0                                                      # inside stop_deferred (nested: a count)
 
 
 def _stop(signum, frame):
     global _stopping
     if _stopping is None:                                           # once: the unwinding's cleanup runs whole
         _stopping = signum
-        raise Stopped(signum)
+        if not _deferring:
+            raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_deferred():
+    """A stop signal arriving inside this block (outputs being renamed into place, and the cleanup after) is
+    held until the block ends, so that the outputs are committed whole and the temporaries removed; it is
+    then raised as Stopped(written=True), whose line says the outputs were written. A stop already received
+    is raised before the block starts."""
+    global _deferring
+    check_stopped()
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+    if _stopping is not None and not _deferring:
+        raise Stopped(_stopping, written=True)
 
 
 def _unraisable(info, hook) -> None:
@@ -104,7 +124,7 @@ def check_stopped() -> None:
     """Raise Stopped if a stop signal reached this command: called before every output is renamed into place
     (fileio.commit, write_files). The signal handler raises at once, but an exception raised while Python runs
     a finalizer or weakref callback is dropped there, and the command would otherwise write on."""
-    if _stopping is not None:
+    if _stopping is not None and not _deferring:
         raise Stopped(_stopping)
 
 
@@ -157,6 +177,10 @@ def run_command(main) -> int:
             pass
         return 141
     except (KeyboardInterrupt, Stopped) as e:
+        if isinstance(e, Stopped) and e.written:
+            print(f"error: stopped by {signal.Signals(e.signum).name} as it finished writing its outputs: they are "
+                  f"complete; nothing else was written", file=sys.stderr)
+            return 128 + e.signum
         return stopped(e.signum if isinstance(e, Stopped) else signal.SIGINT)
     except Exception:                                               # a library that wrapped our Stopped in its own
         if _stopping is None:                                       # error (torch.onnx's exporter): still the stop

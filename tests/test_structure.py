@@ -172,9 +172,10 @@ def test_every_command_ends_quietly_when_its_reader_leaves():
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_unwinds_every_command_and_leaves_no_temporaries(tmp_path, signum):
-    """SIGTERM or Ctrl-C while a command writes (every command's entry is usage.run_command): the write's
-    temporaries (atomic_path's file, write_files' stage) and the folders made for it are removed, earlier
-    outputs stay as they were, and the command ends with one line and 128 + the signal, no traceback."""
+    """SIGTERM or Ctrl-C while a command writes (every command's entry is usage.run_command): a multi-file
+    output being renamed into place is completed first (stop_deferred), the write's temporaries
+    (atomic_path's file, write_files' stage) and the folders made for it are removed, and the command ends
+    with one line saying so and 128 + the signal, no traceback."""
     import subprocess
     import sys
 
@@ -201,9 +202,11 @@ def test_a_signal_unwinds_every_command_and_leaves_no_temporaries(tmp_path, sign
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     err = done.stderr.strip().splitlines()
     assert done.returncode == 128 + signum and len(err) == 1, done.stderr
-    assert err[0].startswith(f"error: stopped by {signal.Signals(signum).name} before it finished"), err
+    assert err[0].startswith(f"error: stopped by {signal.Signals(signum).name} as it finished writing its "
+                             f"outputs: they are complete"), err
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    assert left == ["out", "out/a.txt"] and (tmp_path / "out" / "a.txt").read_bytes() == b"old", left
+    assert left == ["out", "out/a.txt", "out/sub", "out/sub/b.txt"], left          # x.h5 and new/deep: removed
+    assert (tmp_path / "out" / "a.txt").read_bytes() == (tmp_path / "out" / "sub" / "b.txt").read_bytes() == b"new"
 
 
 def test_a_signal_caught_inside_a_finalizer_still_stops_the_command(tmp_path):
@@ -253,6 +256,37 @@ def test_a_signal_that_a_library_wraps_in_its_own_error_still_stops_the_command(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     err = done.stderr.strip().splitlines()
     assert done.returncode == 143 and len(err) == 1 and "stopped by SIGTERM" in err[0], done.stderr
+
+
+def test_a_signal_while_outputs_are_committed_waits_for_them_and_says_so(tmp_path):
+    """SIGTERM between the renames of a multi-file output (predict's commit): the command said "nothing it
+    was writing was kept" while the new files were all in place, and left the staging folder with the
+    replaced files behind (the next write removed it)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "out").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "out" / name).write_text("old")
+    code = (
+        "import os, signal, sys\n"
+        "from cycleseg import fileio\n"
+        "from cycleseg.usage import run_command\n"
+        "commit = fileio.commit\n"
+        "def signalled(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"                   # arrives between the renames
+        "    commit(*a, **k)\n"
+        "fileio.commit = signalled\n"
+        "def main():\n"
+        "    fileio.write_files(sys.argv[1], {'a.txt': b'new', 'b.txt': b'new'})\n"
+        "    return 0\n"
+        "sys.exit(run_command(main))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 143 and len(err) == 1 and "finished writing its outputs: they are complete" in err[0], err
+    assert [(p.name, p.read_text()) for p in sorted((tmp_path / "out").iterdir())] == [("a.txt", "new"), ("b.txt", "new")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]              # no staging folder left
 
 
 def test_a_signal_while_a_command_imports_or_after_it_finished(tmp_path):

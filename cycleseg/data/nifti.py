@@ -119,7 +119,7 @@ def check_pixdim(path, img) -> None:
     header = img.header
     if "pixdim" not in header or int(header.get("sform_code", 0)) > 0 or not str(path).endswith((".nii", ".nii.gz")):
         return
-    from nibabel.openers import ImageOpener
+    from nibabel.openers import ImageOpener                         # nibabel: imported where NIfTI is read
     try:
         with ImageOpener(str(path)) as f:
             header = type(header).from_fileobj(f, check=False)      # as stored: no fixes applied
