@@ -19,8 +19,10 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,6 +83,22 @@ def sides_from_least():
         return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def exporter_quiet():
+    """torch.onnx's own log lines and warnings about its internals (torchvision's ops not registered, a
+    deprecated argument) kept off the terminal: the command prints what it wrote, or one error line."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_pt2(g_is, meta: dict, example) -> bytes:
     with sides_from_least():
         program = torch.export.export(g_is, (example,), dynamic_shapes=dynamic_shapes(meta["generator"]))
@@ -98,7 +116,7 @@ def export_onnx(g_is, meta: dict, example) -> bytes:
     except ImportError as e:
         raise UsageError(f"writing ONNX needs the onnx and onnxscript packages ({e.name} is missing): "
                          f"pip install 'cycleseg[export]', or --formats pt2") from None
-    with tempfile.TemporaryDirectory(prefix="cycleseg-export-") as tmp, sides_from_least():
+    with tempfile.TemporaryDirectory(prefix="cycleseg-export-") as tmp, sides_from_least(), exporter_quiet():
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(g_is, (example,), str(path), input_names=["x"], output_names=["logits"],
                           dynamic_shapes=dynamic_shapes(meta["generator"]), opset_version=OPSET, dynamo=True, verbose=False)
@@ -117,6 +135,8 @@ def run(a) -> list[Path]:
     a.formats = list(dict.fromkeys(a.formats))                      # onnx onnx: one file, written once
     g_is, meta, example = exportable(a.checkpoint)
     out = a.out or a.checkpoint.parent
+    if out.exists() and not out.is_dir():                           # refused before the minutes of exporting
+        raise UsageError(f"--out {out} is a file, not a folder: nothing exported")
     names = [f"{a.checkpoint.stem}.{fmt}" for fmt in a.formats]
     refuse_existing([out / n for n in names], a.overwrite, "an earlier export", inputs=[a.checkpoint])
     files = {n: (export_onnx if fmt == "onnx" else export_pt2)(g_is, meta, example) for n, fmt in zip(names, a.formats)}

@@ -190,3 +190,19 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)   # as if it were not installed
     one_line_error(predict_main, [tmp_path / "last.onnx", tmp_path / "a.png", "--out", tmp_path / "o"], capsys,
                    "needs onnxruntime: pip install onnxruntime", tmp_path)
+
+
+def test_export_prints_what_it_wrote_or_one_error_line(tiny_checkpoint, tmp_path):
+    """torch.onnx's log lines (torchvision's ops not registered) and FutureWarnings reached the terminal around
+    the command's own lines, and an --out that is a file was refused only after the whole export."""
+    import subprocess
+    import sys
+
+    (tmp_path / "file").write_text("mine")
+    done = subprocess.run([sys.executable, "-m", "cycleseg.export", str(tiny_checkpoint), "--out", str(tmp_path / "file")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: --out {tmp_path / 'file'} is a file, not a folder: nothing exported"], done.stderr
+    done = subprocess.run([sys.executable, "-m", "cycleseg.export", str(tiny_checkpoint), "--out", str(tmp_path / "e"),
+                           "--formats", "onnx"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
