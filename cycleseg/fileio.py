@@ -13,6 +13,17 @@ from pathlib import Path
 from .usage import check_stopped, stop_deferred
 
 
+NAME_MAX = 255                                                      # bytes in a file name (Linux, macOS)
+
+
+def temp_name(name: str, pid: int | None = None) -> str:
+    """The temporary name of the output `name`: .<name>.tmp<pid>, with <name> shortened (bytes, as the file
+    system counts them) where the whole would pass NAME_MAX: a legal name just under it was refused."""
+    tail = f".tmp{os.getpid() if pid is None else pid}"
+    raw = os.fsencode(name)[:NAME_MAX - 1 - len(tail)]
+    return f".{os.fsdecode(raw)}{tail}"
+
+
 @contextlib.contextmanager
 def atomic_path(path, replace: bool = True):
     """Yield a temp path next to `path`; when the block succeeds, rename it to `path`. On any error
@@ -20,7 +31,7 @@ def atomic_path(path, replace: bool = True):
     replace=False: a `path` that appeared meanwhile (another process's output) is kept (commit)."""
     path = Path(path)
     made = make_folders(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(temp_name(path.name))
     done = False
     try:
         yield tmp
@@ -91,7 +102,8 @@ def remove_stale_temporaries(folder, name: str | None = None) -> list:
     gone = []
     for p in Path(folder).glob(".*.tmp*"):
         m = STALE.fullmatch(p.name)
-        if m and (name is None or m.group(1) == name) and not p.is_symlink() and not _alive(int(m.group(2))):
+        if m and (name is None or p.name == temp_name(name, int(m.group(2)))) and not p.is_symlink() \
+                and not _alive(int(m.group(2))):
             if p.is_file():
                 p.unlink()
             elif p.is_dir():                                        # write_files' stage
@@ -129,7 +141,7 @@ def write_files(folder, files: dict, replace: bool = True) -> None:
     folder = Path(folder)
     made = make_folders(folder.parent)
     remove_stale_temporaries(folder.parent, folder.name)             # a stage a killed process left
-    stage = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+    stage = folder.parent / temp_name(folder.name)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     done = False

@@ -140,3 +140,17 @@ def test_a_damaged_checkpoint_is_named_without_torchs_advice(tmp_path):
         assert f"{name}: could not be read as a checkpoint: the file is corrupt, truncated" in text, text
         assert "weights_only" not in text and "file an issue" not in text and "Could this error" not in text, text
         assert text.endswith(")") and "\n" not in text
+
+
+def test_a_name_just_under_the_limit_is_written(tmp_path):
+    """The temporary name .<name>.tmp<pid> of a legal 251-byte name passed 255 bytes: "File name too long"."""
+    from cycleseg.fileio import atomic_write_text, remove_stale_temporaries, temp_name, write_files
+
+    name = "b" * 248 + ".h5"
+    atomic_write_text(tmp_path / name, "x")
+    write_files(tmp_path / ("d" * 250), {"é" * 120 + ".csv": b"y"})   # two-byte characters: cut on bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "d" * 250])
+    assert (tmp_path / ("d" * 250) / ("é" * 120 + ".csv")).read_bytes() == b"y"
+    stale = tmp_path / temp_name(name, pid=2 ** 22 + 1)              # a killed process's: found by its file's name
+    stale.write_text("half")
+    assert len(stale.name.encode()) == 255 and remove_stale_temporaries(tmp_path, name) == [stale.name]
