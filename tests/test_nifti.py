@@ -169,6 +169,13 @@ def test_pairs_layout_counts_classes_and_slices_the_thickest_axis(tmp_path):
     s = H5Source(tmp_path / "p.h5")
     assert s.meta.num_classes == 4 and len(s) == 10 and s.meta.volume_info[0]["axis"] == 0
     assert s.labeled.tolist() == [1] * 5 + [0] * 5
+    del s                                                               # its file handle: closed before the edit
+    with h5py.File(tmp_path / "p.h5", "r+") as f:                      # a damaged spacing: HD95 NaN, ASD inf
+        info = json.loads(f.attrs["volume_info"])
+        info[0]["slice_spacing"][0] = 1e308
+        f.attrs["volume_info"] = json.dumps(info)
+    with pytest.raises(nifti.DataError, match=r"slice_spacing of three positive lengths \(mm, at most 10000\)"):
+        H5Source(tmp_path / "p.h5")
 
 
 def test_intensity_rules():

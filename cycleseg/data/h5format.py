@@ -298,7 +298,7 @@ def _json_attrs(a, path, k: int):
     if vinfo and (not isinstance(vinfo, list) or len(vinfo) != len(vnames) or not all(
             isinstance(v, dict) and _positive3(v.get("slice_spacing")) for v in vinfo)):
         raise DataError(f"{path}: attribute 'volume_info' must give, for each of the {len(vnames)} volumes, a "
-                        f"slice_spacing of three positive lengths")
+                        f"slice_spacing of three positive lengths (mm, at most {MAX_SPACING_MM:g})")
     return names, palette, vnames, vinfo, preprocessing
 
 
@@ -343,9 +343,13 @@ def _check_volumes(f, path, vnames) -> None:
         raise DataError(f"{path}: dataset 'volumes' must hold {want}, found {int(vol[bad][0])} ({int(bad.sum())} slices)")
 
 
+MAX_SPACING_MM = 1e4                                                # 10 m a voxel: beyond, a damaged value (1e308
+                                                                    # made HD95 NaN and ASD infinite)
+
+
 def _positive3(v) -> bool:
     return (isinstance(v, list) and len(v) == 3
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in v))
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= MAX_SPACING_MM for x in v))
 
 
 def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int = 0) -> None:
