@@ -64,6 +64,7 @@ class RunFolder:
         self.metrics = self.path / "metrics.jsonl"
         self._curves_drawn = float("-inf")                          # time.monotonic() of the last curves.png
         self.events = None                                          # a TensorBoard SummaryWriter (--tensorboard)
+        self.changes: list = []                                     # what a --resume changes (open, resumed)
 
     # -- the resume policy --------------------------------------------------------------------------
     def held(self) -> list[str]:
@@ -99,13 +100,18 @@ class RunFolder:
             os.close(fd)                                            # closing the descriptor releases the lock
             self._lock_fd = None
 
+    def resumed(self) -> None:
+        """Say what the resume changes (--lr, --steps, ...), once every check of it has passed."""
+        if self.changes:
+            self.note(f"resuming {self.last} with " + ", ".join(self.changes))
+
     def open(self, cfg: Config, given=()) -> tuple[Config, dict | None]:
         """(config to run with, checkpoint state to resume from or None), after locking the folder.
         `given`: the fields given explicitly (what a resume is asked to change). Refuses to train into a
         folder that holds a run without --resume, and to resume a run that has results (best.pt) but no
         last.pt; --resume restarts a run killed before its first checkpoint."""
         self.lock()
-        held = self.held()
+        held, self.changes = self.held(), []
         if cfg.resume and self.last.exists():
             try:
                 saved = checkpoint.load_run(self.last)
@@ -119,8 +125,7 @@ class RunFolder:
                 raise UsageError(f"--steps {cfg.steps} is below the step {self.last} reached ({saved['step']}): steps "
                                  f"trained cannot be undone; nothing was changed. Resume with --steps "
                                  f"{saved['step']} or more, evaluate a checkpoint as it is, or train into another --out")
-            if changes:
-                self.note(f"resuming {self.last} with " + ", ".join(changes))
+            self.changes = changes                                  # said once the resume's checks pass (resumed)
             return cfg, saved
         if self.best.exists() and not self.last.exists():          # results, but nothing to resume from
             raise UsageError(f"{self.path} holds a run ({', '.join(held)}) but no last.pt to resume from; "

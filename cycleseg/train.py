@@ -126,6 +126,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
         run.n, run.best = load_state_dict(saved, nets, step, streams, data, folder.last, world, device)
         if optim_of(cfg) != optim_of(from_flat(saved["config"])):
             step.reschedule(optim_of(cfg))                          # --steps / --lr changed on resume
+    folder.resumed()
     folder.start(cfg, run.n)
     if cfg.tensorboard:
         folder.tensorboard()

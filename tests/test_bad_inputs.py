@@ -128,8 +128,8 @@ def test_a_run_refuses_other_data_under_its_data_path(tmp_path, capsys):
     tiny_split(data / "val.h5", 16, n=4)
     assert train_main(TINY + ["--data", str(data), "--out", str(run), "--stop-after", "1", "--mode", "full"]) == 0
     tiny_split(data / "train.h5", 16, n=8, seed=1)                   # other images, same shapes and count
-    one_line_error(train_main, TINY + ["--data", data, "--out", run, "--resume", "--mode", "full"], capsys,
-                   "its run read other train data than", run)
+    one_line_error(train_main, TINY + ["--data", data, "--out", run, "--resume", "--mode", "full", "--steps", "4"],
+                   capsys, "its run read other train data than", run)     # one line: no "resuming ... with --steps 4"
     tiny_split(data / "train.h5", 16, n=8)                           # the run's images again
     tiny_split(data / "val.h5", 16, n=4, seed=1)
     one_line_error(evaluate_main, [run / "last.pt", "--no-progress"], capsys, "its run read other val data", run)
