@@ -412,6 +412,19 @@ def pictures(out: Path, fraction: float, seed: int):
                                    {k: p[rows] for k, p in predictions.items()}, meta, row_labels=labels)
 
 
+def options_as_values(argv: list, p: argparse.ArgumentParser) -> list:
+    """argv with the OPTIONS of `--method-options METHOD OPTIONS` kept as a value when it is one training
+    option (`"--resume"`): argparse takes a lone option-like word for an option and said "expected 2
+    arguments" where two were given; the value then gets method_options' own check."""
+    argv = list(argv)
+    for i, word in enumerate(argv[:-2]):
+        value = argv[i + 2]
+        if word == "--method-options" and value.startswith("-") and " " not in value \
+                and value.split("=")[0] not in p._option_string_actions:
+            argv[i + 2] = " " + value                              # a space: argparse reads it as a value
+    return argv
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -430,7 +443,7 @@ def main(argv=None) -> int:
                         '--method-options fixmatch "--lr 0.0025"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=path_arg, default=None, help="grid folder (default runs/grid-<grid>)")
-    a = p.parse_args(argv)
+    a = p.parse_args(options_as_values(argv, p))
     if a.grid == "paper" and (a.fractions or a.methods):
         p.error("--fractions and --methods choose the comparison grid's cells; the paper grid's are fixed "
                 "(see --help)")

@@ -137,7 +137,7 @@ def test_fractions_are_named_to_their_precision_and_never_share_a_folder():
         grid_cells("comparison", [1e-320])
 
 
-def test_method_options_reach_only_their_methods_cells(tmp_path):
+def test_method_options_reach_only_their_methods_cells(tmp_path, capsys):
     """--method-options gives one arm options of its own (FixMatch at UniMatch's rate), after the shared ones;
     options a cell owns, --help (which printed train's help and exited 0), unknown methods and unparsable text
     are refused before any cell runs, naming --method-options."""
@@ -163,6 +163,11 @@ def test_method_options_reach_only_their_methods_cells(tmp_path):
     assert main(["--grid", "comparison", "--fractions", "0.1", "--methods", "partial", "--seeds", "0",
                  "--method-options", "meanteacher", "--lr 1", "--out", str(out)] + TINY) == 2
     assert not out.exists()
+    for word, match in (("--resume", "--resume in --method-options partial"), ("--dry-run", "--dry-run in --method-options")):
+        capsys.readouterr()                                # one option alone: refused by name ("expected 2 arguments")
+        assert main(["--grid", "comparison", "--fractions", "0.1", "--methods", "partial", "--seeds", "0",
+                     "--method-options", "partial", word, "--out", str(out)] + TINY) == 2
+        assert match in capsys.readouterr().err and not out.exists()
 
 
 def test_a_grid_on_volumes_reports_hd95_and_asd_of_the_last_checkpoints(tmp_path, monkeypatch, make_acdc):
