@@ -138,6 +138,9 @@ def test_a_run_refuses_other_data_under_its_data_path(tmp_path, capsys):
     tiny_split(data / "val.h5", 16, n=4)
     assert train_main(TINY + ["--data", str(data), "--out", str(run), "--resume", "--mode", "full"]) == 0
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+    data.rename(tmp_path / "moved")                                 # it named <parent>/val.h5, not the folder
+    one_line_error(evaluate_main, [run / "last.pt", "--out", tmp_path / "e2", "--no-progress"], capsys,
+                   f"{data}: no such file or folder (the data; a run records its absolute path", run)
 
 
 def test_a_split_fingerprint_follows_its_content(tmp_path):

@@ -52,6 +52,9 @@ def split_path(data, split: str, val_data=None, image_size: int = 64, progress: 
                             f"and its volumes)")
         return acdc.cached_splits(data, image_size, progress, names=(split,))[split], Path(data)
     data = Path(data)
+    if not data.exists() and not (split == "val" and val_data):    # moved or deleted: name it, not a file beside it
+        raise DataError(f"{data}: no such file or folder (the data; a run records its absolute path: moved "
+                        f"since? give --data where it is now)")
     if split == "val" and val_data:
         path = Path(val_data)
     elif split == "train" and not data.is_dir():
