@@ -25,6 +25,10 @@ def run(a) -> Path:
             raise UsageError(f"{folder}: no metrics.jsonl (not a run folder)")
         names[folder] = folder.name if folder.name not in runs else str(folder)
         runs[names[folder]] = RunFolder(folder).records()
+        lines = sum(1 for ln in (folder / "metrics.jsonl").read_bytes().splitlines() if ln.strip())
+        if lines > len(runs[names[folder]]):                        # a torn last line, or edits: said, not hidden
+            print(f"note: {folder / 'metrics.jsonl'}: {lines - len(runs[names[folder]])} of its {lines} lines are not "
+                  f"records (JSON objects with an integer step and a split) and are not drawn", file=sys.stderr)
     drawn = {run for panel in figures.curve_points(runs).values() for run, line in panel.items()
              if any(math.isfinite(v) for _, v in line)}
     for folder, name in names.items():

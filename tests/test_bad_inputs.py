@@ -1031,6 +1031,11 @@ def test_plot_refuses_records_without_a_number(tmp_path, capsys, finished_run):
     assert plot_main([str(run), str(finished_run), "--out", str(tmp_path / "both.png")]) == 0
     assert "no finite number to draw (2 records, none with a loss or score that is a finite float32 number); drawn without it" in \
         capsys.readouterr().err and (tmp_path / "both.png").stat().st_size > 0
+    garbled = tmp_path / "garbled"                                  # lines that are not records: said, not hidden
+    garbled.mkdir()
+    (garbled / "metrics.jsonl").write_bytes((finished_run / "metrics.jsonl").read_bytes() + b'[1, 2]\n{"no": "step"}\n\xff\n')
+    assert plot_main([str(garbled), "--out", str(tmp_path / "g.png")]) == 0
+    assert "garbled/metrics.jsonl: 3 of its" in capsys.readouterr().err
 
 
 def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monkeypatch):
