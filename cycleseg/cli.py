@@ -4,6 +4,7 @@ output folder."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from .checkpoint import CheckpointError
 from .config import check_device
 from .data.h5format import DataError
 from .fastpath import PRECISIONS
+from .fileio import NAME_MAX
 from .usage import Parser, UsageError, fail, path_arg
 
 
@@ -47,7 +49,8 @@ def device_of(name: str) -> torch.device:
 def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
     """UsageError naming the outputs that exist already, unless overwrite; an output that is one of the
     command's `inputs` (a checkpoint, an image, a record file), or a folder, is refused even with
-    --overwrite. Checked before anything is written."""
+    --overwrite, and so is a name longer than file systems allow (an input's long name with a suffix).
+    Checked before anything is written."""
     def keys(p: Path) -> set:                                       # its resolved path and, if it exists, its inode
         try:
             st = p.stat()
@@ -59,6 +62,9 @@ def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
 
     ins = set().union(*(keys(Path(i)) for i in inputs))              # each path resolved once: many inputs stay linear
     for p in map(Path, paths):
+        if (n := len(os.fsencode(p.name))) > NAME_MAX:
+            raise UsageError(f"{p.parent}/{p.name[:40]}...: an output name of {n} bytes, longer than file names may "
+                             f"be ({NAME_MAX}); shorten the name of the input it is made from")
         if keys(p) & ins:
             raise UsageError(f"{p} is one of this command's inputs: an output never replaces an input; choose "
                              f"another --out")

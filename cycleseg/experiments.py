@@ -294,14 +294,12 @@ def run_cell(args: list[str]) -> dict:
     return rec
 
 
-def with_distances(folder: Path, rec: dict) -> dict:
-    """A finished cell's final record with the per-volume means of HD95 and ASD of its last checkpoint (data
-    with volumes: ACDC, NIfTI conversions), from `python -m cycleseg.evaluate` into <cell>/eval-final, which
-    a rerun reads again if it is the evaluation of this last.pt, at this step, scoring the record's mIoU
-    (else it evaluates again: a report of other data, damaged or edited). A record its checkpoint does not
-    reproduce (metrics.jsonl edited) is refused. Data without volumes: the record as it is."""
-    if "volume_mdice" not in rec:
-        return rec
+def checked_record(folder: Path, rec: dict) -> dict:
+    """A finished cell's final record, checked against its last checkpoint by `python -m cycleseg.evaluate`
+    into <cell>/eval-final, which a rerun reads again if it is the evaluation of this last.pt, at this step,
+    scoring the record's mIoU (else it evaluates again: a report of other data, damaged or edited). A record
+    its checkpoint does not reproduce (metrics.jsonl edited) is refused. On data with volumes (ACDC, NIfTI
+    conversions) the record gains the per-volume means of HD95 and ASD of that evaluation."""
     last, out = folder / "last.pt", folder / "eval-final"
     found = out / "report.json"
     kept = found.exists() and found.stat().st_mtime >= last.stat().st_mtime and cell_report(found, last, rec)
@@ -316,6 +314,8 @@ def with_distances(folder: Path, rec: dict) -> dict:
             raise DataError(f"{folder}: its final record (metrics.jsonl, step {rec['step']}) says val mIoU "
                             f"{rec['miou']:.4f}, but its last.pt does not score that on the same data: the record "
                             f"was edited or is another run's; move {folder} away and rerun the grid")
+    if "volumes" not in kept:
+        return rec
     volumes = kept["volumes"]
     return {**rec, "volume_hd95": volumes["mean"].get("hd95"), "volume_asd": volumes["mean"].get("asd"),
             "distance_units": volumes.get("distance_units")}
@@ -323,10 +323,13 @@ def with_distances(folder: Path, rec: dict) -> dict:
 
 def cell_report(found: Path, last: Path, rec: dict) -> dict | None:
     """eval-final/report.json if it is the evaluation of `last` at the record's step that scores the record's
-    mIoU (within 1e-4: training's validation and evaluate compute the same), with finite distances; else None."""
+    mIoU (within 1e-4: training's validation and evaluate compute the same), with volumes where the record has
+    them and finite distances; else None."""
     try:
         r = json.loads(found.read_text())
-        mean = r["volumes"]["mean"]
+        if ("volumes" in r) != ("volume_mdice" in rec):            # scored with volumes, recorded without
+            return None
+        mean = r["volumes"]["mean"] if "volumes" in r else {}
         same = (Path(r["checkpoint"]).resolve() == last.resolve() and r["step"] == rec["step"]
                 and abs(r["slices"]["miou"] - rec["miou"]) <= 1e-4)
         finite = all(mean.get(k) is None or (isinstance(mean[k], (int, float)) and math.isfinite(mean[k]))
@@ -464,7 +467,7 @@ def main(argv=None) -> int:
         for i, (seed, cell) in enumerate((s, c) for s in seeds for c in cells):
             args = cell_args(cell, seed, out, a.data, extra, own)
             print(f"[{i + 1}/{total}] {cell.name} seed {seed}: {' '.join(args)}", file=sys.stderr)
-            rec = with_distances(Path(parse_args(args)[0].resolved().out), run_cell(args))
+            rec = checked_record(Path(parse_args(args)[0].resolved().out), run_cell(args))
             results[cell][seed] = rec
             steps = rec["step"]
             print(f"    mIoU {rec['miou']:.4f}" + (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec

@@ -156,7 +156,7 @@ class CheckpointModel:
         self.device, self.has_gsi = device, "G_SI" in nets
         self.num_classes, self.channels = info["num_classes"], info["channels"]
         self.size = (info.get("height") or cfg.image_size, info.get("width") or cfg.image_size)   # (h, w)
-        self.palette = full_palette(info.get("palette"), self.num_classes)
+        self.palette = full_palette(info.get("palette"), self.num_classes, path)
         self.info = info
 
     def logits(self, images: np.ndarray) -> np.ndarray:
@@ -208,7 +208,7 @@ class OnnxModel:
             raise DataError(f"{path}: its cycleseg metadata is damaged (channels {meta['channels']}, the model's "
                             f"input {declared}); export the checkpoint again")
         self.channels, self.num_classes = meta["channels"], meta["num_classes"]
-        self.palette = full_palette(meta["palette"], self.num_classes)
+        self.palette = full_palette(meta["palette"], self.num_classes, path)
         self.size = tuple(meta["image_size"])
         self.info = {"preprocessing": meta.get("preprocessing") or {}}
 
@@ -231,10 +231,14 @@ class OnnxModel:
         return self.logits(images).argmax(1), None
 
 
-def full_palette(palette, num_classes: int) -> list:
-    """A colour per class: the given ones, then the default colours."""
-    palette = list(palette or [])
-    return palette + default_palette(num_classes)[len(palette):]
+def full_palette(palette, num_classes: int, where) -> list:
+    """A colour per class: the given ones, then the default colours, with a note naming `where` (the model)
+    when a palette given colours fewer classes than the model has."""
+    given = list(palette or [])
+    if palette is not None and len(given) < num_classes:
+        print(f"note: {where}: its palette colours {len(given)} of the {num_classes} classes; the others are "
+              f"drawn in the default colours", file=sys.stderr)
+    return given + default_palette(num_classes)[len(given):]
 
 
 def onnx_meta_problem(meta: dict) -> str | None:

@@ -91,6 +91,9 @@ def label_file(labels: np.ndarray, scan: nifti.Scan) -> bytes:
     """The bytes of a .nii.gz holding `labels` on the scan's grid (its affine and header, uint8, unscaled)."""
     nib = nifti.nibabel()
     header = scan.header.copy()
+    shape = tuple(header.get_data_shape())
+    if labels.ndim == 3 and shape == labels.shape + (1,):           # a scan of one frame stored 4D: kept 4D
+        labels = labels[..., None]
     img = nib.Nifti1Image(labels.astype(np.uint8), scan.affine, header)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)

@@ -508,6 +508,12 @@ def test_convert_folder_refuses_what_would_corrupt_the_masks(tmp_path, capsys):
                       "--map", "300=1", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "--map 300=1: no mask of" in err and "holds the value 300" in err and "200" not in err.replace(str(tmp_path), "")
+    assert "its masks are 8-bit (values 0..255): none can hold it" in err, err     # why, when no mask type can
+    capsys.readouterr()
+    assert data_main(["convert", "folder", str(tmp_path / "a"), str(tmp_path / "a2.h5"), "--map", "300=1",
+                      "--map", "301=2", "--no-progress"]) == 0                     # the 16-bit mask holds 300
+    err = capsys.readouterr().err
+    assert "holds the value 301 (a typo, or a value of another split only)" in err and "value 300" not in err, err
 
 
 def test_convert_never_replaces_a_file_unasked_nor_writes_over_an_input(tmp_path, capsys):
@@ -722,6 +728,38 @@ def test_predict_names_a_pt2_and_refuses_a_malformed_palette(tmp_path, capsys, t
     torch.save(state, tmp_path / "bad.pt")
     one_line_error(predict_main, [tmp_path / "bad.pt", tmp_path / "x.png", "--out", tmp_path / "o"], capsys,
                    "palette colour", tmp_path)
+
+
+def test_an_output_name_longer_than_file_names_may_be_is_refused_before_predicting(tmp_path, capsys, tiny_checkpoint):
+    """An input named with 250 bytes makes <stem>_mask.png of 259: refused in one line naming the output and
+    the cause, before anything is written (the error named predict's staging folder, after predicting); a
+    242-byte stem, whose outputs fit in 255 bytes, predicts."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(src / ("b" * 250 + ".png"))
+    one_line_error(predict_main, [tiny_checkpoint, src, "--out", tmp_path / "o"], capsys,
+                   "an output name of 259 bytes, longer than file names may be (255)", tmp_path)
+    (src / ("b" * 250 + ".png")).rename(src / ("a" * 242 + ".png"))
+    assert predict_main([str(tiny_checkpoint), str(src), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert (tmp_path / "o" / ("a" * 242 + "_overlay.png")).exists()
+
+
+def test_a_palette_shorter_than_the_classes_is_filled_with_a_note(tmp_path, capsys, tiny_checkpoint):
+    """A model whose palette colours 2 of its 4 classes predicts, the others in the default colours, and says
+    so in one note (it was filled without a word)."""
+    from cycleseg.data.h5format import default_palette
+
+    state = torch.load(tiny_checkpoint, weights_only=False)
+    k = state["data"]["num_classes"]
+    state["data"]["palette"] = [[1, 2, 3], [4, 5, 6]]
+    torch.save(state, tmp_path / "short.pt")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
+    capsys.readouterr()
+    assert predict_main([str(tmp_path / "short.pt"), str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert f"short.pt: its palette colours 2 of the {k} classes; the others are drawn in the default colours" in err, err
+    got = Image.open(tmp_path / "o" / "x_mask.png").getpalette()[:3 * k]
+    assert got == [1, 2, 3, 4, 5, 6] + sum(default_palette(k)[2:], [])
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -270,3 +270,35 @@ def test_a_rerun_on_other_data_does_not_take_the_finished_cells(tmp_path, capsys
     err = capsys.readouterr().err
     assert "read other train data than" in err and "content fingerprint" in err, err
     assert (tmp_path / "g" / "partial-50pct-seed0" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_an_edited_final_record_is_refused_on_data_without_volumes(tmp_path, capsys):
+    """Data without volumes (an image folder's conversion) has no HD95 to evaluate, but its cells' final
+    records are checked against their last checkpoints all the same: one edited by hand is refused."""
+    import numpy as np
+
+    from cycleseg.data.h5format import Meta, write_split
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, seed in (("train.h5", 0), ("val.h5", 1)):
+        rng = np.random.default_rng(seed)
+        write_split(data / name, rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8),
+                    rng.integers(0, 3, (6, 32, 32), dtype=np.uint8),
+                    Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
+    out = tmp_path / "g"
+    argv = ["--grid", "comparison", "--data", str(data), "--fractions", "0.5", "--methods", "partial", "--seeds", "0",
+            "--out", str(out)] + TINY
+    assert main(argv) == 0
+    found = out / "partial-50pct-seed0" / "eval-final" / "report.json"
+    assert "volumes" not in json.loads(found.read_text())
+    stamp = found.stat().st_mtime_ns
+    assert main(argv) == 0 and found.stat().st_mtime_ns == stamp      # a rerun reads the evaluation again
+    metrics = out / "partial-50pct-seed0" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["split"] == "val" and "volume_mdice" not in last
+    metrics.write_text("\n".join(lines[:-1] + [json.dumps(dict(last, miou=last["miou"] + 0.3))]) + "\n")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "its last.pt does not score that" in capsys.readouterr().err

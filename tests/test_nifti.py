@@ -224,6 +224,13 @@ def test_predict_command_writes_label_volumes_with_the_scans_header(tiny_checkpo
         got, scan = nib.load(str(out / f"{name}.nii.gz")), nib.load(str(pdir / f"{name}.nii.gz"))
         assert got.shape == scan.shape and np.allclose(got.affine, scan.affine)
         assert got.get_data_dtype() == np.uint8 and np.asanyarray(got.dataobj).max() < 4
+    one = nib.load(str(pdir / "patient001_frame01.nii.gz"))           # one frame stored 4D, (i, j, k, 1)
+    nib.save(nib.Nifti1Image(np.asanyarray(one.dataobj)[..., None], one.affine, one.header), str(tmp_path / "one.nii.gz"))
+    assert predict_main([str(tiny_checkpoint), str(tmp_path / "one.nii.gz"), "--out", str(tmp_path / "o4"),
+                         "--no-progress"]) == 0
+    got = nib.load(str(tmp_path / "o4" / "one.nii.gz"))
+    assert got.shape == one.shape + (1,) and np.array_equal(np.asanyarray(got.dataobj)[..., 0],
+                                                            np.asanyarray(nib.load(str(out / "patient001_frame01.nii.gz")).dataobj))
     before = (out / "patient001_frame01.nii.gz").read_bytes()
     assert predict_main([str(tiny_checkpoint), str(pdir), "--out", str(out), "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out / "patient001_frame01.nii.gz").read_bytes() == before

@@ -175,9 +175,11 @@ def main(argv=None) -> int:
         print(f"  {name:15s} {100 * n / total:6.2f} %")
     for line in left_out:
         print(f"note: {line}", file=sys.stderr)
+    top = summary["mask_top"]
     for v in summary["unmapped"]:
-        print(f"note: --map {v}={mapping[v]}: no mask of {a.src} holds the value {v} (a typo, or a value of "
-              f"another split only)", file=sys.stderr)
+        why = (f"its masks are {top.bit_length()}-bit (values 0..{top}): none can hold it" if top is not None and v > top
+               else "a typo, or a value of another split only")
+        print(f"note: --map {v}={mapping[v]}: no mask of {a.src} holds the value {v} ({why})", file=sys.stderr)
     return 0
 
 

@@ -217,9 +217,12 @@ def mapped_mask(name: str, mask: np.ndarray, mapping, seen: set | None = None) -
 
 
 def apply_mapping(mask: np.ndarray, mapping, seen: set | None = None) -> np.ndarray:
-    """The mask with each value V of {V: C} replaced by C (--map V=C); `seen` collects the Vs it holds."""
+    """The mask with each value V of {V: C} replaced by C (--map V=C); `seen` collects the Vs it holds, and
+    ("top", T): the largest value its integer type can hold (an 8-bit mask never holds a V of 300)."""
     if not mapping:
         return mask
+    if seen is not None:
+        seen.add(("top", int(np.iinfo(mask.dtype).max)))
     out = mask.copy()
     for v, c in mapping.items():
         hit = mask == v
@@ -408,7 +411,8 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
 def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True,
             intensity: str = "strict", mapping=None, replace: bool = True) -> dict:
     """Write items to `out` (atomically), checking each image and mask (intensity, mapping: load_pair).
-    Returns a summary dict ("unmapped": the --map values no mask held, a typo or another split's).
+    Returns a summary dict ("unmapped": the --map values no mask held, a typo or another split's; "mask_top":
+    the largest value the masks' integer types can hold, with --map).
     replace=False: an `out` another process wrote meanwhile is kept (fileio.commit)."""
     if not items:
         raise DataError(f"nothing to convert into {out}")
@@ -449,4 +453,5 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
     return {"file": str(out), "images": len(items), "size": list(shape),
             "class_pixels": {n: int(hist[k]) for k, n in enumerate(meta.class_names)},
             "ignored_fraction": float(hist[meta.ignore_index]) / total if total else 0.0,
-            "unmapped": sorted(set(mapping or ()) - seen)}
+            "unmapped": sorted(set(mapping or ()) - seen),
+            "mask_top": max((t for kind, t in (x for x in seen if isinstance(x, tuple))), default=None)}
