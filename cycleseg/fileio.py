@@ -16,10 +16,14 @@ from .usage import check_stopped, stop_deferred
 NAME_MAX = 255                                                      # bytes in a file name (Linux, macOS)
 
 
+TEMP_TAG = ".cycleseg-tmp"                                          # no user's file is named .<name>.cycleseg-tmp<pid>
+
+
 def temp_name(name: str, pid: int | None = None) -> str:
-    """The temporary name of the output `name`: .<name>.tmp<pid>, with <name> shortened (bytes, as the file
-    system counts them) where the whole would pass NAME_MAX: a legal name just under it was refused."""
-    tail = f".tmp{os.getpid() if pid is None else pid}"
+    """The temporary name of the output `name`: .<name>.cycleseg-tmp<pid> (a user's .x.h5.tmp123 is no
+    temporary of ours), with <name> shortened (bytes, as the file system counts them) where the whole would
+    pass NAME_MAX: a legal name just under it was refused."""
+    tail = f"{TEMP_TAG}{os.getpid() if pid is None else pid}"
     raw = os.fsencode(name)[:NAME_MAX - 1 - len(tail)]
     return f".{os.fsdecode(raw)}{tail}"
 
@@ -37,11 +41,27 @@ def atomic_path(path, replace: bool = True):
         yield tmp
         commit(tmp, path, replace)
         done = True
+    except OSError as e:
+        raise named(e, path) from e
     finally:
         if tmp.exists():
             tmp.unlink()
         if not done:
             remove_empty(made)
+
+
+def named(e: OSError, path) -> OSError:
+    """`e` naming the file asked for, `path`, where it names none or a temporary one (a write or an fsync
+    on a full disk names no file; h5py's errors carry their errno inside their text): errors say which
+    output could not be written."""
+    if e.filename is not None and TEMP_TAG not in str(e.filename):
+        return e
+    code = e.errno
+    if code is None and (m := re.search(r"errno = (\d+)", str(e))):
+        code = int(m.group(1))
+    if code is None:
+        return e
+    return OSError(code, e.strerror if e.errno is not None and e.strerror else os.strerror(code), str(path))
 
 
 def appeared(path) -> FileExistsError:
@@ -92,15 +112,16 @@ def atomic_write_bytes(path, write_fn) -> None:
         os.fsync(f.fileno())
 
 
-STALE = re.compile(r"\.(.+)\.tmp(\d+)")                           # atomic_path's names: .<file>.tmp<pid>
+STALE = re.compile(r"\.(.+)\.cycleseg-tmp(\d+)")                  # atomic_path's names: temp_name
 
 
 def remove_stale_temporaries(folder, name: str | None = None) -> list:
     """Delete the temporary files (and write_files' stage folders) that a process killed while writing left in
-    `folder`: exactly the names atomic_path and write_files give (.<name>.tmp<pid>) whose process is gone; only those of the file `name` if given.
+    `folder`: exactly the names atomic_path and write_files give (temp_name) whose process is gone; only those
+    of the file `name` if given.
     Anything else (a user's file) is kept."""
     gone = []
-    for p in Path(folder).glob(".*.tmp*"):
+    for p in Path(folder).glob(f".*{TEMP_TAG}*"):
         m = STALE.fullmatch(p.name)
         if m and (name is None or p.name == temp_name(name, int(m.group(2)))) and not p.is_symlink() \
                 and not _alive(int(m.group(2))):
@@ -148,11 +169,14 @@ def write_files(folder, files: dict, replace: bool = True) -> None:
     try:
         for name, data in files.items():
             p = stage / "new" / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            with open(p, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                with open(p, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:                                    # a full disk: the output, not the stage
+                raise named(e, folder / name) from e
         for name in files:
             made += make_folders((folder / name).parent)
             if (folder / name).is_dir():

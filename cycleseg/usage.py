@@ -38,13 +38,21 @@ def path_text(text: str) -> str:
     return str(path_arg(text))
 
 
-TEMPORARY = re.compile(r"\.(.+)\.tmp[A-Za-z0-9_]*")              # fileio's .<name>.tmp<pid> / .<folder>.tmp<random>
+TEMPORARY = re.compile(r"\.(.+)\.cycleseg-tmp\d*")                 # fileio.temp_name's .<name>.cycleseg-tmp<pid>
 
 
 def final_path(path: Path) -> Path:
     """The path a user asked for, behind a temporary one that an atomic write used (a disk that filled up
-    while writing `.last.pt.tmp123` failed to write `last.pt`)."""
-    return Path(*[m.group(1) if (m := TEMPORARY.fullmatch(part)) else part for part in path.parts])
+    while writing `.last.pt.cycleseg-tmp123` failed to write `last.pt`)."""
+    parts, staged = [], False
+    for part in path.parts:
+        if staged and part in ("new", "old"):                       # write_files' stage: <stage>/new/<name>
+            staged = False
+            continue
+        m = TEMPORARY.fullmatch(part)
+        parts.append(m.group(1) if m else part)
+        staged = m is not None
+    return Path(*parts)
 
 
 def message(e: BaseException) -> str:

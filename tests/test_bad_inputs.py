@@ -107,6 +107,33 @@ def test_training_data_the_networks_cannot_read(tmp_path, capsys, side):
                    f"images {side}x{side}: the networks need a multiple of 4", tmp_path)
 
 
+def test_data_of_one_class_is_refused_by_the_converters_and_by_training(tmp_path, capsys):
+    """Labels that are all background gave a 1-class file (exit 0) whose training ended in an IndexError
+    traceback at its first validation, with a run folder and no checkpoint: both converters refuse such
+    masks, and a 1-class file made otherwise is refused by training before anything is written."""
+    import h5py
+    import nibabel as nib
+
+    src = folder_tree(tmp_path / "f", [np.zeros((8, 8), np.uint8)] * 2)
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "o.h5", "--no-progress"], capsys,
+                   "the masks hold 1 class (0) alone; a segmentation needs at least 2", tmp_path)
+    scans = tmp_path / "n"
+    for sub, data in (("images", np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)),
+                      ("labels", np.zeros((8, 8, 3), np.uint8))):
+        (scans / sub).mkdir(parents=True)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(scans / sub / "a.nii.gz"))
+    one_line_error(data_main, ["convert", "nifti", scans, tmp_path / "o.h5", "--split", "all", "--size", "8", "8",
+                               "--no-progress"], capsys, "a segmentation needs at least 2", tmp_path)
+    (tmp_path / "d").mkdir()
+    for name in ("train.h5", "val.h5"):
+        tiny_split(tmp_path / "d" / name, 16, k=2)
+        with h5py.File(tmp_path / "d" / name, "r+") as f:                # made by hand: 1 class
+            f["masks"][...] = 0
+            f.attrs["num_classes"], f.attrs["class_names"], f.attrs["palette"] = 1, '["bg"]', "[[0, 0, 0]]"
+    one_line_error(train_main, TINY + ["--data", tmp_path / "d", "--out", tmp_path / "r"], capsys,
+                   "num_classes is 1; a segmentation needs at least 2 classes", tmp_path)
+
+
 def test_a_folder_holding_a_run_is_never_trained_into(finished_run, capsys):
     one_line_error(train_main, TINY + ["--out", finished_run], capsys, "already holds a run", finished_run)
     (finished_run / "last.pt").rename(finished_run / "moved.pt")    # results (best.pt) but nothing to resume
@@ -562,8 +589,8 @@ def test_convert_acdc_rescales_when_asked(tmp_path):
 
 @pytest.mark.parametrize("argv, match", [(["--map", "7"], "--map 7: expected V=C"),
                                          (["--map", "1=300"], "C a class id or 255"),
-                                         (["--num-classes", "0"], "--num-classes must be in 1..255"),
-                                         (["--num-classes", "300"], "--num-classes must be in 1..255"),
+                                         (["--num-classes", "0"], "--num-classes must be in 2..255"),
+                                         (["--num-classes", "300"], "--num-classes must be in 2..255"),
                                          (["--size", "0", "8"], "--size must be in 1..4096"),
                                          (["--size", "100000", "100000"], "--size must be in 1..4096")])
 def test_convert_options(tmp_path, capsys, argv, match):
@@ -744,6 +771,41 @@ def test_an_output_name_longer_than_file_names_may_be_is_refused_before_predicti
     assert (tmp_path / "o" / ("a" * 242 + "_overlay.png")).exists()
 
 
+def png_rgb16(path, values):
+    """A PNG of 16 bits per RGB channel, written by hand (Pillow writes none)."""
+    import struct
+    import zlib
+
+    h, w, _ = values.shape
+    raw = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_16_bit_rgb_image_is_refused_by_predict_and_the_converters(tmp_path, capsys, tiny_checkpoint):
+    """Pillow reads a PNG of 16 bits per RGB channel as its high bytes alone: 12-bit data came out nearly
+    black (values 0..15), exit 0, in convert and predict alike. Refused in their one reader, with or without
+    --intensity minmax (which cannot see the low bytes either)."""
+    from cycleseg.data.__main__ import main as data_main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "d" / "masks").mkdir(parents=True)
+    for i in range(2):
+        png_rgb16(tmp_path / "d" / "images" / f"x{i}.png", rng.integers(0, 4096, (16, 16, 3)))
+        Image.fromarray(rng.integers(0, 2, (16, 16), dtype=np.uint8)).save(tmp_path / "d" / "masks" / f"x{i}.png")
+    for extra in ([], ["--intensity", "minmax"]):
+        one_line_error(data_main, ["convert", "folder", tmp_path / "d", tmp_path / "o.h5", "--no-progress", *extra],
+                       capsys, "RGB of 16 bits per channel, which would be read as its high byte alone", tmp_path)
+        one_line_error(predict_main, [tiny_checkpoint, tmp_path / "d" / "images" / "x0.png", "--out", tmp_path / "p",
+                                      *extra], capsys, "x0.png: RGB of 16 bits per channel", tmp_path)
+
+
 def test_a_palette_shorter_than_the_classes_is_filled_with_a_note(tmp_path, capsys, tiny_checkpoint):
     """A model whose palette colours 2 of its 4 classes predicts, the others in the default colours, and says
     so in one note (it was filled without a word)."""
@@ -823,14 +885,33 @@ def test_no_output_replaces_an_input_even_with_overwrite(tmp_path, capsys, tiny_
 
 
 def test_a_conversion_killed_while_writing_leaves_nothing_for_long(tmp_path):
-    """A converter killed (OOM, SIGKILL) leaves .<out>.tmp<pid>; the next conversion to that output removes it
-    (only temporaries of that name whose process is gone)."""
+    """A converter killed (OOM, SIGKILL) leaves .<out>.cycleseg-tmp<pid>; the next conversion to that output
+    removes it (only temporaries of that name whose process is gone; a user's .o.h5.tmp<digits> stays)."""
     src = folder_tree(tmp_path / "f", [np.eye(8, dtype=np.uint8)])
-    stale, mine = tmp_path / f".o.h5.tmp{2 ** 22 + 7}", tmp_path / f".other.h5.tmp{2 ** 22 + 7}"
+    stale, mine = tmp_path / f".o.h5.cycleseg-tmp{2 ** 22 + 7}", tmp_path / f".other.h5.cycleseg-tmp{2 ** 22 + 7}"
+    users = tmp_path / f".o.h5.tmp{2 ** 22 + 7}"
     stale.write_bytes(b"half")
     mine.write_bytes(b"someone else's")
+    users.write_bytes(b"keep")
     assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
-    assert not stale.exists() and mine.exists()
+    assert not stale.exists() and mine.exists() and users.read_bytes() == b"keep"
+
+
+def test_a_conversion_that_cannot_fit_on_the_disk_is_refused_before_writing(tmp_path, capsys, monkeypatch):
+    """h5py on a full disk printed thousands of traceback lines and crashed (segmentation fault, exit 139):
+    a split whose images cannot fit in the free space of the output's disk is refused first, in one line
+    naming the output, and nothing is left."""
+    from collections import namedtuple
+
+    from cycleseg.data import h5format
+
+    src = folder_tree(tmp_path / "f", [np.eye(8, dtype=np.uint8)] * 4)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(h5format.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 100, 100))
+    one_line_error(data_main, ["convert", "folder", src, tmp_path / "o.h5", "--no-progress"], capsys,
+                   f"cannot write {tmp_path / 'o.h5'}: No space left on device (the file needs", tmp_path)
+    monkeypatch.undo()
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
 
 
 def test_advice_the_probe_found_missing(tmp_path, capsys, monkeypatch):

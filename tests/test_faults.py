@@ -147,7 +147,7 @@ def test_kill_9_anywhere_then_resume_gives_the_same_run(tmp_path):
     for kill_at in ("writing", "writing", "between"):
         p = run_cli(out, *args, *(["--resume"] if out.exists() else []), env=slow)
         if kill_at == "writing":                                    # a temporary checkpoint file exists
-            wait_for(lambda: any(".last.pt.tmp" in f.name for f in out.glob(".*")) if out.exists() else False)
+            wait_for(lambda: any(".last.pt.cycleseg-tmp" in f.name for f in out.glob(".*")) if out.exists() else False)
         else:
             start = len(RunFolder(out).records("train"))
             wait_for(lambda: len(RunFolder(out).records("train")) > start + 1)

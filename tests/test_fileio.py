@@ -61,8 +61,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
 
 
 def test_only_a_dead_writers_temporaries_are_removed(tmp_path):
-    """A resumed run removes what a killed writer left (.<file>.tmp<pid> of a process that is gone) and
-    nothing else: a user's files that look alike, and a live process's temporary, stay."""
+    """A resumed run removes what a killed writer left (.<file>.cycleseg-tmp<pid> of a process that is gone)
+    and nothing else: a user's files that look alike (.x.h5.tmp99999 was taken for ours), and a live
+    process's temporary, stay."""
     import subprocess
     import sys
 
@@ -70,11 +71,12 @@ def test_only_a_dead_writers_temporaries_are_removed(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    names = {f".last.pt.tmp{dead}": False, ".notes.tmp": True, ".data.tmp.bak": True, ".x.tmp12ab": True,
-             f".best.pt.tmp{os.getpid()}": True, f".config.json.tmp{os.getppid()}": True}
+    names = {f".last.pt.cycleseg-tmp{dead}": False, ".notes.tmp": True, ".data.tmp.bak": True, ".x.tmp12ab": True,
+             f".x.h5.tmp{dead}": True, f".best.pt.cycleseg-tmp{os.getpid()}": True,
+             f".config.json.cycleseg-tmp{os.getppid()}": True}
     for name in names:
         (tmp_path / name).write_text("x")
-    assert remove_stale_temporaries(tmp_path) == [f".last.pt.tmp{dead}"]
+    assert remove_stale_temporaries(tmp_path) == [f".last.pt.cycleseg-tmp{dead}"]
     assert {p.name for p in tmp_path.iterdir()} == {n for n, kept in names.items() if kept}
 
 
@@ -83,10 +85,46 @@ def test_errors_name_the_file_asked_for_not_its_temporary():
 
     from cycleseg.usage import message
 
-    full = OSError(errno.ENOSPC, "No space left on device", "/runs/r/.last.pt.tmp4242")
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/r/.last.pt.cycleseg-tmp4242")
     assert message(full) == "cannot write /runs/r/last.pt: No space left on device"
-    staged = OSError(errno.ENOSPC, "No space left on device", "/out/.masks.tmpa1b2_c3/x_mask.png")
+    staged = OSError(errno.ENOSPC, "No space left on device", "/out/.masks.cycleseg-tmp42/new/x_mask.png")
     assert message(staged) == "cannot write /out/masks/x_mask.png: No space left on device"
+    mine = OSError(errno.ENOSPC, "No space left on device", "/data/.x.h5.tmp42")  # a user's name: kept as it is
+    assert message(mine) == "cannot write /data/.x.h5.tmp42: No space left on device"
+
+
+def test_a_full_disk_names_the_output_where_the_error_names_none(tmp_path, monkeypatch):
+    """A write or fsync on a full disk raises ENOSPC without a file name, and h5py's errors carry their errno
+    in their text with the temporary's name: predict, plot and the grid said "cannot write: No space left on
+    device", the converter named its temporary. Both writers now name the output asked for."""
+    import errno
+
+    import h5py
+
+    from cycleseg import fileio
+    from cycleseg.usage import message
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        fileio.write_files(tmp_path / "out", {"sub/a.png": b"x"})
+    assert message(e.value) == f"cannot write {tmp_path / 'out' / 'sub' / 'a.png'}: No space left on device"
+    with pytest.raises(OSError) as e:
+        fileio.atomic_write_text(tmp_path / "plot.png", "x")
+    assert message(e.value) == f"cannot write {tmp_path / 'plot.png'}: No space left on device"
+    monkeypatch.undo()
+
+    def h5_full(*a, **k):
+        raise OSError(f"Unable to synchronously create file (unable to open file: name = "
+                      f"'{tmp_path / '.x.h5.cycleseg-tmp537'}', errno = 30, error message = 'Read-only file system')")
+
+    monkeypatch.setattr(h5py, "File", h5_full)
+    with pytest.raises(OSError) as e, fileio.atomic_path(tmp_path / "x.h5") as tmp:
+        h5py.File(tmp, "w")
+    assert message(e.value) == f"cannot write {tmp_path / 'x.h5'}: Read-only file system"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_write_files_is_all_or_nothing(tmp_path, monkeypatch):
@@ -143,7 +181,7 @@ def test_a_damaged_checkpoint_is_named_without_torchs_advice(tmp_path):
 
 
 def test_a_name_just_under_the_limit_is_written(tmp_path):
-    """The temporary name .<name>.tmp<pid> of a legal 251-byte name passed 255 bytes: "File name too long"."""
+    """The temporary name .<name>.cycleseg-tmp<pid> of a legal 251-byte name passed 255 bytes: "File name too long"."""
     from cycleseg.fileio import atomic_write_text, remove_stale_temporaries, temp_name, write_files
 
     name = "b" * 248 + ".h5"

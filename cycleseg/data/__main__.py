@@ -67,10 +67,11 @@ def parse_mapping(pairs) -> dict:
 
 
 def check_classes(k: int | None) -> None:
-    """--num-classes: ids 0..K-1 are stored as uint8 beside the ignore index 255, so K is 1..255."""
-    if k is not None and not 1 <= k <= IGNORE_INDEX:
-        raise DataError(f"--num-classes must be in 1..{IGNORE_INDEX} (class ids are bytes; {IGNORE_INDEX} means "
-                        f"not labeled), got {k}")
+    """--num-classes: ids 0..K-1 are stored as uint8 beside the ignore index 255, and a segmentation has a
+    background and a structure at least, so K is 2..255."""
+    if k is not None and not 2 <= k <= IGNORE_INDEX:
+        raise DataError(f"--num-classes must be in 2..{IGNORE_INDEX} (a background and at least one structure; class "
+                        f"ids are bytes, {IGNORE_INDEX} means not labeled), got {k}")
 
 
 def check_size(size) -> None:

@@ -109,6 +109,11 @@ def open_image(path) -> Image.Image:
         im = Image.open(path)
     except Exception as e:                                        # PIL raises OSError, SyntaxError, ValueError...
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    if im.mode in ("RGB", "RGBA", "LA", "P") and any(";16" in str(t[3]) for t in im.tile):
+        im.close()                                                # Pillow would keep the high byte alone
+        raise DataError(f"{path}: {im.mode} of 16 bits per channel, which would be read as its high byte alone (a "
+                        f"12-bit image comes out nearly black); save it as 8-bit {im.mode}, or as a 16-bit grey image "
+                        f"(read with --intensity minmax)")
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
         im.close()

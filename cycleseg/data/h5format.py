@@ -21,7 +21,9 @@ training and raise `DataError` naming the file, the dataset and the index of wha
 """
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import h5py
 import numpy as np
 
 from ..fileio import atomic_path
+from ..usage import final_path
 
 FORMAT = "cycleseg"
 FORMAT_VERSION = 1
@@ -158,9 +161,22 @@ def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups:
 
 def create_datasets(f, n: int, h: int, w: int, c: int, meta: Meta, with_groups: bool = False,
                     volume_names=(), with_labeled: bool = False) -> None:
-    """Create the (empty) datasets and attributes of a split in an open h5py file."""
+    """Create the (empty) datasets and attributes of a split in an open h5py file. OSError (ENOSPC) naming the
+    file when its n images cannot fit in the free space of its disk: HDF5 on a full disk crashes the process."""
     if problem := names_problem(list(meta.class_names), meta.num_classes):
         raise DataError(problem)
+    if meta.num_classes < 2:                                        # every mask background: nothing to learn
+        raise DataError(f"the masks hold {meta.num_classes} class ({', '.join(meta.class_names)}) alone; a "
+                        f"segmentation needs at least 2 (a background and a structure to find): are they all "
+                        f"background, or read from the wrong files?")
+    need = n * h * w * (c + 1) + n * 9 + (1 << 20)                  # uncompressed chunks, indices, the header
+    try:
+        free = shutil.disk_usage(Path(f.filename).parent).free
+    except OSError:                                                 # not on a disk (an in-memory file)
+        free = None
+    if free is not None and need > free:
+        raise OSError(errno.ENOSPC, f"No space left on device (the file needs about {need / 2 ** 20:.1f} MB, "
+                                    f"its disk has {free / 2 ** 20:.1f} MB free)", str(final_path(Path(f.filename))))
     f.create_dataset("images", (n, h, w, c), dtype=np.uint8, chunks=(1, h, w, c) if n else None)
     f.create_dataset("masks", (n, h, w), dtype=np.uint8, chunks=(1, h, w) if n else None)
     if with_groups:
@@ -262,8 +278,9 @@ def _meta(f, path) -> Meta:
     if "format_version" in a and _integer_attr(a, "format_version", path) > FORMAT_VERSION:
         raise DataError(f"{path}: format_version {a['format_version']} was written by a newer cycleseg (this one "
                         f"reads up to {FORMAT_VERSION}); upgrade cycleseg, or convert the data again with this one")
-    if k < 1:
-        raise DataError(f"{path}: num_classes must be >= 1, got {k}")
+    if k < 2:
+        raise DataError(f"{path}: num_classes is {k}; a segmentation needs at least 2 classes (a background and a "
+                        f"structure to find): convert the data again with masks that hold them")
     if not k <= ignore <= 255:                                      # a class id as ignore: it is never learned
         raise DataError(f"{path}: ignore_index {ignore} must lie outside the class ids 0..{k - 1} (and <= 255; "
                         f"cycleseg writes {IGNORE_INDEX})")
