@@ -255,8 +255,11 @@ def run(a) -> tuple[dict, dict]:
                                                                     meta.class_names[1:]))
     refuse_existing([out / name for name in files], a.overwrite, "an earlier evaluation",
                     inputs=[a.checkpoint, path])
-    write_files(out, files, replace=a.overwrite)
+    write_files(out, files, replace=a.overwrite, remove=EVALUATION_FILES if a.overwrite else ())
     return result, files
+
+
+EVALUATION_FILES = ("report.json", "confusion.csv", "confusion.png", "volumes.csv")   # an earlier evaluation's
 
 
 def check_readable(source, info: dict, path, checkpoint, generator: str = "resnet") -> None:

@@ -34,6 +34,7 @@ import functools
 import io
 import json
 import math
+import os
 import shlex
 import signal
 import subprocess
@@ -254,21 +255,24 @@ def stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
 
 
-def run_child(cmd: list[str]) -> int:
-    """Run a cell's training process and wait for it. SIGINT or SIGTERM to the grid reaches the child as
-    SIGTERM (it stops after its step with a checkpoint; a terminal's Ctrl-C has reached it already, and a
-    second SIGINT would stop it at once, without one), and the grid waits for it: no orphan keeps the cell's
-    folder locked."""
-    proc = subprocess.Popen(cmd, preexec_fn=stop_with_parent)
+def run_child(cmd: list[str]) -> tuple[int, int | None]:
+    """Run a cell's training process and wait for it: (its exit code, the stop signal the grid received or
+    None). SIGINT or SIGTERM to the grid reaches the child as SIGTERM (it stops after its step with a
+    checkpoint; a terminal's Ctrl-C has reached it already, and a second SIGINT would stop it at once,
+    without one), and the grid waits for it: no orphan keeps the cell's folder locked. The child, told it is
+    a cell (CYCLESEG_GRID_CELL), leaves the line about its stop to the grid: rerunning the grid goes on."""
+    proc = subprocess.Popen(cmd, preexec_fn=stop_with_parent, env={**os.environ, "CYCLESEG_GRID_CELL": "1"})
+    received = []
 
     def forward(signum, frame):
+        received.append(signum)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
 
     main = threading.current_thread() is threading.main_thread()
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        return proc.wait()
+        return proc.wait(), (received[0] if received else None)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -284,10 +288,12 @@ def run_cell(args: list[str]) -> dict:
     if done is not None:
         return done
     cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if started else [])
-    code = run_child(cmd)
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0:
-        raise GridInterrupted(f"interrupted: the run in {folder} stopped (exit code {code}); rerun the same command "
-                              f"to go on where it stopped", code - 128 if code > 0 else -code)
+    code, received = run_child(cmd)
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0 or received is not None:
+        signum = received or (code - 128 if code > 0 else -code)
+        raise GridInterrupted(f"interrupted by {signal.Signals(signum).name}: the run in {folder} stopped (exit code "
+                              f"{code}{', with a checkpoint' if (folder / 'last.pt').exists() else ''}); rerun the same "
+                              f"command to go on where it stopped", signum)
     rec = final_record(folder, cfg.steps)
     if code != 0 or rec is None:
         raise RuntimeError(f"the run in {folder} failed (exit code {code}): {' '.join(cmd)}")

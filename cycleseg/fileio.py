@@ -151,14 +151,15 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
-def write_files(folder, files: dict, replace: bool = True) -> None:
+def write_files(folder, files: dict, replace: bool = True, remove=()) -> None:
     """Write {name: bytes} into `folder`, all or nothing: every file is staged in a temporary folder
     beside it first, the folders the names need are made and no target may be a folder, then each file is
     renamed into place with the file it replaces kept aside; a failure among the renames puts the replaced
     files back and removes the new ones, so `folder` holds either every new file or none of them (only a
     kill during the renames, a few system calls, can leave a part; a stop signal there waits for them and
     the cleanup: stop_deferred). replace=False: a target that appeared meanwhile (another process's) is kept
-    and nothing is written (commit)."""
+    and nothing is written (commit). `remove`: names of an earlier output set of the same command that this
+    one does not write (with --overwrite), taken away in the same commit, so the folder holds one set whole."""
     folder = Path(folder)
     made = make_folders(folder.parent)
     remove_stale_temporaries(folder.parent, folder.name)             # a stage a killed process left
@@ -197,6 +198,13 @@ def write_files(folder, files: dict, replace: bool = True) -> None:
                             os.replace(kept, target)
                         raise
                     renamed.append((target, kept))
+                for i, name in enumerate(n for n in dict.fromkeys(remove) if n not in files):
+                    target = folder / name
+                    if target.is_file() or target.is_symlink():
+                        kept = stage / "old" / f"removed{i}"
+                        kept.parent.mkdir(exist_ok=True)
+                        os.replace(target, kept)
+                        renamed.append((target, kept))
             except BaseException:
                 for target, kept in reversed(renamed):              # back to what was there
                     if kept is not None:

@@ -23,6 +23,8 @@ output folder as it was. Files of an earlier prediction in --out are not replace
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -302,8 +304,18 @@ def run(a) -> dict:
         for j, (it, orig) in enumerate(zip(chunk, originals)):
             files.update(outputs(model, it, orig, pred[j], fake[j] if fake is not None else None))
     files["inputs.csv"] = manifest(items, scans, suffixes)
-    write_files(a.out, files, replace=a.overwrite)
+    write_files(a.out, files, replace=a.overwrite, remove=earlier_outputs(Path(a.out)) if a.overwrite else ())
     return {"images": len(items), "volumes": len(scans), "files": len(files), "out": str(a.out)}
+
+
+def earlier_outputs(out: Path) -> list[str]:
+    """The outputs an earlier prediction into `out` wrote, by its inputs.csv (names in `out` itself): with
+    --overwrite they go with the commit, so the folder holds one prediction's files, not two mixed."""
+    try:
+        rows = list(csv.reader(io.StringIO((out / "inputs.csv").read_bytes().decode("utf-8", "surrogateescape"))))
+    except (OSError, csv.Error):
+        return []
+    return [r[1] for r in rows[1:] if len(r) == 2 and r[1] and Path(r[1]).name == r[1] and r[1] not in (".", "..")]
 
 
 def manifest(items, scans, suffixes) -> bytes:

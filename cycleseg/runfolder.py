@@ -111,6 +111,10 @@ class RunFolder:
         folder that holds a run without --resume, and to resume a run that has results (best.pt) but no
         last.pt; --resume restarts a run killed before its first checkpoint."""
         self.lock()
+        for f in (self.path / "config.json", self.metrics, self.last, self.best):
+            if f.exists() and not f.is_file():                      # found before a step, not at the first save
+                raise UsageError(f"{f} is a folder or special file where the run keeps a file; nothing was written: "
+                                 f"move it away, or train into another --out")
         held, self.changes = self.held(), []
         if cfg.resume and self.last.exists():
             try:
@@ -254,11 +258,16 @@ class RunFolder:
         path = self.best if best else self.last
         try:
             checkpoint.save(path, state)
-            if not best:                                            # config.json says what last.pt continues
-                atomic_write_text(self.path / "config.json", json.dumps(state["config"], indent=2))
         except OSError as e:                                       # disk full, folder gone or read-only
             raise OSError(f"could not write {path} ({e.strerror or e}); the previous {path.name}, if any, is "
                           f"intact (checkpoints are written to a temporary file and renamed)") from e
+        if not best:                                                # config.json says what last.pt continues
+            config = self.path / "config.json"
+            try:
+                atomic_write_text(config, json.dumps(state["config"], indent=2))
+            except OSError as e:
+                raise OSError(f"could not write {config} ({e.strerror or e}); {path} holds step {state.get('step')} "
+                              f"and the previous {config.name}, if any, is intact") from e
 
     def note(self, message: str) -> None:
         if self.writes:

@@ -273,7 +273,8 @@ def main(argv=None) -> int:
             return 0
         result = train(cfg, given=given)
     except Interrupted as e:
-        print(str(e), file=sys.stderr)
+        if os.environ.get("CYCLESEG_GRID_CELL") != "1":            # a grid's cell: the grid says it, in one line
+            print(str(e), file=sys.stderr)
         return 128 + e.signum
     except (DataError, CheckpointError, NonFiniteLoss, UsageError, OSError) as e:
         return fail(e)

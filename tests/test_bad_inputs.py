@@ -1182,6 +1182,43 @@ def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monke
                    "pictures (a folder); nothing was written", tmp_path)
 
 
+def test_a_resume_whose_config_json_is_a_folder_is_refused_before_training(tmp_path, capsys, finished_run):
+    """config.json made a folder: the resume trained, replaced last.pt, then said "could not write last.pt
+    ... the previous last.pt is intact", neither true nor naming config.json. Now refused before a step."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "config.json").unlink()
+    (run / "config.json").mkdir()
+    one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys,
+                   "config.json is a folder or special file where the run keeps a file; nothing was written", tmp_path)
+
+
+def test_overwrite_replaces_an_earlier_output_set_whole(tmp_path, capsys, tiny_checkpoint, make_acdc, monkeypatch):
+    """--overwrite left the files of an earlier set that the new one does not write beside it (an earlier
+    evaluation's volumes.csv beside a report of other data; an earlier prediction's images beside a new
+    inputs.csv that does not list them): the folder now holds the new set alone."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(images / f"{name}.png")
+    assert predict_main([str(tiny_checkpoint), str(images), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "p").iterdir())) == 3 * 3 + 1
+    (tmp_path / "p" / "notes.txt").write_text("mine")
+    assert predict_main([str(tiny_checkpoint), str(images / "a.png"), "--out", str(tmp_path / "p"), "--overwrite",
+                         "--no-progress"]) == 0
+    assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["a_gsi.png", "a_mask.png", "a_overlay.png",
+                                                                  "inputs.csv", "notes.txt"]
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
+    make_acdc(tmp_path / "ACDC")
+    assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--out", str(tmp_path / "e"),
+                          "--no-progress"]) == 0
+    assert (tmp_path / "e" / "volumes.csv").exists()                 # scored per volume
+    assert evaluate_main([str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--overwrite", "--no-progress"]) == 0
+    assert sorted(f.name for f in (tmp_path / "e").iterdir()) == ["confusion.csv", "confusion.png", "report.json"]
+
+
 def test_converters_on_what_the_sixth_probe_tried(tmp_path, capsys):
     """--map reaches 16-bit mask values above 255 (it was refused before the mapping, with advice to use
     it); two masks of one name in two cases (a.png, a.PNG) refused, not one picked by directory order; a
