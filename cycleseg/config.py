@@ -282,10 +282,14 @@ class ResumeError(UsageError):
     """A resumed run asked to change what it cannot."""
 
 
+MOVABLE = ("data", "val_data")      # paths a resume may change: the data moved, its content fingerprints checked
+
+
 def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[str]]:
     """The config a resumed run continues with, and notes of what changed: the checkpoint's config, the
     runtime fields of this command line, and the changeable fields (options.CHANGEABLE) given explicitly
-    (a new --lr without --lr-d scales the discriminators' rate alike). An explicit value of any other field
+    (a new --lr without --lr-d scales the discriminators' rate alike), and a new path of the data (MOVABLE:
+    the run's checks of its content fingerprints refuse other content). An explicit value of any other field
     that differs from the checkpoint's raises ResumeError saying why it is kept."""
     old = flat(from_flat(saved))
     table = flat_fields()
@@ -299,6 +303,10 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
         if rule.get(name) == CHANGEABLE:
             updates[name] = new
             notes.append(f"{flag(name)} {new} (was {was})")
+            continue
+        if name in MOVABLE and new is not None and was is not None:  # the data moved: its content is checked
+            updates[name] = new
+            notes.append(f"{flag(name)} {new} (was {was}; read only if its content is the run's)")
             continue
         why = rule.get(name) or "what the run started with"
         raise ResumeError(f"{flag(name)} {new} differs from the checkpoint's {was}: a resumed run keeps "

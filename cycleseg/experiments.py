@@ -47,7 +47,7 @@ import numpy as np
 
 from . import figures, inference, report
 from .checkpoint import CheckpointError, check_fingerprints, load_run, networks_from_checkpoint
-from .config import RECIPES, differing, flat, from_flat, get, given_fields, parse_args, runtime_names
+from .config import MOVABLE, RECIPES, differing, flat, from_flat, get, given_fields, parse_args, runtime_names
 from .report import percent
 from .data.h5format import DataError
 from .data.pixels import to_input
@@ -193,7 +193,7 @@ def check_cell_folder(cfg, folder: Path) -> bool:
     else:
         return False
     ours = flat(cfg)
-    diff = differing(saved, ours, runtime_names())
+    diff = differing(saved, ours, runtime_names() + MOVABLE)         # the data's path: its content is checked
     if diff:
         shown = ", ".join(f"{k} {saved[k]!r} where the cell has {ours[k]!r}" for k in diff[:3])
         raise CheckpointError(f"{where}: a run of another configuration than this cell's ({shown}); move it away "

@@ -125,6 +125,12 @@ class RunFolder:
                     f"away){'; its best.pt still evaluates' if self.best.exists() else ''}") from e
             self.check_identity(saved["config"])
             cfg, changes = resume_config(saved["config"], cfg, given)
+            moved = [c for c in changes if c.split()[0] in ("--data", "--val-data")]
+            if moved and not (saved.get("data") or {}).get("fingerprints"):
+                raise checkpoint.CheckpointError(
+                    f"{self.last} records no content fingerprints of its data (an older cycleseg), so "
+                    f"{moved[0].split(' (')[0]} cannot be checked to hold the same images; resume it with its "
+                    f"own data path, or start a new run")
             if cfg.steps < saved.get("step", 0):
                 raise UsageError(f"--steps {cfg.steps} is below the step {self.last} reached ({saved['step']}): steps "
                                  f"trained cannot be undone; nothing was changed. Resume with --steps "

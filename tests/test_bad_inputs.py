@@ -168,6 +168,17 @@ def test_a_run_refuses_other_data_under_its_data_path(tmp_path, capsys):
     data.rename(tmp_path / "moved")                                 # it named <parent>/val.h5, not the folder
     one_line_error(evaluate_main, [run / "last.pt", "--out", tmp_path / "e2", "--no-progress"], capsys,
                    f"{data}: no such file or folder (the data; a run records its absolute path", run)
+    # the data moved, its content the same: a resume given its new path goes on there (was refused: "--data
+    # differs from the checkpoint's ... drop the option", a dead end after "give --data where it is now")
+    capsys.readouterr()
+    assert train_main(TINY + ["--data", str(tmp_path / "moved"), "--out", str(run), "--resume", "--mode", "full",
+                              "--steps", "4"]) == 0
+    assert "read only if its content is the run's" in capsys.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 4
+    assert json.loads((run / "config.json").read_text())["data"] == str(tmp_path / "moved")
+    tiny_split(tmp_path / "moved" / "train.h5", 16, n=8, seed=1)     # other content at the new path: refused
+    one_line_error(train_main, TINY + ["--data", tmp_path / "moved", "--out", run, "--resume", "--mode", "full",
+                                       "--steps", "6"], capsys, "its run read other train data than", run)
 
 
 def test_a_split_fingerprint_follows_its_content(tmp_path):
@@ -1217,6 +1228,31 @@ def test_overwrite_replaces_an_earlier_output_set_whole(tmp_path, capsys, tiny_c
     assert (tmp_path / "e" / "volumes.csv").exists()                 # scored per volume
     assert evaluate_main([str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--overwrite", "--no-progress"]) == 0
     assert sorted(f.name for f in (tmp_path / "e").iterdir()) == ["confusion.csv", "confusion.png", "report.json"]
+
+
+def test_train_on_an_acdc_folder_of_unscaled_images_gives_advice_it_can_follow(tmp_path, capsys, make_acdc,
+                                                                                 monkeypatch):
+    """An SSL4MIS folder with a slice of values up to ~1000: train said "Pass --intensity minmax", an option
+    train does not have. It now gives the conversion to run; run as given, the data trains."""
+    import shlex
+
+    import h5py
+
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
+    make_acdc(tmp_path / "A")
+    with h5py.File(tmp_path / "A" / "data/slices/patient001_frame01_slice_1.h5", "r+") as f:
+        f["image"][...] = f["image"][...] * 1000
+    msg = one_line_error(train_main, TINY + ["--data", tmp_path / "A", "--out", tmp_path / "r"], capsys,
+                         "patient001_frame01_slice_1: float32 image with values", tmp_path / "A")
+    assert "Pass --intensity" not in msg and "then pass --data DIR" in msg, msg
+    given = shlex.split(msg.split("Convert the folder yourself with that rule: ")[1].split(" (and")[0])
+    assert given[:4] == ["python", "-m", "cycleseg.data", "convert"]
+    d = tmp_path / "DIR"
+    for split in ("train", "val"):
+        argv = [a.replace("DIR/train.h5", str(d / f"{split}.h5")) for a in given[3:]]
+        argv[argv.index("--split") + 1] = split
+        assert data_main(argv + ["--no-progress"]) == 0
+    assert train_main([str(a) for a in TINY + ["--data", d, "--out", tmp_path / "r", "--labeled-fraction", "0.5"]]) == 0
 
 
 def test_converters_on_what_the_sixth_probe_tried(tmp_path, capsys):

@@ -305,3 +305,34 @@ def test_an_edited_final_record_is_refused_on_data_without_volumes(tmp_path, cap
     capsys.readouterr()
     assert main(argv) == 2
     assert "its last.pt does not score that" in capsys.readouterr().err
+
+
+def test_a_grid_whose_data_moved_takes_its_cells_at_the_new_path(tmp_path, capsys):
+    """The data folder moved, its content the same: the grid rerun with --data at the new path takes its
+    finished cells (it refused them as "a run of another configuration (data ...)"); other content there is
+    still refused by its fingerprint."""
+    import numpy as np
+
+    from cycleseg.data.h5format import Meta, write_split
+
+    def split(path, seed):
+        rng = np.random.default_rng(seed)
+        write_split(path, rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8),
+                    rng.integers(0, 3, (6, 32, 32), dtype=np.uint8), Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
+
+    data = tmp_path / "data"
+    data.mkdir()
+    split(data / "train.h5", 0)
+    split(data / "val.h5", 1)
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial", "--seeds", "0", "--out", str(tmp_path / "g")]
+    assert main(argv + ["--data", str(data)] + TINY) == 0
+    first = (tmp_path / "g" / "results.csv").read_text()
+    stamp = (tmp_path / "g" / "partial-50pct-seed0" / "last.pt").stat().st_mtime_ns
+    data.rename(tmp_path / "moved")
+    assert main(argv + ["--data", str(tmp_path / "moved")] + TINY) == 0
+    assert (tmp_path / "g" / "partial-50pct-seed0" / "last.pt").stat().st_mtime_ns == stamp
+    assert (tmp_path / "g" / "results.csv").read_text() == first
+    split(tmp_path / "moved" / "train.h5", 2)
+    capsys.readouterr()
+    assert main(argv + ["--data", str(tmp_path / "moved")] + TINY) == 2
+    assert "read other train data than" in capsys.readouterr().err

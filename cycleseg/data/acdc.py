@@ -21,6 +21,7 @@ from PIL import Image
 
 from . import convert as cv
 from .cache import cache_dir, cached_file, source_signature
+from .h5format import DataError
 from .pixels import float01_to_uint8, to_input
 
 CLASSES = cv.ACDC_CLASSES
@@ -46,8 +47,16 @@ def cached_splits(src, size: int, progress: bool = True, names=("train", "val"))
     paths = {split: root / f"{split}.h5" for split in names}
     source = source_signature([*src.glob("*.list"), *(src / "data").rglob("*.h5")])   # the folder as it is now
     for split, path in paths.items():
-        cached_file(path, lambda p, split=split: cv.convert(*cv.acdc_items(src, split), p, (size, size),
-                                                               progress=progress), source)
+        try:
+            cached_file(path, lambda p, split=split: cv.convert(*cv.acdc_items(src, split), p, (size, size),
+                                                                   progress=progress), source)
+        except DataError as e:                                      # train has no --intensity: how to get it
+            text = str(e)
+            if not text.endswith(cv.MINMAX_ADVICE):
+                raise
+            raise DataError(text.removesuffix(cv.MINMAX_ADVICE) + f"Convert the folder yourself with that rule: "
+                            f"python -m cycleseg.data convert acdc {src} DIR/train.h5 --split train --size {size} {size} "
+                            f"--intensity minmax (and DIR/val.h5 --split val), then pass --data DIR") from e
     return paths
 
 

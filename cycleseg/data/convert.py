@@ -252,7 +252,10 @@ def image_values(name: str, image: np.ndarray, intensity: str = "strict") -> np.
     if np.issubdtype(image.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
         return float01_to_uint8(image)
     raise DataError(f"{name}: {image.dtype} image with values {lo:g}..{hi:g}; expected uint8, or floats in [0, 1] "
-                    f"(stored as round(255 x)). Pass --intensity minmax to rescale each image from its own range")
+                    f"(stored as round(255 x)). {MINMAX_ADVICE}")
+
+
+MINMAX_ADVICE = "Pass --intensity minmax to rescale each image from its own range"   # convert's and predict's option
 
 
 def voc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
