@@ -9,6 +9,18 @@ TINY = ["--", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--image-size", "32
         "--device", "cpu", "--preset", "cpu", "--steps", "2", "--eval-every", "2"]
 
 
+def split(path, seed):
+    """A tiny split of data without volumes (an image folder's conversion): 6 grey 32x32 images, 3 classes."""
+    import numpy as np
+
+    from cycleseg.data.h5format import Meta, write_split
+
+    rng = np.random.default_rng(seed)
+    write_split(path, rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8),
+                rng.integers(0, 3, (6, 32, 32), dtype=np.uint8),
+                Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
+
+
 def test_grids():
     paper = grid_cells("paper", None)
     assert Cell("full", 1.0) in paper and Cell("adversarial", 0.2) in paper
@@ -250,15 +262,6 @@ def test_a_cell_killed_before_its_first_checkpoint_starts_again(tmp_path, capsys
 def test_a_rerun_on_other_data_does_not_take_the_finished_cells(tmp_path, capsys):
     """The grid's --data now holds other images (converted again, edited): a rerun must not put the cells
     trained on the old content into the new table; it names the fingerprints and trains nothing."""
-    import numpy as np
-
-    from cycleseg.data.h5format import Meta, write_split
-
-    def split(path, seed):
-        rng = np.random.default_rng(seed)
-        write_split(path, rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8),
-                    rng.integers(0, 3, (6, 32, 32), dtype=np.uint8), Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
-
     data = tmp_path / "data"
     data.mkdir()
     split(data / "train.h5", 0)
@@ -278,17 +281,10 @@ def test_a_rerun_on_other_data_does_not_take_the_finished_cells(tmp_path, capsys
 def test_an_edited_final_record_is_refused_on_data_without_volumes(tmp_path, capsys):
     """Data without volumes (an image folder's conversion) has no HD95 to evaluate, but its cells' final
     records are checked against their last checkpoints all the same: one edited by hand is refused."""
-    import numpy as np
-
-    from cycleseg.data.h5format import Meta, write_split
-
     data = tmp_path / "data"
     data.mkdir()
-    for name, seed in (("train.h5", 0), ("val.h5", 1)):
-        rng = np.random.default_rng(seed)
-        write_split(data / name, rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8),
-                    rng.integers(0, 3, (6, 32, 32), dtype=np.uint8),
-                    Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
+    split(data / "train.h5", 0)
+    split(data / "val.h5", 1)
     out = tmp_path / "g"
     argv = ["--grid", "comparison", "--data", str(data), "--fractions", "0.5", "--methods", "partial", "--seeds", "0",
             "--out", str(out)] + TINY
@@ -311,15 +307,6 @@ def test_a_grid_whose_data_moved_takes_its_cells_at_the_new_path(tmp_path, capsy
     """The data folder moved, its content the same: the grid rerun with --data at the new path takes its
     finished cells (it refused them as "a run of another configuration (data ...)"); other content there is
     still refused by its fingerprint."""
-    import numpy as np
-
-    from cycleseg.data.h5format import Meta, write_split
-
-    def split(path, seed):
-        rng = np.random.default_rng(seed)
-        write_split(path, rng.integers(0, 256, (6, 32, 32, 1), dtype=np.uint8),
-                    rng.integers(0, 3, (6, 32, 32), dtype=np.uint8), Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3))
-
     data = tmp_path / "data"
     data.mkdir()
     split(data / "train.h5", 0)
