@@ -165,6 +165,10 @@ def score_case(pred_path, truth_path, num_classes: int) -> tuple:
 def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_names=None) -> dict:
     """Dice, IoU, HD95 and ASD (mm, from the reference's affine) per case and class, and their means."""
     preds, truths = volume_files(pred_dir, "predictions"), volume_files(truth_dir, "reference")
+    same = [n for n in preds if n in truths and Path(preds[n]).resolve() == Path(truths[n]).resolve()]
+    if same:                                                        # a file scored against itself: Dice 1.0
+        raise DataError(f"{preds[same[0]]} is both a prediction and its reference ({len(same)} such files): give "
+                        f"the folder of predictions and the folder of references")
     missing, extra = sorted(set(truths) - set(preds)), sorted(set(preds) - set(truths))
     if missing:
         raise DataError(f"{pred_dir} lacks cases of {truth_dir}: no prediction for {', '.join(missing[:3])}"

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -135,6 +136,9 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
                 + (" (the unlabeled stream reads the labeled images, without their labels)" if reread else "") + ", "
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
                 f", run folder {folder.path}\n{plan.describe()}")
+    if Path(data.train.path).resolve() == Path(data.val.path).resolve():
+        folder.note(f"note: the val split is the training file {data.train.path}: validation scores images the run "
+                    f"trains on (fit, not generalisation)")
     if foreign := foreign_options(cfg.mode, given):
         folder.note(f"note: {', '.join(foreign)}: {'options' if len(foreign) > 1 else 'an option'} of another method, "
                     f"not read by --mode {cfg.mode}")

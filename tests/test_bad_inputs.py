@@ -134,6 +134,15 @@ def test_data_of_one_class_is_refused_by_the_converters_and_by_training(tmp_path
                    "num_classes is 1; a segmentation needs at least 2 classes", tmp_path)
 
 
+def test_validating_on_the_training_file_is_noted(tmp_path, capsys):
+    """--val-data naming the training file itself trains (a user may want the fit), with a note that the
+    validation scores are not of unseen images (it passed without a word)."""
+    tiny_split(tmp_path / "train.h5", 16, n=8)
+    assert train_main([str(a) for a in TINY + ["--data", tmp_path / "train.h5", "--val-data", tmp_path / "train.h5",
+                                               "--out", tmp_path / "r", "--labeled-fraction", "0.5"]]) == 0
+    assert "note: the val split is the training file" in capsys.readouterr().err
+
+
 def test_a_folder_holding_a_run_is_never_trained_into(finished_run, capsys):
     one_line_error(train_main, TINY + ["--out", finished_run], capsys, "already holds a run", finished_run)
     (finished_run / "last.pt").rename(finished_run / "moved.pt")    # results (best.pt) but nothing to resume

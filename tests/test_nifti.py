@@ -338,6 +338,8 @@ def test_metrics_command_scores_in_millimetres_as_medpy(tmp_path, capsys):
     assert "hold background (0) only" in capsys.readouterr().err
     assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "t")]) == 2
     assert "no prediction for case2" in capsys.readouterr().err and not (tmp_path / "t").exists()
+    assert metrics_main([str(tmp_path / "ref"), str(tmp_path / "ref"), "--out", str(tmp_path / "u")]) == 2
+    assert "is both a prediction and its reference" in capsys.readouterr().err     # was Dice 1.0, exit 0
 
 
 def test_evaluate_measures_converted_volumes_in_millimetres(tiny_checkpoint, tmp_path):
