@@ -244,6 +244,9 @@ def run(a) -> tuple[dict, dict]:
         vols = file_volumes(g_is, source, device, a.batch_size, not a.no_progress)
         result["volumes"] = {**summarize_volumes(vols, meta.class_names[1:]),
                              "resolution": f"the file's resolution ({meta.height}x{meta.width})"}
+    if "volumes" in result and not result["volumes"]["count"]:     # an SSL4MIS train.list left empty
+        del result["volumes"]
+        print(f"note: the {a.split} split of {folder or path} lists no volumes: scored per slice alone", file=sys.stderr)
     out = a.out or a.checkpoint.parent / default_folder(a, Path(data) if a.data is not None else None)
     result["out"] = str(out)
     mat, names = cm.mat.cpu().numpy(), list(meta.class_names)
@@ -269,6 +272,14 @@ def check_readable(source, info: dict, path, checkpoint, generator: str = "resne
                                                                                  info["channels"])):
         if have != want:
             raise DataError(f"{path}: {have} {what}, but the checkpoint {checkpoint} was trained with {want}")
+    names, trained = list(meta.class_names), list(info.get("class_names") or meta.class_names)
+    if names != trained and sorted(names) == sorted(trained):       # the same classes in another order
+        raise DataError(f"{path}: its classes ({', '.join(names)}) are the checkpoint's ({', '.join(trained)}) in "
+                        f"another order: class ids would be scored under other names; convert the data with the "
+                        f"checkpoint's order")
+    if names != trained:
+        print(f"note: {path} names its classes {', '.join(names)}; the checkpoint {checkpoint} was trained on "
+              f"{', '.join(trained)}: scored by class id", file=sys.stderr)
     try:
         for side in (meta.height, meta.width):
             check_image_side(side, "partial", f"images {meta.height}x{meta.width}", generator)

@@ -183,41 +183,47 @@ def write_files(folder, files: dict, replace: bool = True, remove=()) -> None:
             if (folder / name).is_dir():
                 raise IsADirectoryError(f"{folder / name} is a folder: nothing written in {folder}")
         with stop_deferred():                                       # renames and cleanup run whole, signal or not
-            renamed = []                                            # (target, kept old file or None)
-            try:
-                for i, name in enumerate(files):
-                    target, kept = folder / name, None
-                    if replace and (target.exists() or target.is_symlink()):
-                        kept = stage / "old" / str(i)
-                        kept.parent.mkdir(exist_ok=True)
-                        os.replace(target, kept)
-                    try:
-                        commit(stage / "new" / name, target, replace)
-                    except BaseException:
-                        if kept is not None:                        # this one's old file back first
-                            os.replace(kept, target)
-                        raise
-                    renamed.append((target, kept))
-                for i, name in enumerate(n for n in dict.fromkeys(remove) if n not in files):
-                    target = folder / name
-                    if target.is_file() or target.is_symlink():
-                        kept = stage / "old" / f"removed{i}"
-                        kept.parent.mkdir(exist_ok=True)
-                        os.replace(target, kept)
-                        renamed.append((target, kept))
-            except BaseException:
-                for target, kept in reversed(renamed):              # back to what was there
-                    if kept is not None:
-                        os.replace(kept, target)
-                    elif target.exists():
-                        target.unlink()
-                raise
+            _rename_staged(folder, stage, files, replace, remove)
             done = True
             shutil.rmtree(stage, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
             remove_empty(made)
+
+
+def _rename_staged(folder: Path, stage: Path, files: dict, replace: bool, remove) -> None:
+    """write_files' commit: each staged file renamed into place, the file it replaces and each of `remove`
+    kept aside in the stage; on any failure everything is put back as it was."""
+    renamed = []                                                    # (target, kept old file or None)
+    try:
+        for i, name in enumerate(files):
+            target, kept = folder / name, None
+            if replace and (target.exists() or target.is_symlink()):
+                kept = stage / "old" / str(i)
+                kept.parent.mkdir(exist_ok=True)
+                os.replace(target, kept)
+            try:
+                commit(stage / "new" / name, target, replace)
+            except BaseException:
+                if kept is not None:                                # this one's old file back first
+                    os.replace(kept, target)
+                raise
+            renamed.append((target, kept))
+        for i, name in enumerate(n for n in dict.fromkeys(remove) if n not in files):
+            target = folder / name
+            if target.is_file() or target.is_symlink():
+                kept = stage / "old" / f"removed{i}"
+                kept.parent.mkdir(exist_ok=True)
+                os.replace(target, kept)
+                renamed.append((target, kept))
+    except BaseException:
+        for target, kept in reversed(renamed):                      # back to what was there
+            if kept is not None:
+                os.replace(kept, target)
+            elif target.exists():
+                target.unlink()
+        raise
 
 
 def append_jsonl(path, record: dict) -> None:

@@ -304,7 +304,9 @@ def run(a) -> dict:
         for j, (it, orig) in enumerate(zip(chunk, originals)):
             files.update(outputs(model, it, orig, pred[j], fake[j] if fake is not None else None))
     files["inputs.csv"] = manifest(items, scans, suffixes)
-    write_files(a.out, files, replace=a.overwrite, remove=earlier_outputs(Path(a.out)) if a.overwrite else ())
+    inputs = {Path(p).resolve() for p in [*(it.source for it in items if it.source), *(p for _, p in scans)]}
+    earlier = [n for n in earlier_outputs(Path(a.out)) if (Path(a.out) / n).resolve() not in inputs] if a.overwrite else ()
+    write_files(a.out, files, replace=a.overwrite, remove=earlier)      # never an input of this prediction
     return {"images": len(items), "volumes": len(scans), "files": len(files), "out": str(a.out)}
 
 

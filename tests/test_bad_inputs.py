@@ -1088,7 +1088,7 @@ def test_the_folder_converter_says_what_it_leaves_out(tmp_path, capsys):
     """Subfolders of images/ and masks/, files of images/ that are no image, and masks without an image were
     left out without a word: each now gets a note (the conversion goes on); an images/ holding only
     subfolders is refused naming them."""
-    mask = np.zeros((8, 8), np.uint8)
+    mask = np.eye(8, dtype=np.uint8)                                  # two classes
     src = folder_tree(tmp_path / "f", [mask])
     nested = folder_tree(src / "images" / "train", [mask])
     (src / "masks" / "7.png").write_bytes((src / "masks" / "0.png").read_bytes())
@@ -1129,12 +1129,20 @@ def test_class_names_must_be_names(tmp_path, capsys):
                                                                          "[300, -5, 0] is not [r, g, b]"),
     (lambda f: f.attrs.__setitem__("preprocessing", "[1, 2]"), "'preprocessing' must be a JSON object"),
     (lambda f: f.attrs.__setitem__("volume_names", '"abc"'), "'volume_names' must be a JSON list of names"),
+    (lambda f: f.create_group("groups"), "'groups' is a group, where a dataset belongs"),
+    (lambda f: (f.__delitem__("masks"), f.create_group("masks")), "'masks' is a group, where a dataset belongs"),
+    (lambda f: (f.create_dataset("volumes", data=np.array([0, 0, 1, 1, 2, 2])),
+                f.attrs.__setitem__("volume_names", '["v", "v", "w"]')), "'volume_names' names 'v' twice"),
+    (lambda f: (f.create_dataset("volumes", data=np.array([0, 0, 1, 1, 0, 0])),
+                f.attrs.__setitem__("volume_names", '["v", "w"]')), "the slices of volume 'v' are not consecutive"),
 ])
 def test_a_split_file_is_read_as_written_or_refused(tmp_path, capsys, edit, match):
     """An h5 edited by hand: a newer format_version, 3.9 classes (was read as 3), a 'labeled' flag of floats or
     bytes (was cast to bool) or of 2, groups of NaN (were blamed on the labeled fraction), a palette of
     colours out of range (crashed training's pictures), a list as preprocessing (crashed the first
-    checkpoint), a string as volume_names (three volumes 'a', 'b', 'c'): each refused naming it."""
+    checkpoint), a string as volume_names (three volumes 'a', 'b', 'c'), a group where a dataset belongs
+    (AttributeError traceback), two volumes of one name or a volume's slices apart (scored as one 3D
+    volume): each refused naming it."""
     tiny_split(tmp_path / "d.h5", 16)
     with h5py.File(tmp_path / "d.h5", "r+") as f:
         edit(f)
@@ -1230,6 +1238,10 @@ def test_overwrite_replaces_an_earlier_output_set_whole(tmp_path, capsys, tiny_c
                          "--no-progress"]) == 0
     assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["a_gsi.png", "a_mask.png", "a_overlay.png",
                                                                   "inputs.csv", "notes.txt"]
+    (tmp_path / "p" / "notes.txt").unlink()                          # the earlier outputs as this one's inputs
+    assert predict_main([str(tiny_checkpoint), str(tmp_path / "p"), "--out", str(tmp_path / "p"), "--overwrite",
+                         "--no-progress"]) == 0                       # they stay: never removed as an earlier set
+    assert {"a_gsi.png", "a_mask.png", "a_overlay.png", "a_mask_mask.png"} <= {f.name for f in (tmp_path / "p").iterdir()}
     monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
     make_acdc(tmp_path / "ACDC")
     assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--out", str(tmp_path / "e"),
@@ -1262,6 +1274,46 @@ def test_train_on_an_acdc_folder_of_unscaled_images_gives_advice_it_can_follow(t
         argv[argv.index("--split") + 1] = split
         assert data_main(argv + ["--no-progress"]) == 0
     assert train_main([str(a) for a in TINY + ["--data", d, "--out", tmp_path / "r", "--labeled-fraction", "0.5"]]) == 0
+
+
+def test_a_split_that_lists_no_volumes_is_scored_per_slice(tmp_path, capsys, tiny_checkpoint, make_acdc, monkeypatch):
+    """evaluate --split train on an SSL4MIS folder whose train.list is empty (as SSL4MIS ships it) wrote its
+    outputs and then failed (KeyError traceback), its half-written folder refused on a rerun: it scores the
+    slices, says the split lists no volumes, and writes no empty volume table."""
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
+    make_acdc(tmp_path / "ACDC")
+    assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--split", "train", "--out",
+                          str(tmp_path / "e"), "--no-progress"]) == 0
+    assert "lists no volumes: scored per slice alone" in capsys.readouterr().err
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert "volumes" not in report and report["images"] > 0 and not (tmp_path / "e" / "volumes.csv").exists()
+
+
+def test_evaluate_refuses_the_checkpoints_classes_in_another_order(tmp_path, capsys, tiny_checkpoint):
+    """Data naming the checkpoint's classes in another order was scored with each class id under another
+    name, exit 0: refused; other names are scored by class id, with a note."""
+    names = torch.load(tiny_checkpoint, weights_only=False)["data"]["class_names"]
+    k = len(names)
+    for name, order in (("swapped.h5", names[::-1]), ("other.h5", [f"c{i}" for i in range(k)])):
+        rng = np.random.default_rng(0)
+        write_split(tmp_path / name, rng.integers(0, 256, (4, 16, 16, 1), dtype=np.uint8),
+                    rng.integers(0, k, (4, 16, 16), dtype=np.uint8),
+                    Meta(num_classes=k, class_names=list(order), palette=[[0, 0, 0]] * k))
+    one_line_error(evaluate_main, [tiny_checkpoint, "--data", tmp_path / "swapped.h5", "--out", tmp_path / "e"],
+                   capsys, "the checkpoint's (" + ", ".join(names) + ") in another order", tmp_path)
+    assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "other.h5"), "--out", str(tmp_path / "e"),
+                          "--no-progress"]) == 0
+    assert "scored by class id" in capsys.readouterr().err
+
+
+def test_export_overwrite_replaces_the_earlier_export_whole(tmp_path, tiny_checkpoint):
+    """export --overwrite with fewer formats left the earlier export's other file (a .pt2 of another step
+    beside the new .onnx, both named last.*): the set is replaced whole."""
+    from cycleseg.export import main as export_main
+
+    assert export_main([str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--formats", "onnx", "pt2"]) == 0
+    assert export_main([str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--formats", "onnx", "--overwrite"]) == 0
+    assert sorted(f.name for f in (tmp_path / "x").iterdir()) == ["last.onnx"]
 
 
 def test_converters_on_what_the_sixth_probe_tried(tmp_path, capsys):

@@ -192,3 +192,27 @@ def test_a_name_just_under_the_limit_is_written(tmp_path):
     stale = tmp_path / temp_name(name, pid=2 ** 22 + 1)              # a killed process's: found by its file's name
     stale.write_text("half")
     assert len(stale.name.encode()) == 255 and remove_stale_temporaries(tmp_path, name) == [stale.name]
+
+
+def test_write_files_removes_an_earlier_set_in_the_same_commit(tmp_path, monkeypatch):
+    """`remove` (an earlier output set's files the new one does not write, with --overwrite) goes with the
+    commit: a failure while taking them away puts back every file as it was."""
+    from cycleseg import fileio
+
+    out = tmp_path / "out"
+    fileio.write_files(out, {"report.json": b"old", "volumes.csv": b"old v", "x.csv": b"old x"})
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src).endswith("x.csv"):
+            raise OSError(28, "No space left on device", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", failing)
+    with pytest.raises(OSError):
+        fileio.write_files(out, {"report.json": b"new"}, remove=["report.json", "volumes.csv", "x.csv"])
+    monkeypatch.undo()
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == {"report.json": b"old", "volumes.csv": b"old v",
+                                                                "x.csv": b"old x"}
+    fileio.write_files(out, {"report.json": b"new"}, remove=["report.json", "volumes.csv", "x.csv", "absent"])
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == {"report.json": b"new"}

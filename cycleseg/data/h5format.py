@@ -250,6 +250,9 @@ def _meta(f, path) -> Meta:
     if f.attrs.get("format") != FORMAT:
         raise DataError(f"{path}: not a cycleseg file (attribute 'format' is {f.attrs.get('format')!r}); "
                         f"convert the data with `python -m cycleseg.data convert`")
+    for name in ("images", "masks", "groups", "volumes", "labeled"):
+        if name in f and not isinstance(f[name], h5py.Dataset):    # a group (or link) edited in
+            raise DataError(f"{path}: '{name}' is a {type(f[name]).__name__.lower()}, where a dataset belongs")
     for name in ("images", "masks"):
         if name not in f:
             raise DataError(f"{path}: missing dataset '{name}'")
@@ -358,6 +361,15 @@ def _check_volumes(f, path, vnames) -> None:
     bad = (vol < -1) | (vol >= len(vnames))
     if bad.any():
         raise DataError(f"{path}: dataset 'volumes' must hold {want}, found {int(vol[bad][0])} ({int(bad.sum())} slices)")
+    if len(set(vnames)) != len(vnames):
+        twice = next(v for v in vnames if vnames.count(v) > 1)
+        raise DataError(f"{path}: attribute 'volume_names' names {twice!r} twice; each volume needs a name of its own")
+    starts = vol[np.r_[True, vol[1:] != vol[:-1]]]                 # the volume of each run of equal slices
+    runs = starts[starts >= 0]
+    if len(np.unique(runs)) != len(runs):                            # a volume's slices apart: stacked as one
+        v = int(next(x for x in runs if (runs == x).sum() > 1))
+        raise DataError(f"{path}: the slices of volume {vnames[v]!r} are not consecutive in the file (others lie "
+                        f"between them), so they would not stack into its 3D volume; convert the data again")
 
 
 MAX_SPACING_MM = 1e4                                                # 10 m a voxel: beyond, a damaged value (1e308
