@@ -58,7 +58,9 @@ def exportable(path):
     cfg, info, nets = networks_from_checkpoint(state, path)
     g_is = use_ops(nets["G_IS"], native).eval()
     h, w = info.get("height") or cfg.image_size, info.get("width") or cfg.image_size
-    example = torch.zeros(2, info["channels"], h, w)
+    step = SIDE_MULTIPLE[cfg.generator]                             # traced above the least side: at it (the
+    h, w = (side + step if side <= least_side(cfg.generator) else side for side in (h, w))   # UNet's 1x1) torch
+    example = torch.zeros(2, info["channels"], h, w)                # specialized the side to a constant
     return g_is, metadata(state, cfg, info, path), example
 
 
