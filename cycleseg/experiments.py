@@ -463,6 +463,7 @@ def main(argv=None) -> int:
         check_extra(extra)
         cells = grid_cells(a.grid, a.fractions, extra, a.methods)
         own = method_options(a.method_options, sorted({c.mode for c in cells}))
+        check_grid_folder(out)
         check_cells(cells, seeds, out, a.data, extra, own)
     except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
@@ -482,7 +483,7 @@ def main(argv=None) -> int:
                    else ""), file=sys.stderr)
         rows = summarize(results)
         files = report_files(a, out, cells, seeds, results, rows, steps, extra, own)
-        write_files(out, files)
+        write_files(out, files, remove=GRID_FILES)                  # a picture this rerun does not draw: gone
     except GridInterrupted as e:
         fail(e)
         return 128 + e.signum
@@ -491,6 +492,25 @@ def main(argv=None) -> int:
     print(files["results.md"].decode())
     print(f"wrote {', '.join(sorted(files))} in {out}")
     return 0
+
+
+GRID_FILES = ("results.md", "results.csv", "seeds.csv", "results.json", "plot.png", "time.png", "pictures.png")
+
+
+def check_grid_folder(out: Path) -> None:
+    """UsageError, before any cell, when `out` holds files of a grid's names but no grid's results.json
+    (a user's notes named results.md, a plot of their own): a grid replaces only its own results."""
+    theirs = [n for n in GRID_FILES if (out / n).exists()]
+    if not theirs:
+        return
+    try:
+        own = json.loads((out / "results.json").read_text())
+        own = isinstance(own, dict) and all(isinstance(v, dict) for v in own.values())
+    except (OSError, ValueError):
+        own = False
+    if not own:
+        raise UsageError(f"{out / theirs[0]} exists and {out} holds no grid's results.json: a grid writes its "
+                         f"results ({', '.join(GRID_FILES)}) only over its own; move those files or choose another --out")
 
 
 def report_files(a, out: Path, cells, seeds, results, rows, steps, extra, own=None) -> dict:

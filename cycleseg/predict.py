@@ -41,7 +41,7 @@ from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import MAX_SIDE, SIDE_MULTIPLE, least_side
 from .data import nifti
-from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, image_values, open_image, upright
+from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values, open_image, upright
 from .data.h5format import DataError, default_palette, info_problem, open_h5, read_meta
 from .data.pixels import to_input
 from .fileio import write_files
@@ -124,7 +124,10 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
                 raise DataError(f"{p}: no such file")
             continue                                                 # a scan: predict_nifti's
         if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()
+                           and not f.name.startswith("."))
+            if hidden := hidden_images(p):                           # as the folder converter: said, not read
+                print(f"note: {hidden_note(p, hidden)}", file=sys.stderr)
             if not files and not any(nifti.is_nifti(f) for f in p.rglob("*")):
                 raise DataError(f"{p}: a folder with no images ({', '.join(IMAGE_EXTS)}) and no NIfTI scans")
             for f in files:

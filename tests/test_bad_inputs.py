@@ -1097,6 +1097,10 @@ def test_the_folder_converter_says_what_it_leaves_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 subfolder(s) not read (train)" in err and "1 file(s) not read as images (notes.txt" in err
     assert "1 mask(s) without an image of their name, not converted (7.png)" in err
+    for hidden in (".png", ".x.png"):                                # were dropped without a word
+        (src / "images" / hidden).write_bytes((src / "images" / "0.png").read_bytes())
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "h.h5"), "--no-progress"]) == 0
+    assert "2 hidden file(s) not read (.png, .x.png)" in capsys.readouterr().err
     with h5py.File(tmp_path / "o.h5") as f:
         assert len(f["masks"]) == 1
     for p in (src / "images").iterdir():
@@ -1239,9 +1243,13 @@ def test_overwrite_replaces_an_earlier_output_set_whole(tmp_path, capsys, tiny_c
     assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["a_gsi.png", "a_mask.png", "a_overlay.png",
                                                                   "inputs.csv", "notes.txt"]
     (tmp_path / "p" / "notes.txt").unlink()                          # the earlier outputs as this one's inputs
+    (tmp_path / "p" / ".png").write_bytes((images / "a.png").read_bytes())   # hidden: noted, not read
+    capsys.readouterr()
     assert predict_main([str(tiny_checkpoint), str(tmp_path / "p"), "--out", str(tmp_path / "p"), "--overwrite",
                          "--no-progress"]) == 0                       # they stay: never removed as an earlier set
     assert {"a_gsi.png", "a_mask.png", "a_overlay.png", "a_mask_mask.png"} <= {f.name for f in (tmp_path / "p").iterdir()}
+    assert "1 hidden file(s) not read (.png)" in capsys.readouterr().err
+    (tmp_path / "p" / ".png").unlink()
     monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
     make_acdc(tmp_path / "ACDC")
     assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--out", str(tmp_path / "e"),

@@ -323,3 +323,22 @@ def test_a_grid_whose_data_moved_takes_its_cells_at_the_new_path(tmp_path, capsy
     capsys.readouterr()
     assert main(argv + ["--data", str(tmp_path / "moved")] + TINY) == 2
     assert "read other train data than" in capsys.readouterr().err
+
+
+def test_a_grid_replaces_only_its_own_results_and_drops_stale_ones(tmp_path, capsys):
+    """A user's results.md in --out was replaced without a word; a rerun with fewer methods left the
+    earlier pictures.png (semi against Partial) beside results without semi. Now the first is refused
+    before any cell, and the grid's own set is replaced whole."""
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "results.md").write_text("my notes")
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0", "--out", str(out)]
+    capsys.readouterr()
+    assert main(argv + ["--methods", "partial", "semi"] + TINY) == 2
+    assert "holds no grid's results.json" in capsys.readouterr().err
+    assert (out / "results.md").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == ["results.md"]
+    (out / "results.md").unlink()
+    assert main(argv + ["--methods", "partial", "semi"] + TINY) == 0
+    assert (out / "pictures.png").exists()
+    assert main(argv + ["--methods", "partial"] + TINY) == 0
+    assert not (out / "pictures.png").exists() and "semi" not in (out / "results.json").read_text()

@@ -374,9 +374,22 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
     return items, meta
 
 
+def hidden_images(folder: Path) -> list[Path]:
+    """The hidden files of a folder named as images (.png, .x.png, macOS's ._x.png): not read, and noted."""
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".") and p.is_file()
+                  and (p.name.lower() in IMAGE_EXTS or Path(p.name[1:]).suffix.lower() in IMAGE_EXTS))
+
+
+def hidden_note(folder: Path, hidden: list[Path]) -> str:
+    names = ", ".join(p.name for p in hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")
+    return (f"{folder}: {len(hidden)} hidden file(s) not read ({names}): a name that starts with a dot is hidden; "
+            f"rename it to read it")
+
+
 def folder_left_out(src: Path, listing: dict | None = None) -> list[str]:
     """What the folder converter leaves out, one note each: subfolders of images/ or masks/ (only the files
-    directly inside are read), files of images/ that are no image, masks without an image of their name."""
+    directly inside are read), files of images/ that are no image, masks without an image of their name,
+    hidden files named as images."""
     def shown(paths):
         names = sorted(p.name for p in paths)
         return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -392,6 +405,8 @@ def folder_left_out(src: Path, listing: dict | None = None) -> list[str]:
     if lone := [q for q in visible["masks"] if not q.is_dir() and q.stem not in stems]:
         notes.append(f"{src / 'masks'}: {len(lone)} mask(s) without an image of their name, not converted "
                      f"({shown(lone)})")
+    if hidden := hidden_images(src / "images"):
+        notes.append(hidden_note(src / "images", hidden))
     return notes
 
 
