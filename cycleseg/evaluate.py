@@ -266,12 +266,18 @@ EVALUATION_FILES = ("report.json", "confusion.csv", "confusion.png", "volumes.cs
 
 
 def check_readable(source, info: dict, path, checkpoint, generator: str = "resnet") -> None:
-    """DataError unless the checkpoint's networks can read the split: its classes, channels, image size."""
+    """DataError unless the checkpoint's networks can read the split: its classes (count, and not in another
+    order; other names noted), channels, image size."""
     meta = source.meta
     for what, have, want in (("classes", meta.num_classes, info["num_classes"]), ("channels", meta.channels,
                                                                                  info["channels"])):
         if have != want:
             raise DataError(f"{path}: {have} {what}, but the checkpoint {checkpoint} was trained with {want}")
+    try:
+        for side in (meta.height, meta.width):
+            check_image_side(side, "partial", f"images {meta.height}x{meta.width}", generator)
+    except UsageError as e:
+        raise DataError(f"{path}: {e}") from None
     names, trained = list(meta.class_names), list(info.get("class_names") or meta.class_names)
     if names != trained and sorted(names) == sorted(trained):       # the same classes in another order
         raise DataError(f"{path}: its classes ({', '.join(names)}) are the checkpoint's ({', '.join(trained)}) in "
@@ -280,11 +286,6 @@ def check_readable(source, info: dict, path, checkpoint, generator: str = "resne
     if names != trained:
         print(f"note: {path} names its classes {', '.join(names)}; the checkpoint {checkpoint} was trained on "
               f"{', '.join(trained)}: scored by class id", file=sys.stderr)
-    try:
-        for side in (meta.height, meta.width):
-            check_image_side(side, "partial", f"images {meta.height}x{meta.width}", generator)
-    except UsageError as e:
-        raise DataError(f"{path}: {e}") from None
 
 
 def default_folder(a, data: Path | None) -> str:
