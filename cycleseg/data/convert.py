@@ -380,19 +380,21 @@ def hidden_images(folder: Path) -> list[Path]:
                   and (p.name.lower() in IMAGE_EXTS or Path(p.name[1:]).suffix.lower() in IMAGE_EXTS))
 
 
+def shown(paths) -> str:
+    """The first five names of `paths`, sorted, and how many more: what a note lists."""
+    names = sorted(p.name for p in paths)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def hidden_note(folder: Path, hidden: list[Path]) -> str:
-    names = ", ".join(p.name for p in hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")
-    return (f"{folder}: {len(hidden)} hidden file(s) not read ({names}): a name that starts with a dot is hidden; "
-            f"rename it to read it")
+    return (f"{folder}: {len(hidden)} hidden file(s) not read ({shown(hidden)}): a name that starts with a dot is "
+            f"hidden; rename it to read it")
 
 
 def folder_left_out(src: Path, listing: dict | None = None) -> list[str]:
     """What the folder converter leaves out, one note each: subfolders of images/ or masks/ (only the files
     directly inside are read), files of images/ that are no image, masks without an image of their name,
     hidden files named as images."""
-    def shown(paths):
-        names = sorted(p.name for p in paths)
-        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     notes, visible = [], listing or folder_listing(src)
     for d, entries in visible.items():
         if dirs := [p for p in entries if p.is_dir()]:
