@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import functools
 import io
 import json
@@ -37,9 +36,7 @@ import math
 import os
 import shlex
 import signal
-import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +53,7 @@ from .data.splits import open_splits, split_path
 from .data.subset import labeled_subset
 from .evaluate import batches, main as evaluate_main
 from .fileio import write_files
+from .gridprocs import Children, GridInterrupted, run_tasks
 from .methods import METHODS
 from .metrics import image_dice
 from .runfolder import RunFolder
@@ -240,45 +238,7 @@ def final_record(folder: Path, steps: int) -> dict | None:
     return recs[-1] if recs and (folder / "last.pt").exists() else None
 
 
-class GridInterrupted(RuntimeError):
-    """A signal stopped the grid (its running cell stopped with a checkpoint): `signum`, the cell's."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
-def stop_with_parent() -> None:
-    """In a cell's process before it starts (Linux): SIGTERM when the grid dies, even by SIGKILL, so that no
-    orphan trains on holding the cell's lock (it stops after its step with a checkpoint)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)         # PR_SET_PDEATHSIG
-
-
-def run_child(cmd: list[str]) -> tuple[int, int | None]:
-    """Run a cell's training process and wait for it: (its exit code, the stop signal the grid received or
-    None). SIGINT or SIGTERM to the grid reaches the child as SIGTERM (it stops after its step with a
-    checkpoint; a terminal's Ctrl-C has reached it already, and a second SIGINT would stop it at once,
-    without one), and the grid waits for it: no orphan keeps the cell's folder locked. The child, told it is
-    a cell (CYCLESEG_GRID_CELL), leaves the line about its stop to the grid: rerunning the grid goes on."""
-    proc = subprocess.Popen(cmd, preexec_fn=stop_with_parent, env={**os.environ, "CYCLESEG_GRID_CELL": "1"})
-    received = []
-
-    def forward(signum, frame):
-        received.append(signum)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-
-    main = threading.current_thread() is threading.main_thread()
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    try:
-        return proc.wait(), (received[0] if received else None)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def run_cell(args: list[str]) -> dict:
+def run_cell(args: list[str], children: Children, label: str | None = None) -> dict:
     """Train one cell with `python -m cycleseg.train` in its own process (resuming it if it was
     interrupted); its final validation record."""
     cfg = parse_args(args)[0].resolved()
@@ -288,19 +248,33 @@ def run_cell(args: list[str]) -> dict:
     if done is not None:
         return done
     cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if started else [])
-    code, received = run_child(cmd)
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code < 0 or received is not None:
-        signum = received or (code - 128 if code > 0 else -code)
-        raise GridInterrupted(f"interrupted by {signal.Signals(signum).name}: the run in {folder} stopped (exit code "
-                              f"{code}{', with a checkpoint' if (folder / 'last.pt').exists() else ''}); rerun the same "
-                              f"command to go on where it stopped", signum)
+    code = children.run(cmd, label)
+    stopped(children, code, f"the run in {folder} stopped (exit code {code}"
+                            f"{', with a checkpoint' if (folder / 'last.pt').exists() else ''})")
     rec = final_record(folder, cfg.steps)
     if code != 0 or rec is None:
         raise RuntimeError(f"the run in {folder} failed (exit code {code}): {' '.join(cmd)}")
     return rec
 
 
-def checked_record(folder: Path, rec: dict) -> dict:
+def stopped(children: Children, code: int | None, what: str) -> None:
+    """GridInterrupted when the grid received a stop signal or a child was stopped by one."""
+    signum = children.stopped
+    if signum is None and code is not None and (code < 0 or code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):
+        signum = code - 128 if code > 0 else -code
+    if signum is not None:
+        raise GridInterrupted(f"interrupted by {signal.Signals(signum).name}: "
+                              f"{what if code is not None else 'cells not started'}; rerun the same command to go on "
+                              f"where it stopped", signum)
+
+
+def evaluate_in_process(argv: list[str]) -> int:
+    """`python -m cycleseg.evaluate argv` in this process, its table dropped (it is in report.json)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return evaluate_main(argv)
+
+
+def checked_record(folder: Path, rec: dict, evaluate=evaluate_in_process) -> dict:
     """A finished cell's final record, checked against its last checkpoint by `python -m cycleseg.evaluate`
     into <cell>/eval-final, which a rerun reads again if it is the evaluation of this last.pt, at this step,
     scoring the record's mIoU (else it evaluates again: a report of other data, damaged or edited). A record
@@ -311,8 +285,7 @@ def checked_record(folder: Path, rec: dict) -> dict:
     kept = found.exists() and found.stat().st_mtime >= last.stat().st_mtime and cell_report(found, last, rec)
     if not kept:
         argv = [str(last), "--out", str(out), "--no-progress"] + (["--overwrite"] if found.exists() else [])
-        with contextlib.redirect_stdout(io.StringIO()):                # the table: in eval-final/report.json
-            code = evaluate_main(argv)
+        code = evaluate(argv)
         if code != 0:
             raise RuntimeError(f"python -m cycleseg.evaluate {' '.join(argv)} failed (exit code {code})")
         kept = cell_report(found, last, rec)
@@ -451,8 +424,13 @@ def main(argv=None) -> int:
                    help='options for one method\'s cells only, after the shared ones (repeatable), e.g. '
                         '--method-options fixmatch "--lr 0.0025"')
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells trained at a time (default 1): several share one GPU or the machine's cores; their "
+                        "lines are prefixed with the cell's name, and each run's times (time.png) are under that load")
     p.add_argument("--out", type=path_arg, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(options_as_values(argv, p))
+    if a.jobs < 1:
+        p.error(f"--jobs: {a.jobs} is not a number of cells at a time (1 or more)")
     if a.grid == "paper" and (a.fractions or a.methods):
         p.error("--fractions and --methods choose the comparison grid's cells; the paper grid's are fixed "
                 "(see --help)")
@@ -468,19 +446,21 @@ def main(argv=None) -> int:
     except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
     results: dict = {c: {} for c in cells}
-    total = len(cells) * len(seeds)
-    steps = None
+    tasks = [(s, c) for s in seeds for c in cells]
+    if a.jobs > 1:                      # the longest cells (the CycleGAN's four networks) first
+        tasks.sort(key=lambda t: t[1].mode != "semi")
+    children, steps = Children(), None
     try:
-        for i, (seed, cell) in enumerate((s, c) for s in seeds for c in cells):
-            args = cell_args(cell, seed, out, a.data, extra, own)
-            print(f"[{i + 1}/{total}] {cell.name} seed {seed}: {' '.join(args)}", file=sys.stderr)
-            rec = checked_record(Path(parse_args(args)[0].resolved().out), run_cell(args))
-            results[cell][seed] = rec
-            steps = rec["step"]
-            print(f"    mIoU {rec['miou']:.4f}" + (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec
-                                                   else "") +
-                  (f"  HD95 {rec['volume_hd95']:.2f} {rec['distance_units']}" if rec.get("volume_hd95") is not None
-                   else ""), file=sys.stderr)
+        with children.forwarding():
+            for (seed, cell), rec in run_tasks(tasks, lambda t: run_and_check(t, a, out, extra, own, children,
+                                                                                len(tasks), tasks.index(t)), a.jobs):
+                results[cell][seed] = rec
+                steps = rec["step"]
+                print(("    " if a.jobs == 1 else f"    {cell.name} seed {seed}: ") + f"mIoU {rec['miou']:.4f}" +
+                      (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec else "") +
+                      (f"  HD95 {rec['volume_hd95']:.2f} {rec['distance_units']}" if rec.get("volume_hd95") is not None
+                       else ""), file=sys.stderr)
+        results = {c: dict(sorted(v.items())) for c, v in results.items()}
         rows = summarize(results)
         files = report_files(a, out, cells, seeds, results, rows, steps, extra, own)
         write_files(out, files, remove=GRID_FILES)                  # a picture this rerun does not draw: gone
@@ -492,6 +472,24 @@ def main(argv=None) -> int:
     print(files["results.md"].decode())
     print(f"wrote {', '.join(sorted(files))} in {out}")
     return 0
+
+
+def run_and_check(task, a, out: Path, extra, own, children: Children, total: int, i: int) -> dict:
+    """Train one cell of the grid (unless finished) and check its final record against its last checkpoint."""
+    seed, cell = task
+    args = cell_args(cell, seed, out, a.data, extra, own)
+    print(f"[{i + 1}/{total}] {cell.name} seed {seed}: {' '.join(args)}", file=sys.stderr)
+    folder = Path(parse_args(args)[0].resolved().out)
+    if a.jobs == 1:
+        return checked_record(folder, run_cell(args, children))
+    label = f"{cell.name}-seed{seed}"
+
+    def evaluate(argv):
+        code = children.run([sys.executable, "-m", "cycleseg.evaluate", *argv], label, quiet=True)
+        stopped(children, code, f"the evaluation of {folder / 'last.pt'} stopped")
+        return code
+
+    return checked_record(folder, run_cell(args, children, label), evaluate)
 
 
 GRID_FILES = ("results.md", "results.csv", "seeds.csv", "results.json", "plot.png", "time.png", "pictures.png")

@@ -75,6 +75,26 @@ def test_comparison_grid_writes_results_and_resumes(tmp_path, capsys):
     assert (out / "semi-10pct-seed0" / "last.pt").stat().st_mtime_ns == stamp          # finished: not rerun
 
 
+def test_cells_run_jobs_at_a_time_give_the_same_results(tmp_path, capsys):
+    """--jobs 2 trains two cells at a time (each child's lines prefixed with its cell) and writes the same
+    table as one at a time: every run's final record and its evaluation alike."""
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0", "1"]
+    assert main(argv + ["--out", str(tmp_path / "one")] + TINY) == 0
+    capsys.readouterr()
+    assert main(argv + ["--out", str(tmp_path / "two"), "--jobs", "2"] + TINY) == 0
+    err = capsys.readouterr().err
+    assert "[semi-50pct-seed1] semi:" in err and "    semi-50pct seed 1: mIoU" in err, err
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert set(one) == set(two) == {"full-100pct", "partial-50pct", "semi-50pct"}
+    for cell in one:
+        assert list(two[cell]) == ["0", "1"]
+        for seed in one[cell]:
+            assert two[cell][seed]["miou"] == pytest.approx(one[cell][seed]["miou"], abs=1e-6), (cell, seed)
+    with pytest.raises(SystemExit) as refused:
+        main(argv + ["--out", str(tmp_path / "x"), "--jobs", "0"] + TINY)
+    assert refused.value.code == 2 and "--jobs: 0 is not" in capsys.readouterr().err
+
+
 def test_a_finished_run_whose_final_record_was_lost_is_validated_again(tiny_argv, tmp_path):
     """A power loss can drop the last (unsynced) line of metrics.jsonl after last.pt was saved: resuming the
     finished run validates it again, so a grid's rerun finds its final record instead of failing for good."""
@@ -102,13 +122,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT", "SIGKILL"])
-def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, signum):
+@pytest.mark.parametrize("signum,jobs", [("SIGTERM", 1), ("SIGINT", 1), ("SIGKILL", 1), ("SIGTERM", 2)])
+def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, signum, jobs):
     """SIGTERM or SIGINT (kill -INT: the grid alone) to a grid reaches its training child, which stops with a
     checkpoint; the grid waits for it, says how to go on in one line (no traceback, not the cell's own
     advice to resume it with train) and exits 128 + the signal it received (SIGINT was reported as the
     SIGTERM it forwards: 143); it leaves no process behind. A grid killed outright (SIGKILL) takes its cell
-    with it too (the cell gets SIGTERM: it stops with a checkpoint)."""
+    with it too (the cell gets SIGTERM: it stops with a checkpoint). With --jobs 2, both running cells stop
+    with a checkpoint and the grid says so in one line."""
     import signal
     import sys
     import time
@@ -117,10 +138,10 @@ def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, sign
     from procs import Proc, descendants
 
     grid = Proc([sys.executable, "-m", "cycleseg.experiments", "--grid", "comparison", "--fractions", "0.5",
-                 "--methods", "partial", "--seeds", "0", "--out", tmp_path / "g", "--", *TINY[:-4], "--steps", "400",
-                 "--log-every", "1"])
+                 "--methods", "partial", "--seeds", "0", "--out", tmp_path / "g", "--jobs", str(jobs), "--", *TINY[:-4],
+                 "--steps", "400", "--log-every", "1"])
     deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "g").glob("*/metrics.jsonl")):
+    while time.time() < deadline and len(list((tmp_path / "g").glob("*/metrics.jsonl"))) < jobs:
         time.sleep(0.2)
     children = descendants(grid.p.pid)
     assert children, grid.stderr
@@ -135,7 +156,7 @@ def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, sign
         assert grid.stderr.count("interrupted") == 1 and "Traceback" not in grid.stderr, grid.stderr
         assert f"error: interrupted by {signum}: the run in" in grid.stderr and "Resume with" not in grid.stderr
     assert not [pid for pid in children if alive(pid)]   # no orphan
-    assert list((tmp_path / "g").glob("*/last.pt"))                          # the cell stopped with a checkpoint
+    assert len(list((tmp_path / "g").glob("*/last.pt"))) >= jobs       # each running cell stopped with a checkpoint
 
 
 def test_fractions_are_named_to_their_precision_and_never_share_a_folder():
