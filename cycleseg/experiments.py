@@ -445,22 +445,8 @@ def main(argv=None) -> int:
         check_cells(cells, seeds, out, a.data, extra, own)
     except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
-    results: dict = {c: {} for c in cells}
-    tasks = [(s, c) for s in seeds for c in cells]
-    if a.jobs > 1:                      # the longest cells (the CycleGAN's four networks) first
-        tasks.sort(key=lambda t: t[1].mode != "semi")
-    children, steps = Children(), None
     try:
-        with children.forwarding():
-            for (seed, cell), rec in run_tasks(tasks, lambda t: run_and_check(t, a, out, extra, own, children,
-                                                                                len(tasks), tasks.index(t)), a.jobs):
-                results[cell][seed] = rec
-                steps = rec["step"]
-                print(("    " if a.jobs == 1 else f"    {cell.name} seed {seed}: ") + f"mIoU {rec['miou']:.4f}" +
-                      (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec else "") +
-                      (f"  HD95 {rec['volume_hd95']:.2f} {rec['distance_units']}" if rec.get("volume_hd95") is not None
-                       else ""), file=sys.stderr)
-        results = {c: dict(sorted(v.items())) for c, v in results.items()}
+        results, steps = run_grid(cells, seeds, a, out, extra, own)
         rows = summarize(results)
         files = report_files(a, out, cells, seeds, results, rows, steps, extra, own)
         write_files(out, files, remove=GRID_FILES)                  # a picture this rerun does not draw: gone
@@ -472,6 +458,26 @@ def main(argv=None) -> int:
     print(files["results.md"].decode())
     print(f"wrote {', '.join(sorted(files))} in {out}")
     return 0
+
+
+def run_grid(cells, seeds, a, out: Path, extra, own) -> tuple[dict, int]:
+    """Train every cell of the grid for every seed (a.jobs at a time; the longest, the CycleGAN's four
+    networks, first) and check each final record: ({cell: {seed: record}}, the runs' steps)."""
+    results: dict = {c: {} for c in cells}
+    tasks = [(s, c) for s in seeds for c in cells]
+    if a.jobs > 1:
+        tasks.sort(key=lambda t: t[1].mode != "semi")
+    children, steps = Children(), None
+    with children.forwarding():
+        for (seed, cell), rec in run_tasks(tasks, lambda t: run_and_check(t, a, out, extra, own, children,
+                                                                            len(tasks), tasks.index(t)), a.jobs):
+            results[cell][seed] = rec
+            steps = rec["step"]
+            print(("    " if a.jobs == 1 else f"    {cell.name} seed {seed}: ") + f"mIoU {rec['miou']:.4f}" +
+                  (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec else "") +
+                  (f"  HD95 {rec['volume_hd95']:.2f} {rec['distance_units']}" if rec.get("volume_hd95") is not None
+                   else ""), file=sys.stderr)
+    return {c: dict(sorted(v.items())) for c, v in results.items()}, steps
 
 
 def run_and_check(task, a, out: Path, extra, own, children: Children, total: int, i: int) -> dict:
