@@ -192,6 +192,7 @@ class Config:
         c.device = check_device(c.device)
         if c.out is None:
             c.out = f"runs/{c.mode}-{percent(c.labeled_fraction)}pct-seed{c.seed}"
+        c.out = os.path.abspath(c.out)                              # config.json names the folder, wherever read
         return c
 
     def options(self, mode: str | None = None):

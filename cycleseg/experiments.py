@@ -445,6 +445,16 @@ def main(argv=None) -> int:
         check_cells(cells, seeds, out, a.data, extra, own)
     except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
+    made = not os.path.lexists(out)
+    code = run_and_write(a, out, cells, seeds, extra, own)
+    if code != 0 and made:                          # a grid that failed before any cell wrote: no empty folder left
+        with contextlib.suppress(OSError):
+            out.rmdir()
+    return code
+
+
+def run_and_write(a, out: Path, cells, seeds, extra, own) -> int:
+    """Run the grid, write its results and print its table: the exit status."""
     try:
         results, steps = run_grid(cells, seeds, a, out, extra, own)
         rows = summarize(results)

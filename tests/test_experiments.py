@@ -363,3 +363,27 @@ def test_a_grid_replaces_only_its_own_results_and_drops_stale_ones(tmp_path, cap
     assert (out / "pictures.png").exists()
     assert main(argv + ["--methods", "partial"] + TINY) == 0
     assert not (out / "pictures.png").exists() and "semi" not in (out / "results.json").read_text()
+
+
+def test_a_grid_that_fails_before_any_cell_wrote_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    """A grid whose first cell fails before its first checkpoint (a full disk, a crash) leaves neither the
+    cell's folder nor the grid folder it made; a folder the user made stays."""
+    import os
+    import sys
+
+    import cycleseg.gridprocs as gridprocs
+
+    faulty = os.path.join(os.path.dirname(__file__), "faulty_train.py")
+    real_run = gridprocs.Children.run
+
+    def failing_cell(self, cmd, label=None, quiet=False):          # the real training child, failing after step 1
+        return real_run(self, [sys.executable, faulty, *cmd[3:]], label, quiet)
+
+    monkeypatch.setattr(gridprocs.Children, "run", failing_cell)
+    monkeypatch.setenv("FAIL_AT", "0:1")
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial", "--seeds", "0"]
+    assert main(argv + ["--out", str(tmp_path / "g")] + TINY) == 2
+    assert "failed" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    (tmp_path / "mine").mkdir()
+    assert main(argv + ["--out", str(tmp_path / "mine")] + TINY) == 2
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())

@@ -262,14 +262,17 @@ def test_sigterm_stops_after_the_current_step(tmp_path):
 
 def test_a_relative_data_path_is_kept_absolute(tmp_path, monkeypatch):
     """--data as typed would follow the working folder: evaluate or --resume run elsewhere would read another
-    folder of the same name. The run records the absolute path; a built-in dataset's name stays a name."""
+    folder of the same name. The run records the absolute path; a built-in dataset's name stays a name. The
+    run folder (--out, or its default) is recorded absolute too."""
     from cycleseg.config import Config
 
     (tmp_path / "mydata").mkdir()
     monkeypatch.chdir(tmp_path)
-    c = Config(data="mydata", val_data=None, device="cpu").resolved()
+    c = Config(data="mydata", val_data=None, device="cpu", out="runs/r").resolved()
     assert c.data == str(tmp_path / "mydata")
+    assert c.out == str(tmp_path / "runs" / "r")                    # config.json names the run folder wherever read
     assert Config(data="shapes", device="cpu").resolved().data == "shapes"
+    assert Config(device="cpu", mode="semi", seed=3).resolved().out == str(tmp_path / "runs" / "semi-10pct-seed3")
 
 
 def test_a_resume_that_fails_before_its_checkpoint_leaves_config_json_as_last_pt(tiny_argv, tmp_path, monkeypatch):
