@@ -3,7 +3,8 @@ either the previous checkpoint or the new one.
 
 A run's checkpoint holds: step, best_miou, config (the resolved Config as a dict), plan, data (what
 the networks were built for: classes, channels, names, palette, size), nets, optimizers, schedulers,
-pools, streams and RNG states. `load_run` checks that a file is one before anything uses it.
+pools, streams and RNG states, and the clock (the run's time so far). `load_run` checks that a file is
+one before anything uses it.
 """
 from __future__ import annotations
 

@@ -56,8 +56,8 @@ from .fileio import write_files
 from .gridprocs import Children, GridInterrupted, run_tasks
 from .methods import METHODS
 from .metrics import image_dice
-from .runfolder import RunFolder
-from .usage import Parser, UsageError, fail, path_arg, path_text, run_command
+from .runfolder import RunFolder, fcntl
+from .usage import STOP_SIGNALS, Parser, UsageError, fail, path_arg, path_text, run_command
 
 PAPER_ARMS = ("partial", "semi")        # the paper's comparison: the supervised baseline and the method
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
@@ -260,7 +260,7 @@ def run_cell(args: list[str], children: Children, label: str | None = None) -> d
 def stopped(children: Children, code: int | None, what: str) -> None:
     """GridInterrupted when the grid received a stop signal or a child was stopped by one."""
     signum = children.stopped
-    if signum is None and code is not None and (code < 0 or code in (128 + signal.SIGINT, 128 + signal.SIGTERM)):
+    if signum is None and code is not None and (code < 0 or code - 128 in STOP_SIGNALS):
         signum = code - 128 if code > 0 else -code
     if signum is not None:
         raise GridInterrupted(f"interrupted by {signal.Signals(signum).name}: "
@@ -442,15 +442,37 @@ def main(argv=None) -> int:
         cells = grid_cells(a.grid, a.fractions, extra, a.methods)
         own = method_options(a.method_options, sorted({c.mode for c in cells}))
         check_grid_folder(out)
-        check_cells(cells, seeds, out, a.data, extra, own)
+        with grid_lock(out):
+            check_cells(cells, seeds, out, a.data, extra, own)
+            return run_and_write(a, out, cells, seeds, extra, own)
     except (UsageError, CheckpointError, DataError) as e:
         return fail(e)
+
+
+@contextlib.contextmanager
+def grid_lock(out: Path):
+    """Hold the grid folder (made if missing) while the grid runs: UsageError if another grid holds it (two
+    grids would train and evaluate the same cells at once). A folder this grid made and left empty (it failed
+    before any cell wrote: a full disk) is removed."""
     made = not os.path.lexists(out)
-    code = run_and_write(a, out, cells, seeds, extra, own)
-    if code != 0 and made:                          # a grid that failed before any cell wrote: no empty folder left
-        with contextlib.suppress(OSError):
-            out.rmdir()
-    return code
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot make the grid folder ({e.strerror or e})") from None
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UsageError(f"{out} is in use by another grid (or a training run in it); wait for it to end, "
+                                 f"or give this grid another --out") from None
+        yield
+    finally:
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()                                         # only if empty
 
 
 def run_and_write(a, out: Path, cells, seeds, extra, own) -> int:
@@ -514,6 +536,9 @@ GRID_FILES = ("results.md", "results.csv", "seeds.csv", "results.json", "plot.pn
 def check_grid_folder(out: Path) -> None:
     """UsageError, before any cell, when `out` holds files of a grid's names but no grid's results.json
     (a user's notes named results.md, a plot of their own): a grid replaces only its own results."""
+    if os.path.lexists(out) and not out.is_dir():
+        raise UsageError(f"--out {out}: {'a link to nothing' if not out.exists() else 'a file'}, not a folder; "
+                         f"give the grid a folder (made if missing)")
     theirs = [n for n in GRID_FILES if (out / n).exists()]
     if not theirs:
         return

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .usage import STOP_SIGNALS
+
 
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or Inf."""
@@ -66,7 +68,7 @@ class StopSignals:
 
     received: int | None = None     # the last signal any of them took (a child, a compiler, saw it too)
 
-    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, signals=STOP_SIGNALS):
         self.signals, self.signum, self._old = signals, None, {}
 
     def _handle(self, signum, frame):

@@ -1,6 +1,6 @@
 """The grid's cell processes: every cell trains (and is evaluated) in a child process the grid owns.
 
-A SIGINT or SIGTERM to the grid reaches every running child as SIGTERM (a training run stops after its
+A stop signal (SIGINT, SIGTERM, SIGHUP) to the grid reaches every running child as SIGTERM (a training run stops after its
 step with a checkpoint) and the grid waits for them all: no orphan keeps a cell's folder locked. A grid
 killed outright takes its children with it (Linux: PR_SET_PDEATHSIG). Children are told they are cells
 (CYCLESEG_GRID_CELL) and leave the line about a stop to the grid. Cells run one at a time or `jobs` at a
@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+from .usage import STOP_SIGNALS
 
 
 class GridInterrupted(RuntimeError):
@@ -80,9 +82,9 @@ class Children:
 
     @contextlib.contextmanager
     def forwarding(self):
-        """SIGINT and SIGTERM to the grid forwarded to its children while inside (main thread only)."""
+        """The stop signals to the grid forwarded to its children while inside (main thread only)."""
         main = threading.current_thread() is threading.main_thread()
-        old = {sig: signal.signal(sig, self.forward) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        old = {sig: signal.signal(sig, self.forward) for sig in STOP_SIGNALS} if main else {}
         try:
             yield self
         finally:

@@ -1,6 +1,6 @@
 """What a checkpoint of a run holds, and putting it back.
 
-    step, best_miou, config, plan, data        the run
+    step, best_miou, config, plan, data        the run (clock: its wall and evaluation time so far, train.py)
     nets, optimizers, schedulers               the same on every process
     world_size, ranks                          per process: history pools, stream positions, RNG states
 

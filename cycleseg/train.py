@@ -18,8 +18,9 @@ import json
 import os
 import signal
 import sys
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,14 @@ class Run:
     streams: Streams
     n: int = 0                      # steps done
     best: float = float("-inf")     # the best validation mIoU so far
+    clock: dict = field(default_factory=lambda: {"t0": time.time(), "evaluating": 0.0})   # wall time, all sessions
 
     def save(self, is_best: bool = False) -> None:
-        self.folder.save(state_dict(self.n, self.best, self.cfg, self.nets, self.step, self.streams,
-                                    self.data, self.world, self.device), is_best)
+        state = state_dict(self.n, self.best, self.cfg, self.nets, self.step, self.streams, self.data, self.world,
+                           self.device)
+        if state is not None:                                       # a resume's records go on from these times
+            state["clock"] = {"time": time.time() - self.clock["t0"], "evaluating": self.clock["evaluating"]}
+        self.folder.save(state, is_best)
 
 
 def validate(run: Run) -> dict:
@@ -125,6 +130,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     run = Run(cfg, world, device, folder, data, plan, nets, step, streams)
     if saved is not None:
         run.n, run.best = load_state_dict(saved, nets, step, streams, data, folder.last, world, device)
+        run.clock = resumed_clock(saved.get("clock"))
         if optim_of(cfg) != optim_of(from_flat(saved["config"])):
             step.reschedule(optim_of(cfg))                          # --steps / --lr changed on resume
     folder.resumed()
@@ -177,12 +183,24 @@ def evaluation(run: Run, guard: FiniteGuard, bar, clock: dict) -> dict:
     return result
 
 
+def resumed_clock(saved) -> dict:
+    """The run's clock going on from a checkpoint's times (its records' `time` and `train_time` count every
+    session, not this one alone); from now for a checkpoint without them (an older one) or with others."""
+    try:
+        spent, evaluating = float(saved["time"]), float(saved["evaluating"])
+        if not (math.isfinite(spent) and 0 <= evaluating <= spent):
+            raise ValueError
+    except (TypeError, KeyError, ValueError):
+        spent = evaluating = 0.0
+    return {"t0": time.time() - spent, "evaluating": evaluating}
+
+
 def loop(run: Run, until, stop: StopSignals) -> dict:
     """Train until cfg.steps (or `until`, or a stop signal), logging, evaluating and checkpointing."""
     cfg, folder, world = run.cfg, run.folder, run.world
     bar = tqdm(total=cfg.steps, initial=run.n, disable=not cfg.progress or world.rank > 0, dynamic_ncols=True,
                desc=cfg.mode)
-    clock, result, guard, started = {"t0": time.time(), "evaluating": 0.0}, {}, FiniteGuard(), run.n
+    clock, result, guard, started = run.clock, {}, FiniteGuard(), run.n
     with contextlib.ExitStack() as scope:
         if run.plan.fused_ops:
             scope.enter_context(ops.validation(False))              # masks were checked at load: no per-step sync

@@ -83,6 +83,11 @@ def fail(e: BaseException) -> int:
     return 2
 
 
+# The signals that stop a command as Ctrl-C does: a cluster scheduler's notice (SIGTERM), a terminal or ssh
+# session closed (SIGHUP): each gets one line, 128 + the signal, temporaries removed, a checkpoint (train).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class Stopped(BaseException):
     """SIGTERM reached a command (a BaseException, as KeyboardInterrupt is for SIGINT, so that no `except
     Exception` takes it for an error): raised where the command is, so every `finally` and context manager on
@@ -152,7 +157,7 @@ def stop_before_start() -> None:
     global _COMMAND_LINE
     if threading.current_thread() is threading.main_thread():
         _COMMAND_LINE = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, _stop_before_start)
 
 
@@ -171,7 +176,7 @@ def run_command(main) -> int:
     signal, instead of a traceback."""
     global _stopping
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS} if main_thread else {}
     _stopping, hook = None, sys.unraisablehook
     sys.unraisablehook = lambda info: _unraisable(info, hook)
     try:

@@ -122,7 +122,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("signum,jobs", [("SIGTERM", 1), ("SIGINT", 1), ("SIGKILL", 1), ("SIGTERM", 2)])
+@pytest.mark.parametrize("signum,jobs", [("SIGTERM", 1), ("SIGINT", 1), ("SIGHUP", 1), ("SIGKILL", 1), ("SIGTERM", 2)])
 def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, signum, jobs):
     """SIGTERM or SIGINT (kill -INT: the grid alone) to a grid reaches its training child, which stops with a
     checkpoint; the grid waits for it, says how to go on in one line (no traceback, not the cell's own
@@ -387,3 +387,30 @@ def test_a_grid_that_fails_before_any_cell_wrote_leaves_no_folder(tmp_path, monk
     (tmp_path / "mine").mkdir()
     assert main(argv + ["--out", str(tmp_path / "mine")] + TINY) == 2
     assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+
+
+def test_a_grid_folder_is_held_by_one_grid_and_must_be_a_folder(tmp_path, capsys):
+    """Two grids on one folder would train and evaluate the same cells at once (the loser failed at a cell's
+    lock or at the winner's evaluation, advising an --overwrite the grid has not): the second is refused in
+    one line before any cell. An --out that is a file or a link to nothing is refused before any cell."""
+    import fcntl
+    import os
+
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial", "--seeds", "0"]
+    out = tmp_path / "g"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)                   # what a running grid holds
+    try:
+        assert main(argv + ["--out", str(out)] + TINY) == 2
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert "in use by another grid" in err and "[1/" not in err and not list(out.iterdir()), err
+    (tmp_path / "f").write_text("mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name, what in (("f", "a file"), ("dangling", "a link to nothing")):
+        assert main(argv + ["--out", str(tmp_path / name)] + TINY) == 2
+        err = capsys.readouterr().err
+        assert f"{what}, not a folder" in err and "[1/" not in err and err.count("error:") == 1, err
+    assert (tmp_path / "f").read_text() == "mine" and not (tmp_path / "nowhere").exists()

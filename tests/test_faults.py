@@ -122,15 +122,18 @@ def train_records(out):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_says_how_to_resume(tmp_path):
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_sigterm_saves_and_says_how_to_resume(tmp_path, signum):
+    """SIGTERM (a scheduler's notice) or SIGHUP (the terminal or ssh session closed): a checkpoint after the
+    current step, 128 + the signal, how to resume."""
     out = tmp_path / "t"
     p = run_cli(out, "--steps", "400", "--log-every", "1", "--eval-every", "1000", "--ckpt-every", "1000")
     wait_for(lambda: len(RunFolder(out).records("train")) >= 3)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(getattr(signal, signum))
     p.wait(timeout=120)
     err = p.stderr
-    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
-    assert "stopped by signal SIGTERM after step" in err and "--resume --out" in err
+    assert p.returncode == 128 + getattr(signal, signum), err[-3000:]
+    assert f"stopped by signal {signum} after step" in err and "--resume --out" in err
     ck = torch.load(out / "last.pt", weights_only=True)
     assert 3 <= ck["step"] < 400 and ck["step"] == train_records(out)[-1]["step"]
 

@@ -170,9 +170,9 @@ def test_every_command_ends_quietly_when_its_reader_leaves():
     assert run_command(lambda: 0) == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_unwinds_every_command_and_leaves_no_temporaries(tmp_path, signum):
-    """SIGTERM or Ctrl-C while a command writes (every command's entry is usage.run_command): a multi-file
+    """SIGTERM, Ctrl-C or SIGHUP (the terminal closed) while a command writes (every command's entry is usage.run_command): a multi-file
     output being renamed into place is completed first (stop_deferred), the write's temporaries
     (atomic_path's file, write_files' stage) and the folders made for it are removed, and the command ends
     with one line saying so and 128 + the signal, no traceback."""

@@ -65,6 +65,23 @@ def test_resume_after_interruption_gives_the_same_losses(tmp_path, tiny):
             assert torch.equal(ca["nets"][name][k], cb["nets"][name][k]), (name, k)
 
 
+def test_a_resumed_runs_times_go_on_from_its_checkpoint(tmp_path, tiny):
+    """A resume's records count the time of every session (time.png plots them): they restarted at 0, so a
+    grid cell interrupted and rerun plotted its training time short and running backwards."""
+    import json
+
+    train(tiny("r", "--steps", "2", "--eval-every", "2", "--log-every", "1"))
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert 0 < ck["clock"]["evaluating"] < ck["clock"]["time"]
+    train(tiny("r", "--steps", "4", "--eval-every", "2", "--log-every", "1", "--resume"))
+    recs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in recs if r["split"] == "val"]
+    assert [r["step"] for r in val] == [2, 4] and val[1]["train_time"] > val[0]["train_time"] > 0
+    assert val[1]["time"] > ck["clock"]["time"] >= val[0]["time"]
+    times = [r["time"] for r in recs if r["split"] == "train"]
+    assert times == sorted(times), times
+
+
 def test_checkpoint_holds_every_state(tmp_path, tiny):
     train(tiny("c", "--steps", "3", "--eval-every", "3"))
     ck = torch.load(tmp_path / "c" / "last.pt", weights_only=True)              # tensors, numbers, containers
