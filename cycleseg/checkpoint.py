@@ -120,6 +120,9 @@ def check_run(state: dict, path) -> None:
     try:
         config = dataclasses.replace(from_flat(cfg), device="cpu", resume=False, out=str(Path(path).parent))
         resolved = config.resolved()
+        if step > resolved.steps:
+            _fail(path, f"'step' {step} is beyond its config's --steps {resolved.steps}: no run gets there (an edited "
+                        f"checkpoint)")
         for side in (data.get("height"), data.get("width")):
             if side is not None:
                 check_image_side(side, resolved.mode, f"its data's image size {side}", resolved.generator)

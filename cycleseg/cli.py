@@ -17,13 +17,14 @@ from .fileio import NAME_MAX
 from .usage import Parser, UsageError, fail, path_arg
 
 
-def positive_int(text: str) -> int:
+def batch_size(text: str) -> int:
+    """--batch-size of evaluate and predict: 1..4096, train's bound (a typo's 10^8 would end out of memory)."""
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+        raise argparse.ArgumentTypeError(f"expected a whole number in 1..4096, got {text!r}") from None
+    if not 1 <= v <= 4096:
+        raise argparse.ArgumentTypeError(f"must be in 1..4096, got {v}")
     return v
 
 
@@ -31,7 +32,7 @@ def checkpoint_parser(prog: str, doc: str, what: str = "a run's last.pt or best.
     p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=path_arg, help=what)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when there is a GPU")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=batch_size, default=16, help="images per forward pass")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="G_IS's arithmetic: auto = bf16 autocast where the device runs bf16 natively (GPUs; CPUs "
                         "with AVX512-BF16 / AMX), else fp32")
@@ -64,7 +65,7 @@ def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
     for p in map(Path, paths):
         if (n := len(os.fsencode(p.name))) > NAME_MAX:
             raise UsageError(f"{p.parent}/{p.name[:40]}...: an output name of {n} bytes, longer than file names may "
-                             f"be ({NAME_MAX}); shorten the name of the input it is made from")
+                             f"be ({NAME_MAX}); shorten it (the --out given, or the name of the input it is made from)")
         if keys(p) & ins:
             raise UsageError(f"{p} is one of this command's inputs: an output never replaces an input; choose "
                              f"another --out")

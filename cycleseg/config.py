@@ -119,7 +119,7 @@ class Config:
     rotate: bool = option(False, "random rotations by multiples of 90 degrees (with --flip: the usual ACDC "
                           "augmentation)", resume=DATA)
     scale_crop: float = option(1.0, "> 1: random crops of 1/s of each side, s in [1, scale_crop], resized back",
-                               check="at_least_one", resume=DATA)
+                               check="crop_scale", resume=DATA)
     augment: str = option("none", "ssl4mis: SSL4MIS's RandomGenerator on every stream (a random rot90 + flip, or a "
                           "rotation in [-20, 20] degrees, nearest), instead of --flip / --rotate / --scale-crop",
                           choices=AUGMENTS, resume=DATA)

@@ -1,8 +1,9 @@
 """What an option of a run is, said once, beside it: `option(default, help, check=..., resume=...)` makes a
 dataclass field whose metadata the command line (help, choices), the checks and a resumed run read.
 
-    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "at_least_one" | "width" |
-             "blocks" | "batch" | "image_std" | "pool" | "prefetch" | "weight" | "rate" (bounded: a typo would ask for terabytes or overflow) | None
+    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "at_least_one" | "crop_scale" |
+             "width" | "blocks" | "batch" | "image_std" | "pool" | "prefetch" | "weight" | "rate" (bounded: a typo
+             would ask for terabytes or overflow) | None
     resume   why a resumed run keeps the value (the default: "the method and its objective"), or
              CHANGEABLE (a resumed run may change it: the schedule is re-derived), or RUNTIME (it
              describes the process, not the run: always taken from the command line)
@@ -26,6 +27,7 @@ CHECKS = {
     "non_negative": (lambda v: v >= 0, ">= 0"),
     "positive": (lambda v: v > 0, "> 0"),
     "at_least_one": (lambda v: v >= 1, ">= 1"),
+    "crop_scale": (lambda v: 1 <= v <= 16, "in [1, 16] (a crop of at least 1/16 of each side; beyond, under a pixel)"),
     "width": (lambda v: 1 <= v <= 1024, "in 1..1024 (channels; the paper's are 64)"),
     "blocks": (lambda v: 1 <= v <= 64, "in 1..64 (the paper's are 9)"),
     "batch": (lambda v: 1 <= v <= 4096, "in 1..4096"),

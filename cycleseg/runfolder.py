@@ -155,11 +155,14 @@ class RunFolder:
         from another run: resuming it would mix two runs' records, pictures and best.pt). Fields a resume may
         change (options.CHANGEABLE) and runtime ones are not compared; a missing or unreadable config.json
         (written again at the start) is no evidence either way."""
+        config = self.path / "config.json"
         try:
-            recorded = json.loads((self.path / "config.json").read_text())
-        except (OSError, ValueError):
-            return
+            recorded = json.loads(config.read_text())
+        except (OSError, ValueError) as e:
+            recorded = f"{'missing' if isinstance(e, FileNotFoundError) else 'not readable as JSON'}"
         if not isinstance(recorded, dict):
+            self.note(f"note: {config} is {recorded if isinstance(recorded, str) else 'not a JSON object'}; the run goes "
+                      f"on from {self.last} and writes it again from that checkpoint")
             return
         theirs = flat(from_flat(saved))
         diff = differing(recorded, theirs, [n for n, (_, f) in flat_fields().items()

@@ -347,6 +347,7 @@ CHECKPOINT_EDITS = {
                                   "preprocessing holds a value that is not plain data"),
     "step a string": (_set("step", "ten"), "'step' must be a whole number"),
     "step negative": (_set("step", -4), "'step' must be a whole number"),
+    "step beyond its steps": (_set("step", 10 ** 12), "'step' 1000000000000 is beyond its config's --steps"),
     "unknown mode": (_config(mode="fancy"), "mode must be one of"),
     "negative ngf": (_config(ngf=-8), "--ngf must be in 1..1024"),
     "zero n_blocks": (_config(n_blocks=0), "--n-blocks must be in 1..64"),
@@ -398,8 +399,9 @@ def test_hand_edited_checkpoints(tiny_checkpoint, tmp_path, capsys, case, comman
     one_line_error(main, argv, capsys, match, tmp_path)
 
 
-@pytest.mark.parametrize("option, match", [(["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
-                                           (["--batch-size", "-3"], "must be >= 1, got -3"),
+@pytest.mark.parametrize("option, match", [(["--batch-size", "0"], "--batch-size: must be in 1..4096, got 0"),
+                                           (["--batch-size", "-3"], "must be in 1..4096, got -3"),
+                                           (["--batch-size", "100000000"], "must be in 1..4096, got 100000000"),
                                            (["--device", "bogus"], "--device bogus: not a device")])
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_checkpoint_command_options(tiny_checkpoint, tmp_path, capsys, option, match, command):
@@ -671,6 +673,7 @@ def test_grid_refuses_a_cell_folder_of_another_configuration(tmp_path, capsys):
     (["--seed", "99999999999999"], "--seed must be in 0 .. 2**32 - 1"),
     (["--scale-crop", "inf"], "--scale-crop must be a finite number"),
     (["--scale-crop", "nan"], "--scale-crop must be a finite number"),
+    (["--scale-crop", "1e308"], "--scale-crop must be in [1, 16]"),
     (["--lambda2", "nan"], "--lambda2 must be a finite number"),
     (["--lr", "inf"], "--lr must be a finite number"),
     (["--mode", "adversarial", "--adv-beta1-d", "2.5"], "--adv-beta1-d must be in [0, 1)"),
@@ -884,6 +887,8 @@ def test_no_output_replaces_an_input_even_with_overwrite(tmp_path, capsys, tiny_
     shutil.copytree(finished_run, run)
     one_line_error(plot_main, [run, "--out", run / "metrics.jsonl", "--overwrite"], capsys, "the plot is a PNG", tmp_path)
     one_line_error(plot_main, [run, "--out", run / "last.pt", "--overwrite"], capsys, "the plot is a PNG", tmp_path)
+    one_line_error(plot_main, [run, "--out", tmp_path / ("p" * 300 + ".png")], capsys,
+                   "shorten it (the --out given, or the name of the input it is made from)", tmp_path)
     pt2 = tmp_path / "m.pt2"
     shutil.copy(tiny_checkpoint, pt2)
     one_line_error(export_main, [pt2, "--formats", "pt2", "--overwrite"], capsys, "is one of this command's inputs",
@@ -1016,6 +1021,8 @@ def test_a_jpeg_mask_under_a_png_name_and_a_grid_dry_run(tmp_path, capsys):
                                                                 "or 0..-1 (indexes into the 0 volume_names), found 7"),
     (lambda f: f.attrs.__setitem__("class_names", '["a", "a", "b"]'),   # scores are keyed by name: one was lost
      "attribute class_names ['a', 'a', 'b']: 'a' named twice (names must be distinct)"),
+    (lambda f: f.attrs.__setitem__("class_names", '["a", "b\\nc", "d"]'),     # it broke evaluate's table in two
+     "'b\\nc' is empty or holds a control character"),
 ])
 def test_an_h5_whose_attributes_contradict_its_data_is_refused(tmp_path, capsys, finished_run, edit, match):
     """An ignore index that is a class id (that class never learned, yet scored) and slices of volumes the

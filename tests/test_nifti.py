@@ -276,6 +276,10 @@ def bad_cases(tmp_path):
     nan = affine()
     nan[1, 3] = np.nan
     cases["nan origin"] = (pair("nan-origin", img, lab, nan, nan), "its affine holds NaN or infinite values (1 of 16)")
+    huge = affine((1e30, 1.5, 8.0))                                   # its HD95 read 8.9e30 mm
+    cases["huge spacing"] = (pair("huge", img, lab, huge, huge), "lengths of at most 10000 mm")
+    wide = affine((9000.0, 9500.0, 8.0))                 # sliced along j; rows 9000 mm x 24 / 16 pixels: beyond it
+    cases["wide pixels"] = (pair("wide", img, lab, wide, wide), "its stored pixels would be 1.35e+04 mm wide")
     return cases
 
 

@@ -82,6 +82,22 @@ def test_a_resumed_runs_times_go_on_from_its_checkpoint(tmp_path, tiny):
     assert times == sorted(times), times
 
 
+def test_a_resume_notes_a_damaged_config_json_it_writes_again(tiny_argv, tmp_path, capsys):
+    """config.json damaged or gone: the checkpoint is the run's record, so the resume goes on, but it says so
+    (it rewrote the file without a word)."""
+    import json
+
+    from cycleseg.train import main
+
+    assert main(tiny_argv("r", "--steps", "2", "--eval-every", "2")) == 0
+    (tmp_path / "r" / "config.json").write_text("{")
+    capsys.readouterr()
+    assert main(tiny_argv("r", "--steps", "4", "--eval-every", "2", "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path / 'r' / 'config.json'} is not readable as JSON; the run goes on from" in err, err
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["steps"] == 4
+
+
 def test_checkpoint_holds_every_state(tmp_path, tiny):
     train(tiny("c", "--steps", "3", "--eval-every", "3"))
     ck = torch.load(tmp_path / "c" / "last.pt", weights_only=True)              # tensors, numbers, containers

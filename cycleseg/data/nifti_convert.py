@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..fileio import atomic_path
 from . import nifti
 from .convert import classes_without_gaps, resize_pair
-from .h5format import IGNORE_INDEX, DataError, Meta, create_datasets, default_palette
+from .h5format import IGNORE_INDEX, MAX_SPACING_MM, DataError, Meta, create_datasets, default_palette
 
 
 def load_case(case: nifti.Case, num_classes: int | None, channel: int | None = None):
@@ -73,6 +73,10 @@ def volume_record(case, scans, axis: int, native_hw, size) -> dict:
     sp = scans[0].spacing
     rows_ax, cols_ax = nifti.order(axis)[1:]
     slice_spacing = [sp[axis], sp[rows_ax] * native_hw[0] / size[0], sp[cols_ax] * native_hw[1] / size[1]]
+    if max(slice_spacing) > MAX_SPACING_MM:                         # the file's reader would refuse it
+        raise DataError(f"{case.name}: at --size {size[0]} {size[1]} its stored pixels would be "
+                        f"{max(slice_spacing):.4g} mm wide (spacing {[round(float(s), 4) for s in sp]} mm), beyond "
+                        f"{MAX_SPACING_MM:g} mm; give a larger --size, or check the scan's header")
     return {"name": case.name, "group": case.group, "images": [str(f) for f in case.images],
             "label": str(case.label) if case.labeled else None, "shape": list(scans[0].data.shape),
             "spacing": [round(float(s), 6) for s in sp], "affine": np.round(scans[0].affine, 6).tolist(),
