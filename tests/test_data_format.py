@@ -149,6 +149,24 @@ def test_stream_passes_shards_and_state():
     assert all(len(p) == 4 for p in parts) and set().union(*parts) == set(range(12))
 
 
+def test_a_compressed_split_is_held_in_memory_by_its_size_as_read(tmp_path, monkeypatch):
+    """Whether a split is read whole into memory goes by its images and masks as read, not by the file's size:
+    a gzip file of 5 MB held 1.9 GB (a file just under the limit could hold tens of GB)."""
+    import cycleseg.data.source as source
+
+    images = np.zeros((200, 32, 32, 1), np.uint8)                       # 409,600 bytes as read
+    with h5py.File(tmp_path / "gz.h5", "w") as f:
+        f.attrs.update({"format": "cycleseg", "num_classes": 3, "class_names": '["a","b","c"]',
+                        "palette": "[]", "ignore_index": 255, "source": "", "preprocessing": "{}"})
+        f.create_dataset("images", data=images, compression="gzip", chunks=(1, 32, 32, 1))
+        f.create_dataset("masks", data=images[..., 0], compression="gzip", chunks=(1, 32, 32))
+    assert (tmp_path / "gz.h5").stat().st_size < 100_000
+    monkeypatch.setattr(source, "IN_MEMORY_BYTES", 100_000)
+    assert not source.open_source(tmp_path / "gz.h5").in_memory
+    monkeypatch.setattr(source, "IN_MEMORY_BYTES", 500_000)
+    assert source.open_source(tmp_path / "gz.h5").in_memory
+
+
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_source_reads_any_index_order(tmp_path, in_memory):
     path, images, masks = small(tmp_path, n=12)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -164,5 +163,8 @@ class H5Source:
 
 
 def open_source(path) -> H5Source:
-    """A split as a source: held in memory when smaller than IN_MEMORY_BYTES, else streamed from disk."""
-    return H5Source(path, in_memory=Path(path).stat().st_size < IN_MEMORY_BYTES)
+    """A split as a source: held in memory when its images and masks, as read, are smaller than
+    IN_MEMORY_BYTES (a compressed file's size is no measure: 5 MB of gzip held 1.9 GB), else streamed."""
+    meta = read_meta(path)
+    size = meta.count * meta.height * meta.width * (meta.channels + 1)     # uint8 images and masks
+    return H5Source(path, in_memory=size < IN_MEMORY_BYTES)
