@@ -252,6 +252,9 @@ def run_cell(args: list[str], children: Children, label: str | None = None) -> d
     stopped(children, code, f"the run in {folder} stopped (exit code {code}"
                             f"{', with a checkpoint' if (folder / 'last.pt').exists() else ''})")
     rec = final_record(folder, cfg.steps)
+    if code is not None and code < 0:                               # SIGKILL: the out-of-memory killer, or a user
+        raise RuntimeError(f"the run in {folder} was killed by {signal.Signals(-code).name} (out of memory?); "
+                           f"rerun the grid to go on from its last checkpoint")
     if code != 0 or rec is None:
         raise RuntimeError(f"the run in {folder} failed (exit code {code}): {' '.join(cmd)}")
     return rec
@@ -260,8 +263,8 @@ def run_cell(args: list[str], children: Children, label: str | None = None) -> d
 def stopped(children: Children, code: int | None, what: str) -> None:
     """GridInterrupted when the grid received a stop signal or a child was stopped by one."""
     signum = children.stopped
-    if signum is None and code is not None and (code < 0 or code - 128 in STOP_SIGNALS):
-        signum = code - 128 if code > 0 else -code
+    if signum is None and code is not None and (-code in STOP_SIGNALS or code - 128 in STOP_SIGNALS):
+        signum = code - 128 if code > 0 else -code                  # a stop the child got (a terminal's Ctrl-C)
     if signum is not None:
         raise GridInterrupted(f"interrupted by {signal.Signals(signum).name}: "
                               f"{what if code is not None else 'cells not started'}; rerun the same command to go on "
@@ -282,6 +285,8 @@ def checked_record(folder: Path, rec: dict, evaluate=evaluate_in_process) -> dic
     conversions) the record gains the per-volume means of HD95 and ASD of that evaluation."""
     last, out = folder / "last.pt", folder / "eval-final"
     found = out / "report.json"
+    if found.exists() and not found.is_file():                      # a FIFO would block the grid for good
+        raise DataError(f"{found} is a folder or special file, not an evaluation's report; move it away and rerun")
     kept = found.exists() and found.stat().st_mtime >= last.stat().st_mtime and cell_report(found, last, rec)
     if not kept:
         argv = [str(last), "--out", str(out), "--no-progress"] + (["--overwrite"] if found.exists() else [])
@@ -539,6 +544,10 @@ def check_grid_folder(out: Path) -> None:
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {out}: {'a link to nothing' if not out.exists() else 'a file'}, not a folder; "
                          f"give the grid a folder (made if missing)")
+    odd = [n for n in GRID_FILES if (out / n).exists() and not (out / n).is_file()]
+    if odd:
+        raise UsageError(f"{out / odd[0]} is a folder or special file where the grid writes its results; move it "
+                         f"or choose another --out")
     theirs = [n for n in GRID_FILES if (out / n).exists()]
     if not theirs:
         return

@@ -18,7 +18,7 @@ import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from .usage import STOP_SIGNALS
+from .usage import STOP_SIGNALS, Stopped
 
 
 class GridInterrupted(RuntimeError):
@@ -76,9 +76,11 @@ class Children:
         terminal's Ctrl-C has reached them already; a second SIGINT would stop them at once, without a
         checkpoint)."""
         self.received.append(signum)
-        for proc in self.procs[:]:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        running = [proc for proc in self.procs[:] if proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        if not running and len(self.received) == 1:                 # the grid's own work (reading a cell's report,
+            raise Stopped(signum)                                   # evaluating in process): it stops there
 
     @contextlib.contextmanager
     def forwarding(self):
@@ -101,13 +103,24 @@ def run_tasks(tasks: list, work, jobs: int):
             yield task, work(task)
         return
     errors: list[BaseException] = []
+    failed = threading.Event()
+
+    def guarded(task):                              # no task starts once one failed (a worker takes the next at once)
+        if failed.is_set():
+            raise Skipped
+        try:
+            return work(task)
+        except BaseException:
+            failed.set()
+            raise
+
     with ThreadPoolExecutor(jobs) as pool:
-        running = {pool.submit(work, t): t for t in tasks}
+        running = {pool.submit(guarded, t): t for t in tasks}
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 task = running.pop(future)
-                if future.cancelled():
+                if future.cancelled() or isinstance(future.exception(), Skipped):
                     continue
                 if future.exception() is not None:
                     errors.append(future.exception())
@@ -117,3 +130,7 @@ def run_tasks(tasks: list, work, jobs: int):
                     yield task, future.result()
     if errors:
         raise next((e for e in errors if isinstance(e, GridInterrupted)), errors[0])
+
+
+class Skipped(Exception):
+    """A task not started because another had failed."""

@@ -41,7 +41,7 @@ from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from .models import count_parameters
 from .runfolder import RunFolder
 from .runstate import check_run_state, load_state_dict, state_dict
-from .usage import UsageError, fail, run_command
+from .usage import UsageError, fail, grid_cell, run_command, say
 
 
 @dataclass
@@ -188,7 +188,7 @@ def resumed_clock(saved) -> dict:
     session, not this one alone); from now for a checkpoint without them (an older one) or with others."""
     try:
         spent, evaluating = float(saved["time"]), float(saved["evaluating"])
-        if not (math.isfinite(spent) and 0 <= evaluating <= spent):
+        if not (math.isfinite(spent) and 0 <= evaluating <= spent <= 1e9):     # 30 years: an edited value
             raise ValueError
     except (TypeError, KeyError, ValueError):
         spent = evaluating = 0.0
@@ -295,8 +295,8 @@ def main(argv=None) -> int:
             return 0
         result = train(cfg, given=given)
     except Interrupted as e:
-        if os.environ.get("CYCLESEG_GRID_CELL") != "1":            # a grid's cell: the grid says it, in one line
-            print(str(e), file=sys.stderr)
+        if not grid_cell():                                         # a grid's cell: the grid says it, in one line
+            say(str(e))
         return 128 + e.signum
     except (DataError, CheckpointError, NonFiniteLoss, UsageError, OSError) as e:
         return fail(e)

@@ -75,11 +75,24 @@ def message(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def say(text: str) -> None:
+    """A line on stderr, which may be gone (a closed terminal: EIO; a closed pipe): the exit status says it."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def grid_cell() -> bool:
+    """This process is a grid's cell (experiments): the grid says how it stopped, in one line."""
+    return os.environ.get("CYCLESEG_GRID_CELL") == "1"
+
+
 def fail(e: BaseException) -> int:
     """Print `error: <message(e)>` on stderr; the exit status 2."""
     if isinstance(e, BrokenPipeError):                             # our reader left: run_command ends quietly
         raise e
-    print(f"error: {message(e)}", file=sys.stderr)
+    say(f"error: {message(e)}")
     return 2
 
 
@@ -145,7 +158,8 @@ _COMMAND_LINE = False                                               # a `python 
 
 
 def _stop_before_start(signum, frame):
-    print(f"error: stopped by {signal.Signals(signum).name} before it began; nothing was written", file=sys.stderr)
+    if not grid_cell():
+        say(f"error: stopped by {signal.Signals(signum).name} before it began; nothing was written")
     os._exit(128 + signum)                                          # nothing to clean up yet
 
 
@@ -163,8 +177,9 @@ def stop_before_start() -> None:
 
 def stopped(signum: int) -> int:
     """The one line of a command a signal stopped, and its exit status 128 + the signal."""
-    print(f"error: stopped by {signal.Signals(signum).name} before it finished; nothing it was writing was "
-          f"kept (its temporary files are removed) and earlier outputs are as they were", file=sys.stderr)
+    if not grid_cell():
+        say(f"error: stopped by {signal.Signals(signum).name} before it finished; nothing it was writing was "
+            f"kept (its temporary files are removed) and earlier outputs are as they were")
     return 128 + signum
 
 
@@ -191,8 +206,9 @@ def run_command(main) -> int:
         return 141
     except (KeyboardInterrupt, Stopped) as e:
         if isinstance(e, Stopped) and e.written:
-            print(f"error: stopped by {signal.Signals(e.signum).name} as it finished writing its outputs: they are "
-                  f"complete; nothing else was written", file=sys.stderr)
+            if not grid_cell():
+                say(f"error: stopped by {signal.Signals(e.signum).name} as it finished writing its outputs: they "
+                    f"are complete; nothing else was written")
             return 128 + e.signum
         return stopped(e.signum if isinstance(e, Stopped) else signal.SIGINT)
     except Exception:                                               # a library that wrapped our Stopped in its own

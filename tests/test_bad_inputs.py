@@ -1022,7 +1022,7 @@ def test_a_jpeg_mask_under_a_png_name_and_a_grid_dry_run(tmp_path, capsys):
     (lambda f: f.attrs.__setitem__("class_names", '["a", "a", "b"]'),   # scores are keyed by name: one was lost
      "attribute class_names ['a', 'a', 'b']: 'a' named twice (names must be distinct)"),
     (lambda f: f.attrs.__setitem__("class_names", '["a", "b\\nc", "d"]'),     # it broke evaluate's table in two
-     "'b\\nc' is empty or holds a control character"),
+     "'b\\nc' is empty, over 100 characters or holds a control character"),
 ])
 def test_an_h5_whose_attributes_contradict_its_data_is_refused(tmp_path, capsys, finished_run, edit, match):
     """An ignore index that is a class id (that class never learned, yet scored) and slices of volumes the

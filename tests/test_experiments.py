@@ -414,3 +414,81 @@ def test_a_grid_folder_is_held_by_one_grid_and_must_be_a_folder(tmp_path, capsys
         err = capsys.readouterr().err
         assert f"{what}, not a folder" in err and "[1/" not in err and err.count("error:") == 1, err
     assert (tmp_path / "f").read_text() == "mine" and not (tmp_path / "nowhere").exists()
+
+
+def test_no_cell_starts_after_one_failed_and_a_killed_cell_is_no_stop_of_the_grid():
+    """--jobs: a worker freed by a failure took the next cell at once (a whole training before the error was
+    reported); a cell SIGKILLed (the out-of-memory killer) was reported as the grid killed, exit 137."""
+    import signal
+    import threading
+    import time
+
+    from cycleseg.experiments import stopped
+    from cycleseg.gridprocs import Children, GridInterrupted, run_tasks
+
+    started, lock, one = [], threading.Lock(), threading.Event()
+
+    def work(t):
+        with lock:
+            started.append(t)
+        if t == 1:
+            one.set()
+        if t == 0:
+            one.wait(10)                                                # both workers busy, then cell 0 fails
+            raise ValueError("cell 0 failed")
+        time.sleep(0.5)
+        return t
+
+    with pytest.raises(ValueError, match="cell 0 failed"):
+        list(run_tasks([0, 1, 2, 3], work, jobs=2))
+    assert sorted(started) == [0, 1], started
+    stopped(Children(), -signal.SIGKILL, "x")                           # not the grid's stop: the run's failure
+    with pytest.raises(GridInterrupted):
+        stopped(Children(), 128 + signal.SIGTERM, "x")
+
+
+@pytest.mark.timeout(300)
+def test_a_special_file_where_a_grid_reads_or_writes_is_refused(tmp_path, capsys):
+    """A FIFO as a cell's eval-final/report.json or as the grid's results.json blocked the grid for good
+    (and no stop signal reached it: it had no child to forward one to)."""
+    import os
+
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial", "--seeds", "0", "--out",
+            str(tmp_path / "g")] + TINY
+    assert main(argv) == 0
+    report = tmp_path / "g" / "partial-50pct-seed0" / "eval-final" / "report.json"
+    report.unlink()
+    os.mkfifo(report)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "report.json is a folder or special file" in capsys.readouterr().err
+    report.unlink()
+    (tmp_path / "g" / "results.json").unlink()
+    os.mkfifo(tmp_path / "g" / "results.json")
+    assert main(argv) == 2
+    assert "results.json is a folder or special file where the grid writes" in capsys.readouterr().err
+
+
+def test_a_grid_cell_leaves_the_stop_line_to_its_grid_and_a_gone_terminal_is_no_error(monkeypatch, capsys):
+    """A cell stopped while it started or evaluated printed its own `error: stopped by` line beside the grid's;
+    a closed terminal (EIO on stderr) turned a stop into exit 1 with a traceback."""
+    import signal
+    import sys
+
+    from cycleseg.usage import say, stopped
+
+    monkeypatch.setenv("CYCLESEG_GRID_CELL", "1")
+    assert stopped(signal.SIGTERM) == 143 and capsys.readouterr().err == ""
+    monkeypatch.delenv("CYCLESEG_GRID_CELL")
+    assert stopped(signal.SIGHUP) == 129 and "stopped by SIGHUP" in capsys.readouterr().err
+
+    class Gone:
+        def write(self, text):
+            raise OSError(5, "Input/output error")
+
+        def flush(self):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sys, "stderr", Gone())
+    say("error: stopped by SIGHUP")                                     # no exception
+    assert stopped(signal.SIGHUP) == 129
