@@ -434,6 +434,9 @@ def main(argv=None) -> int:
                         "lines are prefixed with the cell's name, and each run's times (time.png) are under that load")
     p.add_argument("--out", type=path_arg, default=None, help="grid folder (default runs/grid-<grid>)")
     a = p.parse_args(options_as_values(argv, p))
+    bad = next((s for s in a.seeds if not 0 <= s < 2 ** 32), None)
+    if bad is not None:
+        p.error(f"--seeds: {bad} is not a seed (0 .. 2**32 - 1)")
     if a.jobs < 1:
         p.error(f"--jobs: {a.jobs} is not a number of cells at a time (1 or more)")
     if a.grid == "paper" and (a.fractions or a.methods):

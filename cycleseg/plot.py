@@ -23,6 +23,9 @@ def run(a) -> Path:
     for folder in a.runs:
         if not (folder / "metrics.jsonl").exists():
             raise UsageError(f"{folder}: no metrics.jsonl (not a run folder)")
+        records = folder / "metrics.jsonl"
+        if not records.is_file() and not records.is_dir():          # a FIFO would block the command for good
+            raise UsageError(f"{records} is a special file (a FIFO, a device), not a run's records")
         names[folder] = folder.name if folder.name not in runs else str(folder)
         runs[names[folder]] = RunFolder(folder).records()
         lines = sum(1 for ln in (folder / "metrics.jsonl").read_bytes().splitlines() if ln.strip())

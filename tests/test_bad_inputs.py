@@ -1382,6 +1382,8 @@ def test_nifti_pairs_the_sixth_probe_tried(tmp_path, capsys):
 def test_plot_and_grid_options_the_sixth_probe_tried(tmp_path, capsys):
     """A record of 1e308 (beyond any float32 loss) crashed matplotlib: left out as NaN is; the paper grid
     ignored --fractions and --methods: refused."""
+    import os
+
     from cycleseg.experiments import main as grid_main
     from cycleseg.plot import main as plot_main
 
@@ -1395,6 +1397,12 @@ def test_plot_and_grid_options_the_sixth_probe_tried(tmp_path, capsys):
     one_line_error(plot_main, [run, "--out", tmp_path / "q.png"], capsys, "no finite number to draw", tmp_path)
     one_line_error(grid_main, ["--grid", "paper", "--fractions", "0.3", "--out", tmp_path / "g"], capsys,
                    "the paper grid's are fixed", tmp_path)
+    one_line_error(grid_main, ["--grid", "paper", "--seeds", "-1", "--out", tmp_path / "g"], capsys,
+                   "--seeds: -1 is not a seed (0 .. 2**32 - 1)", tmp_path)    # it named --seed, a cell's option
+    fifo = tmp_path / "fifo"                                            # a FIFO of records blocked plot for good
+    fifo.mkdir()
+    os.mkfifo(fifo / "metrics.jsonl")
+    one_line_error(plot_main, [fifo, "--out", tmp_path / "r.png"], capsys, "is a special file (a FIFO, a device)", tmp_path)
 
 
 def test_metrics_refuses_label_values_beyond_a_byte(tmp_path, capsys):
