@@ -507,10 +507,10 @@ def run_grid(cells, seeds, a, out: Path, extra, own) -> tuple[dict, int]:
     tasks = [(s, c) for s in seeds for c in cells]
     if a.jobs > 1:
         tasks.sort(key=lambda t: t[1].mode != "semi")
-    children, steps = Children(), None
+    children, steps, position = Children(), None, {t: i for i, t in enumerate(tasks)}
     with children.forwarding():
         for (seed, cell), rec in run_tasks(tasks, lambda t: run_and_check(t, a, out, extra, own, children,
-                                                                            len(tasks), tasks.index(t)), a.jobs):
+                                                                            len(tasks), position[t]), a.jobs):
             results[cell][seed] = rec
             steps = rec["step"]
             print(("    " if a.jobs == 1 else f"    {cell.name} seed {seed}: ") + f"mIoU {rec['miou']:.4f}" +

@@ -18,7 +18,7 @@ import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from .usage import STOP_SIGNALS, Stopped
+from .usage import GRID_CELL, STOP_SIGNALS, Stopped
 
 
 class GridInterrupted(RuntimeError):
@@ -56,7 +56,7 @@ class Children:
         with self.lock:
             if self.received:
                 return None
-            proc = subprocess.Popen(cmd, preexec_fn=stop_with_parent, env={**os.environ, "CYCLESEG_GRID_CELL": "1"},
+            proc = subprocess.Popen(cmd, preexec_fn=stop_with_parent, env={**os.environ, GRID_CELL: "1"},
                                     **(piped if label else {"stdout": subprocess.DEVNULL} if quiet else {}))
             self.procs.append(proc)
         if self.received and proc.poll() is None:                       # a signal between start and append

@@ -159,7 +159,7 @@ class RunFolder:
         try:
             recorded = json.loads(config.read_text())
         except (OSError, ValueError) as e:
-            recorded = f"{'missing' if isinstance(e, FileNotFoundError) else 'not readable as JSON'}"
+            recorded = "missing" if isinstance(e, FileNotFoundError) else "not readable as JSON"
         if not isinstance(recorded, dict):
             self.note(f"note: {config} is {recorded if isinstance(recorded, str) else 'not a JSON object'}; the run goes "
                       f"on from {self.last} and writes it again from that checkpoint")

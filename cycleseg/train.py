@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

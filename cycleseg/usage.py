@@ -83,9 +83,12 @@ def say(text: str) -> None:
         pass
 
 
+GRID_CELL = "CYCLESEG_GRID_CELL"                                    # set to "1" in a grid's cells (gridprocs)
+
+
 def grid_cell() -> bool:
     """This process is a grid's cell (experiments): the grid says how it stopped, in one line."""
-    return os.environ.get("CYCLESEG_GRID_CELL") == "1"
+    return os.environ.get(GRID_CELL) == "1"
 
 
 def fail(e: BaseException) -> int:

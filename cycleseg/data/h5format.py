@@ -101,7 +101,8 @@ def names_problem(names, k: int) -> str | None:
     odd = next((n for n in names if not n.strip() or len(n) > 100 or any(ord(c) < 32 or ord(c) == 127 for c in n)),
                None)
     if odd is not None:                                             # a newline broke every table it was in
-        return f"class_names {names!r:.60}: {odd!r:.40} is empty, over 100 characters or holds a control character (a newline, NUL, tab)"
+        return (f"class_names {names!r:.60}: {odd!r:.40} is empty, over 100 characters or holds a control character "
+                f"(a newline, NUL, tab)")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         return f"class_names {names!r:.60}: {', '.join(map(repr, twice))} named twice (names must be distinct)"

@@ -44,8 +44,8 @@ class H5Source:
     file (no per-read library overhead, no global lock). Other layouts are read through h5py.
     """
 
-    def __init__(self, path, in_memory: bool = False, check: bool = True):
-        self.path, self.meta = str(path), read_meta(path)
+    def __init__(self, path, in_memory: bool = False, check: bool = True, meta=None):
+        self.path, self.meta = str(path), meta or read_meta(path)
         self._local = threading.local()
         self._direct = None
         with open_h5(path) as f:
@@ -167,4 +167,4 @@ def open_source(path) -> H5Source:
     IN_MEMORY_BYTES (a compressed file's size is no measure: 5 MB of gzip held 1.9 GB), else streamed."""
     meta = read_meta(path)
     size = meta.count * meta.height * meta.width * (meta.channels + 1)     # uint8 images and masks
-    return H5Source(path, in_memory=size < IN_MEMORY_BYTES)
+    return H5Source(path, in_memory=size < IN_MEMORY_BYTES, meta=meta)
