@@ -29,7 +29,8 @@
 #   CPU dry run (here): ANCHOR_DEVICE=cpu ANCHOR_INSTALL=0 ANCHOR_ITERS=4 ANCHOR_VAL_EVERY=2 ANCHOR_SEEDS=0 \
 #                       OUT=/tmp/anchors-dry nice bash benchmarks/gpu_anchors.sh
 #
-# Environment (defaults): ANCHOR_ITERS (2000), ANCHOR_SEEDS ("0 1 2"), ANCHOR_VAL_EVERY (1000: SSL4MIS's in-run
+# Environment (defaults): ANCHOR_ITERS (2000), ANCHOR_SEEDS ("0 1 2"), ANCHOR_METHODS ("fs mt fm": SSL4MIS
+# labeled-only, Mean Teacher, UniMatch FixMatch), ANCHOR_VAL_EVERY (1000: SSL4MIS's in-run
 # validation, medpy HD95 on the CPU; UniMatch's own every 200 on the GPU), ANCHOR_SSL_WORKERS (2 loader workers
 # per SSL4MIS run; UniMatch keeps its own 1 per loader), ANCHOR_DEADLINE (410: seconds after the start by which
 # every run is trained and scored; each training gets what is left less ANCHOR_SCORE_LIMIT (60) and is stopped
@@ -47,6 +48,7 @@ R=$W/results
 ITERS=${ANCHOR_ITERS:-2000}
 SIZE=128
 SEEDS=${ANCHOR_SEEDS:-0 1 2}
+METHODS=${ANCHOR_METHODS:-fs mt fm}
 VAL_EVERY=${ANCHOR_VAL_EVERY:-1000}
 SSL_WORKERS=${ANCHOR_SSL_WORKERS:-2}
 DEADLINE=${ANCHOR_DEADLINE:-410}
@@ -149,15 +151,16 @@ PY
 ( while sleep 30; do pack; done ) & packer=$!
 start=$SECONDS
 SSLC=$W/SSL4MIS/code
+has() { case " $METHODS " in *" $1 "*) return 0;; esac; return 1; }
 for s in $SEEDS; do
-  run fs_s$s ssl4mis_labeled_only $s ssl4mis "$W/SSL4MIS/model/ACDC/FS_s${s}_7_labeled/unet/iter_$ITERS.pth" "$SSLC" \
+  has fs && run fs_s$s ssl4mis_labeled_only $s ssl4mis "$W/SSL4MIS/model/ACDC/FS_s${s}_7_labeled/unet/iter_$ITERS.pth" "$SSLC" \
       python train_fully_supervised_2D.py --root_path "$W/ACDC" --exp ACDC/FS_s$s --labeled_num 7 --batch_size 8 \
       --max_iterations $ITERS --seed $s --val_every $VAL_EVERY --num_workers $SSL_WORKERS &
-  run mt_s$s ssl4mis_mean_teacher $s ssl4mis "$W/SSL4MIS/model/ACDC/MT_s${s}_7_labeled/unet/iter_$ITERS.pth" "$SSLC" \
+  has mt && run mt_s$s ssl4mis_mean_teacher $s ssl4mis "$W/SSL4MIS/model/ACDC/MT_s${s}_7_labeled/unet/iter_$ITERS.pth" "$SSLC" \
       python train_mean_teacher_2D.py --root_path "$W/ACDC" --exp ACDC/MT_s$s --labeled_num 7 --batch_size 16 \
       --labeled_bs 8 --max_iterations $ITERS --consistency_rampup $ITERS --consistency_start $CSTART --seed $s \
       --val_every $VAL_EVERY --num_workers $SSL_WORKERS &
-  run fm_s$s unimatch_fixmatch $s unimatch "$UM/exp/acdc/fixmatch/7_s$s/latest.pth" "$UM" \
+  has fm && run fm_s$s unimatch_fixmatch $s unimatch "$UM/exp/acdc/fixmatch/7_s$s/latest.pth" "$UM" \
       python fixmatch.py --config configs/acdc_anchor.yaml --labeled-id-path splits/acdc/7/labeled.txt \
       --unlabeled-id-path splits/acdc/7/unlabeled.txt --save-path exp/acdc/fixmatch/7_s$s --seed $s &
 done
@@ -188,7 +191,7 @@ for m, rs in methods.items():
                   "cycleseg_volume_mdice": stat([r["cycleseg_scoring"]["volume_mdice"] for r in ok]),
                   "train_s": [r["train_s"] for r in rs]}
 setup = (res / "setup.txt").read_text()
-doc = {"settings": {"iterations": $ITERS, "size": $SIZE, "labeled_patients": 7, "seeds": "$SEEDS".split(),
+doc = {"settings": {"iterations": $ITERS, "size": $SIZE, "labeled_patients": 7, "seeds": "$SEEDS".split(), "methods": "$METHODS".split(),
                     "mps": "$mps", "device": "$ANCHOR_DEVICE", "ssl4mis_val_every": $VAL_EVERY,
                     "unimatch_eval_every": $EVAL_EVERY, "consistency_start": $CSTART, "ssl_workers": $SSL_WORKERS,
                     "deadline_s": $DEADLINE, "score_limit_s": $SCORE_LIMIT, "total_s": $SECONDS},

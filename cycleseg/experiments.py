@@ -486,9 +486,9 @@ def grid_lock(out: Path):
 def run_and_write(a, out: Path, cells, seeds, extra, own) -> int:
     """Run the grid, write its results and print its table: the exit status."""
     try:
-        results, steps = run_grid(cells, seeds, a, out, extra, own)
+        results = run_grid(cells, seeds, a, out, extra, own)
         rows = summarize(results)
-        files = report_files(a, out, cells, seeds, results, rows, steps, extra, own)
+        files = report_files(a, out, cells, seeds, results, rows, extra, own)
         write_files(out, files, remove=GRID_FILES)                  # a picture this rerun does not draw: gone
     except GridInterrupted as e:
         fail(e)
@@ -500,24 +500,23 @@ def run_and_write(a, out: Path, cells, seeds, extra, own) -> int:
     return 0
 
 
-def run_grid(cells, seeds, a, out: Path, extra, own) -> tuple[dict, int]:
+def run_grid(cells, seeds, a, out: Path, extra, own) -> dict:
     """Train every cell of the grid for every seed (a.jobs at a time; the longest, the CycleGAN's four
-    networks, first) and check each final record: ({cell: {seed: record}}, the runs' steps)."""
+    networks, first) and check each final record: {cell: {seed: record}}."""
     results: dict = {c: {} for c in cells}
     tasks = [(s, c) for s in seeds for c in cells]
     if a.jobs > 1:
         tasks.sort(key=lambda t: t[1].mode != "semi")
-    children, steps, position = Children(), None, {t: i for i, t in enumerate(tasks)}
+    children, position = Children(), {t: i for i, t in enumerate(tasks)}
     with children.forwarding():
         for (seed, cell), rec in run_tasks(tasks, lambda t: run_and_check(t, a, out, extra, own, children,
                                                                             len(tasks), position[t]), a.jobs):
             results[cell][seed] = rec
-            steps = rec["step"]
             print(("    " if a.jobs == 1 else f"    {cell.name} seed {seed}: ") + f"mIoU {rec['miou']:.4f}" +
                   (f"  volume Dice {rec['volume_mdice']:.4f}" if "volume_mdice" in rec else "") +
                   (f"  HD95 {rec['volume_hd95']:.2f} {rec['distance_units']}" if rec.get("volume_hd95") is not None
                    else ""), file=sys.stderr)
-    return {c: dict(sorted(v.items())) for c, v in results.items()}, steps
+    return {c: dict(sorted(v.items())) for c, v in results.items()}
 
 
 def run_and_check(task, a, out: Path, extra, own, children: Children, total: int, i: int) -> dict:
@@ -564,13 +563,28 @@ def check_grid_folder(out: Path) -> None:
                          f"results ({', '.join(GRID_FILES)}) only over its own; move those files or choose another --out")
 
 
-def report_files(a, out: Path, cells, seeds, results, rows, steps, extra, own=None) -> dict:
+def steps_text(results) -> str:
+    """The runs' step counts for the table's header, read from their final records: "2000 steps", or, where
+    --method-options gave one method a budget of its own, "2000 steps (Mean Teacher 1000)"."""
+    by_mode: dict = {}
+    for cell, recs in results.items():
+        for rec in recs.values():
+            by_mode.setdefault(rec["step"], set()).add(cell.mode)
+    if len(by_mode) <= 1:
+        return f"{next(iter(by_mode), 0)} steps"
+    main = max(by_mode, key=lambda n: (len(by_mode[n]), n))
+    others = ", ".join(f"{' / '.join(METHODS[m].label for m in sorted(by_mode[n]))} {n}"
+                       for n in sorted(by_mode) if n != main)
+    return f"{main} steps ({others})"
+
+
+def report_files(a, out: Path, cells, seeds, results, rows, extra, own=None) -> dict:
     """{name: bytes} of the grid's table, CSV, JSON, plot and pictures."""
     per_method = "".join(f", {METHODS[m].label} also `{shlex.join(o)}`" for m, o in sorted((own or {}).items()))
     units = {r.get("distance_units") for v in results.values() for r in v.values()} - {None}
     distances = (f" HD95 and ASD: per-volume means, in {' / '.join(sorted(units))}, by `python -m cycleseg.evaluate` "
                  f"on the same checkpoint (<cell>/eval-final)." if units else "")
-    header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps} steps, options "
+    header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps_text(results)}, options "
               f"`{' '.join(extra) or '(defaults)'}`{per_method}; the last checkpoint of every run, scored by its "
               f"final validation.{distances}")
     files = {"results.md": report.grid_markdown(rows, header).encode(), "results.csv": report.grid_csv(rows).encode(),

@@ -5,12 +5,14 @@
                    with the step and the term, and no checkpoint of a diverged model is ever written
     StopSignals    Ctrl-C (SIGINT) and SIGTERM (a cluster scheduler's notice) ask the loop to stop after
                    the current step (under torchrun: at the next log step, on every process); the loop
-                   then saves last.pt and says how to resume
+                   then saves last.pt and says how to resume; a second Ctrl-C (a second or more after the
+                   first: not the same one passed on again) stops at once
 """
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -68,11 +70,19 @@ class StopSignals:
 
     received: int | None = None     # the last signal any of them took (a child, a compiler, saw it too)
 
+    SAME_STOP_S = 1.0     # signals this close to the first are that stop delivered again, not a second Ctrl-C
+
     def __init__(self, signals=STOP_SIGNALS):
-        self.signals, self.signum, self._old = signals, None, {}
+        self.signals, self.signum, self._old, self._first = signals, None, {}, 0.0
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:     # a second Ctrl-C: stop at once
+        """The first stop signal asks for a stop after the step; a Ctrl-C a second or more after it stops at
+        once. One Ctrl-C can arrive several times within milliseconds (GNU `timeout` passes it to its process
+        group again, a grid forwards it as SIGTERM): those copies are the same stop."""
+        now = time.monotonic()
+        if self.signum is None:
+            self._first = now
+        elif signum == signal.SIGINT and now - self._first >= self.SAME_STOP_S:    # a second Ctrl-C
             raise KeyboardInterrupt
         self.signum = StopSignals.received = signum
 

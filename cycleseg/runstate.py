@@ -80,6 +80,22 @@ def check_run_state(s: dict, path) -> Plan:
         bad(str(e))
 
 
+def check_stream_position(s: dict, name: str, order, path) -> None:
+    """CheckpointError unless stream `name`'s saved (pass, position) lies where `s["step"]` steps could have
+    left it: the position within one pass of the stream's images, and at most batch x step passes (each step
+    reads one batch a process; a pass has at least one image a process). An edited position far beyond
+    the stream read nothing and resumed in silence."""
+    g = (s["ranks"][0]["streams"] or {}).get(name)
+    if g is None:
+        raise CheckpointError(f"{path}: holds no position of the {name} stream; train again into another --out")
+    images, most = len(order.indices), order.batch_size * max(int(s["step"]), 0) + 1
+    if g["pos"] > images or g["pass"] > most:
+        what = (f"position {g['pos']} in a pass of {images} images" if g["pos"] > images else
+                f"pass {g['pass']} after {s['step']} steps of {order.batch_size} images (at most {most})")
+        raise CheckpointError(f"{path}: cannot be resumed: the {name} stream's saved {what}: the file was edited "
+                              f"or is not this run's; train again into another --out")
+
+
 def _whole(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -98,6 +114,8 @@ def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World
         if have is not None and have != want:
             raise CheckpointError(f"{path}: trained on data with {have} {what.replace('_', ' ')}, but "
                                   f"{meta.path} has {want}")
+    for k, loader in streams.loaders.items():
+        check_stream_position(s, k, loader.order, path)
     mine = s["ranks"][world.rank] if world.rank < len(s["ranks"]) else None
     try:
         for k, net in nets.items():

@@ -278,6 +278,10 @@ RUN_STATE_EDITS = {
     "plan flags a string": (lambda s: s["plan"].__setitem__("fused_ops", "yes"), "plan's fused_ops must be true"),
     "a stream at pass -1": (lambda s: next(iter(s["ranks"][0]["streams"].values())).__setitem__("pass", -1),
                             "must have a pass and a position"),
+    "a stream position far beyond its pass": (lambda s: next(iter(s["ranks"][0]["streams"].values())).__setitem__(
+        "pos", 10 ** 15), "saved position 1000000000000000 in a pass of"),
+    "a stream pass no run of its steps reaches": (lambda s: next(iter(s["ranks"][0]["streams"].values())).__setitem__(
+        "pass", 10 ** 15), "saved pass 1000000000000000 after"),
     "best_miou a string": (_set("best_miou", "0.5"), "'best_miou' must be a number"),
     "best_miou None": (_set("best_miou", None), "'best_miou' must be a number"),
     "best_miou NaN": (_set("best_miou", float("nan")), "'best_miou' must be a number"),

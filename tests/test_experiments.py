@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from cycleseg.experiments import Cell, grid_cells, main, summarize
 
@@ -159,6 +160,45 @@ def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, sign
     assert len(list((tmp_path / "g").glob("*/last.pt"))) >= jobs       # each running cell stopped with a checkpoint
 
 
+
+def test_one_ctrl_c_delivered_twice_is_one_stop_with_a_checkpoint(tmp_path):
+    """A terminal's Ctrl-C reaches the grid's whole process group, and GNU `timeout` (without --foreground)
+    passes it to that group once more: the cell got SIGINT twice within milliseconds, took the second for a
+    second Ctrl-C and stopped at once, without its checkpoint. The same stop delivered twice is one stop: the
+    cell saves after its step; a Ctrl-C a second or more later still stops a run at once."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from conftest import TINY
+    from procs import Proc
+
+    from cycleseg.faults import StopSignals
+
+    grid = Proc([sys.executable, "-m", "cycleseg.experiments", "--grid", "comparison", "--fractions", "0.5",
+                 "--methods", "partial", "--seeds", "0", "--out", tmp_path / "g", "--", *TINY[:-4],
+                 "--steps", "400", "--log-every", "1"])
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "g").glob("*/metrics.jsonl")):
+        time.sleep(0.2)
+    os.killpg(grid.p.pid, signal.SIGINT)                        # the terminal's Ctrl-C, to the group
+    time.sleep(0.1)                                             # (one pending SIGINT would absorb the next)
+    os.killpg(grid.p.pid, signal.SIGINT)                        # timeout's copy of it, to the group again
+    assert grid.wait(120) == 130, grid.stderr
+    assert "error: interrupted by SIGINT: the run in" in grid.stderr and "Traceback" not in grid.stderr, grid.stderr
+    saved = list((tmp_path / "g").glob("*/last.pt"))
+    assert len(saved) == 1, grid.stderr                         # the cell stopped after its step, with a checkpoint
+    assert 0 < torch.load(saved[0], weights_only=True)["step"] < 400
+
+    with StopSignals() as stop:                                 # as train holds them: copies vs a second press
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        stop._first -= StopSignals.SAME_STOP_S
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
 def test_fractions_are_named_to_their_precision_and_never_share_a_folder():
     from cycleseg.experiments import grid_cells
     from cycleseg.report import percent
@@ -205,6 +245,21 @@ def test_method_options_reach_only_their_methods_cells(tmp_path, capsys):
                      "--method-options", "partial", word, "--out", str(out)] + TINY) == 2
         assert match in capsys.readouterr().err and not out.exists()
 
+
+
+def test_the_header_names_every_budget_when_one_method_trains_longer(tmp_path, capsys):
+    """--method-options giving one method --steps of its own: the table's header reads the runs' budgets from
+    their final records (it named the last cell's count for every run)."""
+    from cycleseg.experiments import steps_text
+
+    out = tmp_path / "g"
+    assert main(["--grid", "comparison", "--fractions", "0.5", "--methods", "partial", "semi", "--seeds", "0",
+                 "--method-options", "partial", "--steps 4 --eval-every 4", "--out", str(out)] + TINY) == 0
+    header = (out / "results.md").read_text().splitlines()[0]
+    assert "2 steps (Partial 4)," in header, header
+    res = json.loads((out / "results.json").read_text())
+    assert res["partial-50pct"]["0"]["step"] == 4 and res["semi-50pct"]["0"]["step"] == 2
+    assert steps_text({Cell("semi", 0.1): {0: {"step": 7}, 1: {"step": 7}}}) == "7 steps"
 
 def test_a_grid_on_volumes_reports_hd95_and_asd_of_the_last_checkpoints(tmp_path, monkeypatch, make_acdc):
     """On data with volumes (ACDC) each cell's last checkpoint is also scored by `python -m cycleseg.evaluate`
