@@ -106,6 +106,10 @@ def train(cfg: Config, until: int | None = None, given=None) -> dict:
     try:
         with StopSignals() as stop:                                 # from the start: a signal during set-up too
             return loop(prepare(cfg, world, device, folder, given), until, stop)
+    except Exception as e:
+        if world.size > 1:      # torchrun stops the other processes as soon as one ends: this one's cause first
+            say(f"error on process {world.rank} of {world.size}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+        raise
     finally:
         folder.close()
         teardown(world)
