@@ -126,6 +126,8 @@ def check_run(state: dict, path) -> None:
         for side in (data.get("height"), data.get("width")):
             if side is not None:
                 check_image_side(side, resolved.mode, f"its data's image size {side}", resolved.generator)
+    except CheckpointError:
+        raise
     except (UsageError, TypeError, ValueError) as e:
         _fail(path, f"its config is not valid ({e})")
 

@@ -89,7 +89,7 @@ class Config:
     dropout: float = option(0.0, "the paper used none; the 2019 code used 0.5", check="below_one", resume=NETWORKS)
     # optimisation
     steps: int | None = option(None, "training steps (one G update and, in semi, one D update each)",
-                               check="at_least_one", resume=CHANGEABLE)
+                               check="steps", resume=CHANGEABLE)
     batch_size: int | None = option(None, "labeled images per step, and as many unlabeled",
                                     check="batch", resume=DATA)
     image_size: int | None = option(None, "size of the built-in dataset and of ACDC read from its folder",
@@ -139,13 +139,13 @@ class Config:
     resume: bool = option(False, "continue the run in --out from its last.pt, exactly where it stopped",
                           resume=RUNTIME)
     stop_after: int | None = option(None, "stop after this step as if interrupted (last.pt saved; --resume "
-                                    "continues): runs in pieces", check="at_least_one", resume=RUNTIME)
+                                    "continues): runs in pieces", check="steps", resume=RUNTIME)
     log_every: int = option(10, "steps between training records in metrics.jsonl (each is a host sync)",
-                            check="at_least_one", resume=CHANGEABLE)
+                            check="steps", resume=CHANGEABLE)
     eval_every: int | None = option(None, "steps between validations (metrics, a picture, best.pt)",
-                                    check="at_least_one", resume=CHANGEABLE)
+                                    check="steps", resume=CHANGEABLE)
     ckpt_every: int | None = option(None, "steps between last.pt checkpoints",
-                                    check="at_least_one", resume=CHANGEABLE)
+                                    check="steps", resume=CHANGEABLE)
     progress: bool = option(True, "a progress bar with losses, steps/s and ETA", resume=RUNTIME)
     tensorboard: bool = option(False, "also write the records and sample pictures as TensorBoard events in "
                                "<out>/tensorboard/ (pip install tensorboard)", resume=RUNTIME)

@@ -1,7 +1,7 @@
 """What an option of a run is, said once, beside it: `option(default, help, check=..., resume=...)` makes a
 dataclass field whose metadata the command line (help, choices), the checks and a resumed run read.
 
-    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "at_least_one" | "crop_scale" |
+    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "steps" | "crop_scale" |
              "width" | "blocks" | "batch" | "image_std" | "pool" | "prefetch" | "weight" | "rate" (bounded: a typo
              would ask for terabytes or overflow) | None
     resume   why a resumed run keeps the value (the default: "the method and its objective"), or
@@ -26,7 +26,7 @@ CHECKS = {
     "below_one": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "non_negative": (lambda v: v >= 0, ">= 0"),
     "positive": (lambda v: v > 0, "> 0"),
-    "at_least_one": (lambda v: v >= 1, ">= 1"),
+    "steps": (lambda v: 1 <= v <= 10 ** 9, "in 1..10^9 (a count of steps)"),
     "crop_scale": (lambda v: 1 <= v <= 16, "in [1, 16] (a crop of at least 1/16 of each side; beyond, under a pixel)"),
     "width": (lambda v: 1 <= v <= 1024, "in 1..1024 (channels; the paper's are 64)"),
     "blocks": (lambda v: 1 <= v <= 64, "in 1..64 (the paper's are 9)"),

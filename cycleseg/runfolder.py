@@ -141,14 +141,32 @@ class RunFolder:
             raise UsageError(f"{self.path} holds a run ({', '.join(held)}) but no last.pt to resume from; "
                              f"nothing was changed. Train into another --out")
         if held and cfg.resume and not self.last.exists():         # killed before its first checkpoint
+            cfg, how = self.restart_config(cfg, given)
             self.note(f"--resume: {self.path} holds a run stopped before its first checkpoint; starting it again "
-                      f"from step 0 (its records are rewritten)")
+                      f"from step 0 {how} (its records are rewritten)")
         elif held:
             raise UsageError(f"{self.path} already holds a run ({', '.join(held)}); pass --resume to continue "
                              f"it, or --out to start another")
         elif cfg.resume:
             self.note(f"--resume: no run in {self.path} yet, starting a new one")
         return cfg, None
+
+    def restart_config(self, cfg: Config, given=()) -> tuple[Config, str]:
+        """The config of a run restarted from step 0 (killed before its first checkpoint): the options its
+        config.json records, with this command line's runtime fields and the options given explicitly (nothing
+        was trained: any may change), and how it was made, for the note."""
+        try:
+            recorded = json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            return cfg, "with the options given (its config.json is missing or unreadable)"
+        old, new = flat(from_flat(recorded)), flat(cfg)
+        keep = {n for n, (_, f) in flat_fields().items() if f.metadata.get("resume") != RUNTIME} - set(given)
+        merged = from_flat({**new, **{n: old[n] for n in keep}})
+        changed = [f"{n} {new[n]!r} (was {old[n]!r})" for n in sorted(given) if n in old and new.get(n) != old[n]
+                   and flat_fields()[n][1].metadata.get("resume") != RUNTIME]
+        return merged, ("with the options its config.json records" + (f", changed: {', '.join(changed)}" if changed else ""))
 
     def check_identity(self, saved: dict) -> None:
         """CheckpointError when last.pt is not the run this folder's config.json records (a last.pt copied in

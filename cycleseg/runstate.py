@@ -3,6 +3,7 @@
     step, best_miou, config, plan, data        the run (clock: its wall and evaluation time so far, train.py)
     nets, optimizers, schedulers               the same on every process
     world_size, ranks                          per process: history pools, stream positions, RNG states
+    digest                                     of all of it but large tensors' values (train.py; `digest`)
 
 Stream positions are stored as positions in the whole stream (a process of W has read 1/W of it), so a
 checkpoint resumes on any number of processes (where the new count does not divide a stream's position,
@@ -12,6 +13,7 @@ states go to the process of the same rank
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 
@@ -137,4 +139,67 @@ def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(f"{path}: does not match this run's networks, optimizers or processes "
                               f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
+    check_optimizers(step, s["step"], path)
+    if "digest" in s and s["digest"] != digest(s):                  # checked last: the reasons above say more
+        raise CheckpointError(f"{path}: cannot be resumed: its run state is not what the run wrote (the digest it "
+                              f"was saved with differs: a value was edited by hand); train again into another --out")
     return s["step"], float(s["best_miou"])
+
+
+def digest(s: dict) -> str:
+    """SHA-256 of a checkpoint's run state, everything but the values of tensors of more than 16 elements
+    (weights and optimizer moments: checked for NaN and shape elsewhere; hashing them would cost a second per
+    save): its step, config, positions, schedules, optimizer settings and counts, plan and clock. Saved in
+    the checkpoint ("digest"), checked on resume, so an edit that leaves every value possible (a stream
+    position, a plan flag) is not resumed as if the run had written it."""
+    h = hashlib.sha256()
+
+    def walk(v):
+        if isinstance(v, dict):
+            h.update(b"{")
+            for k in sorted(v, key=repr):
+                if k != "digest" or v is not s:
+                    h.update(repr(k).encode() + b":")
+                    walk(v[k])
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[" if isinstance(v, list) else b"(")
+            for x in v:
+                walk(x)
+            h.update(b"]")
+        elif isinstance(v, torch.Tensor):
+            h.update(f"T{v.dtype}{tuple(v.shape)}".encode())
+            if v.numel() <= 16:
+                h.update(repr(v.detach().cpu().tolist()).encode())
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+    walk(s)
+    return h.hexdigest()
+
+
+HYPERPARAMETERS = ("betas", "eps", "weight_decay", "momentum", "dampening", "nesterov", "amsgrad", "maximize")
+
+
+def check_optimizers(step, n: int, path) -> None:
+    """CheckpointError unless the restored optimizers and schedules are those of this run at step `n`: each
+    hyperparameter as the run's config builds it (the learning rates are re-derived from the config after
+    this), every schedule at step n, optimizer states present after a step, no per-parameter count beyond n.
+    An edited step, betas or emptied state resumed in silence, training on from a state the run never had."""
+    def bad(what: str):
+        raise CheckpointError(f"{path}: cannot be resumed: {what}: the file was edited or is not this run's; "
+                              f"train again into another --out")
+
+    for name, sched in step.schedulers.items():
+        if sched.last_epoch != n:
+            bad(f"schedule {name} is at step {sched.last_epoch}, the checkpoint's step is {n}")
+    for name, opt in step.optimizers.items():
+        for group in opt.param_groups:
+            for key in HYPERPARAMETERS:
+                if key in opt.defaults and key in group and group[key] != opt.defaults[key]:
+                    bad(f"optimizer {name}'s {key} is {group[key]!r}, the run's config gives {opt.defaults[key]!r}")
+        keeps_state = "betas" in opt.defaults or opt.defaults.get("momentum", 0)   # G_IS learns at every step
+        if name == "G" and n > 0 and keeps_state and not opt.state:
+            bad(f"optimizer {name} holds no state after {n} steps")
+        counts = [float(v["step"]) for v in opt.state.values() if isinstance(v, dict) and "step" in v]
+        if counts and max(counts) > n:
+            bad(f"optimizer {name} counts {max(counts):g} steps, the checkpoint's step is {n}")

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from . import figures, ops
 from .assemble import build, networks_of, optim_of
 from .checkpoint import CheckpointError
-from .config import Config, check_image_side, flat, foreign_options, from_flat, given_fields, parse_args
+from .config import Config, check_image_side, flat, foreign_options, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
 from .data.streams import Streams, make_streams
@@ -40,8 +40,8 @@ from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from .models import count_parameters
 from .runfolder import RunFolder
-from .runstate import check_run_state, load_state_dict, state_dict
-from .usage import UsageError, fail, grid_cell, run_command, say
+from .runstate import check_run_state, digest, load_state_dict, state_dict
+from .usage import UsageError, fail, grid_cell, run_command, say, tell
 
 
 @dataclass
@@ -65,6 +65,7 @@ class Run:
                            self.device)
         if state is not None:                                       # a resume's records go on from these times
             state["clock"] = {"time": time.time() - self.clock["t0"], "evaluating": self.clock["evaluating"]}
+            state["digest"] = digest(state)                         # an edit by hand is refused on resume
         self.folder.save(state, is_best)
 
 
@@ -134,9 +135,8 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     run = Run(cfg, world, device, folder, data, plan, nets, step, streams)
     if saved is not None:
         run.n, run.best = load_state_dict(saved, nets, step, streams, data, folder.last, world, device)
-        run.clock = resumed_clock(saved.get("clock"))
-        if optim_of(cfg) != optim_of(from_flat(saved["config"])):
-            step.reschedule(optim_of(cfg))                          # --steps / --lr changed on resume
+        run.clock = resumed_clock(saved.get("clock"), folder.note)
+        step.reschedule(optim_of(cfg))          # the rates and decay from the config (--steps / --lr changed on resume)
     folder.resumed()
     folder.start(cfg, run.n)
     if cfg.tensorboard:
@@ -178,7 +178,7 @@ def evaluation(run: Run, guard: FiniteGuard, bar, clock: dict) -> dict:
                                                       run.data.val.meta))
         run.folder.curves(final=run.n >= run.cfg.steps)
         vol = f"  volume Dice {result['volume_mdice']:.4f}" if "volume_mdice" in result else ""
-        bar.write(f"step {run.n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}")
+        tell(f"step {run.n}: val mIoU {result['miou']:.4f}  mDice {result['mdice']:.4f}{vol}", bar.write)
     if result["miou"] > run.best:
         run.best = result["miou"]
         guard.check(run.folder.last)
@@ -187,15 +187,19 @@ def evaluation(run: Run, guard: FiniteGuard, bar, clock: dict) -> dict:
     return result
 
 
-def resumed_clock(saved) -> dict:
+def resumed_clock(saved, note=None) -> dict:
     """The run's clock going on from a checkpoint's times (its records' `time` and `train_time` count every
-    session, not this one alone); from now for a checkpoint without them (an older one) or with others."""
+    session, not this one alone); from now for a checkpoint without them (an older one) or with others,
+    which `note` is told of."""
     try:
         spent, evaluating = float(saved["time"]), float(saved["evaluating"])
         if not (math.isfinite(spent) and 0 <= evaluating <= spent <= 1e9):     # 30 years: an edited value
             raise ValueError
     except (TypeError, KeyError, ValueError):
         spent = evaluating = 0.0
+        if saved is not None and note is not None:
+            note(f"note: the checkpoint's clock {str(saved)[:80]} is not a run's times; the records' times count "
+                 f"from this session's start")
     return {"t0": time.time() - spent, "evaluating": evaluating}
 
 
@@ -305,7 +309,7 @@ def main(argv=None) -> int:
     except (DataError, CheckpointError, NonFiniteLoss, UsageError, OSError) as e:
         return fail(e)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"miou": result.get("miou"), "mdice": result.get("mdice"), "out": cfg.out}))
+        tell(json.dumps({"miou": result.get("miou"), "mdice": result.get("mdice"), "out": cfg.out}))
     return 0
 
 

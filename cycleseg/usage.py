@@ -83,6 +83,26 @@ def say(text: str) -> None:
         pass
 
 
+def drop_stdout() -> None:
+    """Standard output to /dev/null from now on (its reader left): later writes and the final flush succeed."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):                   # a stdout without a descriptor
+        pass
+
+
+def tell(text: str, write=None) -> None:
+    """A line on standard output (`write`: the progress bar's writer), written through: a reader that left
+    (`train ... | head -1`, a closed terminal) does not stop a training between its checkpoints; the
+    output goes to /dev/null from then on, and stderr says so once."""
+    try:
+        (write or print)(text)
+        sys.stdout.flush()
+    except OSError:                                                 # BrokenPipeError, EIO
+        drop_stdout()
+        say("note: the standard output was closed (its reader left); the command goes on without it")
+
+
 GRID_CELL = "CYCLESEG_GRID_CELL"                                    # set to "1" in a grid's cells (gridprocs)
 
 
@@ -202,10 +222,7 @@ def run_command(main) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:
-        try:                                                        # the interpreter's final flush too
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):               # a stdout without a descriptor
-            pass
+        drop_stdout()                                               # the interpreter's final flush too
         return 141
     except (KeyboardInterrupt, Stopped) as e:
         if isinstance(e, Stopped) and e.written:

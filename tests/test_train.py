@@ -98,6 +98,30 @@ def test_a_resume_notes_a_damaged_config_json_it_writes_again(tiny_argv, tmp_pat
     assert json.loads((tmp_path / "r" / "config.json").read_text())["steps"] == 4
 
 
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_options(tiny_argv, tmp_path, capsys):
+    """`--resume --out RUN` on a run killed before its first checkpoint (config.json and records, no last.pt)
+    starts it again from step 0 with the options config.json records, not the defaults (which trained
+    other data at other sizes and wrote them over its config.json); options given explicitly change it."""
+    import json
+
+    run = tmp_path / "k"
+    assert main(tiny_argv("k", "--mode", "partial", "--labeled-fraction", "0.5", "--steps", "6",
+                          "--eval-every", "6", "--lr", "3e-4")) == 0
+    for f in ("last.pt", "best.pt"):                            # as if killed before step 6's checkpoint
+        (run / f).unlink()
+    recorded = json.loads((run / "config.json").read_text())
+    capsys.readouterr()
+    assert main(["--resume", "--out", str(run), "--stop-after", "2", "--batch-size", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "starting it again from step 0 with the options its config.json records" in err, err
+    assert "batch_size 1 (was 2)" in err, err
+    saved = torch.load(run / "last.pt", weights_only=True)["config"]
+    now = json.loads((run / "config.json").read_text())
+    for name in ("mode", "labeled_fraction", "steps", "lr", "image_size", "ngf", "data"):
+        assert saved[name] == now[name] == recorded[name], name
+    assert saved["batch_size"] == 1 and saved["steps"] == 6
+
 def test_checkpoint_holds_every_state(tmp_path, tiny):
     train(tiny("c", "--steps", "3", "--eval-every", "3"))
     ck = torch.load(tmp_path / "c" / "last.pt", weights_only=True)              # tensors, numbers, containers
@@ -205,3 +229,41 @@ def test_method_options_nest_in_the_config_and_checkpoints_stay_flat():
         from_flat(dict(device="cpu", mt_ema=2.0)).resolved()
     with pytest.raises(ValueError, match="--fm-loss must be one of dice, ce"):
         from_flat(dict(device="cpu", fm_loss="l2")).resolved()
+
+
+def test_an_edited_clock_is_noted_and_the_times_count_from_now():
+    """A checkpoint's clock that is no run's times ({}, NaN, negative, 10**12 s) is not used, and the resume says
+    so (the records' times silently restarted from 0); a checkpoint without one (an older cycleseg) is quiet."""
+    import time
+
+    from cycleseg.train import resumed_clock
+
+    for bad in ({}, {"time": float("nan"), "evaluating": 0.0}, {"time": -5.0, "evaluating": 0.0},
+                {"time": 1e12, "evaluating": 0.0}):
+        notes = []
+        clock = resumed_clock(bad, notes.append)
+        assert len(notes) == 1 and "is not a run's times" in notes[0] and abs(clock["t0"] - time.time()) < 5, bad
+    notes = []
+    assert resumed_clock(None, notes.append)["evaluating"] == 0.0 and notes == []
+    clock = resumed_clock({"time": 100.0, "evaluating": 10.0}, notes.append)
+    assert notes == [] and 99 < time.time() - clock["t0"] < 105 and clock["evaluating"] == 10.0
+
+
+def test_a_reader_that_leaves_the_output_does_not_stop_training(tmp_path):
+    """`train ... | head -1`: the reader leaves after the first validation line; the run goes on to its last
+    checkpoint (it ended with a BrokenPipeError at the next line, exit 141, no last.pt, a folder resume
+    refused), with one note on stderr."""
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    cmd = [sys.executable, "-m", "cycleseg.train", *TINY, "--steps", "6", "--eval-every", "2", "--out", str(tmp_path / "r")]
+    train = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = train.stdout.readline()
+    train.stdout.close()                                        # what head -1 does
+    err = train.stderr.read().decode()
+    assert train.wait(300) == 0, err
+    assert first.startswith(b"step 2: val mIoU"), first
+    assert err.count("note: the standard output was closed") == 1, err
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 6
