@@ -9,14 +9,18 @@
 #   mkdir -p .gpudata/acdc128 && cp ~/.cache/cycleseg/acdc-v4-*-128x128/{train,val}.h5 .gpudata/acdc128/
 #   device run: bash benchmarks/gpu_grid.sh   (carry .gpudata; LIMIT seconds for the grid, JOBS at a time)
 #
+# The run of 2026-12-04 (benchmarks/experiments/acdc-unet-128-gpu/) gave no --batch-size, and on a GPU the
+# preset resolves to `paper`: batch 5 + 5, not the authors' 8 + 8. This script now pins --batch-size 8 (the
+# authors' budget; what the CPU runs of the command had) and writes to acdc-unet-128-b8-gpu.
+#
 # Every run's small files (config, metrics, curves, eval-final) and the grid's results are packed into
 # $OUT/grid.tgz every 20 s and at the end (checkpoints stay behind: too large to come back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 final=${OUT:-/tmp/cycleseg-gpu-out}
-grid=/tmp/acdc-unet-128-gpu
+grid=/tmp/acdc-unet-128-b8-gpu
 mkdir -p "$final"
-pack() { tar czf "$final/grid.tgz.part" --exclude='*.pt' --exclude='samples' -C /tmp acdc-unet-128-gpu 2>/dev/null &&
+pack() { tar czf "$final/grid.tgz.part" --exclude='*.pt' --exclude='samples' -C /tmp acdc-unet-128-b8-gpu 2>/dev/null &&
          mv "$final/grid.tgz.part" "$final/grid.tgz"; true; }
 unset TRITON_INTERPRET
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
@@ -40,7 +44,7 @@ echo "MPS $mps" | tee -a "$final/gpu.txt"
 start=$SECONDS
 timeout -s TERM "${LIMIT:-540}" python -m cycleseg.experiments --grid comparison --data "$PWD/.gpudata/acdc128" \
     --fractions 0.1 0.2 --methods partial meanteacher fixmatch semi --seeds 0 1 2 --out "$grid" --jobs "${JOBS:-12}" \
-    --method-options fixmatch "--lr 0.0025" -- --image-size 128 --steps 2000 --eval-every 200 \
+    --method-options fixmatch "--lr 0.0025" -- --image-size 128 --batch-size 8 --steps 2000 --eval-every 200 \
     --generator unet --optimizer sgd --augment ssl4mis --dice 1 --lr 0.005 --mt-consistency 0.2 \
     --fm-weight 2 --lambda4 0.1 --compile off 2>&1 | tee "$final/grid.log" | grep -v '^\[.*-seed[0-9]*\] \(step\|  \|{\|fast path\|note\)'
 echo "== grid: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s (MPS $mps)" | tee -a "$final/grid.log"

@@ -578,6 +578,22 @@ def steps_text(results) -> str:
     return f"{main} steps ({others})"
 
 
+def resolved_text(out: Path, results) -> str:
+    """What the runs' presets resolved to (their config.json), for the header: the same command gives a GPU
+    the paper's preset (batch 5, G_SI and discriminators at the paper's size) and a CPU the cpu preset (batch
+    8, smaller networks), which the options alone do not show."""
+    seen = set()
+    for cell, recs in results.items():
+        for seed in recs:
+            try:
+                c = json.loads((out / f"{cell.name}-seed{seed}" / "config.json").read_text())
+                seen.add((str(c["preset"]), int(c["batch_size"]), str(c["device"])))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return " Runs resolved to " + "; ".join(f"preset {p}, batch {b} (+ {b} unlabeled where a method reads them) on "
+                                            f"{d}" for p, b, d in sorted(seen)) + "." if seen else ""
+
+
 def report_files(a, out: Path, cells, seeds, results, rows, extra, own=None) -> dict:
     """{name: bytes} of the grid's table, CSV, JSON, plot and pictures."""
     per_method = "".join(f", {METHODS[m].label} also `{shlex.join(o)}`" for m, o in sorted((own or {}).items()))
@@ -586,7 +602,7 @@ def report_files(a, out: Path, cells, seeds, results, rows, extra, own=None) -> 
                  f"on the same checkpoint (<cell>/eval-final)." if units else "")
     header = (f"Grid `{a.grid}` on {a.data or 'the built-in dataset'}, seeds {seeds}, {steps_text(results)}, options "
               f"`{' '.join(extra) or '(defaults)'}`{per_method}; the last checkpoint of every run, scored by its "
-              f"final validation.{distances}")
+              f"final validation.{resolved_text(out, results)}{distances}")
     files = {"results.md": report.grid_markdown(rows, header).encode(), "results.csv": report.grid_csv(rows).encode(),
              "seeds.csv": report.seeds_csv(results).encode(),
              "results.json": json.dumps({c.name: {str(s): r for s, r in v.items()} for c, v in results.items()},

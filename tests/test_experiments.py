@@ -257,6 +257,7 @@ def test_the_header_names_every_budget_when_one_method_trains_longer(tmp_path, c
                  "--method-options", "partial", "--steps 4 --eval-every 4", "--out", str(out)] + TINY) == 0
     header = (out / "results.md").read_text().splitlines()[0]
     assert "2 steps (Partial 4)," in header, header
+    assert "Runs resolved to preset cpu, batch 2 (+ 2 unlabeled where a method reads them) on cpu." in header, header
     res = json.loads((out / "results.json").read_text())
     assert res["partial-50pct"]["0"]["step"] == 4 and res["semi-50pct"]["0"]["step"] == 2
     assert steps_text({Cell("semi", 0.1): {0: {"step": 7}, 1: {"step": 7}}}) == "7 steps"
