@@ -162,10 +162,9 @@ class RunFolder:
         if not isinstance(recorded, dict):
             return cfg, "with the options given (its config.json is missing or unreadable)"
         old, new = flat(from_flat(recorded)), flat(cfg)
-        keep = {n for n, (_, f) in flat_fields().items() if f.metadata.get("resume") != RUNTIME} - set(given)
-        merged = from_flat({**new, **{n: old[n] for n in keep}})
-        changed = [f"{n} {new[n]!r} (was {old[n]!r})" for n in sorted(given) if n in old and new.get(n) != old[n]
-                   and flat_fields()[n][1].metadata.get("resume") != RUNTIME]
+        run_options = {n for n, (_, f) in flat_fields().items() if f.metadata.get("resume") != RUNTIME}
+        merged = from_flat({**new, **{n: old[n] for n in run_options - set(given)}})
+        changed = [f"{n} {new[n]!r} (was {old[n]!r})" for n in sorted(run_options & set(given)) if new[n] != old[n]]
         return merged, ("with the options its config.json records" + (f", changed: {', '.join(changed)}" if changed else ""))
 
     def check_identity(self, saved: dict) -> None:

@@ -87,7 +87,7 @@ def check_stream_position(s: dict, name: str, order, path) -> None:
     left it: the position within one pass of the stream's images, and at most batch x step passes (each step
     reads one batch a process; a pass has at least one image a process). An edited position far beyond
     the stream read nothing and resumed in silence."""
-    g = (s["ranks"][0]["streams"] or {}).get(name)
+    g = s["ranks"][0]["streams"].get(name)                        # a dict: check_run_state
     if g is None:
         raise CheckpointError(f"{path}: holds no position of the {name} stream; train again into another --out")
     images, most = len(order.indices), order.batch_size * max(int(s["step"]), 0) + 1
