@@ -34,7 +34,9 @@
 # validation, medpy HD95 on the CPU; UniMatch's own every 200 on the GPU), ANCHOR_SSL_WORKERS (2 loader workers
 # per SSL4MIS run; UniMatch keeps its own 1 per loader), ANCHOR_DEADLINE (410: seconds after the start by which
 # every run is trained and scored; each training gets what is left less ANCHOR_SCORE_LIMIT (60) and is stopped
-# there, reported unfinished), ANCHOR_DEVICE (cuda; cpu for the dry run), ANCHOR_INSTALL (1: pip install -e .).
+# there, reported unfinished), ANCHOR_DEVICE (cuda; cpu for the dry run), ANCHOR_INSTALL (1: pip install -e .),
+# ANCHOR_SLICES (ssl4mis; cycleseg: their training slices replaced by cycleseg's 128x128 preparation,
+# anchors/cycleseg_slices.py, checked against ANCHOR_SLICES_CHECK = a cycleseg train.h5 if given).
 # Comes back: $OUT/anchors.json (settings, per run: status, wall times, both scorings, the in-run validation
 # curve; per method mean +- sample std over the finished seeds) and $OUT/anchors.tgz (every run's log and JSON,
 # the GPU line, the install log), packed every 30 s and at the end.
@@ -82,6 +84,11 @@ python -c "import torch, numpy, scipy; print('torch', torch.__version__, 'numpy'
 cp -r "$A/SSL4MIS" "$A/UniMatch" "$A/medpy" "$A/score.py" "$A/acdc_pack.py" "$W/"
 python "$W/acdc_pack.py" unpack "$A/acdc.npz" "$W/ACDC" 2>&1 | tee -a "$R/setup.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "unpack failed"; pack; exit 1; }
+SLICES=${ANCHOR_SLICES:-ssl4mis}   # cycleseg: their training slices replaced by our converter's (the data swap)
+if [ "$SLICES" = cycleseg ]; then
+  python "$repo/benchmarks/anchors/cycleseg_slices.py" "$W/ACDC" $SIZE ${ANCHOR_SLICES_CHECK:+--check "$ANCHOR_SLICES_CHECK"} 2>&1 | tee -a "$R/setup.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "slice swap failed"; pack; exit 1; }
+fi
 UM=$W/UniMatch/more-scenarios/medical
 sed -e "s#^data_root:.*#data_root: $W/ACDC#" -e "s#^max_iters:.*#max_iters: $ITERS#" -e "s#^eval_every:.*#eval_every: $EVAL_EVERY#" \
     -e "s#^crop_size:.*#crop_size: $SIZE#" "$UM/configs/acdc.yaml" > "$UM/configs/acdc_anchor.yaml"
@@ -194,7 +201,8 @@ setup = (res / "setup.txt").read_text()
 doc = {"settings": {"iterations": $ITERS, "size": $SIZE, "labeled_patients": 7, "seeds": "$SEEDS".split(), "methods": "$METHODS".split(),
                     "mps": "$mps", "device": "$ANCHOR_DEVICE", "ssl4mis_val_every": $VAL_EVERY,
                     "unimatch_eval_every": $EVAL_EVERY, "consistency_start": $CSTART, "ssl_workers": $SSL_WORKERS,
-                    "deadline_s": $DEADLINE, "score_limit_s": $SCORE_LIMIT, "total_s": $SECONDS},
+                    "deadline_s": $DEADLINE, "score_limit_s": $SCORE_LIMIT, "total_s": $SECONDS,
+                    "training_slices": "$SLICES"},
        "setup": setup.splitlines(), "summary": summary,
        "runs": [{k: v for k, v in r.items() if k not in ("ssl4mis_scoring", "cycleseg_scoring")} |
                 {"ssl4mis": {k: r["ssl4mis_scoring"][k] for k in ("mean_dice", "dice", "mean_hd95", "hd95")} if "ssl4mis_scoring" in r else None,

@@ -45,7 +45,9 @@ class Plan:
         """The ops module the networks and objective call: cycleseg.ops (fused) or cycleseg.native."""
         return ops if self.fused_ops else native
 
-    def describe(self) -> str:
+    def describe(self, adam: bool = True) -> str:
+        """One line for the run's log; adam: whether the run has an Adam optimizer (its fused kernel is then
+        named; an SGD-only run has none)."""
         if not self.fused_ops:
             extras = [f"{self.autocast} autocast" if self.autocast else None,
                       "channels_last" if self.channels_last else None, "torch.compile" if self.compile else None]
@@ -54,7 +56,7 @@ class Plan:
                 return "eager baseline (--no-fast): PyTorch's own ops, fp32, NCHW"
             return "PyTorch's own ops with " + ", ".join(extras)
         parts = ["fused ops", "merged network calls" if self.merge_passes else None,
-                 "fused Adam" if self.fused_adam else None, f"{self.autocast} autocast" if self.autocast else None,
+                 "fused Adam" if self.fused_adam and adam else None, f"{self.autocast} autocast" if self.autocast else None,
                  "channels_last" if self.channels_last else None,
                  "torch.compile" if self.compile else "no torch.compile"]
         return "fast path: " + ", ".join(p for p in parts if p) + (f" ({self.why})" if self.why else "")

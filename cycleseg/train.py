@@ -145,7 +145,8 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images"
                 + (" (the unlabeled stream reads the labeled images, without their labels)" if reread else "") + ", "
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
-                f", run folder {folder.path}\n{plan.describe()}")
+                f", run folder {folder.path}\n"
+                + plan.describe(adam=any(isinstance(o, torch.optim.Adam) for o in step.optimizers.values())))
     if Path(data.train.path).resolve() == Path(data.val.path).resolve():
         folder.note(f"note: the val split is the training file {data.train.path}: validation scores images the run "
                     f"trains on (fit, not generalisation)")

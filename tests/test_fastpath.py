@@ -193,6 +193,19 @@ def test_plan_per_device_and_choice_of_compile():
     assert plan_for(dataclasses.replace(cfg, fast=False), "cpu") == Plan()
     assert "eager baseline" in Plan().describe()
     assert Plan.from_state(plan.state_dict()) == plan
+    assert "fused Adam" in plan.describe() and "fused Adam" not in plan.describe(adam=False)
+
+
+def test_the_log_names_fused_adam_only_where_a_run_has_adam(tiny, capsys):
+    """A Partial run under --optimizer sgd has no Adam: its fast-path line does not name one."""
+    from cycleseg.train import train
+
+    for name, flags, adam in [("sgd", ("--mode", "partial", "--optimizer", "sgd"), False),
+                              ("semi-sgd", ("--optimizer", "sgd"), True)]:      # G_IS's SGD, the discriminators' Adam
+        train(tiny(name, "--steps", "1", "--eval-every", "1", *flags))
+        said = capsys.readouterr()
+        line = next(l for l in (said.out + said.err).splitlines() if l.startswith("fast path:"))
+        assert ("fused Adam" in line) == adam, line
 
 
 @pytest.mark.parametrize("recipe", [(), ("--mode", "meanteacher", "--generator", "unet", "--optimizer", "sgd",
