@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,6 +44,11 @@ def load(path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"no checkpoint at {path}")
     if not path.is_file():                                         # a FIFO or a device would block or never end
         raise CheckpointError(f"{path}: not a regular file (a pipe, a device or a folder); name a checkpoint file")
+    damaged = damaged_entry(path)
+    if damaged:
+        raise CheckpointError(f"{path}: damaged: the bytes of its entry {damaged} do not match the checksum written with "
+                              f"them (a disk or copy error, or an edit); use another checkpoint (best.pt, a copy) or "
+                              f"train again")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -55,6 +61,17 @@ def load(path, map_location="cpu") -> dict:
     except Exception as e:
         raise CheckpointError(f"{path}: could not be read as a checkpoint: the file is corrupt, truncated or not a "
                               f"torch checkpoint ({torch_reason(e)})") from e
+
+
+def damaged_entry(path) -> str | None:
+    """The first entry of a checkpoint (a zip archive, as torch.save writes) whose bytes do not match their
+    CRC-32, or None. torch.load does not compare them: a flipped byte inside a tensor loads as another
+    weight without a word. A file that is not a readable zip is left to torch.load to report."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
+        return None
 
 
 def torch_reason(e: Exception) -> str:

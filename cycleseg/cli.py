@@ -14,13 +14,13 @@ from .config import check_device
 from .data.h5format import DataError
 from .fastpath import PRECISIONS
 from .fileio import NAME_MAX
-from .usage import Parser, UsageError, fail, path_arg
+from .usage import Parser, UsageError, fail, path_arg, plain_int
 
 
 def batch_size(text: str) -> int:
     """--batch-size of evaluate and predict: 1..4096, train's bound (a typo's 10^8 would end out of memory)."""
     try:
-        v = int(text)
+        v = plain_int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number in 1..4096, got {text!r}") from None
     if not 1 <= v <= 4096:

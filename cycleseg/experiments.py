@@ -50,9 +50,9 @@ from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
 from .data.splits import open_splits, split_path
-from .data.subset import labeled_subset
+from .data.streams import check_batch, labeled_indices
 from .evaluate import batches, main as evaluate_main
-from .fileio import write_files
+from .fileio import loads, write_files
 from .gridprocs import Children, GridInterrupted, run_tasks
 from .methods import METHODS
 from .metrics import image_dice
@@ -118,6 +118,7 @@ def grid_cells(grid: str, fractions, extra=(), methods=PAPER_ARMS) -> list[Cell]
 COMPARED = tuple(mode for mode, method in METHODS.items() if not method.all_labels)   # the comparison's choices
 # Options a cell sets itself: after `--` they would make every cell the same run.
 CELL_OWNED = ("mode", "labeled_fraction", "seed", "out", "data", "resume", "stop_after")
+MAX_JOBS = 256                          # --jobs: cells at a time, each a training process with its memory
 
 
 def check_extra(extra, where: str = "after --") -> None:
@@ -182,7 +183,7 @@ def check_cell_folder(cfg, folder: Path) -> bool:
                                   f"rerun the grid to train the cell again from its start") from e
     elif started.exists() and not (folder / "best.pt").exists():
         try:
-            saved, where = json.loads(started.read_text()), started
+            saved, where = loads(started.read_text()), started
             if not isinstance(saved, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
@@ -224,12 +225,11 @@ def check_cells(cells, seeds, out: Path, data, extra, own) -> None:
 
 
 def check_fraction(cfg) -> None:
-    """DataError, before any cell trains, when a cell's labeled fraction labels no image of its data
-    (it failed only when that cell's turn came, after the cells before it had trained)."""
+    """DataError, before any cell trains, when a cell's labeled fraction labels no image of its data, or
+    fewer than its batch (each failed only when that cell's turn came, after the cells before it had trained):
+    the subset as the cell's streams draw it."""
     train = grid_splits(cfg.data, cfg.val_data, cfg.image_size).train
-    annotated = np.arange(len(train)) if train.labeled is None else np.flatnonzero(train.labeled)
-    groups = None if train.groups is None else train.groups[annotated]
-    labeled_subset(len(annotated), cfg.labeled_fraction, cfg.seed, groups)
+    check_batch(cfg.batch_size, len(labeled_indices(train, cfg.labeled_fraction, cfg.seed)), cfg.labeled_fraction)
 
 
 def final_record(folder: Path, steps: int) -> dict | None:
@@ -249,8 +249,12 @@ def run_cell(args: list[str], children: Children, label: str | None = None) -> d
         return done
     cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if started else [])
     code = children.run(cmd, label)
-    stopped(children, code, f"the run in {folder} stopped (exit code {code}"
-                            f"{', with a checkpoint' if (folder / 'last.pt').exists() else ''})")
+    kept = (folder / "last.pt").exists()
+    stopped(children, code, f"the run in {folder} stopped "
+                            + ("with a checkpoint" if kept else "before its first checkpoint (nothing of it kept)")
+                            + ("" if children.stopped is not None else f", exit code {code}"),  # the grid's own stop:
+            fresh=not kept)                                         # the code is the grid's SIGTERM to it
+
     rec = final_record(folder, cfg.steps)
     if code is not None and code < 0:                               # SIGKILL: the out-of-memory killer, or a user
         raise RuntimeError(f"the run in {folder} was killed by {signal.Signals(-code).name} (out of memory?); "
@@ -260,15 +264,17 @@ def run_cell(args: list[str], children: Children, label: str | None = None) -> d
     return rec
 
 
-def stopped(children: Children, code: int | None, what: str) -> None:
-    """GridInterrupted when the grid received a stop signal or a child was stopped by one."""
+def stopped(children: Children, code: int | None, what: str, fresh: bool = False) -> None:
+    """GridInterrupted when the grid received a stop signal or a child was stopped by one; fresh: the cell
+    kept nothing (stopped before its first checkpoint), a rerun starts it again."""
     signum = children.stopped
     if signum is None and code is not None and (-code in STOP_SIGNALS or code - 128 in STOP_SIGNALS):
         signum = code - 128 if code > 0 else -code                  # a stop the child got (a terminal's Ctrl-C)
     if signum is not None:
         raise GridInterrupted(f"interrupted by {signal.Signals(signum).name}: "
                               f"{what if code is not None else 'cells not started'}; rerun the same command to go on "
-                              f"where it stopped", signum)
+                              f"where it stopped" + (" (this cell starts again from its beginning)" if fresh else ""),
+                              signum)
 
 
 def evaluate_in_process(argv: list[str]) -> int:
@@ -310,7 +316,7 @@ def cell_report(found: Path, last: Path, rec: dict) -> dict | None:
     mIoU (within 1e-4: training's validation and evaluate compute the same), with volumes where the record has
     them and finite distances; else None."""
     try:
-        r = json.loads(found.read_text())
+        r = loads(found.read_text())
         if ("volumes" in r) != ("volume_mdice" in rec):            # scored with volumes, recorded without
             return None
         mean = r["volumes"]["mean"] if "volumes" in r else {}
@@ -437,8 +443,8 @@ def main(argv=None) -> int:
     bad = next((s for s in a.seeds if not 0 <= s < 2 ** 32), None)
     if bad is not None:
         p.error(f"--seeds: {bad} is not a seed (0 .. 2**32 - 1)")
-    if a.jobs < 1:
-        p.error(f"--jobs: {a.jobs} is not a number of cells at a time (1 or more)")
+    if not 1 <= a.jobs <= MAX_JOBS:                                 # each a training process, its memory and threads
+        p.error(f"--jobs: {a.jobs} is not a number of cells at a time (1 .. {MAX_JOBS})")
     if a.grid == "paper" and (a.fractions or a.methods):
         p.error("--fractions and --methods choose the comparison grid's cells; the paper grid's are fixed "
                 "(see --help)")
@@ -554,7 +560,7 @@ def check_grid_folder(out: Path) -> None:
     if not theirs:
         return
     try:
-        own = json.loads((out / "results.json").read_text())
+        own = loads((out / "results.json").read_text())
         own = isinstance(own, dict) and all(isinstance(v, dict) for v in own.values())
     except (OSError, ValueError):
         own = False
@@ -586,7 +592,7 @@ def resolved_text(out: Path, results) -> str:
     for cell, recs in results.items():
         for seed in recs:
             try:
-                c = json.loads((out / f"{cell.name}-seed{seed}" / "config.json").read_text())
+                c = loads((out / f"{cell.name}-seed{seed}" / "config.json").read_text())
                 seen.add((str(c["preset"]), int(c["batch_size"]), str(c["device"])))
             except (OSError, ValueError, KeyError, TypeError):
                 continue

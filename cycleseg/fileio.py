@@ -232,17 +232,27 @@ def append_jsonl(path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def loads(text):
+    """json.loads of a file's text whose every failure on bad text is a ValueError: besides a JSONDecodeError,
+    an integer of more than 4300 digits raises ValueError and deep nesting RecursionError (made ValueError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_jsonl(path) -> list[dict]:
     """The JSON objects of a JSON-lines file, one per line; a line that is not one (a torn last line of a
-    run killed while writing it, bytes that are not UTF-8, a list or a number) is skipped."""
+    run killed while writing it, bytes that are not UTF-8, a list or a number, nesting or digits beyond what
+    JSON readers parse) is skipped."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = loads(line)
+        except ValueError:
             continue
         if isinstance(record, dict):
             out.append(record)

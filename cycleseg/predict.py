@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,11 @@ from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import MAX_SIDE, SIDE_MULTIPLE, least_side
 from .data import nifti
-from .data.convert import HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values, open_image, upright
+from .data.convert import (HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values, open_image,
+                           see_through, upright)
 from .data.h5format import DataError, default_palette, info_problem, open_h5, read_meta
 from .data.pixels import to_input
-from .fileio import write_files
+from .fileio import loads, write_files
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
 from .usage import UsageError, path_arg, path_text, run_command
 
@@ -101,7 +101,7 @@ def read_image(p: Path, channels: int, intensity: str | None):
 
 def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
     """Every image of the inputs, checked readable; DataError naming the first that is not."""
-    found = []                                                       # (stem, loader, source)
+    found, clear = [], []                                            # (stem, loader, source); see-through images
 
     def add(stem: str, load, source):
         found.append((stem, load, str(source)))
@@ -115,6 +115,8 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
                 raise DataError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
         if high and intensity != "minmax":
             read_image(p, channels, intensity)                       # raises, naming the image
+        if see_through(p):
+            clear.append(p)
         add(p.stem, lambda p=p: read_image(p, channels, intensity), p)
 
     for raw in paths:
@@ -145,6 +147,11 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
             image(p)
         else:
             raise DataError(f"{p}: no such file or folder")
+    if clear:
+        print(f"note: {len(clear)} image{'s have' if len(clear) > 1 else ' has'} transparent pixels (first: {clear[0]}): "
+              f"read without {'their' if len(clear) > 1 else 'its'} alpha channel, a transparent pixel as the colour it "
+              f"holds; flatten {'them' if len(clear) > 1 else 'it'} onto a background first to predict what a viewer shows",
+              file=sys.stderr)
     names = unique_names([stem for stem, _, _ in found])
     return [Input(name, load, source) for name, (_, load, source) in zip(names, found)]
 
@@ -199,7 +206,7 @@ class OnnxModel:
             raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
         props = self.session.get_modelmeta().custom_metadata_map
         try:
-            meta = {k.removeprefix("cycleseg."): json.loads(v) for k, v in props.items() if k.startswith("cycleseg.")}
+            meta = {k.removeprefix("cycleseg."): loads(v) for k, v in props.items() if k.startswith("cycleseg.")}
         except ValueError as e:
             raise DataError(f"{path}: its cycleseg metadata is not JSON ({e}); export the checkpoint again") from None
         if not {"channels", "num_classes", "image_size", "palette"} <= set(meta):

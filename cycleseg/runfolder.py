@@ -33,7 +33,7 @@ except ImportError:                                                 # Windows: f
 from . import checkpoint, figures
 from .config import Config, differing, flat, flat_fields, from_flat, resume_config
 from .options import CHANGEABLE, RUNTIME
-from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl, remove_stale_temporaries
+from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, loads, read_jsonl, remove_stale_temporaries
 from .usage import UsageError
 
 
@@ -156,7 +156,7 @@ class RunFolder:
         config.json records, with this command line's runtime fields and the options given explicitly (nothing
         was trained: any may change), and how it was made, for the note."""
         try:
-            recorded = json.loads((self.path / "config.json").read_text())
+            recorded = loads((self.path / "config.json").read_text())
         except (OSError, ValueError):
             recorded = None
         if not isinstance(recorded, dict):
@@ -174,7 +174,7 @@ class RunFolder:
         (written again at the start) is no evidence either way."""
         config = self.path / "config.json"
         try:
-            recorded = json.loads(config.read_text())
+            recorded = loads(config.read_text())
         except (OSError, ValueError) as e:
             recorded = "missing" if isinstance(e, FileNotFoundError) else "not readable as JSON"
         if not isinstance(recorded, dict):

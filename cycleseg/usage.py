@@ -17,8 +17,30 @@ class UsageError(ValueError):
     """An option (or a checkpoint's config) with a value that cannot be used, said in one line."""
 
 
+NUMBERS = {int: re.compile(r"[+-]?\d+"),                          # what a numeric option's text may be: Python's
+           float: re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I)}  # int() / float()
+                                                                    # also read "1_000" and " 2" (then 1000, 2)
+
+
+def plain_int(text: str) -> int:
+    """int(text) for a whole number written plainly (NUMBERS); ValueError otherwise ("1_0", " 2")."""
+    if not NUMBERS[int].fullmatch(text):
+        raise ValueError(f"not a whole number written plainly: {text!r}")
+    return int(text)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (`error: ...; see <prog> --help`) instead of usage + error."""
+    """argparse with its errors on one line (`error: ...; see <prog> --help`) instead of usage + error, and
+    numbers written plainly: int / float options refuse what Python's int() and float() would read as another
+    number than a reader sees ("1_0.5" as 10.5) or with spaces around (inf and nan are left to each
+    option's range check, which names them)."""
+
+    def _get_value(self, action, arg_string):
+        pattern = NUMBERS.get(action.type)
+        if pattern is not None and not pattern.fullmatch(arg_string):
+            raise argparse.ArgumentError(action, f"invalid {action.type.__name__} value: {arg_string!r} (a number "
+                                                 f"written plainly: digits, a sign, a point, an exponent)")
+        return super()._get_value(action, arg_string)
 
     def error(self, message: str):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -186,11 +208,22 @@ def _stop_before_start(signum, frame):
     os._exit(128 + signum)                                          # nothing to clean up yet
 
 
+def _stop_after_finish(signum, frame):
+    """A stop signal once the command has finished (the interpreter shutting down): said, and the exit status
+    left as the command set it (a signal does not turn work that is done into a failure)."""
+    try:
+        if not grid_cell():                                         # the grid says what became of its cells
+            say(f"note: {signal.Signals(signum).name} arrived after the command had finished; nothing was stopped "
+                f"(the exit status is the command's)")
+    except Exception:                                               # stderr already gone at the very end
+        pass
+
+
 def stop_before_start() -> None:
     """In a command's process from the package's import on (cycleseg/__init__.py, `python -m` only): Ctrl-C
     or SIGTERM while the command still imports ends it with one line and 128 + the signal, not an import
-    traceback; run_command takes over when the command starts, and ignores them once it has finished (a
-    signal during the interpreter's shutdown does not turn a finished command into a failed one)."""
+    traceback; run_command takes over when the command starts, and once it has finished notes them without
+    failing (a signal during the interpreter's shutdown does not turn a finished command into a failed one)."""
     global _COMMAND_LINE
     if threading.current_thread() is threading.main_thread():
         _COMMAND_LINE = True
@@ -237,6 +270,6 @@ def run_command(main) -> int:
         return stopped(_stopping)
     finally:
         sys.unraisablehook = hook
-        for sig, handler in previous.items():                       # done: a command line's process ignores them
-            signal.signal(sig, signal.SIG_IGN if _COMMAND_LINE else handler)
+        for sig, handler in previous.items():                       # done: a command line's process notes them
+            signal.signal(sig, _stop_after_finish if _COMMAND_LINE else handler)
         _stopping = None

@@ -92,6 +92,9 @@ TRAIN_OPTIONS = [
     (["--device", "cuda:7"], "--device cuda:7"),
     (["--lr", "abc"], "invalid float value: 'abc'"),
     (["--mode", "fullest"], "invalid choice: 'fullest'"),
+    (["--steps", "1_000"], "invalid int value: '1_000' (a number written plainly"),    # int() read 1000
+    (["--lambda1", "1_0.5"], "invalid float value: '1_0.5' (a number written plainly"),  # float() read 10.5
+    (["--lr", " 0.1"], "invalid float value: ' 0.1' (a number written plainly"),
 ]
 
 
@@ -661,7 +664,8 @@ def test_grid_options_a_cell_owns(tmp_path, capsys, extra, match):
 
 
 def test_grid_refuses_a_fraction_that_labels_no_image_before_any_cell_trains(tmp_path, capsys):
-    """The refusal came when the cell's turn came, after Full (and the cells before it) had trained."""
+    """The refusal came when the cell's turn came, after Full (and the cells before it) had trained; so did a
+    labeled subset smaller than the cell's batch."""
     data = tmp_path / "d"
     data.mkdir()
     tiny_split(data / "train.h5", 16)
@@ -669,6 +673,10 @@ def test_grid_refuses_a_fraction_that_labels_no_image_before_any_cell_trains(tmp
     one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.05", "--seeds", "0", "--data", data,
                                       "--out", tmp_path / "g", "--", *TINY], capsys,
                    "--labeled-fraction 0.05 of 6 images labels less than half of one", tmp_path)
+    assert not (tmp_path / "g").exists()
+    one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.2", "--seeds", "0", "--data", data,
+                                      "--out", tmp_path / "g", "--", *TINY], capsys,       # 1 labeled image, batch 2
+                   "--batch-size 2 is larger than the labeled subset (1 images at --labeled-fraction 0.2)", tmp_path)
     assert not (tmp_path / "g").exists()
 
 
@@ -1251,6 +1259,85 @@ def test_a_resume_whose_config_json_is_a_folder_is_refused_before_training(tmp_p
     (run / "config.json").mkdir()
     one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys,
                    "config.json is a folder or special file where the run keeps a file; nothing was written", tmp_path)
+
+
+def test_numbers_that_python_reads_otherwise_are_refused_by_every_command(tmp_path, capsys, tiny_checkpoint):
+    """"1_0" (int() and float() read 10) was taken by predict's --batch-size, convert's --num-classes and --map,
+    and the grid's --jobs: refused, as train's options are (TRAIN_OPTIONS)."""
+    image = tmp_path / "x.png"
+    Image.new("L", (16, 16)).save(image)
+    one_line_error(predict_main, [tiny_checkpoint, image, "--out", tmp_path / "p", "--batch-size", "1_0"], capsys,
+                   "--batch-size: expected a whole number in 1..4096, got '1_0'", tmp_path)
+    src = folder_tree(tmp_path / "f", [np.eye(8, dtype=np.uint8)] * 2)
+    for flags, match in [(["--num-classes", "1_0"], "invalid int value: '1_0'"),
+                         (["--map", "1_0=1"], "--map 1_0=1: expected V=C with whole numbers")]:
+        one_line_error(data_main, ["convert", "folder", src, tmp_path / "o.h5", "--no-progress", *flags], capsys,
+                       match, tmp_path)
+    one_line_error(experiments_main, ["--jobs", "1_0", "--out", tmp_path / "g"], capsys,
+                   "argument --jobs: invalid int value: '1_0'", tmp_path)
+    one_line_error(experiments_main, ["--jobs", "99999", "--out", tmp_path / "g"], capsys,   # taken before
+                   "--jobs: 99999 is not a number of cells at a time (1 .. 256)", tmp_path)
+
+
+def test_transparent_pixels_given_to_predict_are_noted(tmp_path, capsys, tiny_checkpoint):
+    """An RGBA or LA image predicted from its colour values alone (alpha dropped) without a word: noted once,
+    naming the first; opaque images (an RGBA one whose alpha is 255 throughout) are not."""
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.new("RGBA", (16, 16), (10, 20, 30, 0)).save(images / "a.png")
+    Image.new("RGBA", (16, 16), (10, 20, 30, 255)).save(images / "b.png")
+    Image.new("LA", (16, 16), (10, 128)).save(images / "c.png")
+    assert predict_main([str(tiny_checkpoint), str(images), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    notes = [l for l in capsys.readouterr().err.splitlines() if "transparent" in l]
+    assert notes == [f"note: 2 images have transparent pixels (first: {images / 'a.png'}): read without their alpha "
+                     f"channel, a transparent pixel as the colour it holds; flatten them onto a background first to "
+                     f"predict what a viewer shows"], notes
+
+
+def test_json_beyond_what_readers_parse_is_a_bad_line_not_a_traceback(tmp_path, capsys, finished_run):
+    """A metrics.jsonl line with a 5000-digit integer (ValueError) or nested 200000 deep (RecursionError), and
+    a config.json nested as deep, crashed --resume and plot with a traceback: now lines that are not records,
+    and a config.json not readable as JSON, as any other garbled text."""
+    import shutil
+
+    from cycleseg.plot import main as plot_main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "split": "train", "cycle_seg": ' + "1" * 5000 + "}\n")
+        f.write("[" * 200000 + "]" * 200000 + "\n")
+    assert plot_main([str(run), "--out", str(tmp_path / "p.png")]) == 0
+    assert "run/metrics.jsonl: 2 of its" in capsys.readouterr().err
+    (run / "config.json").write_text('{"a": ' + "[" * 200000 + "]" * 200000 + "}")
+    assert train_main(TINY + ["--out", str(run), "--resume", "--steps", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "config.json is not readable as JSON; the run goes on from" in err and "Traceback" not in err, err
+
+
+def test_a_checkpoint_whose_bytes_do_not_match_their_checksum_is_refused(tmp_path, capsys, finished_run):
+    """Bytes zeroed inside a tensor of last.pt (the zip entry's CRC-32 no longer matches; torch.load does not
+    compare it) loaded as other weights: evaluate, predict and --resume went on, exit 0. Now refused."""
+    import shutil
+    import struct
+    import zipfile
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    ckpt = run / "last.pt"
+    with zipfile.ZipFile(ckpt) as z:
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(ckpt.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_len + extra_len
+    raw[start:start + 8] = bytes(x ^ 0xFF for x in raw[start:start + 8])
+    ckpt.write_bytes(bytes(raw))
+    why = f"last.pt: damaged: the bytes of its entry {entry.filename} do not match the checksum"
+    one_line_error(evaluate_main, [ckpt, "--no-progress"], capsys, why, tmp_path)
+    image = tmp_path / "x.png"
+    Image.new("L", (16, 16)).save(image)
+    one_line_error(predict_main, [ckpt, image, "--out", tmp_path / "pred"], capsys, why, tmp_path)
+    one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys, why, tmp_path)
 
 
 def test_overwrite_replaces_an_earlier_output_set_whole(tmp_path, capsys, tiny_checkpoint, make_acdc, monkeypatch):

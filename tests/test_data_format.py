@@ -284,6 +284,12 @@ def test_a_damaged_cached_split_is_written_again(tmp_path, monkeypatch, capsys):
     train.write_bytes(bytes(bad))
     assert split_paths(None, image_size=16, progress=False)["train"] == train
     assert train.read_bytes() == good and "checksum differs" in capsys.readouterr().err
+    for made in (train, train.with_name("train.h5.sha256")):        # a folder made where a cached file lies:
+        made.unlink()                                               # named, with what to do (a traceback before)
+        made.mkdir()
+        with pytest.raises(DataError, match="is a folder or special file where the data cache keeps a file; remove it"):
+            split_paths(None, image_size=16, progress=False)
+        made.rmdir()
 
 
 def test_a_damaged_chunk_is_named_with_its_file_and_index(tmp_path):

@@ -156,9 +156,35 @@ def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, sign
         assert grid.wait(120) == 128 + getattr(signal, signum), grid.stderr           # 130 for SIGINT, 143 SIGTERM
         assert grid.stderr.count("interrupted") == 1 and "Traceback" not in grid.stderr, grid.stderr
         assert f"error: interrupted by {signum}: the run in" in grid.stderr and "Resume with" not in grid.stderr
+        assert "stopped with a checkpoint" in grid.stderr and "exit code" not in grid.stderr, grid.stderr
     assert not [pid for pid in children if alive(pid)]   # no orphan
     assert len(list((tmp_path / "g").glob("*/last.pt"))) >= jobs       # each running cell stopped with a checkpoint
 
+
+
+def test_a_cell_stopped_before_its_first_checkpoint_is_said_to_start_again(tmp_path):
+    """A grid's Ctrl-C before its cell's first checkpoint said "the run ... stopped (exit code 143); rerun the
+    same command to go on where it stopped": 143 was the grid's own SIGTERM to the cell, and the cell (its
+    folder removed) starts again. Now the line says so, without the child's code."""
+    import signal
+
+    from conftest import TINY
+
+    from cycleseg.experiments import run_cell
+    from cycleseg.gridprocs import GridInterrupted
+
+    class Stopping:                                                 # the grid got SIGINT while the cell ran
+        stopped = None
+
+        def run(self, cmd, label):
+            self.stopped = signal.SIGINT
+            return 128 + signal.SIGTERM
+
+    with pytest.raises(GridInterrupted) as e:
+        run_cell(TINY + ["--mode", "partial", "--out", str(tmp_path / "c")], Stopping())
+    assert str(e.value) == (f"interrupted by SIGINT: the run in {tmp_path / 'c'} stopped before its first checkpoint "
+                            f"(nothing of it kept); rerun the same command to go on where it stopped (this cell starts "
+                            f"again from its beginning)")
 
 
 def test_one_ctrl_c_delivered_twice_is_one_stop_with_a_checkpoint(tmp_path):

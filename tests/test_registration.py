@@ -175,10 +175,17 @@ def test_a_damaged_library_is_built_again_and_a_bad_folder_named(tmp_path, capsy
     with pytest.raises(BuildFolderError, match="is a file"):
         with build_lock(tmp_path / "file"):
             pass
-    (tmp_path / "locked" / "cycleseg.lock").mkdir(parents=True)
-    with pytest.raises(BuildFolderError, match="cycleseg.lock is a folder, where cycleseg keeps the lock file"):
-        with build_lock(tmp_path / "locked"):
-            pass
+    for name in ("cycleseg.lock", "lock"):                          # ours, torch's: made folders by hand
+        (tmp_path / name / name).mkdir(parents=True)
+        with pytest.raises(BuildFolderError, match=f"{name} is a folder or special file, where cycleseg keeps a file "
+                                                   f"of its C.. kernels' build; remove it, or set TORCH_EXTENSIONS_DIR"):
+            with build_lock(tmp_path / name):
+                pass
+    for name in ("x.so", CHECKSUM):                                 # the library, its checksum: a traceback before
+        made = tmp_path / f"made-{name}"
+        (made / name).mkdir(parents=True)
+        with pytest.raises(BuildFolderError, match=f"{name} is a folder or special file"):
+            drop_damaged_build(made, "x")
     assert issubclass(BuildFolderError, OSError)                   # every command reports it in one line
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..usage import Parser, fail, path_arg, run_command
+from ..usage import Parser, fail, path_arg, plain_int, run_command
 from . import convert as cv
 from .nifti_convert import convert_nifti
 from ..config import MAX_SIDE
@@ -55,7 +55,7 @@ def parse_mapping(pairs) -> dict:
     out = {}
     for pair in pairs:
         try:
-            v, c = (int(x) for x in pair.split("="))
+            v, c = (plain_int(x) for x in pair.split("="))
         except ValueError:
             raise DataError(f"--map {pair}: expected V=C with whole numbers (mask value V becomes class C)") from None
         if not (0 <= v < 1 << 16 and 0 <= c <= 255):

@@ -41,6 +41,10 @@ def cached_file(path: Path, build: Callable, source: str | None = None) -> Path:
     from (source_signature), recorded with the checksum; another signature (the data at the same path
     replaced or edited) writes it again too."""
     sums = path.with_name(path.name + ".sha256")
+    for p in (path, sums):
+        if p.exists() and not p.is_file():                          # made by hand: not ours to delete
+            raise h5format.DataError(f"{p} is a folder or special file where the data cache keeps a file; remove "
+                                     f"it (the cache writes the file again) or set CYCLESEG_CACHE to another folder")
 
     def record() -> list:                                           # what <file>.sha256 holds: checksum [source]
         return [file_sha256(path)] + ([] if source is None else [source])

@@ -122,6 +122,19 @@ def open_image(path) -> Image.Image:
     return im
 
 
+def see_through(path: Path) -> bool:
+    """Whether an image has pixels that are not fully opaque (an alpha channel or a transparent palette
+    entry in use): reading it as RGB or gray drops that, and its transparent pixels show whatever colour
+    they hold."""
+    with open_image(path) as im:
+        if im.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in im.info:
+            return False
+        try:
+            return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
+        except Exception:                                         # unreadable data: reported where it is read
+            return False
+
+
 def upright(im: Image.Image) -> Image.Image:
     """The image as viewers and annotation tools show it: a camera's EXIF orientation applied (its stored
     pixels may be rotated or mirrored), so that an image and a mask drawn over it line up."""

@@ -30,7 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, loads
 from ..usage import final_path
 
 FORMAT = "cycleseg"
@@ -246,7 +246,7 @@ def _attr_json(a, name, path, default=None):
             return default
         raise DataError(f"{path}: missing attribute '{name}'")
     try:
-        return json.loads(a[name])
+        return loads(a[name])
     except (ValueError, TypeError) as e:
         raise DataError(f"{path}: attribute '{name}' is not valid JSON ({e})") from e
 

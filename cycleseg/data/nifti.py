@@ -24,13 +24,13 @@ nibabel is an optional extra (pip install -e ".[medical]").
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import loads
 from .h5format import MAX_SPACING_MM, DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -290,7 +290,7 @@ def acdc_layout(src: Path) -> Layout:
 
 def nnunet_layout(src: Path) -> Layout:
     try:
-        ds = json.loads((src / "dataset.json").read_text())
+        ds = loads((src / "dataset.json").read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{src / 'dataset.json'}: not readable JSON ({e})") from None
     channels = ds.get("channel_names") or ds.get("modality") or {"0": "image"}

@@ -28,12 +28,9 @@ class Streams:
             loader.close()
 
 
-def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size: int, unlabeled: bool,
-                 device="cpu", prefetch: int = 3, flip: bool = False, scale_crop: float = 1.0,
-                 rank: int = 0, world_size: int = 1, rotate: bool = False, augment: str = "none") -> Streams:
-    """The labeled stream over the labeled subset (drawn as the file's `labeled_subset` rule says, from the
-    annotated images: a file's unannotated scans are never in it) and, when `unlabeled`, the unlabeled
-    stream over the rest (over every image at 100 % labels of a file without unannotated images)."""
+def labeled_indices(train: H5Source, labeled_fraction: float, seed: int) -> np.ndarray:
+    """The labeled subset's image indices, drawn as the file's `labeled_subset` rule says from its annotated
+    images; DataError when there is none, or none of them holds a labeled pixel."""
     first_groups = train.meta.labeled_subset == "first_groups"
     annotated = np.arange(len(train)) if train.labeled is None else np.flatnonzero(train.labeled)
     if len(annotated) == 0:
@@ -45,12 +42,27 @@ def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size
         raise DataError(f"{train.path}: the {len(lab)} image(s) of the labeled subset hold no labeled pixel (every "
                         f"mask pixel is the ignore index {train.meta.ignore_index}): the supervised loss would be "
                         f"undefined; check the masks (a converter's --map?) or raise --labeled-fraction")
-    unl = np.setdiff1d(np.arange(len(train)), lab)
-    if batch_size > len(lab) // world_size:
-        raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({len(lab)} images at "
+    return lab
+
+
+def check_batch(batch_size: int, labeled: int, labeled_fraction: float, world_size: int = 1) -> None:
+    """DataError when a step's labeled batch (per process) needs more images than the labeled subset has."""
+    if batch_size > labeled // world_size:
+        raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({labeled} images at "
                         f"--labeled-fraction {labeled_fraction}"
-                        + (f", {len(lab) // world_size} per process" if world_size > 1 else "")
+                        + (f", {labeled // world_size} per process" if world_size > 1 else "")
                         + "): lower --batch-size or raise --labeled-fraction")
+
+
+def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size: int, unlabeled: bool,
+                 device="cpu", prefetch: int = 3, flip: bool = False, scale_crop: float = 1.0,
+                 rank: int = 0, world_size: int = 1, rotate: bool = False, augment: str = "none") -> Streams:
+    """The labeled stream over the labeled subset (drawn as the file's `labeled_subset` rule says, from the
+    annotated images: a file's unannotated scans are never in it) and, when `unlabeled`, the unlabeled
+    stream over the rest (over every image at 100 % labels of a file without unannotated images)."""
+    lab = labeled_indices(train, labeled_fraction, seed)
+    check_batch(batch_size, len(lab), labeled_fraction, world_size)
+    unl = np.setdiff1d(np.arange(len(train)), lab)
     aug = dict(flip=flip, scale=(1.0, scale_crop) if scale_crop > 1 else None, rotate=rotate, policy=augment,
                device=device, prefetch=prefetch)
     shard = dict(rank=rank, world_size=world_size)

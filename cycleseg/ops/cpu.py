@@ -95,9 +95,8 @@ def build_lock(folder: Path):
     if folder.exists() and not folder.is_dir():
         raise BuildFolderError(f"{folder} is a file, where cycleseg's C++ kernels are built; remove it, or set "
                                f"TORCH_EXTENSIONS_DIR to another folder")
-    if (folder / "cycleseg.lock").is_dir():
-        raise BuildFolderError(f"{folder / 'cycleseg.lock'} is a folder, where cycleseg keeps the lock file of its C++ "
-                               f"kernels' build; remove it")
+    for p in (folder / "cycleseg.lock", folder / "lock"):              # ours, and torch's FileBaton
+        refuse_non_file(p)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         f = open(folder / "cycleseg.lock", "a")
@@ -114,6 +113,14 @@ def build_lock(folder: Path):
                 fcntl.flock(f, fcntl.LOCK_EX)
             (folder / "lock").unlink(missing_ok=True)               # torch's FileBaton, left by a killed process
         yield
+
+
+def refuse_non_file(path: Path) -> None:
+    """BuildFolderError when a file of the build (a lock, the library, its checksum) is a folder or a special
+    file (made by hand: not deleted for the user)."""
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        raise BuildFolderError(f"{path} is a folder or special file, where cycleseg keeps a file of its C++ kernels' "
+                               f"build; remove it, or set TORCH_EXTENSIONS_DIR to another folder")
 
 
 class BuildFolderError(OSError):
@@ -134,6 +141,8 @@ def drop_damaged_build(folder: Path, name: str) -> None:
     everything built beside it, so that it is built again."""
     lib_file = folder / f"{name}.so"
     sums = folder / CHECKSUM
+    for p in (lib_file, sums):
+        refuse_non_file(p)
     if not lib_file.exists():
         return
     if sums.exists() and sums.read_text().strip() == library_sha256(lib_file):
