@@ -676,7 +676,7 @@ def test_grid_refuses_a_fraction_that_labels_no_image_before_any_cell_trains(tmp
     assert not (tmp_path / "g").exists()
     one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.2", "--seeds", "0", "--data", data,
                                       "--out", tmp_path / "g", "--", *TINY], capsys,       # 1 labeled image, batch 2
-                   "--batch-size 2 is larger than the labeled subset (1 images at --labeled-fraction 0.2)", tmp_path)
+                   "--batch-size 2 is larger than the labeled subset (1 image at --labeled-fraction 0.2)", tmp_path)
     assert not (tmp_path / "g").exists()
 
 

@@ -48,7 +48,7 @@ def labeled_indices(train: H5Source, labeled_fraction: float, seed: int) -> np.n
 def check_batch(batch_size: int, labeled: int, labeled_fraction: float, world_size: int = 1) -> None:
     """DataError when a step's labeled batch (per process) needs more images than the labeled subset has."""
     if batch_size > labeled // world_size:
-        raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({labeled} images at "
+        raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({labeled} image{'s' * (labeled != 1)} at "
                         f"--labeled-fraction {labeled_fraction}"
                         + (f", {labeled // world_size} per process" if world_size > 1 else "")
                         + "): lower --batch-size or raise --labeled-fraction")
