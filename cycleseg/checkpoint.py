@@ -9,6 +9,7 @@ one before anything uses it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 import re
 import zipfile
@@ -72,6 +73,28 @@ def damaged_entry(path) -> str | None:
             return z.testzip()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError):
         return None
+
+
+def check_weights(state: dict, path) -> None:
+    """CheckpointError when the networks' tensors are not those the run saved (weights_digest): called once
+    they are loaded (networks_from_checkpoint, a resume), after the checks that say more."""
+    saved = state.get("weights_digest")
+    if saved is not None and saved != weights_digest(state["nets"]):
+        _fail(path, "its weights are not those its run saved (the checkpoint was edited by hand); use another "
+                    "checkpoint (best.pt, a copy) or train again")
+
+
+def weights_digest(nets: dict) -> str:
+    """SHA-256 of the networks' tensors (names, dtypes, shapes and bytes): saved in every checkpoint
+    ("weights_digest") and checked by load_run, so weights edited by hand (a CRC-valid archive rewritten) are
+    refused by every command instead of evaluated, exported or trained on."""
+    h = hashlib.sha256()
+    for name in sorted(nets):
+        for key in sorted(nets[name]):
+            t = nets[name][key].detach()
+            h.update(f"{name}.{key}:{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def torch_reason(e: Exception) -> str:
@@ -184,6 +207,7 @@ def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
         raise CheckpointError(f"{path}: its networks do not match its own config ({cfg.generator} G_IS, ngf "
                               f"{cfg.ngf}, {cfg.n_blocks} blocks, ndf {cfg.ndf}, {info['num_classes']} classes): "
                               f"{e}") from e
+    check_weights(state, path)
     return cfg, info, nets
 
 

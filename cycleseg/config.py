@@ -28,7 +28,7 @@ from .methods.meanteacher import MeanTeacherOptions
 from .models import GENERATORS
 from .options import CHANGEABLE, RUNTIME, check_fields, flag, option
 from .report import percent
-from .usage import Parser, UsageError
+from .usage import Parser, UsageError, long_name
 
 PRESETS = {
     "paper": dict(ngf=64, n_blocks=9, ndf=64, image_size=128, batch_size=5, steps=20000, lr=2e-4,
@@ -159,6 +159,8 @@ class Config:
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(c, name)!r}: not a path")
             if getattr(c, name) is not None and not str(getattr(c, name)).strip():
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(c, name)!r}: an empty path (a shell variable left unset?)")
+            if getattr(c, name) is not None and (problem := long_name(str(getattr(c, name)))):
+                raise UsageError(f"--{name.replace('_', '-')}: {problem}")
         for name in ("data", "val_data"):                          # a path as typed would follow the working folder
             value = getattr(c, name)
             if value and os.path.exists(value):

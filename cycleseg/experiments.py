@@ -591,10 +591,15 @@ def resolved_text(out: Path, results) -> str:
     seen = set()
     for cell, recs in results.items():
         for seed in recs:
+            config = out / f"{cell.name}-seed{seed}" / "config.json"
             try:
-                c = loads((out / f"{cell.name}-seed{seed}" / "config.json").read_text())
-                seen.add((str(c["preset"]), int(c["batch_size"]), str(c["device"])))
-            except (OSError, ValueError, KeyError, TypeError):
+                if not config.is_file():                            # a FIFO would block the grid for good
+                    continue
+                c = loads(config.read_text())
+                resolved = (str(c["preset"]), int(c["batch_size"]), str(c["device"]))
+                "".join(resolved[::2]).encode()                     # a lone surrogate: not text a table can hold
+                seen.add(resolved)
+            except (OSError, ValueError, KeyError, TypeError, OverflowError):   # UnicodeError is a ValueError
                 continue
     return " Runs resolved to " + "; ".join(f"preset {p}, batch {b} (+ {b} unlabeled where a method reads them) on "
                                             f"{d}" for p, b, d in sorted(seen)) + "." if seen else ""

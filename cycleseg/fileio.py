@@ -10,10 +10,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .usage import check_stopped, stop_deferred
+from .usage import NAME_MAX, check_stopped, stop_deferred
 
 
-NAME_MAX = 255                                                      # bytes in a file name (Linux, macOS)
 
 
 TEMP_TAG = ".cycleseg-tmp"                                          # no user's file is named .<name>.cycleseg-tmp<pid>
@@ -244,7 +243,7 @@ def loads(text):
 def read_jsonl(path) -> list[dict]:
     """The JSON objects of a JSON-lines file, one per line; a line that is not one (a torn last line of a
     run killed while writing it, bytes that are not UTF-8, a list or a number, nesting or digits beyond what
-    JSON readers parse) is skipped."""
+    JSON readers parse, an escaped lone surrogate) is skipped."""
     path = Path(path)
     if not path.exists():
         return []
@@ -252,8 +251,10 @@ def read_jsonl(path) -> list[dict]:
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             record = loads(line)
-        except ValueError:
-            continue
+            if isinstance(record, dict):
+                json.dumps(record, ensure_ascii=False).encode()     # a lone surrogate ("\ud800") in a key or text
+        except ValueError:                                          # (UnicodeEncodeError is one): not text a
+            continue                                                # picture or table can hold
         if isinstance(record, dict):
             out.append(record)
     return out

@@ -34,7 +34,7 @@ from . import checkpoint, figures
 from .config import Config, differing, flat, flat_fields, from_flat, resume_config
 from .options import CHANGEABLE, RUNTIME
 from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, loads, read_jsonl, remove_stale_temporaries
-from .usage import UsageError
+from .usage import UsageError, message
 
 
 # curves.png during a run: a matplotlib redraw takes ~1 s on a small CPU, as long as scoring 1000 validation
@@ -164,6 +164,10 @@ class RunFolder:
         old, new = flat(from_flat(recorded)), flat(cfg)
         run_options = {n for n, (_, f) in flat_fields().items() if f.metadata.get("resume") != RUNTIME}
         merged = from_flat({**new, **{n: old[n] for n in run_options - set(given)}})
+        try:                                                        # a value no run has (edited): the options given
+            merged.resolved()
+        except (UsageError, ValueError, KeyError, TypeError, OverflowError) as e:
+            return cfg, f"with the options given (its config.json records a value no run has: {message(e)})"
         changed = [f"{n} {new[n]!r} (was {old[n]!r})" for n in sorted(run_options & set(given)) if new[n] != old[n]]
         return merged, ("with the options its config.json records" + (f", changed: {', '.join(changed)}" if changed else ""))
 

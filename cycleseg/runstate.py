@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointError, check_fingerprints
+from .checkpoint import CheckpointError, check_fingerprints, check_weights
 from .config import flat
 from .distributed import World, gather
 from .fastpath import Plan
@@ -140,6 +140,7 @@ def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World
         raise CheckpointError(f"{path}: does not match this run's networks, optimizers or processes "
                               f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
     check_optimizers(step, s["step"], path)
+    check_weights(s, path)
     if "digest" in s and s["digest"] != digest(s):                  # checked last: the reasons above say more
         raise CheckpointError(f"{path}: cannot be resumed: its run state is not what the run wrote (the digest it "
                               f"was saved with differs: a value was edited by hand); train again into another --out")

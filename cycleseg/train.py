@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import figures, ops
 from .assemble import build, networks_of, optim_of
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, weights_digest
 from .config import Config, check_image_side, flat, foreign_options, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
@@ -65,7 +65,8 @@ class Run:
                            self.device)
         if state is not None:                                       # a resume's records go on from these times
             state["clock"] = {"time": time.time() - self.clock["t0"], "evaluating": self.clock["evaluating"]}
-            state["digest"] = digest(state)                         # an edit by hand is refused on resume
+            state["weights_digest"] = weights_digest(state["nets"])  # an edit by hand is refused by every command
+            state["digest"] = digest(state)                         # and of the run state, on resume
         self.folder.save(state, is_best)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import atexit
 import errno
 import os
 import re
@@ -17,8 +18,9 @@ class UsageError(ValueError):
     """An option (or a checkpoint's config) with a value that cannot be used, said in one line."""
 
 
-NUMBERS = {int: re.compile(r"[+-]?\d+"),                          # what a numeric option's text may be: Python's
-           float: re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I)}  # int() / float()
+NAME_MAX = 255                                                      # bytes in a file name (Linux, macOS)
+NUMBERS = {int: re.compile(r"[+-]?\d+", re.ASCII),                          # what a numeric option's text may be: Python's
+           float: re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I | re.ASCII)}  # int() / float()
                                                                     # also read "1_000" and " 2" (then 1000, 2)
 
 
@@ -52,7 +54,17 @@ def path_arg(text: str) -> Path:
     than read as the working folder."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (a shell variable left unset?)")
+    if problem := long_name(text):                                  # every file call on it fails: said once here
+        raise argparse.ArgumentTypeError(problem)
     return Path(text)
+
+
+def long_name(text: str) -> str | None:
+    """What is wrong with a path one of whose names is longer than file systems take, or None."""
+    long = next((part for part in Path(text).parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is None:
+        return None
+    return f"{long[:40]}...: a name of {len(os.fsencode(long))} bytes in the path, longer than file systems take ({NAME_MAX}); shorten it"
 
 
 def path_text(text: str) -> str:
@@ -82,6 +94,8 @@ def message(e: BaseException) -> str:
     written and why (a read-only or full folder, a file where a folder should be)."""
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
         where = final_path(Path(e.filename)) if e.filename else None
+        if e.errno == errno.ENAMETOOLONG:                             # the checks below would fail on it too
+            return f"cannot use {str(where)[:80]}...: a name in it is longer than the file system takes"
         if e.errno == errno.EISDIR and where is not None:                 # read or written: the same fix
             return f"{where} is a folder, where a file is read or written"
         dangling = next((p for p in (where, *where.parents) if p.is_symlink() and not p.exists()), None) \
@@ -219,6 +233,13 @@ def _stop_after_finish(signum, frame):
         pass
 
 
+def _ignore_stops() -> None:
+    """At exit (before the interpreter's finalisation resets Python's handlers to the default, which would end a
+    finished command by the signal, 128 + it): stop signals ignored, the exit status the command's."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def stop_before_start() -> None:
     """In a command's process from the package's import on (cycleseg/__init__.py, `python -m` only): Ctrl-C
     or SIGTERM while the command still imports ends it with one line and 128 + the signal, not an import
@@ -272,4 +293,6 @@ def run_command(main) -> int:
         sys.unraisablehook = hook
         for sig, handler in previous.items():                       # done: a command line's process notes them
             signal.signal(sig, _stop_after_finish if _COMMAND_LINE else handler)
+        if _COMMAND_LINE and previous:                              # until the interpreter's shutdown, which puts
+            atexit.register(_ignore_stops)                          # back the default (death by the signal)
         _stopping = None

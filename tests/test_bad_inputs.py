@@ -915,7 +915,7 @@ def test_no_output_replaces_an_input_even_with_overwrite(tmp_path, capsys, tiny_
     one_line_error(plot_main, [run, "--out", run / "metrics.jsonl", "--overwrite"], capsys, "the plot is a PNG", tmp_path)
     one_line_error(plot_main, [run, "--out", run / "last.pt", "--overwrite"], capsys, "the plot is a PNG", tmp_path)
     one_line_error(plot_main, [run, "--out", tmp_path / ("p" * 300 + ".png")], capsys,
-                   "shorten it (the --out given, or the name of the input it is made from)", tmp_path)
+                   "a name of 304 bytes in the path, longer than file systems take (255); shorten it", tmp_path)
     pt2 = tmp_path / "m.pt2"
     shutil.copy(tiny_checkpoint, pt2)
     one_line_error(export_main, [pt2, "--formats", "pt2", "--overwrite"], capsys, "is one of this command's inputs",
@@ -1294,6 +1294,22 @@ def test_transparent_pixels_given_to_predict_are_noted(tmp_path, capsys, tiny_ch
                      f"predict what a viewer shows"], notes
 
 
+def test_a_name_longer_than_file_systems_take_is_one_line_in_every_command(tmp_path, capsys, tiny_checkpoint):
+    """A path with a 300-byte name gave OSError tracebacks (File name too long) in train, predict, convert,
+    export, evaluate and the grid: refused where the option is read."""
+    from cycleseg.export import main as export_main
+
+    long = tmp_path / ("d" * 300)
+    why = "a name of 300 bytes in the path, longer than file systems take (255); shorten it"
+    one_line_error(train_main, TINY + ["--out", long], capsys, why, tmp_path)
+    one_line_error(train_main, TINY + ["--data", long, "--out", tmp_path / "r"], capsys, why, tmp_path)
+    one_line_error(predict_main, [tiny_checkpoint, tmp_path, "--out", long], capsys, why, tmp_path)
+    one_line_error(export_main, [tiny_checkpoint, "--out", long], capsys, why, tmp_path)
+    one_line_error(evaluate_main, [long], capsys, why, tmp_path)
+    one_line_error(experiments_main, ["--out", long], capsys, why, tmp_path)
+    one_line_error(data_main, ["convert", "folder", tmp_path, long], capsys, why, tmp_path)
+
+
 def test_json_beyond_what_readers_parse_is_a_bad_line_not_a_traceback(tmp_path, capsys, finished_run):
     """A metrics.jsonl line with a 5000-digit integer (ValueError) or nested 200000 deep (RecursionError), and
     a config.json nested as deep, crashed --resume and plot with a traceback: now lines that are not records,
@@ -1307,12 +1323,40 @@ def test_json_beyond_what_readers_parse_is_a_bad_line_not_a_traceback(tmp_path, 
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "split": "train", "cycle_seg": ' + "1" * 5000 + "}\n")
         f.write("[" * 200000 + "]" * 200000 + "\n")
+        f.write('{"step": 3, "split": "train", "\\ud800x": 1.0}\n')     # a lone surrogate: matplotlib's TypeError
     assert plot_main([str(run), "--out", str(tmp_path / "p.png")]) == 0
-    assert "run/metrics.jsonl: 2 of its" in capsys.readouterr().err
+    assert "run/metrics.jsonl: 3 of its" in capsys.readouterr().err
     (run / "config.json").write_text('{"a": ' + "[" * 200000 + "]" * 200000 + "}")
     assert train_main(TINY + ["--out", str(run), "--resume", "--steps", "5"]) == 0
     err = capsys.readouterr().err
     assert "config.json is not readable as JSON; the run goes on from" in err and "Traceback" not in err, err
+    restart = tmp_path / "restart"                                  # stopped before its first checkpoint, with a
+    restart.mkdir()                                                 # value no run has: a KeyError traceback
+    (restart / "config.json").write_text((finished_run / "config.json").read_text().replace('"mode": "semi"',
+                                                                                           '"mode": "bogus"'))
+    assert '"bogus"' in (restart / "config.json").read_text()
+    assert train_main(TINY + ["--out", str(restart), "--resume", "--steps", "2"]) == 0
+    assert "with the options given (its config.json records a value no run has: --mode must be one of" in \
+        capsys.readouterr().err
+
+
+def test_a_grid_header_skips_cell_configs_it_cannot_read(tmp_path):
+    """A finished cell's config.json made a FIFO blocked the grid for good after its cells ran; a batch of
+    1e999 (OverflowError) or a lone surrogate in the preset (UnicodeEncodeError) ended it in a traceback with
+    no tables: each is left out of the header's resolved presets, as a missing one is."""
+    from collections import namedtuple
+
+    from cycleseg.experiments import resolved_text
+
+    cells = {namedtuple("Cell", "name")(n): {0: {}} for n in ("fifo", "huge", "odd", "good")}
+    for n in ("fifo", "huge", "odd", "good"):
+        (tmp_path / f"{n}-seed0").mkdir()
+    os.mkfifo(tmp_path / "fifo-seed0" / "config.json")
+    (tmp_path / "huge-seed0" / "config.json").write_text('{"preset": "cpu", "batch_size": 1e999, "device": "cpu"}')
+    (tmp_path / "odd-seed0" / "config.json").write_text('{"preset": "\\udc80cpu", "batch_size": 8, "device": "cpu"}')
+    (tmp_path / "good-seed0" / "config.json").write_text('{"preset": "cpu", "batch_size": 8, "device": "cpu"}')
+    assert resolved_text(tmp_path, cells) == " Runs resolved to preset cpu, batch 8 (+ 8 unlabeled where a method " \
+                                             "reads them) on cpu."
 
 
 def test_a_checkpoint_whose_bytes_do_not_match_their_checksum_is_refused(tmp_path, capsys, finished_run):
@@ -1337,6 +1381,25 @@ def test_a_checkpoint_whose_bytes_do_not_match_their_checksum_is_refused(tmp_pat
     image = tmp_path / "x.png"
     Image.new("L", (16, 16)).save(image)
     one_line_error(predict_main, [ckpt, image, "--out", tmp_path / "pred"], capsys, why, tmp_path)
+    one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys, why, tmp_path)
+
+
+def test_weights_edited_and_saved_again_are_refused_by_every_command(tmp_path, capsys, finished_run):
+    """Weights negated and the checkpoint saved again (a valid archive, finite values) were evaluated and
+    trained on without a word (the run-state digest leaves large tensors' values out and only --resume checked
+    it): every command now compares them with the digest their run saved."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert "weights_digest" in state
+    for v in state["nets"]["G_IS"].values():
+        if v.is_floating_point() and v.numel() > 16:
+            v.mul_(-1)
+    torch.save(state, run / "last.pt")
+    why = "last.pt: not a usable cycleseg checkpoint: its weights are not those its run saved"
+    one_line_error(evaluate_main, [run / "last.pt", "--no-progress"], capsys, why, tmp_path)
     one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys, why, tmp_path)
 
 

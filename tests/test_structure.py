@@ -312,3 +312,9 @@ def test_a_signal_while_a_command_imports_or_after_it_finished(tmp_path):
         assert done.returncode == status and done.stderr.splitlines() == [
             "note: SIGTERM arrived after the command had finished; nothing was stopped (the exit status is the "
             "command's)"], done.stderr
+    code = ("import atexit, signal, sys\nfrom cycleseg.usage import run_command, stop_before_start\n"
+            "stop_before_start()\nrun_command(lambda: 0)\natexit._run_exitfuncs()\n"
+            "print(all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", (done.stdout, done.stderr)    # the finalisation's reset to the default
+                                                                        # handlers would end it by the signal: 143
