@@ -86,8 +86,8 @@ def check_weights(state: dict, path) -> None:
 
 def weights_digest(nets: dict) -> str:
     """SHA-256 of the networks' tensors (names, dtypes, shapes and bytes): saved in every checkpoint
-    ("weights_digest") and checked by load_run, so weights edited by hand (a CRC-valid archive rewritten) are
-    refused by every command instead of evaluated, exported or trained on."""
+    ("weights_digest") and checked once the networks are loaded (check_weights), so weights edited by hand (a
+    CRC-valid archive rewritten) are refused by every command instead of evaluated, exported or trained on."""
     h = hashlib.sha256()
     for name in sorted(nets):
         for key in sorted(nets[name]):

@@ -3,8 +3,8 @@ A leaf module (imports nothing of the package), so every command and the data pa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import atexit
+import contextlib
 import errno
 import os
 import re
@@ -19,9 +19,10 @@ class UsageError(ValueError):
 
 
 NAME_MAX = 255                                                      # bytes in a file name (Linux, macOS)
-NUMBERS = {int: re.compile(r"[+-]?\d+", re.ASCII),                          # what a numeric option's text may be: Python's
-           float: re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I | re.ASCII)}  # int() / float()
-                                                                    # also read "1_000" and " 2" (then 1000, 2)
+# What a numeric option's text may be: ASCII digits, a sign, a point, an exponent (Python's int() and float()
+# also read "1_000", " 2" and "１２", as 1000, 2 and 12).
+NUMBERS = {int: re.compile(r"[+-]?\d+", re.ASCII),
+           float: re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I | re.ASCII)}
 
 
 def plain_int(text: str) -> int:
