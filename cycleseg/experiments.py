@@ -52,7 +52,7 @@ from .data.source import open_source
 from .data.splits import open_splits, split_path
 from .data.streams import check_batch, labeled_indices
 from .evaluate import batches, main as evaluate_main
-from .fileio import loads, write_files
+from .fileio import loads, occupied, write_files
 from .gridprocs import Children, GridInterrupted, run_tasks
 from .methods import METHODS
 from .metrics import image_dice
@@ -291,7 +291,7 @@ def checked_record(folder: Path, rec: dict, evaluate=evaluate_in_process) -> dic
     conversions) the record gains the per-volume means of HD95 and ASD of that evaluation."""
     last, out = folder / "last.pt", folder / "eval-final"
     found = out / "report.json"
-    if found.exists() and not found.is_file():                      # a FIFO would block the grid for good
+    if occupied(found):                                             # a FIFO would block the grid for good
         raise DataError(f"{found} is a folder or special file, not an evaluation's report; move it away and rerun")
     kept = found.exists() and found.stat().st_mtime >= last.stat().st_mtime and cell_report(found, last, rec)
     if not kept:
@@ -552,7 +552,7 @@ def check_grid_folder(out: Path) -> None:
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {out}: {'a link to nothing' if not out.exists() else 'a file'}, not a folder; "
                          f"give the grid a folder (made if missing)")
-    odd = [n for n in GRID_FILES if (out / n).exists() and not (out / n).is_file()]
+    odd = [n for n in GRID_FILES if occupied(out / n)]
     if odd:
         raise UsageError(f"{out / odd[0]} is a folder or special file where the grid writes its results; move it "
                          f"or choose another --out")

@@ -231,6 +231,13 @@ def append_jsonl(path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def occupied(path) -> bool:
+    """Whether something other than a regular file stands where a command keeps or reads a file (a folder, a
+    FIFO that would block, a device): every such place is refused with one line naming it."""
+    path = Path(path)
+    return path.exists() and not path.is_file()
+
+
 def loads(text):
     """json.loads of a file's text whose every failure on bad text is a ValueError: besides a JSONDecodeError,
     an integer of more than 4300 digits raises ValueError and deep nesting RecursionError (made ValueError)."""

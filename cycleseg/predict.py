@@ -40,8 +40,8 @@ from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import MAX_SIDE, SIDE_MULTIPLE, least_side
 from .data import nifti
-from .data.convert import (HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values, open_image,
-                           see_through, upright)
+from .data.convert import (HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values,
+                           may_see_through, open_image, see_through, upright)
 from .data.h5format import DataError, default_palette, info_problem, open_h5, read_meta
 from .data.pixels import to_input
 from .fileio import loads, write_files
@@ -108,14 +108,14 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
 
     def image(p: Path):
         with open_image(p) as im:                # one frame, readable header; a FIFO refused, not read forever
-            high = im.mode in HIGH_BIT_MODES
+            high, alpha = im.mode in HIGH_BIT_MODES, may_see_through(im)     # from the header: read once
             try:
                 im.verify()
             except Exception as e:
                 raise DataError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
         if high and intensity != "minmax":
             read_image(p, channels, intensity)                       # raises, naming the image
-        if see_through(p):
+        if alpha and see_through(p):                                # its pixels read only where it may be
             clear.append(p)
         add(p.stem, lambda p=p: read_image(p, channels, intensity), p)
 

@@ -33,7 +33,8 @@ except ImportError:                                                 # Windows: f
 from . import checkpoint, figures
 from .config import Config, differing, flat, flat_fields, from_flat, resume_config
 from .options import CHANGEABLE, RUNTIME
-from .fileio import append_jsonl, atomic_write_bytes, atomic_write_text, loads, read_jsonl, remove_stale_temporaries
+from .fileio import (append_jsonl, atomic_write_bytes, atomic_write_text, loads, occupied, read_jsonl,
+                     remove_stale_temporaries)
 from .usage import UsageError, message
 
 
@@ -112,7 +113,7 @@ class RunFolder:
         last.pt; --resume restarts a run killed before its first checkpoint."""
         self.lock()
         for f in (self.path / "config.json", self.metrics, self.last, self.best):
-            if f.exists() and not f.is_file():                      # found before a step, not at the first save
+            if occupied(f):                                         # found before a step, not at the first save
                 raise UsageError(f"{f} is a folder or special file where the run keeps a file; nothing was written: "
                                  f"move it away, or train into another --out")
         held, self.changes = self.held(), []

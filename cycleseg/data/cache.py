@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, occupied
 from . import h5format
 from .h5format import Meta, default_palette, write_split
 
@@ -42,7 +42,7 @@ def cached_file(path: Path, build: Callable, source: str | None = None) -> Path:
     replaced or edited) writes it again too."""
     sums = path.with_name(path.name + ".sha256")
     for p in (path, sums):
-        if p.exists() and not p.is_file():                          # made by hand: not ours to delete
+        if occupied(p):                                             # made by hand: not ours to delete
             raise h5format.DataError(f"{p} is a folder or special file where the data cache keeps a file; remove "
                                      f"it (the cache writes the file again) or set CYCLESEG_CACHE to another folder")
 

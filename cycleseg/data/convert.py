@@ -122,12 +122,18 @@ def open_image(path) -> Image.Image:
     return im
 
 
+def may_see_through(im: Image.Image) -> bool:
+    """Whether an opened image can hold transparency (an alpha channel or a transparent palette entry), from
+    its header alone."""
+    return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+
+
 def see_through(path: Path) -> bool:
     """Whether an image has pixels that are not fully opaque (an alpha channel or a transparent palette
     entry in use): reading it as RGB or gray drops that, and its transparent pixels show whatever colour
     they hold."""
     with open_image(path) as im:
-        if im.mode not in ("RGBA", "LA", "PA", "La", "RGBa") and "transparency" not in im.info:
+        if not may_see_through(im):
             return False
         try:
             return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
