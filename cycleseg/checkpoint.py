@@ -84,6 +84,47 @@ def check_weights(state: dict, path) -> None:
                     "checkpoint (best.pt, a copy) or train again")
 
 
+def check_digest(state: dict, path) -> None:
+    """CheckpointError when a run state's values are not those its run saved (digest): called after the
+    checks that say more (check_run, the networks' load, check_weights). Checkpoints from before digests
+    were saved pass."""
+    if "digest" in state and state["digest"] != digest(state):
+        _fail(path, "its run state is not what its run wrote (the digest it was saved with differs: a value was "
+                    "edited by hand); use another checkpoint (best.pt, a copy) or train again into another --out")
+
+
+def digest(s: dict) -> str:
+    """SHA-256 of a checkpoint's run state, everything but the values of tensors of more than 16 elements
+    (weights and optimizer moments: checked for NaN and shape elsewhere; hashing them would cost a second per
+    save): its step, config, positions, schedules, optimizer settings and counts, plan and clock. Saved in
+    the checkpoint ("digest"), checked by every command that reads a run (check_digest), so an edit that
+    leaves every value possible (a stream position, a plan flag, a mode, a palette) is not resumed, scored or
+    exported as if the run had written it."""
+    h = hashlib.sha256()
+
+    def walk(v):
+        if isinstance(v, dict):
+            h.update(b"{")
+            for k in sorted(v, key=repr):
+                if k != "digest" or v is not s:
+                    h.update(repr(k).encode() + b":")
+                    walk(v[k])
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"[" if isinstance(v, list) else b"(")
+            for x in v:
+                walk(x)
+            h.update(b"]")
+        elif isinstance(v, torch.Tensor):
+            h.update(f"T{v.dtype}{tuple(v.shape)}".encode())
+            if v.numel() <= 16:
+                h.update(repr(v.detach().cpu().tolist()).encode())
+        else:
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+    walk(s)
+    return h.hexdigest()
+
+
 def weights_digest(nets: dict) -> str:
     """SHA-256 of the networks' tensors (names, dtypes, shapes and bytes): saved in every checkpoint
     ("weights_digest") and checked once the networks are loaded (check_weights), so weights edited by hand (a
@@ -208,6 +249,7 @@ def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:
                               f"{cfg.ngf}, {cfg.n_blocks} blocks, ndf {cfg.ndf}, {info['num_classes']} classes): "
                               f"{e}") from e
     check_weights(state, path)
+    check_digest(state, path)
     return cfg, info, nets
 
 

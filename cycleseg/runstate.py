@@ -3,7 +3,7 @@
     step, best_miou, config, plan, data        the run (clock: its wall and evaluation time so far, train.py)
     nets, optimizers, schedulers               the same on every process
     world_size, ranks                          per process: history pools, stream positions, RNG states
-    digest                                     of all of it but large tensors' values (train.py; `digest`)
+    digest                                     of all of it but large tensors' values (checkpoint.digest)
 
 Stream positions are stored as positions in the whole stream (a process of W has read 1/W of it), so a
 checkpoint resumes on any number of processes (where the new count does not divide a stream's position,
@@ -13,13 +13,12 @@ states go to the process of the same rank
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 
 import torch
 
-from .checkpoint import CheckpointError, check_fingerprints, check_weights
+from .checkpoint import CheckpointError, check_digest, check_fingerprints, check_weights
 from .config import flat
 from .distributed import World, gather
 from .fastpath import Plan
@@ -141,41 +140,10 @@ def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World
                               f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
     check_optimizers(step, s["step"], path)
     check_weights(s, path)
-    if "digest" in s and s["digest"] != digest(s):                  # checked last: the reasons above say more
-        raise CheckpointError(f"{path}: cannot be resumed: its run state is not what the run wrote (the digest it "
-                              f"was saved with differs: a value was edited by hand); train again into another --out")
+    check_digest(s, path)                                           # checked last: the reasons above say more
     return s["step"], float(s["best_miou"])
 
 
-def digest(s: dict) -> str:
-    """SHA-256 of a checkpoint's run state, everything but the values of tensors of more than 16 elements
-    (weights and optimizer moments: checked for NaN and shape elsewhere; hashing them would cost a second per
-    save): its step, config, positions, schedules, optimizer settings and counts, plan and clock. Saved in
-    the checkpoint ("digest"), checked on resume, so an edit that leaves every value possible (a stream
-    position, a plan flag) is not resumed as if the run had written it."""
-    h = hashlib.sha256()
-
-    def walk(v):
-        if isinstance(v, dict):
-            h.update(b"{")
-            for k in sorted(v, key=repr):
-                if k != "digest" or v is not s:
-                    h.update(repr(k).encode() + b":")
-                    walk(v[k])
-            h.update(b"}")
-        elif isinstance(v, (list, tuple)):
-            h.update(b"[" if isinstance(v, list) else b"(")
-            for x in v:
-                walk(x)
-            h.update(b"]")
-        elif isinstance(v, torch.Tensor):
-            h.update(f"T{v.dtype}{tuple(v.shape)}".encode())
-            if v.numel() <= 16:
-                h.update(repr(v.detach().cpu().tolist()).encode())
-        else:
-            h.update(f"{type(v).__name__}:{v!r};".encode())
-    walk(s)
-    return h.hexdigest()
 
 
 HYPERPARAMETERS = ("betas", "eps", "weight_decay", "momentum", "dampening", "nesterov", "amsgrad", "maximize")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import figures, ops
 from .assemble import build, networks_of, optim_of
-from .checkpoint import CheckpointError, weights_digest
+from .checkpoint import CheckpointError, digest, weights_digest
 from .config import Config, check_image_side, flat, foreign_options, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
@@ -40,7 +40,7 @@ from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
 from .models import count_parameters
 from .runfolder import RunFolder
-from .runstate import check_run_state, digest, load_state_dict, state_dict
+from .runstate import check_run_state, load_state_dict, state_dict
 from .usage import UsageError, fail, grid_cell, run_command, say, tell
 
 
@@ -66,7 +66,7 @@ class Run:
         if state is not None:                                       # a resume's records go on from these times
             state["clock"] = {"time": time.time() - self.clock["t0"], "evaluating": self.clock["evaluating"]}
             state["weights_digest"] = weights_digest(state["nets"])  # an edit by hand is refused by every command
-            state["digest"] = digest(state)                         # and of the run state, on resume
+            state["digest"] = digest(state)                         # and of the run state: checked by every command
         self.folder.save(state, is_best)
 
 

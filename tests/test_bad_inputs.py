@@ -859,11 +859,13 @@ def test_a_16_bit_rgb_image_is_refused_by_predict_and_the_converters(tmp_path, c
 def test_a_palette_shorter_than_the_classes_is_filled_with_a_note(tmp_path, capsys, tiny_checkpoint):
     """A model whose palette colours 2 of its 4 classes predicts, the others in the default colours, and says
     so in one note (it was filled without a word)."""
+    from cycleseg.checkpoint import digest
     from cycleseg.data.h5format import default_palette
 
     state = torch.load(tiny_checkpoint, weights_only=False)
     k = state["data"]["num_classes"]
     state["data"]["palette"] = [[1, 2, 3], [4, 5, 6]]
+    state["digest"] = digest(state)                                 # as a run on data with this palette saves it
     torch.save(state, tmp_path / "short.pt")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "x.png")
     capsys.readouterr()
@@ -1401,6 +1403,38 @@ def test_weights_edited_and_saved_again_are_refused_by_every_command(tmp_path, c
     why = "last.pt: not a usable cycleseg checkpoint: its weights are not those its run saved"
     one_line_error(evaluate_main, [run / "last.pt", "--no-progress"], capsys, why, tmp_path)
     one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys, why, tmp_path)
+
+
+@pytest.mark.parametrize("edit", ["mode", "palette", "class_names"])
+def test_run_state_edited_and_saved_again_is_refused_by_every_command(tmp_path, capsys, finished_run, edit):
+    """A run state's value edited to another possible one and the checkpoint saved again (a valid archive,
+    the weights untouched: another mode, palette or class names) was evaluated, predicted with and exported
+    as if the run had written it (the run-state digest was checked on --resume only): every command that
+    reads a run now compares it with the digest the run saved."""
+    import shutil
+
+    from cycleseg.export import main as export_main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert "digest" in state
+    if edit == "mode":
+        state["config"]["mode"] = "partial" if state["config"]["mode"] != "partial" else "semi"
+    else:
+        k = state["data"]["num_classes"]
+        state["data"][edit] = ([[7 * i, 0, 0] for i in range(k)] if edit == "palette"
+                               else [f"class {i}" for i in range(k)])
+    torch.save(state, run / "last.pt")
+    why = "last.pt: not a usable cycleseg checkpoint: its run state is not what its run wrote"
+    image = tmp_path / "x.png"
+    Image.new("L", (16, 16)).save(image)
+    one_line_error(evaluate_main, [run / "last.pt", "--no-progress"], capsys, why, tmp_path)
+    one_line_error(predict_main, [run / "last.pt", image, "--out", tmp_path / "pred"], capsys, why, tmp_path)
+    one_line_error(export_main, [run / "last.pt", "--out", tmp_path / "exp", "--formats", "pt2"], capsys, why,
+                   tmp_path)
+    one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys,
+                   "is not the run" if edit == "mode" else why, tmp_path)   # a mode: config.json says another
 
 
 def test_overwrite_replaces_an_earlier_output_set_whole(tmp_path, capsys, tiny_checkpoint, make_acdc, monkeypatch):
