@@ -13,7 +13,7 @@ from .checkpoint import CheckpointError
 from .config import check_device
 from .data.h5format import DataError
 from .fastpath import PRECISIONS
-from .fileio import NAME_MAX
+from .fileio import NAME_MAX, file_keys, remove_stale_temporaries
 from .usage import Parser, UsageError, fail, path_arg, plain_int
 
 
@@ -52,21 +52,14 @@ def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
     command's `inputs` (a checkpoint, an image, a record file), or a folder, is refused even with
     --overwrite, and so is a name longer than file systems allow (an input's long name with a suffix).
     Checked before anything is written."""
-    def keys(p: Path) -> set:                                       # its resolved path and, if it exists, its inode
-        try:
-            st = p.stat()
-            return {p.resolve(), (st.st_dev, st.st_ino)}
-        except FileNotFoundError:
-            return {p.resolve()}
-        except (OSError, RuntimeError):                             # a symbolic-link loop (RuntimeError < 3.13)
-            return set()
-
-    ins = set().union(*(keys(Path(i)) for i in inputs))              # each path resolved once: many inputs stay linear
+    for folder in dict.fromkeys(Path(p).parent for p in paths):     # a set a killed command was renaming there:
+        remove_stale_temporaries(folder.parent, folder.name)        # completed first (fileio.complete_commit)
+    ins = set().union(*(file_keys(i) for i in inputs))               # each path resolved once: many inputs stay linear
     for p in map(Path, paths):
         if (n := len(os.fsencode(p.name))) > NAME_MAX:
             raise UsageError(f"{p.parent}/{p.name[:40]}...: an output name of {n} bytes, longer than file names may "
                              f"be ({NAME_MAX}); shorten it (the --out given, or the name of the input it is made from)")
-        if keys(p) & ins:
+        if file_keys(p) & ins:
             raise UsageError(f"{p} is one of this command's inputs: an output never replaces an input; choose "
                              f"another --out")
         if p.is_dir():

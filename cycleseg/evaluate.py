@@ -38,7 +38,7 @@ from .data import acdc
 from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
-from .data.splits import split_path
+from .data.splits import check_labeled, split_path
 from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
 from .usage import UsageError, path_arg, path_text, run_command
@@ -230,6 +230,8 @@ def run(a) -> tuple[dict, dict]:
     if a.data is None and a.split in ("train", "val"):             # the run's own data: still what it read?
         check_fingerprints(state, {a.split: source.fingerprint()}, {a.split: path}, a.checkpoint, (a.split,))
     check_readable(source, info, path, a.checkpoint, cfg.generator)
+    check_labeled(source, f"the {a.split} split" if folder is not None or a.data is None else "the file",
+                  "give --data a split with labels (predict draws masks without them)")
     g_is = inference.prepare(nets["G_IS"], device, a.precision)
     cm = confusion(g_is, source, device, a.batch_size, not a.no_progress)
     summary = cm.summary(meta.class_names)
@@ -258,7 +260,8 @@ def run(a) -> tuple[dict, dict]:
                                                                     meta.class_names[1:]))
     refuse_existing([out / name for name in files], a.overwrite, "an earlier evaluation",
                     inputs=[a.checkpoint, path])
-    write_files(out, files, replace=a.overwrite, remove=EVALUATION_FILES if a.overwrite else ())
+    write_files(out, files, replace=a.overwrite, remove=EVALUATION_FILES if a.overwrite else (),
+                inputs=[a.checkpoint, path])
     return result, files
 
 

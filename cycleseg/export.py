@@ -143,7 +143,7 @@ def run(a) -> list[Path]:
     refuse_existing([out / n for n in names], a.overwrite, "an earlier export", inputs=[a.checkpoint])
     files = {n: (export_onnx if fmt == "onnx" else export_pt2)(g_is, meta, example) for n, fmt in zip(names, a.formats)}
     earlier = [f"{a.checkpoint.stem}.{fmt}" for fmt in FORMATS] if a.overwrite else ()   # one export's set, whole
-    write_files(out, files, replace=a.overwrite, remove=earlier)
+    write_files(out, files, replace=a.overwrite, remove=earlier, inputs=[a.checkpoint])
     return [out / n for n in names]
 
 

@@ -4,10 +4,12 @@ the previous file or the new one, never a partial file."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from .usage import NAME_MAX, check_stopped, stop_deferred
@@ -87,6 +89,19 @@ def commit(tmp: Path, path: Path, replace: bool = True) -> None:
     tmp.unlink()
 
 
+def file_keys(p) -> set:
+    """A path's identities: its resolved path and, if it exists, its (device, inode), so a symbolic or hard
+    link to a file is the same file (an output that is an input, a removal that would take an input)."""
+    p = Path(p)
+    try:
+        st = p.stat()
+        return {p.resolve(), (st.st_dev, st.st_ino)}
+    except FileNotFoundError:
+        return {p.resolve()}
+    except (OSError, RuntimeError):                                 # a symbolic-link loop (RuntimeError < 3.13)
+        return set()
+
+
 def make_folders(folder: Path) -> list[Path]:
     """mkdir -p `folder`; the folders it created, deepest first (what a failed write takes away again)."""
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -127,11 +142,40 @@ def remove_stale_temporaries(folder, name: str | None = None) -> list:
             if p.is_file():
                 p.unlink()
             elif p.is_dir():                                        # write_files' stage
+                complete_commit(p)
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 continue
             gone.append(p.name)
     return gone
+
+
+JOURNAL = "commit.json"                                             # in a stage: its renames had begun
+
+
+def complete_commit(stage: Path) -> None:
+    """A stage whose process was killed during its renames (its journal written: write_files) is renamed into
+    place the rest of the way, and the earlier set's names it was to remove go, so the folder holds the new
+    set whole; said in one note. A stage without a journal was killed before any rename: nothing to do."""
+    try:
+        plan = loads((stage / JOURNAL).read_text())
+        folder, remove = stage.parent / plan["folder"], list(plan["remove"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if folder.parent != stage.parent or folder.name in ("", ".", ".."):   # a journal of ours names a sibling
+        return
+    new = stage / "new"
+    left = sorted(f for f in new.rglob("*") if f.is_file()) if new.is_dir() else []
+    for f in left:
+        target = folder / f.relative_to(new)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
+    for name in remove:
+        if isinstance(name, str) and ".." not in Path(name).parts and not Path(name).is_absolute() \
+                and ((folder / name).is_file() or (folder / name).is_symlink()):
+            (folder / name).unlink()
+    print(f"note: {folder}: a process killed while writing its files had renamed some into place; the other "
+          f"{len(left)} were put there now, so it holds that output whole", file=sys.stderr)
 
 
 def _alive(pid: int) -> bool:
@@ -150,18 +194,23 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
-def write_files(folder, files: dict, replace: bool = True, remove=()) -> None:
+def write_files(folder, files: dict, replace: bool = True, remove=(), inputs=()) -> None:
     """Write {name: bytes} into `folder`, all or nothing: every file is staged in a temporary folder
-    beside it first, the folders the names need are made and no target may be a folder, then each file is
-    renamed into place with the file it replaces kept aside; a failure among the renames puts the replaced
-    files back and removes the new ones, so `folder` holds either every new file or none of them (only a
-    kill during the renames, a few system calls, can leave a part; a stop signal there waits for them and
-    the cleanup: stop_deferred). replace=False: a target that appeared meanwhile (another process's) is kept
-    and nothing is written (commit). `remove`: names of an earlier output set of the same command that this
-    one does not write (with --overwrite), taken away in the same commit, so the folder holds one set whole."""
+    beside it first, the folders the names need are made and no target may be a folder, then committed. A
+    folder that does not exist yet gets the stage in one rename; into an existing one each file is renamed
+    into place with the file it replaces kept aside, and a failure among the renames puts the replaced files
+    back and removes the new ones. A kill during those renames leaves a journal in the stage: the next
+    command that writes there, or checks its outputs there (cli.refuse_existing), completes them
+    (complete_commit); a stop signal waits for them and the cleanup (stop_deferred). replace=False: a
+    target that appeared meanwhile (another process's) is kept and nothing is written (commit). `remove`:
+    names of an earlier output set of the same command that this one does not write (with --overwrite),
+    taken away in the same commit, so the folder holds one set whole; never one of the command's `inputs`
+    (a checkpoint named like an earlier output is an input, not an output)."""
     folder = Path(folder)
     made = make_folders(folder.parent)
     remove_stale_temporaries(folder.parent, folder.name)             # a stage a killed process left
+    ins = set().union(*(file_keys(i) for i in inputs))
+    remove = [n for n in dict.fromkeys(remove) if n not in files and not file_keys(folder / n) & ins]
     stage = folder.parent / temp_name(folder.name)
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -177,18 +226,41 @@ def write_files(folder, files: dict, replace: bool = True, remove=()) -> None:
                     os.fsync(f.fileno())
             except OSError as e:                                    # a full disk: the output, not the stage
                 raise named(e, folder / name) from e
-        for name in files:
-            made += make_folders((folder / name).parent)
-            if (folder / name).is_dir():
-                raise IsADirectoryError(f"{folder / name} is a folder: nothing written in {folder}")
-        with stop_deferred():                                       # renames and cleanup run whole, signal or not
-            _rename_staged(folder, stage, files, replace, remove)
-            done = True
-            shutil.rmtree(stage, ignore_errors=True)
+        with stop_deferred():
+            if not (folder.exists() or folder.is_symlink()) and _rename_whole(stage / "new", folder):
+                done = True
+        if not done:
+            for name in files:
+                made += make_folders((folder / name).parent)
+                if (folder / name).is_dir():
+                    raise IsADirectoryError(f"{folder / name} is a folder: nothing written in {folder}")
+            with stop_deferred():                                   # renames and cleanup run whole, signal or not
+                with open(stage / JOURNAL, "w") as f:               # torn by a kill: no rename had begun
+                    f.write(json.dumps({"folder": folder.name, "remove": remove}))
+                    f.flush()
+                    os.fsync(f.fileno())
+                _rename_staged(folder, stage, files, replace, remove)
+                done = True
+                shutil.rmtree(stage, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
             remove_empty(made)
+
+
+def _rename_whole(new: Path, folder: Path) -> bool:
+    """The staged files become `folder` in one rename (a folder that is not there yet: nothing to replace,
+    nothing half-written to see); False where something took its place meanwhile (then file by file)."""
+    check_stopped()
+    try:
+        os.rename(new, folder)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            return False
+        raise named(e, folder) from e
+    return True
 
 
 def _rename_staged(folder: Path, stage: Path, files: dict, replace: bool, remove) -> None:
@@ -209,7 +281,7 @@ def _rename_staged(folder: Path, stage: Path, files: dict, replace: bool, remove
                     os.replace(kept, target)
                 raise
             renamed.append((target, kept))
-        for i, name in enumerate(n for n in dict.fromkeys(remove) if n not in files):
+        for i, name in enumerate(remove):
             target = folder / name
             if target.is_file() or target.is_symlink():
                 kept = stage / "old" / f"removed{i}"

@@ -1,9 +1,9 @@
 """What an option of a run is, said once, beside it: `option(default, help, check=..., resume=...)` makes a
 dataclass field whose metadata the command line (help, choices), the checks and a resumed run read.
 
-    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "positive" | "steps" | "crop_scale" |
+    check    "fraction" [0, 1] | "below_one" [0, 1) | "non_negative" | "share" | "steps" | "crop_scale" |
              "width" | "blocks" | "batch" | "image_std" | "pool" | "prefetch" | "weight" | "rate" (bounded: a typo
-             would ask for terabytes or overflow) | None
+             would ask for terabytes, overflow or diverge) | None
     resume   why a resumed run keeps the value (the default: "the method and its objective"), or
              CHANGEABLE (a resumed run may change it: the schedule is re-derived), or RUNTIME (it
              describes the process, not the run: always taken from the command line)
@@ -25,7 +25,7 @@ CHECKS = {
     "fraction": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "below_one": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "non_negative": (lambda v: v >= 0, ">= 0"),
-    "positive": (lambda v: v > 0, "> 0"),
+    "share": (lambda v: 0.0 < v <= 100.0, "in (0, 100] (a share of --lr)"),
     "steps": (lambda v: 1 <= v <= 10 ** 9, "in 1..10^9 (a count of steps)"),
     "crop_scale": (lambda v: 1 <= v <= 16, "in [1, 16] (a crop of at least 1/16 of each side; beyond, under a pixel)"),
     "width": (lambda v: 1 <= v <= 1024, "in 1..1024 (channels; the paper's are 64)"),

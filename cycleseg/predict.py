@@ -314,20 +314,27 @@ def run(a) -> dict:
         for j, (it, orig) in enumerate(zip(chunk, originals)):
             files.update(outputs(model, it, orig, pred[j], fake[j] if fake is not None else None))
     files["inputs.csv"] = manifest(items, scans, suffixes)
-    inputs = {Path(p).resolve() for p in [*(it.source for it in items if it.source), *(p for _, p in scans)]}
-    earlier = [n for n in earlier_outputs(Path(a.out)) if (Path(a.out) / n).resolve() not in inputs] if a.overwrite else ()
-    write_files(a.out, files, replace=a.overwrite, remove=earlier)      # never an input of this prediction
+    write_files(a.out, files, replace=a.overwrite, remove=earlier_outputs(Path(a.out)) if a.overwrite else (),
+                inputs=[a.checkpoint, *(it.source for it in items if it.source), *(p for _, p in scans)])
     return {"images": len(items), "volumes": len(scans), "files": len(files), "out": str(a.out)}
 
 
 def earlier_outputs(out: Path) -> list[str]:
-    """The outputs an earlier prediction into `out` wrote, by its inputs.csv (names in `out` itself): with
-    --overwrite they go with the commit, so the folder holds one prediction's files, not two mixed."""
+    """The outputs an earlier prediction into `out` wrote, by its inputs.csv (names in `out` itself, of the
+    kinds predict writes: <name>_mask / _overlay / _gsi.png, <scan>.nii.gz): with --overwrite they go with
+    the commit, so the folder holds one prediction's files, not two mixed. Another file called inputs.csv
+    names nothing to remove; nor does any row naming another kind of file (write_files keeps the inputs)."""
     try:
         rows = list(csv.reader(io.StringIO((out / "inputs.csv").read_bytes().decode("utf-8", "surrogateescape"))))
     except (OSError, csv.Error):
         return []
-    return [r[1] for r in rows[1:] if len(r) == 2 and r[1] and Path(r[1]).name == r[1] and r[1] not in (".", "..")]
+    if not rows or rows[0] != ["input", "output"]:
+        return []
+    return [r[1] for r in rows[1:] if len(r) == 2 and Path(r[1]).name == r[1] and r[1].endswith(OUTPUT_KINDS)
+            and not r[1].startswith(".")]
+
+
+OUTPUT_KINDS = ("_mask.png", "_overlay.png", "_gsi.png", ".nii.gz")   # the files predict writes
 
 
 def manifest(items, scans, suffixes) -> bytes:

@@ -116,6 +116,10 @@ class RunFolder:
             if occupied(f):                                         # found before a step, not at the first save
                 raise UsageError(f"{f} is a folder or special file where the run keeps a file; nothing was written: "
                                  f"move it away, or train into another --out")
+        for f in (self.path / "config.json", self.metrics):         # a link: another run's records taken for its own
+            if f.is_symlink():
+                raise UsageError(f"{f} is a symbolic link (to {os.readlink(f)}) where the run keeps its own records; "
+                                 f"nothing was written: put the file itself there, or train into another --out")
         held, self.changes = self.held(), []
         if cfg.resume and self.last.exists():
             try:

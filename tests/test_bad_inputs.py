@@ -566,7 +566,7 @@ def test_convert_folder_refuses_what_would_corrupt_the_masks(tmp_path, capsys):
     ones = np.ones((8, 8), np.uint8)
     msg = one_line_error(data_main, ["convert", "folder", folder_tree(tmp_path / "b", [ones, stray]),
                                      tmp_path / "b.h5", "--no-progress"], capsys, "never appear below 200", tmp_path)
-    assert "1 pixels, e.g. 1" in msg and "--num-classes" in msg and "--map" in msg
+    assert f"1 pixels, e.g. {tmp_path / 'b' / 'masks' / '1.png'}" in msg and "--num-classes" in msg and "--map" in msg
     one_line_error(data_main, ["convert", "folder", folder_tree(tmp_path / "c", [np.full((8, 8), 255, np.uint8)]),
                                tmp_path / "c.h5", "--no-progress"], capsys, "every mask is all 255", tmp_path)
     # ... or converted as the user asks
@@ -705,7 +705,8 @@ def test_grid_refuses_a_cell_folder_of_another_configuration(tmp_path, capsys):
     (["--lr", "inf"], "--lr must be a finite number"),
     (["--mode", "adversarial", "--adv-beta1-d", "2.5"], "--adv-beta1-d must be in [0, 1)"),
     (["--mode", "adversarial", "--adv-beta2-d", "-1"], "--adv-beta2-d must be in [0, 1)"),
-    (["--mode", "adversarial", "--adv-lr-d-scale", "-1"], "--adv-lr-d-scale must be > 0"),
+    (["--mode", "adversarial", "--adv-lr-d-scale", "-1"], "--adv-lr-d-scale must be in (0, 100]"),
+    (["--mode", "adversarial", "--adv-lr-d-scale", "1e300"], "--adv-lr-d-scale must be in (0, 100]"),
     (["--mode", "adversarial", "--adv-threshold", "1e9"], "--adv-threshold must be in [0, 1]"),
     (["--val-data", "elsewhere.h5"], "--val-data elsewhere.h5: the built-in dataset brings its own validation split"),
 ])
@@ -1642,3 +1643,79 @@ def test_splits_without_a_labeled_pixel_are_refused(tmp_path, capsys):
     train, val = split(tmp_path / "train.h5", False), split(tmp_path / "val.h5", True)
     one_line_error(train_main, TINY + ["--data", train, "--val-data", val, "--out", tmp_path / "r"], capsys,
                    "val.h5: the val split holds no labeled pixel", tmp_path)
+
+
+def test_evaluate_refuses_a_split_without_a_labeled_pixel(tmp_path, capsys, tiny_checkpoint):
+    """evaluate scored a file whose masks are all the ignore index: exit 0, a report of NaN (not valid JSON),
+    where training refuses the same split: the one check (splits.check_labeled) now serves both."""
+    names = torch.load(tiny_checkpoint, weights_only=False)["data"]["class_names"]
+    k = len(names)
+    rng = np.random.default_rng(0)
+    write_split(tmp_path / "unlabeled.h5", rng.integers(0, 256, (4, 16, 16, 1), dtype=np.uint8),
+                np.full((4, 16, 16), 255, np.uint8), Meta(num_classes=k, class_names=list(names),
+                                                          palette=[[0, 0, 0]] * k))
+    one_line_error(evaluate_main, [tiny_checkpoint, "--data", tmp_path / "unlabeled.h5", "--out", tmp_path / "e"],
+                   capsys, "unlabeled.h5: the file holds no labeled pixel (every mask pixel is the ignore index 255)",
+                   tmp_path)
+
+
+def test_overwrite_never_removes_one_of_the_commands_inputs(tmp_path, capsys, tiny_checkpoint):
+    """--overwrite takes away an earlier output set's files that the new set does not write; that list was not
+    checked against the command's inputs: export of a checkpoint named m.pt2 to ONNX, evaluate of one named
+    volumes.csv, predict into a folder whose inputs.csv named the checkpoint, each deleted the checkpoint it
+    read, exit 0. No removal takes an input now (fileio.write_files' inputs); predict's inputs.csv names only
+    the kinds of file predict writes."""
+    import shutil
+
+    from cycleseg.export import main as export_main
+
+    e = tmp_path / "e"
+    e.mkdir()
+    shutil.copy(tiny_checkpoint, e / "m.pt2")
+    assert export_main([str(e / "m.pt2"), "--formats", "onnx", "--overwrite"]) == 0
+    assert sorted(f.name for f in e.iterdir()) == ["m.onnx", "m.pt2"]
+
+    v = tmp_path / "v"
+    v.mkdir()
+    shutil.copy(tiny_checkpoint, v / "volumes.csv")
+    assert evaluate_main([str(v / "volumes.csv"), "--out", str(v), "--overwrite", "--no-progress"]) == 0
+    assert (v / "volumes.csv").read_bytes() == tiny_checkpoint.read_bytes()
+
+    p = tmp_path / "p"
+    p.mkdir()
+    shutil.copy(tiny_checkpoint, p / "last.pt")
+    (p / "notes.png").write_bytes(b"mine")
+    (p / "inputs.csv").write_text("input,output\nfoo.png,last.pt\nfoo.png,notes.png\n")
+    Image.new("L", (16, 16)).save(tmp_path / "a.png")
+    assert predict_main([str(p / "last.pt"), str(tmp_path / "a.png"), "--out", str(p), "--overwrite",
+                         "--no-progress"]) == 0
+    assert (p / "last.pt").read_bytes() == tiny_checkpoint.read_bytes() and (p / "notes.png").read_bytes() == b"mine"
+    assert {"a_mask.png", "a_overlay.png", "inputs.csv"} <= {f.name for f in p.iterdir()}
+
+
+def test_a_converter_names_the_file_it_refuses(tmp_path, capsys):
+    """The folder converter named only an image's stem ("i0: 1 NaN or infinite pixel values"), where predict
+    names the file: both name the path now."""
+    for d in ("images", "masks"):
+        (tmp_path / "src" / d).mkdir(parents=True)
+    img = np.zeros((8, 8), np.float32)
+    img[0, 0] = np.nan
+    Image.fromarray(img).save(tmp_path / "src" / "images" / "i0.tif")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "src" / "masks" / "i0.png")
+    one_line_error(data_main, ["convert", "folder", tmp_path / "src", tmp_path / "o.h5", "--no-progress"], capsys,
+                   f"{tmp_path / 'src' / 'images' / 'i0.tif'}: 1 NaN or infinite pixel values", tmp_path)
+
+
+def test_resume_refuses_records_that_are_a_link(tmp_path, capsys, finished_run):
+    """A run folder whose metrics.jsonl is a symbolic link to another run's took that run's records into its
+    own history on --resume, without a word: refused, nothing written."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes((run / "metrics.jsonl").read_bytes())
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").symlink_to(other)
+    one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "4"], capsys,
+                   "metrics.jsonl is a symbolic link (to", tmp_path)

@@ -129,7 +129,8 @@ def test_converter_errors(tmp_path, capsys, voc):
     assert "SegmentationClass: no such folder" in capsys.readouterr().err
     save_palette_png(root / "SegmentationClass" / "2007_000002.png", np.full((20, 24), 30, np.uint8), 31)
     assert data_main(["convert", "voc", str(root), str(tmp_path / "x.h5"), "--split", "train", "--no-progress"]) == 2
-    assert "2007_000002: dataset 'masks', index 0: value 30 is not a class id" in capsys.readouterr().err
+    assert (f"{root / 'SegmentationClass' / '2007_000002.png'}: dataset 'masks', index 0: value 30 is not a class id"
+            in capsys.readouterr().err)
     assert not (tmp_path / "x.h5").exists()                             # nothing half-written
     (root / "JPEGImages" / "2007_000001.jpg").unlink()
     assert data_main(["convert", "voc", str(root), str(tmp_path / "x.h5"), "--split", "train", "--no-progress"]) == 2

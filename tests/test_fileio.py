@@ -216,3 +216,48 @@ def test_write_files_removes_an_earlier_set_in_the_same_commit(tmp_path, monkeyp
                                                                 "x.csv": b"old x"}
     fileio.write_files(out, {"report.json": b"new"}, remove=["report.json", "volumes.csv", "x.csv", "absent"])
     assert {f.name: f.read_bytes() for f in out.iterdir()} == {"report.json": b"new"}
+
+
+def test_a_set_killed_while_renaming_is_completed_by_the_next_command(tmp_path, capsys):
+    """SIGKILL during write_files' renames into a folder that holds files (a predict of 200 images: 601
+    renames) left part of the new set beside the old one, and the stage beside the folder; the rerun refused
+    on the files found. The commit's journal now lets the next command that writes there, or checks its
+    outputs there, put the rest in place (one note); a folder that did not exist gets its set in one rename."""
+    import subprocess
+    import sys
+
+    from cycleseg import fileio
+    from cycleseg.cli import refuse_existing
+
+    out = tmp_path / "out"
+    old = {f"f{i:02d}.txt": b"old" for i in range(30)}
+    fileio.write_files(out, {**old, "mine.txt": b"mine"})
+    script = (f"import os, cycleseg.fileio as f\n"
+              f"real, n = f.commit, [0]\n"
+              f"def commit(*a, **k):\n"
+              f"    real(*a, **k); n[0] += 1\n"
+              f"    if n[0] == 10: os.kill(os.getpid(), 9)\n"
+              f"f.commit = commit\n"
+              f"f.write_files({str(out)!r}, {{f'f{{i:02d}}.txt': b'new' for i in range(30)}}, "
+              f"remove=['mine.txt'])\n")
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    assert sorted(f.read_bytes() for f in out.glob("f*.txt")).count(b"new") == 10     # a part, as killed
+    assert [p for p in tmp_path.iterdir() if fileio.TEMP_TAG in p.name]
+    capsys.readouterr()
+    with pytest.raises(Exception, match="exist already"):
+        refuse_existing([out / "f00.txt"], False, "an earlier set")
+    assert "the other 20 were put there now, so it holds that output whole" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == {f"f{i:02d}.txt": b"new" for i in range(30)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    def no_commit(*a, **k):
+        raise AssertionError("a file renamed alone")
+
+    fresh = tmp_path / "fresh"
+    real, fileio.commit = fileio.commit, no_commit
+    try:
+        fileio.write_files(fresh, {f"f{i}.txt": b"x" for i in range(5)})
+    finally:
+        fileio.commit = real
+    assert sorted(p.name for p in fresh.iterdir()) == [f"f{i}.txt" for i in range(5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]

@@ -60,6 +60,11 @@ class Item:
     mask: object        # () -> ndarray uint8
     group: int = -1
     volume: str | None = None
+    files: tuple = ()   # (image file, mask file) where read from files: what messages name
+
+    def where(self, part: int = 0) -> str:
+        """The image's (0) or mask's (1) file, for a message; the item's name where it has none."""
+        return str(self.files[part]) if self.files else self.name
 
 
 # -- resizing -----------------------------------------------------------------------------------------
@@ -185,11 +190,11 @@ def count_classes(items: list[Item], mapping=None) -> int:
     which values are missing or stray, in which files and how many pixels, and what to pass instead."""
     hist, where = np.zeros(1 << 16, np.int64), {}
     for it in items:
-        m = mapped_mask(it.name, np.asarray(it.mask()), mapping)
+        m = mapped_mask(it.where(1), np.asarray(it.mask()), mapping)
         values, counts = np.unique(m, return_counts=True)
         hist[values] += counts
         for v in values:
-            where.setdefault(int(v), it.name)
+            where.setdefault(int(v), it.where(1))
     present = [int(v) for v in np.flatnonzero(hist) if v != IGNORE_INDEX]
     if not present:
         raise DataError(f"every mask is all {IGNORE_INDEX} (ignore): no class ids to learn from; check the masks, "
@@ -283,7 +288,8 @@ def voc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
         raise DataError(f"{masks_dir}: no such folder (expected a VOC2012 tree at {src})")
     ids = read_lines(src / "ImageSets" / "Segmentation" / f"{split}.txt")
     items = [Item(i, (lambda i=i: _pil(src / "JPEGImages" / f"{i}.jpg", "RGB")),
-                  (lambda i=i: _pil_mask(masks_dir / f"{i}.png").astype(np.uint8))) for i in ids]
+                  (lambda i=i: _pil_mask(masks_dir / f"{i}.png").astype(np.uint8)),
+                  files=(src / "JPEGImages" / f"{i}.jpg", masks_dir / f"{i}.png")) for i in ids]
     meta = Meta(num_classes=21, class_names=VOC_CLASSES, palette=default_palette(21), ignore_index=IGNORE_INDEX,
                 source=f"PASCAL VOC 2012 {split} ({src})")
     return items, meta
@@ -301,7 +307,7 @@ def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     for img in sorted(img_root.glob("*/*_leftImg8bit.png")):
         stem = img.name[:-len("_leftImg8bit.png")]
         lbl = lbl_root / img.parent.name / f"{stem}_gtFine_labelIds.png"
-        items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: lut[_pil_mask(p)])))
+        items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: lut[_pil_mask(p)]), files=(img, lbl)))
     if not items:
         raise DataError(f"{img_root}: no *_leftImg8bit.png images")
     meta = Meta(num_classes=19, class_names=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE, ignore_index=IGNORE_INDEX,
@@ -384,7 +390,7 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
             hint = (f"; masks are read as lossless .png only (found {', '.join(others)}" + (
                 ": a JPEG's compression changes class ids)" if lossy else "; save them as .png)") if others else "")
             raise DataError(f"{m}: no mask for image {p}{hint}")
-        items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil_mask(m))))
+        items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil_mask(m)), files=(p, m)))
     if num_classes is None:                                        # one pass over the masks to count classes
         num_classes = count_classes(items, mapping)
     names = class_names or [str(i) for i in range(num_classes)]
@@ -441,15 +447,15 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
     except DataError:
         raise
     except Exception as e:                                          # a damaged file: any reader error
-        raise DataError(f"{it.name}: could not be read ({type(e).__name__}: {e})") from e
+        raise DataError(f"{it.where()}: could not be read ({type(e).__name__}: {e})") from e
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)) or mask.ndim != 2:
-        raise DataError(f"{it.name}: image of shape {image.shape} and mask of shape {mask.shape}; expected "
+        raise DataError(f"{it.where()}: image of shape {image.shape} and mask of shape {mask.shape}; expected "
                         f"(H, W) or (H, W, 3) images and (H, W) masks")
     integer = np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_      # bool: a 1-bit mask, ids 0 / 1
     if not (np.issubdtype(image.dtype, np.number) and integer):
-        raise DataError(f"{it.name}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
+        raise DataError(f"{it.where()}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
                         f"integer class ids")
-    return image_values(it.name, image, intensity), mapped_mask(it.name, mask, mapping, seen)
+    return image_values(it.where(0), image, intensity), mapped_mask(it.where(1), mask, mapping, seen)
 
 
 def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True,
@@ -471,10 +477,10 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
         for i, it in enumerate(tqdm(items, desc=f"convert -> {out.name}", disable=not progress)):
             image, mask = load_pair(it, intensity, mapping, seen)
             if image.shape[:2] != mask.shape:
-                raise DataError(f"{it.name}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
+                raise DataError(f"{it.where()}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
                                 f"{mask.shape[0]}x{mask.shape[1]}")
             image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)
-            check_masks(it.name, mask[None], meta.num_classes, meta.ignore_index, offset=0)
+            check_masks(it.where(1), mask[None], meta.num_classes, meta.ignore_index, offset=0)
             if i == 0:
                 c = 1 if image.ndim == 2 else image.shape[2]
                 volumes = list(dict.fromkeys(x.volume for x in items if x.volume is not None))
@@ -482,10 +488,10 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
                                 with_groups=any(x.group >= 0 for x in items), volume_names=volumes)
                 shape = mask.shape
             elif mask.shape != shape:
-                raise DataError(f"{it.name}: size {mask.shape} differs from the first image's {shape}; "
+                raise DataError(f"{it.where()}: size {mask.shape} differs from the first image's {shape}; "
                                 f"pass --size H W to resize every image")
             if (1 if image.ndim == 2 else image.shape[2]) != f["images"].shape[3]:
-                raise DataError(f"{it.name}: {image.shape} has other channels than the first image's")
+                raise DataError(f"{it.where()}: {image.shape} has other channels than the first image's")
             f["images"][i] = image.reshape(f["images"].shape[1:])
             f["masks"][i] = mask
             if "groups" in f:

@@ -86,8 +86,13 @@ def open_splits(data, val_data=None, image_size: int = 64, progress: bool = True
     paths = split_paths(data, val_data, image_size, progress)
     train, val = open_source(paths["train"]), open_source(paths["val"])
     check_same_kind(train.meta, val.meta)
-    if val.has_labels is not None and len(val) and not val.has_labels.any():
-        raise DataError(f"{val.path}: the val split holds no labeled pixel (every mask pixel is the ignore index "
-                        f"{val.meta.ignore_index}): its scores would be undefined; check the masks, or give "
-                        f"--val-data a split with labels")
+    check_labeled(val, "the val split", "give --val-data a split with labels")
     return Splits(train, val, paths.get("volumes"))
+
+
+def check_labeled(source, what: str, advice: str) -> None:
+    """DataError when a split to be scored holds no labeled pixel (every mask pixel the ignore index): its
+    scores would be undefined (NaN), not low. Training's val split and every evaluation."""
+    if source.has_labels is not None and len(source) and not source.has_labels.any():
+        raise DataError(f"{source.path}: {what} holds no labeled pixel (every mask pixel is the ignore index "
+                        f"{source.meta.ignore_index}): its scores would be undefined; check the masks, or {advice}")

@@ -28,7 +28,7 @@ class AdversarialOptions:
     start: float = option(0.25, "fraction of the run after which self-training starts (their 5000 of 20000)",
                           check="fraction")
     lr_d_scale: float = option(0.4, "D's learning rate as a share of --lr (their 1e-4 against 2.5e-4)",
-                               check="positive")
+                               check="share")
     beta1_d: float = option(0.9, "D's Adam beta1", check="below_one")
     beta2_d: float = option(0.99, "D's Adam beta2", check="below_one")
 
