@@ -53,7 +53,7 @@ def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
     --overwrite, and so is a name longer than file systems allow (an input's long name with a suffix).
     Checked before anything is written."""
     for folder in dict.fromkeys(Path(p).parent for p in paths):     # a set a killed command was renaming there:
-        remove_stale_temporaries(folder.parent, folder.name)        # completed first (fileio.complete_commit)
+        remove_stale_temporaries(folder.parent, folder.name, inputs)  # completed first (fileio.complete_commit)
     ins = set().union(*(file_keys(i) for i in inputs))               # each path resolved once: many inputs stay linear
     for p in map(Path, paths):
         if (n := len(os.fsencode(p.name))) > NAME_MAX:

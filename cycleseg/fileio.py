@@ -129,11 +129,11 @@ def atomic_write_bytes(path, write_fn) -> None:
 STALE = re.compile(r"\.(.+)\.cycleseg-tmp(\d+)")                  # atomic_path's names: temp_name
 
 
-def remove_stale_temporaries(folder, name: str | None = None) -> list:
+def remove_stale_temporaries(folder, name: str | None = None, inputs=()) -> list:
     """Delete the temporary files (and write_files' stage folders) that a process killed while writing left in
     `folder`: exactly the names atomic_path and write_files give (temp_name) whose process is gone; only those
-    of the file `name` if given.
-    Anything else (a user's file) is kept."""
+    of the file `name` if given. A stage killed during its renames is completed first (complete_commit),
+    never removing one of `inputs`. Anything else (a user's file) is kept."""
     gone = []
     for p in Path(folder).glob(f".*{TEMP_TAG}*"):
         m = STALE.fullmatch(p.name)
@@ -142,7 +142,7 @@ def remove_stale_temporaries(folder, name: str | None = None) -> list:
             if p.is_file():
                 p.unlink()
             elif p.is_dir():                                        # write_files' stage
-                complete_commit(p)
+                complete_commit(p, int(m.group(2)), inputs)
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 continue
@@ -153,29 +153,48 @@ def remove_stale_temporaries(folder, name: str | None = None) -> list:
 JOURNAL = "commit.json"                                             # in a stage: its renames had begun
 
 
-def complete_commit(stage: Path) -> None:
-    """A stage whose process was killed during its renames (its journal written: write_files) is renamed into
-    place the rest of the way, and the earlier set's names it was to remove go, so the folder holds the new
-    set whole; said in one note. A stage without a journal was killed before any rename: nothing to do."""
+def complete_commit(stage: Path, pid: int, inputs=()) -> None:
+    """A stage whose process `pid` was killed during its renames (its journal written: write_files) is renamed
+    into place the rest of the way, and the earlier set's files it was to remove go, so the folder holds the
+    new set whole; said in one note. Only what write_files itself writes is obeyed: the folder the stage's
+    own name belongs to (a folder, not a link to one), regular files put under it (never through a link),
+    names directly in it removed, never one of `inputs`. A stage without a journal was killed before any rename: nothing to do."""
     try:
         plan = loads((stage / JOURNAL).read_text())
-        folder, remove = stage.parent / plan["folder"], list(plan["remove"])
+        name, remove = plan["folder"], list(plan["remove"])
     except (OSError, ValueError, KeyError, TypeError):
         return
-    if folder.parent != stage.parent or folder.name in ("", ".", ".."):   # a journal of ours names a sibling
+    if not isinstance(name, str) or not _plain(name) or temp_name(name, pid) != stage.name:
+        return
+    folder = stage.parent / name
+    if folder.is_symlink() or not folder.is_dir():                 # a link: where it leads is not the stage's
         return
     new = stage / "new"
-    left = sorted(f for f in new.rglob("*") if f.is_file()) if new.is_dir() else []
-    for f in left:
+    placed = 0
+    for f in sorted(new.rglob("*")) if new.is_dir() and not new.is_symlink() else []:
+        if f.is_symlink() or not f.is_file():
+            continue
         target = folder / f.relative_to(new)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.realpath(target.parent) != os.path.join(os.path.realpath(folder), *f.relative_to(new).parts[:-1]):
+            continue                                                # a link on the way: not ours to follow
         os.replace(f, target)
-    for name in remove:
-        if isinstance(name, str) and ".." not in Path(name).parts and not Path(name).is_absolute() \
-                and ((folder / name).is_file() or (folder / name).is_symlink()):
-            (folder / name).unlink()
-    print(f"note: {folder}: a process killed while writing its files had renamed some into place; the other "
-          f"{len(left)} were put there now, so it holds that output whole", file=sys.stderr)
+        placed += 1
+    ins = set().union(*(file_keys(i) for i in inputs))
+    removed = 0
+    for n in remove:
+        t = folder / n if isinstance(n, str) and _plain(n) else None
+        if t is not None and (t.is_file() or t.is_symlink()) and not file_keys(t) & ins:
+            t.unlink()
+            removed += 1
+    print(f"note: {folder}: a process killed while renaming its output set into place left part of it; the "
+          f"other {placed} file(s) were put there now{f' and {removed} of the earlier set removed' if removed else ''}, "
+          f"so it holds that set whole", file=sys.stderr)
+
+
+def _plain(name: str) -> bool:
+    """A file name without a folder part: what a journal may name."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
 def _alive(pid: int) -> bool:
@@ -208,7 +227,7 @@ def write_files(folder, files: dict, replace: bool = True, remove=(), inputs=())
     (a checkpoint named like an earlier output is an input, not an output)."""
     folder = Path(folder)
     made = make_folders(folder.parent)
-    remove_stale_temporaries(folder.parent, folder.name)             # a stage a killed process left
+    remove_stale_temporaries(folder.parent, folder.name, inputs)     # a stage a killed process left
     ins = set().union(*(file_keys(i) for i in inputs))
     remove = [n for n in dict.fromkeys(remove) if n not in files and not file_keys(folder / n) & ins]
     stage = folder.parent / temp_name(folder.name)

@@ -216,7 +216,7 @@ class RunFolder:
             probe.unlink()
         except OSError as e:
             raise OSError(f"cannot write the run folder {self.path}: {e.strerror or e}") from e
-        remove_stale_temporaries(self.path)                          # left by a process killed mid-write
+        remove_stale_temporaries(self.path, inputs=(self.last, self.best, self.metrics, self.path / "config.json"))
         if self.metrics.exists():
             keep = [r for r in self.records() if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))

@@ -159,3 +159,29 @@ def test_converted_voc_tree_trains(voc, tmp_path):
                          "--out", str(tmp_path / "run")])
     result = train(cfg)
     assert len(result["iou"]) == 21 and 0 <= result["miou"] <= 1
+
+
+def test_a_folder_of_grey_images_is_stored_with_one_channel(tmp_path):
+    """Grey PNGs were stored as 3 equal channels (read as RGB): a one-channel checkpoint (the built-in data's,
+    ACDC's) could not evaluate them, and nothing converted them otherwise. A folder whose every image is grey
+    is stored with one channel; one colour image keeps the folder RGB."""
+    from PIL import Image
+
+    from cycleseg.data.__main__ import main as data_main
+    from cycleseg.data.source import open_source
+
+    src = tmp_path / "src"
+    for d in ("images", "masks"):
+        (src / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(src / "images" / f"{i}.png")
+        Image.fromarray((np.arange(64).reshape(8, 8) % 2).astype(np.uint8)).save(src / "masks" / f"{i}.png")
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "g.h5"), "--no-progress"]) == 0
+    assert open_source(tmp_path / "g.h5").meta.channels == 1
+    with h5py.File(tmp_path / "g.h5") as f:
+        assert f["images"].shape == (3, 8, 8, 1)
+        assert (f["images"][0, :, :, 0] == np.asarray(Image.open(src / "images" / "0.png"))).all()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / "images" / "2.png")
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "c.h5"), "--no-progress"]) == 0
+    assert open_source(tmp_path / "c.h5").meta.channels == 3

@@ -246,7 +246,8 @@ def test_a_set_killed_while_renaming_is_completed_by_the_next_command(tmp_path, 
     capsys.readouterr()
     with pytest.raises(Exception, match="exist already"):
         refuse_existing([out / "f00.txt"], False, "an earlier set")
-    assert "the other 20 were put there now, so it holds that output whole" in capsys.readouterr().err
+    assert "the other 20 file(s) were put there now and 1 of the earlier set removed, so it holds that set whole" \
+        in capsys.readouterr().err
     assert {f.name: f.read_bytes() for f in out.iterdir()} == {f"f{i:02d}.txt": b"new" for i in range(30)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -261,3 +262,50 @@ def test_a_set_killed_while_renaming_is_completed_by_the_next_command(tmp_path, 
         fileio.commit = real
     assert sorted(p.name for p in fresh.iterdir()) == [f"f{i}.txt" for i in range(5)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "out"]
+
+
+def test_a_forged_journal_touches_nothing_outside_its_own_set(tmp_path, capsys):
+    """A stale stage with a hand-written journal was obeyed blindly: it named a sibling folder, removed a file
+    through a link and the command's own checkpoint, and wrote through a linked subfolder. Only what
+    write_files writes is obeyed now: the stage's own folder (not a link), regular files under it never
+    through a link, names directly in it, never one of the command's inputs."""
+    import json
+
+    from cycleseg import fileio
+
+    pid = 2 ** 22 + 3                                                # no such process
+    outside, victim, out = tmp_path / "outside", tmp_path / "victim", tmp_path / "out"
+    for d in (outside, victim, out):
+        d.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (victim / "keep.txt").write_text("keep")
+    (out / "model.pt").write_text("checkpoint")
+    (out / "lnk").symlink_to(outside)
+    (out / "sub").symlink_to(outside)
+
+    def forge(folder_name: str, remove, new_files=()):
+        stage = tmp_path / fileio.temp_name("out", pid)
+        for rel in new_files:
+            (stage / "new" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage / "new" / rel).write_text("planted")
+        stage.mkdir(exist_ok=True)
+        (stage / fileio.JOURNAL).write_text(json.dumps({"folder": folder_name, "remove": remove}))
+
+    forge("victim", ["keep.txt"], ["a.png"])                         # another folder's name
+    fileio.write_files(out, {"x.png": b"x"}, inputs=[out / "model.pt"])
+    assert (victim / "keep.txt").exists() and not (victim / "a.png").exists()
+    forge("out", ["model.pt", "lnk/secret.txt", "../victim/keep.txt"], ["sub/evil.txt", "b.png"])
+    fileio.write_files(out, {"y.png": b"y"}, inputs=[out / "model.pt"])
+    assert (out / "model.pt").read_text() == "checkpoint" and (outside / "secret.txt").exists()
+    assert (victim / "keep.txt").exists() and not (outside / "evil.txt").exists()
+    assert (out / "b.png").read_text() == "planted"                  # its own set, put in place, said
+    assert "the other 1 file(s) were put there now" in capsys.readouterr().err
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "keep.txt").write_text("keep")
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    stage = tmp_path / fileio.temp_name("linked", pid)
+    stage.mkdir()
+    (stage / fileio.JOURNAL).write_text(json.dumps({"folder": "linked", "remove": ["keep.txt"]}))
+    fileio.remove_stale_temporaries(tmp_path)
+    assert (tmp_path / "real" / "keep.txt").exists() and not stage.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linked", "out", "outside", "real", "victim"]

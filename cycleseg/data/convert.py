@@ -164,6 +164,7 @@ def _pil(path: Path, mode: str | None = None, raw: bool = False) -> np.ndarray:
 
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")          # PIL modes that convert("RGB") would saturate
+GRAY_MODES = ("1", "L", "LA", *HIGH_BIT_MODES)
 LOSSY_FORMATS = ("JPEG", "MPO")                                 # compression that moves class ids at edges
 
 
@@ -178,11 +179,23 @@ def _pil_mask(path: Path) -> np.ndarray:
     return _pil(path, raw=True)
 
 
-def _pil_image(path: Path) -> np.ndarray:
-    """An RGB uint8 image; a 16-bit, 32-bit or float image as its raw values (checked by load_pair)."""
+def _pil_image(path: Path, gray: bool = False) -> np.ndarray:
+    """An RGB uint8 image (grey, "L", where the whole folder is grey: gray); a 16-bit, 32-bit or float image
+    as its raw values (checked by load_pair)."""
     with open_image(path) as im:
         high = im.mode in HIGH_BIT_MODES
-    return _pil(path, raw=True) if high else _pil(path, "RGB")
+    return _pil(path, raw=True) if high else _pil(path, "L" if gray else "RGB")
+
+
+def all_gray(paths) -> bool:
+    """Whether every image of a folder is grey (PIL modes 1, L, LA and the 16-bit / float ones): stored with
+    one channel, as the built-in data and the ACDC slices are (a grey PNG was stored as 3 equal channels,
+    which a one-channel checkpoint cannot read)."""
+    for p in paths:
+        with open_image(p) as im:
+            if im.mode not in GRAY_MODES:
+                return False
+    return True
 
 
 def count_classes(items: list[Item], mapping=None) -> int:
@@ -381,7 +394,7 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
         if q.stem in pngs:
             raise DataError(f"{pngs[q.stem]} and {q} are both the mask of {q.stem!r}; keep one")
         pngs[q.stem] = q
-    items = []
+    items, gray = [], all_gray(images)
     for p in images:
         m = pngs.get(p.stem, msk_dir / f"{p.stem}.png")
         if not m.exists():
@@ -390,7 +403,7 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
             hint = (f"; masks are read as lossless .png only (found {', '.join(others)}" + (
                 ": a JPEG's compression changes class ids)" if lossy else "; save them as .png)") if others else "")
             raise DataError(f"{m}: no mask for image {p}{hint}")
-        items.append(Item(p.stem, (lambda p=p: _pil_image(p)), (lambda m=m: _pil_mask(m)), files=(p, m)))
+        items.append(Item(p.stem, (lambda p=p: _pil_image(p, gray)), (lambda m=m: _pil_mask(m)), files=(p, m)))
     if num_classes is None:                                        # one pass over the masks to count classes
         num_classes = count_classes(items, mapping)
     names = class_names or [str(i) for i in range(num_classes)]
