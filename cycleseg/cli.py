@@ -66,9 +66,9 @@ def refuse_existing(paths, overwrite: bool, what: str, inputs=()) -> None:
             raise UsageError(f"{p} is a folder where this command writes a file; move it or choose another --out")
     found = [str(p) for p in paths if Path(p).exists()]
     if found and not overwrite:
-        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
-        raise UsageError(f"{found[0]}{more} exist already ({what}); pass --overwrite to replace them, or "
-                         f"choose another --out")
+        more = f" and {len(found) - 1} more exist" if len(found) > 1 else " exists"
+        raise UsageError(f"{found[0]}{more} already ({what}); pass --overwrite to replace "
+                         f"{'them' if len(found) > 1 else 'it'}, or choose another --out")
 
 
 def run_or_exit(fn, args) -> tuple[int, object]:

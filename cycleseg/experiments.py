@@ -552,6 +552,10 @@ def check_grid_folder(out: Path) -> None:
     if os.path.lexists(out) and not out.is_dir():
         raise UsageError(f"--out {out}: {'a link to nothing' if not out.exists() else 'a file'}, not a folder; "
                          f"give the grid a folder (made if missing)")
+    held = RunFolder(out).held()
+    if held:                                                        # a run's files would be mixed with the cells
+        raise UsageError(f"--out {out} holds a training run ({', '.join(held)}), not a grid; give the grid a "
+                         f"folder of its own")
     odd = [n for n in GRID_FILES if occupied(out / n)]
     if odd:
         raise UsageError(f"{out / odd[0]} is a folder or special file where the grid writes its results; move it "

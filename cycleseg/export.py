@@ -9,7 +9,9 @@ logits (N, K, H, W); argmax over K is the mask. The network is exported with PyT
 model expects is in each file's metadata (ONNX metadata_props; the .pt2's extra file cycleseg.json):
 
     channels, input ("float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1"), image_size (the training
-    size, height and width), num_classes, class_names, palette, ignore_index, checkpoint, step
+    size, height and width), num_classes, class_names, palette, ignore_index, checkpoint (its absolute
+    path), step; the .onnx also graph_sha256, the SHA-256 of its graph (weights included), which predict
+    checks: a model edited after its export is refused
 
 `python -m cycleseg.predict model.onnx images/ --out masks/` runs an exported model (onnxruntime).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -48,7 +51,7 @@ def metadata(state: dict, cfg, info: dict, path) -> dict:
             "image_size": [info.get("height") or cfg.image_size, info.get("width") or cfg.image_size],
             "num_classes": k, "class_names": list(info.get("class_names") or map(str, range(k))),
             "palette": info.get("palette") or default_palette(k), "ignore_index": info.get("ignore_index", 255),
-            "checkpoint": str(path), "step": state.get("step"), "mode": cfg.mode, "output": "logits (N, K, H, W)",
+            "checkpoint": str(Path(path).absolute()), "step": state.get("step"), "mode": cfg.mode, "output": "logits (N, K, H, W)",
             "preprocessing": info.get("preprocessing") or {}}
 
 
@@ -123,10 +126,20 @@ def export_onnx(g_is, meta: dict, example) -> bytes:
         torch.onnx.export(g_is, (example,), str(path), input_names=["x"], output_names=["logits"],
                           dynamic_shapes=dynamic_shapes(meta["generator"]), opset_version=OPSET, dynamo=True, verbose=False)
         model = onnx.load(str(path))                                # external weights read back in
+    meta = {**meta, "graph_sha256": graph_digest(model)}
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = f"cycleseg.{key}", json.dumps(value)
     return model.SerializeToString()
+
+
+def graph_digest(model) -> str:
+    """SHA-256 of an ONNX model's graph (nodes and weights) and local functions, serialized deterministically: written into its
+    metadata at export (graph_sha256) and checked by predict, as a checkpoint's weights are (check_weights)."""
+    h = hashlib.sha256()
+    for part in (model.graph, *model.functions):                    # the exporter's local functions hold nodes too
+        h.update(part.SerializeToString(deterministic=True))
+    return h.hexdigest()
 
 
 def run(a) -> list[Path]:

@@ -44,7 +44,8 @@ def run(a) -> Path:
     out = a.out or (a.runs[0] / "curves.png" if len(a.runs) == 1 else Path("curves.png"))
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {out}: the plot is a PNG; name a .png file")
-    refuse_existing([out], a.overwrite or (len(a.runs) == 1 and a.out is None), "an earlier plot",
+    own = len(a.runs) == 1 and out.resolve() == (a.runs[0] / "curves.png").resolve()   # the run's figure, redrawn
+    refuse_existing([out], a.overwrite or own, "an earlier plot",
                     inputs=[folder / "metrics.jsonl" for folder in a.runs])
     data = figures.png(figures.curves(runs))
     atomic_write_bytes(out, lambda f: f.write(data))

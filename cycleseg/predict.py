@@ -215,6 +215,7 @@ class OnnxModel:
         problem = onnx_meta_problem(meta)
         if problem:
             raise DataError(f"{path}: its cycleseg metadata is damaged ({problem}); export the checkpoint again")
+        check_graph(path, meta.get("graph_sha256"))
         declared = self.session.get_inputs()[0].shape                # [batch, C, H, W], C fixed by the export
         if len(declared) != 4 or (isinstance(declared[1], int) and declared[1] != meta["channels"]):
             raise DataError(f"{path}: its cycleseg metadata is damaged (channels {meta['channels']}, the model's "
@@ -241,6 +242,27 @@ class OnnxModel:
 
     def __call__(self, images: np.ndarray):
         return self.logits(images).argmax(1), None
+
+
+def check_graph(path, saved) -> None:
+    """DataError when an exported model's graph (its weights) is not the one it was exported with (export's
+    graph_sha256); models exported before the digest pass, as older checkpoints do."""
+    if saved is None:
+        return
+    try:
+        import onnx                                                 # the `export` extra, beside onnxruntime
+    except ImportError:
+        print(f"note: {path}: its graph's digest is not checked (the onnx package is not installed: pip install "
+              f"'cycleseg[export]')", file=sys.stderr)
+        return
+    from .export import graph_digest
+    try:
+        found = graph_digest(onnx.load_from_string(Path(path).read_bytes()))
+    except Exception as e:                                          # onnxruntime read it; onnx should too
+        raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if found != saved:
+        raise DataError(f"{path}: its graph is not the one it was exported with (its weights or nodes were edited "
+                        f"after the export: the graph_sha256 in its metadata differs); export the checkpoint again")
 
 
 def full_palette(palette, num_classes: int, where) -> list:

@@ -57,6 +57,18 @@ def scalars(record: dict):
             yield f"{split}/{k}", float(v)
 
 
+def grid_contents(path: Path) -> str | None:
+    """What marks `path` as an experiments grid's folder (its results.json, a cell's run folder), or None."""
+    if (path / "results.json").is_file():
+        return "results.json"
+    try:
+        cells = sorted(d.name for d in path.glob("*-seed*") if d.name.rsplit("-seed", 1)[1].isdigit()
+                       and (d / "config.json").is_file())
+    except OSError:
+        return None
+    return f"the cell {cells[0]}/" if cells else None
+
+
 class RunFolder:
     def __init__(self, path, rank: int = 0):
         self.path, self.rank = Path(path), rank
@@ -120,6 +132,10 @@ class RunFolder:
             if f.is_symlink():
                 raise UsageError(f"{f} is a symbolic link (to {os.readlink(f)}) where the run keeps its own records; "
                                  f"nothing was written: put the file itself there, or train into another --out")
+        grid = grid_contents(self.path)
+        if grid:                                                    # its cells and results would be mixed with a run
+            raise UsageError(f"{self.path} is an experiments grid's folder (it holds {grid}); nothing was written: "
+                             f"train into another --out (a grid's cell is trained by rerunning the grid)")
         held, self.changes = self.held(), []
         if cfg.resume and self.last.exists():
             try:

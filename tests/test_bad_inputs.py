@@ -1719,3 +1719,40 @@ def test_resume_refuses_records_that_are_a_link(tmp_path, capsys, finished_run):
     (run / "metrics.jsonl").symlink_to(other)
     one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "4"], capsys,
                    "metrics.jsonl is a symbolic link (to", tmp_path)
+
+
+def test_a_run_and_a_grid_keep_to_their_own_folders(tmp_path, capsys, finished_run):
+    """`train --out` into a finished grid's folder, and a grid's `--out` into a finished run's folder, were both
+    accepted (a run's files mixed with a grid's cells and results): refused, nothing written."""
+    import shutil
+
+    grid = tmp_path / "grid"
+    (grid / "partial-10pct-seed0").mkdir(parents=True)              # an interrupted grid: a cell, no results yet
+    shutil.copy(finished_run / "config.json", grid / "partial-10pct-seed0" / "config.json")
+    one_line_error(train_main, TINY + ["--out", grid], capsys,
+                   "is an experiments grid's folder (it holds the cell partial-10pct-seed0/)", tmp_path)
+    (grid / "results.json").write_text("{}")
+    one_line_error(train_main, TINY + ["--out", grid, "--resume"], capsys, "(it holds results.json)", tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0", "--out", run,
+                                      "--", *TINY[:-4]], capsys,
+                   f"--out {run} holds a training run (config.json, metrics.jsonl, last.pt, best.pt, samples/), "
+                   f"not a grid", tmp_path)
+
+
+def test_plot_treats_the_runs_own_curves_alike_however_named(tmp_path, capsys, finished_run):
+    """`plot RUN` redraws the run's curves.png, while `plot RUN --out RUN/curves.png` was refused (the same
+    file): both redraw it; another run's existing file is refused in one line that speaks of one file."""
+    import shutil
+
+    from cycleseg.plot import main as plot_main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "curves.png").write_bytes(b"old")
+    assert plot_main([str(run), "--out", str(run / "curves.png")]) == 0
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "c.png").write_bytes(b"mine")
+    one_line_error(plot_main, [run, "--out", tmp_path / "c.png"], capsys,
+                   "c.png exists already (an earlier plot); pass --overwrite to replace it, or", tmp_path)

@@ -123,7 +123,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("signum,jobs", [("SIGTERM", 1), ("SIGINT", 1), ("SIGHUP", 1), ("SIGKILL", 1), ("SIGTERM", 2)])
+@pytest.mark.parametrize("signum,jobs", [("SIGTERM", 1), ("SIGINT", 1), ("SIGHUP", 1), ("SIGKILL", 1), ("SIGTERM", 2), ("SIGKILL", 2)])
 def test_a_signal_to_the_grid_stops_its_cell_and_leaves_no_orphan(tmp_path, signum, jobs):
     """SIGTERM or SIGINT (kill -INT: the grid alone) to a grid reaches its training child, which stops with a
     checkpoint; the grid waits for it, says how to go on in one line (no traceback, not the cell's own

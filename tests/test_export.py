@@ -159,7 +159,7 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
 
     assert export_main([str(acdc_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
     one_line_error(export_main, [acdc_checkpoint, "--out", tmp_path, "--formats", "onnx"], capsys,
-                   "exist already (an earlier export)", tmp_path)
+                   "exists already (an earlier export)", tmp_path)
     one_line_error(export_main, [acdc_checkpoint, "--out", tmp_path, "--formats", "tflite"], capsys,
                    "--formats must name some of onnx, pt2", tmp_path)
     one_line_error(export_main, [tmp_path / "none.pt", "--out", tmp_path], capsys, "no checkpoint at", tmp_path)
@@ -175,8 +175,23 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
     foreign.graph.node.append(onnx.helper.make_node("Concat", [x, x], [foreign.graph.output[0].name], axis=1))
     del foreign.graph.initializer[:]
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    one_line_error(predict_main, [tmp_path / "foreign.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"],
+                   capsys, "its graph is not the one it was exported with (its weights or nodes were edited", tmp_path)
+    without = [p for p in foreign.metadata_props if p.key != "cycleseg.graph_sha256"]   # as exported before digests
+    del foreign.metadata_props[:]
+    foreign.metadata_props.extend(without)
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     one_line_error(predict_main, [tmp_path / "foreign.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"], capsys,
                    "the model's output is float32 (1, 2, ", tmp_path)
+    weights = onnx.load(str(tmp_path / "last.onnx"))                # one weight edited after the export: refused
+    w = onnx.numpy_helper.to_array(weights.graph.initializer[0]).copy()
+    w.flat[0] += 1.0
+    weights.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, weights.graph.initializer[0].name))
+    onnx.save(weights, str(tmp_path / "weights.onnx"))
+    one_line_error(predict_main, [tmp_path / "weights.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"],
+                   capsys, "weights.onnx: its graph is not the one it was exported with", tmp_path)
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "last.onnx")).metadata_props}
+    assert meta["cycleseg.checkpoint"] == str(acdc_checkpoint.absolute())     # absolute: found from any folder
     for key, value, match in (("channels", 3, "channels 3, the model's input"),
                               ("image_size", [17, 16], "image_size [17, 16], expected [height, width], multiples of 4"),
                               ("class_names", "abc", "class_names 'abc' (expected the 4 classes' names)"),

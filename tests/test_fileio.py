@@ -244,7 +244,7 @@ def test_a_set_killed_while_renaming_is_completed_by_the_next_command(tmp_path, 
     assert sorted(f.read_bytes() for f in out.glob("f*.txt")).count(b"new") == 10     # a part, as killed
     assert [p for p in tmp_path.iterdir() if fileio.TEMP_TAG in p.name]
     capsys.readouterr()
-    with pytest.raises(Exception, match="exist already"):
+    with pytest.raises(Exception, match="f00.txt exists already .* to replace it, or"):     # one file: "it"
         refuse_existing([out / "f00.txt"], False, "an earlier set")
     assert "the other 20 file(s) were put there now and 1 of the earlier set removed, so it holds that set whole" \
         in capsys.readouterr().err
