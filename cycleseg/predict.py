@@ -40,8 +40,8 @@ from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
 from .config import MAX_SIDE, SIDE_MULTIPLE, least_side
 from .data import nifti
-from .data.convert import (HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values,
-                           may_see_through, open_image, see_through, upright)
+from .data.convert import (GRAY_MODES, HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values,
+                           in_colour, may_see_through, open_image, see_through, see_through_note, upright)
 from .data.h5format import DataError, default_palette, info_problem, open_h5, read_meta
 from .data.pixels import to_input
 from .fileio import loads, write_files
@@ -101,7 +101,7 @@ def read_image(p: Path, channels: int, intensity: str | None):
 
 def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
     """Every image of the inputs, checked readable; DataError naming the first that is not."""
-    found, clear = [], []                                            # (stem, loader, source); see-through images
+    found, clear, colour = [], [], []                                # (stem, loader, source); see-through, colour images
 
     def add(stem: str, load, source):
         found.append((stem, load, str(source)))
@@ -109,6 +109,7 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
     def image(p: Path):
         with open_image(p) as im:                # one frame, readable header; a FIFO refused, not read forever
             high, alpha = im.mode in HIGH_BIT_MODES, may_see_through(im)     # from the header: read once
+            grey = im.mode in GRAY_MODES
             try:
                 im.verify()
             except Exception as e:
@@ -117,6 +118,8 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
             read_image(p, channels, intensity)                       # raises, naming the image
         if alpha and see_through(p):                                # its pixels read only where it may be
             clear.append(p)
+        if channels == 1 and not grey and in_colour(p):             # a grey model given a colour photograph
+            colour.append(p)
         add(p.stem, lambda p=p: read_image(p, channels, intensity), p)
 
     for raw in paths:
@@ -148,10 +151,11 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
         else:
             raise DataError(f"{p}: no such file or folder")
     if clear:
-        print(f"note: {len(clear)} image{'s have' if len(clear) > 1 else ' has'} transparent pixels (first: {clear[0]}): "
-              f"read without {'their' if len(clear) > 1 else 'its'} alpha channel, a transparent pixel as the colour it "
-              f"holds; flatten {'them' if len(clear) > 1 else 'it'} onto a background first to predict what a viewer shows",
-              file=sys.stderr)
+        print(f"note: {see_through_note(clear, 'predict')}", file=sys.stderr)
+    if colour:
+        many = len(colour) > 1
+        print(f"note: {len(colour)} image{'s are' if many else ' is'} in colour (first: {colour[0]}), where the model "
+              f"takes grey images (1 channel): read as grey (PIL's luma, 0.299 R + 0.587 G + 0.114 B)", file=sys.stderr)
     names = unique_names([stem for stem, _, _ in found])
     return [Input(name, load, source) for name, (_, load, source) in zip(names, found)]
 

@@ -62,14 +62,15 @@ def segment_scan(model, scan: nifti.Scan, axis: int | None, intensity: str, resa
     """The uint8 label volume (the scan's shape: (i, j, k), or (i, j, k, t) for a series of frames, each
     segmented as a volume of its own) that `model` predicts for a scan."""
     if scan.data.ndim == 4:
-        return np.stack([segment_volume(model, scan.data[..., t], scan.spacing, axis, intensity, resample, batch_size)
-                         for t in range(scan.data.shape[3])], axis=-1)
-    return segment_volume(model, scan.data, scan.spacing, axis, intensity, resample, batch_size)
+        return np.stack([segment_volume(model, scan.data[..., t], scan.spacing, axis, intensity, resample, batch_size,
+                                        f"{scan.path}, frame {t}") for t in range(scan.data.shape[3])], axis=-1)
+    return segment_volume(model, scan.data, scan.spacing, axis, intensity, resample, batch_size, scan.path)
 
 
-def segment_volume(model, volume: np.ndarray, spacing, axis, intensity: str, resample: str, batch_size: int):
+def segment_volume(model, volume: np.ndarray, spacing, axis, intensity: str, resample: str, batch_size: int,
+                   where: str = "a volume"):
     ax = nifti.slice_axis(spacing, axis)
-    slices = nifti.to_slices(nifti.to_uint8(nifti.normalise(volume, intensity)), ax)         # (D, rows, cols)
+    slices = nifti.to_slices(nifti.to_uint8(nifti.normalise(volume, intensity, where)), ax)  # (D, rows, cols)
     h, w = model.size
     small = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(s)).resize((w, h), Image.BILINEAR))
                       for s in slices])[..., None]                                            # (D, h, w, 1)

@@ -1291,7 +1291,7 @@ def test_transparent_pixels_given_to_predict_are_noted(tmp_path, capsys, tiny_ch
     Image.new("RGBA", (16, 16), (10, 20, 30, 255)).save(images / "b.png")
     Image.new("LA", (16, 16), (10, 128)).save(images / "c.png")
     assert predict_main([str(tiny_checkpoint), str(images), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
-    notes = [l for l in capsys.readouterr().err.splitlines() if "transparent" in l]
+    notes = [l for l in capsys.readouterr().err.splitlines() if "transparent pixels" in l]
     assert notes == [f"note: 2 images have transparent pixels (first: {images / 'a.png'}): read without their alpha "
                      f"channel, a transparent pixel as the colour it holds; flatten them onto a background first to "
                      f"predict what a viewer shows"], notes
@@ -1756,3 +1756,25 @@ def test_plot_treats_the_runs_own_curves_alike_however_named(tmp_path, capsys, f
     (tmp_path / "c.png").write_bytes(b"mine")
     one_line_error(plot_main, [run, "--out", tmp_path / "c.png"], capsys,
                    "c.png exists already (an earlier plot); pass --overwrite to replace it, or", tmp_path)
+
+
+def test_a_converted_folder_and_a_grey_model_say_what_they_drop(tmp_path, capsys, tiny_checkpoint):
+    """The folder converter read semi-transparent images without their alpha, and predict read a colour image
+    into a grey (1-channel) model as grey, both without a word (predict noted transparency only): each noted
+    once, naming the first image; a grey image stored as RGB (equal channels) is not called colour."""
+    src = tmp_path / "src"
+    for d in ("images", "masks"):
+        (src / d).mkdir(parents=True)
+    Image.new("RGBA", (16, 16), (10, 20, 30, 128)).save(src / "images" / "a.png")
+    Image.new("RGB", (16, 16), (40, 40, 40)).save(src / "images" / "b.png")
+    for n in "ab":
+        Image.fromarray(np.eye(16, dtype=np.uint8)).save(src / "masks" / f"{n}.png")
+    assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: 1 image has transparent pixels (first: {src / 'images' / 'a.png'}): read without its alpha "
+            f"channel, a transparent pixel as the colour it holds; flatten it onto a background first to train on "
+            f"what a viewer shows") in err, err
+    assert predict_main([str(tiny_checkpoint), str(src / "images"), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: 1 image is in colour (first: {src / 'images' / 'a.png'}), where the model takes grey images "
+            f"(1 channel): read as grey") in err, err

@@ -178,11 +178,19 @@ def test_pairs_layout_counts_classes_and_slices_the_thickest_axis(tmp_path):
         H5Source(tmp_path / "p.h5")
 
 
-def test_intensity_rules():
+def test_intensity_rules(capsys):
     v = np.concatenate([np.linspace(0, 100, 1000), [1e6]])             # one hot voxel
     p, m = nifti.normalise(v, "percentile"), nifti.normalise(v, "minmax")
     assert p.max() == 1 and p.min() == 0 and np.median(p) > 0.4         # the outlier is clipped
     assert np.median(m) < 0.001                                         # min-max: squeezed by it
+    sparse = np.zeros(10000)                                            # a small bright object in a dark volume:
+    sparse[:20] = np.linspace(10, 50, 20)                               # its percentiles were equal, and it read
+    capsys.readouterr()                                                 # as black throughout
+    q = nifti.normalise(sparse, "percentile", "s.nii.gz")
+    assert q.max() == 1 and q[19] == 1 and q[0] == 0.2 and q[100] == 0
+    assert "note: s.nii.gz: its 0.5th and 99.5th intensity percentiles are equal (0" in capsys.readouterr().err
+    with pytest.raises(nifti.DataError, match="c.nii.gz: every voxel holds 0, a constant volume"):
+        nifti.normalise(np.zeros(100), "minmax", "c.nii.gz")
 
 
 class Oracle:
@@ -280,6 +288,10 @@ def bad_cases(tmp_path):
     cases["huge spacing"] = (pair("huge", img, lab, huge, huge), "lengths of at most 10000 mm")
     wide = affine((9000.0, 9500.0, 8.0))                 # sliced along j; rows 9000 mm x 24 / 16 pixels: beyond it
     cases["wide pixels"] = (pair("wide", img, lab, wide, wide), "its stored pixels would be 1.35e+04 mm wide")
+    cases["constant"] = (pair("constant", np.full_like(img, 7), lab), "a.nii.gz: every voxel holds 7, a constant volume")
+    twice = raw_acdc(tmp_path / "twice", patients=(1,), unlabeled=())    # which ES frame: not told
+    (twice / "training" / "patient001" / "Info.cfg").write_text("ED: 1\nES: 7\nGroup: NOR\nES: 3\n")
+    cases["info twice"] = (twice, "Info.cfg, line 4: ES is given twice ('7', then '3')")
     return cases
 
 

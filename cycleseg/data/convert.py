@@ -21,6 +21,7 @@ value would otherwise make a file of 200 classes); `mapping` ({V: C}, --map V=C)
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,25 @@ def see_through(path: Path) -> bool:
             return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
         except Exception:                                         # unreadable data: reported where it is read
             return False
+
+
+def in_colour(path: Path) -> bool:
+    """Whether an image's pixels differ between its colour channels (an RGB file of equal channels is grey)."""
+    with open_image(path) as im:
+        try:
+            rgb = np.asarray(upright(im).convert("RGB"))
+        except Exception:                                         # unreadable data: reported where it is read
+            return False
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
+def see_through_note(clear: list, what: str) -> str:
+    """The note for images with transparent pixels (predict's inputs, a converted folder's images): `what`,
+    the verb (predict, train on)."""
+    many = len(clear) > 1
+    return (f"{len(clear)} image{'s have' if many else ' has'} transparent pixels (first: {clear[0]}): read without "
+            f"{'their' if many else 'its'} alpha channel, a transparent pixel as the colour it holds; flatten "
+            f"{'them' if many else 'it'} onto a background first to {what} what a viewer shows")
 
 
 def upright(im: Image.Image) -> Image.Image:
@@ -395,6 +415,8 @@ def folder_items(src: Path, num_classes: int | None, class_names=None, mapping=N
             raise DataError(f"{pngs[q.stem]} and {q} are both the mask of {q.stem!r}; keep one")
         pngs[q.stem] = q
     items, gray = [], all_gray(images)
+    if clear := [p for p in images if see_through(p)]:             # as predict says it
+        print(f"note: {see_through_note(clear, 'train on')}", file=sys.stderr)
     for p in images:
         m = pngs.get(p.stem, msk_dir / f"{p.stem}.png")
         if not m.exists():

@@ -25,6 +25,7 @@ nibabel is an optional extra (pip install -e ".[medical]").
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,16 +198,26 @@ def from_slices(slices: np.ndarray, axis: int) -> np.ndarray:
     return np.transpose(slices, np.argsort(order(axis)))
 
 
-def normalise(volume: np.ndarray, rule: str = "percentile") -> np.ndarray:
-    """A volume's intensities mapped to 0..1 by `rule` (float32): see the module's notes."""
+def normalise(volume: np.ndarray, rule: str = "percentile", where: str = "a volume") -> np.ndarray:
+    """A volume's intensities mapped to 0..1 by `rule` (float32): see the module's notes. DataError naming
+    `where` for a constant volume (no image: it would read as black and be segmented as background); a
+    volume whose 0.5..99.5th percentiles are equal (nearly all one value) is scaled by its min..max, with a
+    note."""
     v = volume.astype(np.float32)
+    lo, hi = float(v.min()), float(v.max())
+    if not hi > lo:
+        raise DataError(f"{where}: every voxel holds {lo:g}, a constant volume with no image to read; remove it "
+                        f"from the inputs")
     if rule == "percentile":
-        lo, hi = np.percentile(v, PERCENTILES)
-        v = np.clip(v, lo, hi)
+        plo, phi = np.percentile(v, PERCENTILES)
+        if phi > plo:
+            v, lo, hi = np.clip(v, plo, phi), float(plo), float(phi)
+        else:
+            print(f"note: {where}: its 0.5th and 99.5th intensity percentiles are equal ({plo:g}: nearly every "
+                  f"voxel holds it), so it is scaled by its min..max instead", file=sys.stderr)
     elif rule != "minmax":
         raise DataError(f"intensity rule must be one of {INTENSITY_RULES}, got {rule!r}")
-    lo, hi = float(v.min()), float(v.max())
-    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    return (v - lo) / (hi - lo)
 
 
 def to_uint8(volume01: np.ndarray) -> np.ndarray:
@@ -260,11 +271,16 @@ def acdc_patients(src: Path) -> list:
 
 
 def read_info_cfg(path: Path) -> dict:
+    """The `key: value` lines of a raw ACDC patient's Info.cfg; DataError when a key is given twice with two
+    values (which ED or ES frame is meant cannot be told)."""
     out = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if ":" in line:
-            k, v = line.split(":", 1)
-            out[k.strip()] = v.strip()
+            k, v = (part.strip() for part in line.split(":", 1))
+            if out.get(k, v) != v:
+                raise DataError(f"{path}, line {n}: {k} is given twice ({out[k]!r}, then {v!r}); keep the one that "
+                                f"is right")
+            out[k] = v
     return out
 
 

@@ -54,7 +54,7 @@ def count_classes(cases, channel=None) -> int:
 
 def case_slices(scans, label, axis: int, intensity: str, size):
     """(images uint8 (D, H, W, C), masks uint8 (D, H, W), native slice shape) of one case."""
-    chans = [nifti.to_slices(nifti.to_uint8(nifti.normalise(s.data, intensity)), axis) for s in scans]
+    chans = [nifti.to_slices(nifti.to_uint8(nifti.normalise(s.data, intensity, s.path)), axis) for s in scans]
     vol = np.stack(chans, axis=-1)                                  # (D, rows, cols, C)
     masks = (nifti.to_slices(label, axis) if label is not None
              else np.full(vol.shape[:3], IGNORE_INDEX, np.uint8))
