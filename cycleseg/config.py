@@ -320,16 +320,35 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
     return from_flat({**old, **updates}), notes
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, except None (a value a preset or recipe fills, which the help says,
+    or none at all): argparse printed "(default: None)"."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def filled_by(name: str) -> str:
+    """Where a field whose default is None gets its value: the presets' or recipes' values, or ''."""
+    for option, table in (("--preset", PRESETS), ("--recipe", RECIPES)):
+        values = {k: v[name] for k, v in table.items() if name in v}
+        if values:
+            return f" (default: {option}'s: " + ", ".join(f"{k} {v}" for k, v in values.items()) + ")"
+    return ""
+
+
 def _parser(explicit_only: bool = False) -> argparse.ArgumentParser:
     """The command line; explicit_only: no defaults, so that the result holds what was given."""
     p = Parser(prog="python -m cycleseg.train",
                description="Semi-supervised segmentation with a CycleGAN (Mondal et al. 2019).",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+               formatter_class=_DefaultsHelp,
                argument_default=argparse.SUPPRESS if explicit_only else None)
     for name, (holder, f) in flat_fields().items():
         text = f.metadata.get("help", "").replace("%", "%%")         # argparse formats help with %
         if holder:
             text = f"{holder}: {text}"
+        if f.default is None:
+            text += filled_by(name).replace("%", "%%")
         default = argparse.SUPPRESS if explicit_only else f.default
         kind = str(f.type).split(" ")[0]
         if kind == "bool":                                          # bool, or bool | None (None: from the recipe)

@@ -98,15 +98,18 @@ def grid_cells(grid: str, fractions, extra=(), methods=PAPER_ARMS) -> list[Cell]
         fractions, methods = (0.1, 0.2, 0.3, 0.5), PAPER_ARMS
     named = {}
     for f in fractions:
-        if not 0 < f <= 1:
-            raise UsageError(f"--fractions: {f} is not a labeled fraction in (0, 1]")
+        if not 0 < f < 1:
+            raise UsageError(f"--fractions: {f} is not a labeled fraction in (0, 1)" + (
+                ": 1 labels every image, the Full cell every grid runs" if f == 1 else ""))
+        if f in named.values():
+            raise UsageError(f"--fractions: {f} is given twice; give each fraction once")
         if percent(f) == "0":
             raise UsageError(f"--fractions: {f} would be named 0 %: give a fraction of 0.0001 or more")
         if percent(f) in named and named[percent(f)] != f:
             raise UsageError(f"--fractions {named[percent(f)]} and {f} would share the folders and rows "
                              f"'{percent(f)} %': give fractions that differ by 0.0001 or more")
         named[percent(f)] = f
-    for f in dict.fromkeys(fractions):
+    for f in fractions:
         cells += [Cell(m, f) for m in methods]
     if grid == "paper":
         semi = parse_args(["--mode", "semi", *extra])[0].resolved()
@@ -249,13 +252,13 @@ def run_cell(args: list[str], children: Children, label: str | None = None) -> d
         return done
     cmd = [sys.executable, "-m", "cycleseg.train", *args] + (["--resume"] if started else [])
     code = children.run(cmd, label)
-    kept = (folder / "last.pt").exists()
-    stopped(children, code, f"the run in {folder} stopped "
-                            + ("with a checkpoint" if kept else "before its first checkpoint (nothing of it kept)")
+    kept, rec = (folder / "last.pt").exists(), final_record(folder, cfg.steps)
+    how = ("had finished (it is kept)" if code == 0 and rec is not None       # the stop came as it ended
+           else "stopped with a checkpoint" if kept else "stopped before its first checkpoint (nothing of it kept)")
+    stopped(children, code, f"the run in {folder} {how}"
                             + ("" if children.stopped is not None else f", exit code {code}"),  # the grid's own stop:
             fresh=not kept)                                         # the code is the grid's SIGTERM to it
 
-    rec = final_record(folder, cfg.steps)
     if code is not None and code < 0:                               # SIGKILL: the out-of-memory killer, or a user
         raise RuntimeError(f"the run in {folder} was killed by {signal.Signals(-code).name} (out of memory?); "
                            f"rerun the grid to go on from its last checkpoint")
@@ -450,7 +453,10 @@ def main(argv=None) -> int:
                 "(see --help)")
     a.fractions, a.methods = a.fractions or [0.1, 0.2], a.methods or list(PAPER_ARMS)
     out = a.out or Path("runs") / f"grid-{a.grid}"
-    seeds = list(dict.fromkeys(a.seeds))                            # a seed given twice is one run
+    twice = next((s for i, s in enumerate(a.seeds) if s in a.seeds[:i]), None)
+    if twice is not None:                                           # one run: the grid's mean would be over fewer
+        p.error(f"--seeds: {twice} is given twice; give each seed once")
+    seeds = a.seeds
     try:
         check_extra(extra)
         cells = grid_cells(a.grid, a.fractions, extra, a.methods)

@@ -152,11 +152,11 @@ def volume_files(folder, what: str) -> dict:
     return out
 
 
-def score_case(pred_path, truth_path, num_classes: int) -> tuple:
+def score_case(pred_path, truth_path, num_classes: int, hint: str = "") -> tuple:
     """(per-class score rows, spacing) of one predicted volume against its reference; DataError when the
-    two lie on different grids."""
+    two lie on different grids, or the prediction holds a class beyond num_classes (`hint`: how it was set)."""
     truth = nifti.load(truth_path, "label")
-    pred = nifti.load_label(pred_path, truth, num_classes, role="prediction", of="reference")
+    pred = nifti.load_label(pred_path, truth, num_classes, role="prediction", of="reference", hint=hint)
     ref = nifti.load_label(truth_path, truth, num_classes)
     rows = [binary_scores(pred == c, ref == c, truth.spacing) for c in range(1, num_classes)]
     return rows, truth.spacing
@@ -173,8 +173,11 @@ def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_nam
     if missing:
         raise DataError(f"{pred_dir} lacks cases of {truth_dir}: no prediction for {', '.join(missing[:3])}"
                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+    hint = ""
     if num_classes is None:
         num_classes = 1 + max(int(np.asarray(nifti.load(p, "label").data).max()) for p in truths.values())
+        hint = (f"; the classes were counted from the references (their largest label + 1 = {num_classes}): if a "
+                f"class is absent from every reference, pass --num-classes K")
         if num_classes < 2:
             raise DataError(f"the references in {truth_dir} hold background (0) only, so the classes cannot be counted "
                             f"from them; pass --num-classes K (or --classes with K names)")
@@ -183,7 +186,7 @@ def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_nam
         raise DataError(f"--classes names {len(names)} classes, but there are {num_classes}")
     cases = []
     for key in sorted(truths):
-        rows, spacing = score_case(preds[key], truths[key], num_classes)
+        rows, spacing = score_case(preds[key], truths[key], num_classes, hint)
         cases.append({"case": key, "prediction": str(preds[key]), "reference": str(truths[key]),
                       "spacing_mm": [round(s, 6) for s in spacing],
                       **{k: {names[c + 1]: _num(r[k]) for c, r in enumerate(rows)} for k in SCORES}})

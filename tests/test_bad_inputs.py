@@ -1778,3 +1778,15 @@ def test_a_converted_folder_and_a_grey_model_say_what_they_drop(tmp_path, capsys
     err = capsys.readouterr().err
     assert (f"note: 1 image is in colour (first: {src / 'images' / 'a.png'}), where the model takes grey images "
             f"(1 channel): read as grey") in err, err
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--fractions", "0.1", "0.1"], "--fractions: 0.1 is given twice; give each fraction once"),
+    (["--fractions", "1.0"], "--fractions: 1.0 is not a labeled fraction in (0, 1): 1 labels every image, the Full"),
+    (["--seeds", "0", "0"], "--seeds: 0 is given twice; give each seed once"),
+])
+def test_grid_options_given_twice_or_at_every_label(tmp_path, capsys, flags, match):
+    """A grid's --fractions 0.1 0.1 and --seeds 0 0 were taken as one (a mean over fewer runs than asked,
+    without a word) and --fractions 1.0 ran Partial and semi on every label beside Full: refused."""
+    argv = ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0", *flags, "--out", tmp_path / "g"]
+    one_line_error(experiments_main, argv, capsys, match, tmp_path)

@@ -187,6 +187,36 @@ def test_a_cell_stopped_before_its_first_checkpoint_is_said_to_start_again(tmp_p
                             f"again from its beginning)")
 
 
+def test_a_stop_as_a_cell_finishes_says_it_finished(tmp_path):
+    """SIGTERM to a grid as its cell was ending (the cell exited 0 with its final record) said the run
+    "stopped with a checkpoint": it says the run had finished and is kept."""
+    import shutil
+    import signal
+
+    from conftest import TINY
+
+    from cycleseg.experiments import run_cell
+    from cycleseg.gridprocs import GridInterrupted
+
+    args = TINY + ["--mode", "partial", "--out", str(tmp_path / "c")]
+
+    class Finishing:                                                # the cell trains whole; the stop comes as it ends
+        stopped = None
+
+        def run(self, cmd, label):
+            from cycleseg.train import main as train_main
+            code = train_main(cmd[3:-1] if cmd[-1] == "--resume" else cmd[3:])
+            self.stopped = signal.SIGTERM
+            return code
+
+    with pytest.raises(GridInterrupted) as e:
+        run_cell(args, Finishing())
+    assert str(e.value) == (f"interrupted by SIGTERM: the run in {tmp_path / 'c'} had finished (it is kept); rerun "
+                            f"the same command to go on where it stopped"), str(e.value)
+    assert (tmp_path / "c" / "last.pt").exists()
+    shutil.rmtree(tmp_path / "c")
+
+
 def test_one_ctrl_c_delivered_twice_is_one_stop_with_a_checkpoint(tmp_path):
     """A terminal's Ctrl-C reaches the grid's whole process group, and GNU `timeout` (without --foreground)
     passes it to that group once more: the cell got SIGINT twice within milliseconds, took the second for a

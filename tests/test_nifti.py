@@ -288,6 +288,8 @@ def bad_cases(tmp_path):
     cases["huge spacing"] = (pair("huge", img, lab, huge, huge), "lengths of at most 10000 mm")
     wide = affine((9000.0, 9500.0, 8.0))                 # sliced along j; rows 9000 mm x 24 / 16 pixels: beyond it
     cases["wide pixels"] = (pair("wide", img, lab, wide, wide), "its stored pixels would be 1.35e+04 mm wide")
+    cases["empty axis"] = (pair("empty-axis", np.zeros((4, 0, 8), np.float32), None),    # was "a 1D image"
+                           "a.nii.gz: an empty image of shape (4, 0, 8) (an axis of length 0")
     cases["constant"] = (pair("constant", np.full_like(img, 7), lab), "a.nii.gz: every voxel holds 7, a constant volume")
     twice = raw_acdc(tmp_path / "twice", patients=(1,), unlabeled=())    # which ES frame: not told
     (twice / "training" / "patient001" / "Info.cfg").write_text("ED: 1\nES: 7\nGroup: NOR\nES: 3\n")
@@ -381,3 +383,21 @@ def test_nnunet_channel_count_is_checked(tmp_path, capsys):
     (src / "dataset.json").write_text(json.dumps(ds))
     assert convert(src, tmp_path / "x.h5", "--split", "all") == 2
     assert "channel files [0], but dataset.json names 2 channel(s)" in capsys.readouterr().err
+
+
+def test_metrics_says_how_it_counted_the_classes(tmp_path, capsys):
+    """References without their top class (no LV drawn in any) and a prediction that has it: refused as
+    "outside the class ids 0..2" with no word of --num-classes; now the message says the classes were
+    counted from the references and how to give K."""
+    from cycleseg.metrics import main as metrics_main
+
+    _, truth = heart(seed=0)
+    save(tmp_path / "ref" / "a.nii.gz", np.where(truth == 3, 0, truth).astype(truth.dtype))
+    save(tmp_path / "pred" / "a.nii.gz", truth)
+    capsys.readouterr()
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert ("outside the class ids 0..2; the classes were counted from the references (their largest label + 1 = 3): "
+            "if a class is absent from every reference, pass --num-classes K") in err, err
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "s"),
+                         "--num-classes", "4"]) == 0

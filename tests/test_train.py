@@ -208,6 +208,8 @@ def test_help_describes_every_flag(capsys):
     assert "weight of L_disc^S" in out and "(default: 10)" in out
     assert "meanteacher: weight of the consistency term" in out and "--adv-lambda ADV_LAMBDA" in out
     assert "{partial,full,semi,meanteacher,fixmatch,adversarial}" in out
+    assert "(default: None)" not in out                             # a preset's or recipe's value: said whose
+    assert "(default: --preset's: paper 1000, cpu 250)" in " ".join(out.split())
 
 
 def test_method_options_nest_in_the_config_and_checkpoints_stay_flat():

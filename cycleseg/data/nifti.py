@@ -150,10 +150,12 @@ def check_grid(path, affine: np.ndarray) -> None:
                         f"have no single spacing; resample the scan to an orthogonal grid first")
 
 
-def load_label(path, image: Scan, num_classes: int | None, role: str = "label", of: str = "image") -> np.ndarray:
+def load_label(path, image: Scan, num_classes: int | None, role: str = "label", of: str = "image",
+               hint: str = "") -> np.ndarray:
     """The label volume of `image` as uint8 class ids. DataError naming the file when its shape or affine
-    differs from the image's, a value is not a whole number, or one is outside 0..num_classes-1. `role`,
-    `of`: what the two are in the message (a prediction and its reference, for metrics)."""
+    differs from the image's, a value is not a whole number, or one is outside 0..num_classes-1 (`hint`
+    appended: how the count was reached). `role`, `of`: what the two are in the message (a prediction and
+    its reference, for metrics)."""
     lab = load(path, "label")
     if lab.data.shape != image.data.shape:
         raise DataError(f"{path}: {role} of shape {lab.data.shape}, but its {of} {image.path} is {image.data.shape}")
@@ -170,7 +172,7 @@ def load_label(path, image: Scan, num_classes: int | None, role: str = "label", 
     bad = (v < 0) | (v > hi)
     if bad.any():
         raise DataError(f"{path}: label value {v[bad].max() if (v > hi).any() else v[bad].min():g} ({int(bad.sum())} "
-                        f"voxels) outside the class ids 0..{hi}")
+                        f"voxels) outside the class ids 0..{hi}{hint}")
     return v.astype(np.uint8)
 
 

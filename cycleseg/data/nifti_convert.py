@@ -93,6 +93,10 @@ def header_plan(cases, axis, channel) -> list:
             shape, zooms = hdr.shape, np.linalg.norm(np.asarray(hdr.affine)[:3, :3], axis=0)
         except Exception as e:
             raise DataError(f"{c.images[0]}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+        dims = hdr.header.get_data_shape() if hasattr(hdr, "header") else shape     # as the header says it
+        if 0 in tuple(dims) or 0 in tuple(shape):                   # nibabel's array shape of one is (0,)
+            raise DataError(f"{c.images[0]}: an empty image of shape {tuple(dims)} (an axis of length 0, no voxels); "
+                            f"expected a 3D volume")
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
             raise DataError(f"{c.images[0]}: a {len(shape)}D image of shape {tuple(shape)}; expected a 3D volume")
         ax = nifti.slice_axis(zooms, axis)
