@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import pickle
 import re
+import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -84,13 +85,30 @@ def check_weights(state: dict, path) -> None:
                     "checkpoint (best.pt, a copy) or train again")
 
 
-def check_digest(state: dict, path) -> None:
+def check_moments(state: dict, path) -> None:
+    """CheckpointError when the optimizers' tensors (Adam's moments) are not those the run saved
+    (moments_digest): called by a resume, the one reader that trains on from them."""
+    saved = state.get("moments_digest")
+    if saved is not None and saved != tensors_digest(state["optimizers"]):
+        _fail(path, "its optimizer state (Adam's moments) is not what its run saved (the checkpoint was edited by "
+                    "hand); a resume would not go on as the run would have: resume from another checkpoint or "
+                    "train again into another --out")
+
+
+DIGESTS = ("weights_digest", "digest")                              # every reader's; a resume's also moments_digest
+
+
+def check_digest(state: dict, path, resume: bool = False) -> None:
     """CheckpointError when a run state's values are not those its run saved (digest): called after the
-    checks that say more (check_run, the networks' load, check_weights). Checkpoints from before digests
-    were saved pass."""
+    checks that say more (check_run, the networks' load, check_weights). A checkpoint without one of its
+    digests (written before they were, or with them deleted) is read with a note that it cannot be checked."""
     if "digest" in state and state["digest"] != digest(state):
         _fail(path, "its run state is not what its run wrote (the digest it was saved with differs: a value was "
                     "edited by hand); use another checkpoint (best.pt, a copy) or train again into another --out")
+    missing = [k for k in DIGESTS + (("moments_digest",) if resume else ()) if k not in state]
+    if missing:
+        print(f"note: {path} carries no {' or '.join(missing)} (written by an older cycleseg, or edited): what it "
+              f"holds cannot be checked against what its run saved", file=sys.stderr)
 
 
 def digest(s: dict) -> str:
@@ -122,6 +140,25 @@ def digest(s: dict) -> str:
         else:
             h.update(f"{type(v).__name__}:{v!r};".encode())
     walk(s)
+    return h.hexdigest()
+
+
+def tensors_digest(tree) -> str:
+    """SHA-256 of every tensor in a nested state (an optimizer's state dicts: names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+
+    def walk(v, where):
+        if isinstance(v, dict):
+            for k in sorted(v, key=repr):
+                walk(v[k], f"{where}.{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{where}[{i}]")
+        elif isinstance(v, torch.Tensor):
+            t = v.detach()
+            h.update(f"{where}:{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    walk(tree, "")
     return h.hexdigest()
 
 

@@ -453,9 +453,10 @@ def main(argv=None) -> int:
                 "(see --help)")
     a.fractions, a.methods = a.fractions or [0.1, 0.2], a.methods or list(PAPER_ARMS)
     out = a.out or Path("runs") / f"grid-{a.grid}"
-    twice = next((s for i, s in enumerate(a.seeds) if s in a.seeds[:i]), None)
-    if twice is not None:                                           # one run: the grid's mean would be over fewer
-        p.error(f"--seeds: {twice} is given twice; give each seed once")
+    for flag, given in (("--seeds", a.seeds), ("--methods", a.methods or [])):
+        twice = next((v for i, v in enumerate(given) if v in given[:i]), None)
+        if twice is not None:                                       # one run (two at once under --jobs): the
+            p.error(f"{flag}: {twice} is given twice; give each once")   # grid's mean would be over fewer
     seeds = a.seeds
     try:
         check_extra(extra)

@@ -10,8 +10,8 @@ model expects is in each file's metadata (ONNX metadata_props; the .pt2's extra 
 
     channels, input ("float32 (N, C, H, W) in [-1, 1] = uint8 / 127.5 - 1"), image_size (the training
     size, height and width), num_classes, class_names, palette, ignore_index, checkpoint (its absolute
-    path), step; the .onnx also graph_sha256, the SHA-256 of its graph (weights included), which predict
-    checks: a model edited after its export is refused
+    path), step; the .onnx also model_sha256, the SHA-256 of its graph (weights included) and metadata,
+    which predict checks: a model edited after its export is refused
 
 `python -m cycleseg.predict model.onnx images/ --out masks/` runs an exported model (onnxruntime).
 """
@@ -126,19 +126,22 @@ def export_onnx(g_is, meta: dict, example) -> bytes:
         torch.onnx.export(g_is, (example,), str(path), input_names=["x"], output_names=["logits"],
                           dynamic_shapes=dynamic_shapes(meta["generator"]), opset_version=OPSET, dynamo=True, verbose=False)
         model = onnx.load(str(path))                                # external weights read back in
-    meta = {**meta, "graph_sha256": graph_digest(model)}
-    for key, value in meta.items():
+    props = {f"cycleseg.{key}": json.dumps(value) for key, value in meta.items()}
+    props["cycleseg.model_sha256"] = json.dumps(model_digest(model, props))
+    for key, value in props.items():
         entry = model.metadata_props.add()
-        entry.key, entry.value = f"cycleseg.{key}", json.dumps(value)
+        entry.key, entry.value = key, value
     return model.SerializeToString()
 
 
-def graph_digest(model) -> str:
-    """SHA-256 of an ONNX model's graph (nodes and weights) and local functions, serialized deterministically: written into its
-    metadata at export (graph_sha256) and checked by predict, as a checkpoint's weights are (check_weights)."""
+def model_digest(model, props: dict) -> str:
+    """SHA-256 of an ONNX model's graph (nodes and weights), its local functions, serialized
+    deterministically, and its cycleseg metadata (`props`, key -> JSON text, model_sha256 itself left out):
+    written into the metadata at export (model_sha256) and checked by predict, as a checkpoint's digests are."""
     h = hashlib.sha256()
     for part in (model.graph, *model.functions):                    # the exporter's local functions hold nodes too
         h.update(part.SerializeToString(deterministic=True))
+    h.update(json.dumps({k: v for k, v in props.items() if k != "cycleseg.model_sha256"}, sort_keys=True).encode())
     return h.hexdigest()
 
 

@@ -20,6 +20,10 @@ from .usage import Parser, UsageError, fail, path_arg, run_command
 
 def run(a) -> Path:
     runs, names = {}, {}
+    keys = [folder.resolve() for folder in a.runs]
+    twice = next((f for i, f in enumerate(a.runs) if keys[i] in keys[:i]), None)
+    if twice is not None:
+        raise UsageError(f"{twice} is given twice; give each run once")
     for folder in a.runs:
         if not (folder / "metrics.jsonl").exists():
             raise UsageError(f"{folder}: no metrics.jsonl (not a run folder)")

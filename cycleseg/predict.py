@@ -44,6 +44,7 @@ from .data.convert import (GRAY_MODES, HIGH_BIT_MODES, IMAGE_EXTS, hidden_images
                            in_colour, may_see_through, open_image, see_through, see_through_note, upright)
 from .data.h5format import DataError, default_palette, info_problem, open_h5, read_meta
 from .data.pixels import to_input
+from .export import model_digest
 from .fileio import loads, write_files
 from .predict_nifti import RESAMPLE, predict_scans, scan_inputs
 from .usage import UsageError, path_arg, path_text, run_command
@@ -208,7 +209,7 @@ class OnnxModel:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:
             raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
         try:
             meta = {k.removeprefix("cycleseg."): loads(v) for k, v in props.items() if k.startswith("cycleseg.")}
         except ValueError as e:
@@ -219,11 +220,11 @@ class OnnxModel:
         problem = onnx_meta_problem(meta)
         if problem:
             raise DataError(f"{path}: its cycleseg metadata is damaged ({problem}); export the checkpoint again")
-        check_graph(path, meta.get("graph_sha256"))
         declared = self.session.get_inputs()[0].shape                # [batch, C, H, W], C fixed by the export
         if len(declared) != 4 or (isinstance(declared[1], int) and declared[1] != meta["channels"]):
             raise DataError(f"{path}: its cycleseg metadata is damaged (channels {meta['channels']}, the model's "
                             f"input {declared}); export the checkpoint again")
+        check_model(path, props)                                    # last: the checks above say more
         self.channels, self.num_classes = meta["channels"], meta["num_classes"]
         self.palette = full_palette(meta["palette"], self.num_classes, path)
         self.size = tuple(meta["image_size"])
@@ -248,25 +249,30 @@ class OnnxModel:
         return self.logits(images).argmax(1), None
 
 
-def check_graph(path, saved) -> None:
-    """DataError when an exported model's graph (its weights) is not the one it was exported with (export's
-    graph_sha256); models exported before the digest pass, as older checkpoints do."""
-    if saved is None:
-        return
+def check_model(path, props: dict) -> None:
+    """DataError when an exported model (its graph, weights or cycleseg metadata `props`) is not what it was
+    exported with (export's model_sha256), or carries no digest (exported before them, or the digest removed:
+    export the checkpoint again, a matter of seconds)."""
+    try:
+        saved = loads(props.get("cycleseg.model_sha256", "null"))
+    except ValueError:
+        saved = None
+    if not isinstance(saved, str):
+        raise DataError(f"{path}: its metadata holds no model_sha256 (exported by an older cycleseg, or edited), so "
+                        f"it cannot be checked to be the model it was exported as; export the checkpoint again")
     try:
         import onnx                                                 # the `export` extra, beside onnxruntime
     except ImportError:
-        print(f"note: {path}: its graph's digest is not checked (the onnx package is not installed: pip install "
+        print(f"note: {path}: its digest is not checked (the onnx package is not installed: pip install "
               f"'cycleseg[export]')", file=sys.stderr)
         return
-    from .export import graph_digest
     try:
-        found = graph_digest(onnx.load_from_string(Path(path).read_bytes()))
+        found = model_digest(onnx.load_from_string(Path(path).read_bytes()), props)
     except Exception as e:                                          # onnxruntime read it; onnx should too
         raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     if found != saved:
-        raise DataError(f"{path}: its graph is not the one it was exported with (its weights or nodes were edited "
-                        f"after the export: the graph_sha256 in its metadata differs); export the checkpoint again")
+        raise DataError(f"{path}: it is not the model it was exported as (its weights, nodes or metadata were edited "
+                        f"after the export: the model_sha256 in its metadata differs); export the checkpoint again")
 
 
 def full_palette(palette, num_classes: int, where) -> list:

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from .checkpoint import CheckpointError, check_digest, check_fingerprints, check_weights
+from .checkpoint import CheckpointError, check_digest, check_fingerprints, check_moments, check_weights
 from .config import flat
 from .distributed import World, gather
 from .fastpath import Plan
@@ -140,7 +140,8 @@ def load_state_dict(s: dict, nets: dict, step, streams, data, path, world: World
                               f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from e
     check_optimizers(step, s["step"], path)
     check_weights(s, path)
-    check_digest(s, path)                                           # checked last: the reasons above say more
+    check_moments(s, path)
+    check_digest(s, path, resume=True)                              # checked last: the reasons above say more
     return s["step"], float(s["best_miou"])
 
 

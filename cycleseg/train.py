@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import figures, ops
 from .assemble import build, networks_of, optim_of
-from .checkpoint import CheckpointError, digest, weights_digest
+from .checkpoint import CheckpointError, digest, tensors_digest, weights_digest
 from .config import Config, check_image_side, flat, foreign_options, given_fields, parse_args
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths
@@ -66,6 +66,7 @@ class Run:
         if state is not None:                                       # a resume's records go on from these times
             state["clock"] = {"time": time.time() - self.clock["t0"], "evaluating": self.clock["evaluating"]}
             state["weights_digest"] = weights_digest(state["nets"])  # an edit by hand is refused by every command
+            state["moments_digest"] = tensors_digest(state["optimizers"])   # and by a resume
             state["digest"] = digest(state)                         # and of the run state: checked by every command
         self.folder.save(state, is_best)
 

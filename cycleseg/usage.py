@@ -38,6 +38,10 @@ class Parser(argparse.ArgumentParser):
     number than a reader sees ("1_0.5" as 10.5) or with spaces around (inf and nan are left to each
     option's range check, which names them)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)                           # -1e-3 a number, not an option (argparse: -1, -.5)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
     def _get_value(self, action, arg_string):
         pattern = NUMBERS.get(action.type)
         if pattern is not None and not pattern.fullmatch(arg_string):

@@ -1783,10 +1783,63 @@ def test_a_converted_folder_and_a_grey_model_say_what_they_drop(tmp_path, capsys
 @pytest.mark.parametrize("flags, match", [
     (["--fractions", "0.1", "0.1"], "--fractions: 0.1 is given twice; give each fraction once"),
     (["--fractions", "1.0"], "--fractions: 1.0 is not a labeled fraction in (0, 1): 1 labels every image, the Full"),
-    (["--seeds", "0", "0"], "--seeds: 0 is given twice; give each seed once"),
+    (["--seeds", "0", "0"], "--seeds: 0 is given twice; give each once"),
+    (["--methods", "semi", "semi"], "--methods: semi is given twice; give each once"),     # ran the cell twice at once
 ])
 def test_grid_options_given_twice_or_at_every_label(tmp_path, capsys, flags, match):
     """A grid's --fractions 0.1 0.1 and --seeds 0 0 were taken as one (a mean over fewer runs than asked,
     without a word) and --fractions 1.0 ran Partial and semi on every label beside Full: refused."""
     argv = ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0", *flags, "--out", tmp_path / "g"]
     one_line_error(experiments_main, argv, capsys, match, tmp_path)
+
+
+def test_a_checkpoint_without_digests_is_noted_and_edited_moments_refused(tmp_path, capsys, finished_run):
+    """A checkpoint with its digests deleted (and its weights, palette and best score edited) was evaluated,
+    exported and resumed without a word, and Adam's moments multiplied by 1000 were resumed from silently
+    (the digest skips large tensors): the first is read with a note that it cannot be checked, the second
+    refused by a resume (moments_digest)."""
+    import shutil
+
+    from cycleseg.checkpoint import digest
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    state = torch.load(run / "last.pt", weights_only=False)
+    moments = [t for o in state["optimizers"].values() for p in o["state"].values() for t in p.values()
+               if isinstance(t, torch.Tensor) and t.numel() > 16]
+    assert moments
+    for t in moments:
+        t.mul_(1000).add_(1)
+    state["digest"] = digest(state)                                 # the run state's digest made to agree
+    torch.save(state, run / "last.pt")
+    one_line_error(train_main, TINY + ["--out", run, "--resume", "--steps", "6"], capsys,
+                   "its optimizer state (Adam's moments) is not what its run saved", tmp_path)
+    del state["digest"], state["weights_digest"], state["moments_digest"]
+    torch.save(state, run / "last.pt")
+    capsys.readouterr()
+    assert evaluate_main([str(run / "last.pt"), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    assert (f"note: {run / 'last.pt'} carries no weights_digest or digest (written by an older cycleseg, or edited): "
+            f"what it holds cannot be checked against what its run saved") in capsys.readouterr().err
+
+
+def test_plot_refuses_a_run_given_twice_and_a_negative_exponent_is_a_number(tmp_path, capsys, finished_run):
+    """`plot RUN RUN` drew one run twice without a word, and `--lr -1e-3` was read as an option ("expected one
+    argument"): the first refused, the second refused by --lr's own range, as -1 is."""
+    from cycleseg.plot import main as plot_main
+
+    one_line_error(plot_main, [finished_run, finished_run / ".." / finished_run.name, "--out", tmp_path / "c.png"],
+                   capsys, "is given twice; give each run once", tmp_path)
+    one_line_error(train_main, TINY + ["--lr", "-1e-3", "--out", tmp_path / "r"], capsys,
+                   "--lr must be in (0, 10] (a learning rate; the paper's is 2e-4), got -0.001", tmp_path)
+
+
+def test_a_map_beyond_the_classes_is_an_option_error(tmp_path, capsys):
+    """`--map 2=7 --num-classes 3` was refused only at the first mask, in the HDF5 writer's words ("dataset
+    'masks', index 0: value 7 is not a class id"): refused as the option it is, before any file is read."""
+    for d in ("images", "masks"):
+        (tmp_path / "src" / d).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "src" / "images" / "a.png")
+    Image.fromarray(np.eye(8, dtype=np.uint8) * 2).save(tmp_path / "src" / "masks" / "a.png")
+    one_line_error(data_main, ["convert", "folder", tmp_path / "src", tmp_path / "o.h5", "--map", "2=7",
+                               "--num-classes", "3", "--no-progress"], capsys,
+                   "--map 2=7: class 7 is beyond --num-classes 3 (class ids 0..2, or 255: ignore)", tmp_path)

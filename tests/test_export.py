@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from cycleseg.checkpoint import load_run
+from cycleseg.export import model_digest
 from cycleseg.data.acdc import cached_splits, read_volume, volume_names
 from cycleseg.data.pixels import to_input
 from cycleseg.data.source import H5Source
@@ -176,10 +177,16 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
     del foreign.graph.initializer[:]
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     one_line_error(predict_main, [tmp_path / "foreign.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"],
-                   capsys, "its graph is not the one it was exported with (its weights or nodes were edited", tmp_path)
-    without = [p for p in foreign.metadata_props if p.key != "cycleseg.graph_sha256"]   # as exported before digests
+                   capsys, "it is not the model it was exported as (its weights, nodes or metadata were edited", tmp_path)
+    without = [p for p in foreign.metadata_props if p.key != "cycleseg.model_sha256"]   # its digest removed: refused
     del foreign.metadata_props[:]
     foreign.metadata_props.extend(without)
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    one_line_error(predict_main, [tmp_path / "foreign.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"],
+                   capsys, "its metadata holds no model_sha256 (exported by an older cycleseg, or edited)", tmp_path)
+    props = {p.key: p.value for p in foreign.metadata_props}         # digested as an export would: the output check
+    entry = foreign.metadata_props.add()
+    entry.key, entry.value = "cycleseg.model_sha256", json.dumps(model_digest(foreign, props))
     onnx.save(foreign, str(tmp_path / "foreign.onnx"))
     one_line_error(predict_main, [tmp_path / "foreign.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"], capsys,
                    "the model's output is float32 (1, 2, ", tmp_path)
@@ -189,7 +196,12 @@ def test_export_and_onnx_prediction_errors(acdc_checkpoint, tmp_path, capsys, mo
     weights.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, weights.graph.initializer[0].name))
     onnx.save(weights, str(tmp_path / "weights.onnx"))
     one_line_error(predict_main, [tmp_path / "weights.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"],
-                   capsys, "weights.onnx: its graph is not the one it was exported with", tmp_path)
+                   capsys, "weights.onnx: it is not the model it was exported as", tmp_path)
+    sized = onnx.load(str(tmp_path / "last.onnx"))                  # a valid size edited in: the masks changed
+    next(p for p in sized.metadata_props if p.key == "cycleseg.image_size").value = json.dumps([12, 20])
+    onnx.save(sized, str(tmp_path / "sized.onnx"))
+    one_line_error(predict_main, [tmp_path / "sized.onnx", tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"],
+                   capsys, "sized.onnx: it is not the model it was exported as", tmp_path)
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "last.onnx")).metadata_props}
     assert meta["cycleseg.checkpoint"] == str(acdc_checkpoint.absolute())     # absolute: found from any folder
     for key, value, match in (("channels", 3, "channels 3, the model's input"),

@@ -174,7 +174,7 @@ def test_pairs_layout_counts_classes_and_slices_the_thickest_axis(tmp_path):
         info = json.loads(f.attrs["volume_info"])
         info[0]["slice_spacing"][0] = 1e308
         f.attrs["volume_info"] = json.dumps(info)
-    with pytest.raises(nifti.DataError, match=r"slice_spacing of three positive lengths \(mm, at most 10000\)"):
+    with pytest.raises(nifti.DataError, match=r"slice_spacing of three positive lengths \(mm, 1e-06 to 10000\)"):
         H5Source(tmp_path / "p.h5")
 
 
@@ -285,7 +285,10 @@ def bad_cases(tmp_path):
     nan[1, 3] = np.nan
     cases["nan origin"] = (pair("nan-origin", img, lab, nan, nan), "its affine holds NaN or infinite values (1 of 16)")
     huge = affine((1e30, 1.5, 8.0))                                   # its HD95 read 8.9e30 mm
-    cases["huge spacing"] = (pair("huge", img, lab, huge, huge), "lengths of at most 10000 mm")
+    cases["huge spacing"] = (pair("huge", img, lab, huge, huge), "and at most 10000 mm")
+    tiny = affine((1e-30, 1e-30, 1e-30))                             # its HD95 and ASD read 0.0 mm
+    cases["tiny spacing"] = (pair("tiny", img, lab, tiny, tiny), "voxel spacings [1e-30, 1e-30, 1e-30]; expected three "
+                             "positive lengths of at least 1e-06")
     wide = affine((9000.0, 9500.0, 8.0))                 # sliced along j; rows 9000 mm x 24 / 16 pixels: beyond it
     cases["wide pixels"] = (pair("wide", img, lab, wide, wide), "its stored pixels would be 1.35e+04 mm wide")
     cases["empty axis"] = (pair("empty-axis", np.zeros((4, 0, 8), np.float32), None),    # was "a 1D image"

@@ -153,6 +153,11 @@ def main(argv=None) -> int:
         a.intensity = a.intensity or "strict"
         mapping, left_out = parse_mapping(a.map), []
         check_classes(a.num_classes)
+        beyond = [(v, c) for v, c in mapping.items() if a.num_classes and c != 255 and c >= a.num_classes]
+        if beyond:                                                  # was found at the first mask, in HDF5's words
+            v, c = beyond[0]
+            raise DataError(f"--map {v}={c}: class {c} is beyond --num-classes {a.num_classes} (class ids 0.."
+                            f"{a.num_classes - 1}, or 255: ignore)")
         if a.kind == "voc":
             items, meta = cv.voc_items(a.src, split)
         elif a.kind == "cityscapes":

@@ -323,7 +323,7 @@ def _json_attrs(a, path, k: int):
     if vinfo and (not isinstance(vinfo, list) or len(vinfo) != len(vnames) or not all(
             isinstance(v, dict) and _positive3(v.get("slice_spacing")) for v in vinfo)):
         raise DataError(f"{path}: attribute 'volume_info' must give, for each of the {len(vnames)} volumes, a "
-                        f"slice_spacing of three positive lengths (mm, at most {MAX_SPACING_MM:g})")
+                        f"slice_spacing of three positive lengths (mm, {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g})")
     return names, palette, vnames, vinfo, preprocessing
 
 
@@ -379,11 +379,13 @@ def _check_volumes(f, path, vnames) -> None:
 
 MAX_SPACING_MM = 1e4                                                # 10 m a voxel: beyond, a damaged value (1e308
                                                                     # made HD95 NaN and ASD infinite)
+MIN_SPACING_MM = 1e-6                                               # 1 nm: below, a damaged value (1e-30 made every
+                                                                    # HD95 and ASD 0.0 mm)
 
 
 def _positive3(v) -> bool:
     return (isinstance(v, list) and len(v) == 3
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= MAX_SPACING_MM for x in v))
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and MIN_SPACING_MM <= x <= MAX_SPACING_MM for x in v))
 
 
 def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int = 0) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import loads
-from .h5format import MAX_SPACING_MM, DataError
+from .h5format import MAX_SPACING_MM, MIN_SPACING_MM, DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 INTENSITY_RULES = ("percentile", "minmax")
@@ -140,9 +140,10 @@ def check_grid(path, affine: np.ndarray) -> None:
     if not np.isfinite(affine).all():
         raise DataError(f"{path}: its affine holds NaN or infinite values ({int((~np.isfinite(affine)).sum())} of 16); "
                         f"a damaged header")
-    if (lengths <= 0).any() or (lengths > MAX_SPACING_MM).any():
-        raise DataError(f"{path}: the affine gives voxel spacings {lengths.round(4).tolist()}; expected three positive "
-                        f"lengths of at most {MAX_SPACING_MM:g} mm (a damaged header)")
+    if (lengths < MIN_SPACING_MM).any() or (lengths > MAX_SPACING_MM).any():
+        raise DataError(f"{path}: the affine gives voxel spacings {[float(f'{x:.4g}') for x in lengths]}; expected "
+                        f"three positive lengths of at least {MIN_SPACING_MM:g} and at most {MAX_SPACING_MM:g} mm "
+                        f"(a damaged header)")
     cos = (axes.T @ axes) / np.outer(lengths, lengths)
     off = np.abs(cos - np.eye(3)).max()
     if off > 1e-3:
