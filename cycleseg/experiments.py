@@ -155,6 +155,10 @@ def method_options(pairs, methods) -> dict[str, list[str]]:
             raise UsageError(f"--method-options {mode} {text!r}: {e}") from None
         check_extra(opts, f"in --method-options {mode}")
         given[mode] = given.get(mode, []) + opts
+        flags = [o.split("=", 1)[0].replace("--no-", "--", 1) for o in given[mode] if o.startswith("--")]
+        twice = next((f for i, f in enumerate(flags) if f in flags[:i]), None)
+        if twice is not None:                                       # argparse kept the last without a word
+            raise UsageError(f"--method-options {mode}: {twice} is given twice for {mode}; give it once")
     return given
 
 

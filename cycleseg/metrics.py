@@ -152,12 +152,22 @@ def volume_files(folder, what: str) -> dict:
     return out
 
 
+def reference_top(path) -> int:
+    """A reference volume's largest label; DataError naming it when that is no class id (0..254): the classes
+    are counted from it, and a label of 10^9 made a list of 10^9 class names (the machine ran out of memory)."""
+    data = np.asarray(nifti.load(path, "label").data)
+    top = data.max()
+    if not top <= 254:
+        raise DataError(f"{path}: label value {top:g} ({int((data > 254).sum())} voxels) outside the class ids 0..254")
+    return int(top)
+
+
 def score_case(pred_path, truth_path, num_classes: int, hint: str = "") -> tuple:
     """(per-class score rows, spacing) of one predicted volume against its reference; DataError when the
     two lie on different grids, or the prediction holds a class beyond num_classes (`hint`: how it was set)."""
     truth = nifti.load(truth_path, "label")
+    ref = nifti.load_label(truth_path, truth, num_classes, role="reference")   # first: a bad value is the reference's
     pred = nifti.load_label(pred_path, truth, num_classes, role="prediction", of="reference", hint=hint)
-    ref = nifti.load_label(truth_path, truth, num_classes)
     rows = [binary_scores(pred == c, ref == c, truth.spacing) for c in range(1, num_classes)]
     return rows, truth.spacing
 
@@ -175,7 +185,7 @@ def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_nam
                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
     hint = ""
     if num_classes is None:
-        num_classes = 1 + max(int(np.asarray(nifti.load(p, "label").data).max()) for p in truths.values())
+        num_classes = 1 + max(reference_top(p) for p in truths.values())
         hint = (f"; the classes were counted from the references (their largest label + 1 = {num_classes}): if a "
                 f"class is absent from every reference, pass --num-classes K")
         if num_classes < 2:

@@ -225,7 +225,8 @@ class RunFolder:
         if samples.exists() and not samples.is_dir():
             raise UsageError(f"{samples} is a file where the run keeps its pictures (a folder); nothing was written: "
                              f"move it away, or train into another --out")
-        try:
+        self._made = [p for p in (self.path / "config.json", samples) if not os.path.lexists(p)]   # undone by close
+        try:                                                        # if the run fails before its first record
             samples.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
@@ -262,20 +263,23 @@ class RunFolder:
         self.events = SummaryWriter(str(self.path / "tensorboard"), flush_secs=30)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard events; remove the folder if this run created it and it holds no
-        record or checkpoint (a run that failed before its first step: its config.json and empty samples/
-        go too, so the same command can run again); release the folder's lock."""
+        """Flush and close the TensorBoard events; when the run holds no record or checkpoint (it failed before
+        its first step), remove the config.json and empty samples/ this start made (in a folder that existed
+        too: it was refused afterwards as holding a run) and the folder if this run created it, so the same
+        command can run again; release the folder's lock."""
         if self.events is not None:
             self.events.close()
             self.events = None
-        if getattr(self, "_created", False) and getattr(self, "_lock_fd", None) is not None:
+        if getattr(self, "_lock_fd", None) is not None:
             try:
                 if not any((self.path / n).exists() for n in ("last.pt", "best.pt", "metrics.jsonl")):
-                    (self.path / "config.json").unlink(missing_ok=True)   # a start refused: no run to resume
-                    samples = self.path / "samples"
-                    if samples.is_dir() and not any(samples.iterdir()):
-                        samples.rmdir()
-                if not any(self.path.iterdir()):
+                    for made in getattr(self, "_made", ()):         # a start refused: no run to resume
+                        if made.is_dir() and not made.is_symlink():
+                            if not any(made.iterdir()):
+                                made.rmdir()
+                        else:
+                            made.unlink(missing_ok=True)
+                if getattr(self, "_created", False) and not any(self.path.iterdir()):
                     self.path.rmdir()
             except OSError:
                 pass                                                # kept: nothing is lost either way

@@ -1843,3 +1843,44 @@ def test_a_map_beyond_the_classes_is_an_option_error(tmp_path, capsys):
     one_line_error(data_main, ["convert", "folder", tmp_path / "src", tmp_path / "o.h5", "--map", "2=7",
                                "--num-classes", "3", "--no-progress"], capsys,
                    "--map 2=7: class 7 is beyond --num-classes 3 (class ids 0..2, or 255: ignore)", tmp_path)
+
+
+@pytest.mark.parametrize("env, match", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 asks for a distributed job, but RANK is not set: start it with torchrun"),
+    ({"WORLD_SIZE": "abc"}, "the environment variable WORLD_SIZE='abc' is not a whole number of at least 1"),
+    ({"WORLD_SIZE": "0"}, "the environment variable WORLD_SIZE='0' is not a whole number of at least 1"),
+    ({"WORLD_SIZE": "1", "RANK": "3"}, "RANK=3 is not a rank of WORLD_SIZE=1 processes (0..0)"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 asks for a distributed job, but MASTER_ADDR is not set"),
+])
+def test_torchrun_variables_left_in_a_plain_runs_environment(tmp_path, capsys, monkeypatch, env, match):
+    """WORLD_SIZE left in the environment of a plain run crashed it (KeyError: 'RANK', int() of 'abc',
+    torch's MASTER_ADDR traceback) or was taken with a rank beyond it: one line naming the variable."""
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    one_line_error(train_main, TINY + ["--out", tmp_path / "r"], capsys, match, tmp_path)
+
+
+def test_a_train_that_fails_at_its_start_leaves_an_existing_folder_as_it_was(tmp_path, capsys):
+    """A start refused after config.json and samples/ were written (--tensorboard where a file is named
+    tensorboard) left them in a folder that existed before, which the next command then refused as holding a
+    run: removed, the folder as it was."""
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "tensorboard").write_text("a file")
+    assert train_main(TINY + ["--out", str(folder), "--tensorboard"]) == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "tensorboard"]
+    (folder / "tensorboard").unlink()
+    assert train_main(TINY + ["--out", str(folder)]) == 0
+
+
+def test_method_options_give_each_option_once(tmp_path, capsys):
+    """--method-options partial "--lr 0.1" --method-options partial "--lr 0.2" (or "--lr 0.1 --lr 0.2")
+    trained at 0.2 without a word: refused."""
+    for opts in (["--method-options", "partial", "--lr 0.1", "--method-options", "partial", "--lr 0.2"],
+                 ["--method-options", "partial", "--lr 0.1 --lr=0.2"]):
+        one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial",
+                                          "--seeds", "0", *opts, "--out", tmp_path / "g", "--", *TINY[:-4]], capsys,
+                       "--method-options partial: --lr is given twice for partial; give it once", tmp_path)

@@ -404,3 +404,25 @@ def test_metrics_says_how_it_counted_the_classes(tmp_path, capsys):
             "if a class is absent from every reference, pass --num-classes K") in err, err
     assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "s"),
                          "--num-classes", "4"]) == 0
+
+
+def test_metrics_refuses_a_reference_label_beyond_the_class_ids(tmp_path, capsys):
+    """A reference holding 10^9 made metrics count 10^9 classes (the machine ran out of memory); one holding
+    300 beside a prediction with 300 was blamed on the prediction: the reference named, in one line."""
+    from cycleseg.metrics import main as metrics_main
+
+    _, truth = heart(seed=0)
+    (tmp_path / "ref").mkdir()
+    nib.save(nib.Nifti1Image(truth.astype(np.int64) * 1_000_000_000, affine(), dtype=np.int64),
+             str(tmp_path / "ref" / "a.nii.gz"))
+    save(tmp_path / "pred" / "a.nii.gz", truth)
+    capsys.readouterr()
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{tmp_path / 'ref' / 'a.nii.gz'}: label value 3e+09" in err, err
+    save(tmp_path / "ref" / "a.nii.gz", np.where(truth == 3, 300, truth.astype(np.uint16)))
+    save(tmp_path / "pred" / "a.nii.gz", np.where(truth == 3, 300, truth.astype(np.uint16)))
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "s"),
+                         "--num-classes", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ref' / 'a.nii.gz'}: label value 300" in err, err
