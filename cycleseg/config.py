@@ -402,7 +402,9 @@ def check_device(name: str) -> str:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise UsageError(f"--device {name}: not a device (cpu, cuda or cuda:N)") from None
+        raise UsageError(f"--device {name!r}: not a device (cpu, cuda or cuda:N)") from None
+    if device.type == "cpu" and device.index not in (None, 0):   # torch takes cpu:1 and runs on the one CPU
+        raise UsageError(f"--device {name}: the CPU is one device; give cpu")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -411,5 +413,5 @@ def check_device(name: str) -> str:
         if device.index is not None and device.index >= count:
             raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
     elif device.type != "cpu":
-        raise UsageError(f"--device {name}: cycleseg trains on cpu or cuda")
+        raise UsageError(f"--device {name}: cycleseg runs on cpu or cuda")
     return name

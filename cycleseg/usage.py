@@ -144,6 +144,12 @@ def tell(text: str, write=None) -> None:
         say("note: the standard output was closed (its reader left); the command goes on without it")
 
 
+def printable(text) -> str:
+    """`text` with each character a terminal would act on (a line break, an escape sequence) written as its
+    Python escape: names and attributes read from users' files are shown, never obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 GRID_CELL = "CYCLESEG_GRID_CELL"                                    # set to "1" in a grid's cells (gridprocs)
 
 

@@ -1884,3 +1884,37 @@ def test_method_options_give_each_option_once(tmp_path, capsys):
         one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial",
                                           "--seeds", "0", *opts, "--out", tmp_path / "g", "--", *TINY[:-4]], capsys,
                        "--method-options partial: --lr is given twice for partial; give it once", tmp_path)
+
+
+def test_the_twenty_first_probes_messages(tmp_path, capsys, tiny_checkpoint):
+    """evaluate and export called an exported .onnx / .pt2 "corrupt, truncated or not a torch checkpoint";
+    --device cpu:1 was taken and ' cpu' named as "cpu: not a device"; data info printed a source attribute's
+    escape sequences raw; a NaN pixdim beside an sform was read (nibabel's own warning line, the NaN copied
+    into predict's output header)."""
+    import nibabel as nib
+
+    from cycleseg.export import main as export_main
+
+    for suffix, kind in ((".onnx", "an exported ONNX model"), (".pt2", "an exported torch.export program")):
+        model = tmp_path / f"m{suffix}"
+        model.write_bytes(b"\x08\x09exported")
+        one_line_error(evaluate_main, [model, "--out", tmp_path / "e"], capsys,
+                       f"m{suffix}: {kind} (python -m cycleseg.export), not a run's checkpoint", tmp_path)
+        one_line_error(export_main, [model, "--out", tmp_path / "x"], capsys, f"{kind} (python -m", tmp_path)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "a.png")
+    one_line_error(predict_main, [tiny_checkpoint, tmp_path / "a.png", "--out", tmp_path / "p", "--device", "cpu:1"],
+                   capsys, "--device cpu:1: the CPU is one device; give cpu", tmp_path)
+    one_line_error(predict_main, [tiny_checkpoint, tmp_path / "a.png", "--out", tmp_path / "p", "--device", " cpu"],
+                   capsys, "--device ' cpu': not a device", tmp_path)
+    tiny_split(tmp_path / "s.h5", 16)
+    with h5py.File(tmp_path / "s.h5", "r+") as f:
+        f.attrs["source"] = "x\n\x1b[31mred"
+    capsys.readouterr()
+    assert data_main(["info", str(tmp_path / "s.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "source: x\\n\\x1b[31mred" in out and "\x1b" not in out, out
+    img = nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 4)).astype(np.float32), np.diag([1.5, 1.5, 8, 1]))
+    img.header["pixdim"][1] = np.nan
+    nib.save(img, str(tmp_path / "nan.nii.gz"))
+    one_line_error(predict_main, [tiny_checkpoint, tmp_path / "nan.nii.gz", "--out", tmp_path / "p", "--no-progress"], capsys,
+                   "nan.nii.gz: its header's voxel sizes (pixdim) are [nan, 1.5, 8.0]", tmp_path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..usage import Parser, fail, path_arg, plain_int, run_command
+from ..usage import Parser, fail, path_arg, plain_int, printable, run_command
 from . import convert as cv
 from .nifti_convert import convert_nifti
 from ..config import MAX_SIDE
@@ -36,7 +36,7 @@ def info(path) -> str:
     total = hist.sum()
     lines = [f"{path}: {meta.count} images {meta.height}x{meta.width}x{meta.channels} uint8, "
              f"{meta.num_classes} classes, ignore index {meta.ignore_index}",
-             f"source: {meta.source}", f"preprocessing: {json.dumps(meta.preprocessing)}"]
+             f"source: {printable(meta.source)}", f"preprocessing: {json.dumps(meta.preprocessing)}"]
     if groups is not None:
         lines.append(f"groups: {groups}")
     if meta.volume_names:
@@ -45,7 +45,7 @@ def info(path) -> str:
     if unlabeled:
         lines.append(f"unlabeled images (no annotation: the unlabeled stream's only): {unlabeled}")
     lines.append("class pixels:")
-    lines += [f"  {k:3d} {name:15s} {100 * hist[k] / total:6.2f} %" for k, name in enumerate(meta.class_names)]
+    lines += [f"  {k:3d} {printable(name):15s} {100 * hist[k] / total:6.2f} %" for k, name in enumerate(meta.class_names)]
     lines.append(f"  ignored         {100 * hist[meta.ignore_index] / total:6.2f} %")
     return "\n".join(lines)
 

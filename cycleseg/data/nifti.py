@@ -24,6 +24,7 @@ nibabel is an optional extra (pip install -e ".[medical]").
 """
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
@@ -87,11 +88,16 @@ def load(path, what: str = "image", frames: bool = False) -> Scan:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    quiet = logging.getLogger("nibabel.global")                    # its header fixes ("pixdim[1,2,3] should be
+    level = quiet.level                                             # positive; setting to abs") as stray lines:
+    quiet.setLevel(logging.ERROR)                                   # check_pixdim says what is wrong, or nothing is
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as e:                                  # ImageFileError, EOFError, zlib / gzip errors...
         raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    finally:
+        quiet.setLevel(level)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3 and not (frames and data.ndim == 4):
@@ -118,7 +124,11 @@ def check_pixdim(path, img) -> None:
     sform, nibabel builds the affine from pixdim, and its load reads a zero there as 1 mm (the header as
     stored is read again here), so distances would be reported in millimetres of a made-up grid."""
     header = img.header
-    if "pixdim" not in header or int(header.get("sform_code", 0)) > 0 or not str(path).endswith((".nii", ".nii.gz")):
+    if "pixdim" not in header or not str(path).endswith((".nii", ".nii.gz")):
+        return
+    sform = int(header.get("sform_code", 0)) > 0                    # the affine from the sform: pixdim not used,
+    zooms = np.asarray(header["pixdim"][1:4], dtype=np.float64)     # but a NaN there is a damaged header (and was
+    if sform and np.isfinite(zooms).all():                          # copied into predict's output header)
         return
     from nibabel.openers import ImageOpener                         # nibabel: imported where NIfTI is read
     try:
@@ -127,7 +137,7 @@ def check_pixdim(path, img) -> None:
     except Exception:                                               # noqa: BLE001 -- nibabel read it once already
         return
     zooms = np.asarray(header["pixdim"][1:4], dtype=np.float64)
-    if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+    if not (np.isfinite(zooms).all() and (sform or (zooms > 0).all())):
         raise DataError(f"{path}: its header's voxel sizes (pixdim) are {zooms.tolist()}; expected three positive "
                         f"lengths (a damaged header)")
 
