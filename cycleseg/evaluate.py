@@ -221,7 +221,7 @@ def run(a) -> tuple[dict, dict]:
                          "--data the checkpoint's own data is scored)")
     data = a.data if a.data is not None else cfg.data
     val_data = a.val_data if a.data is not None else cfg.val_data
-    if a.data is not None and Path(a.data).is_file():               # a file named: that file, whatever --split
+    if a.data is not None and Path(a.data).is_file() and a.val_data is None:   # a file named: that file
         path, folder = Path(a.data), None
     else:
         path, folder = split_path(data, a.split, val_data, cfg.image_size or 64, not a.no_progress)

@@ -93,7 +93,7 @@ def picture_grid(columns: list[list[np.ndarray]], titles, meta, note: str = "", 
                 ax.set_title(titles[c], fontsize=8)
             if c == 0 and row_labels:
                 ax.set_ylabel(row_labels[r], fontsize=7)
-    handles = [Patch(facecolor=np.asarray(col) / 255, edgecolor="0.5", label=name)
+    handles = [Patch(facecolor=np.asarray(col) / 255, edgecolor="0.5", label=literal(name))
                for name, col in zip(meta.class_names, meta.palette)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False,
                bbox_to_anchor=(0.5, 0.02 if not note else 0.06))
@@ -122,6 +122,12 @@ def comparison_grid(images: np.ndarray, masks: np.ndarray, predictions: dict, me
     return picture_grid(cols, ["image", "truth", *predictions], meta, row_labels=row_labels)
 
 
+def literal(text) -> str:
+    """A name from users' data (a class, a run) as matplotlib draws it literally: a `$` would start mathtext
+    (a "$\\frac{a$" class name crashed training at its first picture, "$x^2$" was drawn as maths)."""
+    return str(text).replace("$", r"\$")
+
+
 def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
     """A heat map of the confusion matrix, rows = truth normalised to 1, with class names and %."""
     k = len(names)
@@ -131,8 +137,8 @@ def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
     fig = Figure(figsize=(size + 1.0, size), dpi=DPI)
     ax = fig.add_subplot()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xticks(range(k), [literal(n) for n in names], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), [literal(n) for n in names], fontsize=8)
     ax.set_xlabel("prediction")
     ax.set_ylabel("truth")
     if k <= 25:
@@ -238,7 +244,7 @@ def curves_figure(runs: dict, columns: int = 3) -> Figure:
     colours = [f"C{i}" for i in range(10)]
     for i, title in enumerate(titles):
         ax = fig.add_subplot(rows, columns, i + 1)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(literal(title), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         for k, (run, line) in enumerate(panels.get(title, {}).items()):
@@ -246,12 +252,12 @@ def curves_figure(runs: dict, columns: int = 3) -> Figure:
             y = np.array([p[1] for p in line if p[1] == p[1]], dtype=np.float64)
             colour = colours[k % len(colours)]
             if title == "lr":
-                ax.plot(x, y, color=colour, linewidth=1.2, label=run)
+                ax.plot(x, y, color=colour, linewidth=1.2, label=literal(run))
             elif title.startswith("val") or len(y) < 3:
-                ax.plot(x, y, marker="o", markersize=3, color=colour, label=run)
+                ax.plot(x, y, marker="o", markersize=3, color=colour, label=literal(run))
             else:
                 ax.plot(x, y, color=colour, alpha=0.25, linewidth=0.8)
-                ax.plot(x, smooth(y), color=colour, linewidth=1.2, label=run)
+                ax.plot(x, smooth(y), color=colour, linewidth=1.2, label=literal(run))
         ys = [p[1] for line in panels.get(title, {}).values() for p in line if p[1] == p[1]]
         if ys and min(ys) > 0 and max(ys) / min(ys) > 100:
             ax.set_yscale("log")
@@ -259,7 +265,7 @@ def curves_figure(runs: dict, columns: int = 3) -> Figure:
             ax.set_xlabel("step", fontsize=7)
     top = 1 - (0.3 if len(runs) > 1 else 0.0) / fig.get_figheight()
     if len(runs) > 1:
-        handles = [Patch(color=colours[k % len(colours)], label=run) for k, run in enumerate(runs)]
+        handles = [Patch(color=colours[k % len(colours)], label=literal(run)) for k, run in enumerate(runs)]
         fig.legend(handles=handles, loc="upper center", ncol=min(len(runs), 6), fontsize=7, frameon=False)
     # fixed margins: tight_layout would measure every label first, doubling the time of a redraw at each evaluation
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.35 / fig.get_figheight(), top=top - 0.25 / fig.get_figheight(),

@@ -1918,3 +1918,25 @@ def test_the_twenty_first_probes_messages(tmp_path, capsys, tiny_checkpoint):
     nib.save(img, str(tmp_path / "nan.nii.gz"))
     one_line_error(predict_main, [tiny_checkpoint, tmp_path / "nan.nii.gz", "--out", tmp_path / "p", "--no-progress"], capsys,
                    "nan.nii.gz: its header's voxel sizes (pixdim) are [nan, 1.5, 8.0]", tmp_path)
+
+
+def test_class_names_are_drawn_as_written_and_evaluate_scores_its_val_data(tmp_path, capsys, tiny_checkpoint):
+    """A class named "$\\frac{a$" crashed training at its first picture and evaluate at confusion.png
+    (matplotlib read it as maths; "$x^2$" was drawn as maths); evaluate --data train.h5 --val-data val.h5
+    scored the train file as "val" and ignored --val-data."""
+    from cycleseg import figures
+    from cycleseg.data.h5format import read_meta
+
+    meta = read_meta(tiny_split(tmp_path / "train.h5", 16, k=3))
+    meta.class_names = ["bg", "$\\frac{a$", "$x^2$"]
+    figures.png(figures.confusion_heatmap(np.eye(3), meta.class_names))      # drew without a ParseException
+    assert figures.literal("$x^2$") == "\\$x^2\\$"
+    tiny_split(tmp_path / "val.h5", 16, n=4, k=3, seed=1)
+    state = torch.load(tiny_checkpoint, weights_only=False)
+    k, c = state["data"]["num_classes"], state["data"]["channels"]
+    tiny_split(tmp_path / "tr.h5", 16, n=6, k=k, channels=c)
+    tiny_split(tmp_path / "va.h5", 16, n=4, k=k, channels=c, seed=1)
+    assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "tr.h5"), "--val-data",
+                          str(tmp_path / "va.h5"), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["data"].endswith("va.h5") and report["images"] == 4, report["data"]

@@ -6,7 +6,7 @@ from PIL import Image
 
 from cycleseg.data.__main__ import main as data_main
 from cycleseg.data.convert import CITYSCAPES_TRAIN_IDS, resize_pair
-from cycleseg.data.h5format import default_palette, validate
+from cycleseg.data.h5format import DataError, default_palette, validate
 
 RNG = np.random.default_rng(0)
 
@@ -185,3 +185,39 @@ def test_a_folder_of_grey_images_is_stored_with_one_channel(tmp_path):
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / "images" / "2.png")
     assert data_main(["convert", "folder", str(src), str(tmp_path / "c.h5"), "--no-progress"]) == 0
     assert open_source(tmp_path / "c.h5").meta.channels == 3
+
+
+def test_cityscapes_map_reads_label_ids_before_the_train_id_table(tmp_path):
+    """--map was applied after Cityscapes' label-id -> train-id table: --map 13=255 made every car (train id
+    13) ignore while no wall (label id 13) was there, and --map 26=255, meant for the cars' label id, did
+    nothing (with a note that no mask held 26). It maps label ids, as its help says, before the table."""
+    root = tmp_path / "cs"
+    (root / "leftImg8bit/val/aachen").mkdir(parents=True)
+    (root / "gtFine/val/aachen").mkdir(parents=True)
+    ids = np.zeros((16, 32), np.uint8)
+    ids[:, 8:16], ids[:, 16:] = 7, 26                               # road (train id 0), car (train id 13)
+    Image.fromarray(rgb(16, 32)).save(root / "leftImg8bit/val/aachen/a_000000_000019_leftImg8bit.png")
+    Image.fromarray(ids).save(root / "gtFine/val/aachen/a_000000_000019_gtFine_labelIds.png")
+    for flag, cars in (("26=255", 255), ("13=255", 13)):
+        out = tmp_path / f"{flag}.h5"
+        assert data_main(["convert", "cityscapes", str(root), str(out), "--split", "val", "--map", flag,
+                          "--no-progress"]) == 0
+        with h5py.File(out) as f:
+            mask = f["masks"][0]
+        assert (mask[:, 16:] == cars).all() and (mask[:, 8:16] == 0).all() and (mask[:, :8] == 255).all(), flag
+
+
+def test_a_volume_whose_image_and_label_differ_in_slices_is_named(tmp_path, make_acdc):
+    """A val volume with 5 image slices over 3 label slices was cut to 3 by the converter without a word and
+    crashed training's volume scores with a broadcast traceback: refused, naming the file and both shapes."""
+    root = tmp_path / "ACDC"
+    _, vols = make_acdc(root)
+    with h5py.File(root / "data" / f"{vols[0]}.h5", "r+") as f:
+        del f["image"]
+        f.create_dataset("image", data=np.zeros((5, 14, 10), np.float32))
+    assert data_main(["convert", "acdc", str(root), str(tmp_path / "v.h5"), "--split", "val", "--no-progress"]) == 2
+    from cycleseg.data import acdc
+    with pytest.raises(DataError, match=r"patient009_frame01.h5: image of shape \(5, 14, 10\) and label of shape "
+                                        r"\(3, 14, 10\)"):
+        acdc.read_volume(root, vols[0])
+    assert not (tmp_path / "v.h5").exists()

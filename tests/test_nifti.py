@@ -426,3 +426,23 @@ def test_metrics_refuses_a_reference_label_beyond_the_class_ids(tmp_path, capsys
                          "--num-classes", "4"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'ref' / 'a.nii.gz'}: label value 300" in err, err
+
+
+@pytest.mark.parametrize("edit, words", [
+    ({"channel_names": "MRI"}, "'channel_names' must map channel numbers to names, got 'MRI'"),
+    ({"labels": ["background", "a", "b"]}, "'labels' must map names to ids (or ids to names), got a JSON list"),
+    ({"file_ending": None}, "'file_ending' must be .nii.gz or .nii (NIfTI scans), got None"),
+    ({"file_ending": ""}, "'file_ending' must be .nii.gz or .nii (NIfTI scans), got ''"),
+    ({"labels": {"background": 0, "whole": [1, 2]}}, "'labels' gives 'whole' as a region ([1, 2]); nnU-Net's region"),
+    (None, "dataset.json: a JSON list, where nnU-Net's dataset.json is an object"),
+])
+def test_a_malformed_nnunet_dataset_json_is_one_line(tmp_path, capsys, edit, words):
+    """channel_names as a string, labels as a list, file_ending null and a top-level list gave tracebacks; an
+    empty file_ending blamed labelsTr; region labels were refused without saying regions are unsupported."""
+    root = nnunet(tmp_path / "nn")
+    ds = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps([1, 2] if edit is None else {**ds, **edit}))
+    capsys.readouterr()
+    assert convert(root, tmp_path / "o.h5", "--split", "all") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err, err

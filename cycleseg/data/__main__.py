@@ -124,7 +124,8 @@ def parser() -> Parser:
     c.add_argument("--keep-aspect", action="store_true", help="fit inside H x W and pad instead of stretching")
     c.add_argument("--num-classes", type=int, default=None, help="folder: number of classes (default: from the masks)")
     c.add_argument("--map", action="append", default=[], metavar="V=C",
-                   help="map mask value V to class C (or to 255: ignore) before anything else; repeatable")
+                   help="map mask value V to class C (or to 255: ignore) before anything else (Cityscapes: label id V to "
+                        "label id C, before its label-id to train-id table); repeatable")
     c.add_argument("--intensity", choices=["strict", "minmax", "percentile"], default=None,
                    help="strict (default but for nifti): images must be uint8 or floats in [0, 1]; minmax: rescale "
                         "each image (nifti: each volume) from its range; percentile (nifti's default): clip each "

@@ -68,6 +68,7 @@ def volume_names(src, split: str = "val") -> list[str]:
 def read_volume(src, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(image float (D, H, W) in [0, 1], label uint8 (D, H, W)) of one volume."""
     path = Path(src) / "data" / f"{name}.h5"
+    cv.volume_shape(path)                                           # one shape, named if not
     return cv.h5_array(path, "image"), cv.h5_array(path, "label")
 
 

@@ -62,6 +62,7 @@ class Item:
     group: int = -1
     volume: str | None = None
     files: tuple = ()   # (image file, mask file) where read from files: what messages name
+    table: object = None  # a lookup table the mask's values go through after --map (Cityscapes' label -> train ids)
 
     def where(self, part: int = 0) -> str:
         """The image's (0) or mask's (1) file, for a message; the item's name where it has none."""
@@ -340,7 +341,8 @@ def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     for img in sorted(img_root.glob("*/*_leftImg8bit.png")):
         stem = img.name[:-len("_leftImg8bit.png")]
         lbl = lbl_root / img.parent.name / f"{stem}_gtFine_labelIds.png"
-        items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: lut[_pil_mask(p)]), files=(img, lbl)))
+        items.append(Item(stem, (lambda p=img: _pil(p, "RGB")), (lambda p=lbl: _pil_mask(p)), files=(img, lbl),
+                          table=lut))                               # --map reads label ids, before the table
     if not items:
         raise DataError(f"{img_root}: no *_leftImg8bit.png images")
     meta = Meta(num_classes=19, class_names=CITYSCAPES_CLASSES, palette=CITYSCAPES_PALETTE, ignore_index=IGNORE_INDEX,
@@ -353,6 +355,21 @@ def h5_array(path: Path, name: str, index=None) -> np.ndarray:
         if name not in f:
             raise DataError(f"{path}: missing dataset '{name}'")
         return f[name][...] if index is None else f[name][index]
+
+
+def volume_shape(path: Path) -> tuple:
+    """The (D, H, W) of an SSL4MIS volume file; DataError naming it unless its image and label are 3D arrays
+    of one shape (a label of 3 slices under an image of 5 was cut to 3 by the converter and crashed training's
+    volume scores)."""
+    with open_h5(path) as f:
+        for name in ("image", "label"):
+            if name not in f or not hasattr(f[name], "shape"):
+                raise DataError(f"{path}: missing dataset '{name}'")
+        shapes = {name: tuple(f[name].shape) for name in ("image", "label")}
+    if len(shapes["image"]) != 3 or shapes["image"] != shapes["label"]:
+        raise DataError(f"{path}: image of shape {shapes['image']} and label of shape {shapes['label']}; a volume's "
+                        f"image and label are (slices, height, width) arrays of one shape")
+    return shapes["image"]
 
 
 def patient_id(name: str) -> int:
@@ -376,7 +393,7 @@ def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     items = []
     for vol in read_lines(src / f"{split}.list"):
         path = src / "data" / f"{vol}.h5"
-        depth = len(h5_array(path, "label"))
+        depth = volume_shape(path)[0]
         items += [Item(f"{vol}_slice_{z + 1}", (lambda p=path, z=z: h5_array(p, "image", z)),
                        (lambda p=path, z=z: h5_array(p, "label", z)), patient_id(vol), vol) for z in range(depth)]
     return items, meta
@@ -490,6 +507,12 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
     if not (np.issubdtype(image.dtype, np.number) and integer):
         raise DataError(f"{it.where()}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
                         f"integer class ids")
+    if it.table is not None:                                        # after --map, on the ids it gave
+        mask = apply_mapping(mask, mapping, seen)
+        mapping = None
+        if mask.min() < 0 or mask.max() >= len(it.table):
+            raise DataError(f"{it.where(1)}: label id {int(mask.max())} beyond the table's {len(it.table) - 1}")
+        mask = it.table[mask]
     return image_values(it.where(0), image, intensity), mapped_mask(it.where(1), mask, mapping, seen)
 
 

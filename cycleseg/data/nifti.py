@@ -322,9 +322,26 @@ def nnunet_layout(src: Path) -> Layout:
         ds = loads((src / "dataset.json").read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{src / 'dataset.json'}: not readable JSON ({e})") from None
+    where = src / "dataset.json"
+    if not isinstance(ds, dict):
+        raise DataError(f"{where}: a JSON {type(ds).__name__}, where nnU-Net's dataset.json is an object "
+                        f"(channel_names, labels, file_ending)")
     channels = ds.get("channel_names") or ds.get("modality") or {"0": "image"}
+    if isinstance(channels, list):
+        channels = {str(i): c for i, c in enumerate(channels)}
+    if not isinstance(channels, dict):
+        raise DataError(f"{where}: 'channel_names' must map channel numbers to names, got {channels!r:.60}")
     ending = ds.get("file_ending", ".nii.gz")
+    if not (isinstance(ending, str) and ending.lower().endswith((".nii", ".nii.gz"))):
+        raise DataError(f"{where}: 'file_ending' must be .nii.gz or .nii (NIfTI scans), got {ending!r:.60}")
     labels = ds.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise DataError(f"{where}: 'labels' must map names to ids (or ids to names), got a JSON "
+                        f"{type(labels).__name__}")
+    region = next((k for k, v in labels.items() if isinstance(v, (list, tuple))), None)
+    if region is not None:
+        raise DataError(f"{where}: 'labels' gives {region!r} as a region ({labels[region]!r:.40}); nnU-Net's region "
+                        f"labels are not supported: give each class one id")
     try:                                                       # nnU-Net v2: name -> value; Decathlon: "value": name
         pairs = ({int(v): k for k, v in labels.items()} if all(isinstance(v, int) for v in labels.values())
                  else {int(k): v for k, v in labels.items()})
