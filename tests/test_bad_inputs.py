@@ -1940,3 +1940,29 @@ def test_class_names_are_drawn_as_written_and_evaluate_scores_its_val_data(tmp_p
                           str(tmp_path / "va.h5"), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert report["data"].endswith("va.h5") and report["images"] == 4, report["data"]
+
+
+def test_the_twenty_second_probes_silent_options(tmp_path, capsys, tiny_checkpoint):
+    """Converter options with no use were dropped without a word (voc --num-classes 5 wrote 21 classes,
+    --keep-aspect without --size, --preset paper for a folder), an id listed twice in a split list was
+    converted twice, and predict skipped a folder's subfolder images while reading its subfolder scans:
+    refused, or noted."""
+    src = tmp_path / "src"
+    for d in ("images", "masks", "images/sub"):
+        (src / d).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "images" / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "images" / "sub" / "b.png")
+    Image.fromarray(np.eye(8, dtype=np.uint8)).save(src / "masks" / "a.png")
+    for flags, match in ((["voc", tmp_path, "--num-classes", "5"], "--num-classes: voc's classes are fixed"),
+                         (["folder", src, "--keep-aspect"], "--keep-aspect: resizes to --size"),
+                         (["folder", src, "--preset", "paper"], "--preset paper: the paper's sizes are for voc")):
+        one_line_error(data_main, ["convert", flags[0], flags[1], tmp_path / "o.h5", *flags[2:], "--no-progress"],
+                       capsys, match, tmp_path)
+    for d in ("ImageSets/Segmentation", "SegmentationClass", "JPEGImages"):
+        (tmp_path / "voc" / d).mkdir(parents=True)
+    (tmp_path / "voc" / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\na\n")
+    one_line_error(data_main, ["convert", "voc", tmp_path / "voc", tmp_path / "o.h5", "--no-progress"], capsys,
+                   "train.txt: a is listed twice; list each once", tmp_path)
+    assert predict_main([str(tiny_checkpoint), str(src / "images"), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert f"note: {src / 'images'}: 1 image(s) in its subfolders not read (first: {src / 'images' / 'sub' / 'b.png'})" \
+        in capsys.readouterr().err

@@ -200,6 +200,14 @@ def check_nifti_only(a) -> None:
         raise DataError(f"{', '.join(given)}: an option of convert nifti only; convert {a.kind} has no use for it")
     if a.kind == "folder" and a.split:
         raise DataError("--split: an image folder is one split; convert each split's folder into its own .h5")
+    if a.num_classes is not None and a.kind in ("voc", "cityscapes", "acdc"):     # written with its own classes
+        raise DataError(f"--num-classes: {a.kind}'s classes are fixed ({a.kind} has no use for it); it is an "
+                        f"option of convert folder and convert nifti")
+    if a.preset and a.kind not in cv.SIZE_PRESETS:
+        raise DataError(f"--preset {a.preset}: the paper's sizes are for voc and cityscapes; give --size H W")
+    if a.keep_aspect and not a.size and not (a.preset == "paper" and a.kind in cv.SIZE_PRESETS):
+        raise DataError("--keep-aspect: resizes to --size keeping the aspect (padded); without --size nothing is "
+                        "resized")
 
 
 def convert_nifti_command(a, split: str) -> int:

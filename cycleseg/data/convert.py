@@ -100,7 +100,12 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size, keep_aspect: bool = F
 def read_lines(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(f"{path}: no such file (the id list of this split)")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    seen: set = set()
+    twice = next((n for n in names if n in seen or seen.add(n)), None)     # a set's images written twice
+    if twice is not None:
+        raise DataError(f"{path}: {twice} is listed twice; list each once")
+    return names
 
 
 def open_image(path) -> Image.Image:
