@@ -191,11 +191,14 @@ EXPORTED = {".onnx": "an exported ONNX model", ".pt2": "an exported torch.export
 def load_run(path, map_location="cpu") -> dict:
     """A cycleseg run checkpoint (last.pt / best.pt), checked for the parts every reader needs: a
     hand-edited or foreign file is a CheckpointError saying what is wrong, never a traceback later."""
-    kind = EXPORTED.get(Path(path).suffix.lower())
-    if kind is not None:                                            # was "corrupt, truncated or not a checkpoint"
+    try:
+        state = load(path, map_location)
+    except CheckpointError:
+        kind = EXPORTED.get(Path(path).suffix.lower())
+        if kind is None:
+            raise                                                   # was "corrupt, truncated or not a checkpoint":
         raise CheckpointError(f"{path}: {kind} (python -m cycleseg.export), not a run's checkpoint; give the run's "
-                              f"last.pt or best.pt (python -m cycleseg.predict runs an exported .onnx)")
-    state = load(path, map_location)
+                              f"last.pt or best.pt (python -m cycleseg.predict runs an exported .onnx)") from None
     if not isinstance(state, dict) or not {"config", "nets"} <= set(state):
         found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a cycleseg checkpoint (expected 'config' and 'nets', found {found})")

@@ -100,6 +100,15 @@ def read_image(p: Path, channels: int, intensity: str | None):
     return np.repeat(gray[..., None], channels, axis=2)
 
 
+def note_subfolder_images(folder: Path) -> None:
+    """A note on the images in `folder`'s subfolders: not read (NIfTI scans there are)."""
+    below = sorted(f for f in folder.rglob("*") if f.parent != folder and f.suffix.lower() in IMAGE_EXTS and f.is_file())
+    if below:
+        print(f"note: {folder}: {len(below)} image(s) in its subfolders not read (first: {below[0]}); images are "
+              f"read from the folder itself (NIfTI scans from its subfolders too): give each subfolder",
+              file=sys.stderr)
+
+
 def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
     """Every image of the inputs, checked readable; DataError naming the first that is not."""
     found, clear, colour = [], [], []                                # (stem, loader, source); see-through, colour images
@@ -134,11 +143,7 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
                            and not f.name.startswith("."))
             if hidden := hidden_images(p):                           # as the folder converter: said, not read
                 print(f"note: {hidden_note(p, hidden)}", file=sys.stderr)
-            below = sorted(f for f in p.rglob("*") if f.parent != p and f.suffix.lower() in IMAGE_EXTS and f.is_file())
-            if below:                                                # scans are read from subfolders, images not
-                print(f"note: {p}: {len(below)} image(s) in its subfolders not read (first: {below[0]}); images are "
-                      f"read from the folder itself (NIfTI scans from its subfolders too): give each subfolder",
-                      file=sys.stderr)
+            note_subfolder_images(p)
             if not files and not any(nifti.is_nifti(f) for f in p.rglob("*")):
                 raise DataError(f"{p}: a folder with no images ({', '.join(IMAGE_EXTS)}) and no NIfTI scans")
             for f in files:

@@ -88,7 +88,7 @@ TRAIN_OPTIONS = [
     (["--lambda2", "-0.5"], "--lambda2 must be in [0, 1000]"),
     (["--lambda1", "1e300"], "--lambda1 must be in [0, 1000]"),
     (["--mode", "fixmatch", "--fm-weight", "1e6"], "--fm-weight must be in [0, 1000]"),
-    (["--device", "bogus"], "--device bogus: not a device"),
+    (["--device", "bogus"], "--device 'bogus': not a device"),
     (["--device", "cuda:7"], "--device cuda:7"),
     (["--lr", "abc"], "invalid float value: 'abc'"),
     (["--mode", "fullest"], "invalid choice: 'fullest'"),
@@ -424,7 +424,7 @@ def test_hand_edited_checkpoints(tiny_checkpoint, tmp_path, capsys, case, comman
 @pytest.mark.parametrize("option, match", [(["--batch-size", "0"], "--batch-size: must be in 1..4096, got 0"),
                                            (["--batch-size", "-3"], "must be in 1..4096, got -3"),
                                            (["--batch-size", "100000000"], "must be in 1..4096, got 100000000"),
-                                           (["--device", "bogus"], "--device bogus: not a device")])
+                                           (["--device", "bogus"], "--device 'bogus': not a device")])
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
 def test_checkpoint_command_options(tiny_checkpoint, tmp_path, capsys, option, match, command):
     image = tmp_path / "in.png"
