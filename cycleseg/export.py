@@ -141,7 +141,8 @@ def model_digest(model, props: dict) -> str:
     h = hashlib.sha256()
     for part in (model.graph, *model.functions):                    # the exporter's local functions hold nodes too
         h.update(part.SerializeToString(deterministic=True))
-    h.update(json.dumps({k: v for k, v in props.items() if k != "cycleseg.model_sha256"}, sort_keys=True).encode())
+    ours = {k: v for k, v in props.items() if k.startswith("cycleseg.") and k != "cycleseg.model_sha256"}
+    h.update(json.dumps(ours, sort_keys=True).encode())             # an exporter's own entries left out
     return h.hexdigest()
 
 

@@ -66,7 +66,7 @@ def grid_contents(path: Path) -> str | None:
                        and (d / "config.json").is_file())
     except OSError:
         return None
-    return f"the cell {cells[0]}/" if cells else None
+    return f"the run folder {cells[0]}/" if cells else None
 
 
 class RunFolder:
@@ -134,8 +134,9 @@ class RunFolder:
                                  f"nothing was written: put the file itself there, or train into another --out")
         grid = grid_contents(self.path)
         if grid:                                                    # its cells and results would be mixed with a run
-            raise UsageError(f"{self.path} is an experiments grid's folder (it holds {grid}); nothing was written: "
-                             f"train into another --out (a grid's cell is trained by rerunning the grid)")
+            raise UsageError(f"{self.path} holds {grid} (a folder of runs: an experiments grid's, or runs/ itself); a "
+                             f"run's files would be mixed with theirs; nothing was written: train into a folder of its "
+                             f"own (a grid's cell is trained by rerunning the grid)")
         held, self.changes = self.held(), []
         if cfg.resume and self.last.exists():
             try:

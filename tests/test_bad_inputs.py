@@ -1730,9 +1730,9 @@ def test_a_run_and_a_grid_keep_to_their_own_folders(tmp_path, capsys, finished_r
     (grid / "partial-10pct-seed0").mkdir(parents=True)              # an interrupted grid: a cell, no results yet
     shutil.copy(finished_run / "config.json", grid / "partial-10pct-seed0" / "config.json")
     one_line_error(train_main, TINY + ["--out", grid], capsys,
-                   "is an experiments grid's folder (it holds the cell partial-10pct-seed0/)", tmp_path)
+                   "holds the run folder partial-10pct-seed0/ (a folder of runs: an experiments grid's", tmp_path)
     (grid / "results.json").write_text("{}")
-    one_line_error(train_main, TINY + ["--out", grid, "--resume"], capsys, "(it holds results.json)", tmp_path)
+    one_line_error(train_main, TINY + ["--out", grid, "--resume"], capsys, "holds results.json (a folder of runs", tmp_path)
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.5", "--seeds", "0", "--out", run,
