@@ -23,7 +23,7 @@ from .data import nifti
 from .data.h5format import DataError, names_problem
 from .fileio import write_files
 from .report import csv_bytes, csv_line
-from .usage import Parser, fail, path_arg, run_command
+from .usage import Parser, fail, path_arg, printable, run_command
 
 
 class ConfusionMatrix:
@@ -234,7 +234,7 @@ def scores_table(result: dict) -> str:
              f"{'HD95':>7s} {'ASD':>7s}"]
     fmt = (lambda v: "-" if v is None else f"{v:.4f}")
     for c in result["classes"]:
-        lines.append(f"{c:16s} " + " ".join(f"{fmt(result['per_class'][c][k]):>7s}" for k in SCORES))
+        lines.append(f"{printable(c):16s} " + " ".join(f"{fmt(result['per_class'][c][k]):>7s}" for k in SCORES))
     lines.append(f"{'mean':16s} " + " ".join(f"{fmt(result['mean'][k]):>7s}" for k in SCORES))
     und = {k: n for k, n in result["undefined"].items() if n}
     if und:

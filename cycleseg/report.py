@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+from .usage import printable
+
 STRUCTURE_SCORES = ("dice", "iou", "hd95", "asd")
 GRID_SCORES = {"miou": "slice mIoU", "volume_mdice": "volume Dice", "volume_hd95": "HD95", "volume_asd": "ASD"}
 GRID_DIGITS = {"volume_hd95": 1, "volume_asd": 1}                 # distances: voxels or mm; the rest: fractions
@@ -46,16 +48,16 @@ def evaluation_table(r: dict) -> str:
              f"pixel accuracy {s['pixel_acc']:.4f}",
              f"mIoU without background (the 2019 code's variant, for comparison with the paper) {s['miou_no_bg']:.4f}",
              "", f"{'class':20s} {'IoU':>7s} {'Dice':>7s}"]
-    lines += [f"{name:20s} {_fmt(s['iou'][name]):>7s} {_fmt(s['dice'][name]):>7s}" for name in s["iou"]]
+    lines += [f"{printable(name):20s} {_fmt(s['iou'][name]):>7s} {_fmt(s['dice'][name]):>7s}" for name in s["iou"]]
     if r["absent_classes"]:
         lines.append("absent from both prediction and truth (NaN, left out of the means): "
-                     + ", ".join(r["absent_classes"]))
+                     + ", ".join(map(printable, r["absent_classes"])))
     v = r.get("volumes")
     if v:
         lines += ["", f"per volume: {v['count']} volumes, {v['resolution']}; HD95 and ASD in {v.get('distance_units', 'voxels')}",
                   f"{'structure':20s} {'Dice':>7s} {'IoU':>7s} {'HD95':>7s} {'ASD':>7s}"]
         for st, sc in v["per_structure"].items():
-            lines.append(f"{st:20s} " + " ".join(f"{_fmt(sc[k]):>7s}" for k in STRUCTURE_SCORES))
+            lines.append(f"{printable(st):20s} " + " ".join(f"{_fmt(sc[k]):>7s}" for k in STRUCTURE_SCORES))
         lines.append(f"{'mean':20s} " + " ".join(f"{_fmt(v['mean'][k]):>7s}" for k in STRUCTURE_SCORES))
         und = {k: n for k, n in v["undefined"].items() if n}
         if und:

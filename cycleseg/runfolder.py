@@ -158,6 +158,9 @@ class RunFolder:
                                  f"trained cannot be undone; nothing was changed. Resume with --steps "
                                  f"{saved['step']} or more, evaluate a checkpoint as it is, or train into another --out")
             self.changes = changes                                  # said once the resume's checks pass (resumed)
+            if not self.metrics.exists() and saved.get("step", 0) > 0:  # deleted: said, not resumed without a word
+                self.note(f"note: {self.metrics} is missing: the records of steps 1..{saved['step']} are gone; the log "
+                          f"starts again from step {saved['step']} (curves.png shows only the new records)")
             return cfg, saved
         if self.best.exists() and not self.last.exists():          # results, but nothing to resume from
             raise UsageError(f"{self.path} holds a run ({', '.join(held)}) but no last.pt to resume from; "

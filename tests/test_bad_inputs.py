@@ -1966,3 +1966,33 @@ def test_the_twenty_second_probes_silent_options(tmp_path, capsys, tiny_checkpoi
     assert predict_main([str(tiny_checkpoint), str(src / "images"), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
     assert f"note: {src / 'images'}: 1 image(s) in its subfolders not read (first: {src / 'images' / 'sub' / 'b.png'})" \
         in capsys.readouterr().err
+
+
+def test_the_twenty_second_probes_messages(tmp_path, capsys, finished_run):
+    """A VOC mask drawn in colour was blamed on its image; a float image of 1.0000001 read "values 1..1"; a
+    class name holding U+202E was printed raw in evaluate's table (it reverses the line on a terminal); a
+    resume after metrics.jsonl was deleted went on without a word."""
+    import shutil
+
+    from cycleseg.data.convert import Item, load_pair
+    from cycleseg.report import evaluation_table
+
+    colour = Item("a", lambda: np.zeros((4, 4), np.uint8), lambda: np.zeros((4, 4, 3), np.uint8),
+                  files=(tmp_path / "a.jpg", tmp_path / "a.png"))
+    with pytest.raises(Exception, match=r"a.png: a mask of shape \(4, 4, 3\); masks are \(H, W\) class ids"):
+        load_pair(colour)
+    above = Item("b", lambda: np.full((4, 4), 1.0000001, np.float32), lambda: np.zeros((4, 4), np.uint8))
+    with pytest.raises(Exception, match=r"float32 image with values 1.00000012..1.00000012"):
+        load_pair(above)
+    table = evaluation_table({"checkpoint": "c", "step": 1, "data": "d", "split": "val", "images": 1,
+                              "absent_classes": ["x\u202ey"], "slices": {
+                                  "miou": 0.5, "mdice": 0.5, "pixel_acc": 0.5, "miou_no_bg": 0.5,
+                                  "iou": {"bg": 0.5, "x\u202ey": None}, "dice": {"bg": 0.5, "x\u202ey": None}}})
+    assert "\u202e" not in table and "x\\u202ey" in table
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "metrics.jsonl").unlink()
+    capsys.readouterr()
+    assert train_main(TINY + ["--out", str(run), "--resume", "--steps", "5"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {run / 'metrics.jsonl'} is missing: the records of steps 1.." in err, err

@@ -314,7 +314,7 @@ def image_values(name: str, image: np.ndarray, intensity: str = "strict") -> np.
         return np.rint(scaled * 255.0).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
         return float01_to_uint8(image)
-    raise DataError(f"{name}: {image.dtype} image with values {lo:g}..{hi:g}; expected uint8, or floats in [0, 1] "
+    raise DataError(f"{name}: {image.dtype} image with values {lo:.9g}..{hi:.9g}; expected uint8, or floats in [0, 1] "
                     f"(stored as round(255 x)). {MINMAX_ADVICE}")
 
 
@@ -505,9 +505,11 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
         raise
     except Exception as e:                                          # a damaged file: any reader error
         raise DataError(f"{it.where()}: could not be read ({type(e).__name__}: {e})") from e
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)) or mask.ndim != 2:
-        raise DataError(f"{it.where()}: image of shape {image.shape} and mask of shape {mask.shape}; expected "
-                        f"(H, W) or (H, W, 3) images and (H, W) masks")
+    if mask.ndim != 2:                                              # a colour-coded mask: the mask is at fault
+        raise DataError(f"{it.where(1)}: a mask of shape {mask.shape}; masks are (H, W) class ids, a palette or grey "
+                        f"PNG, not a colour picture of the classes (map its colours to ids first)")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+        raise DataError(f"{it.where()}: image of shape {image.shape}; expected (H, W) or (H, W, 3) images")
     integer = np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_      # bool: a 1-bit mask, ids 0 / 1
     if not (np.issubdtype(image.dtype, np.number) and integer):
         raise DataError(f"{it.where()}: image dtype {image.dtype} / mask dtype {mask.dtype}; expected numbers and "
