@@ -178,6 +178,9 @@ def check_cell_folder(cfg, folder: Path) -> bool:
     """Whether the folder holds a start of the cell's run to go on from (last.pt, or config.json alone: a
     cell killed with its grid before its first checkpoint, which train --resume starts again);
     CheckpointError when what it holds is a run of another configuration than the cell's."""
+    if os.path.lexists(folder) and not folder.is_dir():             # found before any cell trains, in one line
+        raise UsageError(f"{folder} is {'a link to nothing' if not folder.exists() else 'a file'} where the grid "
+                         f"keeps that cell's run folder; move it away, or give the grid another --out")
     last, started = folder / "last.pt", folder / "config.json"
     if last.exists():
         try:

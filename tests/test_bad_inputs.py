@@ -1506,6 +1506,10 @@ def test_a_split_that_lists_no_volumes_is_scored_per_slice(tmp_path, capsys, tin
     assert "lists no volumes: scored per slice alone" in capsys.readouterr().err
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert "volumes" not in report and report["images"] > 0 and not (tmp_path / "e" / "volumes.csv").exists()
+    (tmp_path / "ACDC" / "train.list").unlink()                     # no train.list at all: the same (it failed)
+    assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--split", "train", "--out",
+                          str(tmp_path / "e2"), "--no-progress"]) == 0
+    assert "lists no volumes: scored per slice alone" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_the_checkpoints_classes_in_another_order(tmp_path, capsys, tiny_checkpoint):
@@ -1996,3 +2000,38 @@ def test_the_twenty_second_probes_messages(tmp_path, capsys, finished_run):
     assert train_main(TINY + ["--out", str(run), "--resume", "--steps", "5"]) == 0
     err = capsys.readouterr().err
     assert f"note: {run / 'metrics.jsonl'} is missing: the records of steps 1.." in err, err
+
+
+def test_a_grid_cells_folder_that_is_a_file_is_one_line_before_any_cell(tmp_path, capsys):
+    """A file where a cell's run folder goes was found only at that cell's turn, after the cells before it had
+    trained, in two error lines (the cell's and the grid's): one line, before any cell."""
+    grid = tmp_path / "g"
+    grid.mkdir()
+    (grid / "partial-50pct-seed0").write_text("mine")
+    one_line_error(experiments_main, ["--grid", "comparison", "--fractions", "0.5", "--methods", "partial",
+                                      "--seeds", "0", "--out", grid, "--", *TINY[:-4]], capsys,
+                   "partial-50pct-seed0 is a file where the grid keeps that cell's run folder", tmp_path)
+
+
+def test_an_empty_volume_list_is_named(tmp_path, capsys, make_acdc):
+    """convert acdc --split val with an empty val.list said only "nothing to convert into ...": the list is
+    named."""
+    make_acdc(tmp_path / "ACDC")
+    (tmp_path / "ACDC" / "val.list").write_text("\n")
+    one_line_error(data_main, ["convert", "acdc", tmp_path / "ACDC", tmp_path / "v.h5", "--split", "val",
+                               "--no-progress"], capsys, "val.list: lists no volumes (the val split's", tmp_path)
+
+
+def test_a_size_mismatch_from_exif_orientation_says_so(tmp_path, capsys):
+    """An image stored 20x30 with EXIF orientation 6 beside a 20x30 mask was refused as "image is 30x20 but
+    its mask is 20x30", EXIF unsaid (the file on disk is 20x30): the message says the orientation turned it."""
+    for d in ("images", "masks"):
+        (tmp_path / "src" / d).mkdir(parents=True)
+    im = Image.fromarray(np.zeros((20, 30, 3), np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "src" / "images" / "p.jpg", exif=exif)
+    Image.fromarray(np.eye(20, 30, dtype=np.uint8)).save(tmp_path / "src" / "masks" / "p.png")
+    one_line_error(data_main, ["convert", "folder", tmp_path / "src", tmp_path / "o.h5", "--no-progress"], capsys,
+                   "image is 30x20 but its mask is 20x30 (the image is stored 20x30 and its EXIF orientation 6 turns",
+                   tmp_path)

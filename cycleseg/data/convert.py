@@ -172,6 +172,20 @@ def see_through_note(clear: list, what: str) -> str:
             f"{'them' if many else 'it'} onto a background first to {what} what a viewer shows")
 
 
+def exif_hint(it: Item) -> str:
+    """For a size mismatch: the image's EXIF orientation, when it turned the stored image (read as viewers
+    show it), or ''."""
+    if not it.files:
+        return ""
+    try:
+        with open_image(it.files[0]) as im:
+            turn = im.getexif().get(0x0112, 1)
+    except Exception:                                             # unreadable: the mismatch is said without it
+        return ""
+    return (f" (the image is stored {im.height}x{im.width} and its EXIF orientation {turn} turns it, as viewers show "
+            f"it: draw the mask over the turned image)" if turn in (5, 6, 7, 8) else "")
+
+
 def upright(im: Image.Image) -> Image.Image:
     """The image as viewers and annotation tools show it: a camera's EXIF orientation applied (its stored
     pixels may be rotated or mirrored), so that an image and a mask drawn over it line up."""
@@ -395,8 +409,10 @@ def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
                       (lambda n=n: h5_array(src / "data" / "slices" / f"{n}.h5", "label")), patient_id(n))
                  for n in names]
         return items, meta
-    items = []
-    for vol in read_lines(src / f"{split}.list"):
+    items, names = [], read_lines(src / f"{split}.list")
+    if not names:                                                   # was "nothing to convert into <out>"
+        raise DataError(f"{src / f'{split}.list'}: lists no volumes (the {split} split's volume names, one a line)")
+    for vol in names:
         path = src / "data" / f"{vol}.h5"
         depth = volume_shape(path)[0]
         items += [Item(f"{vol}_slice_{z + 1}", (lambda p=path, z=z: h5_array(p, "image", z)),
@@ -543,7 +559,7 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
             image, mask = load_pair(it, intensity, mapping, seen)
             if image.shape[:2] != mask.shape:
                 raise DataError(f"{it.where()}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
-                                f"{mask.shape[0]}x{mask.shape[1]}")
+                                f"{mask.shape[0]}x{mask.shape[1]}{exif_hint(it)}")
             image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)
             check_masks(it.where(1), mask[None], meta.num_classes, meta.ignore_index, offset=0)
             if i == 0:
