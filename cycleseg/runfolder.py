@@ -78,6 +78,7 @@ class RunFolder:
         self._curves_drawn = float("-inf")                          # time.monotonic() of the last curves.png
         self.events = None                                          # a TensorBoard SummaryWriter (--tensorboard)
         self.changes: list = []                                     # what a --resume changes (open, resumed)
+        self._gone: str | None = None                               # a resume's deleted metrics.jsonl, said by resumed
 
     # -- the resume policy --------------------------------------------------------------------------
     def held(self) -> list[str]:
@@ -114,9 +115,12 @@ class RunFolder:
             self._lock_fd = None
 
     def resumed(self) -> None:
-        """Say what the resume changes (--lr, --steps, ...), once every check of it has passed."""
+        """Say what the resume changes (--lr, --steps, ...) and a deleted metrics.jsonl, once every check of it
+        has passed."""
         if self.changes:
             self.note(f"resuming {self.last} with " + ", ".join(self.changes))
+        if self._gone:
+            self.note(self._gone)
 
     def open(self, cfg: Config, given=()) -> tuple[Config, dict | None]:
         """(config to run with, checkpoint state to resume from or None), after locking the folder.
@@ -158,9 +162,9 @@ class RunFolder:
                                  f"trained cannot be undone; nothing was changed. Resume with --steps "
                                  f"{saved['step']} or more, evaluate a checkpoint as it is, or train into another --out")
             self.changes = changes                                  # said once the resume's checks pass (resumed)
-            if not self.metrics.exists() and saved.get("step", 0) > 0:  # deleted: said, not resumed without a word
-                self.note(f"note: {self.metrics} is missing: the records of steps 1..{saved['step']} are gone; the log "
-                          f"starts again from step {saved['step']} (curves.png shows only the new records)")
+            if not self.metrics.exists() and saved.get("step", 0) > 0:  # deleted: said once the checks pass
+                self._gone = (f"note: {self.metrics} is missing: the records of steps 1..{saved['step']} are gone; the "
+                              f"log starts again from step {saved['step']} (curves.png shows only the new records)")
             return cfg, saved
         if self.best.exists() and not self.last.exists():          # results, but nothing to resume from
             raise UsageError(f"{self.path} holds a run ({', '.join(held)}) but no last.pt to resume from; "
