@@ -57,7 +57,7 @@ from .gridprocs import Children, GridInterrupted, run_tasks
 from .methods import METHODS
 from .metrics import image_dice
 from .runfolder import RunFolder, fcntl
-from .usage import STOP_SIGNALS, Parser, UsageError, fail, path_arg, path_text, run_command
+from .usage import STOP_SIGNALS, Parser, UsageError, fail, first_repeat, path_arg, path_text, run_command
 
 PAPER_ARMS = ("partial", "semi")        # the paper's comparison: the supervised baseline and the method
 ABLATIONS = {"lambda2": "L_cycle^S", "lambda3": "L_cycle^I", "lambda4": "L_disc^S", "lambda5": "L_disc^I"}
@@ -156,7 +156,7 @@ def method_options(pairs, methods) -> dict[str, list[str]]:
         check_extra(opts, f"in --method-options {mode}")
         given[mode] = given.get(mode, []) + opts
         flags = [o.split("=", 1)[0].replace("--no-", "--", 1) for o in given[mode] if o.startswith("--")]
-        twice = next((f for i, f in enumerate(flags) if f in flags[:i]), None)
+        twice = first_repeat(flags)
         if twice is not None:                                       # argparse kept the last without a word
             raise UsageError(f"--method-options {mode}: {twice} is given twice for {mode}; give it once")
     return given
@@ -461,7 +461,7 @@ def main(argv=None) -> int:
     a.fractions, a.methods = a.fractions or [0.1, 0.2], a.methods or list(PAPER_ARMS)
     out = a.out or Path("runs") / f"grid-{a.grid}"
     for flag, given in (("--seeds", a.seeds), ("--methods", a.methods or [])):
-        twice = next((v for i, v in enumerate(given) if v in given[:i]), None)
+        twice = first_repeat(given)
         if twice is not None:                                       # one run (two at once under --jobs): the
             p.error(f"{flag}: {twice} is given twice; give each once")   # grid's mean would be over fewer
     seeds = a.seeds

@@ -15,13 +15,12 @@ from . import figures
 from .cli import refuse_existing
 from .fileio import atomic_write_bytes
 from .runfolder import RunFolder
-from .usage import Parser, UsageError, fail, path_arg, run_command
+from .usage import Parser, UsageError, fail, first_repeat, path_arg, run_command
 
 
 def run(a) -> Path:
     runs, names = {}, {}
-    keys = [folder.resolve() for folder in a.runs]
-    twice = next((f for i, f in enumerate(a.runs) if keys[i] in keys[:i]), None)
+    twice = first_repeat(a.runs, key=lambda folder: folder.resolve())
     if twice is not None:
         raise UsageError(f"{twice} is given twice; give each run once")
     for folder in a.runs:

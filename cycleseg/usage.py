@@ -144,6 +144,12 @@ def tell(text: str, write=None) -> None:
         say("note: the standard output was closed (its reader left); the command goes on without it")
 
 
+def first_repeat(values, key=lambda v: v):
+    """The first value whose key an earlier one has (an option or list entry given twice), or None."""
+    seen: set = set()
+    return next((v for v in values if key(v) in seen or seen.add(key(v))), None)
+
+
 def printable(text) -> str:
     """`text` with each character a terminal would act on (a line break, an escape sequence) written as its
     Python escape: names and attributes read from users' files are shown, never obeyed."""

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..fileio import atomic_path
 from .pixels import float01_to_uint8
+from ..usage import first_repeat
 from .h5format import IGNORE_INDEX, DataError, Meta, check_masks, create_datasets, default_palette, open_h5
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -101,8 +102,7 @@ def read_lines(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(f"{path}: no such file (the id list of this split)")
     names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-    seen: set = set()
-    twice = next((n for n in names if n in seen or seen.add(n)), None)     # a set's images written twice
+    twice = first_repeat(names)                                     # a set's images written twice
     if twice is not None:
         raise DataError(f"{path}: {twice} is listed twice; list each once")
     return names
