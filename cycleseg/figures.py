@@ -12,9 +12,11 @@ maps, not drawings.
 """
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
+from matplotlib import font_manager, ft2font
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -65,8 +67,33 @@ GSI_NOTE = "G_SI(truth): the paper's transposed convolutions leave a checkerboar
 DPI = 100
 
 
+# fonts that draw the scripts DejaVu Sans lacks (CJK, Korean), used where one is installed
+FALLBACK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Zen Hei",
+                  "WenQuanYi Micro Hei", "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans", "Malgun Gothic",
+                  "AppleGothic", "Arial Unicode MS")
+NAME_WIDTH = 32         # a longer class or run name is cut to this many characters, ending in "…"
+
+
+@functools.cache
+def fonts() -> tuple[list[str], frozenset]:
+    """(the font families every text is drawn in: DejaVu Sans, then the installed FALLBACK_FONTS; the code
+    points they draw)."""
+    installed = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    families = ["DejaVu Sans"] + [f for f in FALLBACK_FONTS if f in installed]
+    drawn: set = set()
+    for family in families:
+        try:
+            drawn |= set(ft2font.FT2Font(installed.get(family) or font_manager.findfont(family)).get_charmap())
+        except Exception:                                         # an unreadable font file: its glyphs are not counted
+            continue
+    return families, frozenset(drawn)
+
+
 def render(fig: Figure) -> Image.Image:
-    """The figure as an RGB PIL image."""
+    """The figure as an RGB PIL image, every text in fonts()' families."""
+    families = fonts()[0]
+    for text in fig.findobj(lambda a: hasattr(a, "set_fontfamily")):
+        text.set_fontfamily(families)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
@@ -80,9 +107,21 @@ def image_truth_columns(images: np.ndarray, masks: np.ndarray, meta) -> list[lis
 def picture_grid(columns: list[list[np.ndarray]], titles, meta, note: str = "", row_labels=None) -> Image.Image:
     """columns[c][r], (H, W, 3) uint8 pictures, in a grid under the columns' titles, each row labelled
     (row_labels, optional), with the classes' colours and names (and a note) below."""
+    return render(picture_figure(columns, titles, meta, note, row_labels))
+
+
+def picture_figure(columns: list[list[np.ndarray]], titles, meta, note: str = "", row_labels=None) -> Figure:
+    """picture_grid's matplotlib figure."""
     n_rows, n_cols = len(columns[0]), len(columns)
     side = 1.25
-    fig = Figure(figsize=(side * n_cols + (0.9 if row_labels else 0.1), side * n_rows + 0.9), dpi=DPI)
+    names = [literal(n) for n in meta.class_names]
+    width = side * n_cols + (0.9 if row_labels else 0.1)
+    # the legend in as many columns (6 at most) as its longest name lets fit across, below the pictures
+    ncol = next((c for c in range(min(len(names), 6), 1, -1) if legend_width(names, c) <= width), 1)
+    low = 0.05 + (0.2 if note else 0.0)                              # inches under the legend
+    below = low + 0.19 * -(-len(names) // ncol) + 0.1                # inches under the pictures
+    height = side * n_rows + 0.3 + below
+    fig = Figure(figsize=(width, height), dpi=DPI)
     for c, col in enumerate(columns):
         for r, pic in enumerate(col):
             ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
@@ -93,15 +132,22 @@ def picture_grid(columns: list[list[np.ndarray]], titles, meta, note: str = "", 
                 ax.set_title(titles[c], fontsize=8)
             if c == 0 and row_labels:
                 ax.set_ylabel(row_labels[r], fontsize=7)
-    handles = [Patch(facecolor=np.asarray(col) / 255, edgecolor="0.5", label=literal(name))
-               for name, col in zip(meta.class_names, meta.palette)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, 0.02 if not note else 0.06))
+    handles = [Patch(facecolor=np.asarray(col) / 255, edgecolor="0.5", label=name)
+               for name, col in zip(names, meta.palette)]
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, low / height), borderaxespad=0, handleheight=0.9, labelspacing=0.35)
     if note:
         fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=6, color="0.35", wrap=True)
-    fig.subplots_adjust(left=0.12 if row_labels else 0.02, right=0.98, top=1 - 0.3 / (side * n_rows + 0.9),
-                        bottom=0.6 / (side * n_rows + 0.9), wspace=0.04, hspace=0.08)
-    return render(fig)
+    fig.subplots_adjust(left=0.12 if row_labels else 0.02, right=0.98, top=1 - 0.3 / height,
+                        bottom=below / height, wspace=0.04, hspace=0.08)
+    return fig
+
+
+def legend_width(names: list, ncol: int) -> float:
+    """Inches a fontsize-7 legend of `names` in `ncol` columns takes (filled a column at a time, each column as
+    wide as its longest name)."""
+    rows = -(-len(names) // ncol)
+    return sum(0.05 * max(map(len, names[c * rows:(c + 1) * rows]), default=0) + 0.5 for c in range(ncol))
 
 
 def sample_grid(samples: dict, meta) -> Image.Image:
@@ -122,10 +168,14 @@ def comparison_grid(images: np.ndarray, masks: np.ndarray, predictions: dict, me
     return picture_grid(cols, ["image", "truth", *predictions], meta, row_labels=row_labels)
 
 
-def literal(text) -> str:
+def literal(text, width: int = NAME_WIDTH) -> str:
     """A name from users' data (a class, a run) as matplotlib draws it literally: a `$` would start mathtext
-    (a "$\\frac{a$" class name crashed training at its first picture, "$x^2$" was drawn as maths)."""
-    return str(text).replace("$", r"\$")
+    (a "$\\frac{a$" class name crashed training at its first picture, "$x^2$" was drawn as maths); a character
+    no installed font draws as its code point (<U+5FC3>; it was an empty box, and a warning on the terminal at
+    every picture); longer than `width` characters, cut to width ending in "…" (a long name ran off the picture)."""
+    drawn = fonts()[1]
+    text = "".join(c if ord(c) in drawn or c == "\n" else f"<U+{ord(c):04X}>" for c in str(text))
+    return (text if len(text) <= width else text[:width - 1] + "…").replace("$", r"\$")
 
 
 def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
@@ -133,12 +183,13 @@ def confusion_heatmap(mat: np.ndarray, names) -> Image.Image:
     k = len(names)
     rows = mat.sum(axis=1, keepdims=True)
     frac = np.divide(mat, rows, out=np.zeros(mat.shape, dtype=np.float64), where=rows > 0)
-    size = max(4.0, 0.55 * k + 2.2)
+    labels = [literal(n) for n in names]
+    size = max(4.0, 0.55 * k + 2.2) + 0.065 * max(0, max(map(len, labels)) - 12)   # room for long names
     fig = Figure(figsize=(size + 1.0, size), dpi=DPI)
     ax = fig.add_subplot()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), [literal(n) for n in names], rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(k), [literal(n) for n in names], fontsize=8)
+    ax.set_xticks(range(k), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_xlabel("prediction")
     ax.set_ylabel("truth")
     if k <= 25:

@@ -129,7 +129,7 @@ def test_converter_errors(tmp_path, capsys, voc):
     assert "SegmentationClass: no such folder" in capsys.readouterr().err
     save_palette_png(root / "SegmentationClass" / "2007_000002.png", np.full((20, 24), 30, np.uint8), 31)
     assert data_main(["convert", "voc", str(root), str(tmp_path / "x.h5"), "--split", "train", "--no-progress"]) == 2
-    assert (f"{root / 'SegmentationClass' / '2007_000002.png'}: dataset 'masks', index 0: value 30 is not a class id"
+    assert (f"{root / 'SegmentationClass' / '2007_000002.png'}: mask: value 30 is not a class id"
             in capsys.readouterr().err)
     assert not (tmp_path / "x.h5").exists()                             # nothing half-written
     (root / "JPEGImages" / "2007_000001.jpg").unlink()
@@ -221,3 +221,21 @@ def test_a_volume_whose_image_and_label_differ_in_slices_is_named(tmp_path, make
                                         r"\(3, 14, 10\)"):
         acdc.read_volume(root, vols[0])
     assert not (tmp_path / "v.h5").exists()
+
+
+def test_acdc_messages_name_the_h5_file_and_slice(tmp_path, make_acdc, capsys):
+    """A bad value in an ACDC slice or volume was reported under the slice's name alone
+    ('patient001_frame01_slice_2: ...'), which is no file: the message names the .h5 file (and the
+    slice of a volume)."""
+    root = tmp_path / "ACDC"
+    slices, vols = make_acdc(root)
+    with h5py.File(root / "data/slices" / f"{slices[1]}.h5", "r+") as f:
+        f["label"][0, 0] = 7                                        # a class beyond ACDC's 4
+    assert data_main(["convert", "acdc", str(root), str(tmp_path / "a.h5"), "--split", "train", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'data/slices' / slices[1]}.h5" in err, err
+    with h5py.File(root / "data" / f"{vols[0]}.h5", "r+") as f:
+        f["image"][1, 0, 0] = 3.0                                   # beyond the [0, 1] of a float image
+    assert data_main(["convert", "acdc", str(root), str(tmp_path / "v.h5"), "--split", "val", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'data' / vols[0]}.h5 (slice 2)" in err, err

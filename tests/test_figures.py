@@ -74,3 +74,31 @@ def test_tensorboard_events_hold_the_records_and_pictures(tiny_argv, tmp_path):
     assert {e.step: round(e.value, 6) for e in events.Scalars("val/miou")} == {s: round(v, 6) for s, v in val.items()}
     assert "val/iou/background" in events.Tags()["scalars"]
     assert [e.step for e in events.Images("val/samples")] == sorted(val)
+
+
+def test_names_no_font_draws_long_names_and_many_classes(recwarn):
+    """Class names in Chinese drew empty boxes with a matplotlib warning at every picture; a 100-character
+    name ran off the picture; VOC's 21 classes drew their legend over the last row of pictures. Now: the
+    code point where no installed font has the glyph, names cut to NAME_WIDTH, the legend below the
+    pictures and inside the figure."""
+    drawn = figures.fonts()[1]
+    if 0x5FC3 not in drawn:                                   # no CJK font here: the code point is drawn
+        assert figures.literal("心") == "<U+5FC3>"
+    assert figures.literal("a" * 100) == "a" * (figures.NAME_WIDTH - 1) + "…"
+    assert figures.literal("$x$") == r"\$x\$"
+    for names in (["心肌", "背景"] + [f"class {i} " + "a" * 90 for i in range(5)], [f"c{i}" for i in range(21)],
+                  ["background", "RV", "Myo", "LV"]):
+        meta = SimpleNamespace(class_names=names, palette=[(9 * i, 0, 0) for i in range(len(names))], ignore_index=255)
+        cols = [[np.zeros((16, 16, 3), np.uint8)] * 3 for _ in range(3)]
+        fig = figures.picture_figure(cols, ["image", "truth", "prediction"], meta, note=figures.GSI_NOTE)
+        figures.render(fig)
+        renderer = fig.canvas.get_renderer()
+        box = fig.legends[0].get_window_extent(renderer)
+        lowest = min(ax.get_window_extent(renderer).y0 for ax in fig.axes)
+        assert box.y1 <= lowest and box.y0 >= 0, (names[0], box, lowest)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (names[0], box, fig.bbox.width)
+        assert len(fig.legends[0].get_texts()) == len(names)
+        assert max(len(t.get_text()) for t in fig.legends[0].get_texts()) <= figures.NAME_WIDTH
+    heat = figures.confusion_heatmap(np.eye(3) * 5, ["心肌", "b" * 80, "c"])
+    assert heat.size[0] > 500
+    assert not [w for w in recwarn if "missing from font" in str(w.message) or "Tight layout" in str(w.message)]

@@ -64,10 +64,13 @@ class Item:
     volume: str | None = None
     files: tuple = ()   # (image file, mask file) where read from files: what messages name
     table: object = None  # a lookup table the mask's values go through after --map (Cityscapes' label -> train ids)
+    index: int | None = None  # the slice's index in its file, for an item that is one slice of a volume file
 
     def where(self, part: int = 0) -> str:
-        """The image's (0) or mask's (1) file, for a message; the item's name where it has none."""
-        return str(self.files[part]) if self.files else self.name
+        """The image's (0) or mask's (1) file (and slice), for a message; the item's name where it has none."""
+        if not self.files:
+            return self.name
+        return str(self.files[part]) + ("" if self.index is None else f" (slice {self.index + 1})")
 
 
 # -- resizing -----------------------------------------------------------------------------------------
@@ -405,9 +408,9 @@ def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
                 preprocessing={"volume_intensity": "minmax"})        # SSL4MIS scaled each volume by its min..max
     if split == "train":
         names = read_lines(src / "train_slices.list")
-        items = [Item(n, (lambda n=n: h5_array(src / "data" / "slices" / f"{n}.h5", "image")),
-                      (lambda n=n: h5_array(src / "data" / "slices" / f"{n}.h5", "label")), patient_id(n))
-                 for n in names]
+        paths = [src / "data" / "slices" / f"{n}.h5" for n in names]
+        items = [Item(n, (lambda p=p: h5_array(p, "image")), (lambda p=p: h5_array(p, "label")), patient_id(n),
+                      files=(p, p)) for n, p in zip(names, paths)]
         return items, meta
     items, names = [], read_lines(src / f"{split}.list")
     if not names:                                                   # was "nothing to convert into <out>"
@@ -416,7 +419,8 @@ def acdc_items(src: Path, split: str) -> tuple[list[Item], Meta]:
         path = src / "data" / f"{vol}.h5"
         depth = volume_shape(path)[0]
         items += [Item(f"{vol}_slice_{z + 1}", (lambda p=path, z=z: h5_array(p, "image", z)),
-                       (lambda p=path, z=z: h5_array(p, "label", z)), patient_id(vol), vol) for z in range(depth)]
+                       (lambda p=path, z=z: h5_array(p, "label", z)), patient_id(vol), vol, files=(path, path), index=z)
+                  for z in range(depth)]
     return items, meta
 
 
@@ -561,7 +565,7 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
                 raise DataError(f"{it.where()}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
                                 f"{mask.shape[0]}x{mask.shape[1]}{exif_hint(it)}")
             image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)
-            check_masks(it.where(1), mask[None], meta.num_classes, meta.ignore_index, offset=0)
+            check_masks(it.where(1), mask[None], meta.num_classes, meta.ignore_index, offset=None)
             if i == 0:
                 c = 1 if image.ndim == 2 else image.shape[2]
                 volumes = list(dict.fromkeys(x.volume for x in items if x.volume is not None))

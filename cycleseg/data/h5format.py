@@ -388,13 +388,15 @@ def _positive3(v) -> bool:
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) and MIN_SPACING_MM <= x <= MAX_SPACING_MM for x in v))
 
 
-def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int = 0) -> None:
-    """Raise DataError at the first mask holding a value >= num_classes that is not ignore_index."""
+def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int | None = 0) -> None:
+    """Raise DataError at the first mask holding a value >= num_classes that is not ignore_index; offset: the
+    masks' first index in the file's dataset 'masks', or None for a converter's source mask (named as a mask)."""
     bad = (masks >= num_classes) & (masks != ignore_index)          # (n, H, W)
     if bad.any():
         i = int(np.flatnonzero(bad.reshape(len(masks), -1).any(axis=1))[0])
         v = int(masks[i][bad[i]][0])
-        raise DataError(f"{path}: dataset 'masks', index {offset + i}: value {v} is not a class id "
+        where = "mask" if offset is None else f"dataset 'masks', index {offset + i}"
+        raise DataError(f"{path}: {where}: value {v} is not a class id "
                         f"(num_classes={num_classes}) nor the ignore index {ignore_index}")
 
 
