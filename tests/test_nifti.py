@@ -446,3 +446,18 @@ def test_a_malformed_nnunet_dataset_json_is_one_line(tmp_path, capsys, edit, wor
     assert convert(root, tmp_path / "o.h5", "--split", "all") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and words in err, err
+
+
+def test_convert_and_info_give_the_same_class_shares(tmp_path, capsys):
+    """convert printed each class's share of the labeled pixels (NIfTI: of the labeled scans' pixels) where
+    info prints its share of all pixels, so the same file read 40 % and 31 %: both now print info's lines,
+    an unlabeled scan's pixels counted as ignored."""
+    src = raw_acdc(tmp_path / "acdc")
+    capsys.readouterr()
+    assert convert(src, tmp_path / "all.h5", "--split", "all") == 0
+    converted = capsys.readouterr().out
+    shares = converted[converted.index("class pixels:"):]
+    assert data_main(["info", str(tmp_path / "all.h5")]) == 0
+    assert shares in capsys.readouterr().out
+    ignored = float(shares.split("ignored")[1].split("%")[0])
+    assert ignored == pytest.approx(100 * 2 / 12, abs=0.01)            # patient 6's two scans, 2 of 12 volumes

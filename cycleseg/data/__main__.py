@@ -33,7 +33,6 @@ def info(path) -> str:
             hist += np.bincount(f["masks"][s:s + 256].ravel(), minlength=256)
         groups = len(np.unique(f["groups"][...])) if "groups" in f else None
         unlabeled = int((f["labeled"][...] == 0).sum()) if "labeled" in f else 0
-    total = hist.sum()
     lines = [f"{path}: {meta.count} images {meta.height}x{meta.width}x{meta.channels} uint8, "
              f"{meta.num_classes} classes, ignore index {meta.ignore_index}",
              f"source: {printable(meta.source)}", f"preprocessing: {json.dumps(meta.preprocessing)}"]
@@ -44,10 +43,16 @@ def info(path) -> str:
         lines.append(f"volumes: {len(meta.volume_names)}{mm}")
     if unlabeled:
         lines.append(f"unlabeled images (no annotation: the unlabeled stream's only): {unlabeled}")
-    lines.append("class pixels:")
-    lines += [f"  {k:3d} {printable(name):15s} {100 * hist[k] / total:6.2f} %" for k, name in enumerate(meta.class_names)]
-    lines.append(f"  ignored         {100 * hist[meta.ignore_index] / total:6.2f} %")
-    return "\n".join(lines)
+    return "\n".join(lines + pixel_lines(meta.class_names, hist, meta.ignore_index))
+
+
+def pixel_lines(names, hist: np.ndarray, ignore_index: int) -> list[str]:
+    """Each class's and the ignored pixels' share of all mask pixels (an unlabeled image's are ignored), as
+    info and the converters print them."""
+    total = max(1, int(hist.sum()))
+    return (["class pixels:"] + [f"  {k:3d} {printable(name):15s} {100 * hist[k] / total:6.2f} %"
+                                 for k, name in enumerate(names)]
+            + [f"  ignored         {100 * hist[ignore_index] / total:6.2f} %"])
 
 
 def parse_mapping(pairs) -> dict:
@@ -175,11 +180,8 @@ def main(argv=None) -> int:
                              intensity=a.intensity, mapping=mapping, replace=a.overwrite)
     except (DataError, OSError) as e:                               # OSError: a read-only or full output folder
         return fail(e)
-    total = sum(summary["class_pixels"].values()) + 1e-12
-    print(f"wrote {summary['file']}: {summary['images']} images {summary['size'][0]}x{summary['size'][1]}, "
-          f"ignored {100 * summary['ignored_fraction']:.2f} %")
-    for name, n in summary["class_pixels"].items():
-        print(f"  {name:15s} {100 * n / total:6.2f} %")
+    print(f"wrote {summary['file']}: {summary['images']} images {summary['size'][0]}x{summary['size'][1]}")
+    print("\n".join(pixel_lines(meta.class_names, summary["hist"], meta.ignore_index)))
     for line in left_out:
         print(f"note: {line}", file=sys.stderr)
     top = summary["mask_top"]
@@ -230,9 +232,7 @@ def convert_nifti_command(a, split: str) -> int:
           f"{s['layout']} layout")
     for line in s["notes"]:
         print(f"note: {line}", file=sys.stderr)
-    total = sum(s["class_pixels"].values()) + 1e-12
-    for name, n in s["class_pixels"].items():
-        print(f"  {name:15s} {100 * n / total:6.2f} %")
+    print("\n".join(pixel_lines(s["names"], s["hist"], IGNORE_INDEX)))
     return 0
 
 

@@ -546,7 +546,7 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
 def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = False, progress: bool = True,
             intensity: str = "strict", mapping=None, replace: bool = True) -> dict:
     """Write items to `out` (atomically), checking each image and mask (intensity, mapping: load_pair).
-    Returns a summary dict ("unmapped": the --map values no mask held, a typo or another split's; "mask_top":
+    Returns a summary dict ("hist": the count of each mask value written; "unmapped": the --map values no mask held, a typo or another split's; "mask_top":
     the largest value the masks' integer types can hold, with --map).
     replace=False: an `out` another process wrote meanwhile is kept (fileio.commit)."""
     if not items:
@@ -584,9 +584,6 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
             if "volumes" in f:
                 f["volumes"][i] = volumes.index(it.volume) if it.volume is not None else -1
             hist += np.bincount(mask.ravel(), minlength=256)
-    total = int(hist.sum())
-    return {"file": str(out), "images": len(items), "size": list(shape),
-            "class_pixels": {n: int(hist[k]) for k, n in enumerate(meta.class_names)},
-            "ignored_fraction": float(hist[meta.ignore_index]) / total if total else 0.0,
+    return {"file": str(out), "images": len(items), "size": list(shape), "hist": hist,
             "unmapped": sorted(set(mapping or ()) - seen),
             "mask_top": max((t for kind, t in (x for x in seen if isinstance(x, tuple))), default=None)}

@@ -154,12 +154,9 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
             f["labeled"][i:i + depth] = int(c.labeled)
             i += depth
             labeled_cases += c.labeled
-            if c.labeled:
-                hist += np.bincount(masks.ravel(), minlength=256)
+            hist += np.bincount(masks.ravel(), minlength=256)          # an unlabeled scan's pixels: ignored
         f.attrs["volume_info"] = json.dumps(records)                # volume_info, once every volume is read
-    px = int(hist[:k].sum())
     return {"file": str(out), "images": total, "size": list(size), "volumes": len(plan),
             "labeled_volumes": labeled_cases, "unlabeled_volumes": len(plan) - labeled_cases,
             "patients": len({c.group for c, _, _ in plan}), "layout": layout.kind, "notes": layout.notes,
-            "class_pixels": {n: int(hist[j]) for j, n in enumerate(names)},
-            "ignored_fraction": 1 - px / max(1, int(hist.sum())) if hist.sum() else 0.0}
+            "names": names, "hist": hist}
