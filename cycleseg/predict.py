@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
             clear.append(p)
         if channels == 1 and not grey and in_colour(p):             # a grey model given a colour photograph
             colour.append(p)
-        add(p.stem, lambda p=p: read_image(p, channels, intensity), p)
+        add(p.stem, lambda p=p: read_image(p, channels, intensity), os.path.abspath(p))
 
     for raw in paths:
         p = Path(raw)
@@ -156,7 +157,7 @@ def collect(paths, channels: int, intensity: str | None = None) -> list[Input]:
                 def read(p=p, i=i):
                     with open_h5(p) as f:
                         return f["images"][i]
-                add(f"{p.stem}_{i:05d}", read, f"{p}[{i}]")
+                add(f"{p.stem}_{i:05d}", read, f"{os.path.abspath(p)}[{i}]")
         elif p.exists():
             image(p)
         else:
@@ -380,10 +381,11 @@ OUTPUT_KINDS = ("_mask.png", "_overlay.png", "_gsi.png", ".nii.gz")   # the file
 
 
 def manifest(items, scans, suffixes) -> bytes:
-    """inputs.csv: a row per output written, with its input file (an HDF5 image as file[index]): names with
-    spaces, commas or quotes read back with any CSV reader."""
+    """inputs.csv: a row per output written, with its input file's absolute path (an HDF5 image as
+    file[index]; a relative one named the file only from the folder predict ran in): names with spaces, commas
+    or quotes read back with any CSV reader, a name that is not UTF-8 as its bytes."""
     rows = ["input,output"] + [csv_line(it.source, f"{it.name}_{x}.png") for it in items for x in suffixes]
-    rows += [csv_line(path, name) for name, path in scans]
+    rows += [csv_line(os.path.abspath(path), name) for name, path in scans]
     return csv_bytes("\n".join(rows) + "\n")
 
 

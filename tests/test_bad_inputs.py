@@ -1483,7 +1483,7 @@ def test_train_on_an_acdc_folder_of_unscaled_images_gives_advice_it_can_follow(t
     with h5py.File(tmp_path / "A" / "data/slices/patient001_frame01_slice_1.h5", "r+") as f:
         f["image"][...] = f["image"][...] * 1000
     msg = one_line_error(train_main, TINY + ["--data", tmp_path / "A", "--out", tmp_path / "r"], capsys,
-                         "patient001_frame01_slice_1: float32 image with values", tmp_path / "A")
+                         "patient001_frame01_slice_1.h5: float32 image with values", tmp_path / "A")
     assert "Pass --intensity" not in msg and "then pass --data DIR" in msg, msg
     given = shlex.split(msg.split("Convert the folder yourself with that rule: ")[1].split(" (and")[0])
     assert given[:4] == ["python", "-m", "cycleseg.data", "convert"]

@@ -136,3 +136,16 @@ def test_a_file_name_that_is_not_utf8_is_written_back_as_its_bytes(tiny_checkpoi
     rows = (out / "inputs.csv").read_bytes().splitlines()
     assert raw + b",x\xffy_mask.png" in rows, rows
     assert os.path.exists(os.fsencode(out) + b"/x\xffy_mask.png")
+
+
+def test_inputs_csv_names_each_input_by_its_absolute_path(tiny_checkpoint, tmp_path, monkeypatch):
+    """inputs.csv kept an input as typed ('in/a.png'), which names the file only from the folder predict ran
+    in, not from the output folder or anywhere else: absolute paths (an HDF5 image's file[index] too)."""
+    import csv
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "in" / "a.png")
+    monkeypatch.chdir(tmp_path)
+    assert predict_main([str(tiny_checkpoint), "in/a.png", "in/../in", "--out", "out", "--no-progress"]) == 0
+    rows = list(csv.reader((tmp_path / "out" / "inputs.csv").open()))[1:]
+    assert {r[0] for r in rows} == {str(tmp_path / "in" / "a.png")}, rows
