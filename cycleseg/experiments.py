@@ -418,12 +418,13 @@ def pictures(out: Path, fraction: float, seed: int):
 def options_as_values(argv: list, p: argparse.ArgumentParser) -> list:
     """argv with the OPTIONS of `--method-options METHOD OPTIONS` kept as a value when it is one training
     option (`"--resume"`): argparse takes a lone option-like word for an option and said "expected 2
-    arguments" where two were given; the value then gets method_options' own check."""
+    arguments" where two were given; the value then gets method_options' own check. A grid option there is
+    taken as the grid's, except --help (a METHOD's OPTIONS "--help" are answered by method_options' check)."""
     argv = list(argv)
     for i, word in enumerate(argv[:-2]):
         value = argv[i + 2]
         if word == "--method-options" and value.startswith("-") and " " not in value \
-                and value.split("=")[0] not in p._option_string_actions:
+                and (value.split("=")[0] not in p._option_string_actions or value in ("-h", "--help")):
             argv[i + 2] = " " + value                              # a space: argparse reads it as a value
     return argv
 

@@ -295,7 +295,8 @@ def test_method_options_reach_only_their_methods_cells(tmp_path, capsys):
     assert main(["--grid", "comparison", "--fractions", "0.1", "--methods", "partial", "--seeds", "0",
                  "--method-options", "meanteacher", "--lr 1", "--out", str(out)] + TINY) == 2
     assert not out.exists()
-    for word, match in (("--resume", "--resume in --method-options partial"), ("--dry-run", "--dry-run in --method-options")):
+    for word, match in (("--resume", "--resume in --method-options partial"), ("--dry-run", "--dry-run in --method-options"),
+                        ("--help", "--help in --method-options partial would print"), ("-h", "--help in --method-options")):
         capsys.readouterr()                                # one option alone: refused by name ("expected 2 arguments")
         assert main(["--grid", "comparison", "--fractions", "0.1", "--methods", "partial", "--seeds", "0",
                      "--method-options", "partial", word, "--out", str(out)] + TINY) == 2
