@@ -14,7 +14,8 @@ file is scored at its own resolution (python -m cycleseg.predict + python -m cyc
 NIfTI scans on their own grid).
 
 The command writes report.json, confusion.csv and confusion.png (and volumes.csv for ACDC) into --out
-(default: eval-<split>-<checkpoint name>[-<data name>] beside the checkpoint), all or nothing, and prints
+(default: eval-<split>-<checkpoint name>[-<data name>] beside the checkpoint; a --data file is scored as it
+is, whatever split it holds, into eval-<checkpoint name>-<file name>), all or nothing, and prints
 a table (report.py formats, figures.py draws). An earlier evaluation there is not replaced unless
 --overwrite. G_IS runs by cycleseg's inference path (inference.py: fused ops, channels_last, bf16 where
 the device runs it natively; `--precision fp32` keeps fp32).
@@ -199,9 +200,11 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=path_text, default=None, help="data to evaluate: a converted .h5 file (scored as it is), or a folder "
                                                 "whose --split is scored (default: the checkpoint's own data)")
     p.add_argument("--val-data", type=path_text, default=None, help="the val split's .h5 when --data is a train file")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="the split of the run's data or of a --data folder (default: val); not with a --data file")
     p.add_argument("--out", type=path_arg, default=None,
-                   help="output folder (default: eval-<split>-<name>[-<data>] beside the checkpoint)")
+                   help="output folder (default: eval-<split>-<name>[-<data>] beside the checkpoint; "
+                        "eval-<name>-<file> for a --data file)")
     code, result = run_or_exit(run, p.parse_args(argv))
     if code:
         return code
@@ -222,15 +225,20 @@ def run(a) -> tuple[dict, dict]:
     data = a.data if a.data is not None else cfg.data
     val_data = a.val_data if a.data is not None else cfg.val_data
     if a.data is not None and Path(a.data).is_file() and a.val_data is None:   # a file named: that file
+        if a.split is not None:                                     # it was scored, and reported as the split asked
+            raise UsageError(f"--split {a.split} with --data {a.data}: a file is scored as it is, whatever split it "
+                             f"holds; leave --split out, or give --data its folder ({Path(a.data).parent}) to score "
+                             f"the {a.split}.h5 there")
         path, folder = Path(a.data), None
     else:
+        a.split = a.split or "val"
         path, folder = split_path(data, a.split, val_data, cfg.image_size or 64, not a.no_progress)
     source = open_source(path)
     meta = source.meta
     if a.data is None and a.split in ("train", "val"):             # the run's own data: still what it read?
         check_fingerprints(state, {a.split: source.fingerprint()}, {a.split: path}, a.checkpoint, (a.split,))
     check_readable(source, info, path, a.checkpoint, cfg.generator)
-    check_labeled(source, f"the {a.split} split" if folder is not None or a.data is None else "the file",
+    check_labeled(source, "the file" if a.split is None else f"the {a.split} split",
                   "give --data a split with labels (predict draws masks without them)")
     g_is = inference.prepare(nets["G_IS"], device, a.precision)
     cm = confusion(g_is, source, device, a.batch_size, not a.no_progress)
@@ -292,9 +300,10 @@ def check_readable(source, info: dict, path, checkpoint, generator: str = "resne
 
 
 def default_folder(a, data: Path | None) -> str:
-    """eval-<split>-<checkpoint name>, and -<data name> when --data is not the run's own."""
+    """eval-<split>-<checkpoint name>, and -<data name> when --data is not the run's own (a file, scored as it
+    is: eval-<checkpoint name>-<file name>)."""
     tag = "" if data is None else "-" + (data.name if data.is_dir() else data.stem)
-    return f"eval-{a.split}-{a.checkpoint.stem}{tag}"
+    return f"eval-{a.split + '-' if a.split else ''}{a.checkpoint.stem}{tag}"
 
 
 if __name__ == "__main__":

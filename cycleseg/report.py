@@ -43,7 +43,8 @@ def _fmt(v) -> str:
 
 def evaluation_table(r: dict) -> str:
     s = r["slices"]
-    lines = [f"{r['checkpoint']} (step {r['step']}) on {r['data']}, split {r['split']}: {r['images']} images",
+    split = "" if r["split"] is None else f", split {r['split']}"
+    lines = [f"{r['checkpoint']} (step {r['step']}) on {r['data']}{split}: {r['images']} images",
              f"mIoU {s['miou']:.4f} (standard: all classes, ignored pixels excluded)   mDice {s['mdice']:.4f}   "
              f"pixel accuracy {s['pixel_acc']:.4f}",
              f"mIoU without background (the 2019 code's variant, for comparison with the paper) {s['miou_no_bg']:.4f}",

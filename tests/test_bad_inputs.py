@@ -2035,3 +2035,27 @@ def test_a_size_mismatch_from_exif_orientation_says_so(tmp_path, capsys):
     one_line_error(data_main, ["convert", "folder", tmp_path / "src", tmp_path / "o.h5", "--no-progress"], capsys,
                    "image is 30x20 but its mask is 20x30 (the image is stored 20x30 and its EXIF orientation 6 turns",
                    tmp_path)
+
+
+def test_a_data_file_is_not_reported_as_the_split_asked(tmp_path, capsys, tiny_checkpoint):
+    """evaluate --data train.h5 --split val (or test) scored train.h5 and reported it as the val (test)
+    split, in its table, report.json and folder name (eval-val-last-train), exit 0: --split with a file is
+    refused, and a file alone is reported as the file it is."""
+    state = torch.load(tiny_checkpoint, weights_only=False)
+    k, c = state["data"]["num_classes"], state["data"]["channels"]
+    tiny_split(tmp_path / "d" / "train.h5", 16, n=6, k=k, channels=c)
+    for split in ("val", "test", "train"):
+        one_line_error(evaluate_main, [tiny_checkpoint, "--data", tmp_path / "d" / "train.h5", "--split", split,
+                                       "--no-progress"], capsys,
+                       f"--split {split} with --data {tmp_path / 'd' / 'train.h5'}: a file is scored as it is", tmp_path)
+    import shutil
+
+    ckpt = tmp_path / "run" / "last.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_checkpoint, ckpt)
+    assert evaluate_main([str(ckpt), "--data", str(tmp_path / "d" / "train.h5"), "--no-progress"]) == 0
+    made = sorted(p.name for p in ckpt.parent.iterdir() if p.is_dir())
+    assert made == ["eval-last-train"], made
+    report = json.loads((ckpt.parent / "eval-last-train" / "report.json").read_text())
+    assert report["split"] is None and report["images"] == 6
+    assert "split" not in capsys.readouterr().out.splitlines()[0]
