@@ -39,7 +39,7 @@ from . import inference
 from .report import csv_bytes, csv_line
 from .checkpoint import load_run, networks_from_checkpoint
 from .cli import checkpoint_parser, device_of, refuse_existing, run_or_exit
-from .config import MAX_SIDE, SIDE_MULTIPLE, least_side
+from .config import MAX_SIDE, SIDE_MULTIPLE, check_device, least_side
 from .data import nifti
 from .data.convert import (GRAY_MODES, HIGH_BIT_MODES, IMAGE_EXTS, hidden_images, hidden_note, image_values,
                            in_colour, may_see_through, open_image, see_through, see_through_note, upright)
@@ -201,12 +201,28 @@ class CheckpointModel:
         return pred.cpu().numpy(), fake
 
 
+def onnx_providers(device: str, available) -> list:
+    """onnxruntime's providers for --device (checked as every command checks it): CUDA's for cuda[:N]
+    (refused where this onnxruntime has none: it ran on the CPU without a word), and for auto where it has one."""
+    name = check_device(device) if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = torch.device(name)
+    if kind.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        if device == "auto":
+            return ["CPUExecutionProvider"]
+        raise UsageError(f"--device {device}: this onnxruntime runs an ONNX model on the CPU only (its providers: "
+                         f"{', '.join(available)}); pip install onnxruntime-gpu, use --device cpu, or predict from "
+                         f"the checkpoint")
+    return [("CUDAExecutionProvider", {"device_id": kind.index or 0}), "CPUExecutionProvider"]
+
+
 class OnnxModel:
     """An exported G_IS (python -m cycleseg.export) run by onnxruntime; what it expects from its metadata."""
 
     has_gsi = False
 
-    def __init__(self, path):
+    def __init__(self, path, device: str = "cpu", precision: str = "auto"):
         self.path = path
         try:
             # onnxruntime is optional (the `export` extra): needed only to predict from an ONNX file
@@ -214,10 +230,14 @@ class OnnxModel:
         except ImportError:
             raise UsageError(f"{path}: predicting from an ONNX model needs onnxruntime: pip install onnxruntime "
                              f"(or pip install 'cycleseg[export]')") from None
+        if precision not in ("auto", "fp32"):                       # it was run in fp32 without a word
+            raise UsageError(f"--precision {precision}: an ONNX model runs in the fp32 it was exported in; leave "
+                             f"--precision out, or predict from the checkpoint for {precision}")
+        providers = onnx_providers(device, onnxruntime.get_available_providers())
         if not Path(path).exists():
             raise DataError(f"{path}: no such file")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as e:
             raise DataError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
         props = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -339,7 +359,8 @@ def run(a) -> dict:
         raise UsageError(f"{a.checkpoint}: a torch.export program (load it with torch.export.load); predict takes a "
                          f"run's last.pt / best.pt or an exported .onnx")
     onnx = a.checkpoint.suffix.lower() == ".onnx"
-    model = OnnxModel(a.checkpoint) if onnx else CheckpointModel(a.checkpoint, device_of(a.device), a.precision)
+    model = (OnnxModel(a.checkpoint, a.device, a.precision) if onnx
+             else CheckpointModel(a.checkpoint, device_of(a.device), a.precision))
     items, scans = collect(a.inputs, model.channels, a.intensity), scan_inputs(a.inputs)
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise UsageError(f"--out {a.out} is a file, not a folder")

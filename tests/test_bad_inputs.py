@@ -2059,3 +2059,36 @@ def test_a_data_file_is_not_reported_as_the_split_asked(tmp_path, capsys, tiny_c
     report = json.loads((ckpt.parent / "eval-last-train" / "report.json").read_text())
     assert report["split"] is None and report["images"] == 6
     assert "split" not in capsys.readouterr().out.splitlines()[0]
+
+
+def test_predict_from_onnx_honours_device_and_precision(tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    """predict model.onnx --device cuda:7 --precision bf16 ran fp32 on the CPU, exit 0, on a machine
+    without CUDA (the same options with the checkpoint were refused): a precision the ONNX model does not
+    run in is refused, --device is checked as for a checkpoint, and a CUDA device onnxruntime cannot use
+    here is refused with what to install."""
+    from pathlib import Path
+
+    from cycleseg.export import main as export_main
+    from cycleseg.predict import onnx_providers
+    from cycleseg.usage import UsageError
+
+    assert export_main([str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--formats", "onnx"]) == 0
+    onnx_file = tmp_path / "x" / f"{Path(tiny_checkpoint).stem}.onnx"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "a.png")
+    base = [onnx_file, tmp_path / "a.png", "--out", tmp_path / "o", "--no-progress"]
+    one_line_error(predict_main, base + ["--precision", "bf16"], capsys,
+                   "--precision bf16: an ONNX model runs in the fp32 it was exported in", tmp_path)
+    if not torch.cuda.is_available():
+        one_line_error(predict_main, base + ["--device", "cuda:7"], capsys,
+                       "--device cuda:7: this machine has no CUDA GPU", tmp_path)
+    one_line_error(predict_main, base + ["--device", "tpu"], capsys, "--device 'tpu': not a device", tmp_path)
+    assert predict_main([str(a) for a in base + ["--device", "cpu", "--precision", "fp32"]]) == 0
+    assert onnx_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # a machine with two GPUs, as torch sees it
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UsageError, match="--device cuda: this onnxruntime runs an ONNX model on the CPU only"):
+        onnx_providers("cuda", ["CPUExecutionProvider"])
+    assert onnx_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert onnx_providers("cuda:1", ["CUDAExecutionProvider"])[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    with pytest.raises(UsageError, match="this machine has 2 CUDA GPU"):
+        onnx_providers("cuda:2", ["CUDAExecutionProvider"])
