@@ -92,8 +92,8 @@ class Config:
                                check="steps", resume=CHANGEABLE)
     batch_size: int | None = option(None, "labeled images per step, and as many unlabeled",
                                     check="batch", resume=DATA)
-    image_size: int | None = option(None, "size of the built-in dataset and of ACDC read from its folder",
-                                    resume=DATA)
+    image_size: int | None = option(None, "size of the built-in dataset and of ACDC read from its folder (a "
+                                    "converted .h5 keeps the size it was converted at)", resume=DATA)
     lr: float | None = option(None, "G_IS's learning rate (Adam: the preset's, paper 2e-4; --optimizer sgd: 0.01, "
                               "SSL4MIS's)", check="rate", resume=CHANGEABLE)
     optimizer: str = option("adam", "G_IS's optimizer: adam (constant for a quarter of the run, then linear to 0) or "

@@ -20,10 +20,13 @@ from .usage import Parser, UsageError, fail, first_repeat, path_arg, run_command
 
 def run(a) -> Path:
     runs, names = {}, {}
+    a.runs = [f.parent if f.name == "metrics.jsonl" and f.is_file() else f for f in a.runs]   # a run's records: its run
     twice = first_repeat(a.runs, key=lambda folder: folder.resolve())
     if twice is not None:
         raise UsageError(f"{twice} is given twice; give each run once")
     for folder in a.runs:
+        if folder.is_file():
+            raise UsageError(f"{folder} is a file; plot takes run folders (those holding a metrics.jsonl)")
         if not (folder / "metrics.jsonl").exists():
             raise UsageError(f"{folder}: no metrics.jsonl (not a run folder)")
         records = folder / "metrics.jsonl"
@@ -57,7 +60,7 @@ def run(a) -> Path:
 
 def main(argv=None) -> int:
     p = Parser(prog="python -m cycleseg.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", type=path_arg, nargs="+", help="run folders")
+    p.add_argument("runs", type=path_arg, nargs="+", help="run folders (or their metrics.jsonl)")
     p.add_argument("--out", type=path_arg, default=None, help="the PNG (default: curves.png in the run, or here)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     try:

@@ -354,6 +354,17 @@ def outputs(model, item: Input, original: np.ndarray, pred: np.ndarray, fake) ->
     return files
 
 
+def input_folder(out, inputs):
+    """The input (a folder, or an image file) whose folder --out is, or None."""
+    target = os.path.realpath(out)                                  # realpath: a symlink loop is no error here
+    for raw in inputs:
+        p = Path(raw)
+        if (p.is_dir() or (p.is_file() and p.suffix.lower() in IMAGE_EXTS)) and \
+                os.path.realpath(p if p.is_dir() else p.parent) == target:
+            return raw
+    return None
+
+
 def run(a) -> dict:
     if a.checkpoint.suffix.lower() == ".pt2":
         raise UsageError(f"{a.checkpoint}: a torch.export program (load it with torch.export.load); predict takes a "
@@ -364,6 +375,11 @@ def run(a) -> dict:
     items, scans = collect(a.inputs, model.channels, a.intensity), scan_inputs(a.inputs)
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise UsageError(f"--out {a.out} is a file, not a folder")
+    if (folder := input_folder(a.out, a.inputs)) is not None:       # outputs among the images: read as inputs later
+        raise UsageError(f"--out {a.out} is {'the folder of the input' if Path(folder).is_file() else 'the input folder'} "
+                         f"{folder}: the masks and overlays would lie among the images (a later predict of the folder, "
+                         f"or its conversion, reads them as images); nothing was written: give --out another folder, "
+                         f"such as {Path(a.out) / 'predictions'}")
     suffixes = ("mask", "overlay") + (("gsi",) if model.has_gsi else ())
     refuse_existing([Path(a.out) / f"{it.name}_{sfx}.png" for it in items for sfx in suffixes]
                     + [Path(a.out) / name for name, _ in scans] + [Path(a.out) / "inputs.csv"], a.overwrite,

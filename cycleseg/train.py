@@ -32,7 +32,7 @@ from .assemble import build, networks_of, optim_of
 from .checkpoint import CheckpointError, digest, tensors_digest, weights_digest
 from .config import Config, check_image_side, flat, foreign_options, given_fields, parse_args
 from .data.h5format import DataError, read_meta
-from .data.splits import Splits, open_splits, split_paths
+from .data.splits import Splits, open_splits, split_paths, takes_image_size
 from .data.streams import Streams, make_streams
 from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, wrapper
 from .evaluate import confusion, evaluate_file_volumes, evaluate_volumes, samples
@@ -118,6 +118,18 @@ def train(cfg: Config, until: int | None = None, given=None) -> dict:
         teardown(world)
 
 
+def check_given_size(cfg: Config, given, metas) -> None:
+    """UsageError when --image-size is given for converted data of another size (it was ignored, and recorded
+    in config.json as the run's size)."""
+    if "image_size" not in given or takes_image_size(cfg.data):
+        return
+    for m in metas:
+        if (m.height, m.width) != (cfg.image_size, cfg.image_size):
+            raise UsageError(f"--image-size {cfg.image_size}: {m.path} holds {m.height}x{m.width} images, the size it "
+                             f"was converted at (--image-size sizes the built-in data and an SSL4MIS folder); leave "
+                             f"--image-size out, or convert the data again with --size {cfg.image_size} {cfg.image_size}")
+
+
 def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     """The run of `cfg` in `folder`: a new one, or the one its last.pt continues."""
     cfg, saved = folder.open(cfg, given)
@@ -128,6 +140,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
                 check_image_side(side, cfg.mode, f"images {split.height}x{split.width}", cfg.generator)
         except UsageError as e:
             raise DataError(f"{split.path}: {e}; convert the data at another size (--size H W)") from None
+    check_given_size(cfg, given, (data.train.meta, data.val.meta))
     plan = (check_run_state(saved, folder.last) if saved is not None else None) or plan_for(cfg, device)
     nets, step = build(cfg, data.train.meta, device, plan)
     step.distribute(wrapper(world, device))
@@ -300,7 +313,9 @@ def main(argv=None) -> int:
         return fail(e)
     try:
         if dry_run:
-            meta = read_meta(split_paths(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)["train"])
+            paths = split_paths(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)
+            meta = read_meta(paths["train"])
+            check_given_size(cfg, given, (meta, read_meta(paths["val"])))
             torch.manual_seed(cfg.seed)
             print(describe(cfg, meta, networks_of(cfg, meta)))
             return 0

@@ -928,7 +928,12 @@ def test_no_output_replaces_an_input_even_with_overwrite(tmp_path, capsys, tiny_
     for name in ("a", "a_mask"):
         Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(images / f"{name}.png")
     one_line_error(predict_main, [tiny_checkpoint, images, "--out", images, "--overwrite", "--no-progress"], capsys,
-                   "a_mask.png is one of this command's inputs", tmp_path)
+                   f"--out {images} is the input folder", tmp_path)
+    (tmp_path / "linked").mkdir()                                    # the same files under other names: hard links
+    for name in ("a", "a_mask"):
+        os.link(images / f"{name}.png", tmp_path / "linked" / f"{name}.png")
+    one_line_error(predict_main, [tiny_checkpoint, tmp_path / "linked", "--out", images, "--overwrite", "--no-progress"],
+                   capsys, "a_mask.png is one of this command's inputs", tmp_path)
     (tmp_path / "e" / "confusion.png").mkdir(parents=True)
     one_line_error(evaluate_main, [tiny_checkpoint, "--out", tmp_path / "e", "--overwrite", "--no-progress"], capsys,
                    "confusion.png is a folder", tmp_path)
@@ -1453,14 +1458,16 @@ def test_overwrite_replaces_an_earlier_output_set_whole(tmp_path, capsys, tiny_c
                          "--no-progress"]) == 0
     assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["a_gsi.png", "a_mask.png", "a_overlay.png",
                                                                   "inputs.csv", "notes.txt"]
-    (tmp_path / "p" / "notes.txt").unlink()                          # the earlier outputs as this one's inputs
-    (tmp_path / "p" / ".png").write_bytes((images / "a.png").read_bytes())   # hidden: noted, not read
+    (tmp_path / "p" / "notes.txt").unlink()                          # the earlier outputs as this one's inputs,
+    (tmp_path / "q").mkdir()                                         # hard-linked into another folder
+    for f in (tmp_path / "p").glob("*.png"):
+        os.link(f, tmp_path / "q" / f.name)
+    (tmp_path / "q" / ".png").write_bytes((images / "a.png").read_bytes())   # hidden: noted, not read
     capsys.readouterr()
-    assert predict_main([str(tiny_checkpoint), str(tmp_path / "p"), "--out", str(tmp_path / "p"), "--overwrite",
+    assert predict_main([str(tiny_checkpoint), str(tmp_path / "q"), "--out", str(tmp_path / "p"), "--overwrite",
                          "--no-progress"]) == 0                       # they stay: never removed as an earlier set
     assert {"a_gsi.png", "a_mask.png", "a_overlay.png", "a_mask_mask.png"} <= {f.name for f in (tmp_path / "p").iterdir()}
     assert "1 hidden file(s) not read (.png)" in capsys.readouterr().err
-    (tmp_path / "p" / ".png").unlink()
     monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
     make_acdc(tmp_path / "ACDC")
     assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--out", str(tmp_path / "e"),
@@ -2092,3 +2099,48 @@ def test_predict_from_onnx_honours_device_and_precision(tmp_path, capsys, tiny_c
     assert onnx_providers("cuda:1", ["CUDAExecutionProvider"])[0] == ("CUDAExecutionProvider", {"device_id": 1})
     with pytest.raises(UsageError, match="this machine has 2 CUDA GPU"):
         onnx_providers("cuda:2", ["CUDAExecutionProvider"])
+
+
+def test_an_image_size_a_converted_file_does_not_have_is_refused(tmp_path, capsys):
+    """train --data train.h5 (32x32) --image-size 64 trained on 32x32 images and recorded image_size 64 in
+    config.json, exit 0: refused, naming the file's size; the file's own size is taken as given."""
+    tiny_split(tmp_path / "d" / "train.h5", 16)
+    tiny_split(tmp_path / "d" / "val.h5", 16, seed=1)
+    argv = TINY + ["--data", tmp_path / "d", "--mode", "partial", "--labeled-fraction", "0.5"]
+    big = [a if a != "16" else "32" for a in argv]
+    one_line_error(train_main, big + ["--out", tmp_path / "r"], capsys,
+                   f"--image-size 32: {tmp_path / 'd' / 'train.h5'} holds 16x16 images, the size it was converted at",
+                   tmp_path)
+    one_line_error(train_main, big + ["--dry-run"], capsys, "--image-size 32:", tmp_path)
+    assert train_main([str(a) for a in argv + ["--out", tmp_path / "r"]]) == 0
+
+
+def test_predict_does_not_write_among_its_input_images(tmp_path, capsys, tiny_checkpoint):
+    """predict CKPT fold/images --out fold/images wrote its masks and overlays among the images, exit 0; the
+    folder's conversion then failed on 'no mask for image a_gsi.png' and a later predict read them as
+    images. Refused for an input folder (through a link too) and for the folder of an image given alone."""
+    folder = tmp_path / "fold" / "images"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(folder / "a.png")
+    (tmp_path / "link").symlink_to(folder)
+    for inputs, out in (([folder], folder), ([folder], tmp_path / "link"), ([folder / "a.png"], folder),
+                        ([tmp_path / "link" / "a.png"], folder / ".")):
+        one_line_error(predict_main, [tiny_checkpoint, *inputs, "--out", out, "--no-progress"], capsys,
+                       f"--out {out} is the", tmp_path)
+    assert predict_main([str(tiny_checkpoint), str(folder), "--out", str(folder / "predictions"), "--no-progress"]) == 0
+
+
+def test_plot_takes_a_runs_metrics_file_as_its_run(tmp_path, capsys, finished_run):
+    """plot RUN/metrics.jsonl said "RUN/metrics.jsonl: no metrics.jsonl (not a run folder)" of a file that
+    exists: the run's records are taken as its run; another file is said to be a file."""
+    import shutil
+
+    from cycleseg.plot import main as plot_main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "curves.png").unlink(missing_ok=True)
+    assert plot_main([str(run / "metrics.jsonl")]) == 0
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    one_line_error(plot_main, [run / "config.json"], capsys,
+                   f"{run / 'config.json'} is a file; plot takes run folders", tmp_path)

@@ -461,3 +461,15 @@ def test_convert_and_info_give_the_same_class_shares(tmp_path, capsys):
     assert shares in capsys.readouterr().out
     ignored = float(shares.split("ignored")[1].split("%")[0])
     assert ignored == pytest.approx(100 * 2 / 12, abs=0.01)            # patient 6's two scans, 2 of 12 volumes
+
+
+def test_channel_on_one_channel_cases_is_refused(tmp_path, capsys):
+    """convert nifti --channel 0 on plain 3D scans was taken without a word (there is no channel to choose;
+    the other options convert nifti has no use for are refused)."""
+    src = raw_acdc(tmp_path / "acdc", patients=(1, 2), unlabeled=())
+    capsys.readouterr()
+    assert convert(src, tmp_path / "o.h5", "--split", "all", "--channel", "0") == 2
+    err = capsys.readouterr().err
+    assert "--channel 0: the cases of" in err and "have one channel, nothing to choose from" in err, err
+    assert not (tmp_path / "o.h5").exists()
+    assert convert(src, tmp_path / "o.h5", "--split", "all") == 0

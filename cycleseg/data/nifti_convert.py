@@ -120,6 +120,9 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
     """Write the `split` of the NIfTI dataset `src` to `out` (atomically). Returns a summary dict."""
     layout = nifti.find_layout(src)
     channels = 1 if channel is not None else layout.channels
+    if channel is not None and layout.channels == 1:                # accepted, and nothing chosen
+        raise DataError(f"--channel {channel}: the cases of {src} have one channel, nothing to choose from; leave "
+                        f"--channel out")
     if channel is not None and not 0 <= channel < layout.channels:
         raise DataError(f"--channel {channel}: the dataset has {layout.channels} channel(s) (0..{layout.channels - 1})")
     if channels not in (1, 3):

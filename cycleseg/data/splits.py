@@ -31,6 +31,12 @@ class Splits:
         return {"train": self.train.fingerprint(), "val": self.val.fingerprint()}
 
 
+def takes_image_size(data) -> bool:
+    """Whether --image-size sizes `data`: the built-in data and an SSL4MIS folder are made at it, a converted
+    .h5 file (or a folder of them) holds the size it was converted at."""
+    return data is None or (data in BUILTIN and not Path(data).exists()) or acdc.is_ssl4mis(data)
+
+
 def split_path(data, split: str, val_data=None, image_size: int = 64, progress: bool = True) -> tuple:
     """(HDF5 path of `split`, SSL4MIS folder or None): `split` of the built-in data, of an SSL4MIS folder
     (train, val, test: what its lists name), or of --data (a folder, or the train file beside which the
