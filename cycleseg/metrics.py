@@ -124,11 +124,22 @@ def binary_scores(pred, truth, spacing=None) -> dict:
 
 # -- the command: label volumes against reference ones ---------------------------------------------------
 
-def case_key(path) -> str:
-    """The name a volume is matched by: its file name without .nii[.gz], ACDC's `_gt` and nnU-Net's
-    channel suffix `_0000`."""
+def case_key(path, what: str = "reference") -> str:
+    """The name a volume is matched by: its file name without .nii[.gz], and a reference's without ACDC's
+    `_gt` (a prediction's nnU-Net channel suffix `_0000` is dropped by match_predictions where that names a
+    reference)."""
     name = nifti.stem(path)
-    return re.sub(r"(_gt|_\d{4})$", "", name)
+    return name[:-3] if what == "reference" and name.endswith("_gt") else name
+
+
+def ignored_reference(f: Path, stems: set) -> bool:
+    """Raw ACDC's image files beside their labels: a frame's image whose `<name>_gt` lies in its folder, and
+    the 4D series of a folder that holds `_gt` labels (any other volume there is a reference)."""
+    name = nifti.stem(f)
+    if name.endswith("_gt"):
+        return False
+    labels = any(n.endswith("_gt") for n in stems)
+    return f"{name}_gt" in stems or (labels and name.lower().endswith("_4d"))
 
 
 def volume_files(folder, what: str) -> dict:
@@ -137,18 +148,33 @@ def volume_files(folder, what: str) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder (the {what} label volumes)")
+    files = [f for f in sorted(folder.rglob("*")) if f.is_file() and nifti.is_nifti(f) and not f.name.startswith(".")]
+    stems: dict = {}
+    for f in files:
+        stems.setdefault(f.parent, set()).add(nifti.stem(f))
     out = {}
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and nifti.is_nifti(f) and not f.name.startswith("."):
-            if what == "reference" and not f.name.lower().split(".")[0].endswith("_gt") and any(
-                    g.name.lower().split(".")[0].endswith("_gt") for g in f.parent.iterdir()):
-                continue                                            # raw ACDC: the frame's image beside its _gt
-            k = case_key(f)
-            if k in out:
-                raise DataError(f"{f} and {out[k]} are both volume {k!r} of the {what}")
-            out[k] = f
+    for f in files:
+        if what == "reference" and ignored_reference(f, stems[f.parent]):
+            continue
+        k = case_key(f, what)
+        if k in out:
+            raise DataError(f"{f} and {out[k]} are both volume {k!r} of the {what}")
+        out[k] = f
     if not out:
         raise DataError(f"{folder}: no NIfTI volumes (.nii, .nii.gz) among the {what}")
+    return out
+
+
+def match_predictions(preds: dict, truths: dict) -> dict:
+    """preds re-keyed by the reference each names: its own name, or that name without nnU-Net's channel suffix
+    `_0000` (predict names a scan's prediction as the scan, case_0000) where only that is a reference's;
+    DataError when two predictions name one reference."""
+    out = {}
+    for k, path in preds.items():
+        key = k[:-5] if k not in truths and re.fullmatch(r".+_0000", k) and k[:-5] in truths else k
+        if key in out:
+            raise DataError(f"{path} and {out[key]} are both the prediction of {key!r}; keep one")
+        out[key] = path
     return out
 
 
@@ -174,10 +200,12 @@ def score_case(pred_path, truth_path, num_classes: int, hint: str = "") -> tuple
 
 def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_names=None) -> dict:
     """Dice, IoU, HD95 and ASD (mm, from the reference's affine) per case and class, and their means."""
-    preds, truths = volume_files(pred_dir, "predictions"), volume_files(truth_dir, "reference")
-    same = [n for n in preds if n in truths and Path(preds[n]).resolve() == Path(truths[n]).resolve()]
+    truths = volume_files(truth_dir, "reference")
+    preds = match_predictions(volume_files(pred_dir, "predictions"), truths)
+    refs = {Path(t).resolve() for t in truths.values()}
+    same = [p for p in preds.values() if Path(p).resolve() in refs]
     if same:                                                        # a file scored against itself: Dice 1.0
-        raise DataError(f"{preds[same[0]]} is both a prediction and its reference ({len(same)} such files): give "
+        raise DataError(f"{same[0]} is both a prediction and a reference ({len(same)} such files): give "
                         f"the folder of predictions and the folder of references")
     missing, extra = sorted(set(truths) - set(preds)), sorted(set(preds) - set(truths))
     if missing:
@@ -280,8 +308,9 @@ def main(argv=None) -> int:
 
 COMMAND_DOC = """python -m cycleseg.metrics PRED TRUTH [--out DIR]: score label volumes against reference ones.
 
-Volumes are matched by name (file name without .nii[.gz], a trailing _gt or nnU-Net channel suffix _0000;
-a raw ACDC tree of patient folders works as TRUTH). Every reference needs its prediction; predictions
+Volumes are matched by name (file name without .nii[.gz]; a reference's trailing _gt, and a prediction's
+nnU-Net channel suffix _0000 where the name without it is a reference's; a raw ACDC tree of patient
+folders works as TRUTH: a frame's image beside its _gt, and the 4D series, are not references). Every reference needs its prediction; predictions
 without a reference (a 4D series, say) are listed as not scored. Per case and class: Dice, IoU, HD95 and ASD, the
 distances in millimetres from the reference's affine (as medpy.metric.binary's hd95 / asd with
 voxelspacing), then means per class over cases and over classes. Prediction and reference must lie on

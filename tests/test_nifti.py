@@ -360,7 +360,7 @@ def test_metrics_command_scores_in_millimetres_as_medpy(tmp_path, capsys):
     assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(tmp_path / "t")]) == 2
     assert "no prediction for case2" in capsys.readouterr().err and not (tmp_path / "t").exists()
     assert metrics_main([str(tmp_path / "ref"), str(tmp_path / "ref"), "--out", str(tmp_path / "u")]) == 2
-    assert "is both a prediction and its reference" in capsys.readouterr().err     # was Dice 1.0, exit 0
+    assert "is both a prediction and a reference" in capsys.readouterr().err     # was Dice 1.0, exit 0
 
 
 def test_evaluate_measures_converted_volumes_in_millimetres(tiny_checkpoint, tmp_path):
@@ -473,3 +473,42 @@ def test_channel_on_one_channel_cases_is_refused(tmp_path, capsys):
     assert "--channel 0: the cases of" in err and "have one channel, nothing to choose from" in err, err
     assert not (tmp_path / "o.h5").exists()
     assert convert(src, tmp_path / "o.h5", "--split", "all") == 0
+
+
+def test_metrics_matches_each_reference_by_its_own_name(tmp_path, capsys):
+    """A reference b.nii.gz beside a_gt.nii.gz was dropped as "raw ACDC's image" and its empty prediction went
+    unscored: mean Dice 1.0, exit 0. Any _NNNN was taken for nnU-Net's channel suffix: amos_0002 was scored
+    against amos_0001 (exit 0), and img_0001 / img_0002 were refused as one volume. Now a reference is
+    dropped only beside its own _gt (or as the 4D series), and _0000 is dropped only where it names a
+    reference."""
+    from cycleseg.metrics import main as metrics_main
+
+    _, truth = heart(seed=0)
+    empty = np.zeros_like(truth)
+    save(tmp_path / "m3" / "ref" / "a_gt.nii.gz", truth)
+    save(tmp_path / "m3" / "ref" / "b.nii.gz", truth)
+    save(tmp_path / "m3" / "pred" / "a.nii.gz", truth)
+    save(tmp_path / "m3" / "pred" / "b.nii.gz", empty)
+    assert metrics_main([str(tmp_path / "m3" / "pred"), str(tmp_path / "m3" / "ref"), "--out", str(tmp_path / "s3")]) == 0
+    got = json.loads((tmp_path / "s3" / "scores.json").read_text())
+    assert {c["case"]: c["dice"]["1"] for c in got["cases"]} == {"a": 1.0, "b": 0.0} and got["unscored"] == []
+    save(tmp_path / "m4" / "ref" / "amos_0001.nii.gz", truth)
+    save(tmp_path / "m4" / "pred" / "amos_0002.nii.gz", truth)
+    capsys.readouterr()
+    assert metrics_main([str(tmp_path / "m4" / "pred"), str(tmp_path / "m4" / "ref"), "--out", str(tmp_path / "s4")]) == 2
+    assert "no prediction for amos_0001" in capsys.readouterr().err
+    for n in (1, 2):
+        save(tmp_path / "m2" / "ref" / f"img_000{n}.nii.gz", truth)
+        save(tmp_path / "m2" / "pred" / f"img_000{n}.nii.gz", truth if n == 1 else empty)
+    save(tmp_path / "m2" / "pred" / "c_0000.nii.gz", truth)             # nnU-Net's scan name, for reference c
+    save(tmp_path / "m2" / "ref" / "c.nii.gz", truth)
+    assert metrics_main([str(tmp_path / "m2" / "pred"), str(tmp_path / "m2" / "ref"), "--out", str(tmp_path / "s2")]) == 0
+    got = json.loads((tmp_path / "s2" / "scores.json").read_text())
+    assert {c["case"]: c["dice"]["1"] for c in got["cases"]} == {"img_0001": 1.0, "img_0002": 0.0, "c": 1.0}
+    raw = tmp_path / "raw" / "patient001"                              # raw ACDC: frames beside their _gt, the 4D series
+    save(raw / "patient001_frame01.nii.gz", truth.astype(np.float32))
+    save(raw / "patient001_frame01_gt.nii.gz", truth)
+    save(raw / "patient001_4d.nii.gz", np.stack([truth, truth], -1).astype(np.float32))
+    save(tmp_path / "rawpred" / "patient001_frame01.nii.gz", truth)
+    assert metrics_main([str(tmp_path / "rawpred"), str(tmp_path / "raw"), "--out", str(tmp_path / "s5")]) == 0
+    assert [c["case"] for c in json.loads((tmp_path / "s5" / "scores.json").read_text())["cases"]] == ["patient001_frame01"]
