@@ -291,7 +291,7 @@ MOVABLE = ("data", "val_data")      # paths a resume may change: the data moved,
 def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[str]]:
     """The config a resumed run continues with, and notes of what changed: the checkpoint's config, the
     runtime fields of this command line, and the changeable fields (options.CHANGEABLE) given explicitly
-    (a new --lr without --lr-d scales the discriminators' rate alike), and a new path of the data (MOVABLE:
+    (a new --lr without --lr-d scales the discriminators' rate alike under Adam), and a new path of the data (MOVABLE:
     the run's checks of its content fingerprints refuse other content). An explicit value of any other field
     that differs from the checkpoint's raises ResumeError saying why it is kept."""
     old = flat(from_flat(saved))
@@ -314,7 +314,8 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
         why = rule.get(name) or "what the run started with"
         raise ResumeError(f"{flag(name)} {new} differs from the checkpoint's {was}: a resumed run keeps "
                           f"{why}; drop the option to continue the run, or start a new run with another --out")
-    if "lr" in updates and "lr_d" not in updates and old["lr"] and old["lr_d"]:
+    if "lr" in updates and "lr_d" not in updates and old["lr"] and old["lr_d"] and old.get("optimizer") != "sgd":
+        # Adam: lr_d follows G_IS's rate; sgd: it is the preset's Adam rate, whatever --lr (as a fresh run sets it)
         updates["lr_d"] = old["lr_d"] * updates["lr"] / old["lr"]
         notes.append(f"--lr-d {updates['lr_d']:g} (was {old['lr_d']:g}: scaled with --lr)")
     return from_flat({**old, **updates}), notes

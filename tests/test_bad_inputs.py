@@ -2144,3 +2144,20 @@ def test_plot_takes_a_runs_metrics_file_as_its_run(tmp_path, capsys, finished_ru
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     one_line_error(plot_main, [run / "config.json"], capsys,
                    f"{run / 'config.json'} is a file; plot takes run folders", tmp_path)
+
+
+def test_a_new_lr_on_resume_scales_lr_d_only_under_adam():
+    """--resume --lr 0.05 of a --optimizer sgd run scaled --lr-d with it (0.001 -> 0.005), though under sgd
+    lr_d is the preset's Adam rate, whatever --lr, as a fresh run sets it: G_SI and the discriminators trained
+    five times faster than in the same run started fresh. Adam keeps the scaling."""
+    from cycleseg.config import flat, given_fields, parse_args, resume_config
+
+    for optimizer, want in (("sgd", 0.001), ("adam", 0.01)):
+        start = ["--mode", "semi", "--preset", "cpu", "--optimizer", optimizer, "--lr", "0.01" if optimizer == "sgd" else "0.002"]
+        saved = flat(parse_args(start)[0].resolved())
+        resume = ["--resume", "--lr", "0.05" if optimizer == "sgd" else "0.01"]
+        cfg, notes = resume_config(saved, parse_args(resume)[0], given_fields(resume))
+        fresh = parse_args(start[:-1] + [resume[-1]])[0].resolved()
+        assert cfg.lr_d == pytest.approx(want), (optimizer, cfg.lr_d, notes)
+        if optimizer == "sgd":
+            assert cfg.lr_d == pytest.approx(fresh.lr_d) and not any("--lr-d" in n for n in notes)
