@@ -258,8 +258,9 @@ class RunFolder:
                 if record["split"] == "val":
                     self.events.flush()
 
-    def tensorboard(self) -> None:
-        """Write the records and pictures as TensorBoard events too, into <run>/tensorboard/ (--tensorboard)."""
+    def tensorboard(self, step: int = 0) -> None:
+        """Write the records and pictures as TensorBoard events too, into <run>/tensorboard/ (--tensorboard);
+        a run resumed at `step` purges the events after it, written before a kill (their steps came twice)."""
         if not self.writes:
             return
         try:
@@ -268,7 +269,7 @@ class RunFolder:
         except ImportError:
             raise UsageError('--tensorboard needs the tensorboard package: pip install tensorboard (or pip install -e '
                              '".[tensorboard]")') from None
-        self.events = SummaryWriter(str(self.path / "tensorboard"), flush_secs=30)
+        self.events = SummaryWriter(str(self.path / "tensorboard"), flush_secs=30, purge_step=step + 1 if step else None)
 
     def close(self) -> None:
         """Flush and close the TensorBoard events; when the run holds no record or checkpoint (it failed before

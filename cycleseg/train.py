@@ -155,7 +155,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     folder.resumed()
     folder.start(cfg, run.n)
     if cfg.tensorboard:
-        folder.tensorboard()
+        folder.tensorboard(run.n)
     reread = "unlabeled" in streams.loaders and not streams.num_unlabeled       # 100 % labels, semi-supervised
     folder.note(f"{cfg.mode}: {streams.num_labeled} labeled / {streams.num_unlabeled} unlabeled images"
                 + (" (the unlabeled stream reads the labeled images, without their labels)" if reread else "") + ", "

@@ -76,6 +76,32 @@ def test_tensorboard_events_hold_the_records_and_pictures(tiny_argv, tmp_path):
     assert [e.step for e in events.Images("val/samples")] == sorted(val)
 
 
+def test_a_resumed_run_purges_the_events_a_kill_left_after_its_checkpoint(tiny_argv, tmp_path):
+    """A run killed at step 12 with its last checkpoint at 8, then resumed: TensorBoard showed steps 1..12,
+    9, 10, ... (the killed run's 9..12 kept beside the resumed run's): the resumed writer purges them."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from cycleseg.train import main as train_main
+
+    argv = tiny_argv("tb", "--mode", "partial", "--steps", "4", "--eval-every", "2", "--log-every", "1",
+                     "--tensorboard")
+    assert train_main(argv + ["--stop-after", "2"]) == 0
+    run = tmp_path / "tb"
+    killed = SummaryWriter(str(run / "tensorboard"))                  # what the killed run wrote after step 2
+    for step in (3, 4, 5):
+        killed.add_scalar("train/gen_seg", 99.0, step)
+    killed.close()
+    assert train_main(argv + ["--resume"]) == 0
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    want = [(r["step"], round(r["gen_seg"], 5)) for r in records if r["split"] == "train"]
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("train/gen_seg")] == want
+
+
 def test_names_no_font_draws_long_names_and_many_classes(recwarn):
     """Class names in Chinese drew empty boxes with a matplotlib warning at every picture; a 100-character
     name ran off the picture; VOC's 21 classes drew their legend over the last row of pictures. Now: the
