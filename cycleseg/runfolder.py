@@ -69,6 +69,14 @@ def grid_contents(path: Path) -> str | None:
     return f"the run folder {cells[0]}/" if cells else None
 
 
+def wrote_records(saved: dict) -> bool:
+    """Whether the run of a checkpoint had logged a record by its step: a step that was a log or evaluation
+    step, or its last (a run stopped before its first --log-every step has no metrics.jsonl, and none is gone)."""
+    c, step = saved.get("config") or {}, saved.get("step", 0)
+    every = [v for v in (c.get("log_every"), c.get("eval_every"), c.get("steps")) if isinstance(v, int) and v > 0]
+    return step > 0 and step >= min(every, default=1)
+
+
 class RunFolder:
     def __init__(self, path, rank: int = 0):
         self.path, self.rank = Path(path), rank
@@ -162,7 +170,7 @@ class RunFolder:
                                  f"trained cannot be undone; nothing was changed. Resume with --steps "
                                  f"{saved['step']} or more, evaluate a checkpoint as it is, or train into another --out")
             self.changes = changes                                  # said once the resume's checks pass (resumed)
-            if not self.metrics.exists() and saved.get("step", 0) > 0:  # deleted: said once the checks pass
+            if not self.metrics.exists() and wrote_records(saved):  # deleted: said once the checks pass
                 self._gone = (f"note: {self.metrics} is missing: the records of steps 1..{saved['step']} are gone; the "
                               f"log starts again from step {saved['step']} (curves.png shows only the new records)")
             return cfg, saved

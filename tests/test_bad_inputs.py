@@ -2161,3 +2161,16 @@ def test_a_new_lr_on_resume_scales_lr_d_only_under_adam():
         assert cfg.lr_d == pytest.approx(want), (optimizer, cfg.lr_d, notes)
         if optimizer == "sgd":
             assert cfg.lr_d == pytest.approx(fresh.lr_d) and not any("--lr-d" in n for n in notes)
+
+
+def test_a_run_stopped_before_its_first_record_has_no_records_gone(tmp_path, capsys):
+    """A run stopped at step 2 of --log-every / --eval-every 10 never wrote metrics.jsonl; its --resume said
+    "metrics.jsonl is missing: the records of steps 1..2 are gone", of records that never were."""
+    argv = [a if a != "--eval-every" else "--log-every" for a in TINY] + ["--eval-every", "10", "--steps", "6",
+                                                                       "--out", str(tmp_path / "r")]
+    argv[argv.index("--log-every") + 1] = "10"
+    assert train_main([str(a) for a in argv + ["--stop-after", "2"]]) == 0
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+    capsys.readouterr()
+    assert train_main([str(a) for a in argv + ["--resume"]]) == 0
+    assert "is missing" not in capsys.readouterr().err
