@@ -234,6 +234,18 @@ def foreign_options(mode: str, given) -> list[str]:
             if flat_fields().get(name, (None,))[0] not in (None, mode)]
 
 
+def unread_notes(mode: str, given) -> list[str]:
+    """A note for the options among `given` that a run of `mode` does not read: another method's, and
+    --labeled-fraction where the mode trains on every label (said by the run and by its dry run)."""
+    notes = []
+    if foreign := foreign_options(mode, given):
+        notes.append(f"note: {', '.join(foreign)}: {'options' if len(foreign) > 1 else 'an option'} of another "
+                     f"method, not read by --mode {mode}")
+    if "labeled_fraction" in (given or ()) and METHODS[mode].all_labels:
+        notes.append(f"note: --labeled-fraction: not read by --mode {mode}, which trains on every label (1.0)")
+    return notes
+
+
 def runtime_names() -> tuple:
     """The flat names of the options that describe the process, not the run (options.RUNTIME)."""
     return tuple(name for name, (_, f) in flat_fields().items() if f.metadata.get("resume") == RUNTIME)

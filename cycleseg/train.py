@@ -30,7 +30,7 @@ from tqdm import tqdm
 from . import figures, ops
 from .assemble import build, networks_of, optim_of
 from .checkpoint import CheckpointError, digest, tensors_digest, weights_digest
-from .config import Config, check_image_side, flat, foreign_options, given_fields, parse_args
+from .config import Config, check_image_side, flat, given_fields, parse_args, unread_notes
 from .data.h5format import DataError, read_meta
 from .data.splits import Splits, open_splits, split_paths, takes_image_size
 from .data.streams import Streams, make_streams
@@ -38,6 +38,7 @@ from .distributed import World, all_sum_, any_rank, broadcast, setup, teardown, 
 from .evaluate import confusion, evaluate_file_volumes, evaluate_volumes, samples
 from .fastpath import Plan, cpu_load_note, plan_for
 from .faults import FiniteGuard, Interrupted, NonFiniteLoss, StopSignals
+from .methods import METHODS
 from .models import count_parameters
 from .runfolder import RunFolder
 from .runstate import check_run_state, load_state_dict, state_dict
@@ -165,9 +166,8 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     if Path(data.train.path).resolve() == Path(data.val.path).resolve():
         folder.note(f"note: the val split is the training file {data.train.path}: validation scores images the run "
                     f"trains on (fit, not generalisation)")
-    if foreign := foreign_options(cfg.mode, given):
-        folder.note(f"note: {', '.join(foreign)}: {'options' if len(foreign) > 1 else 'an option'} of another method, "
-                    f"not read by --mode {cfg.mode}")
+    for line in unread_notes(cfg.mode, given):
+        folder.note(line)
     if device.type == "cpu" and (busy := cpu_load_note()):
         folder.note(busy)
     return run
@@ -307,6 +307,8 @@ def describe(cfg: Config, meta, nets: dict) -> str:
 def main(argv=None) -> int:
     cfg, dry_run = parse_args(argv)
     given = given_fields(argv)
+    if METHODS[cfg.mode].all_labels and cfg.labeled_fraction == 1.0:  # what the mode trains on (a grid's Full cell)
+        given.discard("labeled_fraction")
     try:
         cfg = cfg.resolved()
     except UsageError as e:
@@ -316,6 +318,8 @@ def main(argv=None) -> int:
             paths = split_paths(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)
             meta = read_meta(paths["train"])
             check_given_size(cfg, given, (meta, read_meta(paths["val"])))
+            for line in unread_notes(cfg.mode, given):
+                print(line, file=sys.stderr)
             torch.manual_seed(cfg.seed)
             print(describe(cfg, meta, networks_of(cfg, meta)))
             return 0

@@ -2174,3 +2174,19 @@ def test_a_run_stopped_before_its_first_record_has_no_records_gone(tmp_path, cap
     capsys.readouterr()
     assert train_main([str(a) for a in argv + ["--resume"]]) == 0
     assert "is missing" not in capsys.readouterr().err
+
+
+def test_options_a_mode_does_not_read_are_noted_in_its_dry_run_too(tmp_path, capsys):
+    """train --mode full --labeled-fraction 0.2 trained on every label without a word (config 1.0), and a dry
+    run said nothing of another method's options (--lambda1 with --mode full): both noted, in the run and in
+    its dry run; a Full cell's --labeled-fraction 1.0 (what a grid gives it) is no note."""
+    for extra, note in ((["--labeled-fraction", "0.2"], "note: --labeled-fraction: not read by --mode full"),
+                        (["--lambda1", "9"], "note: --lambda1: an option of another method, not read by --mode full")):
+        capsys.readouterr()
+        assert train_main([str(a) for a in TINY + ["--mode", "full", "--dry-run", *extra]]) == 0
+        assert note in capsys.readouterr().err
+    assert train_main([str(a) for a in TINY + ["--mode", "full", "--labeled-fraction", "1.0", "--dry-run"]]) == 0
+    assert "note" not in capsys.readouterr().err
+    assert train_main([str(a) for a in TINY + ["--mode", "full", "--labeled-fraction", "0.5",
+                                               "--out", tmp_path / "r"]]) == 0
+    assert "note: --labeled-fraction: not read by --mode full" in capsys.readouterr().err
