@@ -124,12 +124,45 @@ def say(text: str) -> None:
         pass
 
 
-def drop_stdout() -> None:
-    """Standard output to /dev/null from now on (its reader left): later writes and the final flush succeed."""
+def drop_stdout(stream=None) -> None:
+    """Standard output (or `stream`) to /dev/null from now on (its reader left): later writes and the final
+    flush succeed."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):                   # a stdout without a descriptor
+        os.dup2(os.open(os.devnull, os.O_WRONLY), (stream or sys.stdout).fileno())
+    except (OSError, ValueError, AttributeError):                   # a stream without a descriptor
         pass
+
+
+class Unbroken:
+    """Standard error that outlives its reader (`train ... 2>&1 | head`, a closed terminal): the first write
+    that fails sends it to /dev/null and the command goes on (a note on a closed pipe ended a training before
+    its first checkpoint, exit 141). Every other attribute is the stream's."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except OSError:                                             # BrokenPipeError, EIO
+            self.drop()
+            return len(text)
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except OSError:
+            self.drop()
+
+    def drop(self):
+        drop_stdout(self.stream)
+        try:
+            self.stream.flush()                                     # what it held goes to /dev/null
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def tell(text: str, write=None) -> None:
@@ -288,6 +321,8 @@ def run_command(main) -> int:
     previous = {sig: signal.signal(sig, _stop) for sig in STOP_SIGNALS} if main_thread else {}
     _stopping, hook = None, sys.unraisablehook
     sys.unraisablehook = lambda info: _unraisable(info, hook)
+    stderr = sys.stderr
+    sys.stderr = Unbroken(stderr) if stderr is not None and not isinstance(stderr, Unbroken) else stderr
     try:
         code = main()
         sys.stdout.flush()
@@ -308,6 +343,7 @@ def run_command(main) -> int:
         return stopped(_stopping)
     finally:
         sys.unraisablehook = hook
+        sys.stderr = stderr
         for sig, handler in previous.items():                       # done: a command line's process notes them
             signal.signal(sig, _stop_after_finish if _COMMAND_LINE else handler)
         if _COMMAND_LINE and previous:                              # until the interpreter's shutdown, which puts

@@ -269,3 +269,21 @@ def test_a_reader_that_leaves_the_output_does_not_stop_training(tmp_path):
     assert first.startswith(b"step 2: val mIoU"), first
     assert err.count("note: the standard output was closed") == 1, err
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_a_reader_of_both_streams_that_leaves_does_not_stop_training(tmp_path):
+    """`train ... 2>&1 | head -2`: the reader of stdout and stderr leaves after the first two lines (notes on
+    stderr); the next note raised BrokenPipeError and the run ended before its first checkpoint, exit 141.
+    It goes on to its last checkpoint, exit 0."""
+    import subprocess
+    import sys
+
+    from conftest import TINY
+
+    cmd = [sys.executable, "-m", "cycleseg.train", *TINY, "--steps", "6", "--eval-every", "2", "--log-every", "1",
+           "--out", str(tmp_path / "r")]
+    train = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = [train.stdout.readline() for _ in range(2)]
+    train.stdout.close()                                        # what head -2 does
+    assert train.wait(300) == 0, lines
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 6
