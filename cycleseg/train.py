@@ -119,6 +119,26 @@ def train(cfg: Config, until: int | None = None, given=None) -> dict:
         teardown(world)
 
 
+def resume_command(folder: RunFolder, world: World) -> str:
+    """The command that resumes the run as it ran: torchrun with its process count (another count changes the
+    global batch: a plain `python -m` resume of a 2-process run trained on half the batch)."""
+    if not world.active:
+        return f"python -m cycleseg.train --resume --out {folder.path}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world.size)
+    nodes = f" --nnodes {world.size // local} (and the launch's rendezvous options)" if local != world.size else ""
+    return f"torchrun --nproc_per_node {local}{nodes} -m cycleseg.train --resume --out {folder.path}"
+
+
+def processes_note(saved: dict, cfg: Config, world: World) -> str | None:
+    """A note when a run resumes on another number of processes than it trained on: its global batch changes."""
+    was, now = saved.get("world_size", 1), world.size
+    if not isinstance(was, int) or was == now:
+        return None
+    return (f"note: the run trained on {was} process{'es' if was > 1 else ''}, it resumes on {now}: the global batch "
+            f"is now {cfg.batch_size * now} labeled images a step (it was {cfg.batch_size * was}); resume with "
+            f"{was} process{'es' if was > 1 else ''} to keep it")
+
+
 def check_given_size(cfg: Config, given, metas) -> None:
     """UsageError when --image-size is given for converted data of another size (it was ignored, and recorded
     in config.json as the run's size)."""
@@ -152,6 +172,8 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
     if saved is not None:
         run.n, run.best = load_state_dict(saved, nets, step, streams, data, folder.last, world, device)
         run.clock = resumed_clock(saved.get("clock"), folder.note)
+        if note := processes_note(saved, cfg, world):
+            folder.note(note)
         step.reschedule(optim_of(cfg))          # the rates and decay from the config (--steps / --lr changed on resume)
     folder.resumed()
     folder.start(cfg, run.n)
@@ -253,12 +275,11 @@ def loop(run: Run, until, stop: StopSignals) -> dict:
             if stopping:
                 signum = stop.signum or signal.SIGTERM
                 raise Interrupted(signum, run.n, f"stopped by signal {signal.Signals(signum).name} after step {run.n}; "
-                                  f"saved {folder.last}. Resume with: python -m cycleseg.train --resume "
-                                  f"--out {folder.path}")
+                                  f"saved {folder.last}. Resume with: {resume_command(folder, run.world)}")
             if until is not None and run.n >= until:
                 if run.n < cfg.steps:
                     folder.note(f"stopped after step {run.n} of {cfg.steps} (--stop-after); saved {folder.last}. "
-                                f"Resume with: python -m cycleseg.train --resume --out {folder.path}")
+                                f"Resume with: {resume_command(folder, run.world)}")
                 break
     return closing(run, result, (started, until), guard, bar, clock)
 

@@ -129,7 +129,7 @@ def test_converter_errors(tmp_path, capsys, voc):
     assert "SegmentationClass: no such folder" in capsys.readouterr().err
     save_palette_png(root / "SegmentationClass" / "2007_000002.png", np.full((20, 24), 30, np.uint8), 31)
     assert data_main(["convert", "voc", str(root), str(tmp_path / "x.h5"), "--split", "train", "--no-progress"]) == 2
-    assert (f"{root / 'SegmentationClass' / '2007_000002.png'}: mask: value 30 is not a class id"
+    assert (f"{root / 'SegmentationClass' / '2007_000002.png'}: mask: value 30 (480 pixels) is not a class id"
             in capsys.readouterr().err)
     assert not (tmp_path / "x.h5").exists()                             # nothing half-written
     (root / "JPEGImages" / "2007_000001.jpg").unlink()
@@ -239,3 +239,34 @@ def test_acdc_messages_name_the_h5_file_and_slice(tmp_path, make_acdc, capsys):
     assert data_main(["convert", "acdc", str(root), str(tmp_path / "v.h5"), "--split", "val", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{root / 'data' / vols[0]}.h5 (slice 2)" in err, err
+
+
+def test_a_stray_label_is_refused_whatever_the_size(tmp_path, capsys):
+    """One pixel of label 7 in a 3-class 64x64 mask was refused at --size 64 64 but converted at --size 32 32
+    (the nearest-neighbour resize dropped it before the check), exit 0; a Cityscapes label id beyond 33 became
+    'ignore' without a word. Both refused, with the value, file and pixel count."""
+    src = tmp_path / "f"
+    for d in ("images", "masks"):
+        (src / d).mkdir(parents=True)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 2
+    mask[1, 1] = 7
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(src / "images" / "a.png")
+    Image.fromarray(mask).save(src / "masks" / "a.png")
+    for size in ("64", "32"):
+        capsys.readouterr()
+        assert data_main(["convert", "folder", str(src), str(tmp_path / "o.h5"), "--size", size, size,
+                          "--num-classes", "3", "--no-progress"]) == 2
+        assert f"{src / 'masks' / 'a.png'}: mask: value 7 (1 pixels) is not a class id" in capsys.readouterr().err
+    root = tmp_path / "cs"
+    (root / "leftImg8bit/train/aachen").mkdir(parents=True)
+    (root / "gtFine/train/aachen").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(root / "leftImg8bit/train/aachen/a_000000_000019_leftImg8bit.png")
+    ids = np.full((16, 32), 7, np.uint8)                                # road
+    ids[:4, :5] = 100
+    Image.fromarray(ids).save(root / "gtFine/train/aachen/a_000000_000019_gtFine_labelIds.png")
+    assert data_main(["convert", "cityscapes", str(root), str(tmp_path / "c.h5"), "--split", "train",
+                      "--no-progress"]) == 2
+    assert "labelIds.png: label id 100 (20 pixels) is no label id of the table (0..33)" in capsys.readouterr().err
+    assert data_main(["convert", "cityscapes", str(root), str(tmp_path / "c.h5"), "--split", "train", "--map",
+                      "100=255", "--no-progress"]) == 0

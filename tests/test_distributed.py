@@ -73,10 +73,14 @@ def test_checkpoints_move_between_process_counts(tmp_path):
     args = ("--steps", "8", "--batch-size", "2")
     r = launch(tmp_path / "a", 2, *args, "--stop-after", "4")
     assert r.returncode == 0, r.stderr[-3000:]
+    # the advice repeats the launch: a plain resume trained on half the global batch without a word
+    assert f"Resume with: torchrun --nproc_per_node 2 -m cycleseg.train --resume --out {tmp_path / 'a'}" in r.stderr
     saved = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert saved["step"] == 4 and saved["ranks"][0]["streams"]["labeled"]["pos"] == 4 * 2 * 2   # global position
     r = launch(tmp_path / "a", 1, *args, "--resume", "--stop-after", "6")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert ("note: the run trained on 2 processes, it resumes on 1: the global batch is now 2 labeled images a step "
+            "(it was 4); resume with 2 processes to keep it") in r.stderr, r.stderr[-3000:]
     after = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert after["step"] == 6 and after["world_size"] == 1
     assert after["ranks"][0]["streams"]["labeled"]["pos"] == 4 * 2 * 2 + 2 * 2

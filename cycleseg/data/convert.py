@@ -356,7 +356,7 @@ def cityscapes_items(src: Path, split: str) -> tuple[list[Item], Meta]:
     for d in (img_root, lbl_root):
         if not d.is_dir():
             raise DataError(f"{d}: no such folder (expected a Cityscapes tree at {src})")
-    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    lut = np.full(34, IGNORE_INDEX, np.uint8)                       # label ids 0..33; another is refused
     for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
         lut[label_id] = train_id
     items = []
@@ -537,9 +537,13 @@ def load_pair(it: Item, intensity: str = "strict", mapping=None, seen: set | Non
     if it.table is not None:                                        # after --map, on the ids it gave
         mask = apply_mapping(mask, mapping, seen)
         mapping = None
-        if mask.min() < 0 or mask.max() >= len(it.table):
-            raise DataError(f"{it.where(1)}: label id {int(mask.max())} beyond the table's {len(it.table) - 1}")
-        mask = it.table[mask]
+        ignored = mask == IGNORE_INDEX                              # --map V=255: ignored, as asked
+        bad = ((mask < 0) | (mask >= len(it.table))) & ~ignored
+        if bad.any():                                               # the table made any byte "ignore", silently
+            v = int(mask[bad][0])
+            raise DataError(f"{it.where(1)}: label id {v} ({int((mask == v).sum())} pixels) is no label id of the "
+                            f"table (0..{len(it.table) - 1}); --map it to one, or to {IGNORE_INDEX} (ignore)")
+        mask = np.where(ignored, IGNORE_INDEX, it.table[np.clip(mask, 0, len(it.table) - 1)]).astype(np.uint8)
     return image_values(it.where(0), image, intensity), mapped_mask(it.where(1), mask, mapping, seen)
 
 
@@ -564,8 +568,8 @@ def convert(items: list[Item], meta: Meta, out, size=None, keep_aspect: bool = F
             if image.shape[:2] != mask.shape:
                 raise DataError(f"{it.where()}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
                                 f"{mask.shape[0]}x{mask.shape[1]}{exif_hint(it)}")
-            image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)
-            check_masks(it.where(1), mask[None], meta.num_classes, meta.ignore_index, offset=None)
+            check_masks(it.where(1), mask[None], meta.num_classes, meta.ignore_index, offset=None)   # before a
+            image, mask = resize_pair(image, mask, size, keep_aspect, meta.ignore_index)    # resize drops a pixel
             if i == 0:
                 c = 1 if image.ndim == 2 else image.shape[2]
                 volumes = list(dict.fromkeys(x.volume for x in items if x.volume is not None))

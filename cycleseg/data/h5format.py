@@ -396,7 +396,7 @@ def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, of
         i = int(np.flatnonzero(bad.reshape(len(masks), -1).any(axis=1))[0])
         v = int(masks[i][bad[i]][0])
         where = "mask" if offset is None else f"dataset 'masks', index {offset + i}"
-        raise DataError(f"{path}: {where}: value {v} is not a class id "
+        raise DataError(f"{path}: {where}: value {v} ({int((masks[i] == v).sum())} pixels) is not a class id "
                         f"(num_classes={num_classes}) nor the ignore index {ignore_index}")
 
 
