@@ -88,9 +88,13 @@ def grid_markdown(rows, header: str) -> str:
     for r in rows:
         c = r["cell"]
         d = {k: GRID_DIGITS.get(k, 3) for k in keys}
-        cols = [f"{r[k][0]:.{d[k]}f}" + (f" ± {r[k][1]:.{d[k]}f}" if r[k][2] > 1 else "") if k in r else "-"
-                for k in keys]                                      # one seed has no spread to show
+        cols = [f"{r[k][0]:.{d[k]}f}" + (f" ± {r[k][1]:.{d[k]}f}" if r[k][2] > 1 else "")   # one seed: no spread
+                + (f" ({r[k][2]} of {len(r['seeds'])} seeds)" if r[k][2] < len(r["seeds"]) else "") if k in r else "-"
+                for k in keys]                                      # a score some seeds lack: over the others
         lines.append(f"| {c.label} | {percent(c.fraction)} % | " + " | ".join(cols) + f" | {len(r['seeds'])} |")
+    if any(k in r and r[k][2] < len(r["seeds"]) for r in rows for k in keys):
+        lines += ["", "(n of m seeds): the score is undefined in the other seeds' runs (HD95 and ASD of a structure "
+                      "a run predicts nowhere) and the mean is over n; seeds.csv leaves those cells empty."]
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,19 @@ def test_one_seed_shows_no_spread():
     assert grid_csv(rows).splitlines()[1:] == ["semi,0.1,,miou,0.600000,0.141421,2", "full,1.0,,miou,0.900000,,1"]
 
 
+def test_a_score_some_seeds_lack_says_over_how_many(capsys):
+    """A seed whose run predicted a structure nowhere has no HD95: the table showed the other seed's value
+    under "seeds 2" with no word; now it says over how many seeds, with a line why."""
+    from cycleseg.report import grid_markdown
+
+    rows = summarize({Cell("meanteacher", 0.5): {0: {"miou": 0.1, "volume_hd95": 34.8},
+                                                 1: {"miou": 0.05, "volume_hd95": None}}})
+    table = grid_markdown(rows, "h")
+    assert "| 34.8 (1 of 2 seeds) | 2 |" in table and "the mean is over n" in table, table
+    full = grid_markdown(summarize({Cell("semi", 0.1): {0: {"miou": 0.5}, 1: {"miou": 0.7}}}), "h")
+    assert "of 2 seeds" not in full and "(n of m seeds)" not in full
+
+
 def test_comparison_grid_writes_results_and_resumes(tmp_path, capsys):
     out = tmp_path / "grid"
     assert main(["--grid", "comparison", "--fractions", "0.1", "--seeds", "0", "1", "--out", str(out)] + TINY) == 0
