@@ -228,18 +228,51 @@ def check_cells(cells, seeds, out: Path, data, extra, own) -> None:
     """Every cell's configuration, folder and labeled fraction, before any cell runs (the data read afresh:
     a grid run again in this process may find other content at the same path)."""
     grid_splits.cache_clear(), data_fingerprints.cache_clear()
+    subsets: dict = {}                                              # (seed, mode, ablation, weight) -> {subset: fraction}
     for seed, cell in ((s, c) for s in seeds for c in cells):
         cfg = parse_args(cell_args(cell, seed, out, data, extra, own))[0].resolved()
         check_cell_folder(cfg, Path(cfg.out))
-        check_fraction(cfg)
+        lab = frozenset(check_fraction(cfg).tolist())
+        same = subsets.setdefault((seed, cell.mode, cell.ablation, cell.weight), {}).setdefault(lab, cell.fraction)
+        if same != cell.fraction:                                  # two cells, one run: the table showed both
+            raise UsageError(f"--fractions {same:g} and {cell.fraction:g} label the same images of this data "
+                             f"({share_text(cfg, lab)}): their cells would be one run twice; give fractions that "
+                             f"label different subsets")
+    train = grid_splits(cfg.data, cfg.val_data, cfg.image_size).train if cells else None
+    for fraction in dict.fromkeys(c.fraction for c in cells if c.fraction < 1.0):
+        lab = labeled_indices(train, fraction, seeds[0])
+        real = share(train, lab)
+        if abs(real - fraction) > 0.005:                            # whole patients (groups) or images
+            print(f"note: --fractions {fraction:g} labels {share_text(cfg, frozenset(lab.tolist()))}; the tables "
+                  f"name it {percent(fraction)} %", file=sys.stderr)
 
 
-def check_fraction(cfg) -> None:
-    """DataError, before any cell trains, when a cell's labeled fraction labels no image of its data, or
-    fewer than its batch (each failed only when that cell's turn came, after the cells before it had trained):
-    the subset as the cell's streams draw it."""
+def share(train, lab) -> float:
+    """The share of the train split a labeled subset takes: of its groups (patients) where it has them."""
+    if train.groups is not None:
+        return len(np.unique(train.groups[lab])) / len(np.unique(train.groups))
+    return len(lab) / len(train)
+
+
+def share_text(cfg, lab: frozenset) -> str:
+    """'2 of 8 groups (patients), 25 %' or '12 of 100 images, 12 %' of a labeled subset."""
     train = grid_splits(cfg.data, cfg.val_data, cfg.image_size).train
-    check_batch(cfg.batch_size, len(labeled_indices(train, cfg.labeled_fraction, cfg.seed)), cfg.labeled_fraction)
+    idx = np.array(sorted(lab), dtype=np.int64)
+    if train.groups is not None:
+        have, of, what = len(np.unique(train.groups[idx])), len(np.unique(train.groups)), "groups (patients)"
+    else:
+        have, of, what = len(idx), len(train), "images"
+    return f"{have} of {of} {what}, {percent(have / of)} %"
+
+
+def check_fraction(cfg) -> np.ndarray:
+    """The labeled subset of a cell, as its streams draw it; DataError, before any cell trains, when it holds
+    no image of its data, or fewer than its batch (each failed only when that cell's turn came, after the
+    cells before it had trained)."""
+    train = grid_splits(cfg.data, cfg.val_data, cfg.image_size).train
+    lab = labeled_indices(train, cfg.labeled_fraction, cfg.seed)
+    check_batch(cfg.batch_size, len(lab), cfg.labeled_fraction)
+    return lab
 
 
 def final_record(folder: Path, steps: int) -> dict | None:

@@ -1,6 +1,7 @@
 """python -m cycleseg.experiments: a tiny comparison grid, its table, plot and pictures, and resuming."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -618,3 +619,25 @@ def test_a_grid_cell_leaves_the_stop_line_to_its_grid_and_a_gone_terminal_is_no_
     monkeypatch.setattr(sys, "stderr", Gone())
     say("error: stopped by SIGHUP")                                     # no exception
     assert stopped(signal.SIGHUP) == 129
+
+
+def test_fractions_that_label_one_subset_are_refused_and_a_rounded_one_is_noted(tmp_path, capsys):
+    """--fractions 0.501 0.502 on data of 8 patients labeled 4 patients in both cells, which ran as two cells
+    with identical scores; 0.3 labeled 2 of 8 patients (25 %) and was tabled as 30 %. The first is refused
+    before any cell trains, the second noted."""
+    from cycleseg.data.h5format import Meta, write_split
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        write_split(tmp_path / "d" / f"{split}.h5", rng.integers(0, 256, (n, 32, 32, 1), dtype=np.uint8),
+                    rng.integers(0, 3, (n, 32, 32), dtype=np.uint8),
+                    Meta(num_classes=3, class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3, labeled_subset="first_groups"),
+                    groups=np.repeat(np.arange(n // 2), 2))
+    base = ["--grid", "comparison", "--data", str(tmp_path / "d"), "--methods", "partial", "--seeds", "0",
+            "--out", str(tmp_path / "g")]
+    assert main(base[:4] + ["--fractions", "0.501", "0.502"] + base[4:] + TINY) == 2
+    assert "--fractions 0.501 and 0.502 label the same images of this data (4 of 8 groups (patients), 50 %)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+    assert main(base[:4] + ["--fractions", "0.3"] + base[4:] + TINY) == 0
+    assert "note: --fractions 0.3 labels 2 of 8 groups (patients), 25 %; the tables name it 30 %" in capsys.readouterr().err
