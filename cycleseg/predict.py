@@ -441,8 +441,8 @@ def main(argv=None) -> int:
     code, result = run_or_exit(run, p.parse_args(argv))
     if code:
         return code
-    what = " and ".join(x for x in (f"{result['images']} images" if result["images"] else "",
-                                      f"{result['volumes']} volumes" if result["volumes"] else "") if x)
+    what = " and ".join(f"{n} {kind}{'s' if n != 1 else ''}" for n, kind in ((result["images"], "image"),
+                                                                           (result["volumes"], "volume")) if n)
     print(f"wrote {result['files']} files for {what} in {result['out']}")
     return 0
 

@@ -149,3 +149,10 @@ def test_inputs_csv_names_each_input_by_its_absolute_path(tiny_checkpoint, tmp_p
     assert predict_main([str(tiny_checkpoint), "in/a.png", "in/../in", "--out", "out", "--no-progress"]) == 0
     rows = list(csv.reader((tmp_path / "out" / "inputs.csv").open()))[1:]
     assert {r[0] for r in rows} == {str(tmp_path / "in" / "a.png")}, rows
+
+
+def test_the_summary_counts_in_words(tiny_checkpoint, tmp_path, capsys):
+    """predict said "wrote 3 files for 1 images": one image, one volume, in the singular."""
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "a.png")
+    assert predict_main([str(tiny_checkpoint), str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert "files for 1 image in" in capsys.readouterr().out
