@@ -162,6 +162,14 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
         except UsageError as e:
             raise DataError(f"{split.path}: {e}; convert the data at another size (--size H W)") from None
     check_given_size(cfg, given, (data.train.meta, data.val.meta))
+    m = data.train.meta
+    if cfg.rotate and cfg.augment == "none" and m.height != m.width:   # it rotated square images only: nothing
+        raise UsageError(f"--rotate: {m.path} holds {m.height}x{m.width} images; rotations by 90 degrees need square "
+                         f"images (--augment ssl4mis turns non-square ones by 180 degrees); leave --rotate out")
+    if (data.val.meta.height, data.val.meta.width) != (m.height, m.width):
+        folder.note(f"note: the val split {data.val.meta.path} holds {data.val.meta.height}x{data.val.meta.width} "
+                    f"images, the train split {m.height}x{m.width}: validation scores them at their own size, while "
+                    f"predict resizes images to the training size")
     plan = (check_run_state(saved, folder.last) if saved is not None else None) or plan_for(cfg, device)
     nets, step = build(cfg, data.train.meta, device, plan)
     step.distribute(wrapper(world, device))
@@ -185,7 +193,8 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
                 f", run folder {folder.path}\n"
                 + plan.describe(adam=any(isinstance(o, torch.optim.Adam) for o in step.optimizers.values())))
-    if Path(data.train.path).resolve() == Path(data.val.path).resolve():
+    if Path(data.train.path).resolve() == Path(data.val.path).resolve() or \
+            data.train.fingerprint() == data.val.fingerprint():     # a copy of the training file too
         folder.note(f"note: the val split is the training file {data.train.path}: validation scores images the run "
                     f"trains on (fit, not generalisation)")
     for line in unread_notes(cfg.mode, given):

@@ -2190,3 +2190,56 @@ def test_options_a_mode_does_not_read_are_noted_in_its_dry_run_too(tmp_path, cap
     assert train_main([str(a) for a in TINY + ["--mode", "full", "--labeled-fraction", "0.5",
                                                "--out", tmp_path / "r"]]) == 0
     assert "note: --labeled-fraction: not read by --mode full" in capsys.readouterr().err
+
+
+def rect_split(path, n=12, k=3, seed=0, h=16, w=32):
+    rng = np.random.default_rng(seed)
+    write_split(path, rng.integers(0, 256, (n, h, w, 1), dtype=np.uint8), rng.integers(0, k, (n, h, w), dtype=np.uint8),
+                Meta(num_classes=k, class_names=[str(i) for i in range(k)], palette=[[0, 0, 0]] * k))
+    return path
+
+
+NO_SIZE = [a for i, a in enumerate(TINY) if "--image-size" not in TINY[max(0, i - 1):i + 1]]
+
+
+def test_rotate_on_images_that_are_not_square_is_refused(tmp_path, capsys):
+    """--rotate on 16x32 images trained exactly as without it (rotations by 90 degrees were skipped for
+    non-square images) and config.json recorded rotate true, exit 0: refused."""
+    rect_split(tmp_path / "d" / "train.h5")
+    rect_split(tmp_path / "d" / "val.h5", n=4, seed=1)
+    one_line_error(train_main, NO_SIZE + ["--data", tmp_path / "d", "--rotate", "--out", tmp_path / "r"], capsys,
+                   "holds 16x32 images; rotations by 90 degrees need square images", tmp_path)
+
+
+def test_an_unlabeled_stream_smaller_than_the_batch_is_refused(tmp_path, capsys):
+    """--labeled-fraction 0.9 of 12 images left 1 unlabeled image, and a batch of 10 repeated it ten times, exit 0
+    (on 2 processes: 'a batch order over 1 images has nothing for rank 1'): refused as the labeled stream is,
+    naming both options; the labeled stream's advice no longer says to raise a fraction of 1.0."""
+    rect_split(tmp_path / "d" / "train.h5", h=16, w=16)
+    rect_split(tmp_path / "d" / "val.h5", n=4, seed=1, h=16, w=16)
+    one_line_error(train_main, TINY + ["--data", tmp_path / "d", "--mode", "fixmatch", "--labeled-fraction", "0.9",
+                                       "--batch-size", "4", "--out", tmp_path / "r"], capsys,
+                   "--batch-size 4 is larger than the unlabeled images (1 at --labeled-fraction 0.9): lower "
+                   "--batch-size or --labeled-fraction", tmp_path)
+    err = one_line_error(train_main, TINY + ["--data", tmp_path / "d", "--mode", "partial", "--labeled-fraction", "1.0",
+                                             "--batch-size", "20", "--out", tmp_path / "r"], capsys,
+                         "--batch-size 20 is larger than the labeled subset (12 images at --labeled-fraction 1.0): lower "
+                         "--batch-size", tmp_path)
+    assert "raise --labeled-fraction" not in err
+
+
+def test_a_val_split_that_copies_the_train_file_or_differs_in_size_is_noted(tmp_path, capsys):
+    """A val file that is a copy of the train file was not noted (only the same path was), and a val file of
+    another size than the train file was taken without a word: both noted."""
+    import shutil
+
+    tiny_split(tmp_path / "train.h5", 16)
+    shutil.copy(tmp_path / "train.h5", tmp_path / "copy.h5")
+    tiny_split(tmp_path / "big.h5", 32, seed=1)
+    capsys.readouterr()
+    assert train_main([str(a) for a in TINY + ["--data", tmp_path / "train.h5", "--val-data", tmp_path / "copy.h5",
+                                               "--labeled-fraction", "0.5", "--out", tmp_path / "r1"]]) == 0
+    assert "note: the val split is the training file" in capsys.readouterr().err
+    assert train_main([str(a) for a in NO_SIZE + ["--data", tmp_path / "train.h5", "--val-data", tmp_path / "big.h5",
+                                                  "--labeled-fraction", "0.5", "--out", tmp_path / "r2"]]) == 0
+    assert "holds 32x32 images, the train split 16x16: validation scores them at their own size" in capsys.readouterr().err

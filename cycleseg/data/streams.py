@@ -51,7 +51,17 @@ def check_batch(batch_size: int, labeled: int, labeled_fraction: float, world_si
         raise DataError(f"--batch-size {batch_size} is larger than the labeled subset ({labeled} image{'s' * (labeled != 1)} at "
                         f"--labeled-fraction {labeled_fraction}"
                         + (f", {labeled // world_size} per process" if world_size > 1 else "")
-                        + "): lower --batch-size or raise --labeled-fraction")
+                        + "): lower --batch-size" + (" or raise --labeled-fraction" if labeled_fraction < 1 else ""))
+
+
+def check_unlabeled_batch(batch_size: int, unlabeled: int, labeled_fraction: float, world_size: int = 1) -> None:
+    """DataError when a step's unlabeled batch (per process) needs more images than the unlabeled rest has
+    (1 image made every batch of 10 that image ten times; 2 processes failed on 'nothing for rank 1')."""
+    if unlabeled and batch_size > unlabeled // world_size:
+        raise DataError(f"--batch-size {batch_size} is larger than the unlabeled images ({unlabeled} at "
+                        f"--labeled-fraction {labeled_fraction}"
+                        + (f", {unlabeled // world_size} per process" if world_size > 1 else "")
+                        + "): lower --batch-size or --labeled-fraction")
 
 
 def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size: int, unlabeled: bool,
@@ -63,6 +73,8 @@ def make_streams(train: H5Source, labeled_fraction: float, seed: int, batch_size
     lab = labeled_indices(train, labeled_fraction, seed)
     check_batch(batch_size, len(lab), labeled_fraction, world_size)
     unl = np.setdiff1d(np.arange(len(train)), lab)
+    if unlabeled:
+        check_unlabeled_batch(batch_size, len(unl), labeled_fraction, world_size)
     aug = dict(flip=flip, scale=(1.0, scale_crop) if scale_crop > 1 else None, rotate=rotate, policy=augment,
                device=device, prefetch=prefetch)
     shard = dict(rank=rank, world_size=world_size)
