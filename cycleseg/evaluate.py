@@ -246,7 +246,14 @@ def run(a) -> tuple[dict, dict]:
     result = {"checkpoint": str(a.checkpoint), "step": state.get("step"), "data": str(path), "split": a.split,
               "images": len(source), "slices": summary,
               "absent_classes": [n for n, v in summary["iou"].items() if v is None]}
-    if folder is not None and (a.split != "train" or (folder / "train.list").exists()):   # train: its slices; the
+    absent = []
+    if folder is not None and a.split == "train" and (folder / "train.list").exists():   # SSL4MIS ships the train
+        absent = [v for v in acdc.volume_names(folder, "train") if not (folder / "data" / f"{v}.h5").exists()]
+    if absent:                                                      # volumes' slices only: its ACDC copy had failed
+        print(f"note: {len(absent)} volume(s) train.list names are not in {folder / 'data'} (first: {absent[0]}; "
+              f"SSL4MIS's copy holds the training slices alone): the train split is scored per slice alone",
+              file=sys.stderr)
+    elif folder is not None and (a.split != "train" or (folder / "train.list").exists()):   # train: its slices; the
         vols = folder_volumes(g_is, folder, a.split, cfg.image_size, device, a.batch_size, not a.no_progress)
         result["volumes"] = {**summarize_volumes(vols, meta.class_names[1:]),
                              "resolution": "native resolution (from the SSL4MIS folder)"}
@@ -254,7 +261,8 @@ def run(a) -> tuple[dict, dict]:
         vols = file_volumes(g_is, source, device, a.batch_size, not a.no_progress)
         result["volumes"] = {**summarize_volumes(vols, meta.class_names[1:]),
                              "resolution": f"the file's resolution ({meta.height}x{meta.width})"}
-    if "volumes" in result and not result["volumes"]["count"] or (folder is not None and "volumes" not in result):
+    if "volumes" in result and not result["volumes"]["count"] or (folder is not None and "volumes" not in result
+                                                                   and not absent):
         result.pop("volumes", None)                                 # volumes only where train.list names them
         print(f"note: the {a.split} split of {folder or path} lists no volumes: scored per slice alone", file=sys.stderr)
     out = a.out or a.checkpoint.parent / default_folder(a, Path(data) if a.data is not None else None)

@@ -1513,6 +1513,11 @@ def test_a_split_that_lists_no_volumes_is_scored_per_slice(tmp_path, capsys, tin
     assert "lists no volumes: scored per slice alone" in capsys.readouterr().err
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert "volumes" not in report and report["images"] > 0 and not (tmp_path / "e" / "volumes.csv").exists()
+    (tmp_path / "ACDC" / "train.list").write_text("patient001_frame01\npatient002_frame01\n")   # as the real copy:
+    assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--split", "train", "--out",
+                          str(tmp_path / "e3"), "--no-progress"]) == 0   # volumes listed, not there (it failed)
+    assert "2 volume(s) train.list names are not in" in capsys.readouterr().err
+    assert "volumes" not in json.loads((tmp_path / "e3" / "report.json").read_text())
     (tmp_path / "ACDC" / "train.list").unlink()                     # no train.list at all: the same (it failed)
     assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--split", "train", "--out",
                           str(tmp_path / "e2"), "--no-progress"]) == 0
