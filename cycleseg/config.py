@@ -319,9 +319,10 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
             updates[name] = new
             notes.append(f"{flag(name)} {new} (was {was})")
             continue
-        if name in MOVABLE and new is not None and was is not None:  # the data moved: its content is checked
-            updates[name] = new
-            notes.append(f"{flag(name)} {new} (was {was}; read only if its content is the run's)")
+        if name in MOVABLE and new is not None and (was is not None or name == "val_data"):  # the data moved:
+            updates[name] = new                                     # its content is checked (a val.h5 beside
+            where = was if was is not None else "the val.h5 beside --data"   # the data moved away, too)
+            notes.append(f"{flag(name)} {new} (was {where}; read only if its content is the run's)")
             continue
         why = rule.get(name) or "what the run started with"
         raise ResumeError(f"{flag(name)} {new} differs from the checkpoint's {was}: a resumed run keeps "

@@ -2248,3 +2248,21 @@ def test_a_val_split_that_copies_the_train_file_or_differs_in_size_is_noted(tmp_
     assert train_main([str(a) for a in NO_SIZE + ["--data", tmp_path / "train.h5", "--val-data", tmp_path / "big.h5",
                                                   "--labeled-fraction", "0.5", "--out", tmp_path / "r2"]]) == 0
     assert "holds 32x32 images, the train split 16x16: validation scores them at their own size" in capsys.readouterr().err
+
+
+def test_a_folder_runs_val_file_moved_away_resumes_at_its_new_path(tmp_path, capsys):
+    """A run on a folder whose val.h5 was moved: --resume said to give --val-data, and --resume --val-data
+    NEW (the same bytes) was refused as 'differs from the checkpoint's None'. The moved file is read when its
+    content is the run's; another file is still refused by its content."""
+    tiny_split(tmp_path / "d" / "train.h5", 16)
+    tiny_split(tmp_path / "d" / "val.h5", 16, seed=1)
+    argv = [str(a) for a in TINY + ["--data", tmp_path / "d", "--labeled-fraction", "0.5", "--steps", "4",
+                                    "--out", tmp_path / "r"]]
+    assert train_main(argv + ["--stop-after", "2"]) == 0
+    (tmp_path / "d" / "val.h5").rename(tmp_path / "v.bak")
+    tiny_split(tmp_path / "other.h5", 16, seed=5)
+    capsys.readouterr()
+    assert train_main(argv + ["--resume", "--val-data", str(tmp_path / "other.h5")]) == 2
+    assert "differs from the checkpoint's None" not in capsys.readouterr().err
+    assert train_main(argv + ["--resume", "--val-data", str(tmp_path / "v.bak")]) == 0
+    assert "(was the val.h5 beside --data; read only if its content is the run's)" in capsys.readouterr().err
