@@ -1513,6 +1513,7 @@ def test_a_split_that_lists_no_volumes_is_scored_per_slice(tmp_path, capsys, tin
     assert "lists no volumes: scored per slice alone" in capsys.readouterr().err
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert "volumes" not in report and report["images"] > 0 and not (tmp_path / "e" / "volumes.csv").exists()
+    assert report["data"] == str(tmp_path / "ACDC") and "cache" in report["file"]   # the folder named, not its cache
     (tmp_path / "ACDC" / "train.list").write_text("patient001_frame01\npatient002_frame01\n")   # as the real copy:
     assert evaluate_main([str(tiny_checkpoint), "--data", str(tmp_path / "ACDC"), "--split", "train", "--out",
                           str(tmp_path / "e3"), "--no-progress"]) == 0   # volumes listed, not there (it failed)
