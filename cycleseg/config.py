@@ -115,7 +115,7 @@ class Config:
     meanteacher: MeanTeacherOptions = option(default_factory=MeanTeacherOptions)
     fixmatch: FixMatchOptions = option(default_factory=FixMatchOptions)
     # data
-    flip: bool = option(False, "random horizontal flips (off in the paper preset)", resume=DATA)
+    flip: bool = option(False, "random horizontal flips (off by default, as in the paper)", resume=DATA)
     rotate: bool = option(False, "random rotations by multiples of 90 degrees (with --flip: the usual ACDC "
                           "augmentation)", resume=DATA)
     scale_crop: float = option(1.0, "> 1: random crops of 1/s of each side, s in [1, scale_crop], resized back",

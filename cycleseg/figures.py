@@ -298,10 +298,10 @@ def curves_figure(runs: dict, columns: int = 3) -> Figure:
         ax.set_title(literal(title), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        for k, (run, line) in enumerate(panels.get(title, {}).items()):
+        for run, line in panels.get(title, {}).items():
             x = np.array([p[0] for p in line if p[1] == p[1]], dtype=np.float64)   # NaN left out
             y = np.array([p[1] for p in line if p[1] == p[1]], dtype=np.float64)
-            colour = colours[k % len(colours)]
+            colour = colours[list(runs).index(run) % len(colours)]   # the run's colour in the legend, in every panel
             if title == "lr":
                 ax.plot(x, y, color=colour, linewidth=1.2, label=literal(run))
             elif title.startswith("val") or len(y) < 3:

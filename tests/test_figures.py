@@ -128,3 +128,19 @@ def test_names_no_font_draws_long_names_and_many_classes(recwarn):
     heat = figures.confusion_heatmap(np.eye(3) * 5, ["心肌", "b" * 80, "c"])
     assert heat.size[0] > 500
     assert not [w for w in recwarn if "missing from font" in str(w.message) or "Tight layout" in str(w.message)]
+
+
+def test_each_run_keeps_its_colour_in_every_panel():
+    """plot of runs of several modes: a panel only some runs have (Mean Teacher's and FixMatch's consistency)
+    coloured its lines by their place among those runs, so they took other runs' legend colours."""
+    runs = {"adv": [{"step": s, "split": "train", "gen_seg": 1.0} for s in (1, 2, 3)],
+            "mt": [{"step": s, "split": "train", "gen_seg": 1.0, "consistency": 0.1} for s in (1, 2, 3)],
+            "fm": [{"step": s, "split": "train", "gen_seg": 1.0, "consistency": 0.7} for s in (1, 2, 3)]}
+    fig = figures.curves_figure(runs)
+    legend = {t.get_text(): h.get_facecolor() for t, h in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles)}
+    panel = next(ax for ax in fig.axes if ax.get_title() == "consistency")
+    drawn = {ln.get_label(): ln.get_color() for ln in panel.get_lines() if not ln.get_label().startswith("_")}
+    from matplotlib.colors import to_rgba
+    assert set(drawn) == {"mt", "fm"}
+    for run, colour in drawn.items():
+        assert to_rgba(colour) == tuple(legend[run]), (run, colour, legend[run])
