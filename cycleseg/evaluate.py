@@ -249,25 +249,7 @@ def run(a) -> tuple[dict, dict]:
     result = {"checkpoint": str(a.checkpoint), "step": state.get("step"), "data": shown, "file": str(path), "split": a.split,
               "images": len(source), "slices": summary,
               "absent_classes": [n for n, v in summary["iou"].items() if v is None]}
-    absent = []
-    if folder is not None and a.split == "train" and (folder / "train.list").exists():   # SSL4MIS ships the train
-        absent = [v for v in acdc.volume_names(folder, "train") if not (folder / "data" / f"{v}.h5").exists()]
-    if absent:                                                      # volumes' slices only: its ACDC copy had failed
-        print(f"note: {len(absent)} volume(s) train.list names are not in {folder / 'data'} (first: {absent[0]}; "
-              f"SSL4MIS's copy holds the training slices alone): the train split is scored per slice alone",
-              file=sys.stderr)
-    elif folder is not None and (a.split != "train" or (folder / "train.list").exists()):   # train: its slices; the
-        vols = folder_volumes(g_is, folder, a.split, cfg.image_size, device, a.batch_size, not a.no_progress)
-        result["volumes"] = {**summarize_volumes(vols, meta.class_names[1:]),
-                             "resolution": "native resolution (from the SSL4MIS folder)"}
-    elif source.volumes is not None:
-        vols = file_volumes(g_is, source, device, a.batch_size, not a.no_progress)
-        result["volumes"] = {**summarize_volumes(vols, meta.class_names[1:]),
-                             "resolution": f"the file's resolution ({meta.height}x{meta.width})"}
-    if "volumes" in result and not result["volumes"]["count"] or (folder is not None and "volumes" not in result
-                                                                   and not absent):
-        result.pop("volumes", None)                                 # volumes only where train.list names them
-        print(f"note: the {a.split} split of {folder or path} lists no volumes: scored per slice alone", file=sys.stderr)
+    add_volumes(result, a, folder, source, path, g_is, cfg.image_size, device)
     out = a.out or a.checkpoint.parent / default_folder(a, Path(data) if a.data is not None else None)
     result["out"] = str(out)
     mat, names = cm.mat.cpu().numpy(), list(meta.class_names)
@@ -308,6 +290,30 @@ def check_readable(source, info: dict, path, checkpoint, generator: str = "resne
     if names != trained:
         print(f"note: {path} names its classes {', '.join(names)}; the checkpoint {checkpoint} was trained on "
               f"{', '.join(trained)}: scored by class id", file=sys.stderr)
+
+
+def add_volumes(result: dict, a, folder, source, path, g_is, image_size: int, device) -> None:
+    """result["volumes"]: the per-volume scores of an SSL4MIS folder's split (at native resolution) or of a
+    file's volumes, where the split has volumes; a note where it has none (scored per slice alone)."""
+    absent = []
+    if folder is not None and a.split == "train" and (folder / "train.list").exists():   # SSL4MIS ships the train
+        absent = [v for v in acdc.volume_names(folder, "train") if not (folder / "data" / f"{v}.h5").exists()]
+    if absent:                                                      # volumes' slices only: its ACDC copy had failed
+        print(f"note: {len(absent)} volume(s) train.list names are not in {folder / 'data'} (first: {absent[0]}; "
+              f"SSL4MIS's copy holds the training slices alone): the train split is scored per slice alone",
+              file=sys.stderr)
+    elif folder is not None and (a.split != "train" or (folder / "train.list").exists()):   # train: its slices; the
+        vols = folder_volumes(g_is, folder, a.split, image_size, device, a.batch_size, not a.no_progress)
+        result["volumes"] = {**summarize_volumes(vols, source.meta.class_names[1:]),
+                             "resolution": "native resolution (from the SSL4MIS folder)"}
+    elif source.volumes is not None:
+        vols = file_volumes(g_is, source, device, a.batch_size, not a.no_progress)
+        result["volumes"] = {**summarize_volumes(vols, source.meta.class_names[1:]),
+                             "resolution": f"the file's resolution ({source.meta.height}x{source.meta.width})"}
+    if "volumes" in result and not result["volumes"]["count"] or (folder is not None and "volumes" not in result
+                                                                   and not absent):
+        result.pop("volumes", None)                                 # volumes only where train.list names them
+        print(f"note: the {a.split} split of {folder or path} lists no volumes: scored per slice alone", file=sys.stderr)
 
 
 def default_folder(a, data: Path | None) -> str:
