@@ -39,7 +39,7 @@ from .data import acdc
 from .data.h5format import DataError
 from .data.pixels import to_input
 from .data.source import open_source
-from .data.splits import BUILTIN, check_labeled, split_path
+from .data.splits import check_labeled, is_builtin, split_path
 from .fileio import write_files
 from .metrics import ConfusionMatrix, binary_scores
 from .usage import UsageError, path_arg, path_text, run_command
@@ -243,8 +243,7 @@ def run(a) -> tuple[dict, dict]:
     g_is = inference.prepare(nets["G_IS"], device, a.precision)
     cm = confusion(g_is, source, device, a.batch_size, not a.no_progress)
     summary = cm.summary(meta.class_names)
-    builtin = data is None or (data in BUILTIN and not Path(data).exists())
-    shown = (str(folder) if folder is not None else f"the built-in dataset {data or 'phantom'} ({path})" if builtin
+    shown = (str(folder) if folder is not None else f"the built-in dataset {data or 'phantom'} ({path})" if is_builtin(data)
              else str(path))                                        # the data as named, not a cache file alone
     result = {"checkpoint": str(a.checkpoint), "step": state.get("step"), "data": shown, "file": str(path), "split": a.split,
               "images": len(source), "slices": summary,

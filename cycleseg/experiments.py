@@ -241,27 +241,25 @@ def check_cells(cells, seeds, out: Path, data, extra, own) -> None:
     train = grid_splits(cfg.data, cfg.val_data, cfg.image_size).train if cells else None
     for fraction in dict.fromkeys(c.fraction for c in cells if c.fraction < 1.0):
         lab = labeled_indices(train, fraction, seeds[0])
-        real = share(train, lab)
+        have, of, _ = subset_counts(train, lab)
+        real = have / of
         if abs(real - fraction) > 0.005:                            # whole patients (groups) or images
             print(f"note: --fractions {fraction:g} labels {share_text(cfg, frozenset(lab.tolist()))}; the tables "
                   f"name it {percent(fraction)} %", file=sys.stderr)
 
 
-def share(train, lab) -> float:
-    """The share of the train split a labeled subset takes: of its groups (patients) where it has them."""
+def subset_counts(train, lab) -> tuple[int, int, str]:
+    """(held, of, what) of a labeled subset: its groups (patients) of the split's where it has them, else
+    its images."""
     if train.groups is not None:
-        return len(np.unique(train.groups[lab])) / len(np.unique(train.groups))
-    return len(lab) / len(train)
+        return len(np.unique(train.groups[lab])), len(np.unique(train.groups)), "groups (patients)"
+    return len(lab), len(train), "images"
 
 
 def share_text(cfg, lab: frozenset) -> str:
     """'2 of 8 groups (patients), 25 %' or '12 of 100 images, 12 %' of a labeled subset."""
     train = grid_splits(cfg.data, cfg.val_data, cfg.image_size).train
-    idx = np.array(sorted(lab), dtype=np.int64)
-    if train.groups is not None:
-        have, of, what = len(np.unique(train.groups[idx])), len(np.unique(train.groups)), "groups (patients)"
-    else:
-        have, of, what = len(idx), len(train), "images"
+    have, of, what = subset_counts(train, np.array(sorted(lab), dtype=np.int64))
     return f"{have} of {of} {what}, {percent(have / of)} %"
 
 

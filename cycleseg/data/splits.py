@@ -31,17 +31,22 @@ class Splits:
         return {"train": self.train.fingerprint(), "val": self.val.fingerprint()}
 
 
+def is_builtin(data) -> bool:
+    """Whether --data names the built-in data (None, or a BUILTIN name that is no path here)."""
+    return data is None or (data in BUILTIN and not Path(data).exists())
+
+
 def takes_image_size(data) -> bool:
     """Whether --image-size sizes `data`: the built-in data and an SSL4MIS folder are made at it, a converted
     .h5 file (or a folder of them) holds the size it was converted at."""
-    return data is None or (data in BUILTIN and not Path(data).exists()) or acdc.is_ssl4mis(data)
+    return is_builtin(data) or acdc.is_ssl4mis(data)
 
 
 def split_path(data, split: str, val_data=None, image_size: int = 64, progress: bool = True) -> tuple:
     """(HDF5 path of `split`, SSL4MIS folder or None): `split` of the built-in data, of an SSL4MIS folder
     (train, val, test: what its lists name), or of --data (a folder, or the train file beside which the
     other splits lie; --val-data for val). DataError naming what is missing."""
-    builtin = data is None or (data in BUILTIN and not Path(data).exists())
+    builtin = is_builtin(data)
     if val_data and (builtin or acdc.is_ssl4mis(data)):             # would be ignored: the data has its own
         raise DataError(f"--val-data {val_data}: {'the built-in dataset' if builtin else f'the SSL4MIS folder {data}'} "
                         f"brings its own validation split; --val-data goes with --data .h5 files (a train.h5 or "
