@@ -29,7 +29,7 @@ def batch_size(text: str) -> int:
 
 
 def checkpoint_parser(prog: str, doc: str, what: str = "a run's last.pt or best.pt") -> argparse.ArgumentParser:
-    p = Parser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=doc)
     p.add_argument("checkpoint", type=path_arg, help=what)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto = cuda when there is a GPU")
     p.add_argument("--batch-size", type=batch_size, default=16, help="images per forward pass")

@@ -139,7 +139,8 @@ class Config:
     resume: bool = option(False, "continue the run in --out from its last.pt, exactly where it stopped",
                           resume=RUNTIME)
     stop_after: int | None = option(None, "stop after this step as if interrupted (last.pt saved; --resume "
-                                    "continues): runs in pieces", check="steps", resume=RUNTIME)
+                                    "continues): runs in pieces (default: none, to --steps)",
+                                    check="steps", resume=RUNTIME)
     log_every: int = option(10, "steps between training records in metrics.jsonl (each is a host sync)",
                             check="steps", resume=CHANGEABLE)
     eval_every: int | None = option(None, "steps between validations (metrics, a picture, best.pt)",
@@ -234,16 +235,39 @@ def foreign_options(mode: str, given) -> list[str]:
             if flat_fields().get(name, (None,))[0] not in (None, mode)]
 
 
-def unread_notes(mode: str, given) -> list[str]:
-    """A note for the options among `given` that a run of `mode` does not read: another method's, and
-    --labeled-fraction where the mode trains on every label (said by the run and by its dry run)."""
-    notes = []
+def unread_notes(cfg: "Config", given) -> list[str]:
+    """A note for the options among `given` that a run of `cfg` (resolved) does not read: another method's,
+    the networks' and optimizers' options its method has no use for, --labeled-fraction where the mode
+    trains on every label, and the fast path's under --no-fast (said by the run and by its dry run)."""
+    mode, notes = cfg.mode, []
     if foreign := foreign_options(mode, given):
         notes.append(f"note: {', '.join(foreign)}: {'options' if len(foreign) > 1 else 'an option'} of another "
                      f"method, not read by --mode {mode}")
+    if unused := [f"--{n.replace('_', '-')}" for n in flat_fields() if n in unused_options(cfg) and n in (given or ())]:
+        notes.append(f"note: {', '.join(unused)}: not read by --mode {mode} with --generator {cfg.generator} and "
+                     f"--optimizer {cfg.optimizer} (no network or optimizer of this run uses "
+                     f"{'them' if len(unused) > 1 else 'it'})")
     if "labeled_fraction" in (given or ()) and METHODS[mode].all_labels:
         notes.append(f"note: --labeled-fraction: not read by --mode {mode}, which trains on every label (1.0)")
+    dropped = [f"--{n} {get(cfg, n)}" for n, off in (("precision", ("auto", "fp32")), ("compile", ("auto", "off")))
+               if n in (given or ()) and get(cfg, n) not in off]
+    if dropped and not cfg.fast:
+        notes.append(f"note: {', '.join(dropped)}: not read with --no-fast (PyTorch's own ops, eager fp32)")
     return notes
+
+
+def unused_options(cfg: "Config") -> list[str]:
+    """The flat names of the shared network and optimizer options that no network or optimizer of a run of
+    `cfg` (resolved) reads: the discriminators' without one, the ResNet generator's where G_IS is the UNet
+    and there is no G_SI, --lr-d and --beta1 where every rate and beta is G_IS's own or a method's option."""
+    nets = set(METHODS[cfg.mode].step.networks)
+    resnet = cfg.generator == "resnet" or "G_SI" in nets
+    adam_g = cfg.optimizer == "adam"                                # G_IS's optimizer reads --beta1
+    reads = {"ndf": bool(nets & {"D_S", "D_I", "D_H"}), "disc_norm": bool(nets & {"D_S", "D_I"}),
+             "ngf": resnet, "n_blocks": resnet, "dropout": resnet,
+             "lr_d": "D_S" in nets or ("D_H" in nets and not adam_g),   # Hung's D under Adam: --adv-lr-d-scale of --lr
+             "beta1": adam_g or "D_S" in nets}                      # Hung's D has --adv-beta1-d
+    return [name for name, read in reads.items() if not read]
 
 
 def runtime_names() -> tuple:

@@ -121,6 +121,9 @@ def grid_cells(grid: str, fractions, extra=(), methods=PAPER_ARMS) -> list[Cell]
 COMPARED = tuple(mode for mode, method in METHODS.items() if not method.all_labels)   # the comparison's choices
 # Options a cell sets itself: after `--` they would make every cell the same run.
 CELL_OWNED = ("mode", "labeled_fraction", "seed", "out", "data", "resume", "stop_after")
+# Options that shape the images every arm is trained and scored on: one arm's own value would compare arms on
+# different data, so --method-options refuses them (they go after --, shared).
+ARM_SHARED = ("image_size", "val_data")
 MAX_JOBS = 256                          # --jobs: cells at a time, each a training process with its memory
 
 
@@ -135,6 +138,11 @@ def check_extra(extra, where: str = "after --") -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in owned)
         raise UsageError(f"{flags} {where} would be the same for every cell; the grid sets them per cell "
                          f"(--data and --out are options of the grid itself, before --)")
+    shaping = sorted(given_fields(extra) & set(ARM_SHARED)) if "method-options" in where else []
+    if shaping:
+        flags = ", ".join("--" + k.replace("_", "-") for k in shaping)
+        raise UsageError(f"{flags} {where} would train and score this arm on other images than the others; give "
+                         f"{'them' if len(shaping) > 1 else 'it'} after -- for every arm alike")
     cfg, dry_run = parse_args(["--mode", "semi", *extra])
     if dry_run:
         raise UsageError(f"--dry-run {where} would print each cell's configuration and train none; the grid has no "
@@ -464,9 +472,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    p = Parser(prog="python -m cycleseg.experiments", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", choices=["paper", "comparison"], default="paper")
+    p = Parser(prog="python -m cycleseg.experiments", description=__doc__)
+    p.add_argument("--grid", choices=["paper", "comparison"], default="paper",
+                   help="paper: the paper's table (Partial / semi / Full at its fractions, and the ablations); "
+                        "comparison: --methods at --fractions beside Full")
     p.add_argument("--data", type=path_text, default=None, help="any --data of the training command (default: the built-in dataset)")
     p.add_argument("--fractions", type=float, nargs="+", default=None,
                    help="labeled fractions (comparison grid; default 0.1 0.2)")
@@ -476,7 +485,7 @@ def main(argv=None) -> int:
     p.add_argument("--method-options", nargs=2, action="append", metavar=("METHOD", "OPTIONS"),
                    help='options for one method\'s cells only, after the shared ones (repeatable), e.g. '
                         '--method-options fixmatch "--lr 0.0025"')
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run of each cell per seed")
     p.add_argument("--jobs", type=int, default=1,
                    help="cells trained at a time (default 1): several share one GPU or the machine's cores; their "
                         "lines are prefixed with the cell's name, and each run's times (time.png) are under that load")

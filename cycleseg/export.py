@@ -17,7 +17,6 @@ model expects is in each file's metadata (ONNX metadata_props; the .pt2's extra 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -37,7 +36,7 @@ from .data.h5format import default_palette
 from .fileio import write_files
 from .config import SIDE_MULTIPLE, least_side
 from .models import use_ops
-from .usage import Parser, UsageError, path_arg, run_command
+from .usage import Parser, UsageError, first_repeat, path_arg, run_command
 
 FORMATS = ("onnx", "pt2")
 OPSET = 18
@@ -151,7 +150,8 @@ def run(a) -> list[Path]:
     (a full disk too) leaves no half of the result, and a retry finds nothing in its way."""
     if not a.formats or set(a.formats) - set(FORMATS):
         raise UsageError(f"--formats must name some of {', '.join(FORMATS)}")
-    a.formats = list(dict.fromkeys(a.formats))                      # onnx onnx: one file, written once
+    if (twice := first_repeat(a.formats)) is not None:              # as the grid's --seeds and --methods
+        raise UsageError(f"--formats: {twice} is given twice; give each once")
     g_is, meta, example = exportable(a.checkpoint)
     out = a.out or a.checkpoint.parent
     if out.exists() and not out.is_dir():                           # refused before the minutes of exporting
@@ -165,8 +165,7 @@ def run(a) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    p = Parser(prog="python -m cycleseg.export", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m cycleseg.export", description=__doc__)
     p.add_argument("checkpoint", type=path_arg, help="a run's best.pt or last.pt")
     p.add_argument("--out", type=path_arg, default=None, help="output folder (default: the checkpoint's)")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), help="onnx and / or pt2")

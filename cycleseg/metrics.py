@@ -8,7 +8,6 @@ background row and column dropped), named as such, so numbers can be set beside 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -275,12 +274,12 @@ def scores_table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = Parser(prog="python -m cycleseg.metrics", description=COMMAND_DOC,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m cycleseg.metrics", description=COMMAND_DOC)
     p.add_argument("pred", type=path_arg, help="folder of predicted label volumes (.nii / .nii.gz)")
     p.add_argument("truth", type=path_arg, help="folder of reference label volumes, matched by name")
     p.add_argument("--num-classes", type=int, default=None, help="K (default: the largest reference label + 1)")
-    p.add_argument("--classes", nargs="+", default=None, help="the K class names, background first")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="the K class names, background first (default: the class numbers)")
     p.add_argument("--out", type=path_arg, default=None, help="folder for scores.csv and scores.json (default: PRED)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier scores there")
     a = p.parse_args(argv)

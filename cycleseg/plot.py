@@ -6,7 +6,6 @@ rate and each validation score, by step, one line per run. A single run's curves
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -59,7 +58,7 @@ def run(a) -> Path:
 
 
 def main(argv=None) -> int:
-    p = Parser(prog="python -m cycleseg.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m cycleseg.plot", description=__doc__)
     p.add_argument("runs", type=path_arg, nargs="+", help="run folders (or their metrics.jsonl)")
     p.add_argument("--out", type=path_arg, default=None, help="the PNG (default: curves.png in the run, or here)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -134,7 +134,8 @@ class RunFolder:
         """(config to run with, checkpoint state to resume from or None), after locking the folder.
         `given`: the fields given explicitly (what a resume is asked to change). Refuses to train into a
         folder that holds a run without --resume, and to resume a run that has results (best.pt) but no
-        last.pt; --resume restarts a run killed before its first checkpoint."""
+        last.pt, and --resume into a folder that holds no run; --resume restarts a run killed before its first
+        checkpoint."""
         self.lock()
         for f in (self.path / "config.json", self.metrics, self.last, self.best):
             if occupied(f):                                         # found before a step, not at the first save
@@ -184,8 +185,9 @@ class RunFolder:
         elif held:
             raise UsageError(f"{self.path} already holds a run ({', '.join(held)}); pass --resume to continue "
                              f"it, or --out to start another")
-        elif cfg.resume:
-            self.note(f"--resume: no run in {self.path} yet, starting a new one")
+        elif cfg.resume:                                            # a typo in --out would start a default run
+            raise UsageError(f"--resume: {self.path} holds no run to resume (no config.json, no last.pt); nothing "
+                             f"was written: check --out, or leave --resume out to start a new run there")
         return cfg, None
 
     def restart_config(self, cfg: Config, given=()) -> tuple[Config, str]:

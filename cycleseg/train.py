@@ -197,7 +197,7 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
             data.train.fingerprint() == data.val.fingerprint():     # a copy of the training file too
         folder.note(f"note: the val split is the training file {data.train.path}: validation scores images the run "
                     f"trains on (fit, not generalisation)")
-    for line in unread_notes(cfg.mode, given):
+    for line in unread_notes(cfg, given):
         folder.note(line)
     if device.type == "cpu" and (busy := cpu_load_note()):
         folder.note(busy)
@@ -348,7 +348,7 @@ def main(argv=None) -> int:
             paths = split_paths(cfg.data, cfg.val_data, cfg.image_size, cfg.progress)
             meta = read_meta(paths["train"])
             check_given_size(cfg, given, (meta, read_meta(paths["val"])))
-            for line in unread_notes(cfg.mode, given):
+            for line in unread_notes(cfg, given):
                 print(line, file=sys.stderr)
             torch.manual_seed(cfg.seed)
             print(describe(cfg, meta, networks_of(cfg, meta)))

@@ -32,6 +32,18 @@ def plain_int(text: str) -> int:
     return int(text)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every command's help: the description as written, and each option's default after its help where it
+    has one (not None, False or a flag's) that the help does not already say."""
+
+    def _get_help_string(self, action):
+        text, value = action.help or "", action.default
+        if "default" in text.lower() or any(value is v for v in (None, False, argparse.SUPPRESS)) or action.nargs == 0:
+            return text
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value).replace("%", "%%")
+        return f"{text} (default: {shown})"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (`error: ...; see <prog> --help`) instead of usage + error, and
     numbers written plainly: int / float options refuse what Python's int() and float() would read as another
@@ -39,6 +51,7 @@ class Parser(argparse.ArgumentParser):
     option's range check, which names them)."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)                           # -1e-3 a number, not an option (argparse: -1, -.5)
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 

@@ -1235,8 +1235,8 @@ def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monke
     """An empty --out (an unset shell variable) trained or exported into the working folder, and an empty
     --data / input was read as the working folder (evaluate, predict) or the built-in data (experiments):
     refused; an
-    export into /dev/null said "File exists"; `--formats onnx onnx` wrote and printed one file twice; a file
-    named samples in a run folder gave "File exists"."""
+    export into /dev/null said "File exists"; `--formats onnx onnx` wrote and printed one file twice (now
+    refused, as a grid's repeated --seeds); a file named samples in a run folder gave "File exists"."""
     from cycleseg.export import main as export_main
 
     monkeypatch.chdir(tmp_path)
@@ -1248,8 +1248,8 @@ def test_paths_that_name_nothing_usable(tmp_path, capsys, tiny_checkpoint, monke
     one_line_error(experiments_main, ["--data", "", "--out", "g"], capsys, "--data: an empty path", tmp_path)
     one_line_error(export_main, [tiny_checkpoint, "--out", "/dev/null/x", "--formats", "pt2"], capsys,
                    "/dev/null is a device or other special file, not a folder", tmp_path)
-    assert export_main([str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--formats", "pt2", "pt2"]) == 0
-    assert capsys.readouterr().out.count("last.pt2") == 1 and os.listdir(tmp_path / "e") == ["last.pt2"]
+    one_line_error(export_main, [tiny_checkpoint, "--out", tmp_path / "e", "--formats", "pt2", "pt2"], capsys,
+                   "--formats: pt2 is given twice; give each once", tmp_path)   # refused, as the grid's --seeds
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "samples").write_text("my notes")
     one_line_error(train_main, TINY + ["--out", tmp_path / "r"], capsys, "samples is a file where the run keeps its "
@@ -2192,7 +2192,7 @@ def test_options_a_mode_does_not_read_are_noted_in_its_dry_run_too(tmp_path, cap
         assert train_main([str(a) for a in TINY + ["--mode", "full", "--dry-run", *extra]]) == 0
         assert note in capsys.readouterr().err
     assert train_main([str(a) for a in TINY + ["--mode", "full", "--labeled-fraction", "1.0", "--dry-run"]]) == 0
-    assert "note" not in capsys.readouterr().err
+    assert "--labeled-fraction" not in capsys.readouterr().err
     assert train_main([str(a) for a in TINY + ["--mode", "full", "--labeled-fraction", "0.5",
                                                "--out", tmp_path / "r"]]) == 0
     assert "note: --labeled-fraction: not read by --mode full" in capsys.readouterr().err
@@ -2267,3 +2267,59 @@ def test_a_folder_runs_val_file_moved_away_resumes_at_its_new_path(tmp_path, cap
     assert "differs from the checkpoint's None" not in capsys.readouterr().err
     assert train_main(argv + ["--resume", "--val-data", str(tmp_path / "v.bak")]) == 0
     assert "(was the val.h5 beside --data; read only if its content is the run's)" in capsys.readouterr().err
+
+
+def test_a_resume_into_a_folder_that_holds_no_run_is_refused(tmp_path, capsys):
+    """`train --resume --out X` where X holds no run (a typo in --out) started a new run with the default options,
+    with one note: refused, nothing made."""
+    one_line_error(train_main, TINY + ["--out", tmp_path / "typo", "--resume"], capsys,
+                   "holds no run to resume (no config.json, no last.pt); nothing was written", tmp_path)
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("extra, noted, quiet", [
+    (["--mode", "partial", "--disc-norm", "batch", "--lr-d", "1e-3"], "--ndf, --disc-norm, --lr-d: not read by --mode "
+     "partial with --generator resnet and --optimizer adam", ()),
+    (["--mode", "meanteacher", "--generator", "unet", "--dropout", "0.2"], "--ngf, --n-blocks, --ndf, --dropout: not "
+     "read by --mode meanteacher with --generator unet", ()),
+    (["--mode", "adversarial", "--optimizer", "sgd", "--beta1", "0.5", "--lr-d", "1e-3", "--image-size", "32"],
+     "--beta1: not read by "
+     "--mode adversarial", ("--lr-d",)),                             # Hung's D reads --lr-d under sgd
+    (["--mode", "semi", "--optimizer", "sgd", "--beta1", "0.5", "--disc-norm", "batch"], None, ("not read",)),
+    (["--no-fast", "--precision", "bf16", "--compile", "on"], "--precision bf16, --compile on: not read with "
+     "--no-fast", ()),
+    (["--no-fast", "--precision", "fp32", "--compile", "off"], None, ("not read",)),
+])
+def test_options_a_run_does_not_read_are_noted(tmp_path, capsys, extra, noted, quiet):
+    """--ndf, --disc-norm and --lr-d under a mode without discriminators, --beta1 where no Adam reads it, the
+    ResNet's options where G_IS is the UNet and there is no G_SI, and --precision bf16 / --compile on under
+    --no-fast were dropped without a word: each noted, by the run's dry run as by the run."""
+    capsys.readouterr()
+    assert train_main([str(a) for a in NO_SIZE + ["--image-size", "16"] * ("--image-size" not in extra) + extra +
+                       ["--out", tmp_path / "r", "--dry-run"]]) == 0
+    err = capsys.readouterr().err
+    assert noted is None or noted in err, err
+    assert not any(q in err for q in quiet), err
+
+
+def test_an_arm_of_a_grid_cannot_have_its_own_images(tmp_path, capsys):
+    """--method-options partial "--image-size 32" trained and scored one arm on other images than the others:
+    refused, as --seed there is (the images go after --, for every arm)."""
+    for opts, flag in (("--image-size 32", "--image-size"), ("--val-data v.h5 --lr 0.01", "--val-data")):
+        one_line_error(experiments_main, ["--grid", "comparison", "--out", tmp_path / "g", "--method-options",
+                                          "partial", opts, "--", *TINY], capsys,
+                       f"{flag} in --method-options partial would train and score this arm on other images", tmp_path)
+
+
+def test_every_commands_help_shows_its_defaults(capsys):
+    """Options with a default showed none in --help (export --formats, the grid's --seeds, convert's
+    --split-seed, evaluate's --device): one formatter for every command adds it."""
+    from cycleseg.export import main as export_main
+
+    for main, argv, shown in ((export_main, ["--help"], "onnx and / or pt2 (default: onnx pt2)"),
+                              (experiments_main, ["--help"], "one run of each cell per seed (default: 0 1 2)"),
+                              (data_main, ["convert", "--help"], "nifti: the seed of the patients' split (default: 0)"),
+                              (evaluate_main, ["--help"], "(default: auto)")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert shown in " ".join(capsys.readouterr().out.split())

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -108,12 +107,12 @@ def add_nifti_options(c) -> None:
     c.add_argument("--holdout", type=float, nargs=2, default=(0.1, 0.2), metavar=("VAL", "TEST"),
                    help="nifti: fractions of the labeled patients held out as val and test (default 0.1 0.2)")
     c.add_argument("--split-seed", type=int, default=0, help="nifti: the seed of the patients' split")
-    c.add_argument("--channel", type=int, default=None, help="nifti: keep only this channel of multi-channel cases")
+    c.add_argument("--channel", type=int, default=None,
+                   help="nifti: keep only this channel of multi-channel cases (default: every channel)")
 
 
 def parser() -> Parser:
-    p = Parser(prog="python -m cycleseg.data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m cycleseg.data", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="convert a dataset to the project's HDF5 format")
     c.add_argument("kind", choices=["voc", "cityscapes", "acdc", "folder", "nifti"],
@@ -122,8 +121,10 @@ def parser() -> Parser:
     c.add_argument("out", type=path_arg)
     c.add_argument("--split", default=None, help="voc: train|val|train_aug; cityscapes: train|val; acdc: train|val; "
                                                  "nifti: train|val|test|all (val and test: --holdout of the labeled "
-                                                 "patients; train: the rest, unlabeled scans included)")
-    c.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None)
+                                                 "patients; train: the rest, unlabeled scans included); default: train "
+                                                 "(folder: none)")
+    c.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="resize every image and mask to H x W (default: sizes kept; nifti: 256 256)")
     c.add_argument("--preset", choices=["paper"], default=None,
                    help="the paper's sizes: VOC 200x200, Cityscapes 128x256 (aspect ratio distorted)")
     c.add_argument("--keep-aspect", action="store_true", help="fit inside H x W and pad instead of stretching")
