@@ -21,7 +21,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -193,10 +192,8 @@ def prepare(cfg: Config, world: World, device, folder: RunFolder, given) -> Run:
                 f"{cfg.steps} steps on {device}" + (f" x {world.size} processes" if world.active else "") +
                 f", run folder {folder.path}\n"
                 + plan.describe(adam=any(isinstance(o, torch.optim.Adam) for o in step.optimizers.values())))
-    if Path(data.train.path).resolve() == Path(data.val.path).resolve() or \
-            data.train.fingerprint() == data.val.fingerprint():     # a copy of the training file too
-        folder.note(f"note: the val split is the training file {data.train.path}: validation scores images the run "
-                    f"trains on (fit, not generalisation)")
+    if leak := data.leak_note():
+        folder.note(leak)
     for line in unread_notes(cfg, given):
         folder.note(line)
     if device.type == "cpu" and (busy := cpu_load_note()):

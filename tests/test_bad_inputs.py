@@ -2323,3 +2323,28 @@ def test_every_commands_help_shows_its_defaults(capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert shown in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_val_file_holding_slices_of_the_training_file_is_noted(tmp_path, capsys):
+    """A val file (not a copy of the train file) holding some of its images, the same patients' slices split
+    twice, was taken without a word: validation scored images the run trains on. Noted, with how many; a
+    val file of other images, blank slices shared included, is no note."""
+    tiny_split(tmp_path / "train.h5", 16, n=6)
+    with h5py.File(tmp_path / "train.h5") as f:
+        images, masks = f["images"][...], f["masks"][...]
+    fresh = np.random.default_rng(7).integers(0, 256, images.shape, dtype=np.uint8)
+    mixed = np.concatenate([images[:2], fresh[2:]])
+    meta = Meta(num_classes=3, class_names=["0", "1", "2"], palette=[[0, 0, 0]] * 3)
+    write_split(tmp_path / "leak.h5", mixed, masks, meta)
+    blank = fresh.copy()
+    blank[0] = 0
+    write_split(tmp_path / "blank.h5", blank, masks, meta)
+    with h5py.File(tmp_path / "train.h5", "r+") as f:
+        f["images"][1] = 0                                          # a blank slice in both files: no leak
+    argv = NO_SIZE + ["--data", tmp_path / "train.h5", "--labeled-fraction", "0.5"]
+    capsys.readouterr()
+    assert train_main([str(a) for a in argv + ["--val-data", tmp_path / "leak.h5", "--out", tmp_path / "r1"]]) == 0
+    assert f"1 of the 6 images of the val split {tmp_path / 'leak.h5'} are also in the training file" in \
+        capsys.readouterr().err
+    assert train_main([str(a) for a in argv + ["--val-data", tmp_path / "blank.h5", "--out", tmp_path / "r2"]]) == 0
+    assert "also in the training file" not in capsys.readouterr().err

@@ -36,6 +36,10 @@ def chunk_offsets(ds) -> np.ndarray | None:
     return offs
 
 
+def image_digest(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+
+
 class H5Source:
     """A split of the project's HDF5 format. in_memory=True reads it whole once (small data).
 
@@ -97,12 +101,21 @@ class H5Source:
             for a in (self.groups, self.volumes, self.labeled):
                 d.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
             block = max(1, (64 << 20) // max(1, m.height * m.width * (m.channels + 1)))
+            self._images_seen = set()
             for s in range(0, len(self), block):
                 images, masks = self.batch(np.arange(s, min(s + block, len(self))))
                 d.update(images.numpy().tobytes())
                 d.update(masks.numpy().tobytes())
+                self._images_seen.update(image_digest(im) for im in images.numpy() if im.min() != im.max())
             self._fingerprint = d.hexdigest()[:16]
         return self._fingerprint
+
+    def shared_images(self, other: "H5Source") -> int:
+        """How many of `other`'s images are also in this split, byte for byte (a val file that holds slices of
+        the training file's patients); blank images, which any two scans may share, are not counted. Read with
+        the fingerprints, which the run computes anyway."""
+        self.fingerprint(), other.fingerprint()
+        return len(other._images_seen & self._images_seen)
 
     def _file(self):
         f = getattr(self._local, "file", None)                      # h5py handles must not cross threads

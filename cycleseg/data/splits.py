@@ -30,6 +30,19 @@ class Splits:
         """{split: content digest}: what a run records of its data (H5Source.fingerprint)."""
         return {"train": self.train.fingerprint(), "val": self.val.fingerprint()}
 
+    def leak_note(self) -> str | None:
+        """A note when validation would score images the run trains on: the val split is the training file
+        (its path, or a copy), or holds some of its images (the same patients' slices in another file)."""
+        train, val = self.train, self.val
+        if Path(train.path).resolve() == Path(val.path).resolve() or train.fingerprint() == val.fingerprint():
+            return (f"note: the val split is the training file {train.path}: validation scores images the run "
+                    f"trains on (fit, not generalisation)")
+        if shared := train.shared_images(val):
+            return (f"note: {shared} of the {len(val)} images of the val split {val.path} are also in the training "
+                    f"file {train.path}: validation scores images the run trains on (fit, not generalisation); "
+                    f"split the data by patient (convert nifti does)")
+        return None
+
 
 def is_builtin(data) -> bool:
     """Whether --data names the built-in data (None, or a BUILTIN name that is no path here)."""
