@@ -329,15 +329,17 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
     runtime fields of this command line, and the changeable fields (options.CHANGEABLE) given explicitly
     (a new --lr without --lr-d scales the discriminators' rate alike under Adam), and a new path of the data (MOVABLE:
     the run's checks of its content fingerprints refuse other content). An explicit value of any other field
-    that differs from the checkpoint's raises ResumeError saying why it is kept."""
-    old = flat(from_flat(saved))
-    table = flat_fields()
+    that differs from the checkpoint's raises ResumeError saying why it is kept, unless the run does not read
+    it (another method's option, unused_options): that is kept too, and noted by the run (unread_notes)."""
+    run = from_flat(saved)
+    old, table = flat(run), flat_fields()
     rule = {name: f.metadata.get("resume") for name, (_, f) in table.items()}
     updates = {k: get(given, k) for k, r in rule.items() if r == RUNTIME}
+    unread = set(unused_options(run)) | {n for n in explicit if table.get(n, (None,))[0] not in (None, run.mode)}
     notes = []
     for name in sorted(explicit):
         new, was = get(given, name), old.get(name)
-        if rule.get(name) == RUNTIME or new == was or new is None:
+        if rule.get(name) == RUNTIME or new == was or new is None or name in unread:   # unread: noted by the run
             continue
         if rule.get(name) == CHANGEABLE:
             updates[name] = new
@@ -351,7 +353,8 @@ def resume_config(saved: dict, given: Config, explicit) -> tuple[Config, list[st
         why = rule.get(name) or "what the run started with"
         raise ResumeError(f"{flag(name)} {new} differs from the checkpoint's {was}: a resumed run keeps "
                           f"{why}; drop the option to continue the run, or start a new run with another --out")
-    if "lr" in updates and "lr_d" not in updates and old["lr"] and old["lr_d"] and old.get("optimizer") != "sgd":
+    if "lr" in updates and "lr_d" not in updates and old["lr"] and old["lr_d"] and old.get("optimizer") != "sgd" \
+            and "lr_d" not in unread:
         # Adam: lr_d follows G_IS's rate; sgd: it is the preset's Adam rate, whatever --lr (as a fresh run sets it)
         updates["lr_d"] = old["lr_d"] * updates["lr"] / old["lr"]
         notes.append(f"--lr-d {updates['lr_d']:g} (was {old['lr_d']:g}: scaled with --lr)")

@@ -50,7 +50,7 @@ def run(a) -> Path:
     if out.suffix.lower() != ".png":
         raise UsageError(f"--out {out}: the plot is a PNG; name a .png file")
     own = len(a.runs) == 1 and out.resolve() == (a.runs[0] / "curves.png").resolve()   # the run's figure, redrawn
-    refuse_existing([out], a.overwrite or own, "an earlier plot",
+    refuse_existing([out], a.overwrite or own, "an earlier plot, or another file of that name",
                     inputs=[folder / "metrics.jsonl" for folder in a.runs])
     data = figures.png(figures.curves(runs))
     atomic_write_bytes(out, lambda f: f.write(data))

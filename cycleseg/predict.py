@@ -385,7 +385,11 @@ def run(a) -> dict:
                     + [Path(a.out) / name for name, _ in scans] + [Path(a.out) / "inputs.csv"], a.overwrite,
                     "the names this prediction writes",
                     inputs=[a.checkpoint, *(it.source for it in items if it.source), *(p for _, p in scans)])
-    files = predict_scans(model, scans, model.info, a.intensity, a.axis, a.resample, a.batch_size,
+    unread = [f"--{n} {v}" for n, v in (("axis", a.axis), ("resample", a.resample)) if v is not None]
+    if unread and not scans:                                        # options of the scans' path only
+        print(f"note: {', '.join(unread)}: not read: {'they are' if len(unread) > 1 else 'it is'} for NIfTI scans, "
+              f"and the inputs hold none", file=sys.stderr)
+    files = predict_scans(model, scans, model.info, a.intensity, a.axis, a.resample or "logits", a.batch_size,
                           (lambda xs: tqdm(xs, desc="predict volumes", disable=a.no_progress))) if scans else {}
     for s in tqdm(range(0, len(items), a.batch_size), desc="predict", disable=a.no_progress):
         chunk = items[s:s + a.batch_size]
@@ -430,9 +434,9 @@ def main(argv=None) -> int:
     p = checkpoint_parser("python -m cycleseg.predict", __doc__, "a run's last.pt or best.pt, or an exported .onnx")
     p.add_argument("inputs", nargs="+", type=path_text, help="image files, folders of images or scans, .h5 files, NIfTI scans")
     p.add_argument("--out", type=path_arg, required=True, help="output folder")
-    p.add_argument("--resample", choices=RESAMPLE, default="logits",
+    p.add_argument("--resample", choices=RESAMPLE, default=None,
                    help="scans: back to the scan's grid by bilinear resampling of the class scores, then argmax "
-                        "(logits), or by nearest neighbour on the labels")
+                        "(logits, the default), or by nearest neighbour on the labels")
     p.add_argument("--intensity", choices=nifti.INTENSITY_RULES, default=None,
                    help="scans: the per-volume intensity rule (default: the one the checkpoint's data was made with); "
                         "minmax also lets 16-bit and float images in, each rescaled from its own range")

@@ -193,20 +193,28 @@ class RunFolder:
     def restart_config(self, cfg: Config, given=()) -> tuple[Config, str]:
         """The config of a run restarted from step 0 (killed before its first checkpoint): the options its
         config.json records, with this command line's runtime fields and the options given explicitly (nothing
-        was trained: any may change), and how it was made, for the note."""
+        was trained: any may change), and how it was made, for the note. UsageError when config.json cannot
+        say an option not given (missing, unreadable, without it, or with a value no run has): the run's
+        options are unknown, and a default would start another run in its folder."""
+        config = self.path / "config.json"
         try:
-            recorded = loads((self.path / "config.json").read_text())
-        except (OSError, ValueError):
-            recorded = None
-        if not isinstance(recorded, dict):
-            return cfg, "with the options given (its config.json is missing or unreadable)"
-        old, new = flat(from_flat(recorded)), flat(cfg)
+            recorded = loads(config.read_text())
+        except (OSError, ValueError) as e:
+            recorded = "missing" if isinstance(e, FileNotFoundError) else "not readable as JSON"
         run_options = {n for n, (_, f) in flat_fields().items() if f.metadata.get("resume") != RUNTIME}
-        merged = from_flat({**new, **{n: old[n] for n in run_options - set(given)}})
-        try:                                                        # a value no run has (edited): the options given
-            merged.resolved()
+        lacking = sorted(run_options - set(given) - set(recorded)) if isinstance(recorded, dict) else []
+        problem = (f"is {recorded}" if isinstance(recorded, str) else "is not a JSON object"
+                   if not isinstance(recorded, dict) else f"lacks {', '.join(lacking[:4])}" if lacking else None)
+        old, new = (flat(from_flat(recorded)) if problem is None else {}), flat(cfg)
+        try:
+            merged = from_flat({**new, **{n: old[n] for n in run_options - set(given)}}).resolved() \
+                if problem is None else None
         except (UsageError, ValueError, KeyError, TypeError, OverflowError) as e:
-            return cfg, f"with the options given (its config.json records a value no run has: {message(e)})"
+            problem = f"records a value no run has ({message(e)})"
+        if problem:
+            raise UsageError(f"--resume: {self.path} holds a run stopped before its first checkpoint, and its "
+                             f"config.json {problem}: the run's options are unknown; nothing was written: train "
+                             f"into another --out (or empty {self.path} and train there)")
         changed = [f"{n} {new[n]!r} (was {old[n]!r})" for n in sorted(run_options & set(given)) if new[n] != old[n]]
         return merged, ("with the options its config.json records" + (f", changed: {', '.join(changed)}" if changed else ""))
 

@@ -58,8 +58,9 @@ class Parser(argparse.ArgumentParser):
     def _get_value(self, action, arg_string):
         pattern = NUMBERS.get(action.type)
         if pattern is not None and not pattern.fullmatch(arg_string):
-            raise argparse.ArgumentError(action, f"invalid {action.type.__name__} value: {arg_string!r} (a number "
-                                                 f"written plainly: digits, a sign, a point, an exponent)")
+            plainly = ("a whole number written plainly: digits and an optional sign" if action.type is int else
+                       "a number written plainly: digits, a sign, a point, an exponent")
+            raise argparse.ArgumentError(action, f"invalid {action.type.__name__} value: {arg_string!r} ({plainly})")
         return super()._get_value(action, arg_string)
 
     def error(self, message: str):

@@ -92,7 +92,9 @@ TRAIN_OPTIONS = [
     (["--device", "cuda:7"], "--device cuda:7"),
     (["--lr", "abc"], "invalid float value: 'abc'"),
     (["--mode", "fullest"], "invalid choice: 'fullest'"),
-    (["--steps", "1_000"], "invalid int value: '1_000' (a number written plainly"),    # int() read 1000
+    (["--steps", "1_000"], "invalid int value: '1_000' (a whole number written plainly: digits and an optional "
+                           "sign)"),                                # int() read 1000
+    (["--steps", "1e3"], "invalid int value: '1e3' (a whole number written plainly: digits and an optional sign)"),
     (["--lambda1", "1_0.5"], "invalid float value: '1_0.5' (a number written plainly"),  # float() read 10.5
     (["--lr", " 0.1"], "invalid float value: ' 0.1' (a number written plainly"),
 ]
@@ -388,6 +390,10 @@ CHECKPOINT_EDITS = {
     "slice_axis True": (lambda s: s["data"].__setitem__("preprocessing", {"slice_axis": True}),
                         "preprocessing slice_axis True"),
     "ignore_index 300": (lambda s: s["data"].__setitem__("ignore_index", 300), "ignore_index 300"),
+    "ignore_index a class id": (lambda s: s["data"].__setitem__("ignore_index", 1),
+                                "ignore_index 1 (expected a whole number in"),      # an .h5 refuses it so
+    "intensity rule unknown": (lambda s: s["data"].__setitem__("preprocessing", {"volume_intensity": "bogus"}),
+                               "preprocessing volume_intensity 'bogus'"),
     "data a number": (_config(data=5), "--data 5: not a path"),
     "weights of other shapes": (lambda s: s["nets"]["G_IS"].__setitem__("model.1.weight", torch.zeros(2, 2)),
                                 "its networks do not match its own config"),
@@ -1174,6 +1180,11 @@ def test_class_names_must_be_names(tmp_path, capsys):
     (lambda f: f.attrs.__setitem__("palette", "[[300, -5, 0], \"x\"]"), "attribute 'palette': palette colour "
                                                                          "[300, -5, 0] is not [r, g, b]"),
     (lambda f: f.attrs.__setitem__("preprocessing", "[1, 2]"), "'preprocessing' must be a JSON object"),
+    (lambda f: f.attrs.__setitem__("preprocessing", '{"slice_axis": 7}'), "attribute 'preprocessing': "
+                                                                           "preprocessing slice_axis 7 (expected 0, 1"),
+    (lambda f: f.attrs.__setitem__("preprocessing", '{"volume_intensity": "bogus"}'), "volume_intensity 'bogus' "
+                                                                                      "(expected one of percentile"),
+    (lambda f: f.attrs.__setitem__("format_version", -3), "format_version -3 is no version of the format"),
     (lambda f: f.attrs.__setitem__("volume_names", '"abc"'), "'volume_names' must be a JSON list of names"),
     (lambda f: f.create_group("groups"), "'groups' is a group, where a dataset belongs"),
     (lambda f: (f.__delitem__("masks"), f.create_group("masks")), "'masks' is a group, where a dataset belongs"),
@@ -1188,7 +1199,8 @@ def test_a_split_file_is_read_as_written_or_refused(tmp_path, capsys, edit, matc
     colours out of range (crashed training's pictures), a list as preprocessing (crashed the first
     checkpoint), a string as volume_names (three volumes 'a', 'b', 'c'), a group where a dataset belongs
     (AttributeError traceback), two volumes of one name or a volume's slices apart (scored as one 3D
-    volume): each refused naming it."""
+    volume), a slicing axis or intensity rule no converter writes (trained; then every checkpoint refused),
+    a format_version below 1: each refused naming it."""
     tiny_split(tmp_path / "d.h5", 16)
     with h5py.File(tmp_path / "d.h5", "r+") as f:
         edit(f)
@@ -1343,9 +1355,8 @@ def test_json_beyond_what_readers_parse_is_a_bad_line_not_a_traceback(tmp_path, 
     (restart / "config.json").write_text((finished_run / "config.json").read_text().replace('"mode": "semi"',
                                                                                            '"mode": "bogus"'))
     assert '"bogus"' in (restart / "config.json").read_text()
-    assert train_main(TINY + ["--out", str(restart), "--resume", "--steps", "2"]) == 0
-    assert "with the options given (its config.json records a value no run has: --mode must be one of" in \
-        capsys.readouterr().err
+    one_line_error(train_main, TINY + ["--out", restart, "--resume", "--steps", "2"], capsys,
+                   "config.json records a value no run has (--mode must be one of", restart)   # not the defaults
 
 
 def test_a_grid_header_skips_cell_configs_it_cannot_read(tmp_path):
@@ -1772,7 +1783,8 @@ def test_plot_treats_the_runs_own_curves_alike_however_named(tmp_path, capsys, f
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "c.png").write_bytes(b"mine")
     one_line_error(plot_main, [run, "--out", tmp_path / "c.png"], capsys,
-                   "c.png exists already (an earlier plot); pass --overwrite to replace it, or", tmp_path)
+                   "c.png exists already (an earlier plot, or another file of that name); pass --overwrite to "
+                   "replace it, or", tmp_path)
 
 
 def test_a_converted_folder_and_a_grey_model_say_what_they_drop(tmp_path, capsys, tiny_checkpoint):
@@ -2348,3 +2360,62 @@ def test_a_val_file_holding_slices_of_the_training_file_is_noted(tmp_path, capsy
         capsys.readouterr().err
     assert train_main([str(a) for a in argv + ["--val-data", tmp_path / "blank.h5", "--out", tmp_path / "r2"]]) == 0
     assert "also in the training file" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.update(lr=float("inf")), "records a value no run has (--lr must be a finite number"),
+    (lambda c: c.pop("data"), "lacks data"),
+    (lambda c: c.pop("mode"), "lacks mode"),
+    (lambda c: c.pop("ngf"), "lacks ngf"),
+    (lambda c: c.pop("steps"), "lacks steps"),
+    (lambda c: None, None),
+])
+def test_a_run_stopped_before_its_first_checkpoint_restarts_with_its_own_options_or_not_at_all(
+        tmp_path, capsys, finished_run, edit, match):
+    """--resume of a run stopped before its first checkpoint whose config.json held a value no run has started a
+    default run there (the built-in data, semi, 1000 steps) with a note; one without "data" or "mode" did so
+    without a word, and one without "ngf", "steps" or "batch_size" ended in a traceback. Each is refused by
+    name; an intact config.json restarts the run with its own options."""
+    run = tmp_path / "r"
+    run.mkdir()
+    recorded = json.loads((finished_run / "config.json").read_text())
+    edit(recorded)
+    (run / "config.json").write_text(json.dumps(recorded))
+    argv = ["--out", run, "--resume", "--no-progress"]
+    if match is not None:
+        one_line_error(train_main, argv, capsys, f"holds a run stopped before its first checkpoint, and its "
+                       f"config.json {match}", run)
+        return
+    capsys.readouterr()
+    assert train_main([str(a) for a in argv]) == 0
+    assert json.loads((run / "config.json").read_text())["ngf"] == recorded["ngf"] == 4
+    assert "starting it again from step 0 with the options its config.json records" in capsys.readouterr().err
+
+
+def test_predict_notes_the_scan_options_it_does_not_read(tiny_checkpoint, tmp_path, capsys):
+    """predict --axis 2 --resample nearest on images (no NIfTI scan among the inputs) exited 0 without a word:
+    noted; --intensity, which images read too, is no note."""
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    capsys.readouterr()
+    assert predict_main([str(tiny_checkpoint), str(image), "--out", str(tmp_path / "o"), "--no-progress", "--axis", "2",
+                         "--resample", "nearest", "--intensity", "minmax"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --axis 2, --resample nearest: not read: they are for NIfTI scans, and the inputs hold none" in err
+    assert "--intensity" not in err
+
+
+def test_a_resume_keeps_options_its_mode_does_not_read_with_a_note(tmp_path, capsys):
+    """Resuming a partial run with --mt-ema 0.5 or --ndf 8 was refused as 'a resumed run keeps the method and its
+    objective', though partial reads neither (a fresh run notes them); and a new --lr said '--lr-d ... scaled
+    with --lr' of a run with no discriminator. Now each is noted as not read and the run goes on."""
+    argv = [str(a) for a in TINY + ["--mode", "partial", "--steps", "4", "--out", tmp_path / "r"]]
+    assert train_main(argv + ["--stop-after", "2"]) == 0
+    capsys.readouterr()
+    assert train_main(argv + ["--resume", "--mt-ema", "0.5", "--ndf", "8", "--lr", "0.002"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --mt-ema: an option of another method, not read by --mode partial" in err, err
+    assert "note: --ndf: not read by --mode partial" in err and "--lr-d" not in err, err
+    assert "resuming" in err and "--lr 0.002" in err
+    recorded = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert recorded["ndf"] == 4 and recorded["mt_ema"] == 0.99 and recorded["lr"] == 0.002   # kept, kept, changed

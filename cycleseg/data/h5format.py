@@ -40,6 +40,10 @@ IGNORE_INDEX = 255          # the ignore index every converter writes
 #   random        a seeded draw of images, or of groups when the file has `groups`
 #   first_groups  the first groups in file order (the SSL4MIS ACDC protocol: the first N patients)
 SUBSET_RULES = ("random", "first_groups")
+# What the NIfTI converter records in `preprocessing` and predict reads back: the slicing axis (a voxel axis,
+# or that of the largest spacing) and the per-volume intensity rule.
+SLICE_AXIS_AUTO = "largest spacing"
+INTENSITY_RULES = ("percentile", "minmax")
 
 
 class DataError(ValueError):
@@ -127,8 +131,8 @@ def info_problem(info: dict) -> str | None:
     if names is not None and (problem := names_problem(names, k)):
         return problem
     ignore = info.get("ignore_index", IGNORE_INDEX)
-    if not whole(ignore, 0) or ignore > 255:
-        return f"ignore_index {ignore!r} (expected a whole number in 0..255)"
+    if not whole(ignore, 0) or ignore > 255 or ignore < k:         # a class id as ignore: as read_meta refuses
+        return f"ignore_index {ignore!r} (expected a whole number in {k}..255, outside the class ids)"
     pre = info.get("preprocessing")
     if pre is not None and not isinstance(pre, dict):
         return f"preprocessing {pre!r:.60} (expected a dict of what the converter did)"
@@ -136,13 +140,22 @@ def info_problem(info: dict) -> str | None:
         json.dumps(pre, allow_nan=False)                            # exported models carry it as JSON
     except (TypeError, ValueError) as e:
         return f"preprocessing holds a value that is not plain data ({e})"[:200]
-    axis, rule = (pre or {}).get("slice_axis"), (pre or {}).get("volume_intensity")
-    if axis is not None and not (whole(axis, 0) and axis <= 2 or isinstance(axis, str)):
-        return f"preprocessing slice_axis {axis!r} (expected 0, 1 or 2)"
-    if rule is not None and not isinstance(rule, str):
-        return f"preprocessing volume_intensity {rule!r} (expected a rule's name)"
+    if problem := preprocessing_problem(pre or {}):
+        return problem
     problem = palette_problem(info.get("palette"), k)
     return f"palette: {problem}" if problem else None
+
+
+def preprocessing_problem(pre: dict) -> str | None:
+    """What is wrong with the converter's record that predict reads back (the NIfTI slicing axis and intensity
+    rule), or None: checked when a file is read, as when a checkpoint is, so that no run trains on a
+    description its checkpoints would then be refused for."""
+    axis, rule = pre.get("slice_axis"), pre.get("volume_intensity")
+    if axis is not None and axis != SLICE_AXIS_AUTO and not (type(axis) is int and 0 <= axis <= 2):
+        return f"preprocessing slice_axis {axis!r} (expected 0, 1, 2 or {SLICE_AXIS_AUTO!r})"
+    if rule is not None and rule not in INTENSITY_RULES:
+        return f"preprocessing volume_intensity {rule!r:.60} (expected one of {', '.join(INTENSITY_RULES)})"
+    return None
 
 
 def write_split(path, images: np.ndarray, masks: np.ndarray, meta: Meta, groups: np.ndarray | None = None) -> None:
@@ -283,6 +296,9 @@ def _meta(f, path) -> Meta:
     _check_per_image(f, path, im.shape[0])
     a = f.attrs
     k, ignore = _integer_attr(a, "num_classes", path), _integer_attr(a, "ignore_index", path)
+    if "format_version" in a and _integer_attr(a, "format_version", path) < 1:
+        raise DataError(f"{path}: format_version {a['format_version']} is no version of the format "
+                        f"(1..{FORMAT_VERSION}); the file was edited: convert the data again")
     if "format_version" in a and _integer_attr(a, "format_version", path) > FORMAT_VERSION:
         raise DataError(f"{path}: format_version {a['format_version']} was written by a newer cycleseg (this one "
                         f"reads up to {FORMAT_VERSION}); upgrade cycleseg, or convert the data again with this one")
@@ -296,6 +312,8 @@ def _meta(f, path) -> Meta:
     if rule not in SUBSET_RULES:
         raise DataError(f"{path}: attribute 'labeled_subset' is {rule!r}, expected one of {SUBSET_RULES}")
     names, palette, vnames, vinfo, preprocessing = _json_attrs(a, path, k)
+    if problem := preprocessing_problem(preprocessing):
+        raise DataError(f"{path}: attribute 'preprocessing': {problem}; convert the data again")
     _check_volumes(f, path, vnames)
     return Meta(num_classes=k, class_names=names, palette=palette, ignore_index=ignore, source=str(a.get("source", "")),
                 preprocessing=preprocessing, labeled_subset=rule,

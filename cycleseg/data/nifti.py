@@ -33,10 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import loads
-from .h5format import MAX_SPACING_MM, MIN_SPACING_MM, DataError
+from .h5format import INTENSITY_RULES, MAX_SPACING_MM, MIN_SPACING_MM, SLICE_AXIS_AUTO, DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-INTENSITY_RULES = ("percentile", "minmax")
 PERCENTILES = (0.5, 99.5)
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
 AFFINE_TOL = 1e-3                   # mm: image and label affines must agree to this

@@ -137,7 +137,7 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
                 source=f"NIfTI ({layout.kind} layout) {split} ({Path(src).resolve()})")
     meta.preprocessing = {"size": list(size), "image_resize": "bilinear, antialiased", "mask_resize": "nearest",
                           "volume_intensity": intensity, "percentiles": list(nifti.PERCENTILES),
-                          "slice_axis": "largest spacing" if axis is None else axis,
+                          "slice_axis": nifti.SLICE_AXIS_AUTO if axis is None else axis,
                           "slice_order": "rows along the later in-plane voxel axis (ITK array order)"}
     hist, i, records, labeled_cases = np.zeros(256, np.int64), 0, [], 0
     out = Path(out)
