@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 from .usage import UsageError
 
@@ -52,6 +53,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
+def kind_of(value, kind: str) -> bool:
+    """Whether `value` (from a command line, a checkpoint or a config.json edited by hand) is of the field's kind:
+    an int for counts, an int or float for the rest, a bool for switches (a string "no" is true to Python)."""
+    if kind == "bool" or isinstance(value, bool):
+        return kind == "bool" and isinstance(value, bool)
+    return isinstance(value, numbers.Integral) or (kind == "float" and isinstance(value, numbers.Real))
+
+
 def check_fields(obj, prefix: str = "", names=None) -> None:
     """UsageError naming the first field of `obj` (or of its `names`; flags `<prefix><field>`) whose value is
     not finite, not among its choices or fails its check; None (a value still to come from a preset) passes."""
@@ -61,6 +73,9 @@ def check_fields(obj, prefix: str = "", names=None) -> None:
         value, name = getattr(obj, f.name), prefix + f.name.rstrip("_")
         if value is None or dataclasses.is_dataclass(value):
             continue
+        kind = str(f.type).split(" ")[0]                            # "int | None" -> "int" (a recorded value's kind)
+        if kind in ("int", "float", "bool") and not kind_of(value, kind):
+            raise UsageError(f"{flag(name)} must be {KINDS[kind]}, got {value!r:.60}")
         if isinstance(value, float) and not math.isfinite(value):   # NaN passes every comparison
             raise UsageError(f"{flag(name)} must be a finite number, got {value}")
         choices = f.metadata.get("choices")

@@ -2368,14 +2368,18 @@ def test_a_val_file_holding_slices_of_the_training_file_is_noted(tmp_path, capsy
     (lambda c: c.pop("mode"), "lacks mode"),
     (lambda c: c.pop("ngf"), "lacks ngf"),
     (lambda c: c.pop("steps"), "lacks steps"),
+    (lambda c: c.update(ngf="abc"), "records a value no run has (--ngf must be a whole number, got 'abc')"),
+    (lambda c: c.update(ngf=4.5), "records a value no run has (--ngf must be a whole number, got 4.5)"),
+    (lambda c: c.update(flip="no"), "records a value no run has (--flip must be true or false, got 'no')"),
     (lambda c: None, None),
 ])
 def test_a_run_stopped_before_its_first_checkpoint_restarts_with_its_own_options_or_not_at_all(
         tmp_path, capsys, finished_run, edit, match):
     """--resume of a run stopped before its first checkpoint whose config.json held a value no run has started a
     default run there (the built-in data, semi, 1000 steps) with a note; one without "data" or "mode" did so
-    without a word, and one without "ngf", "steps" or "batch_size" ended in a traceback. Each is refused by
-    name; an intact config.json restarts the run with its own options."""
+    without a word, and one without "ngf", "steps" or "batch_size" ended in a traceback, as did ngf "abc"
+    ("flip": "no" turned flips on). Each is refused by name; an intact config.json restarts the run with its
+    own options."""
     run = tmp_path / "r"
     run.mkdir()
     recorded = json.loads((finished_run / "config.json").read_text())
