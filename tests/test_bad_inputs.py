@@ -1175,6 +1175,8 @@ def test_class_names_must_be_names(tmp_path, capsys):
     (lambda f: f.create_dataset("labeled", data=np.full(6, 0.5)), "'labeled' must hold 0 (no annotation) or 1 "
                                                                    "per image, found dtype float64"),
     (lambda f: f.create_dataset("labeled", data=np.array([b"y"] * 6)), "found dtype |S1"),
+    (lambda f: f.create_dataset("labeled", data=np.zeros(6, np.uint8)), "dataset 'masks', index 0: flagged as not "
+                                                                        "annotated ('labeled' 0) but its mask holds"),
     (lambda f: f.create_dataset("labeled", data=np.full(6, 2, np.uint8)), "or 1 per image, found 2"),
     (lambda f: f.create_dataset("groups", data=np.full(6, np.nan)), "'groups' must hold integers"),
     (lambda f: f.attrs.__setitem__("palette", "[[300, -5, 0], \"x\"]"), "attribute 'palette': palette colour "

@@ -406,9 +406,16 @@ def _positive3(v) -> bool:
             and all(isinstance(x, (int, float)) and not isinstance(x, bool) and MIN_SPACING_MM <= x <= MAX_SPACING_MM for x in v))
 
 
-def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int | None = 0) -> None:
-    """Raise DataError at the first mask holding a value >= num_classes that is not ignore_index; offset: the
-    masks' first index in the file's dataset 'masks', or None for a converter's source mask (named as a mask)."""
+def check_masks(path, masks: np.ndarray, num_classes: int, ignore_index: int, offset: int | None = 0,
+                labeled: np.ndarray | None = None) -> None:
+    """Raise DataError at the first mask holding a value >= num_classes that is not ignore_index, or holding a
+    label where the file's `labeled` flags (those of these masks, when it has them) say no annotation; offset:
+    the masks' first index in the file's dataset 'masks', or None for a converter's source mask (named as a mask)."""
+    if labeled is not None and (flagged := np.flatnonzero(~np.asarray(labeled, bool) & (masks != ignore_index)
+                                                          .reshape(len(masks), -1).any(axis=1))).size:
+        raise DataError(f"{path}: dataset 'masks', index {(offset or 0) + int(flagged[0])}: flagged as not annotated "
+                        f"('labeled' 0) but its mask holds labels: the file contradicts itself (converters write "
+                        f"such masks all {ignore_index}); convert the data again")
     bad = (masks >= num_classes) & (masks != ignore_index)          # (n, H, W)
     if bad.any():
         i = int(np.flatnonzero(bad.reshape(len(masks), -1).any(axis=1))[0])
@@ -422,7 +429,8 @@ def validate(path, chunk: int = 256) -> Meta:
     """read_meta plus a scan of every mask value (chunked; seconds for tens of thousands of images)."""
     meta = read_meta(path)
     with open_h5(path) as f:
-        ms = f["masks"]
+        ms, flags = f["masks"], (f["labeled"][...].astype(bool) if "labeled" in f else None)
         for s in range(0, meta.count, chunk):
-            check_masks(path, ms[s:s + chunk], meta.num_classes, meta.ignore_index, offset=s)
+            check_masks(path, ms[s:s + chunk], meta.num_classes, meta.ignore_index, offset=s,
+                        labeled=None if flags is None else flags[s:s + chunk])
     return meta

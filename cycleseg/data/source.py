@@ -74,7 +74,8 @@ class H5Source:
             parts = []
             for s in range(0, len(self), 1024):
                 masks = self._masks[s:s + 1024] if in_memory else self._read_masks(s, s + 1024)
-                check_masks(self.path, masks, self.meta.num_classes, self.meta.ignore_index, offset=s)
+                check_masks(self.path, masks, self.meta.num_classes, self.meta.ignore_index, offset=s,
+                            labeled=None if self.labeled is None else self.labeled[s:s + 1024])
                 parts.append((masks != self.meta.ignore_index).reshape(len(masks), -1).any(axis=1))
             self.has_labels = np.concatenate(parts) if parts else np.zeros(0, bool)
 
