@@ -11,6 +11,7 @@ is a uint8 label volume with the scan's shape, affine and header: it lies on the
 from __future__ import annotations
 
 import gzip
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,8 +110,16 @@ def predict_scans(model, inputs: list, info: dict, intensity=None, axis=None, re
         raise DataError(f"the checkpoint takes {model.channels}-channel images; NIfTI scans are predicted by "
                         f"single-channel models")
     rule, axis = rules(info, intensity, axis)
+    trained, other = (info.get("preprocessing") or {}).get("voxel_order"), {}
     files = {}
     for name, path in (progress(inputs) if progress else inputs):
         scan = nifti.load(path, frames=True)
+        if trained and (order := nifti.voxel_order(scan.affine)) != trained:
+            other.setdefault(order, []).append(str(path))
         files[name] = label_file(segment_scan(model, scan, axis, rule, resample, batch_size), scan)
+    for order, paths in other.items():                              # slices cut as stored: not as trained on
+        print(f"note: {len(paths)} scan(s) stored in voxel order {order}, the training scans in {trained} (first: "
+              f"{paths[0]}): slices are cut as stored, not reoriented, so the model sees them mirrored or turned; "
+              f"reorient them to {trained} first (the labels are written on each scan's own grid either way)",
+              file=sys.stderr)
     return files

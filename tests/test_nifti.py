@@ -512,3 +512,31 @@ def test_metrics_matches_each_reference_by_its_own_name(tmp_path, capsys):
     save(tmp_path / "rawpred" / "patient001_frame01.nii.gz", truth)
     assert metrics_main([str(tmp_path / "rawpred"), str(tmp_path / "raw"), "--out", str(tmp_path / "s5")]) == 0
     assert [c["case"] for c in json.loads((tmp_path / "s5" / "scores.json").read_text())["cases"]] == ["patient001_frame01"]
+
+
+def test_scans_in_another_voxel_order_are_noted_by_convert_and_predict(tmp_path, capsys):
+    """Scans are sliced in stored voxel order, not reoriented: a dataset mixing orders (RAS and LAS: i runs
+    right to left in one) converted without a word into slices mirrored against each other, and predict cut
+    a scan stored otherwise than the training scans without a word. The converter records the order of its
+    cases and notes a mix; predict notes a scan stored in another order than the training data's."""
+    from cycleseg.predict_nifti import predict_scans
+
+    src = raw_acdc(tmp_path / "acdc", patients=(1, 2, 3), unlabeled=())
+    flipped = affine()
+    flipped[0, 0] = -flipped[0, 0]                                  # LAS
+    for f in (src / "training" / "patient003").glob("patient003_frame*.nii.gz"):
+        one = nib.load(str(f))
+        nib.save(nib.Nifti1Image(np.asanyarray(one.dataobj)[::-1], flipped), str(f))
+    capsys.readouterr()
+    assert convert(src, tmp_path / "all.h5", "--split", "all") == 0
+    assert "the cases are stored in 2 voxel orders (RAS: 4, LAS: 2); slices are cut as stored" in capsys.readouterr().err
+    pre = H5Source(tmp_path / "all.h5").meta.preprocessing
+    assert pre["voxel_order"] == "RAS"
+    inputs = [("p1.nii.gz", src / "training" / "patient001" / "patient001_frame01.nii.gz"),
+              ("p3.nii.gz", src / "training" / "patient003" / "patient003_frame01.nii.gz")]
+    files = predict_scans(Oracle((16, 16)), inputs, {"preprocessing": pre})
+    err = capsys.readouterr().err
+    assert len(files) == 2 and err.count("note:") == 1, err
+    assert "1 scan(s) stored in voxel order LAS, the training scans in RAS (first: " in err and "patient003" in err
+    predict_scans(Oracle((16, 16)), inputs[:1], {"preprocessing": pre})
+    assert "note" not in capsys.readouterr().err

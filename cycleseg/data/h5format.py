@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,9 @@ def preprocessing_problem(pre: dict) -> str | None:
         return f"preprocessing slice_axis {axis!r} (expected 0, 1, 2 or {SLICE_AXIS_AUTO!r})"
     if rule is not None and rule not in INTENSITY_RULES:
         return f"preprocessing volume_intensity {rule!r:.60} (expected one of {', '.join(INTENSITY_RULES)})"
+    order = pre.get("voxel_order")
+    if order is not None and not (isinstance(order, str) and (order == "" or re.fullmatch(r"[RLAPSI?]{3}", order))):
+        return f"preprocessing voxel_order {order!r:.60} (expected three of R/L, A/P, S/I, as RAS)"
     return None
 
 

@@ -186,6 +186,12 @@ def load_label(path, image: Scan, num_classes: int | None, role: str = "label", 
     return v.astype(np.uint8)
 
 
+def voxel_order(affine) -> str:
+    """The anatomical directions the voxel axes (i, j, k) run towards, as nibabel names them ("RAS", "LPS",
+    ...): scans of one order are cut into alike slices; of another, into mirrored or turned ones."""
+    return "".join(code or "?" for code in nibabel().orientations.aff2axcodes(np.asarray(affine)))
+
+
 def slice_axis(spacing, axis: int | None = None) -> int:
     """The through-plane voxel axis: `axis` when given, else that of the largest spacing (the last on a tie)."""
     if axis is not None:

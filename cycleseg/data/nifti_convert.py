@@ -11,6 +11,7 @@ volume is read and checked before the output is renamed into place.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -84,7 +85,8 @@ def volume_record(case, scans, axis: int, native_hw, size) -> dict:
 
 
 def header_plan(cases, axis, channel) -> list:
-    """(case, slicing axis, slice count) of every case, from the headers alone (before any voxel is read)."""
+    """(case, slicing axis, slice count, voxel order) of every case, from the headers alone (before any voxel
+    is read)."""
     nib = nifti.nibabel()
     plan = []                                                       # (case, axis, depth) from the headers
     for c in cases:
@@ -100,8 +102,21 @@ def header_plan(cases, axis, channel) -> list:
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 1):
             raise DataError(f"{c.images[0]}: a {len(shape)}D image of shape {tuple(shape)}; expected a 3D volume")
         ax = nifti.slice_axis(zooms, axis)
-        plan.append((c, ax, int(shape[ax])))
+        plan.append((c, ax, int(shape[ax]), nifti.voxel_order(hdr.affine)))
     return plan
+
+
+def order_notes(plan) -> tuple[str, list[str]]:
+    """The voxel order most cases are stored in (recorded, for predict to compare scans with), and a note when
+    the cases are stored in several: slices are cut in stored order, so theirs are not alike."""
+    counts = Counter(p[3] for p in plan)
+    if len(counts) < 2:
+        return next(iter(counts), ""), []
+    shown = ", ".join(f"{o}: {n}" for o, n in counts.most_common())
+    return counts.most_common(1)[0][0], [
+        f"the cases are stored in {len(counts)} voxel orders ({shown}); "
+        f"slices are cut as stored, not reoriented, so theirs are mirrored or turned against each other: reorient "
+        f"the scans to one order (nibabel's as_closest_canonical gives RAS) before converting"]
 
 
 def class_names(layout, cases, num_classes, channel) -> list:
@@ -130,19 +145,20 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
                         f"--channel N")
     cases = nifti.split_cases(layout.cases, split, holdout, split_seed)
     plan = header_plan(cases, axis, channel)
-    total = sum(d for _, _, d in plan)
+    total = sum(p[2] for p in plan)
+    order, notes = order_notes(plan)
     names = class_names(layout, cases, num_classes, channel)
     k = len(names)
     meta = Meta(num_classes=k, class_names=names, palette=default_palette(k), ignore_index=IGNORE_INDEX,
                 source=f"NIfTI ({layout.kind} layout) {split} ({Path(src).resolve()})")
     meta.preprocessing = {"size": list(size), "image_resize": "bilinear, antialiased", "mask_resize": "nearest",
                           "volume_intensity": intensity, "percentiles": list(nifti.PERCENTILES),
-                          "slice_axis": nifti.SLICE_AXIS_AUTO if axis is None else axis,
+                          "slice_axis": nifti.SLICE_AXIS_AUTO if axis is None else axis, "voxel_order": order,
                           "slice_order": "rows along the later in-plane voxel axis (ITK array order)"}
     hist, i, records, labeled_cases = np.zeros(256, np.int64), 0, [], 0
     out = Path(out)
     with atomic_path(out, replace) as tmp, h5py.File(tmp, "w") as f:
-        for v, (c, ax, depth) in enumerate(tqdm(plan, desc=f"convert -> {out.name}", disable=not progress)):
+        for v, (c, ax, depth, _) in enumerate(tqdm(plan, desc=f"convert -> {out.name}", disable=not progress)):
             scans, label = load_case(c, k, channel)
             images, masks, native = case_slices(scans, label, ax, intensity, size)
             records.append(volume_record(c, scans, ax, native, size))
@@ -161,5 +177,5 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
         f.attrs["volume_info"] = json.dumps(records)                # volume_info, once every volume is read
     return {"file": str(out), "images": total, "size": list(size), "volumes": len(plan),
             "labeled_volumes": labeled_cases, "unlabeled_volumes": len(plan) - labeled_cases,
-            "patients": len({c.group for c, _, _ in plan}), "layout": layout.kind, "notes": layout.notes,
+            "patients": len({p[0].group for p in plan}), "layout": layout.kind, "notes": layout.notes + notes,
             "names": names, "hist": hist}
