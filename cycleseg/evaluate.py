@@ -238,6 +238,7 @@ def run(a) -> tuple[dict, dict]:
     if a.data is None and a.split in ("train", "val"):             # the run's own data: still what it read?
         check_fingerprints(state, {a.split: source.fingerprint()}, {a.split: path}, a.checkpoint, (a.split,))
     check_readable(source, info, path, a.checkpoint, cfg.generator)
+    note_training_images(state, source, path, a.split)
     check_labeled(source, "the file" if a.split is None else f"the {a.split} split",
                   "give --data a split with labels (predict draws masks without them)")
     g_is = inference.prepare(nets["G_IS"], device, a.precision)
@@ -289,6 +290,19 @@ def check_readable(source, info: dict, path, checkpoint, generator: str = "resne
     if names != trained:
         print(f"note: {path} names its classes {', '.join(names)}; the checkpoint {checkpoint} was trained on "
               f"{', '.join(trained)}: scored by class id", file=sys.stderr)
+    if info.get("height") and (meta.height, meta.width) != (info["height"], info["width"]):
+        print(f"note: {path} holds {meta.height}x{meta.width} images, the checkpoint {checkpoint} was trained on "
+              f"{info['height']}x{info['width']}: scored at their own size (the networks are convolutional)",
+              file=sys.stderr)
+
+
+def note_training_images(state: dict, source, path, split) -> None:
+    """A note when the images scored are the run's training file (a file named by --data, or a split other
+    than train that holds it): the scores then measure fit, not generalisation."""
+    trained = ((state.get("data") or {}).get("fingerprints") or {}).get("train")
+    if split != "train" and trained and source.fingerprint() == trained:
+        print(f"note: {path} holds the images the run trained on (its training file's content): the scores "
+              f"measure fit, not generalisation", file=sys.stderr)
 
 
 def add_volumes(result: dict, a, folder, source, path, g_is, image_size: int, device) -> None:

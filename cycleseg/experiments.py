@@ -687,7 +687,8 @@ def report_files(a, out: Path, cells, seeds, results, rows, extra, own=None) -> 
     if timed:
         files["time.png"] = figures.png(figures.time_plot(
             timed, f"validation {report.GRID_SCORES[score]} against training time (mean over seeds)"))
-    fractions = sorted({c.fraction for c in cells if c.mode == "semi" and not c.ablation})
+    arms = {(c.mode, c.fraction) for c in cells if not c.ablation}   # this grid's Partial beside its semi, never
+    fractions = sorted(f for m, f in arms if m == "semi" and ("partial", f) in arms)   # a run left in the folder
     pics = pictures(out, fractions[0], seeds[0]) if fractions else None
     if pics is not None:
         files["pictures.png"] = figures.png(pics)

@@ -191,7 +191,8 @@ def score_case(pred_path, truth_path, num_classes: int, hint: str = "") -> tuple
     """(per-class score rows, spacing) of one predicted volume against its reference; DataError when the
     two lie on different grids, or the prediction holds a class beyond num_classes (`hint`: how it was set)."""
     truth = nifti.load(truth_path, "label")
-    ref = nifti.load_label(truth_path, truth, num_classes, role="reference")   # first: a bad value is the reference's
+    # the reference first: a bad value is the reference's
+    ref = nifti.load_label(truth_path, truth, num_classes, role="reference", hint=hint)
     pred = nifti.load_label(pred_path, truth, num_classes, role="prediction", of="reference", hint=hint)
     rows = [binary_scores(pred == c, ref == c, truth.spacing) for c in range(1, num_classes)]
     return rows, truth.spacing
@@ -210,7 +211,8 @@ def score_folders(pred_dir, truth_dir, num_classes: int | None = None, class_nam
     if missing:
         raise DataError(f"{pred_dir} lacks cases of {truth_dir}: no prediction for {', '.join(missing[:3])}"
                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
-    hint = ""
+    hint = (f"; {num_classes} classes were given (--num-classes, or the names --classes lists)"
+            if num_classes is not None else "")
     if num_classes is None:
         num_classes = 1 + max(reference_top(p) for p in truths.values())
         hint = (f"; the classes were counted from the references (their largest label + 1 = {num_classes}): if a "

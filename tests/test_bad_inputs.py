@@ -1569,7 +1569,8 @@ def test_converters_on_what_the_sixth_probe_tried(tmp_path, capsys):
     """--map reaches 16-bit mask values above 255 (it was refused before the mapping, with advice to use
     it); two masks of one name in two cases (a.png, a.PNG) refused, not one picked by directory order; a
     TIFF mask is not called a JPEG; options of convert nifti given to another converter, and --split to an
-    image folder, refused (were ignored); a negative --split-seed refused (was a traceback)."""
+    image folder, refused (were ignored; their default values too); a negative --split-seed refused (was a
+    traceback)."""
     wide = np.zeros((8, 8), np.uint16)
     wide[:2] = 1000
     src = folder_tree(tmp_path / "f", [wide, np.ones((8, 8), np.uint8)])
@@ -1578,6 +1579,7 @@ def test_converters_on_what_the_sixth_probe_tried(tmp_path, capsys):
         assert f["masks"][0].max() == 2 and int((f["masks"][0] == 2).sum()) == 16 and f.attrs["num_classes"] == 3
     for args, match in ((["--axis", "1"], "--axis: an option of convert nifti only"),
                         (["--holdout", "0.2", "0.2", "--split-seed", "3"], "--holdout, --split-seed: an option of"),
+                        (["--holdout", "0.1", "0.2", "--split-seed", "0"], "--holdout, --split-seed: an option of"),
                         (["--split", "val"], "--split: an image folder is one split")):
         one_line_error(data_main, ["convert", "folder", src, tmp_path / "p.h5", "--no-progress", *args], capsys,
                        match, tmp_path)
@@ -2425,3 +2427,22 @@ def test_a_resume_keeps_options_its_mode_does_not_read_with_a_note(tmp_path, cap
     assert "resuming" in err and "--lr 0.002" in err
     recorded = json.loads((tmp_path / "r" / "config.json").read_text())
     assert recorded["ndf"] == 4 and recorded["mt_ema"] == 0.99 and recorded["lr"] == 0.002   # kept, kept, changed
+
+
+def test_evaluate_notes_training_images_and_another_size(tmp_path, capsys):
+    """evaluate --data of the run's own training file scored it without a word (training notes such a val
+    split), and a file of another image size than the checkpoint's was scored at its size without one: both
+    noted; the val file is no note."""
+    tiny_split(tmp_path / "d" / "train.h5", 16)
+    tiny_split(tmp_path / "d" / "val.h5", 16, seed=1)
+    tiny_split(tmp_path / "big.h5", 32, seed=2)
+    assert train_main([str(a) for a in NO_SIZE + ["--data", tmp_path / "d", "--labeled-fraction", "0.5",
+                                                  "--out", tmp_path / "r"]]) == 0
+    ckpt = str(tmp_path / "r" / "last.pt")
+    capsys.readouterr()
+    for data, note in (("d/train.h5", "holds the images the run trained on (its training file's content)"),
+                       ("big.h5", "holds 32x32 images, the checkpoint"), ("d/val.h5", None)):
+        assert evaluate_main([ckpt, "--data", str(tmp_path / data), "--no-progress",
+                              "--out", str(tmp_path / ("e-" + data.replace("/", "-")))]) == 0
+        err = capsys.readouterr().err
+        assert (note in err) if note else ("note" not in err), (data, err)

@@ -475,8 +475,9 @@ def test_a_grid_whose_data_moved_takes_its_cells_at_the_new_path(tmp_path, capsy
 
 def test_a_grid_replaces_only_its_own_results_and_drops_stale_ones(tmp_path, capsys):
     """A user's results.md in --out was replaced without a word; a rerun with fewer methods left the
-    earlier pictures.png (semi against Partial) beside results without semi. Now the first is refused
-    before any cell, and the grid's own set is replaced whole."""
+    earlier pictures.png (semi against Partial) beside results without semi, and one with semi alone drew
+    the Partial run an earlier grid left in the folder. Now the first is refused before any cell, the grid's
+    own set is replaced whole, and its pictures show its own arms only."""
     out = tmp_path / "g"
     out.mkdir()
     (out / "results.md").write_text("my notes")
@@ -490,6 +491,8 @@ def test_a_grid_replaces_only_its_own_results_and_drops_stale_ones(tmp_path, cap
     assert (out / "pictures.png").exists()
     assert main(argv + ["--methods", "partial"] + TINY) == 0
     assert not (out / "pictures.png").exists() and "semi" not in (out / "results.json").read_text()
+    assert main(argv + ["--methods", "semi"] + TINY) == 0          # the Partial run left there is no arm of it
+    assert not (out / "pictures.png").exists() and "partial" not in (out / "results.json").read_text()
 
 
 def test_a_grid_that_fails_before_any_cell_wrote_leaves_no_folder(tmp_path, monkeypatch, capsys):

@@ -540,3 +540,35 @@ def test_scans_in_another_voxel_order_are_noted_by_convert_and_predict(tmp_path,
     assert "1 scan(s) stored in voxel order LAS, the training scans in RAS (first: " in err and "patient003" in err
     predict_scans(Oracle((16, 16)), inputs[:1], {"preprocessing": pre})
     assert "note" not in capsys.readouterr().err
+
+
+def test_a_split_the_holdout_leaves_empty_and_options_split_all_does_not_read_are_refused(tmp_path, capsys):
+    """--holdout 0.0 0.95 of 10 patients left train no labeled patient: "pass --num-classes K" was advised, and
+    following it wrote an .h5 of no datasets (exit 0) that no reader takes. --split all with --holdout or
+    --split-seed ignored them without a word. Each refused, nothing written."""
+    src = raw_acdc(tmp_path / "acdc", patients=tuple(range(1, 11)), unlabeled=())
+    for extra, words in ((["--split", "train", "--holdout", "0.0", "0.95"], "the train split holds no labeled "
+                          "patient: --holdout 0.0 0.95 holds out all 10 fully labeled patients"),
+                         (["--split", "train", "--holdout", "0.0", "0.95", "--num-classes", "4"], "holds no labeled"),
+                         (["--split", "all", "--holdout", "0.3", "0.3"], "--holdout: --split all writes every case"),
+                         (["--split", "all", "--split-seed", "5"], "--split-seed: --split all writes every case")):
+        capsys.readouterr()
+        assert convert(src, tmp_path / "o.h5", *extra) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and words in err, (extra, err)
+        assert not (tmp_path / "o.h5").exists()
+
+
+def test_metrics_says_where_the_class_count_came_from(tmp_path, capsys):
+    """metrics --classes bg a on references holding label 2 said "outside the class ids 0..1" without saying
+    that --classes set two classes: the error now names it."""
+    from cycleseg.metrics import main as metrics_main
+
+    _, lab = heart()
+    save(tmp_path / "ref" / "c_gt.nii.gz", lab)
+    save(tmp_path / "pred" / "c.nii.gz", lab)
+    capsys.readouterr()
+    assert metrics_main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--classes", "bg", "a", "--out",
+                         str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "outside the class ids 0..1; 2 classes were given (--num-classes, or the names --classes lists)" in err

@@ -101,12 +101,17 @@ def check_output(out: Path, overwrite: bool, src: Path | None = None) -> None:
         remove_stale_temporaries(out.parent, out.name)              # left by a conversion killed while writing
 
 
+NIFTI_ONLY = ("axis", "holdout", "split_seed", "channel")       # None: not given (their defaults below)
+HOLDOUT = (0.1, 0.2)
+
+
 def add_nifti_options(c) -> None:
     c.add_argument("--axis", type=int, default=None, choices=[0, 1, 2],
                    help="nifti: the voxel axis to slice along (default: that of the largest spacing)")
-    c.add_argument("--holdout", type=float, nargs=2, default=(0.1, 0.2), metavar=("VAL", "TEST"),
+    c.add_argument("--holdout", type=float, nargs=2, default=None, metavar=("VAL", "TEST"),
                    help="nifti: fractions of the labeled patients held out as val and test (default 0.1 0.2)")
-    c.add_argument("--split-seed", type=int, default=0, help="nifti: the seed of the patients' split")
+    c.add_argument("--split-seed", type=int, default=None,
+                   help="nifti: the seed of the patients' split (default: 0)")
     c.add_argument("--channel", type=int, default=None,
                    help="nifti: keep only this channel of multi-channel cases (default: every channel)")
 
@@ -196,9 +201,7 @@ def main(argv=None) -> int:
 def check_nifti_only(a) -> None:
     """DataError when an option of convert nifti alone (or --split, for an image folder) is given to another
     converter (it would be ignored)."""
-    defaults = {"axis": None, "holdout": (0.1, 0.2), "split_seed": 0, "channel": None}
-    given = [f"--{n.replace('_', '-')}" for n, d in defaults.items()
-             if (tuple(v) if isinstance(v := getattr(a, n), list) else v) != d]
+    given = [f"--{n.replace('_', '-')}" for n in NIFTI_ONLY if getattr(a, n) is not None]   # a default value too
     if given:
         raise DataError(f"{', '.join(given)}: an option of convert nifti only; convert {a.kind} has no use for it")
     if a.kind == "folder" and a.split:
@@ -216,8 +219,13 @@ def check_nifti_only(a) -> None:
 def convert_nifti_command(a, split: str) -> int:
     if a.intensity == "strict":
         raise DataError("--intensity strict is for 8-bit images; NIfTI volumes take percentile or minmax")
-    if a.split_seed < 0:
+    if a.split_seed is not None and a.split_seed < 0:
         raise DataError(f"--split-seed must be >= 0 (a seed of the patients' split), got {a.split_seed}")
+    if split == "all" and (unread := [f for f, v in (("--holdout", a.holdout), ("--split-seed", a.split_seed))
+                                      if v is not None]):
+        raise DataError(f"{', '.join(unread)}: --split all writes every case; "
+                        f"{'they choose' if len(unread) > 1 else 'it chooses'} the patients of val and test "
+                        f"(--split val|test) and of train beside them")
     for name in ("keep_aspect", "preset"):
         if getattr(a, name):
             raise DataError(f"--{name.replace('_', '-')} is not an option of convert nifti")
@@ -226,8 +234,8 @@ def convert_nifti_command(a, split: str) -> int:
     size = tuple(a.size) if a.size else (256, 256)
     check_size(size)
     check_classes(a.num_classes)
-    s = convert_nifti(a.src, a.out, split, size, a.axis, a.intensity or "percentile", tuple(a.holdout), a.split_seed,
-                      a.channel, a.num_classes, progress=not a.no_progress, replace=a.overwrite)
+    s = convert_nifti(a.src, a.out, split, size, a.axis, a.intensity or "percentile", tuple(a.holdout or HOLDOUT),
+                      a.split_seed or 0, a.channel, a.num_classes, progress=not a.no_progress, replace=a.overwrite)
     print(f"wrote {s['file']}: {s['images']} slices {size[0]}x{size[1]} of {s['volumes']} volumes "
           f"({s['labeled_volumes']} labeled, {s['unlabeled_volumes']} unlabeled) from {s['patients']} patients, "
           f"{s['layout']} layout")

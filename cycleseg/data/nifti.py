@@ -441,4 +441,7 @@ def split_cases(cases: list, split: str, holdout=(0.1, 0.2), seed: int = 0) -> l
                             f"{fv} {ft}")
         return [c for c in cases if c.group in held[split]]
     out = held["val"] | held["test"]
+    if labeled and not set(labeled) - out:                         # what would count the classes, train on
+        raise DataError(f"the train split holds no labeled patient: --holdout {fv} {ft} holds out all "
+                        f"{len(labeled)} fully labeled patients; lower --holdout")
     return [c for c in cases if c.group not in out]

@@ -144,6 +144,8 @@ def convert_nifti(src, out, split: str = "train", size=(256, 256), axis: int | N
         raise DataError(f"{src}: {channels} channels per case; cycleseg's files hold 1 or 3: choose one with "
                         f"--channel N")
     cases = nifti.split_cases(layout.cases, split, holdout, split_seed)
+    if not cases:                                                   # an empty file that no reader takes
+        raise DataError(f"the {split} split of {src} holds no case; nothing was written")
     plan = header_plan(cases, axis, channel)
     total = sum(p[2] for p in plan)
     order, notes = order_notes(plan)
