@@ -13,7 +13,7 @@ from pathlib import Path
 from . import figures
 from .cli import refuse_existing
 from .fileio import atomic_write_bytes
-from .runfolder import RunFolder
+from .runfolder import RECORD, RunFolder
 from .usage import Parser, UsageError, fail, first_repeat, path_arg, run_command
 
 
@@ -36,7 +36,7 @@ def run(a) -> Path:
         lines = sum(1 for ln in (folder / "metrics.jsonl").read_bytes().splitlines() if ln.strip())
         if lines > len(runs[names[folder]]):                        # a torn last line, or edits: said, not hidden
             print(f"note: {folder / 'metrics.jsonl'}: {lines - len(runs[names[folder]])} of its {lines} lines are not "
-                  f"records (JSON objects with an integer step and a split) and are not drawn", file=sys.stderr)
+                  f"records ({RECORD}) and are not drawn", file=sys.stderr)
     drawn = {run for panel in figures.curve_points(runs).values() for run, line in panel.items()
              if any(math.isfinite(v) for _, v in line)}
     for folder, name in names.items():

@@ -18,6 +18,7 @@ eval-*/ folders beside a checkpoint; nothing else writes here.)
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -75,6 +76,19 @@ def wrote_records(saved: dict) -> bool:
     c, step = saved.get("config") or {}, saved.get("step", 0)
     every = [v for v in (c.get("log_every"), c.get("eval_every"), c.get("steps")) if isinstance(v, int) and v > 0]
     return step > 0 and step >= min(every, default=1)
+
+
+RECORD = "JSON objects with a step >= 0, a split and finite numbers"
+
+
+def finite(value) -> bool:
+    """Whether every number in a record (nested in its lists and dicts too) is finite: NaN and Infinity, which
+    Python's JSON reader takes, are values no run logs."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    return all(finite(v) for v in value) if isinstance(value, list) else True
 
 
 class RunFolder:
@@ -261,7 +275,11 @@ class RunFolder:
             raise OSError(f"cannot write the run folder {self.path}: {e.strerror or e}") from e
         remove_stale_temporaries(self.path, inputs=(self.last, self.best, self.metrics, self.path / "config.json"))
         if self.metrics.exists():
-            keep = [r for r in self.records() if r["step"] <= step]
+            records, lines = self.records(), sum(1 for ln in self.metrics.read_bytes().splitlines() if ln.strip())
+            if lines > len(records):                                # a torn last line, or edits: said, not hidden
+                self.note(f"note: {self.metrics}: {lines - len(records)} of its {lines} lines are not records "
+                          f"({RECORD}); the log is rewritten without them")
+            keep = [r for r in records if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
         if step == 0 or not (self.path / "config.json").exists():   # a resume's changes: with its checkpoint
             atomic_write_text(self.path / "config.json", json.dumps(flat(cfg), indent=2))
@@ -313,10 +331,10 @@ class RunFolder:
         self.unlock()
 
     def records(self, split: str | None = None) -> list[dict]:
-        """The metrics records (those with an integer step and a split: anything else in the file is
-        skipped), of `split` or all."""
-        return [r for r in read_jsonl(self.metrics) if isinstance(r.get("step"), int) and not isinstance(r["step"], bool)
-                and r.get("split") in ("train", "val") and (split is None or r["split"] == split)]
+        """The metrics records (those with a step >= 0, a split and finite numbers, as a run writes them: a run
+        stops before it logs a NaN; anything else in the file is skipped), of `split` or all."""
+        return [r for r in read_jsonl(self.metrics) if type(r.get("step")) is int and r["step"] >= 0
+                and r.get("split") in ("train", "val") and (split is None or r["split"] == split) and finite(r)]
 
     def curves(self, final: bool = True) -> None:
         """curves.png from metrics.jsonl (figures.curves), rewritten atomically: always when `final`, else at

@@ -1226,14 +1226,14 @@ def test_a_split_open_for_writing_elsewhere_is_called_so(tmp_path, capsys):
 
 
 def test_plot_refuses_records_without_a_number(tmp_path, capsys, finished_run):
-    """metrics.jsonl whose values are all strings or NaN drew empty axes and exited 0: refused; beside a run
+    """metrics.jsonl whose values are all strings or null drew empty axes and exited 0: refused; beside a run
     with numbers it is noted and left out."""
     from cycleseg.plot import main as plot_main
 
     run = tmp_path / "odd"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": "high"}\n'
-                                       '{"step": 2, "split": "val", "miou": NaN}\n')
+                                       '{"step": 2, "split": "val", "miou": null}\n')   # NaN: not a record
     one_line_error(plot_main, [run], capsys, "odd/metrics.jsonl: no finite number to draw (2 records", tmp_path)
     assert plot_main([str(run), str(finished_run), "--out", str(tmp_path / "both.png")]) == 0
     assert "no finite number to draw (2 records, none with a loss or score that is a finite float32 number); drawn without it" in \
@@ -2446,3 +2446,29 @@ def test_evaluate_notes_training_images_and_another_size(tmp_path, capsys):
                               "--out", str(tmp_path / ("e-" + data.replace("/", "-")))]) == 0
         err = capsys.readouterr().err
         assert (note in err) if note else ("note" not in err), (data, err)
+
+
+def test_records_with_values_no_run_logs_are_not_records(tmp_path, capsys, finished_run):
+    """metrics.jsonl lines with a negative step, a NaN score or 1e400 (read as Infinity) were drawn by plot and
+    kept by a resume without a word, where a step of 1e300 was noted as not a record: each is one now (a run
+    stops before it logs a NaN), noted by plot and by the resume that rewrites the log without it."""
+    import shutil
+
+    from cycleseg.plot import main as plot_main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    val = json.loads(next(ln for ln in lines if '"val"' in ln))
+    odd = [json.dumps({**val, "step": -4}), json.dumps({**val, "miou": float("nan")}),
+           json.dumps(val).replace(f'"step": {val["step"]}', f'"step": {val["step"]}, "z": 1e400')]
+    (run / "metrics.jsonl").write_text("\n".join(lines + odd) + "\n")
+    capsys.readouterr()
+    assert plot_main([str(run), "--out", str(tmp_path / "p.png")]) == 0
+    assert f"3 of its {len(lines) + 3} lines are not records (JSON objects with a step >= 0, a split and finite " \
+           f"numbers) and are not drawn" in capsys.readouterr().err
+    steps = json.loads(lines[-1])["step"]
+    assert train_main(TINY + ["--out", str(run), "--resume", "--steps", str(steps + 2)]) == 0
+    assert f"3 of its {len(lines) + 3} lines are not records" in capsys.readouterr().err
+    assert all("NaN" not in ln and "Infinity" not in ln and '"step": -4' not in ln
+               for ln in (run / "metrics.jsonl").read_text().splitlines())
