@@ -22,6 +22,7 @@ import torch
 from .fileio import atomic_write_bytes
 from .usage import UsageError
 from .config import check_image_side, from_flat
+from .data.cache import cache_dir
 from .data.h5format import info_problem
 from .models import networks_from_config
 
@@ -267,9 +268,12 @@ def check_fingerprints(s: dict, now: dict, paths: dict, path, splits=("train", "
     saved = s.get("data", {}).get("fingerprints") or {}
     for split in splits:
         if split in saved and split in now and saved[split] != now[split]:
+            cached = Path(paths[split]).resolve().is_relative_to(cache_dir().resolve())
+            how = (f"a file of cycleseg's data cache was changed: delete {Path(paths[split]).parent} and it is made "
+                   f"again from its source" if cached else
+                   "resume or evaluate it on the data it was trained on, or start a new run on this data")
             raise CheckpointError(f"{path}: its run read other {split} data than {paths[split]} holds now "
-                                  f"(content fingerprint {saved[split]}, now {now[split]}); resume or evaluate "
-                                  f"it on the data it was trained on, or start a new run on this data")
+                                  f"(content fingerprint {saved[split]}, now {now[split]}); {how}")
 
 
 def networks_from_checkpoint(state: dict, path="checkpoint") -> tuple:

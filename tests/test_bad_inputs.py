@@ -2472,3 +2472,21 @@ def test_records_with_values_no_run_logs_are_not_records(tmp_path, capsys, finis
     assert f"3 of its {len(lines) + 3} lines are not records" in capsys.readouterr().err
     assert all("NaN" not in ln and "Infinity" not in ln and '"step": -4' not in ln
                for ln in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_changed_data_cache_file_is_named_with_advice_that_works(tmp_path, capsys, monkeypatch):
+    """A cached split of the built-in data replaced together with its checksum (the cache's own check passes)
+    was refused by the run's fingerprint with "resume or evaluate it on the data it was trained on", which a
+    user of the built-in data cannot follow: the error says to delete the cache folder, and doing so works."""
+    import shutil
+
+    monkeypatch.setenv("CYCLESEG_CACHE", str(tmp_path / "cache"))
+    assert train_main([str(a) for a in TINY + ["--out", tmp_path / "r"]]) == 0
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if (p / "val.h5").exists()]
+    for name in ("val.h5", "val.h5.sha256"):
+        shutil.copy(folder / name.replace("val", "train"), folder / name)
+    err = one_line_error(evaluate_main, [tmp_path / "r" / "last.pt", "--no-progress", "--out", tmp_path / "e"],
+                         capsys, "a file of cycleseg's data cache was changed: delete", tmp_path)
+    assert str(folder) in err
+    shutil.rmtree(folder)
+    assert evaluate_main([str(tmp_path / "r" / "last.pt"), "--no-progress", "--out", str(tmp_path / "e")]) == 0
