@@ -13,7 +13,7 @@ from pathlib import Path
 from . import figures
 from .cli import refuse_existing
 from .fileio import atomic_write_bytes
-from .runfolder import RECORD, RunFolder
+from .runfolder import RunFolder
 from .usage import Parser, UsageError, fail, first_repeat, path_arg, run_command
 
 
@@ -32,11 +32,10 @@ def run(a) -> Path:
         if not records.is_file() and not records.is_dir():          # a FIFO would block the command for good
             raise UsageError(f"{records} is a special file (a FIFO, a device), not a run's records")
         names[folder] = folder.name if folder.name not in runs else str(folder)
-        runs[names[folder]] = RunFolder(folder).records()
-        lines = sum(1 for ln in (folder / "metrics.jsonl").read_bytes().splitlines() if ln.strip())
-        if lines > len(runs[names[folder]]):                        # a torn last line, or edits: said, not hidden
-            print(f"note: {folder / 'metrics.jsonl'}: {lines - len(runs[names[folder]])} of its {lines} lines are not "
-                  f"records ({RECORD}) and are not drawn", file=sys.stderr)
+        run = RunFolder(folder)
+        runs[names[folder]] = run.records()
+        if said := run.not_records(runs[names[folder]]):
+            print(f"{said} and are not drawn", file=sys.stderr)
     drawn = {run for panel in figures.curve_points(runs).values() for run, line in panel.items()
              if any(math.isfinite(v) for _, v in line)}
     for folder, name in names.items():

@@ -275,10 +275,9 @@ class RunFolder:
             raise OSError(f"cannot write the run folder {self.path}: {e.strerror or e}") from e
         remove_stale_temporaries(self.path, inputs=(self.last, self.best, self.metrics, self.path / "config.json"))
         if self.metrics.exists():
-            records, lines = self.records(), sum(1 for ln in self.metrics.read_bytes().splitlines() if ln.strip())
-            if lines > len(records):                                # a torn last line, or edits: said, not hidden
-                self.note(f"note: {self.metrics}: {lines - len(records)} of its {lines} lines are not records "
-                          f"({RECORD}); the log is rewritten without them")
+            records = self.records()
+            if said := self.not_records(records):
+                self.note(f"{said}; the log is rewritten without them")
             keep = [r for r in records if r["step"] <= step]
             atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in keep))
         if step == 0 or not (self.path / "config.json").exists():   # a resume's changes: with its checkpoint
@@ -335,6 +334,13 @@ class RunFolder:
         stops before it logs a NaN; anything else in the file is skipped), of `split` or all."""
         return [r for r in read_jsonl(self.metrics) if type(r.get("step")) is int and r["step"] >= 0
                 and r.get("split") in ("train", "val") and (split is None or r["split"] == split) and finite(r)]
+
+    def not_records(self, records: list) -> str | None:
+        """A note when metrics.jsonl holds lines that are not among `records` (its records()): a torn last
+        line, or edits; said by whatever reads the log, not hidden."""
+        lines = sum(1 for ln in self.metrics.read_bytes().splitlines() if ln.strip()) if self.metrics.exists() else 0
+        return (f"note: {self.metrics}: {lines - len(records)} of its {lines} lines are not records ({RECORD})"
+                if lines > len(records) else None)
 
     def curves(self, final: bool = True) -> None:
         """curves.png from metrics.jsonl (figures.curves), rewritten atomically: always when `final`, else at
