@@ -302,10 +302,10 @@ def curves_figure(runs: dict, columns: int = 3) -> Figure:
             x = np.array([p[0] for p in line if p[1] == p[1]], dtype=np.float64)   # NaN left out
             y = np.array([p[1] for p in line if p[1] == p[1]], dtype=np.float64)
             colour = colours[list(runs).index(run) % len(colours)]   # the run's colour in the legend, in every panel
-            if title == "lr":
-                ax.plot(x, y, color=colour, linewidth=1.2, label=literal(run))
-            elif title.startswith("val") or len(y) < 3:
+            if title.startswith("val") or len(y) < 3:      # points: a line of one point draws nothing
                 ax.plot(x, y, marker="o", markersize=3, color=colour, label=literal(run))
+            elif title == "lr":
+                ax.plot(x, y, color=colour, linewidth=1.2, label=literal(run))
             else:
                 ax.plot(x, y, color=colour, alpha=0.25, linewidth=0.8)
                 ax.plot(x, smooth(y), color=colour, linewidth=1.2, label=literal(run))

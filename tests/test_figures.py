@@ -130,6 +130,15 @@ def test_names_no_font_draws_long_names_and_many_classes(recwarn):
     assert not [w for w in recwarn if "missing from font" in str(w.message) or "Tight layout" in str(w.message)]
 
 
+def test_a_run_of_one_lr_point_is_drawn():
+    """Runs that each logged a single record (a run of a few steps, --log-every past its end) left the lr
+    panel empty: it drew the learning rate as a line only, and a line of one point draws nothing."""
+    runs = {r: [{"step": 5, "split": "train", "lr": 1e-3, "gen_seg": 0.5}] for r in ("a", "b")}
+    fig = figures.curves_figure(runs)
+    for ax in fig.axes:
+        assert [ln.get_marker() for ln in ax.get_lines()] == ["o", "o"], ax.get_title()
+
+
 def test_each_run_keeps_its_colour_in_every_panel():
     """plot of runs of several modes: a panel only some runs have (Mean Teacher's and FixMatch's consistency)
     coloured its lines by their place among those runs, so they took other runs' legend colours."""
